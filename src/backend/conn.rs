@@ -1,0 +1,462 @@
+//! One connection from the proxy to a PostgreSQL server: connecting,
+//! authenticating with the configured credentials, and the state the proxy
+//! tracks about it (session parameters, which prepared statements it holds).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::protocol::reader::FrameError;
+use crate::protocol::{self, be, fe, BodyReader, FrameReader, PgError, PROTOCOL_3_0};
+
+/// Largest message we accept from a server. Servers are trusted, but a bound
+/// keeps a broken one from exhausting memory.
+const MAX_SERVER_FRAME: usize = 1 << 30;
+
+/// Where a pool connects and as whom. Shared by every connection of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerTarget {
+    pub shard: String,
+    pub host: String,
+    pub port: u16,
+    pub role: crate::config::Role,
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl ServerTarget {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// `shard "s0" (primary 127.0.0.1:5432)`, for error messages.
+    pub fn describe(&self) -> String {
+        format!("shard \"{}\" ({} {})", self.shard, self.role, self.addr())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to {server}: {cause}")]
+    Connect { server: String, cause: String },
+    #[error("could not connect to {server}: timed out after {after:?}")]
+    ConnectTimeout { server: String, after: Duration },
+    #[error("{server} rejected the connection: {message}")]
+    Rejected {
+        server: String,
+        message: String,
+        code: String,
+    },
+    #[error("{server} broke the protocol: {cause}")]
+    Protocol { server: String, cause: String },
+    #[error("connection to {server} lost: {cause}")]
+    Lost { server: String, cause: String },
+}
+
+impl BackendError {
+    /// The error as a client sees it.
+    pub fn to_pg(&self) -> PgError {
+        match self {
+            BackendError::Rejected { code, .. } if code.starts_with("28") => {
+                PgError::error("08004", self.to_string()).with_hint(
+                    "check server_user and server_password for this user in the shardwire config",
+                )
+            }
+            BackendError::Rejected { code, .. } if code == "3D000" => {
+                PgError::error("08004", self.to_string())
+                    .with_hint("check server_database for this database in the shardwire config")
+            }
+            BackendError::Connect { .. } | BackendError::ConnectTimeout { .. } => {
+                PgError::error(protocol::sqlstate::CONNECTION_FAILURE, self.to_string())
+                    .with_hint("check that the server is running and reachable")
+            }
+            _ => PgError::error(protocol::sqlstate::CONNECTION_FAILURE, self.to_string()),
+        }
+    }
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Prepared statements a server connection holds, by proxy-chosen name, with
+/// a use counter for least-recently-used eviction.
+#[derive(Default)]
+pub struct PreparedOnServer {
+    names: HashMap<Arc<str>, u64>,
+    tick: u64,
+}
+
+impl PreparedOnServer {
+    pub fn contains(&mut self, name: &str) -> bool {
+        self.tick += 1;
+        match self.names.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn insert(&mut self, name: Arc<str>) {
+        self.tick += 1;
+        self.names.insert(name, self.tick);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.names.remove(name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The least recently used name, to close when the cache is full.
+    pub fn evict_lru(&mut self) -> Option<Arc<str>> {
+        let victim = self
+            .names
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())?;
+        self.names.remove(&victim);
+        Some(victim)
+    }
+
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+}
+
+pub struct ServerConn {
+    pub id: u64,
+    pub target: Arc<ServerTarget>,
+    pub reader: FrameReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+    /// Key for CancelRequest to this server process.
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    /// Session parameters in effect on this connection, as the server reported
+    /// them (ParameterStatus) or as we set them.
+    pub params: HashMap<String, String>,
+    /// Settings the proxy SET on this connection that the server does not
+    /// report, so they can be RESET for a client that did not ask for them.
+    pub custom_params: Vec<String>,
+    /// Named prepared statements this connection holds (proxy names).
+    pub prepared: PreparedOnServer,
+    /// Identity of the client Parse that created this connection's unnamed
+    /// statement, so a later Bind to "" can tell whether it is still there.
+    pub unnamed: Option<u64>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Open and authenticate a connection; the whole exchange is bounded by `timeout`.
+    pub async fn connect(target: Arc<ServerTarget>, timeout: Duration) -> Result<Self, BackendError> {
+        let server = target.describe();
+        match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::ConnectTimeout {
+                server,
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn connect_inner(target: Arc<ServerTarget>) -> Result<Self, BackendError> {
+        let server = target.describe();
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| BackendError::Connect {
+                server: server.clone(),
+                cause: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let mut conn = ServerConn {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            target: target.clone(),
+            reader: FrameReader::new(rd, MAX_SERVER_FRAME),
+            writer: wr,
+            backend_pid: 0,
+            backend_secret: 0,
+            params: HashMap::new(),
+            custom_params: Vec::new(),
+            prepared: PreparedOnServer::default(),
+            unnamed: None,
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        conn.startup().await?;
+        Ok(conn)
+    }
+
+    fn lost(&self, e: impl std::fmt::Display) -> BackendError {
+        BackendError::Lost {
+            server: self.target.describe(),
+            cause: e.to_string(),
+        }
+    }
+
+    fn protocol_error(&self, cause: impl Into<String>) -> BackendError {
+        BackendError::Protocol {
+            server: self.target.describe(),
+            cause: cause.into(),
+        }
+    }
+
+    async fn send(&mut self, buf: &[u8]) -> Result<(), BackendError> {
+        self.writer.write_all(buf).await.map_err(|e| self.lost(e))
+    }
+
+    async fn recv(&mut self) -> Result<BytesMut, BackendError> {
+        match self.reader.next().await {
+            Ok(f) => Ok(f),
+            Err(FrameError::Closed) => Err(self.lost("server closed the connection")),
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    async fn startup(&mut self) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        out.put_i32(0);
+        out.put_i32(PROTOCOL_3_0);
+        for (k, v) in [
+            ("user", self.target.user.as_str()),
+            ("database", self.target.database.as_str()),
+            ("application_name", "shardwire"),
+        ] {
+            out.put_slice(k.as_bytes());
+            out.put_u8(0);
+            out.put_slice(v.as_bytes());
+            out.put_u8(0);
+        }
+        out.put_u8(0);
+        let len = out.len() as i32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        self.send(&out).await?;
+
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.recv().await?;
+            let body = protocol::body(&frame);
+            match frame[0] {
+                be::AUTHENTICATION => {
+                    let mut r = BodyReader::new(body, "Authentication");
+                    let code = r.i32().map_err(|e| self.protocol_error(e.to_string()))?;
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = self.password()?;
+                            self.send_password(pw.as_bytes()).await?;
+                        }
+                        5 => {
+                            let salt: [u8; 4] = r
+                                .bytes(4)
+                                .ok()
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| self.protocol_error("short md5 salt"))?;
+                            let pw = self.password()?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                self.target.user.as_bytes(),
+                                pw.as_bytes(),
+                                salt,
+                            );
+                            self.send_password(hash.as_bytes()).await?;
+                        }
+                        10 => {
+                            let mut mechanisms = Vec::new();
+                            while let Ok(m) = r.cstr() {
+                                if m.is_empty() {
+                                    break;
+                                }
+                                mechanisms.push(m.to_string());
+                            }
+                            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                                return Err(self.protocol_error(format!(
+                                    "server offers only SASL mechanisms {mechanisms:?}"
+                                )));
+                            }
+                            let pw = self.password()?;
+                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                            let mut out = BytesMut::new();
+                            let at = protocol::begin_frame(&mut out, fe::PASSWORD);
+                            out.put_slice(b"SCRAM-SHA-256\0");
+                            out.put_i32(s.message().len() as i32);
+                            out.put_slice(s.message());
+                            protocol::finish_frame(&mut out, at);
+                            self.send(&out).await?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| self.protocol_error("SASL continue before start"))?;
+                            s.update(r.remaining()).map_err(|e| BackendError::Protocol {
+                                server: self.target.describe(),
+                                cause: format!("SCRAM: {e}"),
+                            })?;
+                            let msg = s.message().to_vec();
+                            let mut out = BytesMut::new();
+                            let at = protocol::begin_frame(&mut out, fe::PASSWORD);
+                            out.put_slice(&msg);
+                            protocol::finish_frame(&mut out, at);
+                            self.send(&out).await?;
+                        }
+                        12 => {
+                            let mut s = scram
+                                .take()
+                                .ok_or_else(|| self.protocol_error("SASL final before start"))?;
+                            s.finish(r.remaining()).map_err(|e| BackendError::Protocol {
+                                server: self.target.describe(),
+                                cause: format!("SCRAM server signature invalid: {e}"),
+                            })?;
+                        }
+                        other => {
+                            return Err(self.protocol_error(format!(
+                                "unsupported authentication request {other}"
+                            )))
+                        }
+                    }
+                }
+                be::PARAMETER_STATUS => self.note_parameter(body),
+                be::BACKEND_KEY_DATA => {
+                    let mut r = BodyReader::new(body, "BackendKeyData");
+                    self.backend_pid = r.i32().unwrap_or(0);
+                    self.backend_secret = r.i32().unwrap_or(0);
+                }
+                be::ERROR_RESPONSE => {
+                    let fields = protocol::error_fields(body);
+                    let get = |c: u8| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| *k == c)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    return Err(BackendError::Rejected {
+                        server: self.target.describe(),
+                        message: get(b'M'),
+                        code: get(b'C'),
+                    });
+                }
+                be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::READY_FOR_QUERY => return Ok(()),
+                other => {
+                    return Err(self.protocol_error(format!(
+                        "unexpected message {:?} during startup",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    fn password(&self) -> Result<String, BackendError> {
+        self.target
+            .password
+            .clone()
+            .ok_or_else(|| BackendError::Rejected {
+                server: self.target.describe(),
+                message: format!(
+                    "the server asks for a password for user \"{}\" but none is configured",
+                    self.target.user
+                ),
+                code: "28P01".into(),
+            })
+    }
+
+    async fn send_password(&mut self, pw: &[u8]) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        let at = protocol::begin_frame(&mut out, fe::PASSWORD);
+        out.put_slice(pw);
+        out.put_u8(0);
+        protocol::finish_frame(&mut out, at);
+        self.send(&out).await
+    }
+
+    /// Record a ParameterStatus body (name\0value\0).
+    pub fn note_parameter(&mut self, body: &[u8]) {
+        let mut r = BodyReader::new(body, "ParameterStatus");
+        if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
+            self.params.insert(k.to_string(), v.to_string());
+        }
+    }
+
+    /// Run proxy-internal SQL (for example SETs that align session
+    /// parameters) and wait for ReadyForQuery. Nothing reaches the client.
+    pub async fn run_internal(&mut self, sql: &str, timeout: Duration) -> Result<(), InternalError> {
+        match tokio::time::timeout(timeout, self.run_internal_inner(sql)).await {
+            Ok(r) => r,
+            Err(_) => Err(InternalError::Backend(self.lost(format!(
+                "no answer to an internal query within {timeout:?}"
+            )))),
+        }
+    }
+
+    async fn run_internal_inner(&mut self, sql: &str) -> Result<(), InternalError> {
+        let mut out = BytesMut::new();
+        protocol::query_frame(&mut out, sql);
+        self.send(&out).await?;
+        self.unnamed = None;
+        let mut error = None;
+        loop {
+            let frame = self.recv().await?;
+            match frame[0] {
+                be::PARAMETER_STATUS => self.note_parameter(protocol::body(&frame)),
+                be::ERROR_RESPONSE => {
+                    error = Some(protocol::error_fields(protocol::body(&frame)));
+                }
+                be::READY_FOR_QUERY => {
+                    let status = protocol::body(&frame).first().copied().unwrap_or(b'I');
+                    return match error {
+                        Some(fields) => Err(InternalError::Sql(fields)),
+                        None if status != b'I' => Err(InternalError::Backend(
+                            self.protocol_error("internal query left a transaction open"),
+                        )),
+                        None => Ok(()),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the server has closed this idle connection (or sent something
+    /// unsolicited, such as a FATAL on shutdown), checked without blocking.
+    pub fn is_broken(&mut self) -> bool {
+        if self.reader.buffered() > 0 {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.reader.get_ref().try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            _ => true,
+        }
+    }
+}
+
+/// Failure of a proxy-internal query.
+#[derive(Debug)]
+pub enum InternalError {
+    /// The server answered with an error (its fields, passed to the client).
+    Sql(Vec<(u8, String)>),
+    Backend(BackendError),
+}
+
+impl From<BackendError> for InternalError {
+    fn from(e: BackendError) -> Self {
+        InternalError::Backend(e)
+    }
+}

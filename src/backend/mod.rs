@@ -1,0 +1,98 @@
+//! The server side of the wire: connections to PostgreSQL servers and the
+//! pools that hold them, one pool per (server, database, user).
+
+pub mod conn;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use conn::{BackendError, ServerConn, ServerTarget};
+pub use pool::{CheckoutError, Pool, PooledConn};
+
+use crate::config::{Config, Database, Role, User};
+
+/// Identifies a pool: which server, which backend database, which backend role.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    host: String,
+    port: u16,
+    database: String,
+    user: String,
+}
+
+/// Every pool of the running proxy, created on first use and kept for the
+/// life of the process so connections are shared by all clients.
+pub struct Backends {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backends {
+    pub fn new() -> Self {
+        Backends {
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for a client of `user` on `database`, to server `server` of shard `shard`.
+    pub fn pool(
+        &self,
+        config: &Config,
+        shard: usize,
+        server: usize,
+        database: &Database,
+        user: &User,
+    ) -> Arc<Pool> {
+        let shard_cfg = &config.shards[shard];
+        let srv = &shard_cfg.servers[server];
+        let key = PoolKey {
+            host: srv.host.clone(),
+            port: srv.port,
+            database: database.server_database.clone(),
+            user: user.server_user.clone(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                let pool = Pool::new(
+                    ServerTarget {
+                        shard: shard_cfg.name.clone(),
+                        host: srv.host.clone(),
+                        port: srv.port,
+                        role: srv.role,
+                        database: database.server_database.clone(),
+                        user: user.server_user.clone(),
+                        password: user.server_password.clone(),
+                    },
+                    config.pool.clone(),
+                );
+                pool.spawn_maintenance();
+                pool
+            })
+            .clone()
+    }
+
+    /// The pool of a shard's primary.
+    pub fn primary_pool(&self, config: &Config, shard: usize, database: &Database, user: &User) -> Arc<Pool> {
+        let server = config.shards[shard]
+            .servers
+            .iter()
+            .position(|s| s.role == Role::Primary)
+            .unwrap_or(0);
+        self.pool(config, shard, server, database, user)
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}

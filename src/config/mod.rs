@@ -1,0 +1,769 @@
+//! The configuration file: its TOML schema, defaults and validation.
+//!
+//! Loading happens in two steps. `RawConfig` is exactly what the file says
+//! (unknown keys are errors, so a typo never silently falls back to a
+//! default); `Config` is the validated, resolved form the proxy runs on
+//! (addresses parsed, secrets turned into verifiers, defaults applied). Every
+//! error names the file, the key and the reason.
+
+mod duration;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::frontend::auth::StoredSecret;
+
+pub use duration::parse_duration;
+
+/// A configuration error: which file, which key, and why.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(
+                f,
+                "{}: key `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the Postgres wire protocol listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address of the HTTP endpoints (metrics, health).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// Shard for tables not declared as sharded; defaults to the first shard.
+    pub default_shard: Option<String>,
+    /// Largest protocol message accepted from a client, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// How long SIGTERM waits for running transactions before closing.
+    #[serde(default = "default_shutdown_timeout", with = "duration::serde_duration")]
+    pub shutdown_timeout: Duration,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub pool: RawPool,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    #[serde(default)]
+    pub databases: Vec<RawDatabase>,
+    #[serde(default)]
+    pub shards: Vec<RawShard>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:9930".into()
+}
+fn default_max_message_size() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain presented to clients.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// Refuse clients that do not ask for TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A backend connection is held only for the length of a transaction.
+    Transaction,
+    /// A backend connection is held for the whole client session.
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default = "default_pool_mode")]
+    pub mode: PoolMode,
+    /// Connections kept open per server even when idle.
+    #[serde(default)]
+    pub min_size: u32,
+    /// Most connections per server (per database and user).
+    #[serde(default = "default_max_size")]
+    pub max_size: u32,
+    #[serde(default = "default_5s", with = "duration::serde_duration")]
+    pub connect_timeout: Duration,
+    /// How long a client waits for a free backend connection.
+    #[serde(default = "default_5s", with = "duration::serde_duration")]
+    pub checkout_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "duration::serde_duration")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_max_lifetime", with = "duration::serde_duration")]
+    pub max_lifetime: Duration,
+    /// Prepared statements kept per backend connection before the least
+    /// recently used is closed (bounds server memory).
+    #[serde(default = "default_max_prepared")]
+    pub max_prepared_statements: u32,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool {
+            mode: default_pool_mode(),
+            min_size: 0,
+            max_size: default_max_size(),
+            connect_timeout: default_5s(),
+            checkout_timeout: default_5s(),
+            idle_timeout: default_idle_timeout(),
+            max_lifetime: default_max_lifetime(),
+            max_prepared_statements: default_max_prepared(),
+        }
+    }
+}
+
+fn default_pool_mode() -> PoolMode {
+    PoolMode::Transaction
+}
+fn default_max_size() -> u32 {
+    20
+}
+fn default_5s() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_prepared() -> u32 {
+    500
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    /// Plain text, a SCRAM verifier (`SCRAM-SHA-256$...`) or an md5 hash (`md5...`).
+    pub password: Option<String>,
+    #[serde(default = "default_auth")]
+    pub auth: AuthMethod,
+    /// May use the admin console (database `shardwire`).
+    #[serde(default)]
+    pub admin: bool,
+    /// Role used on the backends; defaults to `name`.
+    pub server_user: Option<String>,
+    /// Password used on the backends; defaults to `password` when plain text.
+    pub server_password: Option<String>,
+}
+
+fn default_auth() -> AuthMethod {
+    AuthMethod::ScramSha256
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub name: String,
+    /// Database name on the backends; defaults to `name`.
+    pub server_database: Option<String>,
+    /// Overrides `pool.mode` for this database.
+    pub pool_mode: Option<PoolMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    pub name: String,
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub host: String,
+    pub port: u16,
+    pub role: Role,
+}
+
+// ---------------------------------------------------------------------------
+// The resolved configuration.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub listen: String,
+    pub http_listen: String,
+    pub default_shard: usize,
+    pub max_message_size: usize,
+    pub shutdown_timeout: Duration,
+    pub tls: Option<TlsConfig>,
+    pub pool: RawPool,
+    pub users: BTreeMap<String, User>,
+    pub databases: BTreeMap<String, Database>,
+    pub shards: Vec<Shard>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub auth: AuthMethod,
+    /// What the client must prove knowledge of; `None` only for trust.
+    pub secret: Option<StoredSecret>,
+    pub admin: bool,
+    pub server_user: String,
+    pub server_password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub name: String,
+    pub server_database: String,
+    pub pool_mode: PoolMode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Shard {
+    pub name: String,
+    pub servers: Vec<Server>,
+}
+
+impl Shard {
+    pub fn primary(&self) -> &Server {
+        // Validation guarantees exactly one primary.
+        self.servers
+            .iter()
+            .find(|s| s.role == Role::Primary)
+            .unwrap_or(&self.servers[0])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    pub role: Role,
+}
+
+impl Server {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// The name of the admin console's database.
+pub const ADMIN_DATABASE: &str = "shardwire";
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Self::from_str(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is used in error messages and
+    /// to resolve relative paths (TLS files).
+    pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |key: String, reason: String| ConfigError {
+            file: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let mut reason = inner.message().to_string();
+            if let Some(span) = inner.span() {
+                let (line, col) = line_col(text, span.start);
+                reason = format!("{reason} (line {line}, column {col})");
+            }
+            err(if key == "." { String::new() } else { key }, reason)
+        })?;
+        Self::resolve(path, raw)
+    }
+
+    fn resolve(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        check_host_port(&raw.listen).map_err(|r| err("listen", r))?;
+        check_host_port(&raw.http_listen).map_err(|r| err("http_listen", r))?;
+        if raw.max_message_size < 1024 || raw.max_message_size > 1 << 30 {
+            return Err(err(
+                "max_message_size",
+                "must be between 1024 and 1073741824 bytes".into(),
+            ));
+        }
+
+        // Shards.
+        if raw.shards.is_empty() {
+            return Err(err("shards", "at least one shard is required".into()));
+        }
+        let mut shard_names = HashSet::new();
+        let mut seen_servers = HashSet::new();
+        let mut shards = Vec::new();
+        for (i, s) in raw.shards.iter().enumerate() {
+            let key = format!("shards[{i}]");
+            check_name(&s.name).map_err(|r| err(&format!("{key}.name"), r))?;
+            if !shard_names.insert(s.name.clone()) {
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!("shard \"{}\" is defined twice", s.name),
+                ));
+            }
+            if s.servers.is_empty() {
+                return Err(err(
+                    &format!("{key}.servers"),
+                    format!("shard \"{}\" has no servers", s.name),
+                ));
+            }
+            let primaries = s.servers.iter().filter(|v| v.role == Role::Primary).count();
+            if primaries != 1 {
+                return Err(err(
+                    &format!("{key}.servers"),
+                    format!(
+                        "shard \"{}\" must have exactly one server with role = \"primary\", found {primaries}",
+                        s.name
+                    ),
+                ));
+            }
+            let mut servers = Vec::new();
+            for (j, v) in s.servers.iter().enumerate() {
+                let skey = format!("{key}.servers[{j}]");
+                if v.host.trim().is_empty() {
+                    return Err(err(&format!("{skey}.host"), "must not be empty".into()));
+                }
+                if v.port == 0 {
+                    return Err(err(&format!("{skey}.port"), "must be 1-65535".into()));
+                }
+                if !seen_servers.insert((v.host.clone(), v.port)) {
+                    return Err(err(
+                        &skey,
+                        format!("server {}:{} is listed twice", v.host, v.port),
+                    ));
+                }
+                servers.push(Server {
+                    host: v.host.clone(),
+                    port: v.port,
+                    role: v.role,
+                });
+            }
+            shards.push(Shard {
+                name: s.name.clone(),
+                servers,
+            });
+        }
+        let default_shard = match &raw.default_shard {
+            None => 0,
+            Some(name) => shards.iter().position(|s| &s.name == name).ok_or_else(|| {
+                err(
+                    "default_shard",
+                    format!("no shard is named \"{name}\" (shards: {})", names(&shards)),
+                )
+            })?,
+        };
+
+        // Pool.
+        let p = &raw.pool;
+        if p.max_size == 0 {
+            return Err(err("pool.max_size", "must be at least 1".into()));
+        }
+        if p.min_size > p.max_size {
+            return Err(err(
+                "pool.min_size",
+                format!("{} is larger than pool.max_size ({})", p.min_size, p.max_size),
+            ));
+        }
+        for (k, d) in [
+            ("pool.connect_timeout", p.connect_timeout),
+            ("pool.checkout_timeout", p.checkout_timeout),
+            ("pool.idle_timeout", p.idle_timeout),
+            ("pool.max_lifetime", p.max_lifetime),
+        ] {
+            if d.is_zero() {
+                return Err(err(k, "must be greater than zero".into()));
+            }
+        }
+
+        // Users.
+        let mut users = BTreeMap::new();
+        for (i, u) in raw.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty() {
+                return Err(err(&format!("{key}.name"), "must not be empty".into()));
+            }
+            if users.contains_key(&u.name) {
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!("user \"{}\" is defined twice", u.name),
+                ));
+            }
+            let secret = match (&u.password, u.auth) {
+                (None, AuthMethod::Trust) => None,
+                (None, _) => {
+                    return Err(err(
+                        &format!("{key}.password"),
+                        format!(
+                            "user \"{}\" uses {} authentication and needs a password",
+                            u.name,
+                            auth_name(u.auth)
+                        ),
+                    ))
+                }
+                (Some(p), _) => Some(
+                    StoredSecret::parse(p).map_err(|r| err(&format!("{key}.password"), r))?,
+                ),
+            };
+            if u.auth == AuthMethod::ScramSha256 {
+                if let Some(StoredSecret::Md5(_)) = secret {
+                    return Err(err(
+                        &format!("{key}.password"),
+                        "an md5 hash cannot be used for scram-sha-256 authentication; give the plain password or a SCRAM-SHA-256 verifier".into(),
+                    ));
+                }
+            }
+            if u.auth == AuthMethod::Md5 {
+                if let Some(StoredSecret::Scram(_)) = secret {
+                    return Err(err(
+                        &format!("{key}.password"),
+                        "a SCRAM verifier cannot be used for md5 authentication; give the plain password or an md5 hash".into(),
+                    ));
+                }
+            }
+            let server_password = match (&u.server_password, &secret) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(StoredSecret::Plain { password, .. })) => Some(password.clone()),
+                _ => None,
+            };
+            users.insert(
+                u.name.clone(),
+                User {
+                    name: u.name.clone(),
+                    auth: u.auth,
+                    secret,
+                    admin: u.admin,
+                    server_user: u.server_user.clone().unwrap_or_else(|| u.name.clone()),
+                    server_password,
+                },
+            );
+        }
+
+        // Databases.
+        let mut databases = BTreeMap::new();
+        for (i, d) in raw.databases.iter().enumerate() {
+            let key = format!("databases[{i}]");
+            if d.name.is_empty() {
+                return Err(err(&format!("{key}.name"), "must not be empty".into()));
+            }
+            if d.name == ADMIN_DATABASE {
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!("\"{ADMIN_DATABASE}\" is reserved for the admin console"),
+                ));
+            }
+            if databases.contains_key(&d.name) {
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!("database \"{}\" is defined twice", d.name),
+                ));
+            }
+            databases.insert(
+                d.name.clone(),
+                Database {
+                    name: d.name.clone(),
+                    server_database: d.server_database.clone().unwrap_or_else(|| d.name.clone()),
+                    pool_mode: d.pool_mode.unwrap_or(raw.pool.mode),
+                },
+            );
+        }
+
+        // TLS files are read now so a bad path fails `check`, not the first client.
+        let tls = match &raw.tls {
+            None => None,
+            Some(t) => {
+                let base = path.parent().unwrap_or(Path::new("."));
+                let cert = base.join(&t.cert);
+                let key = base.join(&t.key);
+                crate::frontend::tls::load_server_config(&cert, &key).map_err(|(which, r)| {
+                    err(&format!("tls.{which}"), r)
+                })?;
+                Some(TlsConfig {
+                    cert,
+                    key,
+                    required: t.required,
+                })
+            }
+        };
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            listen: raw.listen,
+            http_listen: raw.http_listen,
+            default_shard,
+            max_message_size: raw.max_message_size as usize,
+            shutdown_timeout: raw.shutdown_timeout,
+            tls,
+            pool: raw.pool,
+            users,
+            databases,
+            shards,
+        })
+    }
+
+    /// The resolved topology as JSON (for `shardwire check --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "file": self.file.display().to_string(),
+            "listen": self.listen,
+            "http_listen": self.http_listen,
+            "default_shard": self.shards[self.default_shard].name,
+            "tls": self.tls.is_some(),
+            "pool": self.pool,
+            "shards": self.shards,
+            "databases": self.databases.values().map(|d| serde_json::json!({
+                "name": d.name,
+                "server_database": d.server_database,
+                "pool_mode": d.pool_mode,
+            })).collect::<Vec<_>>(),
+            "users": self.users.values().map(|u| serde_json::json!({
+                "name": u.name,
+                "auth": u.auth,
+                "admin": u.admin,
+                "server_user": u.server_user,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A human summary of the resolved topology (for `shardwire check`).
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "config {} is valid\nlisten {}  http {}  tls {}\n",
+            self.file.display(),
+            self.listen,
+            self.http_listen,
+            if self.tls.is_some() { "on" } else { "off" }
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            let default = if i == self.default_shard { " (default)" } else { "" };
+            s.push_str(&format!("shard {}{default}\n", shard.name));
+            for v in &shard.servers {
+                s.push_str(&format!("  {:<8} {}\n", v.role.to_string(), v.addr()));
+            }
+        }
+        for d in self.databases.values() {
+            s.push_str(&format!(
+                "database {} -> {} ({:?} pooling)\n",
+                d.name, d.server_database, d.pool_mode
+            ));
+        }
+        for u in self.users.values() {
+            s.push_str(&format!(
+                "user {} ({}{})\n",
+                u.name,
+                auth_name(u.auth),
+                if u.admin { ", admin" } else { "" }
+            ));
+        }
+        s
+    }
+}
+
+pub fn auth_name(m: AuthMethod) -> &'static str {
+    match m {
+        AuthMethod::ScramSha256 => "scram-sha-256",
+        AuthMethod::Md5 => "md5",
+        AuthMethod::Trust => "trust",
+    }
+}
+
+fn names(shards: &[Shard]) -> String {
+    shards
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "\"{name}\" may contain only letters, digits, '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("\"{s}\" is not of the form host:port")),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:6432"
+[pool]
+max_size = 5
+connect_timeout = "2s"
+[[users]]
+name = "app"
+password = "app"
+[[databases]]
+name = "app"
+[[shards]]
+name = "s0"
+[[shards.servers]]
+host = "127.0.0.1"
+port = 5432
+role = "primary"
+[[shards.servers]]
+host = "127.0.0.1"
+port = 5433
+role = "replica"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn good_config_resolves() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.pool.max_size, 5);
+        assert_eq!(c.pool.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.shards[0].primary().port, 5432);
+        assert_eq!(c.users["app"].server_password.as_deref(), Some("app"));
+        let j = c.to_json();
+        assert_eq!(j["shards"][0]["servers"][1]["role"], "replica");
+        assert_eq!(j["shards"][0]["servers"][0]["port"], 5432);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = load(&GOOD.replace("max_size = 5", "max_sise = 5")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("test.toml: key `pool"), "{s}");
+        assert!(s.contains("max_sise"), "{s}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = load(&GOOD.replace("port = 5433", "port = \"x\"")).unwrap_err();
+        assert_eq!(e.key, "shards[0].servers[1].port", "{e}");
+    }
+
+    #[test]
+    fn bad_duration() {
+        let e = load(&GOOD.replace("\"2s\"", "\"2 parsecs\"")).unwrap_err();
+        assert_eq!(e.key, "pool.connect_timeout", "{e}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let e = load(&GOOD.replace("role = \"replica\"", "role = \"primary\"")).unwrap_err();
+        assert_eq!(e.key, "shards[0].servers");
+        let e = load(&format!("default_shard = \"nope\"\n{GOOD}")).unwrap_err();
+        assert_eq!(e.key, "default_shard");
+        let e = load(&GOOD.replace("password = \"app\"", "")).unwrap_err();
+        assert_eq!(e.key, "users[0].password");
+        let e = load(&GOOD.replace("max_size = 5", "max_size = 5\nmin_size = 9")).unwrap_err();
+        assert_eq!(e.key, "pool.min_size");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = load("listen = \n").unwrap_err();
+        assert!(e.reason.contains("line 1"), "{e}");
+    }
+}

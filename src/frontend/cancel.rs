@@ -1,0 +1,111 @@
+//! Query cancellation. Each client gets a proxy-issued (pid, secret) key at
+//! login; a CancelRequest carrying it is forwarded to whichever server
+//! connection the client is using at that moment, with that server's key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::protocol::CANCEL_REQUEST_CODE;
+
+/// The server connection a client is using right now, as far as cancelling goes.
+#[derive(Debug, Clone)]
+struct CancelTarget {
+    host: String,
+    port: u16,
+    pid: i32,
+    secret: i32,
+}
+
+/// Per client: its key, and the server it is currently attached to.
+pub struct CancelSlot {
+    pub pid: i32,
+    pub secret: i32,
+    target: Mutex<Option<CancelTarget>>,
+}
+
+impl CancelSlot {
+    pub fn set(&self, host: String, port: u16, pid: i32, secret: i32) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = Some(CancelTarget {
+                host,
+                port,
+                pid,
+                secret,
+            });
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = None;
+        }
+    }
+}
+
+/// All live clients' cancel slots, by proxy-issued pid.
+#[derive(Default)]
+pub struct CancelRegistry {
+    slots: Mutex<HashMap<i32, Arc<CancelSlot>>>,
+}
+
+impl CancelRegistry {
+    /// Issue a fresh key for a new client.
+    pub fn register(&self) -> Arc<CancelSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let pid = (rand::random::<u32>() >> 1) as i32;
+            if pid == 0 || slots.contains_key(&pid) {
+                continue;
+            }
+            let slot = Arc::new(CancelSlot {
+                pid,
+                secret: rand::random::<i32>(),
+                target: Mutex::new(None),
+            });
+            slots.insert(pid, slot.clone());
+            return slot;
+        }
+    }
+
+    pub fn unregister(&self, pid: i32) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.remove(&pid);
+        }
+    }
+
+    /// Handle a CancelRequest. Like PostgreSQL, a wrong key or an idle client
+    /// is ignored silently (the requester learns nothing either way).
+    pub async fn cancel(&self, pid: i32, secret: i32, timeout: Duration) {
+        let target = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.get(&pid) {
+                Some(slot) if slot.secret == secret => slot.target.lock().ok().and_then(|t| t.clone()),
+                _ => None,
+            }
+        };
+        let Some(t) = target else {
+            tracing::debug!(pid, "cancel request for no running query");
+            return;
+        };
+        let send = async {
+            let mut s = TcpStream::connect((t.host.as_str(), t.port)).await?;
+            let mut msg = BytesMut::with_capacity(16);
+            msg.put_i32(16);
+            msg.put_i32(CANCEL_REQUEST_CODE);
+            msg.put_i32(t.pid);
+            msg.put_i32(t.secret);
+            s.write_all(&msg).await?;
+            s.shutdown().await
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(())) => tracing::info!(pid, server = %format!("{}:{}", t.host, t.port), "forwarded cancel request"),
+            Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not forward cancel request"),
+            Err(_) => tracing::warn!(pid, "timed out forwarding cancel request"),
+        }
+    }
+}

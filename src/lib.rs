@@ -1,0 +1,15 @@
+//! shardwire: a PostgreSQL-wire-compatible sharding proxy.
+//!
+//! Data flows downward through the modules: `frontend` accepts clients and
+//! runs a `session` per client, which forwards frames to servers held in
+//! `backend` pools. `config` is the validated configuration everything else
+//! reads; `protocol` is the wire format shared by both sides.
+
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod protocol;
+pub mod session;
+
+/// The version reported by `shardwire --version` and the admin console.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,954 @@
+//! One client session after login: the loop that moves frames between the
+//! client and the backend connection serving it, and the state that lets
+//! transaction pooling stay invisible to the client.
+//!
+//! The loop is full duplex: it reads the client and the server and writes to
+//! both as each side allows, with bounded buffers in each direction. That
+//! keeps pipelining clients from deadlocking the proxy (the proxy never
+//! blocks writing to a server that is itself blocked writing results back)
+//! and bounds memory per session.
+//!
+//! Three pieces of state make pooling transparent:
+//! - `pending`: what the server owes us, in order (one entry per request
+//!   sent), plus responses the proxy produces itself (ParseComplete for a
+//!   statement the server already has, CloseComplete for a client's named
+//!   statement). It decides what is forwarded, what is swallowed, when an
+//!   error skips to Sync, and when the server can go back to the pool.
+//! - `statements`: the client's named prepared statements, re-created on
+//!   whichever server serves the client, only where missing.
+//! - `wanted_params`: the client's session parameters (client_encoding,
+//!   DateStyle, application_name, ...) applied to each server at checkout.
+
+pub mod statements;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::backend::conn::InternalError;
+use crate::backend::{Pool, PooledConn, ServerConn};
+use crate::config::PoolMode;
+use crate::frontend::cancel::CancelSlot;
+use crate::protocol::reader::FrameError;
+use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
+use statements::{rebuild, split_name, Statements};
+
+/// Bytes buffered toward one side before the proxy stops reading the other
+/// side (backpressure), and the point at which a partial batch (COPY data)
+/// is flushed to the server.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Session parameters that servers report (GUC_REPORT) and clients may set;
+/// they follow the client from server to server.
+const TRACKED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "search_path",
+    "default_transaction_read_only",
+];
+
+/// Whether a session parameter follows the client from server to server.
+pub fn is_tracked(name: &str) -> bool {
+    TRACKED_PARAMS.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Gives each unnamed Parse an identity, so the proxy can tell whether a
+/// server's unnamed statement is still the one this client created.
+static NEXT_UNNAMED_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a server response ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    ParseComplete,
+    BindComplete,
+    /// Describe: ends with RowDescription or NoData.
+    Description,
+    /// Execute: ends with CommandComplete, EmptyQueryResponse or PortalSuspended.
+    ExecuteDone,
+    CloseComplete,
+    /// Sync, Query or FunctionCall: ends with ReadyForQuery.
+    Ready,
+}
+
+impl Expect {
+    fn ended_by(self, tag: u8) -> bool {
+        match self {
+            Expect::ParseComplete => tag == be::PARSE_COMPLETE,
+            Expect::BindComplete => tag == be::BIND_COMPLETE,
+            Expect::Description => tag == be::ROW_DESCRIPTION || tag == be::NO_DATA,
+            Expect::ExecuteDone => matches!(
+                tag,
+                be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED
+            ),
+            Expect::CloseComplete => tag == be::CLOSE_COMPLETE,
+            Expect::Ready => tag == be::READY_FOR_QUERY,
+        }
+    }
+}
+
+/// A statement a Parse creates on the server, forgotten again if it fails.
+#[derive(Debug)]
+enum Creates {
+    Named(Arc<str>),
+    Unnamed,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A request sent to the server; `forward` says whether the client sees
+    /// the response (false for statements the proxy injected).
+    Request {
+        expect: Expect,
+        forward: bool,
+        creates: Option<Creates>,
+    },
+    /// A response the proxy makes itself, emitted when it reaches the head.
+    Synthetic(u8),
+}
+
+/// Why a session ended (for the log).
+#[derive(Debug)]
+pub enum SessionEnd {
+    ClientTerminated,
+    ClientGone(String),
+    ServerLost(String),
+    ProtocolViolation(String),
+    Shutdown,
+}
+
+/// Everything a session needs from the proxy, fixed at login.
+pub struct SessionSetup {
+    pub client_id: u64,
+    pub user: String,
+    pub database: String,
+    pub pool: Arc<Pool>,
+    pub pool_mode: PoolMode,
+    pub max_prepared_per_server: usize,
+    /// Parameters to apply on every server (canonicalized at login).
+    pub wanted_params: BTreeMap<String, String>,
+    pub cancel: Arc<CancelSlot>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Session pooling: the server checked out at login.
+    pub server: Option<PooledConn>,
+}
+
+pub struct Session<R, W> {
+    setup_user: String,
+    setup_database: String,
+    client_id: u64,
+    pool: Arc<Pool>,
+    pool_mode: PoolMode,
+    max_prepared_per_server: usize,
+    cancel: Arc<CancelSlot>,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: bool,
+
+    client_rd: FrameReader<R>,
+    client_wr: W,
+    /// Bytes on their way to the client.
+    client_out: BytesMut,
+    /// Written to the client stream but maybe still buffered in it (TLS
+    /// keeps records until flushed).
+    client_unflushed: bool,
+
+    server: Option<PooledConn>,
+    /// Bytes on their way to the server; only `..server_flush_upto` is
+    /// written (a batch is held until it is complete).
+    server_out: BytesMut,
+    server_flush_upto: usize,
+    pending: VecDeque<Pending>,
+    /// After an error in the extended protocol, messages up to Sync are
+    /// dropped (the server would discard them anyway).
+    skip_until_sync: bool,
+    /// Last transaction status reported to the client.
+    tx_status: u8,
+    /// The client is streaming COPY data.
+    copy_in: bool,
+
+    statements: Statements,
+    /// The client's last unnamed Parse (its identity and frame), re-sent to a
+    /// server that does not hold it.
+    unnamed: Option<(u64, Bytes)>,
+    wanted_params: BTreeMap<String, String>,
+    /// Scratch buffer for rewritten frames.
+    scratch: BytesMut,
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub fn new(setup: SessionSetup, client_rd: FrameReader<R>, client_wr: W) -> Self {
+        let server = setup.server;
+        let mut s = Session {
+            setup_user: setup.user,
+            setup_database: setup.database,
+            client_id: setup.client_id,
+            pool: setup.pool,
+            pool_mode: setup.pool_mode,
+            max_prepared_per_server: setup.max_prepared_per_server,
+            cancel: setup.cancel,
+            shutdown: setup.shutdown,
+            shutting_down: false,
+            client_rd,
+            client_wr,
+            client_out: BytesMut::with_capacity(16 * 1024),
+            client_unflushed: false,
+            server: None,
+            server_out: BytesMut::with_capacity(4 * 1024),
+            server_flush_upto: 0,
+            pending: VecDeque::new(),
+            skip_until_sync: false,
+            tx_status: b'I',
+            copy_in: false,
+            statements: Statements::default(),
+            unnamed: None,
+            wanted_params: setup.wanted_params,
+            scratch: BytesMut::new(),
+        };
+        if let Some(conn) = server {
+            s.attach(conn);
+        }
+        s
+    }
+
+    /// Run until the client leaves, the server is lost, or shutdown.
+    pub async fn run(mut self) -> SessionEnd {
+        let end = self.run_loop().await;
+        // Best effort: deliver what is buffered (errors, the last results).
+        let out = std::mem::take(&mut self.client_out);
+        let wr = &mut self.client_wr;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            wr.write_all(&out).await?;
+            wr.flush().await
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client_wr.shutdown()).await;
+        if let Some(conn) = self.server.take() {
+            // Only a server with nothing in flight goes back to the pool.
+            if self.pending.is_empty()
+                && self.tx_status == b'I'
+                && self.server_out.is_empty()
+                && !self.skip_until_sync
+                && !self.copy_in
+            {
+                self.release_conn(conn);
+            } else {
+                self.cancel.clear();
+                drop(conn);
+            }
+        }
+        end
+    }
+
+    async fn run_loop(&mut self) -> SessionEnd {
+        loop {
+            // 1. Everything the server already sent.
+            if let Err(end) = self.drain_server_frames() {
+                return end;
+            }
+            // 2. Everything the client already sent.
+            if let Err(end) = self.drain_client_frames().await {
+                return end;
+            }
+            // 3. Back to the pool at the end of a transaction.
+            self.maybe_release();
+            // 4. A pending shutdown ends the session once it is idle.
+            if self.shutting_down && self.is_idle() {
+                PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                )
+                .with_detail("shardwire is shutting down")
+                .encode(&mut self.client_out);
+                return SessionEnd::Shutdown;
+            }
+            // 5. Wait for I/O.
+            if let Err(end) = self.wait_io().await {
+                return end;
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+            && self.server_out.is_empty()
+            && self.tx_status == b'I'
+            && !self.copy_in
+            && !self.skip_until_sync
+    }
+
+    async fn wait_io(&mut self) -> Result<(), SessionEnd> {
+        enum Event {
+            /// Bytes written to the client, or 0 after a flush.
+            ClientWrote(std::io::Result<usize>),
+            ServerWrote(std::io::Result<usize>),
+            ServerRead(Result<usize, FrameError>),
+            ClientRead(Result<usize, FrameError>),
+            Shutdown,
+        }
+        let read_server = self.client_out.len() < HIGH_WATER;
+        let read_client = self.server_out.len() < HIGH_WATER;
+        let write_server = self.server_flush_upto > 0;
+        let write_client = !self.client_out.is_empty();
+        let flush_client = self.client_unflushed && !write_client;
+        let watch_shutdown = !self.shutting_down;
+        let event = {
+            let (srv_rd, srv_wr) = match self.server.as_deref_mut() {
+                Some(s) => (Some(&mut s.reader), Some(&mut s.writer)),
+                None => (None, None),
+            };
+            let has_server = srv_rd.is_some();
+            let server_bytes = &self.server_out[..self.server_flush_upto];
+            tokio::select! {
+                biased;
+                r = async {
+                    if write_client {
+                        match self.client_wr.write(&self.client_out).await {
+                            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                            r => r,
+                        }
+                    } else {
+                        self.client_wr.flush().await.map(|()| 0)
+                    }
+                }, if write_client || flush_client => Event::ClientWrote(r),
+                r = async {
+                    match srv_wr {
+                        Some(w) => match w.write(server_bytes).await {
+                            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                            r => r,
+                        },
+                        None => std::future::pending().await,
+                    }
+                },
+                    if write_server && has_server => Event::ServerWrote(r),
+                r = async { match srv_rd { Some(rd) => rd.fill().await, None => std::future::pending().await } },
+                    if read_server && has_server => Event::ServerRead(r),
+                r = self.client_rd.fill(), if read_client => Event::ClientRead(r),
+                _ = self.shutdown.changed(), if watch_shutdown => Event::Shutdown,
+            }
+        };
+        match event {
+            Event::ClientWrote(Ok(n)) => {
+                self.client_out.advance(n);
+                self.client_unflushed = n > 0;
+            }
+            Event::ClientWrote(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
+            Event::ServerWrote(Ok(n)) => {
+                self.server_out.advance(n);
+                self.server_flush_upto -= n;
+            }
+            Event::ServerWrote(Err(e)) => return Err(self.server_lost(e.to_string())),
+            Event::ServerRead(Ok(_)) => {}
+            Event::ServerRead(Err(e)) => {
+                let cause = match e {
+                    FrameError::Closed => "the server closed the connection".to_string(),
+                    e => e.to_string(),
+                };
+                return Err(self.server_lost(cause));
+            }
+            Event::ClientRead(Ok(_)) => {}
+            Event::ClientRead(Err(FrameError::Closed)) => {
+                return Err(SessionEnd::ClientGone("client closed the connection".into()))
+            }
+            Event::ClientRead(Err(e)) => return Err(self.client_protocol_error(e.to_string())),
+            Event::Shutdown => self.shutting_down = true,
+        }
+        Ok(())
+    }
+
+    fn server_lost(&mut self, cause: String) -> SessionEnd {
+        let server = self
+            .server
+            .as_ref()
+            .map(|s| s.target.describe())
+            .unwrap_or_default();
+        PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("lost the connection to {server}: {cause}"),
+        )
+        .with_hint("the transaction in progress, if any, was rolled back; reconnect and retry")
+        .encode(&mut self.client_out);
+        self.pending.clear();
+        self.server = None;
+        self.cancel.clear();
+        SessionEnd::ServerLost(format!("{server}: {cause}"))
+    }
+
+    fn client_protocol_error(&mut self, reason: String) -> SessionEnd {
+        PgError::fatal(sqlstate::PROTOCOL_VIOLATION, reason.clone()).encode(&mut self.client_out);
+        SessionEnd::ProtocolViolation(reason)
+    }
+
+    // ----------------------------------------------------------------------
+    // Server to client.
+
+    fn drain_server_frames(&mut self) -> Result<(), SessionEnd> {
+        loop {
+            if self.client_out.len() >= HIGH_WATER {
+                return Ok(());
+            }
+            let frame = match self.server.as_deref_mut() {
+                None => return Ok(()),
+                Some(s) => match s.reader.try_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(self.server_lost(e.to_string())),
+                },
+            };
+            self.on_server_frame(frame);
+        }
+    }
+
+    fn on_server_frame(&mut self, frame: BytesMut) {
+        let tag = frame[0];
+        match tag {
+            be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {
+                self.client_out.extend_from_slice(&frame);
+                return;
+            }
+            be::PARAMETER_STATUS => {
+                self.on_parameter_status(&frame);
+                self.client_out.extend_from_slice(&frame);
+                return;
+            }
+            be::ERROR_RESPONSE => {
+                self.client_out.extend_from_slice(&frame);
+                self.on_server_error();
+                return;
+            }
+            be::COPY_IN_RESPONSE => self.copy_in = true,
+            be::COMMAND_COMPLETE | be::READY_FOR_QUERY => self.copy_in = false,
+            _ => {}
+        }
+        let head = match self.pending.front() {
+            Some(Pending::Request {
+                expect, forward, ..
+            }) => Some((*expect, *forward)),
+            _ => None,
+        };
+        match head {
+            Some((expect, forward)) if expect.ended_by(tag) => {
+                self.pending.pop_front();
+                if tag == be::READY_FOR_QUERY {
+                    self.tx_status = protocol::body(&frame).first().copied().unwrap_or(b'I');
+                }
+                if forward {
+                    self.client_out.extend_from_slice(&frame);
+                }
+                self.emit_synthetic();
+            }
+            Some((_, forward)) => {
+                if forward {
+                    self.client_out.extend_from_slice(&frame);
+                }
+            }
+            None => {
+                // Nothing was asked: a server bug or a message we do not
+                // model. Forwarding keeps the client informed.
+                tracing::warn!(client = self.client_id, tag = %(tag as char), "unexpected message from server");
+                self.client_out.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    fn on_parameter_status(&mut self, frame: &[u8]) {
+        let mut r = BodyReader::new(protocol::body(frame), "ParameterStatus");
+        if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
+            if let Some(s) = self.server.as_deref_mut() {
+                s.params.insert(k.to_string(), v.to_string());
+            }
+            if is_tracked(k) {
+                self.wanted_params.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+
+    /// An ErrorResponse (already forwarded). In the extended protocol the
+    /// server now discards everything up to Sync, so the responses we were
+    /// waiting for up to there will never come.
+    fn on_server_error(&mut self) {
+        self.copy_in = false;
+        loop {
+            match self.pending.front() {
+                Some(Pending::Request {
+                    expect: Expect::Ready,
+                    ..
+                }) => return,
+                None => {
+                    // No Sync sent yet: drop the client's messages up to it.
+                    if self.server.is_some() {
+                        self.skip_until_sync = true;
+                    }
+                    return;
+                }
+                Some(_) => {}
+            }
+            if let Some(Pending::Request {
+                creates: Some(c), ..
+            }) = self.pending.pop_front()
+            {
+                if let Some(s) = self.server.as_deref_mut() {
+                    match c {
+                        Creates::Named(n) => s.prepared.remove(&n),
+                        Creates::Unnamed => s.unnamed = None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emit proxy-made responses that have reached the head of the queue.
+    fn emit_synthetic(&mut self) {
+        while let Some(Pending::Synthetic(tag)) = self.pending.front() {
+            self.client_out.extend_from_slice(&protocol::empty_frame(*tag));
+            self.pending.pop_front();
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Client to server.
+
+    async fn drain_client_frames(&mut self) -> Result<(), SessionEnd> {
+        loop {
+            if self.server_out.len() >= HIGH_WATER {
+                return Ok(());
+            }
+            let frame = match self.client_rd.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.client_protocol_error(e.to_string())),
+            };
+            self.on_client_frame(frame).await?;
+        }
+    }
+
+    async fn on_client_frame(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let tag = frame[0];
+        if self.skip_until_sync && tag != fe::SYNC {
+            if tag == fe::TERMINATE {
+                return Err(SessionEnd::ClientTerminated);
+            }
+            return Ok(());
+        }
+        match tag {
+            fe::QUERY => {
+                if !self.ensure_server(true).await {
+                    return Ok(());
+                }
+                let resets = resets_server_state(protocol::body(&frame));
+                let s = self.server_mut();
+                s.unnamed = None;
+                if resets {
+                    s.prepared.clear();
+                }
+                self.send(&frame, Expect::Ready, true, None);
+                self.flush_point();
+            }
+            fe::PARSE => self.on_parse(frame).await?,
+            fe::BIND => self.on_bind(frame).await?,
+            fe::DESCRIBE => self.on_describe(frame).await?,
+            fe::EXECUTE => {
+                if self.ensure_server(false).await {
+                    self.send(&frame, Expect::ExecuteDone, true, None);
+                }
+            }
+            fe::CLOSE => self.on_close(frame).await?,
+            fe::SYNC => {
+                self.skip_until_sync = false;
+                if self.server.is_some() {
+                    self.send(&frame, Expect::Ready, true, None);
+                    self.flush_point();
+                } else {
+                    // Nothing was sent to a server since the last Sync.
+                    self.emit_synthetic();
+                    protocol::ready_for_query(&mut self.client_out, self.tx_status);
+                }
+            }
+            fe::FLUSH => {
+                if self.server.is_some() {
+                    self.server_out.extend_from_slice(&frame);
+                    self.flush_point();
+                }
+            }
+            fe::FUNCTION_CALL => {
+                if self.ensure_server(true).await {
+                    self.send(&frame, Expect::Ready, true, None);
+                    self.flush_point();
+                }
+            }
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
+                // Without a server the COPY already ended in an error; the
+                // protocol says such leftovers are dropped.
+                if self.server.is_some() {
+                    self.server_out.extend_from_slice(&frame);
+                    if tag != fe::COPY_DATA || self.server_out.len() >= HIGH_WATER {
+                        self.flush_point();
+                    }
+                }
+            }
+            fe::TERMINATE => return Err(SessionEnd::ClientTerminated),
+            other => {
+                return Err(self.client_protocol_error(format!(
+                    "invalid frontend message type {}",
+                    other
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_parse(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let (name, rest) = match split_name(protocol::body(&frame), "Parse") {
+            Ok(x) => x,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if name.is_empty() {
+            let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
+            let frame = frame.freeze();
+            self.unnamed = Some((id, frame.clone()));
+            if self.ensure_server(false).await {
+                self.server_mut().unnamed = Some(id);
+                self.send(&frame, Expect::ParseComplete, true, Some(Creates::Unnamed));
+            }
+            return Ok(());
+        }
+        let stmt = self.statements.define(name, rest);
+        if !self.ensure_server(false).await {
+            return Ok(());
+        }
+        if self.server_mut().prepared.contains(&stmt.server_name) {
+            self.pending.push_back(Pending::Synthetic(be::PARSE_COMPLETE));
+            self.emit_synthetic();
+        } else {
+            self.prepare_on_server(&stmt, true);
+        }
+        Ok(())
+    }
+
+    /// Send a statement's Parse to the held server, evicting the least
+    /// recently used statement there if the server holds too many.
+    fn prepare_on_server(&mut self, stmt: &statements::Statement, forward: bool) {
+        let max = self.max_prepared_per_server;
+        let s = self.server_mut();
+        let evicted = if s.prepared.len() >= max {
+            s.prepared.evict_lru()
+        } else {
+            None
+        };
+        s.prepared.insert(stmt.server_name.clone());
+        if let Some(victim) = evicted {
+            let mut close = BytesMut::new();
+            rebuild(fe::CLOSE, b"S", &victim, b"", &mut close);
+            self.send(&close, Expect::CloseComplete, false, None);
+        }
+        self.send(
+            &stmt.parse_frame,
+            Expect::ParseComplete,
+            forward,
+            Some(Creates::Named(stmt.server_name.clone())),
+        );
+    }
+
+    /// Make sure the statement a Bind or Describe names exists on the held
+    /// server, and return the name to use there.
+    fn statement_on_server(&mut self, client_name: &str) -> Option<Arc<str>> {
+        if client_name.is_empty() {
+            if let Some((id, frame)) = self.unnamed.clone() {
+                if self.server_mut().unnamed != Some(id) {
+                    self.server_mut().unnamed = Some(id);
+                    self.send(&frame, Expect::ParseComplete, false, Some(Creates::Unnamed));
+                }
+            }
+            return None;
+        }
+        let stmt = self.statements.get(client_name)?.clone();
+        if !self.server_mut().prepared.contains(&stmt.server_name) {
+            self.prepare_on_server(&stmt, false);
+        }
+        Some(stmt.server_name.clone())
+    }
+
+    async fn on_bind(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let mut r = BodyReader::new(protocol::body(&frame), "Bind");
+        let parsed = r.cstr_bytes().and_then(|portal| Ok((portal, r.cstr()?, r.remaining())));
+        let (portal, stmt, rest) = match parsed {
+            Ok(x) => x,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if !self.ensure_server(false).await {
+            return Ok(());
+        }
+        match self.statement_on_server(stmt) {
+            Some(server_name) => {
+                let mut prefix = Vec::with_capacity(portal.len() + 1);
+                prefix.extend_from_slice(portal);
+                prefix.push(0);
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                rebuild(fe::BIND, &prefix, &server_name, rest, &mut scratch);
+                self.send(&scratch, Expect::BindComplete, true, None);
+                self.scratch = scratch;
+            }
+            None => self.send(&frame, Expect::BindComplete, true, None),
+        }
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let body = protocol::body(&frame);
+        let kind = body.first().copied();
+        let name = match split_name(body.get(1..).unwrap_or(b""), "Describe") {
+            Ok((n, _)) => n,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if !self.ensure_server(false).await {
+            return Ok(());
+        }
+        match kind {
+            Some(b'S') => match self.statement_on_server(name) {
+                Some(server_name) => {
+                    let mut scratch = std::mem::take(&mut self.scratch);
+                    scratch.clear();
+                    rebuild(fe::DESCRIBE, b"S", &server_name, b"", &mut scratch);
+                    self.send(&scratch, Expect::Description, true, None);
+                    self.scratch = scratch;
+                }
+                None => self.send(&frame, Expect::Description, true, None),
+            },
+            // Portals (and invalid kinds, which the server rejects) as is.
+            _ => self.send(&frame, Expect::Description, true, None),
+        }
+        Ok(())
+    }
+
+    async fn on_close(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let body = protocol::body(&frame);
+        let kind = body.first().copied();
+        let name = match split_name(body.get(1..).unwrap_or(b""), "Close") {
+            Ok((n, _)) => n,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if kind == Some(b'S') && !name.is_empty() {
+            // The server-side copy may serve other clients; only this
+            // client's name goes away.
+            self.statements.remove(name);
+            self.pending.push_back(Pending::Synthetic(be::CLOSE_COMPLETE));
+            self.emit_synthetic();
+            return Ok(());
+        }
+        if kind == Some(b'S') {
+            self.unnamed = None;
+        }
+        if self.ensure_server(false).await {
+            if kind == Some(b'S') {
+                self.server_mut().unnamed = None;
+            }
+            self.send(&frame, Expect::CloseComplete, true, None);
+        }
+        Ok(())
+    }
+
+    /// Queue a frame for the server and remember what it owes us.
+    fn send(&mut self, frame: &[u8], expect: Expect, forward: bool, creates: Option<Creates>) {
+        self.server_out.extend_from_slice(frame);
+        self.pending.push_back(Pending::Request {
+            expect,
+            forward,
+            creates,
+        });
+        if self.server_out.len() >= HIGH_WATER {
+            self.flush_point();
+        }
+    }
+
+    /// Everything queued for the server so far may be written.
+    fn flush_point(&mut self) {
+        self.server_flush_upto = self.server_out.len();
+    }
+
+    fn server_mut(&mut self) -> &mut ServerConn {
+        self.server
+            .as_deref_mut()
+            .expect("callers check ensure_server first")
+    }
+
+    // ----------------------------------------------------------------------
+    // Getting and giving back servers.
+
+    /// Make sure a server is held, checking one out if needed. On failure the
+    /// client gets the error (and ReadyForQuery for a simple query, or the
+    /// rest of its extended batch is skipped up to Sync); returns false.
+    async fn ensure_server(&mut self, simple: bool) -> bool {
+        if self.server.is_some() {
+            return true;
+        }
+        // Deliver what the client is owed before possibly waiting for a server.
+        if !self.client_out.is_empty() {
+            let written = async {
+                self.client_wr.write_all(&self.client_out).await?;
+                self.client_wr.flush().await
+            };
+            if let Err(e) = written.await {
+                tracing::debug!(client = self.client_id, error = %e, "client write failed");
+            }
+            self.client_out.clear();
+            self.client_unflushed = false;
+        }
+        let result = match self.pool.checkout().await {
+            Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
+                Ok(()) => Ok(conn),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.to_pg()),
+        };
+        match result {
+            Ok(conn) => {
+                self.attach(conn);
+                true
+            }
+            Err(err) => {
+                tracing::warn!(client = self.client_id, user = %self.setup_user, database = %self.setup_database, error = %err, "no server for client");
+                err.encode(&mut self.client_out);
+                if simple {
+                    protocol::ready_for_query(&mut self.client_out, self.tx_status);
+                } else {
+                    self.skip_until_sync = true;
+                }
+                false
+            }
+        }
+    }
+
+    fn attach(&mut self, conn: PooledConn) {
+        self.cancel
+            .set(conn.target.host.clone(), conn.target.port, conn.backend_pid, conn.backend_secret);
+        self.server = Some(conn);
+    }
+
+    fn maybe_release(&mut self) {
+        if self.pool_mode == PoolMode::Transaction && self.server.is_some() && self.is_idle() {
+            if let Some(conn) = self.server.take() {
+                self.release_conn(conn);
+            }
+        }
+    }
+
+    fn release_conn(&mut self, conn: PooledConn) {
+        self.cancel.clear();
+        conn.release();
+    }
+}
+
+/// Bring a server's session parameters in line with what the client wants,
+/// in one round trip, and adopt the server's canonical spelling of each
+/// value (so "ISO" becomes "ISO, MDY" and is not set again next time).
+pub async fn sync_params(
+    conn: &mut ServerConn,
+    wanted: &mut BTreeMap<String, String>,
+) -> Result<(), PgError> {
+    let mut sql = String::new();
+    for (k, v) in wanted.iter() {
+        if conn.params.get(k) != Some(v) {
+            sql.push_str(&format!("SET {} = {};", quote_ident(k), protocol::quote_literal(v)));
+        }
+    }
+    // Settings another client asked for that this one did not: back to defaults.
+    let (keep, reset): (Vec<String>, Vec<String>) =
+        std::mem::take(&mut conn.custom_params).into_iter().partition(|k| wanted.contains_key(k));
+    conn.custom_params = keep;
+    for k in reset {
+        sql.push_str(&format!("RESET {};", quote_ident(&k)));
+        conn.params.remove(&k);
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let timeout = conn_timeout();
+    match conn.run_internal(&sql, timeout).await {
+        Ok(()) => {
+            for (k, v) in wanted.iter_mut() {
+                match conn.params.get(k) {
+                    Some(reported) => *v = reported.clone(),
+                    // Not reported by the server (not GUC_REPORT): we know it now.
+                    None => {
+                        conn.params.insert(k.clone(), v.clone());
+                        if !conn.custom_params.contains(k) {
+                            conn.custom_params.push(k.clone());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(InternalError::Sql(fields)) => {
+            let msg = fields
+                .iter()
+                .find(|(c, _)| *c == b'M')
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
+            Err(PgError::error("22023", format!("invalid session parameter: {msg}")))
+        }
+        Err(InternalError::Backend(e)) => Err(e.to_pg()),
+    }
+}
+
+fn conn_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Whether a simple query drops every prepared statement on the server
+/// (DISCARD ALL, DEALLOCATE ALL), so the proxy must forget them too.
+fn resets_server_state(body: &[u8]) -> bool {
+    let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().enumerate().any(|(i, w)| match *w {
+        "discard" => words.get(i + 1) == Some(&"all"),
+        "deallocate" => {
+            let next = if words.get(i + 1) == Some(&"prepare") { i + 2 } else { i + 1 };
+            words.get(next) == Some(&"all")
+        }
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_discard_all() {
+        assert!(resets_server_state(b"DISCARD ALL\0"));
+        assert!(resets_server_state(b"deallocate   all;\0"));
+        assert!(resets_server_state(b"select 1; discard all\0"));
+        assert!(resets_server_state(b"DEALLOCATE PREPARE ALL\0"));
+        assert!(!resets_server_state(b"deallocate foo\0"));
+        assert!(!resets_server_state(b"deallocate prepare foo\0"));
+        assert!(!resets_server_state(b"select 'discard'\0"));
+    }
+
+    #[test]
+    fn expect_terminals() {
+        assert!(Expect::Description.ended_by(b'n'));
+        assert!(!Expect::Description.ended_by(b't'));
+        assert!(Expect::ExecuteDone.ended_by(b's'));
+        assert!(!Expect::Ready.ended_by(b'C'));
+    }
+}

@@ -1,0 +1,125 @@
+//! A client's named prepared statements, kept by the proxy so they survive
+//! transaction pooling: each is stored as the Parse frame that creates it on
+//! any backend, under a proxy-chosen name derived from its content.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{self, fe, BodyReader, Malformed};
+
+/// A prepared statement as the proxy re-creates it on backends.
+#[derive(Debug)]
+pub struct Statement {
+    /// Name on the backends: `sw_` + a hash of query and parameter types, so
+    /// two clients preparing the same statement share one server-side copy,
+    /// and different statements can never collide under one name.
+    pub server_name: Arc<str>,
+    /// A Parse frame creating the statement under `server_name`.
+    pub parse_frame: Bytes,
+}
+
+/// The client's statements by the client's own names.
+#[derive(Default)]
+pub struct Statements {
+    by_client_name: HashMap<String, Arc<Statement>>,
+}
+
+impl Statements {
+    /// Record a client Parse (with a non-empty name) and return the statement.
+    /// A client re-using a name without closing it gets the new definition
+    /// (PostgreSQL would raise 42P05; replacing is the lenient choice that no
+    /// driver depends on either way).
+    pub fn define(&mut self, client_name: &str, parse_body_after_name: &[u8]) -> Arc<Statement> {
+        let digest = Sha256::digest(parse_body_after_name);
+        let mut name = String::with_capacity(3 + 32);
+        name.push_str("sw_");
+        for b in &digest[..16] {
+            name.push_str(&format!("{b:02x}"));
+        }
+        let mut frame = BytesMut::with_capacity(6 + name.len() + parse_body_after_name.len());
+        let at = protocol::begin_frame(&mut frame, fe::PARSE);
+        frame.put_slice(name.as_bytes());
+        frame.put_u8(0);
+        frame.put_slice(parse_body_after_name);
+        protocol::finish_frame(&mut frame, at);
+        let stmt = Arc::new(Statement {
+            server_name: name.into(),
+            parse_frame: frame.freeze(),
+        });
+        self.by_client_name
+            .insert(client_name.to_string(), stmt.clone());
+        stmt
+    }
+
+    pub fn get(&self, client_name: &str) -> Option<&Arc<Statement>> {
+        self.by_client_name.get(client_name)
+    }
+
+    pub fn remove(&mut self, client_name: &str) {
+        self.by_client_name.remove(client_name);
+    }
+
+    pub fn clear(&mut self) {
+        self.by_client_name.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_client_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_client_name.is_empty()
+    }
+}
+
+/// Split a message body that starts with one name (Parse, Close, Describe
+/// after its type byte) into the name and the rest.
+pub fn split_name<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a str, &'a [u8]), Malformed> {
+    let mut r = BodyReader::new(body, what);
+    let name = r.cstr()?;
+    Ok((name, r.remaining()))
+}
+
+/// Rebuild a frame of type `tag` whose body is `prefix` + `name\0` + `rest`.
+pub fn rebuild(tag: u8, prefix: &[u8], name: &str, rest: &[u8], out: &mut BytesMut) {
+    let at = protocol::begin_frame(out, tag);
+    out.put_slice(prefix);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(rest);
+    protocol::finish_frame(out, at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_same_server_name() {
+        let mut s = Statements::default();
+        let a = s.define("a", b"select 1\0\0\0");
+        let b = s.define("b", b"select 1\0\0\0");
+        let c = s.define("c", b"select 2\0\0\0");
+        assert_eq!(a.server_name, b.server_name);
+        assert_ne!(a.server_name, c.server_name);
+        assert!(a.server_name.len() < 63, "fits NAMEDATALEN");
+        // Parse frame: 'P', len, name\0, query\0, types
+        let f = &a.parse_frame;
+        assert_eq!(f[0], b'P');
+        let len = i32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
+        assert_eq!(len + 1, f.len());
+        let (name, rest) = split_name(&f[5..], "Parse").unwrap();
+        assert_eq!(name, &*a.server_name);
+        assert_eq!(rest, b"select 1\0\0\0");
+    }
+
+    #[test]
+    fn rebuild_bind() {
+        let mut out = BytesMut::new();
+        rebuild(b'B', b"portal\0", "sw_x", b"\0\0\0\0\0\0", &mut out);
+        assert_eq!(&out[5..], b"portal\0sw_x\0\0\0\0\0\0\0");
+    }
+}
