@@ -234,18 +234,14 @@ where
         })
         .await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client_wr.shutdown()).await;
-        if let Some(conn) = self.server.take() {
-            // Only a server with nothing in flight goes back to the pool.
-            if self.pending.is_empty()
-                && self.tx_status == b'I'
-                && self.server_out.is_empty()
-                && !self.skip_until_sync
-                && !self.copy_in
+        if let Some(mut conn) = self.server.take() {
+            self.cancel.clear();
+            // Only a server with nothing in flight goes back to the pool; in
+            // session pooling, only after the session's state is discarded.
+            if self.is_idle()
+                && (self.pool_mode == PoolMode::Transaction || discard_session(&mut conn).await)
             {
-                self.release_conn(conn);
-            } else {
-                self.cancel.clear();
-                drop(conn);
+                conn.release();
             }
         }
         end
@@ -479,6 +475,7 @@ where
     /// waiting for up to there will never come.
     fn on_server_error(&mut self) {
         self.copy_in = false;
+        let mut skipped_any = false;
         loop {
             match self.pending.front() {
                 Some(Pending::Request {
@@ -486,13 +483,15 @@ where
                     ..
                 }) => return,
                 None => {
-                    // No Sync sent yet: drop the client's messages up to it.
-                    if self.server.is_some() {
+                    // The batch's Sync is not sent yet: drop the client's
+                    // messages up to it. (An error with nothing pending is
+                    // unsolicited, e.g. a FATAL before the server closes.)
+                    if skipped_any && self.server.is_some() {
                         self.skip_until_sync = true;
                     }
                     return;
                 }
-                Some(_) => {}
+                Some(_) => skipped_any = true,
             }
             if let Some(Pending::Request {
                 creates: Some(c), ..
@@ -546,11 +545,18 @@ where
                 if !self.ensure_server(true).await {
                     return Ok(());
                 }
-                let resets = resets_server_state(protocol::body(&frame));
+                let resets = server_state_reset(protocol::body(&frame));
                 let s = self.server_mut();
                 s.unnamed = None;
-                if resets {
+                if resets.statements {
                     s.prepared.clear();
+                }
+                if resets.settings {
+                    // Reported parameters come back as ParameterStatus; the
+                    // unreported ones we set are simply gone.
+                    for k in std::mem::take(&mut s.custom_params) {
+                        s.params.remove(&k);
+                    }
                 }
                 self.send(&frame, Expect::Ready, true, None);
                 self.flush_point();
@@ -903,6 +909,25 @@ pub async fn sync_params(
     }
 }
 
+/// Reset a session-pooled server for its next client: DISCARD ALL drops
+/// prepared statements, temporary tables, settings and advisory locks.
+async fn discard_session(conn: &mut ServerConn) -> bool {
+    match conn.run_internal("DISCARD ALL", conn_timeout()).await {
+        Ok(()) => {
+            conn.prepared.clear();
+            conn.unnamed = None;
+            for k in std::mem::take(&mut conn.custom_params) {
+                conn.params.remove(&k);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(server = %conn.target.describe(), error = ?e, "could not reset a session-pooled connection; closing it");
+            false
+        }
+    }
+}
+
 fn conn_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -911,22 +936,37 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Whether a simple query drops every prepared statement on the server
-/// (DISCARD ALL, DEALLOCATE ALL), so the proxy must forget them too.
-fn resets_server_state(body: &[u8]) -> bool {
+/// What a simple query resets on the server that the proxy tracks.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Resets {
+    /// DISCARD ALL, DEALLOCATE [PREPARE] ALL: every prepared statement.
+    statements: bool,
+    /// DISCARD ALL, RESET ALL: every setting.
+    settings: bool,
+}
+
+fn server_state_reset(body: &[u8]) -> Resets {
     let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
     let words: Vec<&str> = sql
         .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
         .filter(|w| !w.is_empty())
         .collect();
-    words.iter().enumerate().any(|(i, w)| match *w {
-        "discard" => words.get(i + 1) == Some(&"all"),
-        "deallocate" => {
-            let next = if words.get(i + 1) == Some(&"prepare") { i + 2 } else { i + 1 };
-            words.get(next) == Some(&"all")
+    let mut r = Resets::default();
+    for (i, w) in words.iter().enumerate() {
+        let next = |n: usize| words.get(i + n).copied();
+        match *w {
+            "discard" if next(1) == Some("all") => {
+                r.statements = true;
+                r.settings = true;
+            }
+            "deallocate" if next(1) == Some("all") || (next(1) == Some("prepare") && next(2) == Some("all")) => {
+                r.statements = true
+            }
+            "reset" if next(1) == Some("all") => r.settings = true,
+            _ => {}
         }
-        _ => false,
-    })
+    }
+    r
 }
 
 #[cfg(test)]
@@ -935,13 +975,16 @@ mod tests {
 
     #[test]
     fn detects_discard_all() {
-        assert!(resets_server_state(b"DISCARD ALL\0"));
-        assert!(resets_server_state(b"deallocate   all;\0"));
-        assert!(resets_server_state(b"select 1; discard all\0"));
-        assert!(resets_server_state(b"DEALLOCATE PREPARE ALL\0"));
-        assert!(!resets_server_state(b"deallocate foo\0"));
-        assert!(!resets_server_state(b"deallocate prepare foo\0"));
-        assert!(!resets_server_state(b"select 'discard'\0"));
+        let both = Resets { statements: true, settings: true };
+        let stmts = Resets { statements: true, settings: false };
+        assert_eq!(server_state_reset(b"DISCARD ALL\0"), both);
+        assert_eq!(server_state_reset(b"deallocate   all;\0"), stmts);
+        assert_eq!(server_state_reset(b"select 1; discard all\0"), both);
+        assert_eq!(server_state_reset(b"DEALLOCATE PREPARE ALL\0"), stmts);
+        assert_eq!(server_state_reset(b"RESET ALL\0").settings, true);
+        assert_eq!(server_state_reset(b"deallocate foo\0"), Resets::default());
+        assert_eq!(server_state_reset(b"deallocate prepare foo\0"), Resets::default());
+        assert_eq!(server_state_reset(b"select 'discard'\0"), Resets::default());
     }
 
     #[test]
