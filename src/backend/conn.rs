@@ -163,7 +163,10 @@ pub struct ServerConn {
 
 impl ServerConn {
     /// Open and authenticate a connection; the whole exchange is bounded by `timeout`.
-    pub async fn connect(target: Arc<ServerTarget>, timeout: Duration) -> Result<Self, BackendError> {
+    pub async fn connect(
+        target: Arc<ServerTarget>,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
         let server = target.describe();
         match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
             Ok(r) => r,
@@ -303,10 +306,11 @@ impl ServerConn {
                             let s = scram
                                 .as_mut()
                                 .ok_or_else(|| self.protocol_error("SASL continue before start"))?;
-                            s.update(r.remaining()).map_err(|e| BackendError::Protocol {
-                                server: self.target.describe(),
-                                cause: format!("SCRAM: {e}"),
-                            })?;
+                            s.update(r.remaining())
+                                .map_err(|e| BackendError::Protocol {
+                                    server: self.target.describe(),
+                                    cause: format!("SCRAM: {e}"),
+                                })?;
                             let msg = s.message().to_vec();
                             let mut out = BytesMut::new();
                             let at = protocol::begin_frame(&mut out, fe::PASSWORD);
@@ -318,10 +322,11 @@ impl ServerConn {
                             let mut s = scram
                                 .take()
                                 .ok_or_else(|| self.protocol_error("SASL final before start"))?;
-                            s.finish(r.remaining()).map_err(|e| BackendError::Protocol {
-                                server: self.target.describe(),
-                                cause: format!("SCRAM server signature invalid: {e}"),
-                            })?;
+                            s.finish(r.remaining())
+                                .map_err(|e| BackendError::Protocol {
+                                    server: self.target.describe(),
+                                    cause: format!("SCRAM server signature invalid: {e}"),
+                                })?;
                         }
                         other => {
                             return Err(self.protocol_error(format!(
@@ -396,12 +401,16 @@ impl ServerConn {
 
     /// Run proxy-internal SQL (for example SETs that align session
     /// parameters) and wait for ReadyForQuery. Nothing reaches the client.
-    pub async fn run_internal(&mut self, sql: &str, timeout: Duration) -> Result<(), InternalError> {
+    pub async fn run_internal(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<(), InternalError> {
         match tokio::time::timeout(timeout, self.run_internal_inner(sql)).await {
             Ok(r) => r,
-            Err(_) => Err(InternalError::Backend(self.lost(format!(
-                "no answer to an internal query within {timeout:?}"
-            )))),
+            Err(_) => Err(InternalError::Backend(
+                self.lost(format!("no answer to an internal query within {timeout:?}")),
+            )),
         }
     }
 
@@ -440,10 +449,10 @@ impl ServerConn {
             return true;
         }
         let mut probe = [0u8; 1];
-        match self.reader.get_ref().try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            _ => true,
-        }
+        !matches!(
+            self.reader.get_ref().try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 }
 

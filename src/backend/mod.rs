@@ -80,7 +80,13 @@ impl Backends {
     }
 
     /// The pool of a shard's primary.
-    pub fn primary_pool(&self, config: &Config, shard: usize, database: &Database, user: &User) -> Arc<Pool> {
+    pub fn primary_pool(
+        &self,
+        config: &Config,
+        shard: usize,
+        database: &Database,
+        user: &User,
+    ) -> Arc<Pool> {
         let server = config.shards[shard]
             .servers
             .iter()

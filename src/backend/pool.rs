@@ -51,6 +51,9 @@ pub struct PoolStats {
     pub wait_micros: AtomicU64,
 }
 
+/// A server's startup ParameterStatus values, sorted by name.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
 pub struct Pool {
     pub target: Arc<ServerTarget>,
     settings: RawPool,
@@ -58,7 +61,7 @@ pub struct Pool {
     permits: Arc<Semaphore>,
     /// ParameterStatus values of the first connection made, sent to clients
     /// at login so they see the server's version, encoding and so on.
-    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    server_params: Mutex<Option<ServerParams>>,
     pub stats: PoolStats,
 }
 
@@ -88,7 +91,7 @@ impl Pool {
     }
 
     /// The server's startup parameters, connecting once if none is known yet.
-    pub async fn server_params(self: &Arc<Self>) -> Result<Arc<Vec<(String, String)>>, CheckoutError> {
+    pub async fn server_params(self: &Arc<Self>) -> Result<ServerParams, CheckoutError> {
         if let Some(p) = self.server_params.lock().ok().and_then(|p| p.clone()) {
             return Ok(p);
         }
@@ -98,9 +101,12 @@ impl Pool {
         Ok(params)
     }
 
-    fn remember_params(&self, conn: &ServerConn) -> Arc<Vec<(String, String)>> {
-        let mut params: Vec<(String, String)> =
-            conn.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    fn remember_params(&self, conn: &ServerConn) -> ServerParams {
+        let mut params: Vec<(String, String)> = conn
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         params.sort();
         let params = Arc::new(params);
         if let Ok(mut p) = self.server_params.lock() {
@@ -109,7 +115,8 @@ impl Pool {
         params
     }
 
-    /// Take a connection: an idle one if a healthy one exists, else a new one.
+    /// Take a connection: an idle one if a healthy one exists, else a new
+    /// one, waiting up to `checkout_timeout` for room in the pool.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
         let start = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -131,20 +138,28 @@ impl Pool {
                 }
             },
         };
+        self.checkout_with(permit, start).await
+    }
+
+    /// Like [`Pool::checkout`], but only if the pool has room right now.
+    pub async fn try_checkout(self: &Arc<Self>) -> Option<Result<PooledConn, CheckoutError>> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(self.checkout_with(permit, Instant::now()).await)
+    }
+
+    async fn checkout_with(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        start: Instant,
+    ) -> Result<PooledConn, CheckoutError> {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        loop {
-            let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
-            match candidate {
-                Some(mut c) => {
-                    if self.expired(&c) || c.is_broken() {
-                        continue; // dropped: closes the socket
-                    }
-                    c.last_used = Instant::now();
-                    self.record_wait(start);
-                    return Ok(PooledConn::new(c, self.clone(), permit));
-                }
-                None => break,
+        while let Some(mut c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            if self.expired(&c) || c.is_broken() {
+                continue; // dropped: closes the socket
             }
+            c.last_used = Instant::now();
+            self.record_wait(start);
+            return Ok(PooledConn::new(c, self.clone(), permit));
         }
         let conn = self.open().await?;
         self.record_wait(start);
@@ -161,7 +176,11 @@ impl Pool {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         match ServerConn::connect(self.target.clone(), self.settings.connect_timeout).await {
             Ok(c) => {
-                let known = self.server_params.lock().map(|p| p.is_some()).unwrap_or(true);
+                let known = self
+                    .server_params
+                    .lock()
+                    .map(|p| p.is_some())
+                    .unwrap_or(true);
                 if !known {
                     self.remember_params(&c);
                 }
@@ -193,14 +212,17 @@ impl Pool {
     pub async fn reap_and_fill(self: &Arc<Self>) {
         let min = self.settings.min_size as usize;
         let closed: Vec<ServerConn> = {
-            let Ok(mut idle) = self.idle.lock() else { return };
+            let Ok(mut idle) = self.idle.lock() else {
+                return;
+            };
             let total = idle.len() + self.in_use();
             let mut keep = Vec::with_capacity(idle.len());
             let mut closed = Vec::new();
             let mut remaining = total;
             // Oldest first are at the front of the stack.
             for c in idle.drain(..) {
-                let too_idle = c.last_used.elapsed() >= self.settings.idle_timeout && remaining > min;
+                let too_idle =
+                    c.last_used.elapsed() >= self.settings.idle_timeout && remaining > min;
                 if too_idle || self.expired(&c) {
                     remaining -= 1;
                     closed.push(c);
@@ -287,12 +309,16 @@ impl PooledConn {
 impl std::ops::Deref for PooledConn {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("connection present until release")
+        self.conn
+            .as_ref()
+            .expect("connection present until release")
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("connection present until release")
+        self.conn
+            .as_mut()
+            .expect("connection present until release")
     }
 }

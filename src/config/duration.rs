@@ -10,19 +10,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration; write it like \"500ms\", \"5s\", \"10m\" or \"1h\""))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("\"{s}\" is not a duration; write it like \"500ms\", \"5s\", \"10m\" or \"1h\"")
+    })?;
     let secs = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
-        "" => return Err(format!("\"{s}\" has no unit; write it like \"500ms\", \"5s\", \"10m\" or \"1h\"")),
-        other => return Err(format!("\"{s}\" has an unknown unit \"{other}\"; use ms, s, m, h or d")),
+        "" => {
+            return Err(format!(
+                "\"{s}\" has no unit; write it like \"500ms\", \"5s\", \"10m\" or \"1h\""
+            ))
+        }
+        other => {
+            return Err(format!(
+                "\"{s}\" has an unknown unit \"{other}\"; use ms, s, m, h or d"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("\"{s}\" is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -307,9 +307,15 @@ mod tests {
         let v = ScramVerifier::from_password("x");
         let mut s = ScramServer::new(&v);
         assert!(matches!(s.first(b"garbage"), Err(ScramError::Protocol(_))));
-        assert!(matches!(s.first(b"p=tls-server-end-point,,n=,r=abc"), Err(ScramError::Protocol(_))));
+        assert!(matches!(
+            s.first(b"p=tls-server-end-point,,n=,r=abc"),
+            Err(ScramError::Protocol(_))
+        ));
         s.first(b"n,,n=,r=abc").unwrap();
-        assert!(matches!(s.finish(b"c=biws,r=wrong,p=AAAA"), Err(ScramError::Protocol(_))));
+        assert!(matches!(
+            s.finish(b"c=biws,r=wrong,p=AAAA"),
+            Err(ScramError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -327,6 +333,9 @@ mod tests {
         let salt = [1, 2, 3, 4];
         let expected = md5_expected_response(&stored, &salt);
         // the same as postgres-protocol's client computation
-        assert_eq!(expected, postgres_protocol::authentication::md5_hash(b"u", b"pw", salt));
+        assert_eq!(
+            expected,
+            postgres_protocol::authentication::md5_hash(b"u", b"pw", salt)
+        );
     }
 }

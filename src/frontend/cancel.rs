@@ -84,7 +84,9 @@ impl CancelRegistry {
         let target = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             match slots.get(&pid) {
-                Some(slot) if slot.secret == secret => slot.target.lock().ok().and_then(|t| t.clone()),
+                Some(slot) if slot.secret == secret => {
+                    slot.target.lock().ok().and_then(|t| t.clone())
+                }
                 _ => None,
             }
         };
@@ -103,7 +105,9 @@ impl CancelRegistry {
             s.shutdown().await
         };
         match tokio::time::timeout(timeout, send).await {
-            Ok(Ok(())) => tracing::info!(pid, server = %format!("{}:{}", t.host, t.port), "forwarded cancel request"),
+            Ok(Ok(())) => {
+                tracing::info!(pid, server = %format!("{}:{}", t.host, t.port), "forwarded cancel request")
+            }
             Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not forward cancel request"),
             Err(_) => tracing::warn!(pid, "timed out forwarding cancel request"),
         }

@@ -29,8 +29,8 @@ use tracing::Instrument;
 use crate::backend::{Backends, CheckoutError};
 use crate::config::{AuthMethod, Config, PoolMode, User, ADMIN_DATABASE};
 use crate::protocol::{
-    self, fe, sqlstate, BodyReader, FrameReader, PgError, CANCEL_REQUEST_CODE,
-    GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET, SSL_REQUEST_CODE,
+    self, fe, sqlstate, BodyReader, FrameReader, PgError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE,
+    MAX_STARTUP_PACKET, SSL_REQUEST_CODE,
 };
 use crate::session::{self, Session, SessionSetup};
 use auth::{ScramError, ScramServer, ScramVerifier, StoredSecret};
@@ -117,12 +117,16 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         timeout = ?proxy.config.shutdown_timeout,
         "stopped accepting; waiting for running transactions"
     );
-    while proxy.active_clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    while proxy.active_clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = proxy.active_clients.load(Ordering::Relaxed);
     if left > 0 {
-        tracing::warn!(clients = left, "shutdown timeout reached; closing remaining sessions");
+        tracing::warn!(
+            clients = left,
+            "shutdown timeout reached; closing remaining sessions"
+        );
     } else {
         tracing::info!("all sessions closed");
     }
@@ -178,7 +182,9 @@ enum NegotiateError {
 async fn read_startup_packet<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, NegotiateError> {
     let len = s.read_i32().await? as i64;
     if !(8..=MAX_STARTUP_PACKET as i64).contains(&len) {
-        return Err(NegotiateError::Rejected(format!("invalid length of startup packet: {len}")));
+        return Err(NegotiateError::Rejected(format!(
+            "invalid length of startup packet: {len}"
+        )));
     }
     let mut body = vec![0u8; len as usize - 4];
     s.read_exact(&mut body).await?;
@@ -203,7 +209,9 @@ async fn negotiate(
     loop {
         let body = read_startup_packet(&mut stream).await?;
         let mut r = BodyReader::new(&body, "startup");
-        let code = r.i32().map_err(|e| NegotiateError::Rejected(e.to_string()))?;
+        let code = r
+            .i32()
+            .map_err(|e| NegotiateError::Rejected(e.to_string()))?;
         match code {
             SSL_REQUEST_CODE => {
                 let plain = match stream {
@@ -245,11 +253,15 @@ async fn negotiate(
             code if code >> 16 == 3 => {
                 let mut params = Vec::new();
                 loop {
-                    let k = r.cstr().map_err(|e| NegotiateError::Rejected(e.to_string()))?;
+                    let k = r
+                        .cstr()
+                        .map_err(|e| NegotiateError::Rejected(e.to_string()))?;
                     if k.is_empty() {
                         break;
                     }
-                    let v = r.cstr().map_err(|e| NegotiateError::Rejected(e.to_string()))?;
+                    let v = r
+                        .cstr()
+                        .map_err(|e| NegotiateError::Rejected(e.to_string()))?;
                     params.push((k.to_string(), v.to_string()));
                 }
                 // Protocol 3.x above 3.0, and `_pq_.` options: we speak 3.0.
@@ -349,7 +361,10 @@ where
     let config = proxy.config.clone();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user_name = get("user").ok_or_else(|| {
-        PgError::fatal(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
+        PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
     })?;
     let database = get("database").unwrap_or_else(|| user_name.clone());
     if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
@@ -372,11 +387,19 @@ where
         ));
     }
     let db = config.databases.get(&database).ok_or_else(|| {
-        PgError::fatal(sqlstate::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist"))
-            .with_hint(format!(
-                "databases served by this proxy: {}",
-                config.databases.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
+        PgError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )
+        .with_hint(format!(
+            "databases served by this proxy: {}",
+            config
+                .databases
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     })?;
 
     let wanted_from_client = client_session_params(&params)?;
@@ -401,17 +424,30 @@ where
         wanted.insert(k.clone(), v.clone());
     }
     // Align one server now: validates the client's parameters and learns
-    // the server's canonical spelling of each. Session pooling keeps it.
-    let mut conn = pool.checkout().await.map_err(fatal)?;
-    session::sync_params(&mut conn, &mut wanted).await.map_err(|mut e| {
-        e.severity = "FATAL";
-        e
-    })?;
-    let server = match db.pool_mode {
-        PoolMode::Session => Some(conn),
-        PoolMode::Transaction => {
-            conn.release();
-            None
+    // the server's canonical spelling of each. Session pooling keeps it. In
+    // transaction pooling a busy pool does not hold up the login: the
+    // parameters are then applied (and checked) at the first checkout.
+    let conn = match db.pool_mode {
+        PoolMode::Session => Some(pool.checkout().await),
+        PoolMode::Transaction => pool.try_checkout().await,
+    };
+    let server = match conn {
+        None => None,
+        Some(conn) => {
+            let mut conn = conn.map_err(fatal)?;
+            session::sync_params(&mut conn, &mut wanted)
+                .await
+                .map_err(|mut e| {
+                    e.severity = "FATAL";
+                    e
+                })?;
+            match db.pool_mode {
+                PoolMode::Session => Some(conn),
+                PoolMode::Transaction => {
+                    conn.release();
+                    None
+                }
+            }
         }
     };
 
@@ -453,7 +489,11 @@ fn client_session_params(params: &[(String, String)]) -> Result<Vec<(String, Str
         }
     }
     for (k, _) in &out {
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
             return Err(PgError::fatal(
                 "42704",
                 format!("invalid configuration parameter name \"{k}\""),
@@ -541,7 +581,9 @@ where
             send_auth(wr, Authentication::MD5Password(salt.to_vec())).await?;
             let frame = read_password_frame(rd).await?;
             let mut r = BodyReader::new(protocol::body(&frame), "PasswordMessage");
-            let given = r.cstr().map_err(|e| PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+            let given = r
+                .cstr()
+                .map_err(|e| PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
             let expected = user
                 .and_then(|u| u.secret.as_ref())
                 .and_then(|s| s.md5_hash(user_name))
@@ -567,20 +609,32 @@ where
                 )));
             }
             let len = r.i32().map_err(|e| proto(e.to_string()))?;
-            let data = if len < 0 { &[][..] } else { r.bytes(len as usize).map_err(|e| proto(e.to_string()))? };
+            let data = if len < 0 {
+                &[][..]
+            } else {
+                r.bytes(len as usize).map_err(|e| proto(e.to_string()))?
+            };
             let mut scram = ScramServer::new(verifier);
             let scram_err = |e: ScramError| match e {
                 ScramError::Protocol(m) => proto(m),
                 ScramError::WrongPassword => password_failed(user_name),
             };
             let server_first = scram.first(data).map_err(scram_err)?;
-            send_auth(wr, Authentication::SASLContinue(server_first.into_bytes().into())).await?;
+            send_auth(
+                wr,
+                Authentication::SASLContinue(server_first.into_bytes().into()),
+            )
+            .await?;
             let frame = read_password_frame(rd).await?;
             let server_final = scram.finish(protocol::body(&frame)).map_err(scram_err)?;
             if user.is_none() {
                 return Err(password_failed(user_name));
             }
-            send_auth(wr, Authentication::SASLFinal(server_final.into_bytes().into())).await?;
+            send_auth(
+                wr,
+                Authentication::SASLFinal(server_final.into_bytes().into()),
+            )
+            .await?;
             Ok(())
         }
     }
@@ -594,15 +648,22 @@ async fn send_auth<W: AsyncWrite + Unpin>(wr: &mut W, auth: Authentication) -> R
     wr.flush().await.map_err(io)
 }
 
-async fn read_password_frame<R: AsyncRead + Unpin>(rd: &mut FrameReader<R>) -> Result<BytesMut, PgError> {
-    let frame = rd
-        .next()
-        .await
-        .map_err(|e| PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("during authentication: {e}")))?;
+async fn read_password_frame<R: AsyncRead + Unpin>(
+    rd: &mut FrameReader<R>,
+) -> Result<BytesMut, PgError> {
+    let frame = rd.next().await.map_err(|e| {
+        PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("during authentication: {e}"),
+        )
+    })?;
     if frame[0] != fe::PASSWORD {
         return Err(PgError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
-            format!("expected a password response, got message type {:?}", frame[0] as char),
+            format!(
+                "expected a password response, got message type {:?}",
+                frame[0] as char
+            ),
         ));
     }
     Ok(frame)

@@ -16,14 +16,27 @@ pub fn load_server_config(
         .map_err(|e| ("cert", format!("cannot read {}: {e}", cert.display())))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
-        .map_err(|e| ("cert", format!("{} is not a valid PEM certificate: {e}", cert.display())))?;
+        .map_err(|e| {
+            (
+                "cert",
+                format!("{} is not a valid PEM certificate: {e}", cert.display()),
+            )
+        })?;
     if certs.is_empty() {
-        return Err(("cert", format!("{} contains no certificate", cert.display())));
+        return Err((
+            "cert",
+            format!("{} contains no certificate", cert.display()),
+        ));
     }
     let key_pem =
         std::fs::read(key).map_err(|e| ("key", format!("cannot read {}: {e}", key.display())))?;
     let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| ("key", format!("{} is not a valid PEM key: {e}", key.display())))?
+        .map_err(|e| {
+            (
+                "key",
+                format!("{} is not a valid PEM key: {e}", key.display()),
+            )
+        })?
         .ok_or_else(|| ("key", format!("{} contains no private key", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

@@ -123,11 +123,15 @@ impl<'a> BodyReader<'a> {
     }
 
     pub fn i16(&mut self) -> Result<i16, Malformed> {
-        Ok(i16::from_be_bytes(self.bytes(2)?.try_into().unwrap_or([0; 2])))
+        Ok(i16::from_be_bytes(
+            self.bytes(2)?.try_into().unwrap_or([0; 2]),
+        ))
     }
 
     pub fn i32(&mut self) -> Result<i32, Malformed> {
-        Ok(i32::from_be_bytes(self.bytes(4)?.try_into().unwrap_or([0; 4])))
+        Ok(i32::from_be_bytes(
+            self.bytes(4)?.try_into().unwrap_or([0; 4]),
+        ))
     }
 
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
@@ -288,7 +292,10 @@ pub fn ready_for_query(out: &mut BytesMut, status: u8) {
 }
 
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    encode(out, &ParameterStatus::new(name.to_string(), value.to_string()));
+    encode(
+        out,
+        &ParameterStatus::new(name.to_string(), value.to_string()),
+    );
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
@@ -315,7 +322,9 @@ pub fn query_frame(out: &mut BytesMut, sql: &str) {
 /// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_` options.
 pub fn negotiate_protocol_version(out: &mut BytesMut, unsupported: &[String]) {
     let at = begin_frame(out, be::NEGOTIATE_PROTOCOL_VERSION);
-    out.put_i32(0);
+    // The newest version we support, as a whole version number (what
+    // PostgreSQL sends; libpq rejects anything below 3.0).
+    out.put_i32(PROTOCOL_3_0);
     out.put_i32(unsupported.len() as i32);
     for o in unsupported {
         out.put_slice(o.as_bytes());
@@ -364,7 +373,10 @@ mod tests {
     fn error_fields_are_read_leniently() {
         let f = error_fields(b"SERROR\0C42P01\0Mno table\0\0");
         assert_eq!(f.len(), 3);
-        assert_eq!(describe_error(b"SERROR\0C42P01\0Mno table\0\0"), "ERROR 42P01: no table");
+        assert_eq!(
+            describe_error(b"SERROR\0C42P01\0Mno table\0\0"),
+            "ERROR 42P01: no table"
+        );
         // truncated: no panic, partial result
         assert_eq!(error_fields(b"SERR").len(), 0);
     }

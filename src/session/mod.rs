@@ -173,6 +173,9 @@ pub struct Session<R, W> {
     tx_status: u8,
     /// The client is streaming COPY data.
     copy_in: bool,
+    /// The server is in COPY FROM STDIN and the client has not sent CopyDone
+    /// or CopyFail yet: the server ignores the Syncs it reads meanwhile.
+    copy_open: bool,
 
     statements: Statements,
     /// The client's last unnamed Parse (its identity and frame), re-sent to a
@@ -211,6 +214,7 @@ where
             skip_until_sync: false,
             tx_status: b'I',
             copy_in: false,
+            copy_open: false,
             statements: Statements::default(),
             unnamed: None,
             wanted_params: setup.wanted_params,
@@ -355,7 +359,9 @@ where
             }
             Event::ClientRead(Ok(_)) => {}
             Event::ClientRead(Err(FrameError::Closed)) => {
-                return Err(SessionEnd::ClientGone("client closed the connection".into()))
+                return Err(SessionEnd::ClientGone(
+                    "client closed the connection".into(),
+                ))
             }
             Event::ClientRead(Err(e)) => return Err(self.client_protocol_error(e.to_string())),
             Event::Shutdown => self.shutting_down = true,
@@ -423,7 +429,11 @@ where
                 self.on_server_error();
                 return;
             }
-            be::COPY_IN_RESPONSE => self.copy_in = true,
+            be::COPY_IN_RESPONSE => {
+                self.copy_in = true;
+                self.copy_open = true;
+                self.forget_syncs_sent_into_copy();
+            }
             be::COMMAND_COMPLETE | be::READY_FOR_QUERY => self.copy_in = false,
             _ => {}
         }
@@ -475,6 +485,7 @@ where
     /// waiting for up to there will never come.
     fn on_server_error(&mut self) {
         self.copy_in = false;
+        self.copy_open = false;
         let mut skipped_any = false;
         loop {
             match self.pending.front() {
@@ -507,10 +518,40 @@ where
         }
     }
 
+    /// The server just entered COPY FROM STDIN for the Execute at the head of
+    /// `pending`. Syncs the client sent behind that Execute (tokio-postgres
+    /// sends Bind/Execute/Sync, libpq may too) are read by the server in copy
+    /// mode, which ignores them: stop waiting for their ReadyForQuery.
+    /// (Clients wait for CopyInResponse before sending CopyDone, so none of
+    /// these Syncs can belong after the copy.)
+    fn forget_syncs_sent_into_copy(&mut self) {
+        if !matches!(
+            self.pending.front(),
+            Some(Pending::Request {
+                expect: Expect::ExecuteDone,
+                ..
+            })
+        ) {
+            return;
+        }
+        let mut behind = self.pending.split_off(1);
+        behind.retain(|p| {
+            !matches!(
+                p,
+                Pending::Request {
+                    expect: Expect::Ready,
+                    ..
+                }
+            )
+        });
+        self.pending.append(&mut behind);
+    }
+
     /// Emit proxy-made responses that have reached the head of the queue.
     fn emit_synthetic(&mut self) {
         while let Some(Pending::Synthetic(tag)) = self.pending.front() {
-            self.client_out.extend_from_slice(&protocol::empty_frame(*tag));
+            self.client_out
+                .extend_from_slice(&protocol::empty_frame(*tag));
             self.pending.pop_front();
         }
     }
@@ -572,7 +613,12 @@ where
             fe::CLOSE => self.on_close(frame).await?,
             fe::SYNC => {
                 self.skip_until_sync = false;
-                if self.server.is_some() {
+                if self.server.is_some() && self.copy_open {
+                    // Ignored by the server during COPY FROM STDIN: no
+                    // ReadyForQuery will answer it.
+                    self.server_out.extend_from_slice(&frame);
+                    self.flush_point();
+                } else if self.server.is_some() {
                     self.send(&frame, Expect::Ready, true, None);
                     self.flush_point();
                 } else {
@@ -596,6 +642,9 @@ where
             fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
                 // Without a server the COPY already ended in an error; the
                 // protocol says such leftovers are dropped.
+                if tag != fe::COPY_DATA {
+                    self.copy_open = false;
+                }
                 if self.server.is_some() {
                     self.server_out.extend_from_slice(&frame);
                     if tag != fe::COPY_DATA || self.server_out.len() >= HIGH_WATER {
@@ -605,10 +654,9 @@ where
             }
             fe::TERMINATE => return Err(SessionEnd::ClientTerminated),
             other => {
-                return Err(self.client_protocol_error(format!(
-                    "invalid frontend message type {}",
-                    other
-                )))
+                return Err(
+                    self.client_protocol_error(format!("invalid frontend message type {}", other))
+                )
             }
         }
         Ok(())
@@ -634,7 +682,8 @@ where
             return Ok(());
         }
         if self.server_mut().prepared.contains(&stmt.server_name) {
-            self.pending.push_back(Pending::Synthetic(be::PARSE_COMPLETE));
+            self.pending
+                .push_back(Pending::Synthetic(be::PARSE_COMPLETE));
             self.emit_synthetic();
         } else {
             self.prepare_on_server(&stmt, true);
@@ -687,7 +736,9 @@ where
 
     async fn on_bind(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
         let mut r = BodyReader::new(protocol::body(&frame), "Bind");
-        let parsed = r.cstr_bytes().and_then(|portal| Ok((portal, r.cstr()?, r.remaining())));
+        let parsed = r
+            .cstr_bytes()
+            .and_then(|portal| Ok((portal, r.cstr()?, r.remaining())));
         let (portal, stmt, rest) = match parsed {
             Ok(x) => x,
             Err(e) => return Err(self.client_protocol_error(e.to_string())),
@@ -749,7 +800,8 @@ where
             // The server-side copy may serve other clients; only this
             // client's name goes away.
             self.statements.remove(name);
-            self.pending.push_back(Pending::Synthetic(be::CLOSE_COMPLETE));
+            self.pending
+                .push_back(Pending::Synthetic(be::CLOSE_COMPLETE));
             self.emit_synthetic();
             return Ok(());
         }
@@ -837,8 +889,12 @@ where
     }
 
     fn attach(&mut self, conn: PooledConn) {
-        self.cancel
-            .set(conn.target.host.clone(), conn.target.port, conn.backend_pid, conn.backend_secret);
+        self.cancel.set(
+            conn.target.host.clone(),
+            conn.target.port,
+            conn.backend_pid,
+            conn.backend_secret,
+        );
         self.server = Some(conn);
     }
 
@@ -866,12 +922,17 @@ pub async fn sync_params(
     let mut sql = String::new();
     for (k, v) in wanted.iter() {
         if conn.params.get(k) != Some(v) {
-            sql.push_str(&format!("SET {} = {};", quote_ident(k), protocol::quote_literal(v)));
+            sql.push_str(&format!(
+                "SET {} = {};",
+                quote_ident(k),
+                protocol::quote_literal(v)
+            ));
         }
     }
     // Settings another client asked for that this one did not: back to defaults.
-    let (keep, reset): (Vec<String>, Vec<String>) =
-        std::mem::take(&mut conn.custom_params).into_iter().partition(|k| wanted.contains_key(k));
+    let (keep, reset): (Vec<String>, Vec<String>) = std::mem::take(&mut conn.custom_params)
+        .into_iter()
+        .partition(|k| wanted.contains_key(k));
     conn.custom_params = keep;
     for k in reset {
         sql.push_str(&format!("RESET {};", quote_ident(&k)));
@@ -903,7 +964,10 @@ pub async fn sync_params(
                 .find(|(c, _)| *c == b'M')
                 .map(|(_, m)| m.clone())
                 .unwrap_or_default();
-            Err(PgError::error("22023", format!("invalid session parameter: {msg}")))
+            Err(PgError::error(
+                "22023",
+                format!("invalid session parameter: {msg}"),
+            ))
         }
         Err(InternalError::Backend(e)) => Err(e.to_pg()),
     }
@@ -959,7 +1023,10 @@ fn server_state_reset(body: &[u8]) -> Resets {
                 r.statements = true;
                 r.settings = true;
             }
-            "deallocate" if next(1) == Some("all") || (next(1) == Some("prepare") && next(2) == Some("all")) => {
+            "deallocate"
+                if next(1) == Some("all")
+                    || (next(1) == Some("prepare") && next(2) == Some("all")) =>
+            {
                 r.statements = true
             }
             "reset" if next(1) == Some("all") => r.settings = true,
@@ -975,15 +1042,24 @@ mod tests {
 
     #[test]
     fn detects_discard_all() {
-        let both = Resets { statements: true, settings: true };
-        let stmts = Resets { statements: true, settings: false };
+        let both = Resets {
+            statements: true,
+            settings: true,
+        };
+        let stmts = Resets {
+            statements: true,
+            settings: false,
+        };
         assert_eq!(server_state_reset(b"DISCARD ALL\0"), both);
         assert_eq!(server_state_reset(b"deallocate   all;\0"), stmts);
         assert_eq!(server_state_reset(b"select 1; discard all\0"), both);
         assert_eq!(server_state_reset(b"DEALLOCATE PREPARE ALL\0"), stmts);
-        assert_eq!(server_state_reset(b"RESET ALL\0").settings, true);
+        assert!(server_state_reset(b"RESET ALL\0").settings);
         assert_eq!(server_state_reset(b"deallocate foo\0"), Resets::default());
-        assert_eq!(server_state_reset(b"deallocate prepare foo\0"), Resets::default());
+        assert_eq!(
+            server_state_reset(b"deallocate prepare foo\0"),
+            Resets::default()
+        );
         assert_eq!(server_state_reset(b"select 'discard'\0"), Resets::default());
     }
 

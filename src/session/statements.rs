@@ -77,7 +77,10 @@ impl Statements {
 
 /// Split a message body that starts with one name (Parse, Close, Describe
 /// after its type byte) into the name and the rest.
-pub fn split_name<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a str, &'a [u8]), Malformed> {
+pub fn split_name<'a>(
+    body: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a str, &'a [u8]), Malformed> {
     let mut r = BodyReader::new(body, what);
     let name = r.cstr()?;
     Ok((name, r.remaining()))

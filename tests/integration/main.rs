@@ -1,0 +1,22 @@
+//! Integration tests: the shardwire binary in front of a real PostgreSQL
+//! shard cluster (scripts/cluster.sh), driven by psql, pgbench,
+//! tokio-postgres and raw sockets.
+//!
+//! One test binary, so one cluster (started on first use, removed at exit)
+//! serves every test; each test starts its own proxy and uses its own tables.
+
+mod common;
+
+mod auth;
+mod bad_input;
+mod cancel;
+mod check;
+mod concurrency;
+mod pgbench;
+mod pool_sizing;
+mod pooling;
+mod psql;
+mod session_mode;
+mod session_params;
+mod shutdown;
+mod tls;

@@ -1,0 +1,163 @@
+//! `pool_mode = "session"`: a client keeps one backend for its lifetime.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+#[test]
+fn session_pooling_keeps_backend_and_settings() {
+    let proxy = TestProxy::start(|c| {
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), "session".into());
+        set(c, "pool.max_size", 2);
+        // Long enough for a closing session's backend to come back even on
+        // a busy machine; the third client below waits this long.
+        set(c, "pool.checkout_timeout", "2s");
+    });
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async move {
+        let (mut a, _ca) = connect(&config).await;
+        let (b, _cb) = connect(&config).await;
+        let pid_a: i32 = a
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let pid_b: i32 = b
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        assert_ne!(pid_a, pid_b, "two sessions share a backend in session mode");
+
+        // SET outside a transaction; not a parameter the proxy tracks.
+        a.batch_execute("set work_mem = '7MB'").await.expect("set");
+        a.batch_execute("prepare p(int) as select $1 * 3")
+            .await
+            .expect("sql prepare");
+        for i in 0..10 {
+            let tx = a.transaction().await.expect("begin");
+            let row = tx
+                .query_one("select pg_backend_pid(), current_setting('work_mem')", &[])
+                .await
+                .expect("query");
+            assert_eq!(
+                row.get::<_, i32>(0),
+                pid_a,
+                "transaction {i} ran on another backend"
+            );
+            assert_eq!(row.get::<_, &str>(1), "7MB");
+            tx.commit().await.expect("commit");
+            // The other client's work in between does not matter.
+            let other: String = b
+                .query_one("select current_setting('work_mem')", &[])
+                .await
+                .expect("b")
+                .get(0);
+            assert_eq!(other, "4MB");
+        }
+        // A server-side SQL PREPARE survives too (it would not be portable
+        // across backends in transaction mode).
+        let msgs = a.simple_query("execute p(14)").await.expect("execute");
+        let v = msgs.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(v.as_deref(), Some("42"));
+
+        // Both backends are taken: a third client waits checkout_timeout, then fails.
+        let e = try_connect(&config)
+            .await
+            .map(drop)
+            .expect_err("third session got a backend");
+        assert_eq!(sqlstate(&e), "53300", "{e}");
+        // Once a session ends its backend is free again.
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (c, _cc) = connect(&config).await;
+        let row = c
+            .query_one("select pg_backend_pid(), current_setting('work_mem')", &[])
+            .await
+            .expect("c");
+        assert_eq!(
+            row.get::<_, i32>(0),
+            pid_b,
+            "the freed backend was not reused"
+        );
+        assert_eq!(row.get::<_, &str>(1), "4MB");
+
+        // The backend of a session that changed its state goes to the next
+        // session clean: no settings or SQL prepared statements carried over.
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (d, _cd) = connect(&config).await;
+        let row = d
+            .query_one("select pg_backend_pid(), current_setting('work_mem')", &[])
+            .await
+            .expect("d");
+        assert_eq!(
+            row.get::<_, i32>(0),
+            pid_a,
+            "the freed backend was not reused"
+        );
+        assert_eq!(
+            row.get::<_, &str>(1),
+            "4MB",
+            "a SET leaked from a previous session"
+        );
+        let e = d
+            .simple_query("execute p(1)")
+            .await
+            .map(drop)
+            .expect_err("a PREPARE leaked from a previous session");
+        assert_eq!(sqlstate(&e), "26000", "{e}");
+    });
+}
+
+/// Notices and notifications pass through (LISTEN needs session pooling).
+#[test]
+fn notices_and_notifications_pass_through() {
+    let proxy = TestProxy::start(|c| {
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), "session".into());
+    });
+    let out = psql(
+        &proxy.url(),
+        "app",
+        true,
+        &[
+            "-qAt",
+            "-c",
+            "do $$ begin raise notice 'hello from the server'; end $$",
+            "-c",
+            "listen sw_channel",
+            "-c",
+            "notify sw_channel, 'payload one'",
+            "-c",
+            "select pg_notify('sw_channel', 'payload two')",
+            "-c",
+            "select 'done'",
+        ],
+        None,
+    )
+    .ok("psql notices and notifications");
+    assert!(
+        out.stderr.contains("NOTICE:  hello from the server"),
+        "{}",
+        out.stderr
+    );
+    for payload in ["payload one", "payload two"] {
+        assert!(
+            out.stdout.contains(&format!(
+                "Asynchronous notification \"sw_channel\" with payload \"{payload}\" received"
+            )),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(out.stdout.ends_with("done\n"), "{}", out.stdout);
+}
