@@ -9,7 +9,9 @@ pub mod backend;
 pub mod config;
 pub mod frontend;
 pub mod protocol;
+pub mod router;
 pub mod session;
+pub mod sharding;
 
 /// The version reported by `shardwire --version` and the admin console.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,12 +8,23 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use shardwire::config::Config;
 use shardwire::frontend::{self, Proxy};
+use shardwire::router::{Param, SessionHints};
 
 #[derive(Parser)]
-#[command(name = "shardwire", version, about = "A PostgreSQL-wire-compatible sharding proxy")]
+#[command(
+    name = "shardwire",
+    version,
+    about = "A PostgreSQL-wire-compatible sharding proxy"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "SHARDWIRE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SHARDWIRE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -41,6 +52,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain how a statement would be routed, as JSON (no database needed).
+    Route {
+        #[arg(long, short, env = "SHARDWIRE_CONFIG")]
+        config: PathBuf,
+        /// The SQL statement.
+        sql: String,
+        /// Values of $1, $2, ... in order (text format).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Session routing hint, as `SET shardwire.shard = ...` would set it.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Session routing hint, as `SET shardwire.shard_key = ...` would set it.
+        #[arg(long)]
+        shard_key: Option<String>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -61,7 +88,10 @@ fn main() -> ExitCode {
         Command::Check { config, json } => match Config::load(&config) {
             Ok(c) => {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&c.to_json()).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&c.to_json()).unwrap_or_default()
+                    );
                 } else {
                     print!("{}", c.summary());
                 }
@@ -72,6 +102,57 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Route {
+            config,
+            sql,
+            params,
+            shard,
+            shard_key,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("shardwire: invalid config: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let params: Vec<Param<'_>> = params
+                .iter()
+                .map(|p| Param {
+                    value: Some(p.as_bytes()),
+                    binary: false,
+                })
+                .collect();
+            let hints = SessionHints { shard, shard_key };
+            let names = config.router.shard_names();
+            let out = match config.router.route(&sql, &params, &hints) {
+                Ok(r) => serde_json::json!({
+                    "ok": true,
+                    "shards": r.shards.iter().map(|i| names[*i].clone()).collect::<Vec<_>>(),
+                    "all_shards": r.all_shards,
+                    "role": "primary",
+                    "writes": r.writes,
+                    "table": r.table,
+                    "strategy": r.strategy,
+                    "keys": r.keys,
+                    "row_shards": r.row_shards.map(|rs| rs.iter().map(|i| names[*i].clone()).collect::<Vec<_>>()),
+                    "copy_split": r.copy_split,
+                    "reason": r.reason,
+                }),
+                Err(e) => serde_json::json!({
+                    "ok": false,
+                    "sqlstate": e.code,
+                    "error": e.message,
+                    "hint": e.hint,
+                }),
+            };
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            if out["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Serve { config } => {
             init_logging(cli.log_format);
             let config = match Config::load(&config) {
@@ -81,7 +162,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("shardwire: cannot start the runtime: {e}");
@@ -115,7 +199,10 @@ async fn serve(config: Config) -> Result<(), String> {
 fn spawn_signal_handler(proxy: Arc<Proxy>) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };

@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::router::{KeyType, Placement, Router, TableRule};
+use crate::sharding::{GeoMap, HashRing, RangeBound, RangeMap, RangeSpec, DEFAULT_VNODES};
+use std::sync::Arc;
+
 use crate::frontend::auth::StoredSecret;
 
 pub use duration::parse_duration;
@@ -64,7 +68,10 @@ pub struct RawConfig {
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
     /// How long SIGTERM waits for running transactions before closing.
-    #[serde(default = "default_shutdown_timeout", with = "duration::serde_duration")]
+    #[serde(
+        default = "default_shutdown_timeout",
+        with = "duration::serde_duration"
+    )]
     pub shutdown_timeout: Duration,
     pub tls: Option<RawTls>,
     #[serde(default)]
@@ -75,6 +82,47 @@ pub struct RawConfig {
     pub databases: Vec<RawDatabase>,
     #[serde(default)]
     pub shards: Vec<RawShard>,
+    /// Sharded and reference tables; tables not listed live on the default shard.
+    #[serde(default)]
+    pub tables: Vec<RawTable>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Hash,
+    Range,
+    Geo,
+    Reference,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    pub name: String,
+    /// The shard key column (not for reference tables).
+    pub key: Option<String>,
+    pub strategy: Strategy,
+    /// int, text or uuid; hash keys default to int, range keys follow their
+    /// bounds, geo keys are text.
+    pub key_type: Option<KeyType>,
+    /// hash: virtual nodes per shard on the ring.
+    pub vnodes: Option<u32>,
+    /// range: `[{ shard = "s0", from = 1, to = 500001 }, ...]`, from inclusive,
+    /// to exclusive, either end may be left open.
+    pub ranges: Option<Vec<RawRange>>,
+    /// geo: `{ s0 = ["us", "ca"], s1 = ["de", "fr"] }`.
+    pub regions: Option<BTreeMap<String, Vec<String>>>,
+    /// geo: shard for regions not listed; defaults to the global default shard.
+    pub default_shard: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRange {
+    pub shard: String,
+    pub from: Option<toml::Value>,
+    pub to: Option<toml::Value>,
 }
 
 fn default_listen() -> String {
@@ -259,6 +307,9 @@ pub struct Config {
     pub users: BTreeMap<String, User>,
     pub databases: BTreeMap<String, Database>,
     pub shards: Vec<Shard>,
+    /// Built from `[[tables]]` at load, so ranges and regions are validated
+    /// before the proxy starts.
+    pub router: Arc<Router>,
 }
 
 #[derive(Debug, Clone)]
@@ -442,7 +493,10 @@ impl Config {
         if p.min_size > p.max_size {
             return Err(err(
                 "pool.min_size",
-                format!("{} is larger than pool.max_size ({})", p.min_size, p.max_size),
+                format!(
+                    "{} is larger than pool.max_size ({})",
+                    p.min_size, p.max_size
+                ),
             ));
         }
         for (k, d) in [
@@ -481,9 +535,9 @@ impl Config {
                         ),
                     ))
                 }
-                (Some(p), _) => Some(
-                    StoredSecret::parse(p).map_err(|r| err(&format!("{key}.password"), r))?,
-                ),
+                (Some(p), _) => {
+                    Some(StoredSecret::parse(p).map_err(|r| err(&format!("{key}.password"), r))?)
+                }
             };
             if u.auth == AuthMethod::ScramSha256 {
                 if let Some(StoredSecret::Md5(_)) = secret {
@@ -555,9 +609,8 @@ impl Config {
                 let base = path.parent().unwrap_or(Path::new("."));
                 let cert = base.join(&t.cert);
                 let key = base.join(&t.key);
-                crate::frontend::tls::load_server_config(&cert, &key).map_err(|(which, r)| {
-                    err(&format!("tls.{which}"), r)
-                })?;
+                crate::frontend::tls::load_server_config(&cert, &key)
+                    .map_err(|(which, r)| err(&format!("tls.{which}"), r))?;
                 Some(TlsConfig {
                     cert,
                     key,
@@ -566,7 +619,10 @@ impl Config {
             }
         };
 
+        let router = Arc::new(build_router(&raw.tables, &shards, default_shard, &err)?);
+
         Ok(Config {
+            router,
             file: path.to_path_buf(),
             listen: raw.listen,
             http_listen: raw.http_listen,
@@ -596,6 +652,12 @@ impl Config {
                 "server_database": d.server_database,
                 "pool_mode": d.pool_mode,
             })).collect::<Vec<_>>(),
+            "tables": self.router.tables().map(|t| serde_json::json!({
+                "name": t.name,
+                "key": t.key,
+                "strategy": t.strategy(),
+                "key_type": t.key_type,
+            })).collect::<Vec<_>>(),
             "users": self.users.values().map(|u| serde_json::json!({
                 "name": u.name,
                 "auth": u.auth,
@@ -615,7 +677,11 @@ impl Config {
             if self.tls.is_some() { "on" } else { "off" }
         );
         for (i, shard) in self.shards.iter().enumerate() {
-            let default = if i == self.default_shard { " (default)" } else { "" };
+            let default = if i == self.default_shard {
+                " (default)"
+            } else {
+                ""
+            };
             s.push_str(&format!("shard {}{default}\n", shard.name));
             for v in &shard.servers {
                 s.push_str(&format!("  {:<8} {}\n", v.role.to_string(), v.addr()));
@@ -627,6 +693,20 @@ impl Config {
                 d.name, d.server_database, d.pool_mode
             ));
         }
+        let mut tables: Vec<_> = self.router.tables().collect();
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        for t in tables {
+            if t.key.is_empty() {
+                s.push_str(&format!("table {} ({})\n", t.name, t.strategy()));
+            } else {
+                s.push_str(&format!(
+                    "table {} ({} on {})\n",
+                    t.name,
+                    t.strategy(),
+                    t.key
+                ));
+            }
+        }
         for u in self.users.values() {
             s.push_str(&format!(
                 "user {} ({}{})\n",
@@ -636,6 +716,198 @@ impl Config {
             ));
         }
         s
+    }
+}
+
+/// Turn `[[tables]]` into routing rules, checking each against the shards.
+fn build_router(
+    raw: &[RawTable],
+    shards: &[Shard],
+    default_shard: usize,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Router, ConfigError> {
+    let shard_index = |key: &str, name: &str| -> Result<usize, ConfigError> {
+        shards.iter().position(|s| s.name == name).ok_or_else(|| {
+            err(
+                key,
+                format!("no shard is named \"{name}\" (shards: {})", names(shards)),
+            )
+        })
+    };
+    let shard_names: Vec<&str> = shards.iter().map(|s| s.name.as_str()).collect();
+    let mut rules: Vec<TableRule> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let key = |k: &str| format!("tables[{i}].{k}");
+        let name = t.name.trim().to_lowercase();
+        if name.is_empty() {
+            return Err(err(&key("name"), "must not be empty".into()));
+        }
+        if rules.iter().any(|r| r.name == name) {
+            return Err(err(
+                &key("name"),
+                format!("table \"{name}\" is declared twice"),
+            ));
+        }
+        let not_for = |field: &str, present: bool| -> Result<(), ConfigError> {
+            if present {
+                Err(err(
+                    &key(field),
+                    format!(
+                        "`{field}` does not apply to strategy = \"{}\"",
+                        strategy_name(t.strategy)
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if t.strategy != Strategy::Geo {
+            not_for("regions", t.regions.is_some())?;
+            not_for("default_shard", t.default_shard.is_some())?;
+        }
+        if t.strategy != Strategy::Range {
+            not_for("ranges", t.ranges.is_some())?;
+        }
+        if t.strategy != Strategy::Hash {
+            not_for("vnodes", t.vnodes.is_some())?;
+        }
+        let column = match (&t.key, t.strategy) {
+            (Some(_), Strategy::Reference) => {
+                return Err(err(
+                    &key("key"),
+                    "reference tables have no shard key".into(),
+                ))
+            }
+            (None, Strategy::Reference) => String::new(),
+            (None, _) => {
+                return Err(err(
+                    &key("key"),
+                    format!("table \"{name}\" needs `key`, the shard key column"),
+                ))
+            }
+            (Some(k), _) if k.trim().is_empty() => {
+                return Err(err(&key("key"), "must not be empty".into()))
+            }
+            (Some(k), _) => k.trim().to_lowercase(),
+        };
+        let (placement, key_type, placement_id) = match t.strategy {
+            Strategy::Reference => (Placement::Reference, KeyType::Text, "reference".to_string()),
+            Strategy::Hash => {
+                let vnodes = t.vnodes.unwrap_or(DEFAULT_VNODES);
+                if !(1..=10_000).contains(&vnodes) {
+                    return Err(err(&key("vnodes"), "must be between 1 and 10000".into()));
+                }
+                let ring =
+                    HashRing::new(&shard_names, vnodes).map_err(|e| err(&key("vnodes"), e))?;
+                let kt = t.key_type.unwrap_or(KeyType::Int);
+                (Placement::Hash(ring), kt, format!("hash:{vnodes}"))
+            }
+            Strategy::Range => {
+                let Some(ranges) = &t.ranges else {
+                    return Err(err(
+                        &key("ranges"),
+                        "strategy = \"range\" needs `ranges`".into(),
+                    ));
+                };
+                if ranges.is_empty() {
+                    return Err(err(&key("ranges"), "must list at least one range".into()));
+                }
+                let mut specs = Vec::new();
+                for (j, r) in ranges.iter().enumerate() {
+                    let rk = key(&format!("ranges[{j}]"));
+                    let shard = shard_index(&format!("{rk}.shard"), &r.shard)?;
+                    let bound = |v: &Option<toml::Value>,
+                                 which: &str|
+                     -> Result<Option<RangeBound>, ConfigError> {
+                        match v {
+                            None => Ok(None),
+                            Some(toml::Value::Integer(n)) => Ok(Some(RangeBound::Int(*n))),
+                            Some(toml::Value::String(s)) => Ok(Some(RangeBound::Text(s.clone()))),
+                            Some(other) => Err(err(
+                                &format!("{rk}.{which}"),
+                                format!("must be an integer or a string, not {}", other.type_str()),
+                            )),
+                        }
+                    };
+                    specs.push(RangeSpec::new(
+                        bound(&r.from, "from")?,
+                        bound(&r.to, "to")?,
+                        shard,
+                    ));
+                }
+                let bound_type = specs
+                    .iter()
+                    .flat_map(|s| [s.from.as_ref(), s.to.as_ref()])
+                    .flatten()
+                    .map(|b| match b {
+                        RangeBound::Int(_) => KeyType::Int,
+                        RangeBound::Text(_) => KeyType::Text,
+                    })
+                    .next()
+                    .unwrap_or(KeyType::Int);
+                let kt = t.key_type.unwrap_or(bound_type);
+                if kt != bound_type {
+                    return Err(err(
+                        &key("key_type"),
+                        format!("is {kt:?} but the range bounds are {bound_type:?}").to_lowercase(),
+                    ));
+                }
+                let canonical: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+                let map = RangeMap::new(specs).map_err(|e| err(&key("ranges"), e))?;
+                (
+                    Placement::Range(map),
+                    kt,
+                    format!("range:{}", canonical.join(";")),
+                )
+            }
+            Strategy::Geo => {
+                let Some(regions) = &t.regions else {
+                    return Err(err(
+                        &key("regions"),
+                        "strategy = \"geo\" needs `regions`".into(),
+                    ));
+                };
+                let mut assignments = Vec::new();
+                for (shard, list) in regions {
+                    let idx = shard_index(&key(&format!("regions.{shard}")), shard)?;
+                    assignments.push((idx, list.clone()));
+                }
+                let default = match &t.default_shard {
+                    Some(n) => shard_index(&key("default_shard"), n)?,
+                    None => default_shard,
+                };
+                if t.key_type.is_some_and(|k| k != KeyType::Text) {
+                    return Err(err(
+                        &key("key_type"),
+                        "geo keys are text (region names)".into(),
+                    ));
+                }
+                let id = format!("geo:{assignments:?}:{default}");
+                let map = GeoMap::new(assignments, default).map_err(|e| err(&key("regions"), e))?;
+                (Placement::Geo(map), KeyType::Text, id)
+            }
+        };
+        rules.push(TableRule {
+            name,
+            key: column,
+            key_type,
+            placement,
+            placement_id,
+        });
+    }
+    Ok(Router::new(
+        rules,
+        shards.iter().map(|s| s.name.clone()).collect(),
+        default_shard,
+    ))
+}
+
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Hash => "hash",
+        Strategy::Range => "range",
+        Strategy::Geo => "geo",
+        Strategy::Reference => "reference",
     }
 }
 
@@ -759,6 +1031,90 @@ role = "replica"
         assert_eq!(e.key, "users[0].password");
         let e = load(&GOOD.replace("max_size = 5", "max_size = 5\nmin_size = 9")).unwrap_err();
         assert_eq!(e.key, "pool.min_size");
+    }
+
+    const TWO_SHARDS: &str = r#"
+[[users]]
+name = "app"
+password = "app"
+[[databases]]
+name = "app"
+[[shards]]
+name = "s0"
+servers = [{ host = "127.0.0.1", port = 5432, role = "primary" }]
+[[shards]]
+name = "s1"
+servers = [{ host = "127.0.0.1", port = 5433, role = "primary" }]
+"#;
+
+    fn with_tables(tables: &str) -> Result<Config, ConfigError> {
+        load(&format!("{TWO_SHARDS}\n{tables}"))
+    }
+
+    #[test]
+    fn tables_of_every_strategy() {
+        let c = with_tables(
+            r#"
+[[tables]]
+name = "pgbench_accounts"
+key = "aid"
+strategy = "hash"
+[[tables]]
+name = "events"
+key = "id"
+strategy = "range"
+ranges = [{ shard = "s0", to = 100 }, { shard = "s1", from = 100 }]
+[[tables]]
+name = "users"
+key = "country"
+strategy = "geo"
+regions = { s0 = ["us", "ca"], s1 = ["de", "fr"] }
+default_shard = "s1"
+[[tables]]
+name = "countries"
+strategy = "reference"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.router.tables().count(), 4);
+        let j = c.to_json();
+        assert_eq!(j["tables"].as_array().unwrap().len(), 4);
+        let events = c.router.table("events").unwrap();
+        assert_eq!(events.key_type, KeyType::Int);
+    }
+
+    #[test]
+    fn table_errors_name_the_key() {
+        let cases = [
+            ("[[tables]]\nname = \"t\"\nstrategy = \"hash\"", "tables[0].key"),
+            (
+                "[[tables]]\nname = \"t\"\nkey = \"id\"\nstrategy = \"range\"\nranges = [{ shard = \"s0\", from = 1, to = 10 }, { shard = \"s1\", from = 5, to = 20 }]",
+                "tables[0].ranges",
+            ),
+            (
+                "[[tables]]\nname = \"t\"\nkey = \"id\"\nstrategy = \"range\"\nranges = [{ shard = \"s0\", from = 1, to = 10 }, { shard = \"s1\", from = 11, to = 20 }]",
+                "tables[0].ranges",
+            ),
+            (
+                "[[tables]]\nname = \"t\"\nkey = \"id\"\nstrategy = \"range\"\nranges = [{ shard = \"s7\", from = 1 }]",
+                "tables[0].ranges[0].shard",
+            ),
+            (
+                "[[tables]]\nname = \"t\"\nkey = \"c\"\nstrategy = \"geo\"\nregions = { s0 = [\"us\"], s1 = [\"us\"] }",
+                "tables[0].regions",
+            ),
+            (
+                "[[tables]]\nname = \"t\"\nkey = \"c\"\nstrategy = \"geo\"\nregions = { s9 = [\"us\"] }",
+                "tables[0].regions.s9",
+            ),
+            ("[[tables]]\nname = \"t\"\nkey = \"id\"\nstrategy = \"hash\"\nranges = []", "tables[0].ranges"),
+            ("[[tables]]\nname = \"t\"\nkey = \"id\"\nstrategy = \"reference\"", "tables[0].key"),
+            ("[[tables]]\nname = \"t\"\nkey = \"id\"\nstrategy = \"modulo\"", "tables[0].strategy"),
+        ];
+        for (toml, key) in cases {
+            let e = with_tables(toml).unwrap_err();
+            assert_eq!(e.key, key, "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+#
+# golden-hashes.sh - regenerate the golden hash files that pin shardwire's
+# Rust port of PostgreSQL's extended hash functions (src/sharding/pghash.rs).
+#
+# Starts a throwaway single-server cluster with scripts/cluster.sh, asks the
+# server for hashint8extended / hashtextextended / uuid_hash_extended with
+# seed 0 of >= 10,000 keys each, and writes
+#
+#   src/sharding/golden/int8.tsv   key (decimal)            <TAB> hash
+#   src/sharding/golden/text.tsv   key (hex of UTF-8 bytes) <TAB> hash
+#   src/sharding/golden/uuid.tsv   key (canonical uuid)     <TAB> hash
+#
+# (hash = signed decimal int8, exactly as the server prints it; lines starting
+# with '#' are provenance). Text keys are hex-encoded so that every key,
+# including the empty string, tabs, newlines and backslashes, round-trips
+# exactly. Keys are derived from md5 of a counter, not random(), so the key
+# set is the same on every run and every PostgreSQL version.
+#
+# It also checks on the server that hashint4extended(x, 0) and
+# hashint2extended(x, 0) equal hashint8extended(x, 0) for values in their
+# ranges (the reason every integer type routes alike) and records the counts
+# in int8.tsv's header. It fails if they differ.
+#
+# The unit tests (cargo test --lib sharding) need no server: they read the
+# files. Rerun this after changing the key sets, or to confirm a new
+# PostgreSQL major version still hashes the same (then `git diff` should show
+# only the version line).
+#
+# Usage: scripts/golden-hashes.sh [--port P] [--out DIR]
+
+set -euo pipefail
+
+readonly PROG="golden-hashes.sh"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+readonly REPO_ROOT="${SCRIPT_DIR%/*}"
+readonly CLUSTER="$SCRIPT_DIR/cluster.sh"
+
+PORT=35432
+OUT="$REPO_ROOT/src/sharding/golden"
+
+die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --port) [[ $# -ge 2 ]] || die "--port needs a value"; PORT="$2"; shift 2 ;;
+        --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '3,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) die "unknown argument '$1' (try --help)" ;;
+    esac
+done
+[[ "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
+
+# Refuse a port something already listens on rather than fail obscurely.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    die "port $PORT is in use; pass --port"
+fi
+
+mkdir -p "$OUT"
+# Short path: the server's unix socket lives inside the cluster dir.
+WORK="$(mktemp -d /tmp/golden.XXXXXX)"
+cleanup() {
+    "$CLUSTER" down --dir "$WORK" --purge >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+    # Half-written files from a failed run; finished files were renamed.
+    rm -f "$OUT"/int8.tsv.tmp "$OUT"/text.tsv.tmp "$OUT"/uuid.tsv.tmp
+}
+trap cleanup EXIT
+
+"$CLUSTER" up --dir "$WORK" --shards 1 --replicas 0 --port "$PORT" >/dev/null
+
+# One query, tab-separated rows, no headers, errors fatal.
+q() {
+    "$CLUSTER" psql --dir "$WORK" --shard s0 -- -X -q -At -F $'\t' -v ON_ERROR_STOP=1 -c "$1"
+}
+
+PG_VERSION="$(q 'SHOW server_version')"
+ENCODING="$(q 'SHOW server_encoding')"
+COLLATE="$(q "SELECT datcollate FROM pg_database WHERE datname = current_database()")"
+[[ "$ENCODING" == UTF8 ]] || die "server encoding is $ENCODING, expected UTF8"
+
+# 64 pseudo-random bits (as int8) from md5 of a label: reproducible.
+rnd64() { printf "('x' || substr(md5(%s), 1, 16))::bit(64)::int8" "$1"; }
+rnd32() { printf "('x' || substr(md5(%s), 1, 8))::bit(32)::int4" "$1"; }
+
+# ---------------------------------------------------------------------------
+# int8
+# ---------------------------------------------------------------------------
+INT_KEYS="
+SELECT unnest(ARRAY[
+    0, 1, -1, 2, -2, 127, -128, 255, 256,
+    32767, -32768, 32768, -32769, 65535, 65536, -65536,
+    2147483647, -2147483648, 2147483648, -2147483649, 2147483646, -2147483647,
+    4294967295, 4294967296, -4294967295, -4294967296, -4294967297,
+    9223372036854775807, 9223372036854775806,
+    -9223372036854775807, (-9223372036854775807 - 1), (-9223372036854775807 + 1)
+]::int8[]) AS k
+UNION SELECT generate_series(-1000, 1000)
+-- powers of two and their neighbours, both signs: every bit of both halves
+UNION SELECT (s * 2::numeric ^ e + d)::int8
+      FROM generate_series(0, 62) e, (VALUES (1), (-1)) v(s), generate_series(-1, 1) d
+-- full-width pseudo-random values
+UNION SELECT $(rnd64 "'int8:' || i") FROM generate_series(1, 5000) i
+-- pseudo-random int4-range values (hash like int4)
+UNION SELECT $(rnd32 "'int4:' || i") FROM generate_series(1, 2000) i
+-- pseudo-random magnitudes: a random word shifted right 0..63 bits, half negated
+UNION SELECT CASE WHEN i % 2 = 0 THEN 1 ELSE -1 END
+             * ((('x' || substr(md5('mag:' || i), 1, 16))::bit(64) >> (i % 64))::int8 & 9223372036854775807)
+      FROM generate_series(1, 2000) i
+"
+
+{
+    printf '# generated by scripts/golden-hashes.sh from PostgreSQL %s (encoding %s, collation %s)\n' \
+        "$PG_VERSION" "$ENCODING" "$COLLATE"
+    printf '# key<TAB>hashint8extended(key, 0)\n'
+} >"$OUT/int8.tsv.tmp"
+
+# Every integer type must hash alike (see hashint8extended in pghash.rs).
+CHECK="$(q "
+WITH keys AS ($INT_KEYS),
+     int4_keys AS (
+         SELECT k FROM keys WHERE k BETWEEN -2147483648 AND 2147483647
+         UNION SELECT generate_series(-2147483648, 2147483647, 4099)
+         UNION SELECT 2147483647),
+     int2_keys AS (SELECT generate_series(-32768, 32767)::int8 AS k)
+SELECT (SELECT count(*) FROM int4_keys),
+       (SELECT count(*) FROM int4_keys WHERE hashint4extended(k::int4, 0) <> hashint8extended(k, 0)),
+       (SELECT count(*) FROM int2_keys),
+       (SELECT count(*) FROM int2_keys WHERE hashint2extended(k::int2, 0) <> hashint8extended(k, 0))
+")"
+IFS=$'\t' read -r N4 BAD4 N2 BAD2 <<<"$CHECK"
+[[ "$BAD4" == 0 && "$BAD2" == 0 ]] ||
+    die "hashint4extended/hashint2extended disagree with hashint8extended ($BAD4 of $N4 int4, $BAD2 of $N2 int2 values)"
+{
+    printf '# verified on the server: hashint4extended(k::int4, 0) = hashint8extended(k, 0) for %s int4-range values\n' "$N4"
+    printf '# verified on the server: hashint2extended(k::int2, 0) = hashint8extended(k, 0) for all %s int2 values\n' "$N2"
+} >>"$OUT/int8.tsv.tmp"
+
+q "SELECT k, hashint8extended(k, 0) FROM ($INT_KEYS) keys ORDER BY k" >>"$OUT/int8.tsv.tmp"
+
+# ---------------------------------------------------------------------------
+# text (C collation, UTF-8 bytes)
+# ---------------------------------------------------------------------------
+# A pseudo-random code point from md5 of a label, spread over 1-, 2-, 3- and
+# 4-byte UTF-8 (chr() rejects surrogates, so the 3-byte range skips them).
+rnd_cp() {
+    local h="(('x' || substr(md5($1), 1, 8))::bit(32)::int8 & 2147483647)"
+    printf "chr(CASE %s %% 4
+        WHEN 0 THEN 32 + (%s / 4) %% 95
+        WHEN 1 THEN 128 + (%s / 4) %% 1920
+        WHEN 2 THEN 57344 + (%s / 4) %% 8190
+        ELSE 65536 + (%s / 4) %% 1048576 END::int)" "$h" "$h" "$h" "$h" "$h"
+}
+
+TEXT_KEYS="
+SELECT unnest(ARRAY[
+    '', ' ', '  ', 'a', 'A', 'hello', 'Hello', 'HELLO', ' hello', 'hello ',
+    '0', '1', '-1', '42', 'NULL', 'null', 'true', 'us', 'US', 'de',
+    E'a\\tb', E'line\\nbreak', E'cr\\rlf\\n', E'back\\\\slash', E'\\x01\\x02\\x7f',
+    'café', 'naïve', 'Ελληνικά', 'русский', '日本語', '한국어', 'עברית', 'العربية',
+    '😀', '👩‍👩‍👧‍👦', '𝄞 music', 'ﬀ ligature', '€100', 'Zürich', 'São Paulo'
+]) AS k
+-- every byte length 0..64 (all lookup3 tail lengths, 0 to 5 whole blocks)
+UNION SELECT repeat('a', n) FROM generate_series(0, 64) n
+UNION SELECT left('The quick brown fox jumps over the lazy dog. 0123456789', n)
+      FROM generate_series(0, 55) n
+UNION SELECT left(repeat('é', 40), n) FROM generate_series(0, 40) n
+UNION SELECT left(repeat('日本語', 14), n) FROM generate_series(0, 40) n
+UNION SELECT left(repeat('😀', 30), n) FROM generate_series(0, 30) n
+UNION SELECT left(repeat('aé日😀', 12), n) FROM generate_series(0, 48) n
+-- every single byte value that is valid UTF-8 on its own (NUL is not allowed in text)
+UNION SELECT chr(n) FROM generate_series(1, 127) n
+-- realistic key shapes
+UNION SELECT 'user-' || i FROM generate_series(1, 2000) i
+UNION SELECT 'tenant_' || md5('tenant:' || i) FROM generate_series(1, 200) i
+-- long strings, 32..256 bytes, and three of 1000+ bytes
+UNION SELECT repeat(md5('long:' || i), 1 + i % 8) FROM generate_series(1, 100) i
+UNION SELECT repeat('x', 1000) UNION SELECT repeat('abc', 401) UNION SELECT repeat('ü', 600)
+-- pseudo-random printable ASCII, lengths 0..24
+UNION SELECT coalesce((SELECT string_agg(chr((32 + ($(rnd64 "'ascii:' || i || ':' || j") & 65535) % 95)::int), '' ORDER BY j)
+                       FROM generate_series(1, i % 25) j), '')
+      FROM generate_series(1, 4200) i
+-- pseudo-random Unicode, 0..11 code points of 1..4 UTF-8 bytes each
+UNION SELECT coalesce((SELECT string_agg($(rnd_cp "'cp:' || i || ':' || j"), '' ORDER BY j)
+                       FROM generate_series(1, i % 12) j), '')
+      FROM generate_series(1, 4200) i
+"
+
+{
+    printf '# generated by scripts/golden-hashes.sh from PostgreSQL %s (encoding %s, collation %s)\n' \
+        "$PG_VERSION" "$ENCODING" "$COLLATE"
+    printf "# encode(convert_to(key, 'UTF8'), 'hex')<TAB>hashtextextended(key COLLATE \"C\", 0)\n"
+} >"$OUT/text.tsv.tmp"
+q "SELECT encode(convert_to(k, 'UTF8'), 'hex') AS hex, hashtextextended(k COLLATE \"C\", 0)
+   FROM ($TEXT_KEYS) keys ORDER BY length(convert_to(k, 'UTF8')), hex" >>"$OUT/text.tsv.tmp"
+
+# ---------------------------------------------------------------------------
+# uuid
+# ---------------------------------------------------------------------------
+UUID_KEYS="
+SELECT unnest(ARRAY[
+    '00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+    '00000000-0000-0000-0000-000000000001', '80000000-0000-0000-0000-000000000000',
+    '123e4567-e89b-12d3-a456-426614174000'
+]::uuid[]) AS k
+-- one bit set, each of the 128 positions
+UNION SELECT (repeat('0', n / 4) || to_hex(8 >> (n % 4)) || repeat('0', 31 - n / 4))::uuid
+      FROM generate_series(0, 127) n
+-- pseudo-random (md5 is 128 bits, exactly a uuid)
+UNION SELECT md5('uuid:' || i)::uuid FROM generate_series(1, 10000) i
+"
+{
+    printf '# generated by scripts/golden-hashes.sh from PostgreSQL %s (encoding %s, collation %s)\n' \
+        "$PG_VERSION" "$ENCODING" "$COLLATE"
+    printf '# key<TAB>uuid_hash_extended(key, 0)\n'
+} >"$OUT/uuid.tsv.tmp"
+q "SELECT k, uuid_hash_extended(k, 0) FROM ($UUID_KEYS) keys ORDER BY k" >>"$OUT/uuid.tsv.tmp"
+
+for f in int8 text uuid; do
+    rows="$(grep -vc '^#' "$OUT/$f.tsv.tmp")"
+    [[ "$rows" -ge 10000 ]] || die "$f: only $rows keys"
+    mv "$OUT/$f.tsv.tmp" "$OUT/$f.tsv"
+    printf '%s: %s keys -> %s\n' "$f" "$rows" "$OUT/$f.tsv"
+done

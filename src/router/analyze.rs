@@ -1,0 +1,850 @@
+//! Statement analysis: from SQL text to what routing needs to know, before
+//! any parameter value is known (so the result can be cached by SQL text).
+//!
+//! For each statement: what kind it is, whether it writes, which sharded
+//! tables it touches and where their key values come from (literals, `$n`
+//! parameters, INSERT rows, COPY columns). Statements sqlparser cannot parse
+//! fall back to a keyword classifier.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    visit_relations, AssignmentTarget, BinaryOperator, CopySource, CopyTarget, Expr, FromTable,
+    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::{Placement, TableRule};
+
+/// Where a key value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyExpr {
+    /// A numeric literal, as written.
+    Number(String),
+    /// A string literal.
+    String(String),
+    /// `$n`, zero-based.
+    Param(usize),
+    /// `= ANY($n)`: every element of an array parameter, zero-based.
+    AnyParam(usize),
+    Null,
+}
+
+/// The key conditions found for one sharded table.
+#[derive(Debug, Clone)]
+pub struct KeyCondition {
+    pub table: Arc<TableRule>,
+    /// Values the key may take (one for `=`, several for `IN`); `None` when
+    /// the statement does not restrict the key.
+    pub alternatives: Option<Vec<KeyExpr>>,
+}
+
+/// A statement the proxy refuses to route, with the client-facing error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// No sharded or reference table: the default shard.
+    Default,
+    /// Reads of reference tables only: any one shard.
+    AnyShard,
+    /// Every shard: DDL, maintenance, writes to reference tables.
+    AllShards,
+    /// Sharded tables with their key conditions.
+    Keyed(Vec<KeyCondition>),
+    /// INSERT into a sharded table: one key per row.
+    Insert {
+        table: Arc<TableRule>,
+        rows: Vec<KeyExpr>,
+    },
+    /// COPY ... FROM STDIN into a sharded table.
+    CopyIn {
+        table: Arc<TableRule>,
+        /// Position of the key among the copied columns, when columns are listed.
+        key_column: Option<usize>,
+    },
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Ddl,
+    Maintenance,
+    Copy,
+    Transaction,
+    Set,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatementPlan {
+    pub kind: Kind,
+    pub writes: bool,
+    pub target: Target,
+}
+
+/// The analysis of one SQL string (which may hold several statements).
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub statements: Vec<StatementPlan>,
+    /// Set when sqlparser could not parse the text and the keyword
+    /// classifier decided instead.
+    pub fallback: bool,
+}
+
+pub type Tables = HashMap<String, Arc<TableRule>>;
+
+/// Analyze SQL text against the configured tables.
+pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(stmts) => Analysis {
+            statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
+            fallback: false,
+        },
+        Err(_) => Analysis {
+            statements: vec![classify_keywords(sql, tables)],
+            fallback: true,
+        },
+    }
+}
+
+fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
+    StatementPlan {
+        kind,
+        writes,
+        target,
+    }
+}
+
+fn refuse(code: &'static str, message: String, hint: Option<&str>) -> Target {
+    Target::Refused(Refusal {
+        code,
+        message,
+        hint: hint.map(str::to_string),
+    })
+}
+
+const NOT_SUPPORTED: &str = "0A000";
+pub const HINT_ADD_KEY: &str =
+    "add a condition on the shard key, or a routing hint such as /* shardwire: shard_key=... */";
+
+fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
+    match stmt {
+        Statement::Query(q) => {
+            let writes = !q.locks.is_empty();
+            plan(Kind::Select, writes, plan_query(q, tables))
+        }
+        Statement::Insert(ins) => plan(Kind::Insert, true, plan_insert(ins, tables)),
+        Statement::Update(upd) => plan(Kind::Update, true, plan_update(upd, tables)),
+        Statement::Delete(del) => {
+            let from = match &del.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let target = plan_tables_where(stmt, from, del.selection.as_ref(), tables, true);
+            plan(Kind::Delete, true, target)
+        }
+        Statement::Copy {
+            source, to, target, ..
+        } => plan(
+            Kind::Copy,
+            !to,
+            plan_copy(stmt, source, *to, target, tables),
+        ),
+        Statement::CreateTable(_)
+        | Statement::CreateIndex(_)
+        | Statement::AlterTable(_)
+        | Statement::Drop { .. }
+        | Statement::Truncate(_) => plan(Kind::Ddl, true, Target::AllShards),
+        Statement::Vacuum(_) | Statement::Analyze(_) => {
+            plan(Kind::Maintenance, true, Target::AllShards)
+        }
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => plan(Kind::Transaction, false, Target::Default),
+        Statement::Set(_) | Statement::ShowVariable { .. } => {
+            plan(Kind::Set, false, Target::Default)
+        }
+        // Anything else (CREATE FUNCTION, GRANT, EXPLAIN, ...) goes to the
+        // default shard, unless it names a sharded table.
+        other => {
+            let target = match sharded_tables_in(other, tables).first() {
+                Some(t) => refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "this statement on sharded table \"{}\" cannot be routed",
+                        t.name
+                    ),
+                    Some("use a routing hint such as /* shardwire: shard=s0 */ to pick the shard"),
+                ),
+                None => Target::Default,
+            };
+            plan(Kind::Other, true, target)
+        }
+    }
+}
+
+/// Every configured table the statement mentions anywhere (FROM, joins,
+/// subqueries, CTE bodies), in order of first mention.
+fn sharded_tables_in<V: sqlparser::ast::Visit>(v: &V, tables: &Tables) -> Vec<Arc<TableRule>> {
+    let mut found: Vec<Arc<TableRule>> = Vec::new();
+    let _ = visit_relations(v, |name: &ObjectName| {
+        if let Some(t) = lookup(name, tables) {
+            if !found.iter().any(|f| Arc::ptr_eq(f, &t)) {
+                found.push(t);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// The configured table for a (possibly schema-qualified) name. Only the
+/// last part is compared: shardwire shards tables by name, whatever the
+/// schema (the default `public` in practice).
+fn lookup(name: &ObjectName, tables: &Tables) -> Option<Arc<TableRule>> {
+    let last = name.0.last()?;
+    let ident = match last {
+        ObjectNamePart::Identifier(i) => i,
+        _ => return None,
+    };
+    tables
+        .get(&normalize_ident(&ident.value, ident.quote_style))
+        .cloned()
+}
+
+/// PostgreSQL folds unquoted identifiers to lower case.
+fn normalize_ident(value: &str, quote: Option<char>) -> String {
+    if quote.is_some() {
+        value.to_string()
+    } else {
+        value.to_lowercase()
+    }
+}
+
+fn plan_query(q: &Query, tables: &Tables) -> Target {
+    let found = sharded_tables_in(q, tables);
+    if found.is_empty() {
+        return Target::Default;
+    }
+    let sharded: Vec<_> = found
+        .iter()
+        .filter(|t| !t.is_reference())
+        .cloned()
+        .collect();
+    if sharded.is_empty() {
+        return Target::AnyShard;
+    }
+    // Key conditions come from the top-level SELECT's WHERE and JOIN ... ON.
+    let (from, selection) = match q.body.as_ref() {
+        SetExpr::Select(s) => (&s.from[..], s.selection.as_ref()),
+        _ => (&[][..], None),
+    };
+    key_conditions(&sharded, from, selection)
+}
+
+/// Key conditions for each sharded table from the conjuncts of `selection`
+/// and of every JOIN ... ON. Tables equated on their keys (`a.k = b.k`)
+/// share conditions when they are placed alike.
+fn key_conditions(
+    sharded: &[Arc<TableRule>],
+    from: &[TableWithJoins],
+    selection: Option<&Expr>,
+) -> Target {
+    // Aliases and names by which each sharded table can be referred to.
+    let mut names: Vec<(String, Arc<TableRule>)> = Vec::new();
+    let mut conjuncts: Vec<&Expr> = Vec::new();
+    if let Some(e) = selection {
+        split_and(e, &mut conjuncts);
+    }
+    for twj in from {
+        note_factor(&twj.relation, sharded, &mut names);
+        for j in &twj.joins {
+            note_factor(&j.relation, sharded, &mut names);
+            if let Some(JoinConstraint::On(e)) = join_constraint(&j.join_operator) {
+                split_and(e, &mut conjuncts);
+            }
+        }
+    }
+    let single = sharded.len() == 1;
+    let resolve = |parts: &[String]| -> Option<Arc<TableRule>> {
+        match parts {
+            [col] if single && *col == sharded[0].key => Some(sharded[0].clone()),
+            [col] => {
+                // Unqualified: the one sharded table whose key it is.
+                let mut m = sharded.iter().filter(|t| t.key == *col);
+                let first = m.next()?;
+                m.next().is_none().then(|| first.clone())
+            }
+            [.., qual, col] => names
+                .iter()
+                .find(|(n, t)| n == qual && t.key == *col)
+                .map(|(_, t)| t.clone()),
+            [] => None,
+        }
+    };
+    let mut conds: Vec<KeyCondition> = sharded
+        .iter()
+        .map(|t| KeyCondition {
+            table: t.clone(),
+            alternatives: None,
+        })
+        .collect();
+    let mut equated: Vec<(Arc<TableRule>, Arc<TableRule>)> = Vec::new();
+    for c in conjuncts {
+        match key_predicate(c) {
+            Some(KeyPredicate::Values(col, values)) => {
+                if let Some(t) = resolve(&col) {
+                    let slot = conds
+                        .iter_mut()
+                        .find(|k| Arc::ptr_eq(&k.table, &t))
+                        .expect("resolved tables are in sharded");
+                    slot.alternatives = Some(match slot.alternatives.take() {
+                        // Two conditions on the same key: both must hold; keep
+                        // the narrower (a single value beats a list).
+                        Some(prev) if prev.len() <= values.len() => prev,
+                        _ => values,
+                    });
+                }
+            }
+            Some(KeyPredicate::Equated(a, b)) => {
+                if let (Some(ta), Some(tb)) = (resolve(&a), resolve(&b)) {
+                    equated.push((ta, tb));
+                }
+            }
+            None => {}
+        }
+    }
+    // Propagate through key equalities between co-located tables.
+    for _ in 0..conds.len() {
+        for (a, b) in &equated {
+            if a.placement_id() != b.placement_id() {
+                continue;
+            }
+            let va = conds
+                .iter()
+                .find(|k| Arc::ptr_eq(&k.table, a))
+                .and_then(|k| k.alternatives.clone());
+            let vb = conds
+                .iter()
+                .find(|k| Arc::ptr_eq(&k.table, b))
+                .and_then(|k| k.alternatives.clone());
+            for (t, v) in [(b, va), (a, vb)] {
+                if let Some(v) = v {
+                    if let Some(k) = conds.iter_mut().find(|k| Arc::ptr_eq(&k.table, t)) {
+                        if k.alternatives.is_none() {
+                            k.alternatives = Some(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Target::Keyed(conds)
+}
+
+fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
+    match op {
+        JoinOperator::Join(c)
+        | JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::LeftOuter(c)
+        | JoinOperator::Right(c)
+        | JoinOperator::RightOuter(c)
+        | JoinOperator::FullOuter(c)
+        | JoinOperator::Semi(c)
+        | JoinOperator::LeftSemi(c)
+        | JoinOperator::RightSemi(c)
+        | JoinOperator::Anti(c)
+        | JoinOperator::LeftAnti(c)
+        | JoinOperator::RightAnti(c) => Some(c),
+        _ => None,
+    }
+}
+
+fn note_factor(
+    f: &TableFactor,
+    sharded: &[Arc<TableRule>],
+    names: &mut Vec<(String, Arc<TableRule>)>,
+) {
+    if let TableFactor::Table { name, alias, .. } = f {
+        let Some(t) = sharded.iter().find(|t| lookup_name_matches(name, t)) else {
+            return;
+        };
+        names.push((t.name.clone(), t.clone()));
+        if let Some(a) = alias {
+            names.push((
+                normalize_ident(&a.name.value, a.name.quote_style),
+                t.clone(),
+            ));
+        }
+    }
+}
+
+fn lookup_name_matches(name: &ObjectName, t: &TableRule) -> bool {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => normalize_ident(&i.value, i.quote_style) == t.name,
+        _ => false,
+    }
+}
+
+fn split_and<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        Expr::Nested(inner) => split_and(inner, out),
+        other => out.push(other),
+    }
+}
+
+enum KeyPredicate {
+    /// `col = v`, `col IN (...)`, `col = ANY($n)`: the column (as written,
+    /// normalized parts) and the values.
+    Values(Vec<String>, Vec<KeyExpr>),
+    /// `a.col = b.col`
+    Equated(Vec<String>, Vec<String>),
+}
+
+fn column_parts(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Identifier(i) => Some(vec![normalize_ident(&i.value, i.quote_style)]),
+        Expr::CompoundIdentifier(parts) => Some(
+            parts
+                .iter()
+                .map(|i| normalize_ident(&i.value, i.quote_style))
+                .collect(),
+        ),
+        Expr::Nested(inner) => column_parts(inner),
+        // `key::text = '42'` and the like still name the key.
+        Expr::Cast { expr, .. } => column_parts(expr),
+        _ => None,
+    }
+}
+
+fn key_predicate(e: &Expr) -> Option<KeyPredicate> {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
+            if let (Some(a), Some(b)) = (column_parts(left), column_parts(right)) {
+                return Some(KeyPredicate::Equated(a, b));
+            }
+            if let (Some(col), Some(v)) = (column_parts(left), key_expr(right)) {
+                return Some(KeyPredicate::Values(col, vec![v]));
+            }
+            if let (Some(col), Some(v)) = (column_parts(right), key_expr(left)) {
+                return Some(KeyPredicate::Values(col, vec![v]));
+            }
+            None
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } => {
+            let col = column_parts(expr)?;
+            let values: Option<Vec<KeyExpr>> = list.iter().map(key_expr).collect();
+            Some(KeyPredicate::Values(col, values?))
+        }
+        Expr::AnyOp {
+            left,
+            compare_op: BinaryOperator::Eq,
+            right,
+            ..
+        } => {
+            let col = column_parts(left)?;
+            match strip_casts(right) {
+                Expr::Value(v) => match &v.value {
+                    Value::Placeholder(p) => Some(KeyPredicate::Values(
+                        col,
+                        vec![KeyExpr::AnyParam(param_index(p)?)],
+                    )),
+                    _ => None,
+                },
+                Expr::Array(arr) => {
+                    let values: Option<Vec<KeyExpr>> = arr.elem.iter().map(key_expr).collect();
+                    Some(KeyPredicate::Values(col, values?))
+                }
+                _ => None,
+            }
+        }
+        Expr::Nested(inner) => key_predicate(inner),
+        _ => None,
+    }
+}
+
+fn strip_casts(e: &Expr) -> &Expr {
+    match e {
+        Expr::Cast { expr, .. } => strip_casts(expr),
+        Expr::Nested(inner) => strip_casts(inner),
+        other => other,
+    }
+}
+
+/// A key value expression: a literal, a `$n` parameter or NULL (through casts).
+pub fn key_expr(e: &Expr) -> Option<KeyExpr> {
+    match strip_casts(e) {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(KeyExpr::Number(n.to_string())),
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+                Some(KeyExpr::String(s.clone()))
+            }
+            Value::DollarQuotedString(s) => Some(KeyExpr::String(s.value.clone())),
+            Value::Placeholder(p) => Some(KeyExpr::Param(param_index(p)?)),
+            Value::Null => Some(KeyExpr::Null),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match strip_casts(expr) {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => Some(KeyExpr::Number(format!("-{n}"))),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::TypedString(ts) => match &ts.value.value {
+            Value::SingleQuotedString(s) => Some(KeyExpr::String(s.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `$3` -> 2.
+fn param_index(p: &str) -> Option<usize> {
+    p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)
+}
+
+fn plan_insert(ins: &sqlparser::ast::Insert, tables: &Tables) -> Target {
+    let TableObject::TableName(name) = &ins.table else {
+        return Target::Default;
+    };
+    let Some(table) = lookup(name, tables) else {
+        // Inserting into an unsharded table: fine unless the SELECT part
+        // reads sharded tables.
+        return match ins.source.as_ref().map(|q| sharded_tables_in(q.as_ref(), tables)) {
+            Some(found) if found.iter().any(|t| !t.is_reference()) => refuse(
+                NOT_SUPPORTED,
+                format!(
+                    "INSERT ... SELECT from sharded table \"{}\" into an unsharded table is not supported",
+                    found[0].name
+                ),
+                None,
+            ),
+            _ => Target::Default,
+        };
+    };
+    if table.is_reference() {
+        return Target::AllShards;
+    }
+    let columns: Vec<String> = ins
+        .columns
+        .iter()
+        .filter_map(|c| match c.0.last() {
+            Some(ObjectNamePart::Identifier(i)) => Some(normalize_ident(&i.value, i.quote_style)),
+            _ => None,
+        })
+        .collect();
+    let Some(key_pos) = columns.iter().position(|c| *c == table.key) else {
+        return refuse(
+            "23502",
+            if columns.is_empty() {
+                format!(
+                    "INSERT into sharded table \"{}\" must list its columns, including the shard key \"{}\"",
+                    table.name, table.key
+                )
+            } else {
+                format!(
+                    "INSERT into sharded table \"{}\" does not set the shard key \"{}\"",
+                    table.name, table.key
+                )
+            },
+            Some("name the columns and give the shard key a value"),
+        );
+    };
+    let Some(source) = &ins.source else {
+        return refuse(NOT_SUPPORTED, "INSERT without VALUES".into(), None);
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return refuse(
+            NOT_SUPPORTED,
+            format!(
+                "INSERT ... SELECT into sharded table \"{}\" cannot be routed",
+                table.name
+            ),
+            Some("insert the rows with VALUES, or route with /* shardwire: shard=... */"),
+        );
+    };
+    let mut rows = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
+        match row.content.get(key_pos).and_then(key_expr) {
+            Some(k) => rows.push(k),
+            None => {
+                return refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "the shard key \"{}\" of table \"{}\" must be a literal or a parameter in INSERT",
+                        table.key, table.name
+                    ),
+                    Some("compute the key in the application, or route with /* shardwire: shard=... */"),
+                )
+            }
+        }
+    }
+    Target::Insert { table, rows }
+}
+
+fn plan_update(upd: &sqlparser::ast::Update, tables: &Tables) -> Target {
+    if let TableFactor::Table { name, .. } = &upd.table.relation {
+        if let Some(t) = lookup(name, tables) {
+            let sets_key = upd.assignments.iter().any(|a| match &a.target {
+                AssignmentTarget::ColumnName(c) => last_ident(c).as_deref() == Some(t.key.as_str()),
+                AssignmentTarget::Tuple(cs) => cs
+                    .iter()
+                    .any(|c| last_ident(c).as_deref() == Some(t.key.as_str())),
+            });
+            if sets_key && !t.is_reference() {
+                return refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "UPDATE of the shard key \"{}\" of table \"{}\" is not supported: it could move the row to another shard",
+                        t.key, t.name
+                    ),
+                    Some("DELETE the row and INSERT it with the new key"),
+                );
+            }
+        }
+    }
+    let stmt_tables = std::slice::from_ref(&upd.table);
+    plan_tables_where(upd, stmt_tables, upd.selection.as_ref(), tables, true)
+}
+
+fn last_ident(n: &ObjectName) -> Option<String> {
+    match n.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => Some(normalize_ident(&i.value, i.quote_style)),
+        _ => None,
+    }
+}
+
+/// UPDATE and DELETE: reference tables are written everywhere; sharded
+/// ones need key conditions.
+fn plan_tables_where<V: sqlparser::ast::Visit>(
+    stmt: &V,
+    from: &[TableWithJoins],
+    selection: Option<&Expr>,
+    tables: &Tables,
+    writes: bool,
+) -> Target {
+    let found = sharded_tables_in(stmt, tables);
+    if found.is_empty() {
+        return Target::Default;
+    }
+    let sharded: Vec<_> = found
+        .iter()
+        .filter(|t| !t.is_reference())
+        .cloned()
+        .collect();
+    if sharded.is_empty() {
+        return if writes {
+            Target::AllShards
+        } else {
+            Target::AnyShard
+        };
+    }
+    let target_is_reference = from
+        .first()
+        .and_then(|t| match &t.relation {
+            TableFactor::Table { name, .. } => lookup(name, tables),
+            _ => None,
+        })
+        .is_some_and(|t| t.is_reference());
+    if target_is_reference {
+        return refuse(
+            NOT_SUPPORTED,
+            format!(
+                "writing reference table \"{}\" from sharded table \"{}\" is not supported",
+                found[0].name, sharded[0].name
+            ),
+            None,
+        );
+    }
+    key_conditions(&sharded, from, selection)
+}
+
+fn plan_copy(
+    stmt: &Statement,
+    source: &CopySource,
+    to: bool,
+    target: &CopyTarget,
+    tables: &Tables,
+) -> Target {
+    match source {
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let Some(table) = lookup(table_name, tables) else {
+                return Target::Default;
+            };
+            if to {
+                return if table.is_reference() {
+                    Target::AnyShard
+                } else {
+                    refuse(
+                        NOT_SUPPORTED,
+                        format!(
+                            "COPY {} TO is not supported yet for sharded tables",
+                            table.name
+                        ),
+                        Some(
+                            "use COPY (SELECT ... WHERE <shard key> = ...) TO STDOUT for one shard",
+                        ),
+                    )
+                };
+            }
+            if !matches!(target, CopyTarget::Stdin) {
+                return refuse(
+                    NOT_SUPPORTED,
+                    "COPY into a sharded table must read FROM STDIN".into(),
+                    None,
+                );
+            }
+            if table.is_reference() {
+                return Target::AllShards;
+            }
+            let key_column = if columns.is_empty() {
+                None
+            } else {
+                match columns
+                    .iter()
+                    .position(|c| normalize_ident(&c.value, c.quote_style) == table.key)
+                {
+                    Some(p) => Some(p),
+                    None => {
+                        return refuse(
+                            "23502",
+                            format!(
+                                "COPY into sharded table \"{}\" must include the shard key \"{}\"",
+                                table.name, table.key
+                            ),
+                            None,
+                        )
+                    }
+                }
+            };
+            Target::CopyIn { table, key_column }
+        }
+        CopySource::Query(q) => {
+            let _ = stmt;
+            plan_query(q, tables)
+        }
+    }
+}
+
+/// The keyword fallback for statements sqlparser cannot parse.
+fn classify_keywords(sql: &str, tables: &Tables) -> StatementPlan {
+    let words: Vec<String> = strip_comments(sql)
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    let second = words.get(1).map(String::as_str).unwrap_or("");
+    match (first, second) {
+        ("vacuum" | "analyze" | "analyse" | "cluster" | "reindex", _) => {
+            plan(Kind::Maintenance, true, Target::AllShards)
+        }
+        ("create" | "alter" | "drop", "table" | "index" | "unique") | ("truncate", _) => {
+            plan(Kind::Ddl, true, Target::AllShards)
+        }
+        (
+            "begin" | "start" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release"
+            | "prepare",
+            _,
+        ) if first != "prepare" || second == "transaction" => {
+            plan(Kind::Transaction, false, Target::Default)
+        }
+        ("set" | "reset" | "show", _) => plan(Kind::Set, false, Target::Default),
+        _ => {
+            // Anything else: the default shard, unless a sharded table is named.
+            let lower = sql.to_ascii_lowercase();
+            let named = tables.values().find(|t| {
+                !t.is_reference()
+                    && lower
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .any(|w| w == t.name)
+            });
+            match named {
+                Some(t) => plan(
+                    Kind::Other,
+                    true,
+                    refuse(
+                        NOT_SUPPORTED,
+                        format!(
+                            "shardwire could not parse this statement, and it names sharded table \"{}\"",
+                            t.name
+                        ),
+                        Some("route it with /* shardwire: shard=... */ or /* shardwire: shard_key=... */"),
+                    ),
+                ),
+                None => plan(Kind::Other, true, Target::Default),
+            }
+        }
+    }
+}
+
+fn strip_comments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    loop {
+        let block = rest.find("/*");
+        let line = rest.find("--");
+        match (block, line) {
+            (Some(b), l) if l.is_none_or(|l| b < l) => {
+                out.push_str(&rest[..b]);
+                rest = rest[b + 2..].split_once("*/").map(|(_, r)| r).unwrap_or("");
+                out.push(' ');
+            }
+            (_, Some(l)) => {
+                out.push_str(&rest[..l]);
+                rest = rest[l..].split_once('\n').map(|(_, r)| r).unwrap_or("");
+                out.push(' ');
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
+    }
+}
+
+impl TableRule {
+    pub fn is_reference(&self) -> bool {
+        matches!(self.placement, Placement::Reference)
+    }
+}

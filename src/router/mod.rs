@@ -1,0 +1,1020 @@
+//! SQL to Route: which shards a statement goes to, and why.
+//!
+//! `analyze` turns SQL text into a parameter-independent analysis, cached by
+//! text in a bounded LRU so a repeated statement is not parsed again. `route`
+//! then binds the parameter values (from Bind, text or binary), applies
+//! hints, and maps key values to shards with the table's sharding function.
+//! No I/O happens here.
+
+pub mod analyze;
+pub mod hints;
+
+use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::protocol::PgError;
+use crate::sharding::{GeoMap, HashRing, KeyValue, RangeMap};
+pub use analyze::{Analysis, KeyExpr, Kind, Refusal, Target};
+pub use hints::Hint;
+
+/// Statements whose analysis is kept. Applications repeat a small set of
+/// statements; a bound keeps ad-hoc SQL from growing memory.
+pub const PARSE_CACHE_SIZE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    Int,
+    Text,
+    Uuid,
+}
+
+/// How a table's rows are placed on shards.
+#[derive(Debug)]
+pub enum Placement {
+    Hash(HashRing),
+    Range(RangeMap),
+    Geo(GeoMap),
+    /// A full copy on every shard.
+    Reference,
+}
+
+/// A configured table.
+#[derive(Debug)]
+pub struct TableRule {
+    /// Lower-case table name (schema ignored).
+    pub name: String,
+    /// Lower-case key column (empty for reference tables).
+    pub key: String,
+    pub key_type: KeyType,
+    pub placement: Placement,
+    /// Equal for tables placed identically (co-located), so a join on their
+    /// keys stays on one shard.
+    pub placement_id: String,
+}
+
+impl TableRule {
+    pub fn placement_id(&self) -> &str {
+        &self.placement_id
+    }
+
+    pub fn strategy(&self) -> &'static str {
+        match self.placement {
+            Placement::Hash(_) => "hash",
+            Placement::Range(_) => "range",
+            Placement::Geo(_) => "geo",
+            Placement::Reference => "reference",
+        }
+    }
+
+    /// The shard that holds `key`.
+    pub fn shard_for(&self, key: &KeyValue) -> Result<usize, String> {
+        match &self.placement {
+            Placement::Hash(ring) => Ok(ring.shard_for(key)),
+            Placement::Range(ranges) => ranges.shard_for(key).map_err(|e| e.to_string()),
+            Placement::Geo(geo) => match key {
+                KeyValue::Text(region) => Ok(geo.shard_for(region)),
+                other => Ok(geo.shard_for(&display_key(other))),
+            },
+            Placement::Reference => Err(format!("table \"{}\" is a reference table", self.name)),
+        }
+    }
+
+    /// Interpret a key as this table's key type.
+    pub fn key_value(&self, k: &KeyExpr, params: &[Param<'_>]) -> Result<Vec<KeyValue>, PgError> {
+        let bad = |what: String| {
+            PgError::error(
+                "22P02",
+                format!(
+                    "invalid shard key for table \"{}\" (column \"{}\"): {what}",
+                    self.name, self.key
+                ),
+            )
+        };
+        match k {
+            KeyExpr::Null => Err(PgError::error(
+                "23502",
+                format!(
+                    "the shard key \"{}\" of table \"{}\" must not be NULL",
+                    self.key, self.name
+                ),
+            )),
+            KeyExpr::Number(n) | KeyExpr::String(n) => {
+                Ok(vec![parse_key(self.key_type, n).map_err(bad)?])
+            }
+            KeyExpr::Param(i) => {
+                let p = params
+                    .get(*i)
+                    .ok_or_else(|| bad(format!("parameter ${} has no value", i + 1)))?;
+                match p.value {
+                    None => Err(PgError::error(
+                        "23502",
+                        format!(
+                            "the shard key \"{}\" of table \"{}\" must not be NULL",
+                            self.key, self.name
+                        ),
+                    )),
+                    Some(bytes) if p.binary => {
+                        Ok(vec![decode_binary_key(self.key_type, bytes).map_err(bad)?])
+                    }
+                    Some(bytes) => {
+                        let s = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+                        Ok(vec![parse_key(self.key_type, s).map_err(bad)?])
+                    }
+                }
+            }
+            KeyExpr::AnyParam(i) => {
+                let p = params
+                    .get(*i)
+                    .ok_or_else(|| bad(format!("parameter ${} has no value", i + 1)))?;
+                let Some(bytes) = p.value else {
+                    return Ok(vec![]);
+                };
+                if p.binary {
+                    decode_binary_array(self.key_type, bytes).map_err(bad)
+                } else {
+                    let s = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+                    parse_text_array(s)
+                        .map_err(bad)?
+                        .into_iter()
+                        .flatten()
+                        .map(|e| parse_key(self.key_type, &e).map_err(bad))
+                        .collect()
+                }
+            }
+        }
+    }
+}
+
+/// A Bind parameter as routing sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Param<'a> {
+    pub value: Option<&'a [u8]>,
+    pub binary: bool,
+}
+
+pub fn parse_key(t: KeyType, s: &str) -> Result<KeyValue, String> {
+    match t {
+        KeyType::Int => s
+            .trim()
+            .parse::<i64>()
+            .map(KeyValue::Int)
+            .map_err(|_| format!("\"{s}\" is not an integer")),
+        KeyType::Text => Ok(KeyValue::Text(s.to_string())),
+        KeyType::Uuid => parse_uuid(s).map(KeyValue::Uuid),
+    }
+}
+
+fn decode_binary_key(t: KeyType, b: &[u8]) -> Result<KeyValue, String> {
+    match t {
+        KeyType::Int => match b.len() {
+            2 => Ok(KeyValue::Int(i16::from_be_bytes([b[0], b[1]]) as i64)),
+            4 => Ok(KeyValue::Int(
+                i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64
+            )),
+            8 => Ok(KeyValue::Int(i64::from_be_bytes(
+                b.try_into().unwrap_or([0; 8]),
+            ))),
+            n => Err(format!("binary integer of {n} bytes")),
+        },
+        KeyType::Text => std::str::from_utf8(b)
+            .map(|s| KeyValue::Text(s.to_string()))
+            .map_err(|_| "not UTF-8".to_string()),
+        KeyType::Uuid => b
+            .try_into()
+            .map(KeyValue::Uuid)
+            .map_err(|_| format!("binary uuid of {} bytes", b.len())),
+    }
+}
+
+/// A one-dimensional array in PostgreSQL's binary format.
+fn decode_binary_array(t: KeyType, b: &[u8]) -> Result<Vec<KeyValue>, String> {
+    let mut r = crate::protocol::BodyReader::new(b, "array");
+    let e = |m: crate::protocol::Malformed| m.to_string();
+    let ndim = r.i32().map_err(e)?;
+    let _has_nulls = r.i32().map_err(e)?;
+    let _elem_oid = r.i32().map_err(e)?;
+    if ndim == 0 {
+        return Ok(vec![]);
+    }
+    if ndim != 1 {
+        return Err(format!("{ndim}-dimensional array"));
+    }
+    let n = r.i32().map_err(e)?;
+    let _lower = r.i32().map_err(e)?;
+    let mut out = Vec::with_capacity(n.clamp(0, 1024) as usize);
+    for _ in 0..n.max(0) {
+        let len = r.i32().map_err(e)?;
+        if len < 0 {
+            continue; // NULL element matches no row
+        }
+        out.push(decode_binary_key(t, r.bytes(len as usize).map_err(e)?)?);
+    }
+    Ok(out)
+}
+
+/// `{1,2,"a b",NULL}` -> elements (None for NULL).
+fn parse_text_array(s: &str) -> Result<Vec<Option<String>>, String> {
+    let inner = s
+        .trim()
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .ok_or_else(|| format!("\"{s}\" is not an array literal"))?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut cur = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => cur.extend(chars.next()),
+                    '"' => break,
+                    c => cur.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != ',') {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                cur.push(c);
+                chars.next();
+            }
+            cur = cur.trim().to_string();
+        }
+        out.push(if !quoted && cur.eq_ignore_ascii_case("null") {
+            None
+        } else {
+            Some(cur)
+        });
+        if chars.next().is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let hex: String = s
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .chars()
+        .filter(|c| *c != '-')
+        .collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("\"{s}\" is not a uuid"));
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("\"{s}\" is not a uuid"))?;
+    }
+    Ok(out)
+}
+
+pub fn display_key(k: &KeyValue) -> String {
+    match k {
+        KeyValue::Int(i) => i.to_string(),
+        KeyValue::Text(s) => s.clone(),
+        KeyValue::Uuid(u) => {
+            let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+        }
+    }
+}
+
+/// Where a statement goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    /// Shard indexes, sorted and distinct.
+    pub shards: Vec<usize>,
+    /// The statement must run on every shard (DDL, reference-table writes).
+    pub all_shards: bool,
+    pub writes: bool,
+    /// For INSERT spanning shards: which row goes where (row index -> shard).
+    pub row_shards: Option<Vec<usize>>,
+    /// COPY FROM STDIN into a sharded table: the rows are split by key.
+    pub copy_split: Option<CopySplit>,
+    pub table: Option<String>,
+    pub strategy: Option<&'static str>,
+    /// The key values that decided, as text.
+    pub keys: Vec<String>,
+    /// Why, in words (for `shardwire route` and logs).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopySplit {
+    pub table: String,
+    pub key_column: Option<usize>,
+}
+
+/// What the session knows that routing needs besides the SQL.
+#[derive(Debug, Clone, Default)]
+pub struct SessionHints {
+    /// `SET shardwire.shard = 's1'`
+    pub shard: Option<String>,
+    /// `SET shardwire.shard_key = '42'`
+    pub shard_key: Option<String>,
+}
+
+/// Every configured table and the parse cache.
+pub struct Router {
+    tables: analyze::Tables,
+    shard_names: Vec<String>,
+    default_shard: usize,
+    cache: Mutex<lru::LruCache<String, Arc<Analysis>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .field("shards", &self.shard_names)
+            .finish()
+    }
+}
+
+impl Router {
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<TableRule>> {
+        self.tables.values()
+    }
+
+    pub fn new(tables: Vec<TableRule>, shard_names: Vec<String>, default_shard: usize) -> Self {
+        Router {
+            tables: tables
+                .into_iter()
+                .map(|t| (t.name.clone(), Arc::new(t)))
+                .collect(),
+            shard_names,
+            default_shard,
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(PARSE_CACHE_SIZE).expect("nonzero"),
+            )),
+        }
+    }
+
+    pub fn shard_names(&self) -> &[String] {
+        &self.shard_names
+    }
+
+    pub fn table(&self, name: &str) -> Option<&Arc<TableRule>> {
+        self.tables.get(name)
+    }
+
+    /// The analysis of `sql`, from the cache when possible.
+    pub fn analysis(&self, sql: &str) -> Arc<Analysis> {
+        if let Some(a) = self.cache.lock().ok().and_then(|mut c| c.get(sql).cloned()) {
+            return a;
+        }
+        let a = Arc::new(analyze::analyze(sql, &self.tables));
+        if let Ok(mut c) = self.cache.lock() {
+            c.put(sql.to_string(), a.clone());
+        }
+        a
+    }
+
+    fn shard_by_name(&self, name: &str) -> Result<usize, PgError> {
+        self.shard_names
+            .iter()
+            .position(|s| s == name)
+            .ok_or_else(|| {
+                PgError::error("22023", format!("unknown shard \"{name}\" in routing hint"))
+                    .with_hint(format!("shards: {}", self.shard_names.join(", ")))
+            })
+    }
+
+    /// Route `sql` with parameter values and the session's hints.
+    pub fn route(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        session: &SessionHints,
+    ) -> Result<Route, PgError> {
+        let analysis = self.analysis(sql);
+        let comment_hints = if sql.contains("/*") {
+            hints::parse_hints(sql).map_err(|m| PgError::error("22023", m))?
+        } else {
+            Vec::new()
+        };
+        let shard_hint = comment_hints
+            .iter()
+            .find_map(|h| match h {
+                Hint::Shard(s) => Some(s.clone()),
+                _ => None,
+            })
+            .or_else(|| session.shard.clone());
+        let key_hint = comment_hints
+            .iter()
+            .find_map(|h| match h {
+                Hint::ShardKey(k) => Some(k.clone()),
+                _ => None,
+            })
+            .or_else(|| session.shard_key.clone());
+
+        let writes = analysis.statements.iter().any(|s| s.writes);
+        if let Some(name) = shard_hint {
+            let shard = self.shard_by_name(&name)?;
+            return Ok(self.simple_route(
+                vec![shard],
+                writes,
+                format!("routing hint shard={name}"),
+            ));
+        }
+
+        let mut combined: Option<Route> = None;
+        for stmt in &analysis.statements {
+            // Transaction control and SET go wherever the rest goes.
+            if matches!(stmt.kind, Kind::Transaction | Kind::Set) && analysis.statements.len() > 1 {
+                continue;
+            }
+            let r = self.route_statement(stmt, params, key_hint.as_deref())?;
+            combined = Some(match combined {
+                None => r,
+                Some(prev) if prev.shards == r.shards && prev.all_shards == r.all_shards => prev,
+                Some(_) => {
+                    return Err(PgError::error(
+                        "0A000",
+                        "the statements of this query string go to different shards",
+                    )
+                    .with_hint("send them as separate queries"))
+                }
+            });
+        }
+        Ok(combined.unwrap_or_else(|| {
+            self.simple_route(
+                vec![self.default_shard],
+                writes,
+                "no table: default shard".into(),
+            )
+        }))
+    }
+
+    fn simple_route(&self, shards: Vec<usize>, writes: bool, reason: String) -> Route {
+        Route {
+            shards,
+            all_shards: false,
+            writes,
+            row_shards: None,
+            copy_split: None,
+            table: None,
+            strategy: None,
+            keys: vec![],
+            reason,
+        }
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.shard_names.len()).collect()
+    }
+
+    fn route_statement(
+        &self,
+        stmt: &analyze::StatementPlan,
+        params: &[Param<'_>],
+        key_hint: Option<&str>,
+    ) -> Result<Route, PgError> {
+        let mut route = self.simple_route(vec![self.default_shard], stmt.writes, String::new());
+        match &stmt.target {
+            Target::Default => route.reason = "no sharded table: default shard".into(),
+            Target::AnyShard => route.reason = "reference tables only: any shard".into(),
+            Target::AllShards => {
+                route.shards = self.all();
+                route.all_shards = true;
+                route.reason = match stmt.kind {
+                    Kind::Ddl => "DDL: every shard".into(),
+                    Kind::Maintenance => "maintenance: every shard".into(),
+                    _ => "write to a reference table: every shard".into(),
+                };
+            }
+            Target::Refused(r) => {
+                if let Some(k) = key_hint {
+                    // A key hint routes what the parser could not.
+                    return self.route_by_key_hint(stmt, k, route);
+                }
+                let mut e = PgError::error(r.code, r.message.clone());
+                if let Some(h) = &r.hint {
+                    e = e.with_hint(h.clone());
+                }
+                return Err(e);
+            }
+            Target::Keyed(conds) => {
+                let mut shards: Option<BTreeSet<usize>> = None;
+                for c in conds {
+                    let set: BTreeSet<usize> = match (&c.alternatives, key_hint) {
+                        (_, Some(k)) => {
+                            let v = parse_key(c.table.key_type, k)
+                                .map_err(|m| PgError::error("22P02", format!("routing hint shard_key: {m}")))?;
+                            route.keys.push(display_key(&v));
+                            [c.table.shard_for(&v).map_err(|m| PgError::error("22023", m))?].into()
+                        }
+                        (Some(alts), None) => {
+                            let mut set = BTreeSet::new();
+                            for a in alts {
+                                for v in c.table.key_value(a, params)? {
+                                    route.keys.push(display_key(&v));
+                                    set.insert(c.table.shard_for(&v).map_err(|m| PgError::error("22023", m))?);
+                                }
+                            }
+                            set
+                        }
+                        (None, None) => {
+                            return Err(PgError::error(
+                                "0A000",
+                                format!(
+                                    "this statement needs every shard of table \"{}\" (no condition on its shard key \"{}\"); cross-shard queries are not supported yet",
+                                    c.table.name, c.table.key
+                                ),
+                            )
+                            .with_hint(analyze::HINT_ADD_KEY))
+                        }
+                    };
+                    route.table.get_or_insert_with(|| c.table.name.clone());
+                    route.strategy.get_or_insert(c.table.strategy());
+                    shards = Some(match shards {
+                        None => set,
+                        Some(prev) => prev.intersection(&set).copied().collect(),
+                    });
+                }
+                let shards = shards.unwrap_or_default();
+                if shards.is_empty() {
+                    return Err(PgError::error(
+                        "0A000",
+                        "the tables of this statement are on different shards for the given keys",
+                    )
+                    .with_hint("join sharded tables only on co-located keys"));
+                }
+                route.shards = shards.into_iter().collect();
+                route.reason = format!(
+                    "{} key of \"{}\"",
+                    route.strategy.unwrap_or(""),
+                    route.table.as_deref().unwrap_or("")
+                );
+                if route.shards.len() > 1 && stmt.kind != Kind::Insert {
+                    return Err(PgError::error(
+                        "0A000",
+                        format!(
+                            "the keys of this statement ({}) are on {} shards of table \"{}\"; cross-shard statements are not supported yet",
+                            route.keys.join(", "),
+                            route.shards.len(),
+                            route.table.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .with_hint("send one statement per key"));
+                }
+            }
+            Target::Insert { table, rows } => {
+                let mut row_shards = Vec::with_capacity(rows.len());
+                if let Some(k) = key_hint {
+                    let v = parse_key(table.key_type, k).map_err(|m| {
+                        PgError::error("22P02", format!("routing hint shard_key: {m}"))
+                    })?;
+                    let s = table
+                        .shard_for(&v)
+                        .map_err(|m| PgError::error("22023", m))?;
+                    route.keys.push(display_key(&v));
+                    row_shards.resize(rows.len(), s);
+                } else {
+                    for r in rows {
+                        let vs = table.key_value(r, params)?;
+                        let v = vs
+                            .first()
+                            .ok_or_else(|| PgError::error("22P02", "empty key"))?;
+                        route.keys.push(display_key(v));
+                        row_shards
+                            .push(table.shard_for(v).map_err(|m| PgError::error("22023", m))?);
+                    }
+                }
+                let set: BTreeSet<usize> = row_shards.iter().copied().collect();
+                route.shards = set.into_iter().collect();
+                route.table = Some(table.name.clone());
+                route.strategy = Some(table.strategy());
+                route.reason = format!("{} key of \"{}\" in INSERT", table.strategy(), table.name);
+                if route.shards.len() > 1 {
+                    route.row_shards = Some(row_shards);
+                }
+            }
+            Target::CopyIn { table, key_column } => {
+                route.shards = self.all();
+                route.table = Some(table.name.clone());
+                route.strategy = Some(table.strategy());
+                route.copy_split = Some(CopySplit {
+                    table: table.name.clone(),
+                    key_column: *key_column,
+                });
+                route.reason = format!("COPY into \"{}\": rows split by key", table.name);
+            }
+        }
+        Ok(route)
+    }
+
+    fn route_by_key_hint(
+        &self,
+        stmt: &analyze::StatementPlan,
+        k: &str,
+        mut route: Route,
+    ) -> Result<Route, PgError> {
+        // The first sharded table of the statement decides.
+        let table = match &stmt.target {
+            Target::Keyed(c) => c.first().map(|c| c.table.clone()),
+            Target::Insert { table, .. } | Target::CopyIn { table, .. } => Some(table.clone()),
+            _ => None,
+        }
+        .or_else(|| {
+            // Only unambiguous when exactly one table is sharded.
+            let mut sharded = self.tables.values().filter(|t| !t.is_reference());
+            let only = sharded.next()?;
+            sharded.next().is_none().then(|| only.clone())
+        })
+        .ok_or_else(|| {
+            PgError::error(
+                "22023",
+                "the routing hint shard_key does not say which table's key it is",
+            )
+            .with_hint("use /* shardwire: shard=<name> */ for this statement")
+        })?;
+        let v = parse_key(table.key_type, k)
+            .map_err(|m| PgError::error("22P02", format!("routing hint shard_key: {m}")))?;
+        route.shards = vec![table
+            .shard_for(&v)
+            .map_err(|m| PgError::error("22023", m))?];
+        route.keys = vec![display_key(&v)];
+        route.table = Some(table.name.clone());
+        route.strategy = Some(table.strategy());
+        route.reason = format!("routing hint shard_key={k}");
+        Ok(route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sharding::{RangeBound, RangeSpec};
+
+    fn router() -> Router {
+        let shards = ["s0", "s1"];
+        let ring = || HashRing::new(&shards, 64).unwrap();
+        let tables = vec![
+            TableRule {
+                name: "accounts".into(),
+                key: "aid".into(),
+                key_type: KeyType::Int,
+                placement: Placement::Hash(ring()),
+                placement_id: "hash:64".into(),
+            },
+            TableRule {
+                name: "history".into(),
+                key: "aid".into(),
+                key_type: KeyType::Int,
+                placement: Placement::Hash(ring()),
+                placement_id: "hash:64".into(),
+            },
+            TableRule {
+                name: "events".into(),
+                key: "id".into(),
+                key_type: KeyType::Int,
+                placement: Placement::Range(
+                    RangeMap::new(vec![
+                        RangeSpec::new(None, Some(RangeBound::Int(100)), 0),
+                        RangeSpec::new(Some(RangeBound::Int(100)), Some(RangeBound::Int(200)), 1),
+                    ])
+                    .unwrap(),
+                ),
+                placement_id: "range:events".into(),
+            },
+            TableRule {
+                name: "users".into(),
+                key: "region".into(),
+                key_type: KeyType::Text,
+                placement: Placement::Geo(
+                    GeoMap::new(vec![(0usize, vec!["us", "ca"]), (1, vec!["de", "fr"])], 0)
+                        .unwrap(),
+                ),
+                placement_id: "geo:users".into(),
+            },
+            TableRule {
+                name: "countries".into(),
+                key: String::new(),
+                key_type: KeyType::Text,
+                placement: Placement::Reference,
+                placement_id: "reference".into(),
+            },
+        ];
+        Router::new(tables, vec!["s0".into(), "s1".into()], 0)
+    }
+
+    fn route(sql: &str) -> Result<Route, PgError> {
+        router().route(sql, &[], &SessionHints::default())
+    }
+
+    fn shard_of(aid: i64) -> usize {
+        HashRing::new(&["s0", "s1"], 64)
+            .unwrap()
+            .shard_for(&KeyValue::Int(aid))
+    }
+
+    #[test]
+    fn literal_and_param_keys() {
+        let r = route("select * from accounts where aid = 7").unwrap();
+        assert_eq!(r.shards, vec![shard_of(7)]);
+        assert_eq!(r.keys, vec!["7"]);
+        let text = b"7".as_slice();
+        let r = router()
+            .route(
+                "select abalance from accounts where aid = $1",
+                &[Param {
+                    value: Some(text),
+                    binary: false,
+                }],
+                &SessionHints::default(),
+            )
+            .unwrap();
+        assert_eq!(r.shards, vec![shard_of(7)]);
+        let bin = 7i32.to_be_bytes();
+        let r = router()
+            .route(
+                "select abalance from accounts where aid = $1",
+                &[Param {
+                    value: Some(&bin),
+                    binary: true,
+                }],
+                &SessionHints::default(),
+            )
+            .unwrap();
+        assert_eq!(r.shards, vec![shard_of(7)]);
+    }
+
+    #[test]
+    fn in_lists_and_any() {
+        // keys on one shard route; on two shards are refused (scatter comes later)
+        let (a, b) = (1..100)
+            .map(|i| (i, shard_of(i)))
+            .fold((None, None), |(a, b), (i, s)| {
+                if s == 0 {
+                    (a.or(Some(i)), b)
+                } else {
+                    (a, b.or(Some(i)))
+                }
+            });
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let e = route(&format!("select * from accounts where aid in ({a}, {b})")).unwrap_err();
+        assert_eq!(e.code, "0A000");
+        assert!(e.message.contains("accounts"), "{}", e.message);
+        let r = route(&format!(
+            "select * from accounts where aid = any(array[{a}, {a}])"
+        ))
+        .unwrap();
+        assert_eq!(r.shards, vec![0]);
+        let arr = format!("{{{a},{b}}}");
+        let e = router()
+            .route(
+                "select * from accounts where aid = any($1)",
+                &[Param {
+                    value: Some(arr.as_bytes()),
+                    binary: false,
+                }],
+                &SessionHints::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "0A000");
+    }
+
+    #[test]
+    fn no_key_is_refused_with_hint() {
+        let e = route("select count(*) from accounts").unwrap_err();
+        assert_eq!(e.code, "0A000");
+        assert!(e.message.contains("\"accounts\""));
+        assert!(e.hint.unwrap().contains("shard_key"));
+    }
+
+    #[test]
+    fn inserts_split_by_row() {
+        let r = route("insert into accounts (aid, abalance) values (1, 0)").unwrap();
+        assert_eq!(r.shards, vec![shard_of(1)]);
+        assert!(r.row_shards.is_none());
+        let sql = format!(
+            "insert into accounts (aid) values {}",
+            (1..20)
+                .map(|i| format!("({i})"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = route(&sql).unwrap();
+        assert_eq!(r.shards, vec![0, 1]);
+        let rows = r.row_shards.unwrap();
+        assert_eq!(rows.len(), 19);
+        for (i, s) in rows.iter().enumerate() {
+            assert_eq!(*s, shard_of(i as i64 + 1));
+        }
+        let e = route("insert into accounts (aid) values (null)").unwrap_err();
+        assert_eq!(e.code, "23502");
+        let e = route("insert into accounts (abalance) values (1)").unwrap_err();
+        assert_eq!(e.code, "23502");
+        assert!(e.message.contains("\"aid\""));
+        let e = route("insert into accounts values (1, 2)").unwrap_err();
+        assert!(e.message.contains("must list its columns"));
+    }
+
+    #[test]
+    fn update_and_delete() {
+        let r = route("update accounts set abalance = abalance + 1 where aid = 3").unwrap();
+        assert_eq!(r.shards, vec![shard_of(3)]);
+        assert!(r.writes);
+        let e = route("update accounts set aid = 4 where aid = 3").unwrap_err();
+        assert!(e.message.contains("shard key"), "{}", e.message);
+        let r = route("delete from accounts where aid = 5").unwrap();
+        assert_eq!(r.shards, vec![shard_of(5)]);
+        assert!(route("delete from accounts").is_err());
+    }
+
+    #[test]
+    fn range_edges() {
+        assert_eq!(
+            route("select * from events where id = -1000000")
+                .unwrap()
+                .shards,
+            vec![0]
+        );
+        assert_eq!(
+            route("select * from events where id = 99").unwrap().shards,
+            vec![0]
+        );
+        assert_eq!(
+            route("select * from events where id = 100").unwrap().shards,
+            vec![1]
+        );
+        assert_eq!(
+            route("select * from events where id = 199").unwrap().shards,
+            vec![1]
+        );
+        let e = route("select * from events where id = 200").unwrap_err();
+        assert!(e.message.contains("200"), "{}", e.message);
+    }
+
+    #[test]
+    fn geo_and_default_region() {
+        assert_eq!(
+            route("select * from users where region = 'de'")
+                .unwrap()
+                .shards,
+            vec![1]
+        );
+        assert_eq!(
+            route("select * from users where region = 'us'")
+                .unwrap()
+                .shards,
+            vec![0]
+        );
+        assert_eq!(
+            route("select * from users where region = 'jp'")
+                .unwrap()
+                .shards,
+            vec![0]
+        );
+    }
+
+    #[test]
+    fn reference_tables() {
+        let r = route("select * from countries").unwrap();
+        assert!(!r.all_shards);
+        let r = route("insert into countries (code) values ('de')").unwrap();
+        assert!(r.all_shards);
+        assert_eq!(r.shards, vec![0, 1]);
+        // join of a sharded table with a reference table stays on the key's shard
+        let r = route(
+            "select * from accounts a join countries c on c.code = a.country where a.aid = 9",
+        )
+        .unwrap();
+        assert_eq!(r.shards, vec![shard_of(9)]);
+    }
+
+    #[test]
+    fn colocated_join_follows_key_equality() {
+        let r = route("select * from accounts a join history h on h.aid = a.aid where a.aid = 11")
+            .unwrap();
+        assert_eq!(r.shards, vec![shard_of(11)]);
+        assert!(
+            route("select * from accounts a join events e on e.id = a.aid where a.aid = 11")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ddl_and_maintenance_broadcast() {
+        for sql in [
+            "create table t (id int)",
+            "create index on accounts (abalance)",
+            "alter table accounts add column x int",
+            "drop table t",
+            "truncate accounts",
+            "vacuum accounts",
+            "analyze",
+        ] {
+            let r = route(sql).unwrap();
+            assert!(r.all_shards, "{sql}");
+        }
+    }
+
+    #[test]
+    fn hints_override_parser() {
+        let r = route("/* shardwire: shard=s1 */ select count(*) from accounts").unwrap();
+        assert_eq!(r.shards, vec![1]);
+        let r = route("/* shardwire: shard_key=42 */ select count(*) from accounts").unwrap();
+        assert_eq!(r.shards, vec![shard_of(42)]);
+        let r =
+            route("/* shardwire: shard_key=42 */ select * from accounts where aid = 1").unwrap();
+        assert_eq!(r.shards, vec![shard_of(42)]);
+        let hints = SessionHints {
+            shard: Some("s1".into()),
+            shard_key: None,
+        };
+        let r = router()
+            .route("select count(*) from accounts", &[], &hints)
+            .unwrap();
+        assert_eq!(r.shards, vec![1]);
+        assert!(route("/* shardwire: shard=s9 */ select 1").is_err());
+    }
+
+    #[test]
+    fn unparseable_statements_fall_back() {
+        let r = router();
+        for sql in [
+            "VACUUM (VERBOSE, PARALLEL 2) accounts",
+            "REINDEX TABLE accounts",
+            "CLUSTER accounts USING accounts_pkey",
+        ] {
+            assert!(
+                r.route(sql, &[], &SessionHints::default())
+                    .unwrap()
+                    .all_shards,
+                "{sql}"
+            );
+        }
+        assert!(r.analysis("REINDEX TABLE accounts").fallback);
+        // Unparseable, unknown, no sharded table: default shard.
+        assert_eq!(
+            route("do $$ begin perform 1; end $$").unwrap().shards,
+            vec![0]
+        );
+        // Unparseable and naming a sharded table: refused, not guessed.
+        let e = route("frobnicate accounts").unwrap_err();
+        assert_eq!(e.code, "0A000");
+    }
+
+    #[test]
+    fn copy_in_splits() {
+        let r = route("copy accounts (aid, abalance) from stdin").unwrap();
+        let split = r.copy_split.unwrap();
+        assert_eq!(split.key_column, Some(0));
+        assert!(route("copy accounts (abalance) from stdin").is_err());
+        assert!(route("copy accounts to stdout").is_err());
+    }
+
+    #[test]
+    fn transaction_statements_are_neutral_in_multi_statement_strings() {
+        let r = route("begin; update accounts set abalance = 1 where aid = 3; commit").unwrap();
+        assert_eq!(r.shards, vec![shard_of(3)]);
+    }
+
+    #[test]
+    fn uuid_and_arrays_parse() {
+        assert_eq!(
+            parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap()[0],
+            0xa0
+        );
+        assert!(parse_uuid("nope").is_err());
+        assert_eq!(
+            parse_text_array("{1, 2,\"a,b\",NULL}").unwrap(),
+            vec![Some("1".into()), Some("2".into()), Some("a,b".into()), None]
+        );
+    }
+
+    #[test]
+    fn cache_is_used() {
+        let r = router();
+        let a = r.analysis("select * from accounts where aid = 1");
+        let b = r.analysis("select * from accounts where aid = 1");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+    }
+}
