@@ -106,3 +106,52 @@ fn check_rejects_unknown_keys() {
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("max_sise"), "{}", out.stderr);
 }
+
+/// `[[tables]]` are checked and routable by `shardwire route`, but until the
+/// proxy routes by them, `serve` refuses such a config instead of silently
+/// putting every row on the default shard.
+#[test]
+fn tables_are_explained_but_not_yet_served() {
+    let c = cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tables.toml");
+    let mut text = std::fs::read_to_string(c.config_path()).expect("cluster config");
+    text.push_str("\n[[tables]]\nname = \"accounts\"\nkey = \"aid\"\nstrategy = \"hash\"\n");
+    std::fs::write(&path, text).expect("write config");
+
+    let out = check(&["--json"], &path).ok("check with tables");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["tables"][0]["strategy"], "hash", "{json:#}");
+
+    let route = run_cmd(
+        Command::new(env!("CARGO_BIN_EXE_shardwire"))
+            .args(["route", "--config"])
+            .arg(&path)
+            .args(["select * from accounts where aid = $1", "--param", "42"]),
+        None,
+        Duration::from_secs(30),
+    )
+    .ok("shardwire route");
+    let r: serde_json::Value = serde_json::from_str(&route.stdout).expect("route JSON");
+    assert_eq!(r["table"], "accounts");
+    assert_eq!(r["keys"][0], "42");
+    let shard = r["shards"][0].as_str().expect("a shard");
+    assert!(shard == "s0" || shard == "s1", "{r:#}");
+
+    let serve = run_cmd(
+        Command::new(env!("CARGO_BIN_EXE_shardwire"))
+            .args(["serve", "--config"])
+            .arg(&path),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        !serve.success(),
+        "serve accepted [[tables]] it cannot route"
+    );
+    assert!(
+        serve.stderr.contains("does not route by them yet"),
+        "{}",
+        serve.stderr
+    );
+}
