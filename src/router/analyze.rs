@@ -236,10 +236,17 @@ fn normalize_ident(value: &str, quote: Option<char>) -> String {
     }
 }
 
-fn plan_query(q: &Query, tables: &Tables) -> Target {
-    let found = sharded_tables_in(q, tables);
+/// The sharded (not reference) tables a statement mentions. When there are
+/// none, the statement's target instead: the default shard when no
+/// configured table is mentioned, else `reference_only`.
+fn sharded_tables_or<V: sqlparser::ast::Visit>(
+    v: &V,
+    tables: &Tables,
+    reference_only: Target,
+) -> Result<Vec<Arc<TableRule>>, Target> {
+    let found = sharded_tables_in(v, tables);
     if found.is_empty() {
-        return Target::Default;
+        return Err(Target::Default);
     }
     let sharded: Vec<_> = found
         .iter()
@@ -247,8 +254,16 @@ fn plan_query(q: &Query, tables: &Tables) -> Target {
         .cloned()
         .collect();
     if sharded.is_empty() {
-        return Target::AnyShard;
+        return Err(reference_only);
     }
+    Ok(sharded)
+}
+
+fn plan_query(q: &Query, tables: &Tables) -> Target {
+    let sharded = match sharded_tables_or(q, tables, Target::AnyShard) {
+        Ok(sharded) => sharded,
+        Err(target) => return target,
+    };
     // Key conditions come from the top-level SELECT's WHERE and JOIN ... ON.
     let (from, selection) = match q.body.as_ref() {
         SetExpr::Select(s) => (&s.from[..], s.selection.as_ref()),
@@ -659,35 +674,25 @@ fn plan_tables_where<V: sqlparser::ast::Visit>(
     tables: &Tables,
     writes: bool,
 ) -> Target {
-    let found = sharded_tables_in(stmt, tables);
-    if found.is_empty() {
-        return Target::Default;
-    }
-    let sharded: Vec<_> = found
-        .iter()
-        .filter(|t| !t.is_reference())
-        .cloned()
-        .collect();
-    if sharded.is_empty() {
-        return if writes {
-            Target::AllShards
-        } else {
-            Target::AnyShard
-        };
-    }
-    let target_is_reference = from
-        .first()
-        .and_then(|t| match &t.relation {
-            TableFactor::Table { name, .. } => lookup(name, tables),
-            _ => None,
-        })
-        .is_some_and(|t| t.is_reference());
-    if target_is_reference {
+    let reference_only = if writes {
+        Target::AllShards
+    } else {
+        Target::AnyShard
+    };
+    let sharded = match sharded_tables_or(stmt, tables, reference_only) {
+        Ok(x) => x,
+        Err(target) => return target,
+    };
+    let written = from.first().and_then(|t| match &t.relation {
+        TableFactor::Table { name, .. } => lookup(name, tables),
+        _ => None,
+    });
+    if let Some(reference) = written.filter(|t| t.is_reference()) {
         return refuse(
             NOT_SUPPORTED,
             format!(
                 "writing reference table \"{}\" from sharded table \"{}\" is not supported",
-                found[0].name, sharded[0].name
+                reference.name, sharded[0].name
             ),
             None,
         );

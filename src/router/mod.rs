@@ -907,6 +907,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.shards, vec![shard_of(9)]);
+        // writing a reference table from a sharded one would diverge the copies
+        let e = route("update countries set n = a.abalance from accounts a where a.aid = 9")
+            .unwrap_err();
+        assert_eq!(e.code, "0A000");
+        assert!(
+            e.message.contains("\"countries\"") && e.message.contains("\"accounts\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
