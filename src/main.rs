@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardwire::config::Config;
+use shardwire::config::{Config, PoolMode};
 use shardwire::frontend::{self, Proxy};
 use shardwire::router::{Param, SessionHints};
 
@@ -184,14 +184,20 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    // Routing by [[tables]] is not wired into the proxy yet: serving such a
-    // config would put every row on the default shard without saying so.
-    if let Some(t) = config.router.tables().next() {
-        return Err(format!(
-            "{}: [[tables]] (\"{}\" and others) are validated by `shardwire check` and explained by `shardwire route`, but this version of the proxy does not route by them yet; remove them to serve",
-            config.file.display(),
-            t.name
-        ));
+    // Routing holds one server per transaction; session pooling would pin
+    // a client to one shard for good.
+    if config.router.tables().next().is_some() {
+        if let Some(d) = config
+            .databases
+            .values()
+            .find(|d| d.pool_mode == PoolMode::Session)
+        {
+            return Err(format!(
+                "{}: database \"{}\" uses session pooling, which does not support [[tables]] yet; use pool_mode = \"transaction\"",
+                config.file.display(),
+                d.name
+            ));
+        }
     }
     let listen = config.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)

@@ -403,10 +403,11 @@ where
     })?;
 
     let wanted_from_client = client_session_params(&params)?;
-    // Routing is trivial for now: every statement goes to the default shard's primary.
-    let pool = proxy
-        .backends
-        .primary_pool(&config, config.default_shard, db, user);
+    // One primary pool per shard; the default shard's greets the client.
+    let pools: Vec<_> = (0..config.shards.len())
+        .map(|shard| proxy.backends.primary_pool(&config, shard, db, user))
+        .collect();
+    let pool = pools[config.default_shard].clone();
     let fatal = |e: CheckoutError| {
         let mut e = e.to_pg();
         e.severity = "FATAL";
@@ -467,7 +468,9 @@ where
         client_id,
         user: user.name.clone(),
         database: db.name.clone(),
-        pool,
+        pools,
+        default_shard: config.default_shard,
+        router: config.router.clone(),
         pool_mode: db.pool_mode,
         max_prepared_per_server: config.pool.max_prepared_statements as usize,
         wanted_params: wanted,

@@ -19,6 +19,7 @@
 //! - `wanted_params`: the client's session parameters (client_encoding,
 //!   DateStyle, application_name, ...) applied to each server at checkout.
 
+pub mod routing;
 pub mod statements;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +37,8 @@ use crate::config::PoolMode;
 use crate::frontend::cancel::CancelSlot;
 use crate::protocol::reader::FrameError;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
+use crate::router::{Route, Router, SessionHints};
+use routing::{HintVar, ProxyCommand, TxControl};
 use statements::{rebuild, split_name, Statements};
 
 /// Bytes buffered toward one side before the proxy stops reading the other
@@ -113,6 +116,10 @@ enum Pending {
     },
     /// A response the proxy makes itself, emitted when it reaches the head.
     Synthetic(u8),
+    /// A whole message the proxy makes itself (an error, CommandComplete).
+    SyntheticFrame(Bytes),
+    /// ReadyForQuery with the status the client sees when it is emitted.
+    SyntheticReady,
 }
 
 /// Why a session ended (for the log).
@@ -130,7 +137,11 @@ pub struct SessionSetup {
     pub client_id: u64,
     pub user: String,
     pub database: String,
-    pub pool: Arc<Pool>,
+    /// The primary pool of each shard, by shard index.
+    pub pools: Vec<Arc<Pool>>,
+    pub default_shard: usize,
+    /// Routing rules; statements are routed only when it has tables.
+    pub router: Arc<Router>,
     pub pool_mode: PoolMode,
     pub max_prepared_per_server: usize,
     /// Parameters to apply on every server (canonicalized at login).
@@ -145,7 +156,23 @@ pub struct Session<R, W> {
     setup_user: String,
     setup_database: String,
     client_id: u64,
-    pool: Arc<Pool>,
+    pools: Vec<Arc<Pool>>,
+    default_shard: usize,
+    router: Arc<Router>,
+    /// The router has tables: statements are routed to shards.
+    routing: bool,
+    /// The shard of the held server.
+    server_shard: usize,
+    /// `SET shardwire.shard` / `shardwire.shard_key`.
+    hints: SessionHints,
+    /// A BEGIN the client sent that no shard has seen yet: it goes to the
+    /// shard of the transaction's first statement.
+    deferred_begin: Option<Bytes>,
+    /// Extended-protocol messages held until their batch is routed (only
+    /// while no server is held).
+    held: Vec<BytesMut>,
+    /// The SQL of the client's unnamed statement.
+    unnamed_sql: Option<Arc<str>>,
     pool_mode: PoolMode,
     max_prepared_per_server: usize,
     cancel: Arc<CancelSlot>,
@@ -193,11 +220,20 @@ where
 {
     pub fn new(setup: SessionSetup, client_rd: FrameReader<R>, client_wr: W) -> Self {
         let server = setup.server;
+        let routing = setup.router.tables().next().is_some();
         let mut s = Session {
             setup_user: setup.user,
             setup_database: setup.database,
             client_id: setup.client_id,
-            pool: setup.pool,
+            routing,
+            pools: setup.pools,
+            server_shard: setup.default_shard,
+            default_shard: setup.default_shard,
+            router: setup.router,
+            hints: SessionHints::default(),
+            deferred_begin: None,
+            held: Vec::new(),
+            unnamed_sql: None,
             pool_mode: setup.pool_mode,
             max_prepared_per_server: setup.max_prepared_per_server,
             cancel: setup.cancel,
@@ -449,7 +485,11 @@ where
                 if tag == be::READY_FOR_QUERY {
                     self.tx_status = protocol::body(&frame).first().copied().unwrap_or(b'I');
                 }
-                if forward {
+                if forward && tag == be::READY_FOR_QUERY && self.deferred_begin.is_some() {
+                    // The client is in a transaction no server has seen yet.
+                    let status = self.client_status();
+                    protocol::ready_for_query(&mut self.client_out, status);
+                } else if forward {
                     self.client_out.extend_from_slice(&frame);
                 }
                 self.emit_synthetic();
@@ -549,10 +589,28 @@ where
 
     /// Emit proxy-made responses that have reached the head of the queue.
     fn emit_synthetic(&mut self) {
-        while let Some(Pending::Synthetic(tag)) = self.pending.front() {
-            self.client_out
-                .extend_from_slice(&protocol::empty_frame(*tag));
+        loop {
+            match self.pending.front() {
+                Some(Pending::Synthetic(tag)) => self
+                    .client_out
+                    .extend_from_slice(&protocol::empty_frame(*tag)),
+                Some(Pending::SyntheticFrame(f)) => self.client_out.extend_from_slice(f),
+                Some(Pending::SyntheticReady) => {
+                    let status = self.client_status();
+                    protocol::ready_for_query(&mut self.client_out, status);
+                }
+                _ => return,
+            }
             self.pending.pop_front();
+        }
+    }
+
+    /// The transaction status the client sees: a deferred BEGIN counts.
+    fn client_status(&self) -> u8 {
+        if self.deferred_begin.is_some() && self.tx_status == b'I' {
+            b'T'
+        } else {
+            self.tx_status
         }
     }
 
@@ -581,36 +639,33 @@ where
             }
             return Ok(());
         }
+        if self.routing {
+            match tag {
+                fe::QUERY => return self.routed_query(frame).await,
+                fe::BIND => return self.routed_bind(frame).await,
+                fe::PARSE | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE if self.server.is_none() => {
+                    if tag == fe::PARSE {
+                        self.note_parse(&frame)?;
+                    }
+                    self.held.push(frame);
+                    return Ok(());
+                }
+                fe::SYNC | fe::FLUSH if !self.held.is_empty() => {
+                    self.route_held_batch().await?;
+                }
+                _ => {}
+            }
+        }
         match tag {
             fe::QUERY => {
                 if !self.ensure_server(true).await {
                     return Ok(());
                 }
-                let resets = server_state_reset(protocol::body(&frame));
-                let s = self.server_mut();
-                s.unnamed = None;
-                if resets.statements {
-                    s.prepared.clear();
-                }
-                if resets.settings {
-                    // Reported parameters come back as ParameterStatus; the
-                    // unreported ones we set are simply gone.
-                    for k in std::mem::take(&mut s.custom_params) {
-                        s.params.remove(&k);
-                    }
-                }
-                self.send(&frame, Expect::Ready, true, None);
-                self.flush_point();
+                self.send_query(frame);
             }
-            fe::PARSE => self.on_parse(frame).await?,
-            fe::BIND => self.on_bind(frame).await?,
-            fe::DESCRIBE => self.on_describe(frame).await?,
-            fe::EXECUTE => {
-                if self.ensure_server(false).await {
-                    self.send(&frame, Expect::ExecuteDone, true, None);
-                }
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
+                self.extended(frame).await?
             }
-            fe::CLOSE => self.on_close(frame).await?,
             fe::SYNC => {
                 self.skip_until_sync = false;
                 if self.server.is_some() && self.copy_open {
@@ -623,8 +678,8 @@ where
                     self.flush_point();
                 } else {
                     // Nothing was sent to a server since the last Sync.
+                    self.pending.push_back(Pending::SyntheticReady);
                     self.emit_synthetic();
-                    protocol::ready_for_query(&mut self.client_out, self.tx_status);
                 }
             }
             fe::FLUSH => {
@@ -662,12 +717,48 @@ where
         Ok(())
     }
 
+    /// An extended-protocol message for the held (or default) server.
+    async fn extended(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        match frame[0] {
+            fe::PARSE => self.on_parse(frame).await?,
+            fe::BIND => self.on_bind(frame).await?,
+            fe::DESCRIBE => self.on_describe(frame).await?,
+            fe::EXECUTE => {
+                if self.ensure_server(false).await {
+                    self.send(&frame, Expect::ExecuteDone, true, None);
+                }
+            }
+            _ => self.on_close(frame).await?,
+        }
+        Ok(())
+    }
+
+    /// Send a simple Query to the held server.
+    fn send_query(&mut self, frame: BytesMut) {
+        let resets = server_state_reset(protocol::body(&frame));
+        let s = self.server_mut();
+        s.unnamed = None;
+        if resets.statements {
+            s.prepared.clear();
+        }
+        if resets.settings {
+            // Reported parameters come back as ParameterStatus; the
+            // unreported ones we set are simply gone.
+            for k in std::mem::take(&mut s.custom_params) {
+                s.params.remove(&k);
+            }
+        }
+        self.send(&frame, Expect::Ready, true, None);
+        self.flush_point();
+    }
+
     async fn on_parse(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
         let (name, rest) = match split_name(protocol::body(&frame), "Parse") {
             Ok(x) => x,
             Err(e) => return Err(self.client_protocol_error(e.to_string())),
         };
         if name.is_empty() {
+            self.unnamed_sql = Some(statements::parse_sql(rest).into());
             let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
             let frame = frame.freeze();
             self.unnamed = Some((id, frame.clone()));
@@ -807,6 +898,7 @@ where
         }
         if kind == Some(b'S') {
             self.unnamed = None;
+            self.unnamed_sql = None;
         }
         if self.ensure_server(false).await {
             if kind == Some(b'S') {
@@ -844,13 +936,47 @@ where
     // ----------------------------------------------------------------------
     // Getting and giving back servers.
 
-    /// Make sure a server is held, checking one out if needed. On failure the
-    /// client gets the error (and ReadyForQuery for a simple query, or the
-    /// rest of its extended batch is skipped up to Sync); returns false.
+    /// Make sure a server is held, checking one out of the default shard
+    /// if needed. On failure the client gets the error (and ReadyForQuery
+    /// for a simple query, or the rest of its extended batch is skipped up
+    /// to Sync); returns false.
     async fn ensure_server(&mut self, simple: bool) -> bool {
         if self.server.is_some() {
             return true;
         }
+        self.ensure_shard(self.default_shard, simple, false).await
+    }
+
+    /// Make sure a server of `shard` is held. Refuses (like
+    /// `ensure_server`) when the held server is on another shard. With
+    /// `start_tx`, a deferred BEGIN is sent first.
+    async fn ensure_shard(&mut self, shard: usize, simple: bool, start_tx: bool) -> bool {
+        if self.server.is_some() {
+            if self.server_shard != shard {
+                let err = PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "this transaction already runs on shard \"{}\"; statement needs shard \"{}\"; cross-shard transactions are not supported yet",
+                        self.shard_name(self.server_shard),
+                        self.shard_name(shard)
+                    ),
+                )
+                .with_hint("keep the statements of one transaction (or one pipelined batch) on one shard");
+                self.refuse(err, simple);
+                return false;
+            }
+        } else if !self.checkout(shard, simple).await {
+            return false;
+        }
+        if start_tx {
+            if let Some(begin) = self.deferred_begin.take() {
+                self.send(&begin, Expect::Ready, false, None);
+            }
+        }
+        true
+    }
+
+    async fn checkout(&mut self, shard: usize, simple: bool) -> bool {
         // Deliver what the client is owed before possibly waiting for a server.
         if !self.client_out.is_empty() {
             let written = async {
@@ -863,7 +989,7 @@ where
             self.client_out.clear();
             self.client_unflushed = false;
         }
-        let result = match self.pool.checkout().await {
+        let result = match self.pools[shard].checkout().await {
             Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
                 Ok(()) => Ok(conn),
                 Err(e) => Err(e),
@@ -873,19 +999,274 @@ where
         match result {
             Ok(conn) => {
                 self.attach(conn);
+                self.server_shard = shard;
                 true
             }
             Err(err) => {
                 tracing::warn!(client = self.client_id, user = %self.setup_user, database = %self.setup_database, error = %err, "no server for client");
-                err.encode(&mut self.client_out);
-                if simple {
-                    protocol::ready_for_query(&mut self.client_out, self.tx_status);
-                } else {
-                    self.skip_until_sync = true;
-                }
+                self.refuse(err, simple);
                 false
             }
         }
+    }
+
+    /// Answer the client with an error instead of the server: then
+    /// ReadyForQuery for a simple query, or skip the rest of the extended
+    /// batch up to Sync.
+    fn refuse(&mut self, err: PgError, simple: bool) {
+        let mut buf = BytesMut::new();
+        err.encode(&mut buf);
+        self.pending
+            .push_back(Pending::SyntheticFrame(buf.freeze()));
+        if simple {
+            self.pending.push_back(Pending::SyntheticReady);
+        } else {
+            self.skip_until_sync = true;
+            self.held.clear();
+        }
+        self.emit_synthetic();
+    }
+
+    fn shard_name(&self, shard: usize) -> &str {
+        self.router
+            .shard_names()
+            .get(shard)
+            .map(String::as_str)
+            .unwrap_or("?")
+    }
+
+    // ----------------------------------------------------------------------
+    // Routing (only when the config has [[tables]]).
+
+    /// The one shard a route goes to, or the 0A000 for a multi-shard one.
+    fn single_shard(&self, r: &Route) -> Result<usize, PgError> {
+        if let [one] = r.shards[..] {
+            return Ok(one);
+        }
+        let names: Vec<&str> = r.shards.iter().map(|&i| self.shard_name(i)).collect();
+        let hint = if r.row_shards.is_some() {
+            "insert the rows of each shard with a separate statement"
+        } else if r.copy_split.is_some() {
+            "copy the rows of each shard separately, pinned with /* shardwire: shard=NAME */"
+        } else {
+            "run it on each shard, pinned with /* shardwire: shard=NAME */ or SET shardwire.shard"
+        };
+        Err(PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "statement needs shards {} ({}); multi-shard execution is not supported yet",
+                names.join(", "),
+                r.reason
+            ),
+        )
+        .with_hint(hint))
+    }
+
+    /// Record a held Parse's statement, so a Bind can be routed by its SQL.
+    fn note_parse(&mut self, frame: &[u8]) -> Result<(), SessionEnd> {
+        let (name, rest) = match split_name(protocol::body(frame), "Parse") {
+            Ok(x) => x,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if name.is_empty() {
+            self.unnamed_sql = Some(statements::parse_sql(rest).into());
+        } else {
+            self.statements.define(name, rest);
+        }
+        Ok(())
+    }
+
+    /// Send the held messages of this batch to the server now held.
+    async fn replay_held(&mut self) -> Result<(), SessionEnd> {
+        for frame in std::mem::take(&mut self.held) {
+            self.extended(frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn routed_query(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let body = protocol::body(&frame);
+        let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
+        if let Some(cmd) = routing::proxy_command(&sql) {
+            self.proxy_command(cmd);
+            return Ok(());
+        }
+        let analysis = self.router.analysis(&sql);
+        let synthetic = |s: &mut Self, tag: &str| {
+            let mut buf = BytesMut::new();
+            command_complete(&mut buf, tag);
+            s.pending.push_back(Pending::SyntheticFrame(buf.freeze()));
+            s.pending.push_back(Pending::SyntheticReady);
+            s.emit_synthetic();
+        };
+        match routing::tx_control(&sql, &analysis) {
+            Some(TxControl::Begin) if self.deferred_begin.is_some() => {
+                return {
+                    synthetic(self, "BEGIN");
+                    Ok(())
+                }
+            }
+            Some(TxControl::Begin) if self.server.is_none() || self.tx_status == b'I' => {
+                self.deferred_begin = Some(frame.freeze());
+                synthetic(self, "BEGIN");
+                return Ok(());
+            }
+            Some(TxControl::End(tag)) if self.deferred_begin.is_some() => {
+                self.deferred_begin = None;
+                synthetic(self, tag);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if routing::is_neutral(&analysis) && self.server.is_some() {
+            // Transaction control and SET stay with the held server.
+            self.send_query(frame);
+            return Ok(());
+        }
+        let shard = match self
+            .router
+            .route(&sql, &[], &self.hints)
+            .and_then(|r| self.single_shard(&r))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(e, true);
+                return Ok(());
+            }
+        };
+        if self.ensure_shard(shard, true, true).await {
+            self.send_query(frame);
+        }
+        Ok(())
+    }
+
+    async fn routed_bind(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let routed = {
+            let (stmt, params) = match routing::bind_params(protocol::body(&frame)) {
+                Ok(x) => x,
+                Err(e) => return Err(self.client_protocol_error(e.to_string())),
+            };
+            let sql = if stmt.is_empty() {
+                self.unnamed_sql.clone()
+            } else {
+                self.statements.get(stmt).map(|s| s.sql.clone())
+            };
+            match sql {
+                // An unknown statement: the server reports it.
+                None => Some(Ok(self.server_shard_or_default())),
+                Some(sql) => {
+                    if routing::is_neutral(&self.router.analysis(&sql)) {
+                        None
+                    } else {
+                        Some(
+                            self.router
+                                .route(&sql, &params, &self.hints)
+                                .and_then(|r| self.single_shard(&r)),
+                        )
+                    }
+                }
+            }
+        };
+        match routed {
+            // Transaction control and SET: with the rest of the batch.
+            None if self.server.is_none() => self.held.push(frame),
+            None => self.on_bind(frame).await?,
+            Some(Err(e)) => self.refuse(e, false),
+            Some(Ok(shard)) => {
+                if self.ensure_shard(shard, false, true).await {
+                    self.replay_held().await?;
+                    self.on_bind(frame).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn server_shard_or_default(&self) -> usize {
+        if self.server.is_some() {
+            self.server_shard
+        } else {
+            self.default_shard
+        }
+    }
+
+    /// A Sync or Flush ends a batch with no routable Bind (Parse, Describe,
+    /// transaction control): route it by its SQL if that names one shard,
+    /// else to the default shard (describing is the same everywhere).
+    async fn route_held_batch(&mut self) -> Result<(), SessionEnd> {
+        let mut shard = None;
+        let mut has_bind = false;
+        for f in &self.held {
+            match f[0] {
+                fe::BIND => has_bind = true,
+                fe::PARSE if shard.is_none() => {
+                    let Ok((_, rest)) = split_name(protocol::body(f), "Parse") else {
+                        continue;
+                    };
+                    let sql = statements::parse_sql(rest);
+                    if !routing::is_neutral(&self.router.analysis(&sql)) {
+                        shard = Some(
+                            self.router
+                                .route(&sql, &[], &self.hints)
+                                .ok()
+                                .and_then(|r| self.single_shard(&r).ok())
+                                .unwrap_or(self.default_shard),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        let shard = shard.unwrap_or(self.default_shard);
+        // Only transaction control executes in such a batch: it starts the
+        // deferred transaction. A Parse/Describe does not.
+        if self.ensure_shard(shard, false, has_bind).await {
+            self.replay_held().await?;
+        }
+        Ok(())
+    }
+
+    /// `SET/RESET/SHOW shardwire.*`, answered by the proxy.
+    fn proxy_command(&mut self, cmd: Result<ProxyCommand, String>) {
+        let mut buf = BytesMut::new();
+        match cmd {
+            Err(m) => {
+                self.refuse(PgError::error("42704", m), true);
+                return;
+            }
+            Ok(ProxyCommand::Show(var)) => {
+                let value = match var {
+                    HintVar::Shard => self.hints.shard.clone(),
+                    HintVar::ShardKey => self.hints.shard_key.clone(),
+                }
+                .unwrap_or_default();
+                row_description_text(&mut buf, var.name());
+                data_row_text(&mut buf, &value);
+                command_complete(&mut buf, "SHOW");
+            }
+            Ok(ProxyCommand::Set { var, value, reset }) => {
+                if let (HintVar::Shard, Some(v)) = (var, &value) {
+                    if !self.router.shard_names().iter().any(|s| s == v) {
+                        let err = PgError::error(
+                            "22023",
+                            format!("invalid value for parameter \"shardwire.shard\": \"{v}\""),
+                        )
+                        .with_hint(format!("shards: {}", self.router.shard_names().join(", ")));
+                        self.refuse(err, true);
+                        return;
+                    }
+                }
+                match var {
+                    HintVar::Shard => self.hints.shard = value,
+                    HintVar::ShardKey => self.hints.shard_key = value,
+                }
+                command_complete(&mut buf, if reset { "RESET" } else { "SET" });
+            }
+        }
+        self.pending
+            .push_back(Pending::SyntheticFrame(buf.freeze()));
+        self.pending.push_back(Pending::SyntheticReady);
+        self.emit_synthetic();
     }
 
     fn attach(&mut self, conn: PooledConn) {
@@ -990,6 +1371,38 @@ async fn discard_session(conn: &mut ServerConn) -> bool {
             false
         }
     }
+}
+
+fn command_complete(out: &mut BytesMut, tag: &str) {
+    let at = protocol::begin_frame(out, be::COMMAND_COMPLETE);
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(b"\0");
+    protocol::finish_frame(out, at);
+}
+
+/// RowDescription of one text column.
+fn row_description_text(out: &mut BytesMut, name: &str) {
+    use bytes::BufMut;
+    let at = protocol::begin_frame(out, be::ROW_DESCRIPTION);
+    out.put_i16(1);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_i32(0); // table oid
+    out.put_i16(0); // column
+    out.put_i32(25); // text
+    out.put_i16(-1);
+    out.put_i32(-1);
+    out.put_i16(0); // text format
+    protocol::finish_frame(out, at);
+}
+
+fn data_row_text(out: &mut BytesMut, value: &str) {
+    use bytes::BufMut;
+    let at = protocol::begin_frame(out, b'D');
+    out.put_i16(1);
+    out.put_i32(value.len() as i32);
+    out.put_slice(value.as_bytes());
+    protocol::finish_frame(out, at);
 }
 
 fn conn_timeout() -> Duration {

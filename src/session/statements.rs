@@ -19,6 +19,8 @@ pub struct Statement {
     pub server_name: Arc<str>,
     /// A Parse frame creating the statement under `server_name`.
     pub parse_frame: Bytes,
+    /// The statement's SQL text (for routing its Binds).
+    pub sql: Arc<str>,
 }
 
 /// The client's statements by the client's own names.
@@ -48,6 +50,7 @@ impl Statements {
         let stmt = Arc::new(Statement {
             server_name: name.into(),
             parse_frame: frame.freeze(),
+            sql: parse_sql(parse_body_after_name).into(),
         });
         self.by_client_name
             .insert(client_name.to_string(), stmt.clone());
@@ -73,6 +76,12 @@ impl Statements {
     pub fn is_empty(&self) -> bool {
         self.by_client_name.is_empty()
     }
+}
+
+/// The SQL text of a Parse body after the statement name (empty if malformed).
+pub fn parse_sql(parse_body_after_name: &[u8]) -> String {
+    let mut r = BodyReader::new(parse_body_after_name, "Parse");
+    r.cstr().map(str::to_string).unwrap_or_default()
 }
 
 /// Split a message body that starts with one name (Parse, Close, Describe
@@ -107,6 +116,7 @@ mod tests {
         let b = s.define("b", b"select 1\0\0\0");
         let c = s.define("c", b"select 2\0\0\0");
         assert_eq!(a.server_name, b.server_name);
+        assert_eq!(&*a.sql, "select 1");
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.len() < 63, "fits NAMEDATALEN");
         // Parse frame: 'P', len, name\0, query\0, types

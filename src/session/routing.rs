@@ -1,0 +1,309 @@
+//! What the session needs to route statements: Bind parameter decoding,
+//! the proxy's own `SET shardwire.*` commands, and transaction control.
+
+use crate::protocol::{BodyReader, Malformed};
+use crate::router::{Analysis, Kind, Param};
+
+/// The statement name and parameter values of a Bind body.
+pub fn bind_params(body: &[u8]) -> Result<(&str, Vec<Param<'_>>), Malformed> {
+    let mut r = BodyReader::new(body, "Bind");
+    let _portal = r.cstr_bytes()?;
+    let stmt = r.cstr()?;
+    let nformats = r.i16()?.max(0) as usize;
+    let mut formats = Vec::with_capacity(nformats.min(1024));
+    for _ in 0..nformats {
+        formats.push(r.i16()?);
+    }
+    let nparams = r.i16()?.max(0) as usize;
+    let mut params = Vec::with_capacity(nparams.min(1024));
+    for i in 0..nparams {
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(0),
+        };
+        let len = r.i32()?;
+        let value = if len < 0 {
+            None
+        } else {
+            Some(r.bytes(len as usize)?)
+        };
+        params.push(Param {
+            value,
+            binary: format == 1,
+        });
+    }
+    Ok((stmt, params))
+}
+
+/// Statements that go wherever the rest of the transaction goes:
+/// transaction control and SET.
+pub fn is_neutral(a: &Analysis) -> bool {
+    !a.statements.is_empty()
+        && a.statements
+            .iter()
+            .all(|s| matches!(s.kind, Kind::Transaction | Kind::Set))
+}
+
+/// A lone transaction-control statement the proxy may answer itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxControl {
+    Begin,
+    /// COMMIT / END (tag "COMMIT") or ROLLBACK / ABORT (tag "ROLLBACK").
+    End(&'static str),
+}
+
+fn words(sql: &str) -> Vec<String> {
+    sql.split_whitespace()
+        .map(|w| w.to_ascii_lowercase())
+        .collect()
+}
+
+pub fn tx_control(sql: &str, a: &Analysis) -> Option<TxControl> {
+    let body = sql
+        .trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    if a.statements.len() != 1 || a.statements[0].kind != Kind::Transaction || body.contains(';') {
+        return None;
+    }
+    let w = words(body);
+    let first = w.first()?.as_str();
+    let plain_tail = w.len() == 1 || (w.len() == 2 && (w[1] == "work" || w[1] == "transaction"));
+    match first {
+        "begin" => Some(TxControl::Begin),
+        "start" if w.get(1).map(String::as_str) == Some("transaction") => Some(TxControl::Begin),
+        "commit" | "end" if plain_tail => Some(TxControl::End("COMMIT")),
+        "rollback" | "abort" if plain_tail => Some(TxControl::End("ROLLBACK")),
+        _ => None,
+    }
+}
+
+/// A session routing setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintVar {
+    Shard,
+    ShardKey,
+}
+
+impl HintVar {
+    pub fn name(self) -> &'static str {
+        match self {
+            HintVar::Shard => "shardwire.shard",
+            HintVar::ShardKey => "shardwire.shard_key",
+        }
+    }
+}
+
+/// A command the proxy answers itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProxyCommand {
+    /// SET (value) or RESET / SET ... TO DEFAULT (None). `local` is noted
+    /// but treated as session-level.
+    Set {
+        var: HintVar,
+        value: Option<String>,
+        reset: bool,
+    },
+    Show(HintVar),
+}
+
+/// `SET [SESSION|LOCAL] shardwire.x {=|TO} value`, `RESET shardwire.x`,
+/// `SHOW shardwire.x`. None for anything else; an error for an unknown
+/// `shardwire.` variable.
+pub fn proxy_command(sql: &str) -> Option<Result<ProxyCommand, String>> {
+    let s = sql
+        .trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    let (verb, rest) = split_word(s);
+    let verb = verb.to_ascii_lowercase();
+    if !matches!(verb.as_str(), "set" | "reset" | "show") {
+        return None;
+    }
+    let mut rest = rest;
+    if verb == "set" {
+        let (w, r) = split_word(rest);
+        if w.eq_ignore_ascii_case("session") || w.eq_ignore_ascii_case("local") {
+            rest = r;
+        }
+    }
+    let name_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(rest.len());
+    let name = rest[..name_end].to_ascii_lowercase();
+    let after = rest[name_end..].trim_start();
+    let var_name = name.strip_prefix("shardwire.")?;
+    let var = match var_name {
+        "shard" => HintVar::Shard,
+        "shard_key" => HintVar::ShardKey,
+        other => {
+            return Some(Err(format!(
+                "unrecognized configuration parameter \"shardwire.{other}\" (known: shardwire.shard, shardwire.shard_key)"
+            )))
+        }
+    };
+    match verb.as_str() {
+        "reset" | "show" if !after.is_empty() => {
+            Some(Err(format!("syntax error at or near \"{after}\"")))
+        }
+        "reset" => Some(Ok(ProxyCommand::Set {
+            var,
+            value: None,
+            reset: true,
+        })),
+        "show" => Some(Ok(ProxyCommand::Show(var))),
+        _ => {
+            let v = if let Some(v) = after.strip_prefix('=') {
+                v.trim()
+            } else {
+                let (w, r) = split_word(after);
+                if !w.eq_ignore_ascii_case("to") {
+                    return Some(Err(format!("syntax error at or near \"{after}\"")));
+                }
+                r
+            };
+            let value = if let Some(q) = v.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')) {
+                Some(q.replace("''", "'"))
+            } else if v.eq_ignore_ascii_case("default") {
+                None
+            } else if v.is_empty() || v.contains(char::is_whitespace) {
+                return Some(Err(format!("syntax error at or near \"{v}\"")));
+            } else {
+                Some(v.trim_matches('"').to_string())
+            };
+            Some(Ok(ProxyCommand::Set {
+                var,
+                value,
+                reset: false,
+            }))
+        }
+    }
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    (&s[..end], s[end..].trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_bind() {
+        // portal "", stmt "s", 1 format (binary), 2 params: int4 7, NULL, 0 result formats
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\0s\0");
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&4i32.to_be_bytes());
+        b.extend_from_slice(&7i32.to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        let (stmt, params) = bind_params(&b).unwrap();
+        assert_eq!(stmt, "s");
+        assert_eq!(params.len(), 2);
+        assert!(params[0].binary);
+        assert_eq!(params[0].value, Some(&7i32.to_be_bytes()[..]));
+        assert!(params[1].value.is_none());
+        // per-parameter formats
+        let mut b = Vec::new();
+        b.extend_from_slice(b"p\0\0");
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&2i32.to_be_bytes());
+        b.extend_from_slice(b"42");
+        b.extend_from_slice(&0i32.to_be_bytes());
+        let (stmt, params) = bind_params(&b).unwrap();
+        assert_eq!(stmt, "");
+        assert!(!params[0].binary && params[1].binary);
+        assert_eq!(params[0].value, Some(&b"42"[..]));
+        assert_eq!(params[1].value, Some(&b""[..]));
+        assert!(bind_params(b"\0s\0\0").is_err());
+    }
+
+    #[test]
+    fn transaction_control() {
+        use crate::router::analyze::{analyze, Tables};
+        let tx = |sql: &str| tx_control(sql, &analyze(sql, &Tables::default()));
+        assert_eq!(tx("BEGIN"), Some(TxControl::Begin));
+        assert_eq!(
+            tx("begin isolation level serializable;"),
+            Some(TxControl::Begin)
+        );
+        assert_eq!(tx("START TRANSACTION"), Some(TxControl::Begin));
+        assert_eq!(tx("commit"), Some(TxControl::End("COMMIT")));
+        assert_eq!(tx("END WORK;"), Some(TxControl::End("COMMIT")));
+        assert_eq!(tx("rollback"), Some(TxControl::End("ROLLBACK")));
+        assert_eq!(tx("abort"), Some(TxControl::End("ROLLBACK")));
+        assert_eq!(tx("rollback to savepoint a"), None);
+        assert_eq!(tx("commit prepared 'x'"), None);
+        assert_eq!(tx("begin; select 1"), None);
+        assert_eq!(tx("select 1"), None);
+    }
+
+    #[test]
+    fn proxy_commands() {
+        use ProxyCommand::*;
+        assert_eq!(
+            proxy_command("SET shardwire.shard = 's1'")
+                .unwrap()
+                .unwrap(),
+            Set {
+                var: HintVar::Shard,
+                value: Some("s1".into()),
+                reset: false
+            }
+        );
+        assert_eq!(
+            proxy_command("set local shardwire.shard_key to '42';")
+                .unwrap()
+                .unwrap(),
+            Set {
+                var: HintVar::ShardKey,
+                value: Some("42".into()),
+                reset: false
+            }
+        );
+        assert_eq!(
+            proxy_command("set shardwire.shard_key=42")
+                .unwrap()
+                .unwrap(),
+            Set {
+                var: HintVar::ShardKey,
+                value: Some("42".into()),
+                reset: false
+            }
+        );
+        assert_eq!(
+            proxy_command("RESET shardwire.shard").unwrap().unwrap(),
+            Set {
+                var: HintVar::Shard,
+                value: None,
+                reset: true
+            }
+        );
+        assert_eq!(
+            proxy_command("set shardwire.shard to default")
+                .unwrap()
+                .unwrap(),
+            Set {
+                var: HintVar::Shard,
+                value: None,
+                reset: false
+            }
+        );
+        assert_eq!(
+            proxy_command("show shardwire.shard").unwrap().unwrap(),
+            Show(HintVar::Shard)
+        );
+        assert!(proxy_command("set shardwire.shrad = 's1'")
+            .unwrap()
+            .is_err());
+        assert!(proxy_command("set search_path = x").is_none());
+        assert!(proxy_command("select 1").is_none());
+    }
+}
