@@ -107,11 +107,11 @@ fn check_rejects_unknown_keys() {
     assert!(out.stderr.contains("max_sise"), "{}", out.stderr);
 }
 
-/// `[[tables]]` are checked and routable by `shardwire route`, but until the
-/// proxy routes by them, `serve` refuses such a config instead of silently
-/// putting every row on the default shard.
+/// `[[tables]]` are checked and explained by `shardwire route`; `serve`
+/// routes by them (tests/integration/routing.rs) but refuses them with
+/// session pooling, which would pin a client to one shard.
 #[test]
-fn tables_are_explained_but_not_yet_served() {
+fn tables_are_explained_and_refused_with_session_pooling() {
     let c = cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tables.toml");
@@ -138,20 +138,23 @@ fn tables_are_explained_but_not_yet_served() {
     let shard = r["shards"][0].as_str().expect("a shard");
     assert!(shard == "s0" || shard == "s1", "{r:#}");
 
+    let session_path = dir.path().join("session.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &session_path,
+        text.replace("mode = \"transaction\"", "mode = \"session\""),
+    )
+    .expect("write config");
     let serve = run_cmd(
         Command::new(env!("CARGO_BIN_EXE_shardwire"))
             .args(["serve", "--config"])
-            .arg(&path),
+            .arg(&session_path),
         None,
         Duration::from_secs(30),
     );
     assert!(
         !serve.success(),
-        "serve accepted [[tables]] it cannot route"
+        "serve accepted [[tables]] with session pooling"
     );
-    assert!(
-        serve.stderr.contains("does not route by them yet"),
-        "{}",
-        serve.stderr
-    );
+    assert!(serve.stderr.contains("session pooling"), "{}", serve.stderr);
 }

@@ -16,6 +16,7 @@ mod pgbench;
 mod pool_sizing;
 mod pooling;
 mod psql;
+mod routing;
 mod session_mode;
 mod session_params;
 mod shutdown;

@@ -1,0 +1,506 @@
+//! Single-shard routing by `[[tables]]`: statements go to the shard that
+//! holds their key; multi-shard statements and cross-shard transactions are
+//! refused with 0A000.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::common::*;
+
+const TABLES: &str = r#"
+[[tables]]
+name = "rt_accounts"
+key = "aid"
+strategy = "hash"
+
+[[tables]]
+name = "rt_events"
+key = "id"
+strategy = "range"
+ranges = [{ shard = "s0", to = 1000 }, { shard = "s1", from = 1000 }]
+
+[[tables]]
+name = "rt_users"
+key = "region"
+strategy = "geo"
+regions = { s0 = ["us"], s1 = ["de"] }
+"#;
+
+fn start_routing_proxy() -> TestProxy {
+    TestProxy::start(|c| {
+        let t: toml::Value = toml::from_str(TABLES).expect("tables TOML");
+        let tables = t.get("tables").expect("tables").clone();
+        c.as_table_mut()
+            .expect("table")
+            .insert("tables".into(), tables);
+    })
+}
+
+/// A direct connection as app to shard `i`'s primary.
+async fn direct(i: u16) -> Client {
+    let port = cluster().shard_ports(i).0;
+    connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app"))
+        .await
+        .0
+}
+
+/// What `shardwire route` says about `sql` with `params`.
+fn route_shard(proxy: &TestProxy, sql: &str, params: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
+    cmd.args(["route", "--config"])
+        .arg(&proxy.config_path)
+        .arg(sql);
+    for p in params {
+        cmd.args(["--param", p]);
+    }
+    let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
+    assert_eq!(r["shards"].as_array().map(Vec::len), Some(1), "{r:#}");
+    r["shards"][0].as_str().expect("shard").to_string()
+}
+
+async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+async fn simple_err(c: &Client, sql: &str) -> (String, String) {
+    match c.simple_query(sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => (sqlstate(&e), db_message(&e)),
+    }
+}
+
+fn simple_count(rows: &[SimpleQueryMessage]) -> i64 {
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().expect("number")),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+async fn setup_tables(shards: &[Client]) {
+    for c in shards {
+        c.batch_execute(
+            "drop table if exists rt_accounts, rt_events, rt_users;
+             create table rt_accounts (aid int primary key, abalance int not null default 0, note text);
+             create table rt_events (id bigint primary key, what text);
+             create table rt_users (region text, name text primary key);",
+        )
+        .await
+        .expect("create tables");
+    }
+}
+
+#[test]
+fn single_shard_statements_are_routed_by_key() {
+    let proxy = start_routing_proxy();
+    let started = Instant::now();
+    block_on(Duration::from_secs(300), async {
+        let shards = [direct(0).await, direct(1).await];
+        setup_tables(&shards).await;
+        let (c, _task) = connect_url(&proxy.url()).await;
+
+        // 1..=100 with prepared statements (binary int4 parameter), 101..=200
+        // with simple queries.
+        let insert = c
+            .prepare("insert into rt_accounts (aid, note) values ($1, $2)")
+            .await
+            .expect("prepare insert");
+        for aid in 1..=100i32 {
+            c.execute(&insert, &[&aid, &format!("p{aid}")])
+                .await
+                .expect("prepared insert");
+        }
+        for aid in 101..=200i32 {
+            c.simple_query(&format!(
+                "insert into rt_accounts (aid, note) values ({aid}, 's{aid}')"
+            ))
+            .await
+            .expect("simple insert");
+        }
+        let mut per_shard = [0i64; 2];
+        for aid in 1..=200i32 {
+            let want = route_shard(
+                &proxy,
+                "select * from rt_accounts where aid = $1",
+                &[&aid.to_string()],
+            );
+            let want: usize = want[1..].parse().expect("sN");
+            for (i, s) in shards.iter().enumerate() {
+                let n: i64 = s
+                    .query_one("select count(*) from rt_accounts where aid = $1", &[&aid])
+                    .await
+                    .expect("direct count")
+                    .get(0);
+                assert_eq!(
+                    n,
+                    (i == want) as i64,
+                    "aid {aid} on s{i} (route says s{want})"
+                );
+            }
+            per_shard[want] += 1;
+        }
+        assert!(per_shard[0] > 0 && per_shard[1] > 0, "{per_shard:?}");
+
+        // Read back by key, prepared with a parameter.
+        let select = c
+            .prepare("select note from rt_accounts where aid = $1")
+            .await
+            .expect("prepare select");
+        for aid in 1..=200i32 {
+            let row = c.query_one(&select, &[&aid]).await.expect("select by key");
+            let note: String = row.get(0);
+            let want = if aid <= 100 {
+                format!("p{aid}")
+            } else {
+                format!("s{aid}")
+            };
+            assert_eq!(note, want);
+        }
+
+        // Range boundaries and geo regions.
+        for id in [999i64, 1000] {
+            c.execute("insert into rt_events (id, what) values ($1, 'x')", &[&id])
+                .await
+                .expect("insert event");
+        }
+        assert_eq!(
+            count(&shards[0], "select count(*) from rt_events where id = 999").await,
+            1
+        );
+        assert_eq!(
+            count(&shards[1], "select count(*) from rt_events where id = 1000").await,
+            1
+        );
+        assert_eq!(count(&shards[0], "select count(*) from rt_events").await, 1);
+        assert_eq!(count(&shards[1], "select count(*) from rt_events").await, 1);
+        c.simple_query("insert into rt_users (region, name) values ('de', 'hans')")
+            .await
+            .expect("insert de");
+        c.execute(
+            "insert into rt_users (region, name) values ($1, 'kenji')",
+            &[&"jp"],
+        )
+        .await
+        .expect("insert jp");
+        assert_eq!(
+            count(
+                &shards[1],
+                "select count(*) from rt_users where region = 'de'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(
+                &shards[0],
+                "select count(*) from rt_users where region = 'jp'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(
+                &shards[0],
+                "select count(*) from rt_users where region = 'de'"
+            )
+            .await,
+            0
+        );
+        let row = c
+            .query_one("select name from rt_users where region = $1", &[&"de"])
+            .await
+            .expect("select de");
+        assert_eq!(row.get::<_, String>(0), "hans");
+
+        // Multi-shard statements are refused.
+        let (code, msg) = simple_err(&c, "select count(*) from rt_accounts").await;
+        assert_eq!(code, "0A000");
+        assert!(msg.contains("rt_accounts"), "{msg}");
+        let e = c
+            .query("select count(*) from rt_accounts", &[])
+            .await
+            .expect_err("extended count");
+        assert_eq!(sqlstate(&e), "0A000");
+        // A multi-row INSERT spanning shards: find keys on each shard.
+        let (k0, k1) = {
+            let mut k = (None, None);
+            for aid in 1000..1100 {
+                match route_shard(
+                    &proxy,
+                    "select * from rt_accounts where aid = $1",
+                    &[&aid.to_string()],
+                )
+                .as_str()
+                {
+                    "s0" => k.0 = k.0.or(Some(aid)),
+                    _ => k.1 = k.1.or(Some(aid)),
+                }
+            }
+            (k.0.expect("a key on s0"), k.1.expect("a key on s1"))
+        };
+        let (code, msg) = simple_err(
+            &c,
+            &format!("insert into rt_accounts (aid) values ({k0}), ({k1})"),
+        )
+        .await;
+        assert_eq!(code, "0A000", "{msg}");
+        assert!(msg.contains("s0, s1"), "{msg}");
+        assert_eq!(
+            count(
+                &shards[0],
+                &format!("select count(*) from rt_accounts where aid in ({k0}, {k1})")
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            count(
+                &shards[1],
+                &format!("select count(*) from rt_accounts where aid in ({k0}, {k1})")
+            )
+            .await,
+            0
+        );
+
+        // Hints: a comment, then a session setting.
+        let n1 = simple_count(
+            &c.simple_query("/* shardwire: shard=s1 */ select count(*) from rt_accounts")
+                .await
+                .expect("hinted count"),
+        );
+        assert_eq!(n1, per_shard[1]);
+        c.simple_query("SET shardwire.shard = 's0'")
+            .await
+            .expect("set shard");
+        let show = c.simple_query("show shardwire.shard").await.expect("show");
+        assert!(
+            show.iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("s0"))),
+            "{show:?}"
+        );
+        let n0 = simple_count(
+            &c.simple_query("select count(*) from rt_accounts")
+                .await
+                .expect("pinned count"),
+        );
+        assert_eq!(n0, per_shard[0]);
+        assert_eq!(
+            count(&c, "select count(*) from rt_accounts").await,
+            per_shard[0]
+        );
+        let (code, _) = simple_err(&c, "set shardwire.shard = 's9'").await;
+        assert_eq!(code, "22023");
+        c.simple_query("RESET shardwire.shard")
+            .await
+            .expect("reset");
+        let (code, _) = simple_err(&c, "select count(*) from rt_accounts").await;
+        assert_eq!(code, "0A000");
+        c.simple_query("set shardwire.shard_key = '1'")
+            .await
+            .expect("set key");
+        let n = simple_count(
+            &c.simple_query("select count(*) from rt_accounts")
+                .await
+                .expect("key-pinned count"),
+        );
+        let s_of_1: usize = route_shard(&proxy, "select * from rt_accounts where aid = 1", &[])
+            [1..]
+            .parse()
+            .unwrap();
+        assert_eq!(n, per_shard[s_of_1]);
+        c.simple_query("reset shardwire.shard_key")
+            .await
+            .expect("reset key");
+
+        // Transactions: cross-shard refused and rolled back.
+        c.simple_query("BEGIN").await.expect("begin");
+        c.simple_query(&format!("insert into rt_accounts (aid) values ({k0})"))
+            .await
+            .expect("insert on s0");
+        let (code, msg) =
+            simple_err(&c, &format!("insert into rt_accounts (aid) values ({k1})")).await;
+        assert_eq!(code, "0A000");
+        assert!(msg.contains("already runs on shard \"s0\""), "{msg}");
+        c.simple_query("ROLLBACK").await.expect("rollback");
+        for s in &shards {
+            assert_eq!(
+                count(
+                    s,
+                    &format!("select count(*) from rt_accounts where aid in ({k0}, {k1})")
+                )
+                .await,
+                0
+            );
+        }
+        // Same with tokio-postgres' transaction (prepared statements).
+        let mut c = c;
+        {
+            let tx = c.transaction().await.expect("transaction");
+            tx.execute("insert into rt_accounts (aid) values ($1)", &[&k1])
+                .await
+                .expect("insert on s1");
+            let e = tx
+                .execute("insert into rt_accounts (aid) values ($1)", &[&k0])
+                .await
+                .expect_err("cross-shard insert");
+            assert_eq!(sqlstate(&e), "0A000");
+            tx.rollback().await.expect("rollback");
+        }
+        for s in &shards {
+            assert_eq!(
+                count(
+                    s,
+                    &format!("select count(*) from rt_accounts where aid in ({k0}, {k1})")
+                )
+                .await,
+                0
+            );
+        }
+        // Two inserts on one shard commit together.
+        let k0b = (2000..3000)
+            .find(|aid: &i32| {
+                route_shard(
+                    &proxy,
+                    "select * from rt_accounts where aid = $1",
+                    &[&aid.to_string()],
+                ) == "s0"
+            })
+            .expect("another s0 key");
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query(&format!("insert into rt_accounts (aid) values ({k0})"))
+            .await
+            .expect("insert 1");
+        c.simple_query(&format!("insert into rt_accounts (aid) values ({k0b})"))
+            .await
+            .expect("insert 2");
+        c.simple_query("commit").await.expect("commit");
+        assert_eq!(
+            count(
+                &shards[0],
+                &format!("select count(*) from rt_accounts where aid in ({k0}, {k0b})")
+            )
+            .await,
+            2
+        );
+        {
+            let tx = c.transaction().await.expect("transaction");
+            tx.execute("update rt_accounts set abalance = 5 where aid = $1", &[&k0])
+                .await
+                .expect("update 1");
+            tx.execute(
+                "update rt_accounts set abalance = 6 where aid = $1",
+                &[&k0b],
+            )
+            .await
+            .expect("update 2");
+            tx.commit().await.expect("commit");
+        }
+        assert_eq!(
+            count(
+                &shards[0],
+                &format!("select sum(abalance)::int8 from rt_accounts where aid in ({k0}, {k0b})")
+            )
+            .await,
+            11
+        );
+        // A deferred BEGIN with nothing in it.
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("commit").await.expect("commit");
+        c.simple_query("start transaction").await.expect("start");
+        c.simple_query("rollback").await.expect("rollback");
+        // Still usable, and not stuck in a transaction.
+        assert_eq!(
+            c.query_one("select 1", &[])
+                .await
+                .expect("select 1")
+                .get::<_, i32>(0),
+            1
+        );
+        let rows = c
+            .simple_query("show transaction_isolation")
+            .await
+            .expect("show");
+        assert!(!rows.is_empty());
+    });
+    eprintln!("routing test body took {:?}", started.elapsed());
+}
+
+/// pgbench select-only by key through the router, prepared protocol.
+#[test]
+fn pgbench_select_by_key_on_routed_shards() {
+    let proxy = TestProxy::start(|c| {
+        let t: toml::Value =
+            toml::from_str("[[tables]]\nname = \"rt_bench\"\nkey = \"aid\"\nstrategy = \"hash\"\n")
+                .expect("tables TOML");
+        c.as_table_mut()
+            .expect("table")
+            .insert("tables".into(), t.get("tables").expect("tables").clone());
+    });
+    let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
+    let table = config.router.table("rt_bench").expect("rt_bench").clone();
+    block_on(Duration::from_secs(120), async {
+        let shards = [direct(0).await, direct(1).await];
+        let mut keys: Vec<Vec<i32>> = vec![Vec::new(), Vec::new()];
+        for aid in 1..=100_000i32 {
+            let s = table
+                .shard_for(&shardwire::sharding::KeyValue::Int(aid as i64))
+                .expect("shard");
+            keys[s].push(aid);
+        }
+        for (s, c) in shards.iter().enumerate() {
+            c.batch_execute(
+                "drop table if exists rt_bench; create table rt_bench (aid int primary key, abalance int not null default 0)",
+            )
+            .await
+            .expect("create rt_bench");
+            c.execute(
+                "insert into rt_bench (aid) select unnest($1::int4[])",
+                &[&keys[s]],
+            )
+            .await
+            .expect("load rt_bench");
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("select.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 100000)\nselect abalance from rt_bench where aid = :aid;\n",
+    )
+    .expect("script");
+    let out = pgbench(
+        proxy.port,
+        &[
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            "3",
+            "-f",
+            script.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(60),
+    )
+    .ok("pgbench select by key");
+    assert!(
+        out.stdout.contains("number of failed transactions: 0")
+            || !out.stdout.contains("number of failed transactions"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("number of transactions actually processed"),
+        "{}",
+        out.stdout
+    );
+    eprintln!("{}", out.stdout);
+}
