@@ -120,6 +120,10 @@ enum Pending {
     SyntheticFrame(Bytes),
     /// ReadyForQuery with the status the client sees when it is emitted.
     SyntheticReady,
+    /// A Parse of invalid SQL the proxy sent to make the server fail the
+    /// batch (rolling back its implicit transaction) after the proxy
+    /// refused a statement in it; its ErrorResponse is swallowed.
+    Abort,
 }
 
 /// Why a session ended (for the log).
@@ -461,7 +465,11 @@ where
                 return;
             }
             be::ERROR_RESPONSE => {
-                self.client_out.extend_from_slice(&frame);
+                if matches!(self.pending.front(), Some(Pending::Abort)) {
+                    self.pending.pop_front();
+                } else {
+                    self.client_out.extend_from_slice(&frame);
+                }
                 self.on_server_error();
                 return;
             }
@@ -1023,6 +1031,24 @@ where
         } else {
             self.skip_until_sync = true;
             self.held.clear();
+            if self.server.is_some() && self.tx_status == b'I' && !self.copy_open {
+                // Earlier statements of this batch run in its implicit
+                // transaction: PostgreSQL would roll them back with the
+                // failed statement, so make the server fail too.
+                let mut parse = BytesMut::new();
+                rebuild(
+                    fe::PARSE,
+                    b"",
+                    "",
+                    b"SHARDWIRE ABORT BATCH\0\0\0",
+                    &mut parse,
+                );
+                self.server_out.extend_from_slice(&parse);
+                self.pending.push_back(Pending::Abort);
+                if let Some(s) = self.server.as_deref_mut() {
+                    s.unnamed = None;
+                }
+            }
         }
         self.emit_synthetic();
     }
