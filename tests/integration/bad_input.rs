@@ -203,7 +203,7 @@ async fn raw_connect(port: u16) -> TcpStream {
 }
 
 /// An ErrorResponse's SQLSTATE and message (fields C and M).
-fn error_fields(body: &[u8]) -> (String, String) {
+pub(crate) fn error_fields(body: &[u8]) -> (String, String) {
     let (mut code, mut msg) = (String::new(), String::new());
     for field in body.split(|b| *b == 0) {
         if let Some((&t, v)) = field.split_first() {
@@ -317,7 +317,7 @@ fn startup_packet(user: &str) -> Vec<u8> {
     pkt
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut f = vec![tag];
     f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     f.extend_from_slice(body);
@@ -325,7 +325,7 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads messages until one of type `until` arrives (returned with all before it).
-async fn read_until(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+pub(crate) async fn read_until(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
     let mut buf = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(10), async {
         let mut chunk = [0u8; 8192];
@@ -347,7 +347,7 @@ async fn read_until(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
 }
 
 /// A logged-in raw connection (the `raw` user has trust auth).
-async fn raw_session(port: u16) -> TcpStream {
+pub(crate) async fn raw_session(port: u16) -> TcpStream {
     let mut s = raw_connect(port).await;
     s.write_all(&startup_packet("raw")).await.expect("startup");
     let msgs = read_until(&mut s, b'Z').await;

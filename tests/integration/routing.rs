@@ -504,3 +504,145 @@ fn pgbench_select_by_key_on_routed_shards() {
     );
     eprintln!("{}", out.stdout);
 }
+
+/// Parse/Bind/Execute of `sql` with text parameters (unnamed statement and
+/// portal), as pgjdbc sends them.
+fn pbe(sql: &str, params: &[&str]) -> Vec<u8> {
+    use crate::bad_input::frame;
+    let mut parse = Vec::new();
+    parse.push(0);
+    parse.extend_from_slice(sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = vec![0, 0];
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        bind.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        bind.extend_from_slice(p.as_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = frame(b'P', &parse);
+    out.extend(frame(b'B', &bind));
+    out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+/// BEGIN in the same extended batch as the first statement (pgjdbc): the
+/// transaction starts on that statement's shard; a statement for the other
+/// shard in a later batch is refused and the transaction carries on.
+#[test]
+fn extended_batches_with_begin_route_by_their_statement() {
+    use crate::bad_input::{error_fields, frame, raw_session, read_until};
+    use tokio::io::AsyncWriteExt;
+    let proxy = TestProxy::start(|c| {
+        add_user(
+            c,
+            "name = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app\"",
+        );
+        let t: toml::Value =
+            toml::from_str("[[tables]]\nname = \"rt_jdbc\"\nkey = \"aid\"\nstrategy = \"hash\"\n")
+                .expect("tables TOML");
+        c.as_table_mut()
+            .expect("table")
+            .insert("tables".into(), t.get("tables").expect("tables").clone());
+    });
+    let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
+    let table = config.router.table("rt_jdbc").expect("rt_jdbc").clone();
+    let key_on = |shard: usize| {
+        (1..1000i64)
+            .find(|k| table.shard_for(&shardwire::sharding::KeyValue::Int(*k)) == Ok(shard))
+            .expect("a key")
+    };
+    let (k0, k1) = (key_on(0), key_on(1));
+    block_on(Duration::from_secs(60), async {
+        let shards = [direct(0).await, direct(1).await];
+        for c in &shards {
+            c.batch_execute(
+                "drop table if exists rt_jdbc; create table rt_jdbc (aid int primary key)",
+            )
+            .await
+            .expect("create rt_jdbc");
+        }
+        let insert = "insert into rt_jdbc (aid) values ($1)";
+        let sync = frame(b'S', &[]);
+        let mut s = raw_session(proxy.port).await;
+
+        let mut batch = pbe("BEGIN", &[]);
+        batch.extend(pbe(insert, &[&k1.to_string()]));
+        batch.extend(&sync);
+        s.write_all(&batch).await.expect("write");
+        let msgs = read_until(&mut s, b'Z').await;
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"12C12CZ", "{msgs:?}");
+        assert_eq!(msgs.last().expect("Z").1, b"T");
+
+        let mut batch = pbe(insert, &[&k0.to_string()]);
+        batch.extend(&sync);
+        s.write_all(&batch).await.expect("write");
+        let msgs = read_until(&mut s, b'Z').await;
+        // The Parse went to the held server; the Bind is refused.
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"1EZ", "{msgs:?}");
+        // An explicit transaction from an earlier batch is not aborted.
+        let (_, body) = &msgs[1];
+        let (code, msg) = error_fields(body);
+        assert_eq!(code, "0A000");
+        assert!(msg.contains("already runs on shard \"s1\""), "{msg}");
+        assert_eq!(msgs.last().expect("Z").1, b"T");
+
+        let mut batch = pbe("COMMIT", &[]);
+        batch.extend(&sync);
+        s.write_all(&batch).await.expect("write");
+        let msgs = read_until(&mut s, b'Z').await;
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"12CZ", "{msgs:?}");
+        assert_eq!(msgs.last().expect("Z").1, b"I");
+        assert_eq!(
+            count(
+                &shards[1],
+                &format!("select count(*) from rt_jdbc where aid = {k1}")
+            )
+            .await,
+            1
+        );
+        assert_eq!(count(&shards[0], "select count(*) from rt_jdbc").await, 0);
+
+        // One batch, no transaction, two shards: the second is refused, the
+        // rest of the batch skipped, and the first rolled back with the
+        // batch's implicit transaction, as PostgreSQL would.
+        let k1b = (k1 + 1..10_000)
+            .find(|k| table.shard_for(&shardwire::sharding::KeyValue::Int(*k)) == Ok(1))
+            .expect("another key on s1");
+        let mut batch = pbe(insert, &[&k0.to_string()]);
+        batch.extend(pbe(insert, &[&k1b.to_string()]));
+        batch.extend(pbe(insert, &[&(k0 + 1).to_string()]));
+        batch.extend(&sync);
+        s.write_all(&batch).await.expect("write");
+        let msgs = read_until(&mut s, b'Z').await;
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"12C1EZ", "{msgs:?}");
+        assert_eq!(error_fields(&msgs[4].1).0, "0A000");
+        assert_eq!(msgs.last().expect("Z").1, b"I");
+        assert_eq!(count(&shards[0], "select count(*) from rt_jdbc").await, 0);
+        assert_eq!(count(&shards[1], "select count(*) from rt_jdbc").await, 1);
+        // The session goes on.
+        let mut batch = pbe(insert, &[&k0.to_string()]);
+        batch.extend(&sync);
+        s.write_all(&batch).await.expect("write");
+        let msgs = read_until(&mut s, b'Z').await;
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"12CZ", "{msgs:?}");
+        assert_eq!(count(&shards[0], "select count(*) from rt_jdbc").await, 1);
+        // Parse + Describe + Sync of a keyed statement with no Bind: answered.
+        let mut parse = vec![0];
+        parse.extend_from_slice(b"select aid from rt_jdbc where aid = $1\0\0\0");
+        let mut batch = frame(b'P', &parse);
+        batch.extend(frame(b'D', b"S\0"));
+        batch.extend(&sync);
+        s.write_all(&batch).await.expect("write");
+        let msgs = read_until(&mut s, b'Z').await;
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"1tTZ", "{msgs:?}");
+    });
+}
