@@ -404,10 +404,21 @@ where
 
     let wanted_from_client = client_session_params(&params)?;
     // One primary pool per shard; the default shard's greets the client.
+    // Without [[tables]] only the default shard is used: other shards'
+    // pools are not even created.
+    let routing = config.router.tables().next().is_some();
+    let pool = proxy
+        .backends
+        .primary_pool(&config, config.default_shard, db, user);
     let pools: Vec<_> = (0..config.shards.len())
-        .map(|shard| proxy.backends.primary_pool(&config, shard, db, user))
+        .map(|shard| {
+            if routing && shard != config.default_shard {
+                proxy.backends.primary_pool(&config, shard, db, user)
+            } else {
+                pool.clone()
+            }
+        })
         .collect();
-    let pool = pools[config.default_shard].clone();
     let fatal = |e: CheckoutError| {
         let mut e = e.to_pg();
         e.severity = "FATAL";
