@@ -472,37 +472,39 @@ fn pgbench_select_by_key_on_routed_shards() {
         "\\set aid random(1, 100000)\nselect abalance from rt_bench where aid = :aid;\n",
     )
     .expect("script");
-    let out = pgbench(
-        proxy.port,
-        &[
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            "8",
-            "-j",
-            "2",
-            "-T",
-            "3",
-            "-f",
-            script.to_str().expect("utf-8"),
-        ],
-        Duration::from_secs(60),
-    )
-    .ok("pgbench select by key");
-    assert!(
-        out.stdout.contains("number of failed transactions: 0")
-            || !out.stdout.contains("number of failed transactions"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("number of transactions actually processed"),
-        "{}",
-        out.stdout
-    );
-    eprintln!("{}", out.stdout);
+    for (mode, secs) in [("prepared", "3"), ("extended", "1"), ("simple", "1")] {
+        let out = pgbench(
+            proxy.port,
+            &[
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-T",
+                secs,
+                "-f",
+                script.to_str().expect("utf-8"),
+            ],
+            Duration::from_secs(60),
+        )
+        .ok(&format!("pgbench -M {mode} select by key"));
+        assert!(
+            out.stdout.contains("number of failed transactions: 0")
+                || !out.stdout.contains("number of failed transactions"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout
+                .contains("number of transactions actually processed"),
+            "{}",
+            out.stdout
+        );
+        eprintln!("-M {mode}:\n{}", out.stdout);
+    }
 }
 
 /// Parse/Bind/Execute of `sql` with text parameters (unnamed statement and
