@@ -442,6 +442,81 @@ impl ServerConn {
         }
     }
 
+    /// Run a simple query the proxy sends on its own and collect what the
+    /// server answers, up to ReadyForQuery: every frame but ParameterStatus
+    /// (noted) and ReadyForQuery, the first ErrorResponse apart. At most
+    /// `limit` bytes of frames are kept; past that the rest is read and
+    /// dropped (`overflow`), so the connection stays usable. Unlike
+    /// `run_internal`, a transaction may stay open (`status`).
+    pub async fn run_collect(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Collected, BackendError> {
+        let mut out = BytesMut::new();
+        protocol::query_frame(&mut out, sql);
+        match tokio::time::timeout(timeout, async {
+            self.send(&out).await?;
+            self.collect_until_ready(limit).await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(self.lost(format!("no answer to a query within {timeout:?}"))),
+        }
+    }
+
+    /// Read frames up to ReadyForQuery (see `run_collect`).
+    pub async fn collect_until_ready(&mut self, limit: usize) -> Result<Collected, BackendError> {
+        self.unnamed = None;
+        let mut c = Collected::default();
+        let mut size = 0usize;
+        loop {
+            let frame = self.recv().await?;
+            match frame[0] {
+                be::PARAMETER_STATUS => self.note_parameter(protocol::body(&frame)),
+                be::ERROR_RESPONSE => {
+                    if c.error.is_none() {
+                        c.error = Some(frame);
+                    }
+                }
+                be::READY_FOR_QUERY => {
+                    c.status = protocol::body(&frame).first().copied().unwrap_or(b'I');
+                    return Ok(c);
+                }
+                be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                    // The caller drops the connection.
+                    return Err(self.protocol_error("unexpected COPY in a proxy query"));
+                }
+                _ => {
+                    size += frame.len();
+                    if size > limit {
+                        c.overflow = true;
+                    } else {
+                        c.frames.push(frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send raw bytes (frames the caller built) to the server.
+    pub async fn send_frames(&mut self, buf: &[u8], timeout: Duration) -> Result<(), BackendError> {
+        match tokio::time::timeout(timeout, self.send(buf)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.lost(format!("could not write within {timeout:?}"))),
+        }
+    }
+
+    /// The next frame from the server, within `timeout`.
+    pub async fn recv_frame(&mut self, timeout: Duration) -> Result<BytesMut, BackendError> {
+        match tokio::time::timeout(timeout, self.recv()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.lost(format!("no answer within {timeout:?}"))),
+        }
+    }
+
     /// Whether the server has closed this idle connection (or sent something
     /// unsolicited, such as a FATAL on shutdown), checked without blocking.
     pub fn is_broken(&mut self) -> bool {
@@ -468,4 +543,18 @@ impl From<BackendError> for InternalError {
     fn from(e: BackendError) -> Self {
         InternalError::Backend(e)
     }
+}
+
+/// A server's answer to a proxy-sent simple query (see `run_collect`).
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Frames in order, without ParameterStatus, ErrorResponse and
+    /// ReadyForQuery.
+    pub frames: Vec<BytesMut>,
+    /// The first ErrorResponse frame.
+    pub error: Option<BytesMut>,
+    /// Transaction status of the final ReadyForQuery.
+    pub status: u8,
+    /// More than the limit was answered; frames past it were dropped.
+    pub overflow: bool,
 }

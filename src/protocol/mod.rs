@@ -252,6 +252,11 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 
+/// An ErrorResponse with these fields (code, value).
+pub fn error_response(out: &mut BytesMut, fields: Vec<(u8, String)>) {
+    encode(out, &ErrorResponse::new(fields));
+}
+
 /// Fields of a server's ErrorResponse or NoticeResponse, decoded leniently
 /// (used for logging and for turning backend errors into client errors).
 pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {

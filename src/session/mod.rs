@@ -19,6 +19,7 @@
 //! - `wanted_params`: the client's session parameters (client_encoding,
 //!   DateStyle, application_name, ...) applied to each server at checkout.
 
+mod multi;
 pub mod routing;
 pub mod statements;
 
@@ -985,25 +986,8 @@ where
     }
 
     async fn checkout(&mut self, shard: usize, simple: bool) -> bool {
-        // Deliver what the client is owed before possibly waiting for a server.
-        if !self.client_out.is_empty() {
-            let written = async {
-                self.client_wr.write_all(&self.client_out).await?;
-                self.client_wr.flush().await
-            };
-            if let Err(e) = written.await {
-                tracing::debug!(client = self.client_id, error = %e, "client write failed");
-            }
-            self.client_out.clear();
-            self.client_unflushed = false;
-        }
-        let result = match self.pools[shard].checkout().await {
-            Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
-                Ok(()) => Ok(conn),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e.to_pg()),
-        };
+        self.flush_client_now().await;
+        let result = self.checkout_synced(shard).await;
         match result {
             Ok(conn) => {
                 self.attach(conn);
@@ -1015,6 +999,32 @@ where
                 self.refuse(err, simple);
                 false
             }
+        }
+    }
+
+    /// Deliver what the client is owed before possibly waiting for a server.
+    async fn flush_client_now(&mut self) {
+        if !self.client_out.is_empty() {
+            let written = async {
+                self.client_wr.write_all(&self.client_out).await?;
+                self.client_wr.flush().await
+            };
+            if let Err(e) = written.await {
+                tracing::debug!(client = self.client_id, error = %e, "client write failed");
+            }
+            self.client_out.clear();
+            self.client_unflushed = false;
+        }
+    }
+
+    /// A server of `shard` from its pool, with the client's parameters.
+    async fn checkout_synced(&mut self, shard: usize) -> Result<PooledConn, PgError> {
+        match self.pools[shard].checkout().await {
+            Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
+                Ok(()) => Ok(conn),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.to_pg()),
         }
     }
 
@@ -1149,11 +1159,17 @@ where
             self.send_query(frame);
             return Ok(());
         }
-        let shard = match self
-            .router
-            .route(&sql, &[], &self.hints)
-            .and_then(|r| self.single_shard(&r))
-        {
+        let route = match self.router.route(&sql, &[], &self.hints) {
+            Ok(r) => r,
+            Err(e) => {
+                self.refuse(e, true);
+                return Ok(());
+            }
+        };
+        if route.shards.len() > 1 && self.try_multi_shard(&sql, &route, &analysis).await {
+            return Ok(());
+        }
+        let shard = match self.single_shard(&route) {
             Ok(s) => s,
             Err(e) => {
                 self.refuse(e, true);

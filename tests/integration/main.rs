@@ -12,6 +12,7 @@ mod bad_input;
 mod cancel;
 mod check;
 mod concurrency;
+mod multishard;
 mod pgbench;
 mod pool_sizing;
 mod pooling;

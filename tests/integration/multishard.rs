@@ -1,0 +1,265 @@
+//! Multi-shard simple queries outside a transaction: DDL and maintenance on
+//! every shard (all-or-nothing), reference-table writes, and multi-row
+//! INSERTs split by row.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::common::*;
+
+const TABLES: &str = r#"
+[[tables]]
+name = "mt_acc"
+key = "id"
+strategy = "hash"
+
+[[tables]]
+name = "mt_ref"
+strategy = "reference"
+"#;
+
+fn start_proxy() -> TestProxy {
+    TestProxy::start(|c| {
+        let t: toml::Value = toml::from_str(TABLES).expect("tables TOML");
+        let tables = t.get("tables").expect("tables").clone();
+        c.as_table_mut()
+            .expect("table")
+            .insert("tables".into(), tables);
+    })
+}
+
+async fn direct(i: u16) -> Client {
+    let port = cluster().shard_ports(i).0;
+    connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app"))
+        .await
+        .0
+}
+
+async fn exists(c: &Client, table: &str) -> bool {
+    c.query_one(&format!("select to_regclass('{table}') is not null"), &[])
+        .await
+        .expect("to_regclass")
+        .get(0)
+}
+
+async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+fn route_shard(proxy: &TestProxy, sql: &str) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
+    cmd.args(["route", "--config"])
+        .arg(&proxy.config_path)
+        .arg(sql);
+    let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
+    r["shards"][0].as_str().expect("shard").to_string()
+}
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+fn completed(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ddl_and_maintenance_run_on_every_shard() {
+    let proxy = start_proxy();
+    let started = Instant::now();
+    block_on(Duration::from_secs(300), async {
+        let shards = [direct(0).await, direct(1).await];
+        for s in &shards {
+            s.batch_execute("drop table if exists mt_x, mt_conflict")
+                .await
+                .expect("cleanup");
+        }
+        let (c, _task) = connect_url(&proxy.url()).await;
+
+        let m = c
+            .simple_query("create table mt_x (id int primary key, v text)")
+            .await
+            .expect("create through the proxy");
+        assert_eq!(completed(&m), [0], "{m:?}"); // one CommandComplete
+        for s in &shards {
+            assert!(exists(s, "mt_x").await);
+        }
+        c.simple_query("create index mt_x_v on mt_x (v); alter table mt_x add column w int")
+            .await
+            .expect("index and alter");
+        for s in &shards {
+            assert_eq!(
+                count(
+                    s,
+                    "select count(*) from pg_attribute where attrelid = 'mt_x'::regclass and attname = 'w'"
+                )
+                .await,
+                1
+            );
+        }
+        c.simple_query("vacuum mt_x").await.expect("vacuum");
+        c.simple_query("analyze mt_x").await.expect("analyze");
+        c.simple_query("create index concurrently mt_x_w on mt_x (w)")
+            .await
+            .expect("create index concurrently");
+        for s in &shards {
+            assert!(exists(s, "mt_x_w").await);
+        }
+
+        // All-or-nothing: a conflict on s1 leaves nothing on s0.
+        shards[1]
+            .batch_execute("create table mt_conflict (id int)")
+            .await
+            .expect("pre-create on s1");
+        let e = c
+            .simple_query("create table mt_conflict (id int primary key)")
+            .await
+            .expect_err("conflicting create");
+        assert_eq!(sqlstate(&e), "42P07", "{e:?}");
+        let detail = e
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .unwrap_or_default()
+            .to_string();
+        assert!(detail.contains("\"s1\""), "{detail}");
+        assert!(!exists(&shards[0], "mt_conflict").await);
+        // The session goes on.
+        c.simple_query("select 1").await.expect("after the error");
+
+        c.simple_query("drop table mt_x").await.expect("drop");
+        for s in &shards {
+            assert!(!exists(s, "mt_x").await);
+        }
+        shards[1]
+            .batch_execute("drop table mt_conflict")
+            .await
+            .expect("cleanup");
+
+        // DDL inside a transaction still needs one shard.
+        c.simple_query("begin").await.expect("begin");
+        let e = c
+            .simple_query("create table mt_y (id int)")
+            .await
+            .expect_err("DDL in a transaction");
+        assert_eq!(sqlstate(&e), "0A000");
+        c.simple_query("rollback").await.expect("rollback");
+    });
+    eprintln!(
+        "ddl_and_maintenance_run_on_every_shard: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn reference_and_split_inserts() {
+    let proxy = start_proxy();
+    let started = Instant::now();
+    block_on(Duration::from_secs(300), async {
+        let shards = [direct(0).await, direct(1).await];
+        for s in &shards {
+            s.batch_execute("drop table if exists mt_ref, mt_acc")
+                .await
+                .expect("cleanup");
+        }
+        let (c, _task) = connect_url(&proxy.url()).await;
+        c.simple_query(
+            "create table mt_ref (id int primary key, name text);
+             create table mt_acc (id int primary key, v text)",
+        )
+        .await
+        .expect("create");
+
+        // Reference table: every shard gets the rows; RETURNING from one.
+        let m = c
+            .simple_query("insert into mt_ref values (1, 'a'), (2, 'b') returning id")
+            .await
+            .expect("reference insert");
+        assert_eq!(rows(&m), ["1", "2"]);
+        assert_eq!(completed(&m), [2]);
+        for s in &shards {
+            assert_eq!(count(s, "select count(*) from mt_ref").await, 2);
+        }
+        let m = c
+            .simple_query("select name from mt_ref where id = 2")
+            .await
+            .expect("select");
+        assert_eq!(rows(&m), ["b"]);
+        let m = c
+            .simple_query("update mt_ref set name = 'c' where id = 2")
+            .await
+            .expect("reference update");
+        assert_eq!(completed(&m), [1]);
+        for s in &shards {
+            assert_eq!(
+                count(s, "select count(*) from mt_ref where name = 'c'").await,
+                1
+            );
+        }
+
+        // A multi-row INSERT spanning shards.
+        let values: Vec<String> = (1..=50).map(|i| format!("({i}, 'v{i}')")).collect();
+        let m = c
+            .simple_query(&format!(
+                "insert into mt_acc (id, v) values {} returning id",
+                values.join(", ")
+            ))
+            .await
+            .expect("split insert");
+        let mut got: Vec<i32> = rows(&m).iter().map(|r| r.parse().unwrap()).collect();
+        assert_eq!(completed(&m), [50]);
+        got.sort();
+        assert_eq!(got, (1..=50).collect::<Vec<_>>());
+        let n0 = count(&shards[0], "select count(*) from mt_acc").await;
+        let n1 = count(&shards[1], "select count(*) from mt_acc").await;
+        assert_eq!(n0 + n1, 50);
+        assert!(n0 > 0 && n1 > 0, "{n0} {n1}");
+        for id in [1, 2, 3, 7, 11, 20, 33, 50] {
+            let want = route_shard(&proxy, &format!("select * from mt_acc where id = {id}"));
+            let i: usize = want[1..].parse().unwrap();
+            assert_eq!(
+                count(
+                    &shards[i],
+                    &format!("select count(*) from mt_acc where id = {id}")
+                )
+                .await,
+                1,
+                "id {id} on {want}"
+            );
+        }
+        // Without RETURNING.
+        let m = c
+            .simple_query("insert into mt_acc (id) values (101), (102), (103), (104)")
+            .await
+            .expect("split insert");
+        assert_eq!(completed(&m), [4]);
+        // A duplicate on one shard: nothing is inserted anywhere.
+        let e = c
+            .simple_query("insert into mt_acc (id) values (201), (202), (203), (204), (1)")
+            .await
+            .expect_err("duplicate key");
+        assert_eq!(sqlstate(&e), "23505");
+        for s in &shards {
+            assert_eq!(
+                count(s, "select count(*) from mt_acc where id > 200").await,
+                0
+            );
+        }
+        c.simple_query("drop table mt_ref, mt_acc")
+            .await
+            .expect("drop");
+    });
+    eprintln!("reference_and_split_inserts: {:?}", started.elapsed());
+}
