@@ -19,6 +19,7 @@
 //! - `wanted_params`: the client's session parameters (client_encoding,
 //!   DateStyle, application_name, ...) applied to each server at checkout.
 
+mod copysplit;
 mod multi;
 pub mod routing;
 pub mod statements;
@@ -1166,7 +1167,7 @@ where
                 return Ok(());
             }
         };
-        if route.shards.len() > 1 && self.try_multi_shard(&sql, &route, &analysis).await {
+        if route.shards.len() > 1 && self.try_multi_shard(&sql, &route, &analysis).await? {
             return Ok(());
         }
         let shard = match self.single_shard(&route) {

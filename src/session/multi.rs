@@ -17,9 +17,11 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::copysplit::{self, CopyFormat, RowSplitter};
 use super::*;
 use crate::backend::conn::Collected;
 use crate::backend::BackendError;
+use crate::router::{parse_key, CopySplit, TableRule};
 use crate::router::{Analysis, Kind};
 
 /// What one shard may answer to a multi-shard statement (kept in memory
@@ -29,6 +31,11 @@ const MAX_COLLECT: usize = 16 * 1024 * 1024;
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The statement itself (DDL may wait for locks, CREATE INDEX may take long).
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest the proxy waits for the client's next COPY message, or for
+/// a server to take COPY data.
+const COPY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Rows for one shard are sent once this much is buffered.
+const COPY_CHUNK: usize = 64 * 1024;
 
 impl<R, W> Session<R, W>
 where
@@ -43,7 +50,7 @@ where
         sql: &str,
         route: &Route,
         analysis: &Analysis,
-    ) -> bool {
+    ) -> Result<bool, SessionEnd> {
         if route.shards.len() < 2
             || self.server.is_some()
             || self.deferred_begin.is_some()
@@ -53,11 +60,11 @@ where
                 .iter()
                 .any(|s| s.kind == Kind::Transaction)
         {
-            return false;
+            return Ok(false);
         }
         if route.all_shards {
             self.broadcast(sql, route, analysis).await;
-            return true;
+            return Ok(true);
         }
         if let Some(rows) = &route.row_shards {
             match split_insert(sql, rows, &route.shards) {
@@ -71,9 +78,13 @@ where
                     true,
                 ),
             }
-            return true;
+            return Ok(true);
         }
-        false
+        if let Some(split) = &route.copy_split {
+            self.copy_split(sql, route, split).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The same statement on every shard; the client sees the first shard's
@@ -124,6 +135,349 @@ where
         }
     }
 
+    /// COPY ... FROM STDIN into a sharded table: the COPY runs on every
+    /// shard in a transaction; the proxy answers the client's data itself,
+    /// cuts it into rows and sends each row to its key's shard.
+    async fn copy_split(
+        &mut self,
+        sql: &str,
+        route: &Route,
+        split: &CopySplit,
+    ) -> Result<(), SessionEnd> {
+        let refuse = |s: &mut Self, code: &'static str, m: String| {
+            s.refuse(PgError::error(code, m), true);
+        };
+        let Some(table) = self.router.table(&split.table).cloned() else {
+            refuse(
+                self,
+                sqlstate::INTERNAL_ERROR,
+                format!("no rule for table \"{}\"", split.table),
+            );
+            return Ok(());
+        };
+        let fmt = match CopyFormat::from_sql(sql) {
+            Ok(f) => f,
+            Err(m) => {
+                refuse(
+                    self,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("COPY into sharded table \"{}\": {m}", table.name),
+                );
+                return Ok(());
+            }
+        };
+        let mut conns = match self.checkout_all(&route.shards).await {
+            Ok(c) => c,
+            Err(frame) => {
+                self.answer(frame);
+                return Ok(());
+            }
+        };
+        let names: Vec<String> = route
+            .shards
+            .iter()
+            .map(|s| self.shard_name(*s).to_string())
+            .collect();
+        let n = conns.len();
+        let mut clean = vec![true; n];
+        let mut begun = vec![false; n];
+        let outcome = "; the COPY was rolled back on every shard";
+
+        // The key's position among the copied columns.
+        let key_column = match split.key_column {
+            Some(k) => Ok(k),
+            None => key_position(&mut conns[0], &table).await,
+        };
+        let key_column = match key_column {
+            Ok(k) => k,
+            Err(e) => {
+                for c in conns {
+                    c.release();
+                }
+                self.refuse(e, true);
+                return Ok(());
+            }
+        };
+
+        // BEGIN and the COPY on every shard, up to CopyInResponse.
+        let mut failure: Option<BytesMut> = None;
+        let mut copy_in: Option<BytesMut> = None;
+        let mut notices = BytesMut::new();
+        // Shards that entered COPY (CopyFail ends it after a failure).
+        let mut in_copy = vec![false; n];
+        for i in 0..n {
+            match conns[i]
+                .run_collect("BEGIN", CONTROL_TIMEOUT, 64 * 1024)
+                .await
+            {
+                Ok(c) if c.error.is_none() && c.status == b'T' => begun[i] = true,
+                Ok(c) => {
+                    clean[i] = c.status == b'I';
+                    failure = Some(shard_error(c.error, &names[i], outcome));
+                    break;
+                }
+                Err(e) => {
+                    clean[i] = false;
+                    failure = Some(lost_error(&e, &names[i], outcome));
+                    break;
+                }
+            }
+            match start_copy(&mut conns[i], sql).await {
+                Ok(Ok((response, notes))) => {
+                    in_copy[i] = true;
+                    if i == 0 {
+                        copy_in = Some(response);
+                        notices = notes;
+                    }
+                }
+                Ok(Err(c)) => {
+                    clean[i] = c.status == b'E' || c.status == b'T';
+                    failure = Some(shard_error(c.error, &names[i], outcome));
+                    break;
+                }
+                Err(e) => {
+                    clean[i] = false;
+                    failure = Some(lost_error(&e, &names[i], outcome));
+                    break;
+                }
+            }
+        }
+        let mut total: u64 = 0;
+        if failure.is_none() {
+            self.client_out.extend_from_slice(&notices);
+            self.client_out
+                .extend_from_slice(&copy_in.take().unwrap_or_default());
+            self.flush_client_now().await;
+            match self
+                .copy_rows(&mut conns, &names, &fmt, &table, key_column)
+                .await
+            {
+                Ok(Ok(())) => {
+                    // CopyDone went to every shard: collect the counts.
+                    for i in 0..n {
+                        in_copy[i] = false;
+                        let answer = tokio::time::timeout(
+                            STATEMENT_TIMEOUT,
+                            conns[i].collect_until_ready(64 * 1024),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(BackendError::Protocol {
+                                server: names[i].clone(),
+                                cause: format!(
+                                    "no answer to CopyDone within {STATEMENT_TIMEOUT:?}"
+                                ),
+                            })
+                        });
+                        match answer {
+                            Ok(c) if c.error.is_none() && c.status == b'T' => {
+                                total += c
+                                    .frames
+                                    .iter()
+                                    .filter(|f| f[0] == be::COMMAND_COMPLETE)
+                                    .map(|f| insert_count(f))
+                                    .sum::<u64>();
+                            }
+                            Ok(c) => {
+                                if failure.is_none() {
+                                    failure = Some(shard_error(c.error, &names[i], outcome));
+                                }
+                            }
+                            Err(e) => {
+                                clean[i] = false;
+                                if failure.is_none() {
+                                    failure = Some(lost_error(&e, &names[i], outcome));
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Err(f)) => failure = Some(f),
+                Err(end) => {
+                    // The client is gone: the connections close (rolling back).
+                    drop(conns);
+                    return Err(end);
+                }
+            }
+        }
+        // Shards still in COPY (after a failure before or while streaming):
+        // CopyFail, then their ReadyForQuery.
+        for i in 0..n {
+            if !(in_copy[i] && clean[i]) || failure.is_none() {
+                continue;
+            }
+            let mut f = BytesMut::new();
+            let at = protocol::begin_frame(&mut f, fe::COPY_FAIL);
+            f.extend_from_slice(b"aborted by shardwire\0");
+            protocol::finish_frame(&mut f, at);
+            let ended = async {
+                conns[i].send_frames(&f, COPY_IDLE_TIMEOUT).await?;
+                conns[i].collect_until_ready(64 * 1024).await
+            };
+            match tokio::time::timeout(CONTROL_TIMEOUT, ended).await {
+                Ok(Ok(_)) => {}
+                _ => clean[i] = false,
+            }
+        }
+        let failure = finish_atomic(&mut conns, &begun, &mut clean, failure, &names).await;
+        for (i, c) in conns.into_iter().enumerate() {
+            if clean[i] {
+                c.release();
+            }
+        }
+        match failure {
+            Some(f) => self.answer(f),
+            None => {
+                let mut out = BytesMut::new();
+                command_complete(&mut out, &format!("COPY {total}"));
+                self.answer(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stream the client's COPY data to the shards, row by row. Ok(Ok)
+    /// after CopyDone was sent to every shard; Ok(Err) with the client's
+    /// error (CopyFail, a bad row, a lost shard) with the shards still in
+    /// COPY; Err when the client is gone.
+    async fn copy_rows(
+        &mut self,
+        conns: &mut [PooledConn],
+        names: &[String],
+        fmt: &CopyFormat,
+        table: &TableRule,
+        key_column: usize,
+    ) -> Result<Result<(), BytesMut>, SessionEnd> {
+        let n = conns.len();
+        let mut splitter = RowSplitter::new(fmt.clone());
+        let mut bufs: Vec<BytesMut> = vec![BytesMut::new(); n];
+        let mut header_pending = fmt.header;
+        let mut ended = false; // the end marker \. was seen
+        let bad = |code: &'static str, m: String| {
+            let mut out = BytesMut::new();
+            PgError::error(code, m)
+                .with_detail("shardwire: the COPY was rolled back on every shard")
+                .encode(&mut out);
+            out
+        };
+        loop {
+            let frame = match self.client_rd.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    match tokio::time::timeout(COPY_IDLE_TIMEOUT, self.client_rd.fill()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(FrameError::Closed)) => {
+                            return Err(SessionEnd::ClientGone(
+                                "client closed the connection during COPY".into(),
+                            ))
+                        }
+                        Ok(Err(e)) => return Err(self.client_protocol_error(e.to_string())),
+                        Err(_) => {
+                            return Ok(Err(bad(
+                                "57014",
+                                format!(
+                                    "no COPY data from the client within {COPY_IDLE_TIMEOUT:?}"
+                                ),
+                            )))
+                        }
+                    }
+                }
+                Err(e) => return Err(self.client_protocol_error(e.to_string())),
+            };
+            let mut last = None;
+            match frame[0] {
+                fe::COPY_DATA if !ended => {
+                    let mut route_row = |row: &[u8]| -> Result<(), BytesMut> {
+                        if ended {
+                            return Ok(());
+                        }
+                        if header_pending {
+                            header_pending = false;
+                            for b in bufs.iter_mut() {
+                                b.extend_from_slice(row);
+                            }
+                            return Ok(());
+                        }
+                        if copysplit::is_end_marker(row) {
+                            ended = true;
+                            return Ok(());
+                        }
+                        let shard =
+                            row_shard(fmt, table, key_column, row).map_err(|(c, m)| bad(c, m))?;
+                        bufs[shard].extend_from_slice(row);
+                        Ok(())
+                    };
+                    if let Err(f) = splitter.push(protocol::body(&frame), &mut route_row, || {
+                        bad(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("a COPY row is longer than {} bytes", copysplit::MAX_ROW),
+                        )
+                    }) {
+                        return Ok(Err(f));
+                    }
+                }
+                fe::COPY_DATA => {}
+                fe::COPY_DONE => {
+                    if let Some(row) = splitter.finish() {
+                        if !ended && !header_pending && !copysplit::is_end_marker(&row) {
+                            match row_shard(fmt, table, key_column, &row) {
+                                Ok(shard) => bufs[shard].extend_from_slice(&row),
+                                Err((c, m)) => return Ok(Err(bad(c, m))),
+                            }
+                        } else if header_pending {
+                            for b in bufs.iter_mut() {
+                                b.extend_from_slice(&row);
+                            }
+                        }
+                    }
+                    last = Some(protocol::empty_frame(fe::COPY_DONE));
+                }
+                fe::COPY_FAIL => {
+                    let mut r = BodyReader::new(protocol::body(&frame), "CopyFail");
+                    let msg = r.cstr().unwrap_or("").to_string();
+                    return Ok(Err(bad("57014", format!("COPY from stdin failed: {msg}"))));
+                }
+                fe::FLUSH | fe::SYNC => {}
+                other => {
+                    return Ok(Err(bad(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                    )))
+                }
+            }
+            // Send full buffers (all of them at the end).
+            for i in 0..n {
+                if bufs[i].is_empty() || (bufs[i].len() < COPY_CHUNK && last.is_none()) {
+                    continue;
+                }
+                let mut out = BytesMut::with_capacity(bufs[i].len() + 5);
+                let at = protocol::begin_frame(&mut out, fe::COPY_DATA);
+                out.extend_from_slice(&bufs[i]);
+                protocol::finish_frame(&mut out, at);
+                bufs[i].clear();
+                if let Err(e) = conns[i].send_frames(&out, COPY_IDLE_TIMEOUT).await {
+                    return Ok(Err(lost_error(
+                        &e,
+                        &names[i],
+                        "; the COPY was rolled back on every shard",
+                    )));
+                }
+            }
+            if let Some(done) = last {
+                for i in 0..n {
+                    if let Err(e) = conns[i].send_frames(&done, COPY_IDLE_TIMEOUT).await {
+                        return Ok(Err(lost_error(
+                            &e,
+                            &names[i],
+                            "; the COPY was rolled back on every shard",
+                        )));
+                    }
+                }
+                return Ok(Ok(()));
+            }
+        }
+    }
+
     /// Frames for the client, then ReadyForQuery.
     fn answer(&mut self, frames: BytesMut) {
         if !frames.is_empty() {
@@ -134,18 +488,12 @@ where
         self.emit_synthetic();
     }
 
-    /// Run `work` (shard, SQL) on one connection per shard. With `atomic`,
-    /// inside a transaction on each shard committed only if every shard
-    /// succeeded. On failure, the ErrorResponse for the client (the first
-    /// error, with the shard named in its DETAIL).
-    async fn run_on_shards(
-        &mut self,
-        work: &[(usize, String)],
-        atomic: bool,
-    ) -> Result<Vec<Collected>, BytesMut> {
+    /// One connection per shard, checked out in shard order, or the
+    /// client's ErrorResponse.
+    async fn checkout_all(&mut self, shards: &[usize]) -> Result<Vec<PooledConn>, BytesMut> {
         self.flush_client_now().await;
-        let mut conns: Vec<PooledConn> = Vec::with_capacity(work.len());
-        for (shard, _) in work {
+        let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
+        for shard in shards {
             match self.checkout_synced(*shard).await {
                 Ok(c) => conns.push(c),
                 Err(e) => {
@@ -163,6 +511,20 @@ where
                 }
             }
         }
+        Ok(conns)
+    }
+
+    /// Run `work` (shard, SQL) on one connection per shard. With `atomic`,
+    /// inside a transaction on each shard committed only if every shard
+    /// succeeded. On failure, the ErrorResponse for the client (the first
+    /// error, with the shard named in its DETAIL).
+    async fn run_on_shards(
+        &mut self,
+        work: &[(usize, String)],
+        atomic: bool,
+    ) -> Result<Vec<Collected>, BytesMut> {
+        let shards: Vec<usize> = work.iter().map(|(s, _)| *s).collect();
+        let mut conns = self.checkout_all(&shards).await?;
         let n = conns.len();
         let mut clean = vec![true; n];
         let mut begun = vec![false; n];
@@ -236,36 +598,7 @@ where
             }
         }
         if atomic {
-            let mut committed: Vec<&str> = Vec::new();
-            for i in 0..n {
-                if !begun[i] || !clean[i] {
-                    continue;
-                }
-                // After a failed COMMIT the remaining shards roll back.
-                // Without two-phase commit (a later step), shards committed
-                // before a failing one stay committed: the error says so.
-                let commit = failure.is_none();
-                let verb = if commit { "COMMIT" } else { "ROLLBACK" };
-                match conns[i].run_collect(verb, CONTROL_TIMEOUT, 64 * 1024).await {
-                    Ok(c) if c.error.is_none() && c.status == b'I' => {
-                        if commit {
-                            committed.push(&names[i]);
-                        }
-                    }
-                    Ok(c) => {
-                        clean[i] = c.status == b'I';
-                        if commit {
-                            failure = Some(commit_error(c.error, None, &names[i], &committed));
-                        }
-                    }
-                    Err(e) => {
-                        clean[i] = false;
-                        if commit {
-                            failure = Some(commit_error(None, Some(&e), &names[i], &committed));
-                        }
-                    }
-                }
-            }
+            failure = finish_atomic(&mut conns, &begun, &mut clean, failure, &names).await;
         }
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {
@@ -278,6 +611,164 @@ where
             None => Ok(results),
         }
     }
+}
+
+/// End the transaction on every shard that began one: COMMIT when there is
+/// no failure yet, else ROLLBACK. Returns the failure for the client.
+///
+/// Without two-phase commit (a later step), shards committed before a
+/// failing COMMIT stay committed: the error says so, and the remaining
+/// shards roll back.
+async fn finish_atomic(
+    conns: &mut [PooledConn],
+    begun: &[bool],
+    clean: &mut [bool],
+    mut failure: Option<BytesMut>,
+    names: &[String],
+) -> Option<BytesMut> {
+    let mut committed: Vec<&str> = Vec::new();
+    for i in 0..conns.len() {
+        if !begun[i] || !clean[i] {
+            continue;
+        }
+        let commit = failure.is_none();
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        match conns[i].run_collect(verb, CONTROL_TIMEOUT, 64 * 1024).await {
+            Ok(c) if c.error.is_none() && c.status == b'I' && !(commit && is_rollback(&c)) => {
+                if commit {
+                    committed.push(&names[i]);
+                }
+            }
+            Ok(c) => {
+                clean[i] = c.status == b'I';
+                if commit {
+                    failure = Some(commit_error(c.error, None, &names[i], &committed));
+                }
+            }
+            Err(e) => {
+                clean[i] = false;
+                if commit {
+                    failure = Some(commit_error(None, Some(&e), &names[i], &committed));
+                }
+            }
+        }
+    }
+    failure
+}
+
+/// COMMIT of a failed transaction answers "ROLLBACK" without an error.
+fn is_rollback(c: &Collected) -> bool {
+    c.frames
+        .iter()
+        .any(|f| f[0] == be::COMMAND_COMPLETE && protocol::body(f).starts_with(b"ROLLBACK"))
+}
+
+/// Send a COPY FROM STDIN and read up to its CopyInResponse: Ok(Ok) with
+/// that frame and the notices before it, Ok(Err) with the server's answer
+/// when it failed instead.
+async fn start_copy(
+    conn: &mut PooledConn,
+    sql: &str,
+) -> Result<Result<(BytesMut, BytesMut), Collected>, BackendError> {
+    let mut out = BytesMut::new();
+    protocol::query_frame(&mut out, sql);
+    conn.send_frames(&out, CONTROL_TIMEOUT).await?;
+    let mut notices = BytesMut::new();
+    let mut error = None;
+    loop {
+        let f = conn.recv_frame(STATEMENT_TIMEOUT).await?;
+        match f[0] {
+            be::COPY_IN_RESPONSE => return Ok(Ok((f, notices))),
+            be::NOTICE_RESPONSE => notices.extend_from_slice(&f),
+            be::PARAMETER_STATUS => conn.note_parameter(protocol::body(&f)),
+            be::ERROR_RESPONSE => error = error.or(Some(f)),
+            be::READY_FOR_QUERY => {
+                return Ok(Err(Collected {
+                    error,
+                    status: protocol::body(&f).first().copied().unwrap_or(b'I'),
+                    ..Default::default()
+                }))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The position of the table's shard key among all its columns (a COPY
+/// without a column list copies them all), asked of the shard's catalog.
+async fn key_position(conn: &mut PooledConn, table: &TableRule) -> Result<usize, PgError> {
+    let name = protocol::quote_literal(&quote_ident(&table.name));
+    let key = protocol::quote_literal(&table.key);
+    let sql = format!(
+        "select (select count(*) from pg_attribute b where b.attrelid = a.attrelid and b.attnum > 0 \
+         and not b.attisdropped and b.attnum < a.attnum) from pg_attribute a \
+         where a.attrelid = to_regclass({name}) and a.attname = {key} and not a.attisdropped"
+    );
+    let c = conn
+        .run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024)
+        .await
+        .map_err(|e| e.to_pg())?;
+    if let Some(e) = c.error {
+        let fields = protocol::error_fields(protocol::body(&e));
+        let m = fields
+            .iter()
+            .find(|(c, _)| *c == b'M')
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        return Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            format!("cannot find the shard key column: {m}"),
+        ));
+    }
+    let value = c.frames.iter().find(|f| f[0] == b'D').and_then(|f| {
+        let mut r = BodyReader::new(protocol::body(f), "DataRow");
+        let _n = r.i16().ok()?;
+        let len = r.i32().ok()?;
+        let v = r.bytes(usize::try_from(len).ok()?).ok()?;
+        std::str::from_utf8(v).ok()?.parse::<usize>().ok()
+    });
+    value.ok_or_else(|| {
+        PgError::error(
+            "42703",
+            format!(
+                "COPY into sharded table \"{}\": cannot find its shard key column \"{}\"",
+                table.name, table.key
+            ),
+        )
+        .with_hint("list the columns: COPY table (col, ...) FROM STDIN")
+    })
+}
+
+/// The shard of one COPY row.
+fn row_shard(
+    fmt: &CopyFormat,
+    table: &TableRule,
+    key_column: usize,
+    row: &[u8],
+) -> Result<usize, (&'static str, String)> {
+    let v = copysplit::field(fmt, row, key_column).map_err(|m| ("22P04", m))?;
+    let Some(v) = v else {
+        return Err((
+            "23502",
+            format!(
+                "the shard key \"{}\" of table \"{}\" must not be NULL (COPY row: {})",
+                table.key,
+                table.name,
+                String::from_utf8_lossy(&row[..row.len().min(200)]).trim_end()
+            ),
+        ));
+    };
+    let s = String::from_utf8_lossy(&v);
+    let key = parse_key(table.key_type, &s).map_err(|m| {
+        (
+            "22P02",
+            format!(
+                "invalid shard key for table \"{}\" in COPY: {m}",
+                table.name
+            ),
+        )
+    })?;
+    table.shard_for(&key).map_err(|m| ("22023", m))
 }
 
 /// Statements PostgreSQL refuses inside a transaction block.

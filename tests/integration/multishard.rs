@@ -1,6 +1,6 @@
 //! Multi-shard simple queries outside a transaction: DDL and maintenance on
 //! every shard (all-or-nothing), reference-table writes, and multi-row
-//! INSERTs split by row.
+//! INSERTs split by row, COPY FROM STDIN split by row.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,6 +12,11 @@ use crate::common::*;
 const TABLES: &str = r#"
 [[tables]]
 name = "mt_acc"
+key = "id"
+strategy = "hash"
+
+[[tables]]
+name = "mt_copy"
 key = "id"
 strategy = "hash"
 
@@ -262,4 +267,125 @@ fn reference_and_split_inserts() {
             .expect("drop");
     });
     eprintln!("reference_and_split_inserts: {:?}", started.elapsed());
+}
+
+#[test]
+fn copy_from_stdin_is_split_by_key() {
+    let proxy = start_proxy();
+    let started = Instant::now();
+    let conninfo = format!("postgres://app@127.0.0.1:{}/app", proxy.port);
+    block_on(Duration::from_secs(300), async {
+        let shards = [direct(0).await, direct(1).await];
+        for s in &shards {
+            s.batch_execute("drop table if exists mt_copy")
+                .await
+                .expect("cleanup");
+        }
+        let (c, _task) = connect_url(&proxy.url()).await;
+        c.simple_query("create table mt_copy (id int primary key, v text)")
+            .await
+            .expect("create");
+
+        // Text format, no column list: the key's position comes from the catalog.
+        let rows: String = (1..=3000)
+            .map(|i| format!("{i}\trow {i} {}\n", "z".repeat(i % 50)))
+            .collect();
+        let out = psql(
+            &conninfo,
+            "app",
+            true,
+            &[],
+            Some(&format!("\\copy mt_copy from stdin\n{rows}\\.\n")),
+        )
+        .ok("psql \\copy");
+        assert!(out.stdout.contains("COPY 3000"), "{}", out.stdout);
+        let n0 = count(&shards[0], "select count(*) from mt_copy").await;
+        let n1 = count(&shards[1], "select count(*) from mt_copy").await;
+        assert_eq!(n0 + n1, 3000);
+        assert!(n0 > 1000 && n1 > 1000, "{n0} {n1}");
+        for id in [1, 17, 256, 999, 2048, 3000] {
+            let want = route_shard(&proxy, &format!("select * from mt_copy where id = {id}"));
+            let i: usize = want[1..].parse().unwrap();
+            assert_eq!(
+                count(
+                    &shards[i],
+                    &format!("select count(*) from mt_copy where id = {id}")
+                )
+                .await,
+                1,
+                "id {id} on {want}"
+            );
+        }
+
+        // CSV with a header, a column list and quoted newlines.
+        let csv: String = (5001..=5010)
+            .map(|i| format!("\"line {i}\nnext, \"\"quoted\"\"\",{i}\n"))
+            .collect();
+        let out = psql(
+            &conninfo,
+            "app",
+            true,
+            &[],
+            Some(&format!(
+                "\\copy mt_copy (v, id) from stdin with (format csv, header)\nv,id\n{csv}\\.\n"
+            )),
+        )
+        .ok("psql \\copy csv");
+        assert!(out.stdout.contains("COPY 10"), "{}", out.stdout);
+        let m = c
+            .simple_query("select v from mt_copy where id = 5003")
+            .await
+            .expect("select");
+        assert_eq!(rows_of(&m), ["line 5003\nnext, \"quoted\""]);
+        assert_eq!(
+            count(&shards[0], "select count(*) from mt_copy where id > 5000").await
+                + count(&shards[1], "select count(*) from mt_copy where id > 5000").await,
+            10
+        );
+
+        // A NULL key: an error, and nothing committed on any shard.
+        let bad: String = (6001..=6100).map(|i| format!("{i}\tok\n")).collect();
+        let out = psql(
+            &conninfo,
+            "app",
+            true,
+            &[],
+            Some(&format!(
+                "\\copy mt_copy from stdin\n{bad}\\N\tnull key\n\\.\n"
+            )),
+        );
+        assert!(!out.success());
+        assert!(out.stderr.contains("must not be NULL"), "{}", out.stderr);
+        for s in &shards {
+            assert_eq!(
+                count(s, "select count(*) from mt_copy where id > 6000").await,
+                0
+            );
+        }
+        // The session goes on after a failed COPY.
+        let out = psql(
+            &conninfo,
+            "app",
+            false,
+            &[],
+            Some(&format!(
+                "\\copy mt_copy from stdin\n6000\tx\n\\N\tnull key\n\\.\n\\copy mt_copy from stdin\n{bad}\\.\nselect 'still here';\n"
+            )),
+        );
+        assert!(out.stderr.contains("must not be NULL"), "{}", out.stderr);
+        assert!(out.stdout.contains("COPY 100"), "{}", out.stdout);
+        assert!(out.stdout.contains("still here"), "{}", out.stdout);
+        assert_eq!(
+            count(&shards[0], "select count(*) from mt_copy where id >= 6000").await
+                + count(&shards[1], "select count(*) from mt_copy where id >= 6000").await,
+            100
+        );
+
+        c.simple_query("drop table mt_copy").await.expect("drop");
+    });
+    eprintln!("copy_from_stdin_is_split_by_key: {:?}", started.elapsed());
+}
+
+fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<String> {
+    rows(msgs)
 }
