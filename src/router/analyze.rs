@@ -114,11 +114,56 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
             statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
             fallback: false,
         },
-        Err(_) => Analysis {
-            statements: vec![classify_keywords(sql, tables)],
-            fallback: true,
+        Err(_) => match lenient_copy(sql)
+            .and_then(|s| Parser::parse_sql(&PostgreSqlDialect {}, &s).ok())
+        {
+            Some(stmts) => Analysis {
+                statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
+                fallback: false,
+            },
+            None => Analysis {
+                statements: vec![classify_keywords(sql, tables)],
+                fallback: true,
+            },
         },
     }
+}
+
+/// COPY option spellings sqlparser does not take (`FREEZE ON`, as pgbench
+/// sends it) rewritten to ones it does, for analysis only; None when there
+/// is nothing to rewrite.
+pub fn lenient_copy(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.trim_start().starts_with("copy") {
+        return None;
+    }
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        let next = words.get(i + 1).map(|n| n.to_ascii_lowercase());
+        if w.eq_ignore_ascii_case("freeze") || w.eq_ignore_ascii_case("(freeze") {
+            if let Some(n) = next {
+                let (value, tail) = n.split_at(n.find([',', ')']).unwrap_or(n.len()));
+                let flag = match value {
+                    "on" | "true" | "1" => Some(""),
+                    "off" | "false" | "0" => Some(" false"),
+                    _ => None,
+                };
+                if let Some(flag) = flag {
+                    out.push(format!("{w}{flag}{tail}"));
+                    changed = true;
+                    i += 2;
+                    continue;
+                }
+            }
+        }
+        out.push(w.to_string());
+        i += 1;
+    }
+    changed.then(|| out.join(" "))
 }
 
 fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {

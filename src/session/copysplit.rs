@@ -23,7 +23,12 @@ pub struct CopyFormat {
 impl CopyFormat {
     /// The format of a `COPY ... FROM STDIN` statement; binary is refused.
     pub fn from_sql(sql: &str) -> Result<Self, String> {
-        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .or_else(|e| match crate::router::analyze::lenient_copy(sql) {
+                Some(s) => Parser::parse_sql(&PostgreSqlDialect {}, &s),
+                None => Err(e),
+            })
+            .map_err(|e| e.to_string())?;
         let [Statement::Copy {
             options,
             legacy_options,
@@ -332,6 +337,13 @@ mod tests {
         let f = CopyFormat::from_sql("copy t from stdin csv header delimiter ';'").unwrap();
         assert!(f.csv && f.header && f.delimiter == b';');
         assert!(CopyFormat::from_sql("copy t from stdin (format binary)").is_err());
+        let f = CopyFormat::from_sql("copy pgbench_accounts from stdin with (freeze on)").unwrap();
+        assert!(!f.csv);
+        assert_eq!(
+            crate::router::analyze::lenient_copy("copy t from stdin with (freeze on, format csv)")
+                .as_deref(),
+            Some("copy t from stdin with (freeze, format csv)")
+        );
     }
 
     #[test]

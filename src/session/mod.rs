@@ -21,6 +21,7 @@
 
 mod copysplit;
 mod multi;
+mod multitx;
 pub mod routing;
 pub mod statements;
 
@@ -217,6 +218,8 @@ pub struct Session<R, W> {
     wanted_params: BTreeMap<String, String>,
     /// Scratch buffer for rewritten frames.
     scratch: BytesMut,
+    /// A transaction over several shards (see multitx.rs).
+    multi: Option<multitx::MultiTx>,
 }
 
 impl<R, W> Session<R, W>
@@ -261,6 +264,7 @@ where
             unnamed: None,
             wanted_params: setup.wanted_params,
             scratch: BytesMut::new(),
+            multi: None,
         };
         if let Some(conn) = server {
             s.attach(conn);
@@ -647,6 +651,15 @@ where
             if tag == fe::TERMINATE {
                 return Err(SessionEnd::ClientTerminated);
             }
+            return Ok(());
+        }
+        if self.multi.is_some()
+            && matches!(
+                tag,
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FUNCTION_CALL
+            )
+        {
+            self.multi_refuse_extended();
             return Ok(());
         }
         if self.routing {
@@ -1128,6 +1141,9 @@ where
             self.proxy_command(cmd);
             return Ok(());
         }
+        if self.multi.is_some() {
+            return self.multi_query(&sql).await;
+        }
         let analysis = self.router.analysis(&sql);
         let synthetic = |s: &mut Self, tag: &str| {
             let mut buf = BytesMut::new();
@@ -1169,6 +1185,10 @@ where
         };
         if route.shards.len() > 1 && self.try_multi_shard(&sql, &route, &analysis).await? {
             return Ok(());
+        }
+        if self.wants_multi_tx(&route) {
+            self.enter_multi_tx();
+            return self.multi_query(&sql).await;
         }
         let shard = match self.single_shard(&route) {
             Ok(s) => s,

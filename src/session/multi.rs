@@ -26,11 +26,11 @@ use crate::router::{Analysis, Kind};
 
 /// What one shard may answer to a multi-shard statement (kept in memory
 /// until every shard has answered).
-const MAX_COLLECT: usize = 16 * 1024 * 1024;
+pub(super) const MAX_COLLECT: usize = 16 * 1024 * 1024;
 /// BEGIN, COMMIT, ROLLBACK.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The statement itself (DDL may wait for locks, CREATE INDEX may take long).
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(super) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest the proxy waits for the client's next COPY message, or for
 /// a server to take COPY data.
 const COPY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -199,12 +199,7 @@ where
             }
         };
 
-        // BEGIN and the COPY on every shard, up to CopyInResponse.
         let mut failure: Option<BytesMut> = None;
-        let mut copy_in: Option<BytesMut> = None;
-        let mut notices = BytesMut::new();
-        // Shards that entered COPY (CopyFail ends it after a failure).
-        let mut in_copy = vec![false; n];
         for i in 0..n {
             match conns[i]
                 .run_collect("BEGIN", CONTROL_TIMEOUT, 64 * 1024)
@@ -222,6 +217,63 @@ where
                     break;
                 }
             }
+        }
+        let mut total: u64 = 0;
+        if failure.is_none() {
+            let streamed = self
+                .copy_stream(
+                    &mut conns, &mut clean, &names, sql, &fmt, &table, key_column, outcome,
+                )
+                .await;
+            match streamed {
+                Ok(Ok(t)) => total = t,
+                Ok(Err(f)) => failure = Some(f),
+                Err(end) => {
+                    // The client is gone: the connections close (rolling back).
+                    drop(conns);
+                    return Err(end);
+                }
+            }
+        }
+        let failure = finish_atomic(&mut conns, &begun, &mut clean, failure, &names).await;
+        for (i, c) in conns.into_iter().enumerate() {
+            if clean[i] {
+                c.release();
+            }
+        }
+        match failure {
+            Some(f) => self.answer(f),
+            None => {
+                let mut out = BytesMut::new();
+                command_complete(&mut out, &format!("COPY {total}"));
+                self.answer(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// The COPY on every connection (each in a transaction), the client's
+    /// data split among them, and the summed row count; Ok(Err) with the
+    /// client's error after a failure (the shards are out of COPY again).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn copy_stream(
+        &mut self,
+        conns: &mut [PooledConn],
+        clean: &mut [bool],
+        names: &[String],
+        sql: &str,
+        fmt: &CopyFormat,
+        table: &TableRule,
+        key_column: usize,
+        outcome: &str,
+    ) -> Result<Result<u64, BytesMut>, SessionEnd> {
+        let n = conns.len();
+        let mut failure: Option<BytesMut> = None;
+        let mut copy_in: Option<BytesMut> = None;
+        let mut notices = BytesMut::new();
+        // Shards that entered COPY (CopyFail ends it after a failure).
+        let mut in_copy = vec![false; n];
+        for i in 0..n {
             match start_copy(&mut conns[i], sql).await {
                 Ok(Ok((response, notes))) => {
                     in_copy[i] = true;
@@ -248,10 +300,7 @@ where
             self.client_out
                 .extend_from_slice(&copy_in.take().unwrap_or_default());
             self.flush_client_now().await;
-            match self
-                .copy_rows(&mut conns, &names, &fmt, &table, key_column)
-                .await
-            {
+            match self.copy_rows(conns, names, fmt, table, key_column).await {
                 Ok(Ok(())) => {
                     // CopyDone went to every shard: collect the counts.
                     for i in 0..n {
@@ -293,11 +342,7 @@ where
                     }
                 }
                 Ok(Err(f)) => failure = Some(f),
-                Err(end) => {
-                    // The client is gone: the connections close (rolling back).
-                    drop(conns);
-                    return Err(end);
-                }
+                Err(end) => return Err(end),
             }
         }
         // Shards still in COPY (after a failure before or while streaming):
@@ -319,21 +364,10 @@ where
                 _ => clean[i] = false,
             }
         }
-        let failure = finish_atomic(&mut conns, &begun, &mut clean, failure, &names).await;
-        for (i, c) in conns.into_iter().enumerate() {
-            if clean[i] {
-                c.release();
-            }
-        }
-        match failure {
-            Some(f) => self.answer(f),
-            None => {
-                let mut out = BytesMut::new();
-                command_complete(&mut out, &format!("COPY {total}"));
-                self.answer(out);
-            }
-        }
-        Ok(())
+        Ok(match failure {
+            Some(f) => Err(f),
+            None => Ok(total),
+        })
     }
 
     /// Stream the client's COPY data to the shards, row by row. Ok(Ok)
@@ -479,7 +513,7 @@ where
     }
 
     /// Frames for the client, then ReadyForQuery.
-    fn answer(&mut self, frames: BytesMut) {
+    pub(super) fn answer(&mut self, frames: BytesMut) {
         if !frames.is_empty() {
             self.pending
                 .push_back(Pending::SyntheticFrame(frames.freeze()));
@@ -490,7 +524,10 @@ where
 
     /// One connection per shard, checked out in shard order, or the
     /// client's ErrorResponse.
-    async fn checkout_all(&mut self, shards: &[usize]) -> Result<Vec<PooledConn>, BytesMut> {
+    pub(super) async fn checkout_all(
+        &mut self,
+        shards: &[usize],
+    ) -> Result<Vec<PooledConn>, BytesMut> {
         self.flush_client_now().await;
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
         for shard in shards {
@@ -619,7 +656,7 @@ where
 /// Without two-phase commit (a later step), shards committed before a
 /// failing COMMIT stay committed: the error says so, and the remaining
 /// shards roll back.
-async fn finish_atomic(
+pub(super) async fn finish_atomic(
     conns: &mut [PooledConn],
     begun: &[bool],
     clean: &mut [bool],
@@ -696,7 +733,10 @@ async fn start_copy(
 
 /// The position of the table's shard key among all its columns (a COPY
 /// without a column list copies them all), asked of the shard's catalog.
-async fn key_position(conn: &mut PooledConn, table: &TableRule) -> Result<usize, PgError> {
+pub(super) async fn key_position(
+    conn: &mut PooledConn,
+    table: &TableRule,
+) -> Result<usize, PgError> {
     let name = protocol::quote_literal(&quote_ident(&table.name));
     let key = protocol::quote_literal(&table.key);
     let sql = format!(
@@ -788,7 +828,7 @@ fn needs_no_transaction(sql: &str, analysis: &Analysis) -> bool {
 
 /// The client's ErrorResponse for a shard's error (or a missing one, when
 /// the server ended in an unexpected transaction state).
-fn shard_error(frame: Option<BytesMut>, shard: &str, outcome: &str) -> BytesMut {
+pub(super) fn shard_error(frame: Option<BytesMut>, shard: &str, outcome: &str) -> BytesMut {
     let note = format!("shardwire: failed on shard \"{shard}\"{outcome}");
     let mut out = BytesMut::new();
     match frame {
@@ -821,7 +861,7 @@ fn shard_error(frame: Option<BytesMut>, shard: &str, outcome: &str) -> BytesMut 
     out
 }
 
-fn lost_error(e: &BackendError, shard: &str, outcome: &str) -> BytesMut {
+pub(super) fn lost_error(e: &BackendError, shard: &str, outcome: &str) -> BytesMut {
     let mut out = BytesMut::new();
     e.to_pg()
         .with_detail(format!("shardwire: failed on shard \"{shard}\"{outcome}"))
@@ -840,7 +880,7 @@ fn commit_error(
         "; the statement was rolled back on every shard".to_string()
     } else {
         format!(
-            "; COMMIT had already succeeded on shard(s) {}: the statement is committed on some shards only (no two-phase commit yet)",
+            "; COMMIT had already succeeded on shard(s) {}: the transaction is committed on some shards only (no two-phase commit yet)",
             committed.join(", ")
         )
     };
@@ -851,7 +891,7 @@ fn commit_error(
 }
 
 /// The row count of an `INSERT oid rows` CommandComplete.
-fn insert_count(frame: &[u8]) -> u64 {
+pub(super) fn insert_count(frame: &[u8]) -> u64 {
     let body = protocol::body(frame);
     let tag = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
     tag.rsplit(' ')
@@ -862,7 +902,7 @@ fn insert_count(frame: &[u8]) -> u64 {
 
 /// The INSERT for each shard with only that shard's rows (`row_shards`: row
 /// index -> shard, from the router's analysis of the same text).
-fn split_insert(
+pub(super) fn split_insert(
     sql: &str,
     row_shards: &[usize],
     shards: &[usize],

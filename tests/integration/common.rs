@@ -169,6 +169,14 @@ pub fn psql(
     run_cmd(&mut c, stdin.map(str::as_bytes), Duration::from_secs(60))
 }
 
+/// Serializes tests that (re)create the fixed pgbench_* tables.
+pub fn pgbench_tables_lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: OnceLock<Mutex<()>> = OnceLock::new();
+    L.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// `pgbench ARGS` against the proxy at `port` as app/app, database app.
 pub fn pgbench(port: u16, args: &[&str], timeout: Duration) -> CmdOutput {
     let mut c = pg_command("pgbench");

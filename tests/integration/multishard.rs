@@ -153,14 +153,47 @@ fn ddl_and_maintenance_run_on_every_shard() {
             .await
             .expect("cleanup");
 
-        // DDL inside a transaction still needs one shard.
+        // DDL inside a transaction over both shards: ROLLBACK, then COMMIT.
+        for s in &shards {
+            s.batch_execute("drop table if exists mt_y")
+                .await
+                .expect("cleanup");
+        }
         c.simple_query("begin").await.expect("begin");
-        let e = c
-            .simple_query("create table mt_y (id int)")
+        c.simple_query("create table mt_y (id int)")
             .await
-            .expect_err("DDL in a transaction");
-        assert_eq!(sqlstate(&e), "0A000");
+            .expect("DDL in a transaction");
         c.simple_query("rollback").await.expect("rollback");
+        for s in &shards {
+            assert!(!exists(s, "mt_y").await);
+        }
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("create table mt_y (id int)")
+            .await
+            .expect("DDL in a transaction");
+        let e = c
+            .simple_query("select * from mt_nonexistent")
+            .await
+            .expect_err("error in the transaction");
+        assert_eq!(sqlstate(&e), "42P01");
+        let e = c
+            .simple_query("select 1")
+            .await
+            .expect_err("aborted transaction");
+        assert_eq!(sqlstate(&e), "25P02");
+        c.simple_query("commit").await.expect("commit");
+        for s in &shards {
+            assert!(!exists(s, "mt_y").await);
+        }
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("create table mt_y (id int)")
+            .await
+            .expect("DDL in a transaction");
+        c.simple_query("commit").await.expect("commit");
+        for s in &shards {
+            assert!(exists(s, "mt_y").await);
+        }
+        c.simple_query("drop table mt_y").await.expect("drop");
     });
     eprintln!(
         "ddl_and_maintenance_run_on_every_shard: {:?}",
@@ -388,4 +421,110 @@ fn copy_from_stdin_is_split_by_key() {
 
 fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<String> {
     rows(msgs)
+}
+
+#[test]
+fn pgbench_init_on_sharded_tables() {
+    let _tables = pgbench_tables_lock();
+    let proxy = TestProxy::start(|c| {
+        let t: toml::Value = toml::from_str(
+            r#"
+[[tables]]
+name = "pgbench_accounts"
+key = "aid"
+strategy = "hash"
+[[tables]]
+name = "pgbench_tellers"
+key = "tid"
+strategy = "hash"
+[[tables]]
+name = "pgbench_branches"
+key = "bid"
+strategy = "hash"
+[[tables]]
+name = "pgbench_history"
+key = "aid"
+strategy = "hash"
+"#,
+        )
+        .expect("tables TOML");
+        c.as_table_mut()
+            .expect("table")
+            .insert("tables".into(), t.get("tables").expect("tables").clone());
+    });
+    let started = Instant::now();
+    pgbench(proxy.port, &["-i", "-s", "2"], Duration::from_secs(120)).ok("pgbench -i -s 2");
+    let init = started.elapsed();
+    let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
+    let table = config
+        .router
+        .table("pgbench_accounts")
+        .expect("pgbench_accounts")
+        .clone();
+    block_on(Duration::from_secs(120), async {
+        let shards = [direct(0).await, direct(1).await];
+        let n0 = count(&shards[0], "select count(*) from pgbench_accounts").await;
+        let n1 = count(&shards[1], "select count(*) from pgbench_accounts").await;
+        assert_eq!(n0 + n1, 200_000);
+        assert!(n0 > 80_000 && n1 > 80_000, "{n0} {n1}");
+        let mut sample: Vec<Vec<i32>> = vec![Vec::new(), Vec::new()];
+        for aid in (1..=200_000i32).step_by(997) {
+            let s = table
+                .shard_for(&shardwire::sharding::KeyValue::Int(aid as i64))
+                .expect("shard");
+            sample[s].push(aid);
+        }
+        for (s, c) in shards.iter().enumerate() {
+            let n: i64 = c
+                .query_one(
+                    "select count(*) from pgbench_accounts where aid = any($1)",
+                    &[&sample[s]],
+                )
+                .await
+                .expect("sample")
+                .get(0);
+            assert_eq!(n as usize, sample[s].len(), "shard s{s}");
+        }
+        let b0 = count(&shards[0], "select count(*) from pgbench_branches").await;
+        let b1 = count(&shards[1], "select count(*) from pgbench_branches").await;
+        assert_eq!(b0 + b1, 2);
+        let t0 = count(&shards[0], "select count(*) from pgbench_tellers").await;
+        let t1 = count(&shards[1], "select count(*) from pgbench_tellers").await;
+        assert_eq!(t0 + t1, 20);
+    });
+    // -S's own script starts with a count(*) over pgbench_branches (a
+    // cross-shard read); the same select by key as a script instead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("select.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 200000)\nselect abalance from pgbench_accounts where aid = :aid;\n",
+    )
+    .expect("script");
+    let run = Instant::now();
+    let out = pgbench(
+        proxy.port,
+        &[
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            "3",
+            "-f",
+            script.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(60),
+    )
+    .ok("pgbench select by key");
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(!text.contains("aborted"), "{text}");
+    eprintln!(
+        "pgbench_init_on_sharded_tables: init {init:?}, select run {:?}",
+        run.elapsed()
+    );
 }

@@ -22,6 +22,7 @@ fn number_after(output: &str, label: &str) -> f64 {
 
 #[test]
 fn pgbench_init_and_select_only_in_every_protocol() {
+    let _tables = pgbench_tables_lock();
     let proxy = TestProxy::start(|_| {});
     pgbench(
         proxy.port,

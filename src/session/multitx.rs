@@ -1,0 +1,420 @@
+//! Transactions over several shards (simple query protocol, transaction
+//! pooling): once a transaction needs a second shard, or a multi-shard
+//! statement (DDL, a split INSERT, a COPY split by key), the session holds
+//! one connection per shard it touched, each in a transaction begun with
+//! the client's BEGIN at first use. Each statement runs as a proxy-sent
+//! query on its shards' connections and the client gets the answer as one
+//! server would give it. COMMIT commits every shard in order, ROLLBACK rolls
+//! back every shard.
+//!
+//! There is no two-phase commit yet (a later step): if a COMMIT fails after
+//! other shards committed, the client is told the transaction is committed
+//! on some shards only.
+//!
+//! Extended-protocol messages are refused with 0A000 in such a transaction.
+
+use super::multi::{
+    finish_atomic, lost_error, shard_error, split_insert, CONTROL_TIMEOUT, MAX_COLLECT,
+    STATEMENT_TIMEOUT,
+};
+use super::*;
+use crate::router::Kind;
+
+/// The connections of a transaction over several shards.
+pub(super) struct MultiTx {
+    /// By shard index.
+    conns: Vec<Option<PooledConn>>,
+    /// The client's BEGIN, sent to each shard at its first use.
+    begin: String,
+    /// A statement failed: everything but ROLLBACK/COMMIT is refused.
+    failed: bool,
+}
+
+const OUTCOME: &str = "; the transaction is aborted on every shard";
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Whether a statement routed to `route` inside a transaction should
+    /// turn it into a multi-shard transaction.
+    pub(super) fn wants_multi_tx(&self, route: &Route) -> bool {
+        let in_tx =
+            self.deferred_begin.is_some() || (self.server.is_some() && self.tx_status == b'T');
+        let other_shard = match (&self.server, route.shards.as_slice()) {
+            (_, s) if s.len() > 1 => true,
+            (Some(_), [one]) => *one != self.server_shard,
+            _ => false,
+        };
+        in_tx
+            && other_shard
+            && self.pool_mode == PoolMode::Transaction
+            && self.pending.is_empty()
+            && self.server_out.is_empty()
+            && !self.copy_in
+            && !self.copy_open
+            && self.held.is_empty()
+    }
+
+    /// Turn the current transaction into a multi-shard one.
+    pub(super) fn enter_multi_tx(&mut self) {
+        let mut conns: Vec<Option<PooledConn>> = (0..self.pools.len()).map(|_| None).collect();
+        let begin = match self.deferred_begin.take() {
+            Some(frame) => {
+                let body = protocol::body(&frame);
+                String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned()
+            }
+            None => "BEGIN".to_string(),
+        };
+        if let Some(conn) = self.server.take() {
+            // Already in the transaction.
+            self.cancel.clear();
+            conns[self.server_shard] = Some(conn);
+        }
+        self.tx_status = b'T';
+        self.multi = Some(MultiTx {
+            conns,
+            begin,
+            failed: false,
+        });
+    }
+
+    /// An extended-protocol message in a multi-shard transaction.
+    pub(super) fn multi_refuse_extended(&mut self) {
+        if let Some(m) = self.multi.as_mut() {
+            m.failed = true;
+        }
+        self.tx_status = b'E';
+        if self.skip_until_sync {
+            return;
+        }
+        self.refuse(
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "the extended query protocol is not supported in a transaction over several shards",
+            )
+            .with_hint("use simple queries in such transactions"),
+            false,
+        );
+    }
+
+    /// A simple query in a multi-shard transaction.
+    pub(super) async fn multi_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
+        let analysis = self.router.analysis(sql);
+        match routing::tx_control(sql, &analysis) {
+            Some(TxControl::Begin) => {
+                let mut out = BytesMut::new();
+                command_complete(&mut out, "BEGIN");
+                self.answer(out);
+                return Ok(());
+            }
+            Some(TxControl::End(tag)) => {
+                self.multi_end(tag == "COMMIT").await;
+                return Ok(());
+            }
+            None => {}
+        }
+        if self.multi.as_ref().is_some_and(|m| m.failed) {
+            return {
+                self.multi_fail(PgError::error(
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+                Ok(())
+            };
+        }
+        if analysis
+            .statements
+            .iter()
+            .any(|s| s.kind == Kind::Transaction)
+        {
+            self.multi_fail(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "savepoints and transaction control inside a query string are not supported in a transaction over several shards",
+            ));
+            return Ok(());
+        }
+        let held: Vec<usize> = self.multi_shards();
+        if routing::is_neutral(&analysis) {
+            // SET and the like: on every shard the transaction holds.
+            let work: Vec<(usize, String)> = held.iter().map(|&s| (s, sql.to_string())).collect();
+            return {
+                self.multi_run(work, false).await;
+                Ok(())
+            };
+        }
+        let route = match self.router.route(sql, &[], &self.hints) {
+            Ok(r) => r,
+            Err(e) => {
+                self.multi_fail(e);
+                return Ok(());
+            }
+        };
+        if let Some(split) = &route.copy_split {
+            return self.multi_copy(sql, &route, split).await;
+        }
+        if let Some(rows) = &route.row_shards {
+            match split_insert(sql, rows, &route.shards) {
+                Ok(work) => self.multi_run(work, true).await,
+                Err(m) => self.multi_fail(PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("cannot split this INSERT across shards: {m}"),
+                )),
+            }
+            return Ok(());
+        }
+        let work: Vec<(usize, String)> =
+            route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+        if work.len() > 1 && !route.all_shards {
+            let e = self.single_shard(&route).err().unwrap_or_else(|| {
+                PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, "multi-shard statement")
+            });
+            self.multi_fail(e);
+            return Ok(());
+        }
+        self.multi_run(work, false).await;
+        Ok(())
+    }
+
+    fn multi_shards(&self) -> Vec<usize> {
+        self.multi
+            .as_ref()
+            .map(|m| {
+                m.conns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.is_some())
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An error that aborts the transaction.
+    fn multi_fail(&mut self, e: PgError) {
+        let mut out = BytesMut::new();
+        e.encode(&mut out);
+        self.multi_failed_with(out);
+    }
+
+    fn multi_failed_with(&mut self, frame: BytesMut) {
+        if let Some(m) = self.multi.as_mut() {
+            m.failed = true;
+        }
+        self.tx_status = b'E';
+        self.answer(frame);
+    }
+
+    /// The connection of `shard` in the transaction, checked out and begun
+    /// at first use.
+    async fn multi_conn(&mut self, shard: usize) -> Result<(), BytesMut> {
+        let Some(m) = self.multi.as_ref() else {
+            return Err(BytesMut::new());
+        };
+        if m.conns[shard].is_some() {
+            return Ok(());
+        }
+        let begin = m.begin.clone();
+        let mut conns = self.checkout_all(&[shard]).await?;
+        let mut conn = conns.pop().expect("one connection");
+        let name = self.shard_name(shard).to_string();
+        match conn.run_collect(&begin, CONTROL_TIMEOUT, 64 * 1024).await {
+            Ok(c) if c.error.is_none() && c.status == b'T' => {
+                if let Some(m) = self.multi.as_mut() {
+                    m.conns[shard] = Some(conn);
+                }
+                Ok(())
+            }
+            Ok(c) => {
+                if c.status == b'I' {
+                    conn.release();
+                }
+                Err(shard_error(c.error, &name, OUTCOME))
+            }
+            Err(e) => Err(lost_error(&e, &name, OUTCOME)),
+        }
+    }
+
+    /// Run `work` on the transaction's shards; answer with the first shard's
+    /// frames, or (`insert`) the rows of all with a summed count.
+    async fn multi_run(&mut self, work: Vec<(usize, String)>, insert: bool) {
+        for (shard, _) in &work {
+            if let Err(f) = self.multi_conn(*shard).await {
+                self.multi_failed_with(f);
+                return;
+            }
+        }
+        let mut results = Vec::with_capacity(work.len());
+        for (shard, sql) in &work {
+            let name = self.shard_name(*shard).to_string();
+            let Some(conn) = self.multi.as_mut().and_then(|m| m.conns[*shard].as_mut()) else {
+                return;
+            };
+            match conn.run_collect(sql, STATEMENT_TIMEOUT, MAX_COLLECT).await {
+                Ok(c) if c.error.is_none() && c.status == b'T' && !c.overflow => results.push(c),
+                Ok(c) if c.overflow => {
+                    let mut out = BytesMut::new();
+                    PgError::error(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!(
+                            "the answer of shard \"{name}\" exceeds {MAX_COLLECT} bytes in a transaction over several shards"
+                        ),
+                    )
+                    .encode(&mut out);
+                    self.multi_failed_with(out);
+                    return;
+                }
+                Ok(c) => {
+                    self.multi_failed_with(shard_error(c.error, &name, OUTCOME));
+                    return;
+                }
+                Err(e) => {
+                    if let Some(m) = self.multi.as_mut() {
+                        m.conns[*shard] = None; // closes it
+                    }
+                    self.multi_failed_with(lost_error(&e, &name, OUTCOME));
+                    return;
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        if insert {
+            let mut total = 0;
+            let mut described = false;
+            for (i, r) in results.iter().enumerate() {
+                for f in &r.frames {
+                    match f[0] {
+                        be::ROW_DESCRIPTION if !described => {
+                            described = true;
+                            out.extend_from_slice(f);
+                        }
+                        b'D' => out.extend_from_slice(f),
+                        be::COMMAND_COMPLETE => total += super::multi::insert_count(f),
+                        be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
+                        _ => {}
+                    }
+                }
+            }
+            command_complete(&mut out, &format!("INSERT 0 {total}"));
+        } else if let Some(first) = results.first() {
+            for f in &first.frames {
+                out.extend_from_slice(f);
+            }
+        } else {
+            // SET with no shard held yet: nothing ran.
+            command_complete(&mut out, "SET");
+        }
+        self.answer(out);
+    }
+
+    /// COPY FROM STDIN split by key inside the transaction.
+    async fn multi_copy(
+        &mut self,
+        sql: &str,
+        route: &Route,
+        split: &crate::router::CopySplit,
+    ) -> Result<(), SessionEnd> {
+        let Some(table) = self.router.table(&split.table).cloned() else {
+            self.multi_fail(PgError::error(sqlstate::INTERNAL_ERROR, "no table rule"));
+            return Ok(());
+        };
+        let fmt = match super::copysplit::CopyFormat::from_sql(sql) {
+            Ok(f) => f,
+            Err(m) => {
+                self.multi_fail(PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("COPY into sharded table \"{}\": {m}", table.name),
+                ));
+                return Ok(());
+            }
+        };
+        for s in &route.shards {
+            if let Err(f) = self.multi_conn(*s).await {
+                self.multi_failed_with(f);
+                return Ok(());
+            }
+        }
+        let mut conns: Vec<PooledConn> = Vec::with_capacity(route.shards.len());
+        if let Some(m) = self.multi.as_mut() {
+            for s in &route.shards {
+                conns.extend(m.conns[*s].take());
+            }
+        }
+        let names: Vec<String> = route
+            .shards
+            .iter()
+            .map(|s| self.shard_name(*s).to_string())
+            .collect();
+        let key_column = match split.key_column {
+            Some(k) => Ok(k),
+            None => super::multi::key_position(&mut conns[0], &table).await,
+        };
+        let mut clean = vec![true; conns.len()];
+        let result = match key_column {
+            Ok(k) => {
+                self.copy_stream(
+                    &mut conns, &mut clean, &names, sql, &fmt, &table, k, OUTCOME,
+                )
+                .await?
+            }
+            Err(e) => {
+                let mut out = BytesMut::new();
+                e.encode(&mut out);
+                Err(out)
+            }
+        };
+        if let Some(m) = self.multi.as_mut() {
+            for (i, (s, c)) in route.shards.iter().zip(conns).enumerate() {
+                if clean[i] {
+                    m.conns[*s] = Some(c);
+                }
+            }
+        }
+        match result {
+            Ok(total) => {
+                let mut out = BytesMut::new();
+                command_complete(&mut out, &format!("COPY {total}"));
+                self.answer(out);
+            }
+            Err(f) => self.multi_failed_with(f),
+        }
+        Ok(())
+    }
+
+    /// COMMIT (`commit`) or ROLLBACK of every shard, in shard order.
+    async fn multi_end(&mut self, commit: bool) {
+        let Some(m) = self.multi.take() else {
+            return;
+        };
+        let commit = commit && !m.failed;
+        let mut conns = Vec::new();
+        let mut names = Vec::new();
+        for (s, c) in m.conns.into_iter().enumerate() {
+            if let Some(c) = c {
+                conns.push(c);
+                names.push(self.shard_name(s).to_string());
+            }
+        }
+        let begun = vec![true; conns.len()];
+        let mut clean = vec![true; conns.len()];
+        // finish_atomic commits while it has no failure; a placeholder
+        // failure makes it roll back.
+        let start = if commit { None } else { Some(BytesMut::new()) };
+        let failure = finish_atomic(&mut conns, &begun, &mut clean, start, &names).await;
+        for (i, c) in conns.into_iter().enumerate() {
+            if clean[i] {
+                c.release();
+            }
+        }
+        self.tx_status = b'I';
+        match failure {
+            Some(f) if commit => self.answer(f),
+            _ => {
+                let mut out = BytesMut::new();
+                command_complete(&mut out, if commit { "COMMIT" } else { "ROLLBACK" });
+                self.answer(out);
+            }
+        }
+    }
+}
