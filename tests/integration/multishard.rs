@@ -295,6 +295,52 @@ fn reference_and_split_inserts() {
                 0
             );
         }
+        // The same inside transactions over both shards.
+        let total = |lo: i32| {
+            let q = format!("select count(*) from mt_acc where id >= {lo} and id < {lo} + 100");
+            let shards = &shards;
+            async move { count(&shards[0], &q).await + count(&shards[1], &q).await }
+        };
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("insert into mt_acc (id) values (305)")
+            .await
+            .expect("single-shard insert");
+        let m = c
+            .simple_query("insert into mt_acc (id) values (301), (302), (303), (304)")
+            .await
+            .expect("split insert in a transaction");
+        assert_eq!(completed(&m), [4]);
+        c.simple_query("insert into mt_ref values (3, 'tx')")
+            .await
+            .expect("reference insert in a transaction");
+        c.simple_query("rollback").await.expect("rollback");
+        assert_eq!(total(300).await, 0);
+        for s in &shards {
+            assert_eq!(count(s, "select count(*) from mt_ref").await, 2);
+        }
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("insert into mt_acc (id) values (401), (402), (403), (404)")
+            .await
+            .expect("split insert in a transaction");
+        c.simple_query("insert into mt_acc (id) values (405)")
+            .await
+            .expect("single-shard insert");
+        let m = c.simple_query("commit").await.expect("commit");
+        assert!(m.iter().all(|x| !matches!(x, SimpleQueryMessage::Row(_))));
+        assert_eq!(total(400).await, 5);
+        // The extended protocol inside such a transaction is refused.
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("insert into mt_acc (id) values (501), (502), (503), (504)")
+            .await
+            .expect("split insert in a transaction");
+        let e = c
+            .query("select 1", &[])
+            .await
+            .expect_err("extended protocol in a multi-shard transaction");
+        assert_eq!(sqlstate(&e), "0A000");
+        c.simple_query("rollback").await.expect("rollback");
+        assert_eq!(total(500).await, 0);
+
         c.simple_query("drop table mt_ref, mt_acc")
             .await
             .expect("drop");
