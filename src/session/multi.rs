@@ -62,6 +62,17 @@ where
         {
             return Ok(false);
         }
+        if route.all_shards && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
+            self.refuse(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "COPY into a reference table is not supported yet",
+                )
+                .with_hint("insert the rows with INSERT, which writes every shard"),
+                true,
+            );
+            return Ok(true);
+        }
         if route.all_shards {
             self.broadcast(sql, route, analysis).await;
             return Ok(true);

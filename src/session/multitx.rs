@@ -164,6 +164,13 @@ where
             }
             return Ok(());
         }
+        if route.all_shards && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
+            self.multi_fail(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "COPY into a reference table is not supported yet",
+            ));
+            return Ok(());
+        }
         let work: Vec<(usize, String)> =
             route.shards.iter().map(|&s| (s, sql.to_string())).collect();
         if work.len() > 1 && !route.all_shards {

@@ -295,6 +295,20 @@ fn reference_and_split_inserts() {
                 0
             );
         }
+        // COPY into a reference table is refused (not yet split).
+        let out = psql(
+            &format!("postgres://app@127.0.0.1:{}/app", proxy.port),
+            "app",
+            true,
+            &[],
+            Some("\\copy mt_ref from stdin\n9\tx\n\\.\n"),
+        );
+        assert!(!out.success());
+        assert!(out.stderr.contains("reference table"), "{}", out.stderr);
+        for s in &shards {
+            assert_eq!(count(s, "select count(*) from mt_ref").await, 2);
+        }
+
         // The same inside transactions over both shards.
         let total = |lo: i32| {
             let q = format!("select count(*) from mt_acc where id >= {lo} and id < {lo} + 100");
