@@ -588,3 +588,57 @@ strategy = "hash"
         run.elapsed()
     );
 }
+
+/// Multi-shard statements use the shards' pools: with one connection per
+/// shard, every statement gets the same server back (each is released
+/// clean), and sessions take turns.
+#[test]
+fn multi_shard_statements_reuse_pooled_connections() {
+    let proxy = TestProxy::start(|c| {
+        let t: toml::Value =
+            toml::from_str("[[tables]]\nname = \"mt_pool\"\nkey = \"id\"\nstrategy = \"hash\"\n")
+                .expect("tables TOML");
+        c.as_table_mut()
+            .expect("table")
+            .insert("tables".into(), t.get("tables").expect("tables").clone());
+        set(c, "pool.max_size", 1);
+    });
+    let started = Instant::now();
+    block_on(Duration::from_secs(120), async {
+        let (c, _task) = connect_url(&proxy.url()).await;
+        let before = (backend_pid(&c, "s0").await, backend_pid(&c, "s1").await);
+        c.simple_query("drop table if exists mt_pool; create table mt_pool (id int primary key)")
+            .await
+            .expect("create");
+        for i in 0..20 {
+            c.simple_query(&format!(
+                "insert into mt_pool (id) values ({}), ({}), ({}), ({})",
+                4 * i,
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3
+            ))
+            .await
+            .expect("split insert");
+            c.simple_query("analyze mt_pool").await.expect("analyze");
+        }
+        let (c2, _task2) = connect_url(&proxy.url()).await;
+        c2.simple_query("begin").await.expect("begin");
+        c2.simple_query("insert into mt_pool (id) values (1000), (1001), (1002), (1003)")
+            .await
+            .expect("split insert in a transaction");
+        c2.simple_query("commit").await.expect("commit");
+        let after = (backend_pid(&c, "s0").await, backend_pid(&c, "s1").await);
+        assert_eq!(before, after, "the pooled servers were replaced");
+        c.simple_query("drop table mt_pool").await.expect("drop");
+    });
+    eprintln!(
+        "multi_shard_statements_reuse_pooled_connections: {:?}",
+        started.elapsed()
+    );
+}
+
+async fn backend_pid(c: &Client, shard: &str) -> String {
+    let q = format!("/* shardwire: shard={shard} */ select pg_backend_pid()::text");
+    rows(&c.simple_query(&q).await.expect("pid"))[0].clone()
+}
