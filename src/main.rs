@@ -137,6 +137,7 @@ fn main() -> ExitCode {
                     "keys": r.keys,
                     "row_shards": r.row_shards.map(|rs| rs.iter().map(|i| names[*i].clone()).collect::<Vec<_>>()),
                     "copy_split": r.copy_split,
+                    "merge": r.merge,
                     "reason": r.reason,
                 }),
                 Err(e) => serde_json::json!({

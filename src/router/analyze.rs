@@ -12,11 +12,14 @@ use std::sync::Arc;
 
 use sqlparser::ast::{
     visit_relations, AssignmentTarget, BinaryOperator, CopySource, CopyTarget, Expr, FromTable,
-    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SetExpr, Statement,
-    TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+    FunctionArg, FunctionArgExpr, FunctionArguments, JoinConstraint, JoinOperator, ObjectName,
+    ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+
+use serde::Serialize;
 
 use super::{Placement, TableRule};
 
@@ -94,6 +97,29 @@ pub struct StatementPlan {
     pub kind: Kind,
     pub writes: bool,
     pub target: Target,
+    /// How the answers of several shards combine into one, for a SELECT on
+    /// one sharded table that may run on several shards; `None` when they
+    /// cannot (the statement is then refused if it needs several shards).
+    pub merge: Option<Merge>,
+}
+
+/// How a cross-shard SELECT's per-shard answers are merged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Merge {
+    /// Plain rows: every shard's rows, in shard order.
+    Concat,
+    /// One row of aggregates, one per select item.
+    Aggregate(Vec<Agg>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Agg {
+    Count,
+    Sum,
+    Min,
+    Max,
 }
 
 /// The analysis of one SQL string (which may hold several statements).
@@ -171,6 +197,7 @@ fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
         kind,
         writes,
         target,
+        merge: None,
     }
 }
 
@@ -190,7 +217,15 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
     match stmt {
         Statement::Query(q) => {
             let writes = !q.locks.is_empty();
-            plan(Kind::Select, writes, plan_query(q, tables))
+            let target = plan_query(q, tables);
+            let merge = match &target {
+                Target::Keyed(conds) if conds.len() == 1 => merge_kind(q, &conds[0].table, tables),
+                _ => None,
+            };
+            StatementPlan {
+                merge,
+                ..plan(Kind::Select, writes, target)
+            }
         }
         Statement::Insert(ins) => plan(Kind::Insert, true, plan_insert(ins, tables)),
         Statement::Update(upd) => plan(Kind::Update, true, plan_update(upd, tables)),
@@ -315,6 +350,213 @@ fn plan_query(q: &Query, tables: &Tables) -> Target {
         _ => (&[][..], None),
     };
     key_conditions(&sharded, from, selection)
+}
+
+/// Aggregates that combine across shards without knowing more than each
+/// shard's result.
+const MERGEABLE: [(&str, Agg); 4] = [
+    ("count", Agg::Count),
+    ("sum", Agg::Sum),
+    ("min", Agg::Min),
+    ("max", Agg::Max),
+];
+
+/// Aggregate (and window) functions: a plain-row query calling one of
+/// these cannot be concatenated. User-defined aggregates are not known.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
+    "json_objectagg",
+    "json_arrayagg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "row_number",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+];
+
+/// How a SELECT whose only sharded table is `table` merges across shards:
+/// a single SELECT (no set operation, CTE, ORDER BY, LIMIT, DISTINCT,
+/// GROUP BY, HAVING, window, locking or INTO) reading `table` once, in its
+/// top-level FROM; then either every item is count/sum/min/max (one
+/// merged row) or no aggregate is called (rows concatenated).
+fn merge_kind(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merge> {
+    if q.with.is_some()
+        || q.order_by.is_some()
+        || q.limit_clause.is_some()
+        || q.fetch.is_some()
+        || !q.locks.is_empty()
+        || q.for_clause.is_some()
+        || q.settings.is_some()
+        || q.format_clause.is_some()
+        || !q.pipe_operators.is_empty()
+    {
+        return None;
+    }
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    let no_group = matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    if s.distinct.is_some()
+        || s.top.is_some()
+        || s.into.is_some()
+        || !no_group
+        || s.having.is_some()
+        || !s.named_window.is_empty()
+        || s.qualify.is_some()
+        || !s.sort_by.is_empty()
+        || !s.cluster_by.is_empty()
+        || !s.distribute_by.is_empty()
+        || !s.lateral_views.is_empty()
+        || s.prewhere.is_some()
+        || !s.connect_by.is_empty()
+        || s.projection.is_empty()
+    {
+        return None;
+    }
+    // The sharded table once, as a plain table of the top-level FROM: a
+    // subquery or a second mention would read only the local shard's rows.
+    let mut mentions = 0;
+    let _ = visit_relations(q, |name: &ObjectName| {
+        if lookup(name, tables).is_some_and(|t| Arc::ptr_eq(&t, table)) {
+            mentions += 1;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let in_from = s.from.iter().any(|twj| {
+        std::iter::once(&twj.relation)
+            .chain(twj.joins.iter().map(|j| &j.relation))
+            .any(|f| matches!(f, TableFactor::Table { name, .. } if lookup(name, tables).is_some_and(|t| Arc::ptr_eq(&t, table))))
+    });
+    if mentions != 1 || !in_from {
+        return None;
+    }
+    let aggs: Vec<Option<Agg>> = s
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                mergeable_aggregate(e)
+            }
+            _ => None,
+        })
+        .collect();
+    if aggs.iter().all(Option::is_some) {
+        return Some(Merge::Aggregate(aggs.into_iter().flatten().collect()));
+    }
+    // Plain rows: no aggregate or window anywhere in the statement.
+    let mut aggregate = false;
+    let _ = sqlparser::ast::visit_expressions(q, |e: &Expr| {
+        if let Expr::Function(f) = e {
+            let name = function_name(&f.name);
+            if f.over.is_some()
+                || f.filter.is_some()
+                || !f.within_group.is_empty()
+                || name.as_deref().is_none_or(|n| AGGREGATES.contains(&n))
+            {
+                aggregate = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    (!aggregate).then_some(Merge::Concat)
+}
+
+/// The lower-case name of a function, unqualified or in pg_catalog.
+fn function_name(name: &ObjectName) -> Option<String> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(normalize_ident(&i.value, i.quote_style)),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [n] => Some(n.clone()),
+        [schema, n] if schema == "pg_catalog" => Some(n.clone()),
+        _ => None,
+    }
+}
+
+/// `count(*)`, `count(e)`, `sum(e)`, `min(e)`, `max(e)` without DISTINCT,
+/// FILTER, ORDER BY or OVER.
+fn mergeable_aggregate(e: &Expr) -> Option<Agg> {
+    let Expr::Function(f) = e else {
+        return None;
+    };
+    if f.over.is_some()
+        || f.filter.is_some()
+        || !f.within_group.is_empty()
+        || f.null_treatment.is_some()
+    {
+        return None;
+    }
+    if !matches!(f.parameters, FunctionArguments::None) {
+        return None;
+    }
+    let name = function_name(&f.name)?;
+    let agg = MERGEABLE.iter().find(|(n, _)| *n == name)?.1;
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    if list.duplicate_treatment.is_some() || !list.clauses.is_empty() || list.args.len() != 1 {
+        return None;
+    }
+    match &list.args[0] {
+        FunctionArg::Unnamed(FunctionArgExpr::Wildcard) if agg == Agg::Count => Some(agg),
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(_)) => Some(agg),
+        _ => None,
+    }
 }
 
 /// Key conditions for each sharded table from the conjuncts of `selection`

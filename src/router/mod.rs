@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::protocol::PgError;
 use crate::sharding::{GeoMap, HashRing, KeyValue, RangeMap};
-pub use analyze::{Analysis, KeyExpr, Kind, Refusal, Target};
+pub use analyze::{Agg, Analysis, KeyExpr, Kind, Merge, Refusal, Target};
 pub use hints::Hint;
 
 /// Statements whose analysis is kept. Applications repeat a small set of
@@ -316,6 +316,8 @@ pub struct Route {
     pub row_shards: Option<Vec<usize>>,
     /// COPY FROM STDIN into a sharded table: the rows are split by key.
     pub copy_split: Option<CopySplit>,
+    /// A SELECT run on several shards: how their answers merge.
+    pub merge: Option<Merge>,
     pub table: Option<String>,
     pub strategy: Option<&'static str>,
     /// The key values that decided, as text.
@@ -450,6 +452,13 @@ impl Router {
                 continue;
             }
             let r = self.route_statement(stmt, params, key_hint.as_deref())?;
+            if r.merge.is_some() && analysis.statements.len() > 1 {
+                return Err(PgError::error(
+                    "0A000",
+                    "a cross-shard SELECT must be the only statement of its query string",
+                )
+                .with_hint("send it as a separate query"));
+            }
             combined = Some(match combined {
                 None => r,
                 Some(prev) if prev.shards == r.shards && prev.all_shards == r.all_shards => prev,
@@ -478,6 +487,7 @@ impl Router {
             writes,
             row_shards: None,
             copy_split: None,
+            merge: None,
             table: None,
             strategy: None,
             keys: vec![],
@@ -539,6 +549,7 @@ impl Router {
                             }
                             set
                         }
+                        (None, None) if stmt.merge.is_some() => self.all().into_iter().collect(),
                         (None, None) => {
                             return Err(PgError::error(
                                 "0A000",
@@ -571,7 +582,23 @@ impl Router {
                     route.strategy.unwrap_or(""),
                     route.table.as_deref().unwrap_or("")
                 );
-                if route.shards.len() > 1 && stmt.kind != Kind::Insert {
+                if route.shards.len() > 1 && stmt.merge.is_some() {
+                    route.merge = stmt.merge.clone();
+                    route.reason = format!(
+                        "{} of \"{}\" on {} shards: {}",
+                        if route.keys.is_empty() {
+                            "no key"
+                        } else {
+                            "keys"
+                        },
+                        route.table.as_deref().unwrap_or(""),
+                        route.shards.len(),
+                        match &stmt.merge {
+                            Some(Merge::Concat) => "rows concatenated",
+                            _ => "aggregates merged",
+                        }
+                    );
+                } else if route.shards.len() > 1 && stmt.kind != Kind::Insert {
                     return Err(PgError::error(
                         "0A000",
                         format!(
@@ -767,7 +794,7 @@ mod tests {
 
     #[test]
     fn in_lists_and_any() {
-        // keys on one shard route; on two shards are refused (scatter comes later)
+        // keys on one shard route; on two shards scatter (rows concatenated)
         let (a, b) = (1..100)
             .map(|i| (i, shard_of(i)))
             .fold((None, None), |(a, b), (i, s)| {
@@ -778,7 +805,13 @@ mod tests {
                 }
             });
         let (a, b) = (a.unwrap(), b.unwrap());
-        let e = route(&format!("select * from accounts where aid in ({a}, {b})")).unwrap_err();
+        let r = route(&format!("select * from accounts where aid in ({a}, {b})")).unwrap();
+        assert_eq!(r.shards, vec![0, 1]);
+        assert_eq!(r.merge, Some(Merge::Concat));
+        let e = route(&format!(
+            "select * from accounts where aid in ({a}, {b}) order by aid"
+        ))
+        .unwrap_err();
         assert_eq!(e.code, "0A000");
         assert!(e.message.contains("accounts"), "{}", e.message);
         let r = route(&format!(
@@ -787,7 +820,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.shards, vec![0]);
         let arr = format!("{{{a},{b}}}");
-        let e = router()
+        let r = router()
             .route(
                 "select * from accounts where aid = any($1)",
                 &[Param {
@@ -796,13 +829,69 @@ mod tests {
                 }],
                 &SessionHints::default(),
             )
-            .unwrap_err();
+            .unwrap();
+        assert_eq!(r.shards, vec![0, 1]);
+        assert_eq!(r.merge, Some(Merge::Concat));
+        let e = route(&format!(
+            "update accounts set abalance = 0 where aid in ({a}, {b})"
+        ))
+        .unwrap_err();
         assert_eq!(e.code, "0A000");
     }
 
     #[test]
+    fn cross_shard_selects_merge_or_refuse() {
+        let r = route("select count(*), count(abalance) n, sum(abalance), min(aid), max(aid) from accounts a join countries c on c.code = a.country where abalance > 0").unwrap();
+        assert_eq!(r.shards, vec![0, 1]);
+        assert_eq!(
+            r.merge,
+            Some(Merge::Aggregate(vec![
+                Agg::Count,
+                Agg::Count,
+                Agg::Sum,
+                Agg::Min,
+                Agg::Max
+            ]))
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains("\"merge\":{\"aggregate\":[\"count\""),
+            "{json}"
+        );
+        let r = route("select aid, abalance from accounts where filler like 'x%'").unwrap();
+        assert_eq!(r.merge, Some(Merge::Concat));
+        assert!(!r.writes);
+        for sql in [
+            "select * from accounts order by aid",
+            "select abalance, count(*) from accounts group by abalance",
+            "select count(*) from accounts having count(*) > 1",
+            "select avg(abalance) from accounts",
+            "select count(*), aid from accounts",
+            "select count(distinct abalance) from accounts",
+            "select sum(abalance) filter (where aid > 1) from accounts",
+            "select distinct abalance from accounts",
+            "select * from accounts limit 5",
+            "select * from accounts offset 5",
+            "select * from accounts fetch first 1 rows only",
+            "select row_number() over () from accounts",
+            "select * from accounts for update",
+            "select aid from accounts union all select aid from accounts",
+            "select * from accounts a join history h on h.aid > a.aid",
+            "select * from accounts where aid in (select aid from accounts where abalance > 0)",
+            "with x as (select * from accounts) select * from x",
+            "select * from (select * from accounts) s",
+            "select array_agg(aid) from accounts",
+            "select * into t2 from accounts",
+            "select 1; select count(*) from accounts",
+        ] {
+            let e = route(sql).unwrap_err();
+            assert_eq!(e.code, "0A000", "{sql}");
+        }
+    }
+
+    #[test]
     fn no_key_is_refused_with_hint() {
-        let e = route("select count(*) from accounts").unwrap_err();
+        let e = route("select * from accounts order by aid").unwrap_err();
         assert_eq!(e.code, "0A000");
         assert!(e.message.contains("\"accounts\""));
         assert!(e.hint.unwrap().contains("shard_key"));

@@ -23,6 +23,7 @@ mod copysplit;
 mod multi;
 mod multitx;
 pub mod routing;
+mod scatter;
 pub mod statements;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -1,4 +1,5 @@
 //! Multi-shard execution of simple queries outside a transaction:
+//! cross-shard SELECTs merged by `scatter`,
 //! broadcast statements (DDL, maintenance, reference-table writes) and
 //! multi-row INSERTs whose rows live on several shards.
 //!
@@ -61,6 +62,20 @@ where
                 .any(|s| s.kind == Kind::Transaction)
         {
             return Ok(false);
+        }
+        if let Some(merge) = &route.merge {
+            let work: Vec<(usize, String)> =
+                route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+            let out = match self.run_on_shards(&work, false).await {
+                Ok(results) => super::scatter::merge_answers(merge, &results).unwrap_or_else(|e| {
+                    let mut out = BytesMut::new();
+                    e.encode(&mut out);
+                    out
+                }),
+                Err(frame) => frame,
+            };
+            self.answer(out);
+            return Ok(true);
         }
         if route.all_shards && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
             self.refuse(

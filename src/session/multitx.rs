@@ -140,7 +140,7 @@ where
             // SET and the like: on every shard the transaction holds.
             let work: Vec<(usize, String)> = held.iter().map(|&s| (s, sql.to_string())).collect();
             return {
-                self.multi_run(work, false).await;
+                self.multi_run(work, false, None).await;
                 Ok(())
             };
         }
@@ -156,7 +156,7 @@ where
         }
         if let Some(rows) = &route.row_shards {
             match split_insert(sql, rows, &route.shards) {
-                Ok(work) => self.multi_run(work, true).await,
+                Ok(work) => self.multi_run(work, true, None).await,
                 Err(m) => self.multi_fail(PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!("cannot split this INSERT across shards: {m}"),
@@ -173,6 +173,10 @@ where
         }
         let work: Vec<(usize, String)> =
             route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+        if let Some(merge) = &route.merge {
+            self.multi_run(work, false, Some(merge)).await;
+            return Ok(());
+        }
         if work.len() > 1 && !route.all_shards {
             let e = self.single_shard(&route).err().unwrap_or_else(|| {
                 PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, "multi-shard statement")
@@ -180,7 +184,7 @@ where
             self.multi_fail(e);
             return Ok(());
         }
-        self.multi_run(work, false).await;
+        self.multi_run(work, false, None).await;
         Ok(())
     }
 
@@ -245,7 +249,12 @@ where
 
     /// Run `work` on the transaction's shards; answer with the first shard's
     /// frames, or (`insert`) the rows of all with a summed count.
-    async fn multi_run(&mut self, work: Vec<(usize, String)>, insert: bool) {
+    async fn multi_run(
+        &mut self,
+        work: Vec<(usize, String)>,
+        insert: bool,
+        merge: Option<&crate::router::Merge>,
+    ) {
         for (shard, _) in &work {
             if let Err(f) = self.multi_conn(*shard).await {
                 self.multi_failed_with(f);
@@ -286,7 +295,12 @@ where
             }
         }
         let mut out = BytesMut::new();
-        if insert {
+        if let Some(m) = merge {
+            match super::scatter::merge_answers(m, &results) {
+                Ok(frames) => out = frames,
+                Err(e) => return self.multi_fail(e),
+            }
+        } else if insert {
             let mut total = 0;
             let mut described = false;
             for (i, r) in results.iter().enumerate() {

@@ -23,6 +23,16 @@ strategy = "hash"
 [[tables]]
 name = "mt_ref"
 strategy = "reference"
+
+[[tables]]
+name = "sc_t"
+key = "id"
+strategy = "hash"
+
+[[tables]]
+name = "sc_e"
+key = "id"
+strategy = "hash"
 "#;
 
 fn start_proxy() -> TestProxy {
@@ -552,8 +562,27 @@ strategy = "hash"
         let t1 = count(&shards[1], "select count(*) from pgbench_tellers").await;
         assert_eq!(t0 + t1, 20);
     });
-    // -S's own script starts with a count(*) over pgbench_branches (a
-    // cross-shard read); the same select by key as a script instead.
+    // The built-in select-only script: pgbench starts with a count(*) over
+    // pgbench_branches (a cross-shard read, merged by the proxy), and a
+    // VACUUM of the tables (every shard).
+    let builtin = Instant::now();
+    for mode in ["simple", "prepared"] {
+        let out = pgbench(
+            proxy.port,
+            &["-S", "-M", mode, "-c", "4", "-T", "2"],
+            Duration::from_secs(60),
+        )
+        .ok("pgbench -S");
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        assert!(text.contains("number of failed transactions: 0"), "{text}");
+        assert!(text.contains("scaling factor: 2"), "{text}");
+        assert!(!text.contains("aborted"), "{text}");
+    }
+    eprintln!(
+        "pgbench_init_on_sharded_tables: built-in -S runs {:?}",
+        builtin.elapsed()
+    );
+    // The same select by key as a script.
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("select.sql");
     std::fs::write(
@@ -641,4 +670,280 @@ fn multi_shard_statements_reuse_pooled_connections() {
 async fn backend_pid(c: &Client, shard: &str) -> String {
     let q = format!("/* shardwire: shard={shard} */ select pg_backend_pid()::text");
     rows(&c.simple_query(&q).await.expect("pid"))[0].clone()
+}
+
+fn values(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn refused_code(c: &Client, sql: &str) -> String {
+    let e = c.simple_query(sql).await.expect_err(sql);
+    e.code().expect("sqlstate").code().to_string()
+}
+
+/// Cross-shard SELECTs: aggregates merged, plain rows concatenated, the
+/// rest refused; compared with the same query over all rows gathered
+/// directly from the shards.
+#[test]
+fn cross_shard_selects() {
+    let proxy = start_proxy();
+    let started = Instant::now();
+    let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
+    let rule = config.router.table("sc_e").expect("sc_e").clone();
+    let shard_of = |id: i64| {
+        rule.shard_for(&shardwire::sharding::KeyValue::Int(id))
+            .expect("shard")
+    };
+    block_on(Duration::from_secs(300), async {
+        let shards = [direct(0).await, direct(1).await];
+        for s in &shards {
+            s.batch_execute("drop table if exists sc_t, sc_e")
+                .await
+                .expect("cleanup");
+        }
+        let (c, _task) = connect_url(&proxy.url()).await;
+        c.simple_query(
+            "create table sc_t (id int primary key, v text, n int, x numeric, f float8);
+             create table sc_e (id int primary key, n int)",
+        )
+        .await
+        .expect("create");
+        let rows_sql: Vec<String> = (1..=60)
+            .map(|i| {
+                let v = if i % 3 == 0 {
+                    format!("x{i}")
+                } else {
+                    format!("y{i}")
+                };
+                let n = if i % 5 == 0 {
+                    "null".into()
+                } else {
+                    (i * 1000 - 30_000).to_string()
+                };
+                let x = if i % 7 == 0 {
+                    "null".into()
+                } else {
+                    format!("{}.{:02}", i - 20, i)
+                };
+                format!("({i}, '{v}', {n}, {x}, {i}/7.0)")
+            })
+            .collect();
+        c.simple_query(&format!(
+            "insert into sc_t (id, v, n, x, f) values {}",
+            rows_sql.join(",")
+        ))
+        .await
+        .expect("insert sc_t");
+        for s in &shards {
+            assert!(count(s, "select count(*) from sc_t").await > 10);
+        }
+        // sc_e: rows on shard 0 only.
+        let on0: Vec<i64> = (1..200).filter(|i| shard_of(*i) == 0).take(5).collect();
+        let e_rows: Vec<String> = on0
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                format!(
+                    "({id}, {})",
+                    if k == 0 {
+                        "null".into()
+                    } else {
+                        (k * 10).to_string()
+                    }
+                )
+            })
+            .collect();
+        c.simple_query(&format!(
+            "insert into sc_e (id, n) values {}",
+            e_rows.join(",")
+        ))
+        .await
+        .expect("insert sc_e");
+        assert_eq!(count(&shards[1], "select count(*) from sc_e").await, 0);
+
+        // Every row in one temporary table on shard 0, for reference answers.
+        let dump: String = shards[1]
+            .query_one(
+                "select coalesce(string_agg(format('(%s,%L,%s,%s,%s)', id, v, coalesce(n::text, 'null'), coalesce(x::text, 'null'), f::text), ','), '') from sc_t",
+                &[],
+            )
+            .await
+            .expect("dump")
+            .get(0);
+        shards[0]
+            .batch_execute(&format!(
+                "create temp table sc_all as select * from sc_t;
+                 insert into sc_all values {dump};
+                 create temp table sc_e_all as select * from sc_e"
+            ))
+            .await
+            .expect("gather");
+        let aggregates = [
+            "select count(*), count(n), sum(n), min(n), max(n), sum(x), min(x), max(x), min(f), max(f), count(v) from {t}",
+            "select count(*) as c, sum(n) s, min(n) mi, max(n) ma from {t} where n is null",
+            "select count(*), count(n), sum(x), min(x), max(f) from {t} where id < 0",
+            "select sum(n), min(id), max(id) from {t} where id in (1, 2, 3, 4, 5, 6, 7, 8)",
+            "select count(*), sum(id::bigint), sum(n::int8), max(x) from {t} where v like 'x%'",
+        ];
+        for q in aggregates {
+            let through = values(&c.simple_query(&q.replace("{t}", "sc_t")).await.expect(q));
+            let want = values(
+                &shards[0]
+                    .simple_query(&q.replace("{t}", "sc_all"))
+                    .await
+                    .expect(q),
+            );
+            assert_eq!(through, want, "{q}");
+            assert_eq!(through.len(), 1);
+        }
+        let q = "select count(*), count(n), sum(n), min(n), max(n) from {t}";
+        let through = values(&c.simple_query(&q.replace("{t}", "sc_e")).await.expect(q));
+        assert_eq!(
+            through,
+            values(
+                &shards[0]
+                    .simple_query(&q.replace("{t}", "sc_e_all"))
+                    .await
+                    .expect(q)
+            )
+        );
+        assert_eq!(
+            through[0],
+            [
+                Some("5".into()),
+                Some("4".into()),
+                Some("100".into()),
+                Some("10".into()),
+                Some("40".into())
+            ]
+        );
+        // Known data: 60 rows, 12 NULL n, n = i*1000 - 30000.
+        let known = values(
+            &c.simple_query("select count(*), count(n), sum(n) from sc_t")
+                .await
+                .expect("known"),
+        );
+        let sum: i64 = (1..=60i64)
+            .filter(|i| i % 5 != 0)
+            .map(|i| i * 1000 - 30_000)
+            .sum();
+        assert_eq!(
+            known[0],
+            [Some("60".into()), Some("48".into()), Some(sum.to_string())]
+        );
+
+        // Plain rows: concatenated.
+        let m = c
+            .simple_query("select id, v from sc_t where v like 'x%'")
+            .await
+            .expect("concat");
+        let mut got: Vec<(String, String)> = values(&m)
+            .into_iter()
+            .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = (1..=60)
+            .filter(|i| i % 3 == 0)
+            .map(|i| (i.to_string(), format!("x{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(completed(&m), [20]);
+        let m = c
+            .simple_query("select id from sc_t where id in (1, 2, 3, 4, 5, 6)")
+            .await
+            .expect("in list");
+        let mut ids = rows(&m);
+        ids.sort();
+        assert_eq!(ids, ["1", "2", "3", "4", "5", "6"]);
+        let m = c
+            .simple_query("select id from sc_t where id < 0")
+            .await
+            .expect("empty");
+        assert!(rows(&m).is_empty());
+        assert_eq!(completed(&m), [0]);
+
+        // Inside a transaction, on the transaction's connections.
+        let m = c
+            .simple_query("begin; select count(*) from sc_t where id in (1, 2, 3, 4, 5, 6); select id from sc_t where id in (7, 8, 9, 10); commit")
+            .await;
+        assert!(
+            m.is_err(),
+            "a cross-shard SELECT must be alone in its query string"
+        );
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query(
+            "insert into sc_t (id, v) values (100, 'x100'), (101, 'x101'), (102, 'x102')",
+        )
+        .await
+        .expect("insert in tx");
+        let m = c
+            .simple_query("select count(*) from sc_t where v like 'x%'")
+            .await
+            .expect("count in tx");
+        assert_eq!(rows(&m), ["23"]);
+        let m = c
+            .simple_query("select id from sc_t where id >= 100")
+            .await
+            .expect("rows in tx");
+        assert_eq!(rows(&m).len(), 3);
+        c.simple_query("rollback").await.expect("rollback");
+        let m = c
+            .simple_query("select count(*) from sc_t")
+            .await
+            .expect("after rollback");
+        assert_eq!(rows(&m), ["60"]);
+
+        // A shard's error: the first, with its SQLSTATE; nothing partial.
+        assert_eq!(
+            refused_code(&c, "select 1 / (id - id) from sc_t").await,
+            "22012"
+        );
+        assert_eq!(
+            refused_code(&c, "select sum(1 / (id - id)) from sc_t").await,
+            "22012"
+        );
+
+        for sql in [
+            "select id from sc_t order by id",
+            "select v, count(*) from sc_t group by v",
+            "select avg(n) from sc_t",
+            "select distinct v from sc_t",
+            "select id from sc_t limit 3",
+            "select count(*) from sc_t a join sc_e b on b.n = a.n",
+            "select min(v) from sc_t",
+            "select sum(f) from sc_t",
+        ] {
+            assert_eq!(refused_code(&c, sql).await, "0A000", "{sql}");
+        }
+        // The session still works.
+        let m = c
+            .simple_query("select count(*) from sc_e")
+            .await
+            .expect("after refusals");
+        assert_eq!(rows(&m), ["5"]);
+
+        // `shardwire route` shows the merge.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
+        cmd.args(["route", "--config"])
+            .arg(&proxy.config_path)
+            .arg("select count(*) from sc_t");
+        let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
+        let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
+        assert_eq!(r["merge"]["aggregate"][0], "count", "{}", out.stdout);
+        assert_eq!(
+            r["shards"].as_array().map(Vec::len),
+            Some(2),
+            "{}",
+            out.stdout
+        );
+    });
+    eprintln!("cross_shard_selects: {:?}", started.elapsed());
 }
