@@ -900,6 +900,19 @@ fn cross_shard_selects() {
             .await
             .expect("after rollback");
         assert_eq!(rows(&m), ["60"]);
+        // A cross-shard read as the transaction's first statement.
+        c.simple_query("begin").await.expect("begin");
+        let m = c
+            .simple_query("select count(*) from sc_t")
+            .await
+            .expect("first in tx");
+        assert_eq!(rows(&m), ["60"]);
+        let m = c
+            .simple_query("select max(n) from sc_e")
+            .await
+            .expect("second in tx");
+        assert_eq!(rows(&m), ["40"]);
+        c.simple_query("commit").await.expect("commit");
 
         // A shard's error: the first, with its SQLSTATE; nothing partial.
         assert_eq!(
