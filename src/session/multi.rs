@@ -137,24 +137,7 @@ where
     async fn insert_split(&mut self, work: Vec<(usize, String)>) {
         match self.run_on_shards(&work, true).await {
             Ok(results) => {
-                let mut out = BytesMut::new();
-                let mut total: u64 = 0;
-                let mut described = false;
-                for (i, r) in results.iter().enumerate() {
-                    for f in &r.frames {
-                        match f[0] {
-                            be::ROW_DESCRIPTION if !described => {
-                                described = true;
-                                out.extend_from_slice(f);
-                            }
-                            b'D' => out.extend_from_slice(f),
-                            be::COMMAND_COMPLETE => total += insert_count(f),
-                            be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
-                            _ => {}
-                        }
-                    }
-                }
-                command_complete(&mut out, &format!("INSERT 0 {total}"));
+                let out = insert_answer(&results);
                 self.answer(out);
             }
             Err(frame) => self.answer(frame),
@@ -225,25 +208,7 @@ where
             }
         };
 
-        let mut failure: Option<BytesMut> = None;
-        for i in 0..n {
-            match conns[i]
-                .run_collect("BEGIN", CONTROL_TIMEOUT, 64 * 1024)
-                .await
-            {
-                Ok(c) if c.error.is_none() && c.status == b'T' => begun[i] = true,
-                Ok(c) => {
-                    clean[i] = c.status == b'I';
-                    failure = Some(shard_error(c.error, &names[i], outcome));
-                    break;
-                }
-                Err(e) => {
-                    clean[i] = false;
-                    failure = Some(lost_error(&e, &names[i], outcome));
-                    break;
-                }
-            }
-        }
+        let mut failure = begin_all(&mut conns, &mut begun, &mut clean, &names, outcome).await;
         let mut total: u64 = 0;
         if failure.is_none() {
             let streamed = self
@@ -603,24 +568,7 @@ where
         };
 
         if atomic {
-            for i in 0..n {
-                match conns[i]
-                    .run_collect("BEGIN", CONTROL_TIMEOUT, 64 * 1024)
-                    .await
-                {
-                    Ok(c) if c.error.is_none() && c.status == b'T' => begun[i] = true,
-                    Ok(c) => {
-                        clean[i] = c.status == b'I';
-                        failure = Some(shard_error(c.error, &names[i], outcome));
-                        break;
-                    }
-                    Err(e) => {
-                        clean[i] = false;
-                        failure = Some(lost_error(&e, &names[i], outcome));
-                        break;
-                    }
-                }
-            }
+            failure = begin_all(&mut conns, &mut begun, &mut clean, &names, outcome).await;
         }
         let mut results = Vec::with_capacity(n);
         if failure.is_none() {
@@ -917,6 +865,56 @@ fn commit_error(
 }
 
 /// The row count of an `INSERT oid rows` CommandComplete.
+/// BEGIN on each shard in order, recording which began and which are still
+/// clean; the first failure becomes the client's error (and stops the rest).
+pub(super) async fn begin_all(
+    conns: &mut [PooledConn],
+    begun: &mut [bool],
+    clean: &mut [bool],
+    names: &[String],
+    outcome: &str,
+) -> Option<BytesMut> {
+    for (i, conn) in conns.iter_mut().enumerate() {
+        match conn.run_collect("BEGIN", CONTROL_TIMEOUT, 64 * 1024).await {
+            Ok(c) if c.error.is_none() && c.status == b'T' => begun[i] = true,
+            Ok(c) => {
+                clean[i] = c.status == b'I';
+                return Some(shard_error(c.error, &names[i], outcome));
+            }
+            Err(e) => {
+                clean[i] = false;
+                return Some(lost_error(&e, &names[i], outcome));
+            }
+        }
+    }
+    None
+}
+
+/// The answer to an INSERT split over shards, as one server would give it:
+/// one RowDescription (RETURNING), every shard's rows in shard order, the
+/// first shard's notices, and the rows counted over all shards.
+pub(super) fn insert_answer(results: &[Collected]) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut total: u64 = 0;
+    let mut described = false;
+    for (i, r) in results.iter().enumerate() {
+        for f in &r.frames {
+            match f[0] {
+                be::ROW_DESCRIPTION if !described => {
+                    described = true;
+                    out.extend_from_slice(f);
+                }
+                b'D' => out.extend_from_slice(f),
+                be::COMMAND_COMPLETE => total += insert_count(f),
+                be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
+                _ => {}
+            }
+        }
+    }
+    command_complete(&mut out, &format!("INSERT 0 {total}"));
+    out
+}
+
 pub(super) fn insert_count(frame: &[u8]) -> u64 {
     let body = protocol::body(frame);
     let tag = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));

@@ -301,23 +301,7 @@ where
                 Err(e) => return self.multi_fail(e),
             }
         } else if insert {
-            let mut total = 0;
-            let mut described = false;
-            for (i, r) in results.iter().enumerate() {
-                for f in &r.frames {
-                    match f[0] {
-                        be::ROW_DESCRIPTION if !described => {
-                            described = true;
-                            out.extend_from_slice(f);
-                        }
-                        b'D' => out.extend_from_slice(f),
-                        be::COMMAND_COMPLETE => total += super::multi::insert_count(f),
-                        be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
-                        _ => {}
-                    }
-                }
-            }
-            command_complete(&mut out, &format!("INSERT 0 {total}"));
+            out = super::multi::insert_answer(&results);
         } else if let Some(first) = results.first() {
             for f in &first.frames {
                 out.extend_from_slice(f);

@@ -537,8 +537,10 @@ strategy = "hash"
         let n1 = count(&shards[1], "select count(*) from pgbench_accounts").await;
         assert_eq!(n0 + n1, 200_000);
         assert!(n0 > 80_000 && n1 > 80_000, "{n0} {n1}");
+        // Every row: with the total right and aid unique, each shard holding
+        // all the aids the router assigns it means no row is misplaced.
         let mut sample: Vec<Vec<i32>> = vec![Vec::new(), Vec::new()];
-        for aid in (1..=200_000i32).step_by(997) {
+        for aid in 1..=200_000i32 {
             let s = table
                 .shard_for(&shardwire::sharding::KeyValue::Int(aid as i64))
                 .expect("shard");
