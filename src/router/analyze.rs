@@ -508,8 +508,92 @@ fn merge_kind(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
         }
         ControlFlow::Continue(())
     });
-    (!aggregate).then_some(Merge::Concat)
+    if aggregate {
+        return None;
+    }
+    // A user-defined aggregate looks like any other function call. So the
+    // select list of a concatenated query may call only functions known to
+    // be scalar; an unknown one is refused rather than risked (aggregates
+    // cannot appear in WHERE, and HAVING/ORDER BY/subqueries are refused).
+    let mut unknown = false;
+    for item in &s.projection {
+        let _ = sqlparser::ast::visit_expressions(item, |e: &Expr| {
+            if let Expr::Function(f) = e {
+                let known =
+                    function_name(&f.name).is_some_and(|n| SCALAR_FUNCTIONS.contains(&n.as_str()));
+                if !known {
+                    unknown = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+    }
+    (!unknown).then_some(Merge::Concat)
 }
+
+/// Built-in functions known not to be aggregates, allowed in the select
+/// list of a query concatenated across shards.
+const SCALAR_FUNCTIONS: &[&str] = &[
+    "abs",
+    "age",
+    "btrim",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "current_date",
+    "current_timestamp",
+    "date_part",
+    "date_trunc",
+    "floor",
+    "format",
+    "greatest",
+    "hashint8extended",
+    "hashtextextended",
+    "initcap",
+    "json_build_object",
+    "jsonb_build_object",
+    "jsonb_extract_path_text",
+    "json_extract_path_text",
+    "least",
+    "left",
+    "length",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "md5",
+    "mod",
+    "now",
+    "nullif",
+    "octet_length",
+    "position",
+    "power",
+    "replace",
+    "right",
+    "round",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "sign",
+    "split_part",
+    "sqrt",
+    "strpos",
+    "substr",
+    "substring",
+    "to_char",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "trim",
+    "trunc",
+    "upper",
+];
 
 /// The lower-case name of a function, unqualified or in pg_catalog.
 fn function_name(name: &ObjectName) -> Option<String> {

@@ -860,6 +860,15 @@ mod tests {
         );
         let r = route("select aid, abalance from accounts where filler like 'x%'").unwrap();
         assert_eq!(r.merge, Some(Merge::Concat));
+        // Known scalar functions may be concatenated; an unknown function in
+        // the select list might be a user-defined aggregate: refused.
+        let r =
+            route("select lower(filler), aid from accounts where upper(filler) like 'X%'").unwrap();
+        assert_eq!(r.merge, Some(Merge::Concat));
+        let e = route("select my_sum(abalance) from accounts").unwrap_err();
+        assert_eq!(e.code, "0A000");
+        let e = route("select aid, my_fn(abalance) from accounts").unwrap_err();
+        assert_eq!(e.code, "0A000");
         assert!(!r.writes);
         for sql in [
             "select * from accounts order by aid",
