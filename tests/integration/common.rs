@@ -718,3 +718,20 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
 pub fn table_name(prefix: &str) -> String {
     format!("{prefix}_{:08x}", rand::random::<u32>())
 }
+
+/// Add `[[tables]]` (TOML text) to a proxy config.
+pub fn set_tables(config: &mut toml::Value, tables_toml: &str) {
+    let t: toml::Value = toml::from_str(tables_toml).expect("tables TOML");
+    config.as_table_mut().expect("config is a table").insert(
+        "tables".into(),
+        t.get("tables").expect("[[tables]]").clone(),
+    );
+}
+
+/// A direct connection as app to shard `i`'s primary.
+pub async fn connect_shard(i: u16) -> Client {
+    let port = cluster().shard_ports(i).0;
+    connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app"))
+        .await
+        .0
+}

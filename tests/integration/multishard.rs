@@ -37,19 +37,8 @@ strategy = "hash"
 
 fn start_proxy() -> TestProxy {
     TestProxy::start(|c| {
-        let t: toml::Value = toml::from_str(TABLES).expect("tables TOML");
-        let tables = t.get("tables").expect("tables").clone();
-        c.as_table_mut()
-            .expect("table")
-            .insert("tables".into(), tables);
+        set_tables(c, TABLES);
     })
-}
-
-async fn direct(i: u16) -> Client {
-    let port = cluster().shard_ports(i).0;
-    connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app"))
-        .await
-        .0
 }
 
 async fn exists(c: &Client, table: &str) -> bool {
@@ -96,7 +85,7 @@ fn ddl_and_maintenance_run_on_every_shard() {
     let proxy = start_proxy();
     let started = Instant::now();
     block_on(Duration::from_secs(300), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         for s in &shards {
             s.batch_execute("drop table if exists mt_x, mt_conflict")
                 .await
@@ -216,7 +205,7 @@ fn reference_and_split_inserts() {
     let proxy = start_proxy();
     let started = Instant::now();
     block_on(Duration::from_secs(300), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         for s in &shards {
             s.batch_execute("drop table if exists mt_ref, mt_acc")
                 .await
@@ -378,7 +367,7 @@ fn copy_from_stdin_is_split_by_key() {
     let started = Instant::now();
     let conninfo = format!("postgres://app@127.0.0.1:{}/app", proxy.port);
     block_on(Duration::from_secs(300), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         for s in &shards {
             s.batch_execute("drop table if exists mt_copy")
                 .await
@@ -497,7 +486,8 @@ fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<String> {
 fn pgbench_init_on_sharded_tables() {
     let _tables = pgbench_tables_lock();
     let proxy = TestProxy::start(|c| {
-        let t: toml::Value = toml::from_str(
+        set_tables(
+            c,
             r#"
 [[tables]]
 name = "pgbench_accounts"
@@ -516,11 +506,7 @@ name = "pgbench_history"
 key = "aid"
 strategy = "hash"
 "#,
-        )
-        .expect("tables TOML");
-        c.as_table_mut()
-            .expect("table")
-            .insert("tables".into(), t.get("tables").expect("tables").clone());
+        );
     });
     let started = Instant::now();
     pgbench(proxy.port, &["-i", "-s", "2"], Duration::from_secs(120)).ok("pgbench -i -s 2");
@@ -532,7 +518,7 @@ strategy = "hash"
         .expect("pgbench_accounts")
         .clone();
     block_on(Duration::from_secs(120), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         let n0 = count(&shards[0], "select count(*) from pgbench_accounts").await;
         let n1 = count(&shards[1], "select count(*) from pgbench_accounts").await;
         assert_eq!(n0 + n1, 200_000);
@@ -626,12 +612,10 @@ strategy = "hash"
 #[test]
 fn multi_shard_statements_reuse_pooled_connections() {
     let proxy = TestProxy::start(|c| {
-        let t: toml::Value =
-            toml::from_str("[[tables]]\nname = \"mt_pool\"\nkey = \"id\"\nstrategy = \"hash\"\n")
-                .expect("tables TOML");
-        c.as_table_mut()
-            .expect("table")
-            .insert("tables".into(), t.get("tables").expect("tables").clone());
+        set_tables(
+            c,
+            "[[tables]]\nname = \"mt_pool\"\nkey = \"id\"\nstrategy = \"hash\"\n",
+        );
         set(c, "pool.max_size", 1);
     });
     let started = Instant::now();
@@ -704,7 +688,7 @@ fn cross_shard_selects() {
             .expect("shard")
     };
     block_on(Duration::from_secs(300), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         for s in &shards {
             s.batch_execute("drop table if exists sc_t, sc_e")
                 .await

@@ -31,20 +31,8 @@ regions = { s0 = ["us"], s1 = ["de"] }
 
 fn start_routing_proxy() -> TestProxy {
     TestProxy::start(|c| {
-        let t: toml::Value = toml::from_str(TABLES).expect("tables TOML");
-        let tables = t.get("tables").expect("tables").clone();
-        c.as_table_mut()
-            .expect("table")
-            .insert("tables".into(), tables);
+        set_tables(c, TABLES);
     })
-}
-
-/// A direct connection as app to shard `i`'s primary.
-async fn direct(i: u16) -> Client {
-    let port = cluster().shard_ports(i).0;
-    connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app"))
-        .await
-        .0
 }
 
 /// What `shardwire route` says about `sql` with `params`.
@@ -100,7 +88,7 @@ fn single_shard_statements_are_routed_by_key() {
     let proxy = start_routing_proxy();
     let started = Instant::now();
     block_on(Duration::from_secs(300), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         setup_tables(&shards).await;
         let (c, _task) = connect_url(&proxy.url()).await;
 
@@ -440,17 +428,15 @@ fn single_shard_statements_are_routed_by_key() {
 #[test]
 fn pgbench_select_by_key_on_routed_shards() {
     let proxy = TestProxy::start(|c| {
-        let t: toml::Value =
-            toml::from_str("[[tables]]\nname = \"rt_bench\"\nkey = \"aid\"\nstrategy = \"hash\"\n")
-                .expect("tables TOML");
-        c.as_table_mut()
-            .expect("table")
-            .insert("tables".into(), t.get("tables").expect("tables").clone());
+        set_tables(
+            c,
+            "[[tables]]\nname = \"rt_bench\"\nkey = \"aid\"\nstrategy = \"hash\"\n",
+        );
     });
     let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
     let table = config.router.table("rt_bench").expect("rt_bench").clone();
     block_on(Duration::from_secs(120), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         let mut keys: Vec<Vec<i32>> = vec![Vec::new(), Vec::new()];
         for aid in 1..=100_000i32 {
             let s = table
@@ -549,12 +535,10 @@ fn extended_batches_with_begin_route_by_their_statement() {
             c,
             "name = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app\"",
         );
-        let t: toml::Value =
-            toml::from_str("[[tables]]\nname = \"rt_jdbc\"\nkey = \"aid\"\nstrategy = \"hash\"\n")
-                .expect("tables TOML");
-        c.as_table_mut()
-            .expect("table")
-            .insert("tables".into(), t.get("tables").expect("tables").clone());
+        set_tables(
+            c,
+            "[[tables]]\nname = \"rt_jdbc\"\nkey = \"aid\"\nstrategy = \"hash\"\n",
+        );
     });
     let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
     let table = config.router.table("rt_jdbc").expect("rt_jdbc").clone();
@@ -565,7 +549,7 @@ fn extended_batches_with_begin_route_by_their_statement() {
     };
     let (k0, k1) = (key_on(0), key_on(1));
     block_on(Duration::from_secs(60), async {
-        let shards = [direct(0).await, direct(1).await];
+        let shards = [connect_shard(0).await, connect_shard(1).await];
         for c in &shards {
             c.batch_execute(
                 "drop table if exists rt_jdbc; create table rt_jdbc (aid int primary key)",
