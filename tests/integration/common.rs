@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// Servers per cluster: 2 shards, each a primary and one replica.
 const SHARDS: u16 = 2;
@@ -734,4 +734,46 @@ pub async fn connect_shard(i: u16) -> Client {
     connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app"))
         .await
         .0
+}
+
+/// Direct connections to both shards' primaries, after running `sql`
+/// (typically cleanup or table setup) on each.
+pub async fn connect_shards(sql: &str) -> [Client; 2] {
+    let shards = [connect_shard(0).await, connect_shard(1).await];
+    for s in &shards {
+        s.batch_execute(sql).await.expect(sql);
+    }
+    shards
+}
+
+/// The single integer a query returns (for example a count).
+pub async fn query_count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// The one shard `shardwire route` names for `sql` with `params`.
+pub fn route_shard(proxy: &TestProxy, sql: &str, params: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
+    cmd.args(["route", "--config"])
+        .arg(&proxy.config_path)
+        .arg(sql);
+    for p in params {
+        cmd.args(["--param", p]);
+    }
+    let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
+    assert_eq!(r["shards"].as_array().map(Vec::len), Some(1), "{r:#}");
+    r["shards"][0].as_str().expect("shard").to_string()
+}
+
+/// Rows of a simple_query result, as text.
+pub fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
 }

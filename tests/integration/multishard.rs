@@ -48,20 +48,6 @@ async fn exists(c: &Client, table: &str) -> bool {
         .get(0)
 }
 
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
-fn route_shard(proxy: &TestProxy, sql: &str) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
-    cmd.args(["route", "--config"])
-        .arg(&proxy.config_path)
-        .arg(sql);
-    let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
-    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
-    r["shards"][0].as_str().expect("shard").to_string()
-}
-
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<String> {
     msgs.iter()
         .filter_map(|m| match m {
@@ -85,12 +71,7 @@ fn ddl_and_maintenance_run_on_every_shard() {
     let proxy = start_proxy();
     let started = Instant::now();
     block_on(Duration::from_secs(300), async {
-        let shards = [connect_shard(0).await, connect_shard(1).await];
-        for s in &shards {
-            s.batch_execute("drop table if exists mt_x, mt_conflict")
-                .await
-                .expect("cleanup");
-        }
+        let shards = connect_shards("drop table if exists mt_x, mt_conflict").await;
         let (c, _task) = connect_url(&proxy.url()).await;
 
         let m = c
@@ -106,7 +87,7 @@ fn ddl_and_maintenance_run_on_every_shard() {
             .expect("index and alter");
         for s in &shards {
             assert_eq!(
-                count(
+                query_count(
                     s,
                     "select count(*) from pg_attribute where attrelid = 'mt_x'::regclass and attname = 'w'"
                 )
@@ -205,12 +186,7 @@ fn reference_and_split_inserts() {
     let proxy = start_proxy();
     let started = Instant::now();
     block_on(Duration::from_secs(300), async {
-        let shards = [connect_shard(0).await, connect_shard(1).await];
-        for s in &shards {
-            s.batch_execute("drop table if exists mt_ref, mt_acc")
-                .await
-                .expect("cleanup");
-        }
+        let shards = connect_shards("drop table if exists mt_ref, mt_acc").await;
         let (c, _task) = connect_url(&proxy.url()).await;
         c.simple_query(
             "create table mt_ref (id int primary key, name text);
@@ -227,7 +203,7 @@ fn reference_and_split_inserts() {
         assert_eq!(rows(&m), ["1", "2"]);
         assert_eq!(completed(&m), [2]);
         for s in &shards {
-            assert_eq!(count(s, "select count(*) from mt_ref").await, 2);
+            assert_eq!(query_count(s, "select count(*) from mt_ref").await, 2);
         }
         let m = c
             .simple_query("select name from mt_ref where id = 2")
@@ -241,7 +217,7 @@ fn reference_and_split_inserts() {
         assert_eq!(completed(&m), [1]);
         for s in &shards {
             assert_eq!(
-                count(s, "select count(*) from mt_ref where name = 'c'").await,
+                query_count(s, "select count(*) from mt_ref where name = 'c'").await,
                 1
             );
         }
@@ -259,15 +235,19 @@ fn reference_and_split_inserts() {
         assert_eq!(completed(&m), [50]);
         got.sort();
         assert_eq!(got, (1..=50).collect::<Vec<_>>());
-        let n0 = count(&shards[0], "select count(*) from mt_acc").await;
-        let n1 = count(&shards[1], "select count(*) from mt_acc").await;
+        let n0 = query_count(&shards[0], "select count(*) from mt_acc").await;
+        let n1 = query_count(&shards[1], "select count(*) from mt_acc").await;
         assert_eq!(n0 + n1, 50);
         assert!(n0 > 0 && n1 > 0, "{n0} {n1}");
         for id in [1, 2, 3, 7, 11, 20, 33, 50] {
-            let want = route_shard(&proxy, &format!("select * from mt_acc where id = {id}"));
+            let want = route_shard(
+                &proxy,
+                &format!("select * from mt_acc where id = {id}"),
+                &[],
+            );
             let i: usize = want[1..].parse().unwrap();
             assert_eq!(
-                count(
+                query_count(
                     &shards[i],
                     &format!("select count(*) from mt_acc where id = {id}")
                 )
@@ -290,7 +270,7 @@ fn reference_and_split_inserts() {
         assert_eq!(sqlstate(&e), "23505");
         for s in &shards {
             assert_eq!(
-                count(s, "select count(*) from mt_acc where id > 200").await,
+                query_count(s, "select count(*) from mt_acc where id > 200").await,
                 0
             );
         }
@@ -305,14 +285,14 @@ fn reference_and_split_inserts() {
         assert!(!out.success());
         assert!(out.stderr.contains("reference table"), "{}", out.stderr);
         for s in &shards {
-            assert_eq!(count(s, "select count(*) from mt_ref").await, 2);
+            assert_eq!(query_count(s, "select count(*) from mt_ref").await, 2);
         }
 
         // The same inside transactions over both shards.
         let total = |lo: i32| {
             let q = format!("select count(*) from mt_acc where id >= {lo} and id < {lo} + 100");
             let shards = &shards;
-            async move { count(&shards[0], &q).await + count(&shards[1], &q).await }
+            async move { query_count(&shards[0], &q).await + query_count(&shards[1], &q).await }
         };
         c.simple_query("begin").await.expect("begin");
         c.simple_query("insert into mt_acc (id) values (305)")
@@ -329,7 +309,7 @@ fn reference_and_split_inserts() {
         c.simple_query("rollback").await.expect("rollback");
         assert_eq!(total(300).await, 0);
         for s in &shards {
-            assert_eq!(count(s, "select count(*) from mt_ref").await, 2);
+            assert_eq!(query_count(s, "select count(*) from mt_ref").await, 2);
         }
         c.simple_query("begin").await.expect("begin");
         c.simple_query("insert into mt_acc (id) values (401), (402), (403), (404)")
@@ -367,19 +347,14 @@ fn copy_from_stdin_is_split_by_key() {
     let started = Instant::now();
     let conninfo = format!("postgres://app@127.0.0.1:{}/app", proxy.port);
     block_on(Duration::from_secs(300), async {
-        let shards = [connect_shard(0).await, connect_shard(1).await];
-        for s in &shards {
-            s.batch_execute("drop table if exists mt_copy")
-                .await
-                .expect("cleanup");
-        }
+        let shards = connect_shards("drop table if exists mt_copy").await;
         let (c, _task) = connect_url(&proxy.url()).await;
         c.simple_query("create table mt_copy (id int primary key, v text)")
             .await
             .expect("create");
 
         // Text format, no column list: the key's position comes from the catalog.
-        let rows: String = (1..=3000)
+        let copy_data: String = (1..=3000)
             .map(|i| format!("{i}\trow {i} {}\n", "z".repeat(i % 50)))
             .collect();
         let out = psql(
@@ -387,19 +362,23 @@ fn copy_from_stdin_is_split_by_key() {
             "app",
             true,
             &[],
-            Some(&format!("\\copy mt_copy from stdin\n{rows}\\.\n")),
+            Some(&format!("\\copy mt_copy from stdin\n{copy_data}\\.\n")),
         )
         .ok("psql \\copy");
         assert!(out.stdout.contains("COPY 3000"), "{}", out.stdout);
-        let n0 = count(&shards[0], "select count(*) from mt_copy").await;
-        let n1 = count(&shards[1], "select count(*) from mt_copy").await;
+        let n0 = query_count(&shards[0], "select count(*) from mt_copy").await;
+        let n1 = query_count(&shards[1], "select count(*) from mt_copy").await;
         assert_eq!(n0 + n1, 3000);
         assert!(n0 > 1000 && n1 > 1000, "{n0} {n1}");
         for id in [1, 17, 256, 999, 2048, 3000] {
-            let want = route_shard(&proxy, &format!("select * from mt_copy where id = {id}"));
+            let want = route_shard(
+                &proxy,
+                &format!("select * from mt_copy where id = {id}"),
+                &[],
+            );
             let i: usize = want[1..].parse().unwrap();
             assert_eq!(
-                count(
+                query_count(
                     &shards[i],
                     &format!("select count(*) from mt_copy where id = {id}")
                 )
@@ -428,10 +407,10 @@ fn copy_from_stdin_is_split_by_key() {
             .simple_query("select v from mt_copy where id = 5003")
             .await
             .expect("select");
-        assert_eq!(rows_of(&m), ["line 5003\nnext, \"quoted\""]);
+        assert_eq!(rows(&m), ["line 5003\nnext, \"quoted\""]);
         assert_eq!(
-            count(&shards[0], "select count(*) from mt_copy where id > 5000").await
-                + count(&shards[1], "select count(*) from mt_copy where id > 5000").await,
+            query_count(&shards[0], "select count(*) from mt_copy where id > 5000").await
+                + query_count(&shards[1], "select count(*) from mt_copy where id > 5000").await,
             10
         );
 
@@ -450,7 +429,7 @@ fn copy_from_stdin_is_split_by_key() {
         assert!(out.stderr.contains("must not be NULL"), "{}", out.stderr);
         for s in &shards {
             assert_eq!(
-                count(s, "select count(*) from mt_copy where id > 6000").await,
+                query_count(s, "select count(*) from mt_copy where id > 6000").await,
                 0
             );
         }
@@ -468,18 +447,14 @@ fn copy_from_stdin_is_split_by_key() {
         assert!(out.stdout.contains("COPY 100"), "{}", out.stdout);
         assert!(out.stdout.contains("still here"), "{}", out.stdout);
         assert_eq!(
-            count(&shards[0], "select count(*) from mt_copy where id >= 6000").await
-                + count(&shards[1], "select count(*) from mt_copy where id >= 6000").await,
+            query_count(&shards[0], "select count(*) from mt_copy where id >= 6000").await
+                + query_count(&shards[1], "select count(*) from mt_copy where id >= 6000").await,
             100
         );
 
         c.simple_query("drop table mt_copy").await.expect("drop");
     });
     eprintln!("copy_from_stdin_is_split_by_key: {:?}", started.elapsed());
-}
-
-fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<String> {
-    rows(msgs)
 }
 
 #[test]
@@ -519,8 +494,8 @@ strategy = "hash"
         .clone();
     block_on(Duration::from_secs(120), async {
         let shards = [connect_shard(0).await, connect_shard(1).await];
-        let n0 = count(&shards[0], "select count(*) from pgbench_accounts").await;
-        let n1 = count(&shards[1], "select count(*) from pgbench_accounts").await;
+        let n0 = query_count(&shards[0], "select count(*) from pgbench_accounts").await;
+        let n1 = query_count(&shards[1], "select count(*) from pgbench_accounts").await;
         assert_eq!(n0 + n1, 200_000);
         assert!(n0 > 80_000 && n1 > 80_000, "{n0} {n1}");
         // Every row: with the total right and aid unique, each shard holding
@@ -543,11 +518,11 @@ strategy = "hash"
                 .get(0);
             assert_eq!(n as usize, sample[s].len(), "shard s{s}");
         }
-        let b0 = count(&shards[0], "select count(*) from pgbench_branches").await;
-        let b1 = count(&shards[1], "select count(*) from pgbench_branches").await;
+        let b0 = query_count(&shards[0], "select count(*) from pgbench_branches").await;
+        let b1 = query_count(&shards[1], "select count(*) from pgbench_branches").await;
         assert_eq!(b0 + b1, 2);
-        let t0 = count(&shards[0], "select count(*) from pgbench_tellers").await;
-        let t1 = count(&shards[1], "select count(*) from pgbench_tellers").await;
+        let t0 = query_count(&shards[0], "select count(*) from pgbench_tellers").await;
+        let t1 = query_count(&shards[1], "select count(*) from pgbench_tellers").await;
         assert_eq!(t0 + t1, 20);
     });
     // The built-in select-only script: pgbench starts with a count(*) over
@@ -658,17 +633,6 @@ async fn backend_pid(c: &Client, shard: &str) -> String {
     rows(&c.simple_query(&q).await.expect("pid"))[0].clone()
 }
 
-fn values(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 async fn refused_code(c: &Client, sql: &str) -> String {
     let e = c.simple_query(sql).await.expect_err(sql);
     e.code().expect("sqlstate").code().to_string()
@@ -688,12 +652,7 @@ fn cross_shard_selects() {
             .expect("shard")
     };
     block_on(Duration::from_secs(300), async {
-        let shards = [connect_shard(0).await, connect_shard(1).await];
-        for s in &shards {
-            s.batch_execute("drop table if exists sc_t, sc_e")
-                .await
-                .expect("cleanup");
-        }
+        let shards = connect_shards("drop table if exists sc_t, sc_e").await;
         let (c, _task) = connect_url(&proxy.url()).await;
         c.simple_query(
             "create table sc_t (id int primary key, v text, n int, x numeric, f float8);
@@ -728,7 +687,7 @@ fn cross_shard_selects() {
         .await
         .expect("insert sc_t");
         for s in &shards {
-            assert!(count(s, "select count(*) from sc_t").await > 10);
+            assert!(query_count(s, "select count(*) from sc_t").await > 10);
         }
         // sc_e: rows on shard 0 only.
         let on0: Vec<i64> = (1..200).filter(|i| shard_of(*i) == 0).take(5).collect();
@@ -752,7 +711,10 @@ fn cross_shard_selects() {
         ))
         .await
         .expect("insert sc_e");
-        assert_eq!(count(&shards[1], "select count(*) from sc_e").await, 0);
+        assert_eq!(
+            query_count(&shards[1], "select count(*) from sc_e").await,
+            0
+        );
 
         // Every row in one temporary table on shard 0, for reference answers.
         let dump: String = shards[1]
@@ -779,8 +741,8 @@ fn cross_shard_selects() {
             "select count(*), sum(id::bigint), sum(n::int8), max(x) from {t} where v like 'x%'",
         ];
         for q in aggregates {
-            let through = values(&c.simple_query(&q.replace("{t}", "sc_t")).await.expect(q));
-            let want = values(
+            let through = simple_rows(&c.simple_query(&q.replace("{t}", "sc_t")).await.expect(q));
+            let want = simple_rows(
                 &shards[0]
                     .simple_query(&q.replace("{t}", "sc_all"))
                     .await
@@ -790,10 +752,10 @@ fn cross_shard_selects() {
             assert_eq!(through.len(), 1);
         }
         let q = "select count(*), count(n), sum(n), min(n), max(n) from {t}";
-        let through = values(&c.simple_query(&q.replace("{t}", "sc_e")).await.expect(q));
+        let through = simple_rows(&c.simple_query(&q.replace("{t}", "sc_e")).await.expect(q));
         assert_eq!(
             through,
-            values(
+            simple_rows(
                 &shards[0]
                     .simple_query(&q.replace("{t}", "sc_e_all"))
                     .await
@@ -811,7 +773,7 @@ fn cross_shard_selects() {
             ]
         );
         // Known data: 60 rows, 12 NULL n, n = i*1000 - 30000.
-        let known = values(
+        let known = simple_rows(
             &c.simple_query("select count(*), count(n), sum(n) from sc_t")
                 .await
                 .expect("known"),
@@ -830,7 +792,7 @@ fn cross_shard_selects() {
             .simple_query("select id, v from sc_t where v like 'x%'")
             .await
             .expect("concat");
-        let mut got: Vec<(String, String)> = values(&m)
+        let mut got: Vec<(String, String)> = simple_rows(&m)
             .into_iter()
             .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
             .collect();

@@ -13,18 +13,6 @@ fn small_pool() -> TestProxy {
     TestProxy::start(|c| set(c, "pool.max_size", 2))
 }
 
-/// Rows of a simple_query result, as text.
-fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn prepared_statement_reused_across_transactions_and_backends() {
     let proxy = small_pool();

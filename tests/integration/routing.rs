@@ -3,7 +3,6 @@
 //! multi-shard read or cross-shard transaction in the extended protocol,
 //! are refused with 0A000.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -33,25 +32,6 @@ fn start_routing_proxy() -> TestProxy {
     TestProxy::start(|c| {
         set_tables(c, TABLES);
     })
-}
-
-/// What `shardwire route` says about `sql` with `params`.
-fn route_shard(proxy: &TestProxy, sql: &str, params: &[&str]) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
-    cmd.args(["route", "--config"])
-        .arg(&proxy.config_path)
-        .arg(sql);
-    for p in params {
-        cmd.args(["--param", p]);
-    }
-    let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
-    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
-    assert_eq!(r["shards"].as_array().map(Vec::len), Some(1), "{r:#}");
-    r["shards"][0].as_str().expect("shard").to_string()
-}
-
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
 async fn simple_err(c: &Client, sql: &str) -> (String, String) {
@@ -157,15 +137,21 @@ fn single_shard_statements_are_routed_by_key() {
                 .expect("insert event");
         }
         assert_eq!(
-            count(&shards[0], "select count(*) from rt_events where id = 999").await,
+            query_count(&shards[0], "select count(*) from rt_events where id = 999").await,
             1
         );
         assert_eq!(
-            count(&shards[1], "select count(*) from rt_events where id = 1000").await,
+            query_count(&shards[1], "select count(*) from rt_events where id = 1000").await,
             1
         );
-        assert_eq!(count(&shards[0], "select count(*) from rt_events").await, 1);
-        assert_eq!(count(&shards[1], "select count(*) from rt_events").await, 1);
+        assert_eq!(
+            query_count(&shards[0], "select count(*) from rt_events").await,
+            1
+        );
+        assert_eq!(
+            query_count(&shards[1], "select count(*) from rt_events").await,
+            1
+        );
         c.simple_query("insert into rt_users (region, name) values ('de', 'hans')")
             .await
             .expect("insert de");
@@ -176,7 +162,7 @@ fn single_shard_statements_are_routed_by_key() {
         .await
         .expect("insert jp");
         assert_eq!(
-            count(
+            query_count(
                 &shards[1],
                 "select count(*) from rt_users where region = 'de'"
             )
@@ -184,7 +170,7 @@ fn single_shard_statements_are_routed_by_key() {
             1
         );
         assert_eq!(
-            count(
+            query_count(
                 &shards[0],
                 "select count(*) from rt_users where region = 'jp'"
             )
@@ -192,7 +178,7 @@ fn single_shard_statements_are_routed_by_key() {
             1
         );
         assert_eq!(
-            count(
+            query_count(
                 &shards[0],
                 "select count(*) from rt_users where region = 'de'"
             )
@@ -248,7 +234,7 @@ fn single_shard_statements_are_routed_by_key() {
         .expect("split insert");
         for (i, k) in [(0, k0), (1, k1)] {
             assert_eq!(
-                count(
+                query_count(
                     &shards[i],
                     &format!("select count(*) from rt_accounts where aid = {k}")
                 )
@@ -284,7 +270,7 @@ fn single_shard_statements_are_routed_by_key() {
         );
         assert_eq!(n0, per_shard[0]);
         assert_eq!(
-            count(&c, "select count(*) from rt_accounts").await,
+            query_count(&c, "select count(*) from rt_accounts").await,
             per_shard[0]
         );
         let (code, _) = simple_err(&c, "set shardwire.shard = 's9'").await;
@@ -323,7 +309,7 @@ fn single_shard_statements_are_routed_by_key() {
         c.simple_query("ROLLBACK").await.expect("rollback");
         for s in &shards {
             assert_eq!(
-                count(
+                query_count(
                     s,
                     &format!("select count(*) from rt_accounts where aid in ({k0}, {k1})")
                 )
@@ -347,7 +333,7 @@ fn single_shard_statements_are_routed_by_key() {
         }
         for s in &shards {
             assert_eq!(
-                count(
+                query_count(
                     s,
                     &format!("select count(*) from rt_accounts where aid in ({k0}, {k1})")
                 )
@@ -374,7 +360,7 @@ fn single_shard_statements_are_routed_by_key() {
             .expect("insert 2");
         c.simple_query("commit").await.expect("commit");
         assert_eq!(
-            count(
+            query_count(
                 &shards[0],
                 &format!("select count(*) from rt_accounts where aid in ({k0}, {k0b})")
             )
@@ -395,7 +381,7 @@ fn single_shard_statements_are_routed_by_key() {
             tx.commit().await.expect("commit");
         }
         assert_eq!(
-            count(
+            query_count(
                 &shards[0],
                 &format!("select sum(abalance)::int8 from rt_accounts where aid in ({k0}, {k0b})")
             )
@@ -549,14 +535,10 @@ fn extended_batches_with_begin_route_by_their_statement() {
     };
     let (k0, k1) = (key_on(0), key_on(1));
     block_on(Duration::from_secs(60), async {
-        let shards = [connect_shard(0).await, connect_shard(1).await];
-        for c in &shards {
-            c.batch_execute(
-                "drop table if exists rt_jdbc; create table rt_jdbc (aid int primary key)",
-            )
-            .await
-            .expect("create rt_jdbc");
-        }
+        let shards = connect_shards(
+            "drop table if exists rt_jdbc; create table rt_jdbc (aid int primary key)",
+        )
+        .await;
         let insert = "insert into rt_jdbc (aid) values ($1)";
         let sync = frame(b'S', &[]);
         let mut s = raw_session(proxy.port).await;
@@ -592,14 +574,17 @@ fn extended_batches_with_begin_route_by_their_statement() {
         assert_eq!(tags, b"12CZ", "{msgs:?}");
         assert_eq!(msgs.last().expect("Z").1, b"I");
         assert_eq!(
-            count(
+            query_count(
                 &shards[1],
                 &format!("select count(*) from rt_jdbc where aid = {k1}")
             )
             .await,
             1
         );
-        assert_eq!(count(&shards[0], "select count(*) from rt_jdbc").await, 0);
+        assert_eq!(
+            query_count(&shards[0], "select count(*) from rt_jdbc").await,
+            0
+        );
 
         // One batch, no transaction, two shards: the second is refused, the
         // rest of the batch skipped, and the first rolled back with the
@@ -617,8 +602,14 @@ fn extended_batches_with_begin_route_by_their_statement() {
         assert_eq!(tags, b"12C1EZ", "{msgs:?}");
         assert_eq!(error_fields(&msgs[4].1).0, "0A000");
         assert_eq!(msgs.last().expect("Z").1, b"I");
-        assert_eq!(count(&shards[0], "select count(*) from rt_jdbc").await, 0);
-        assert_eq!(count(&shards[1], "select count(*) from rt_jdbc").await, 1);
+        assert_eq!(
+            query_count(&shards[0], "select count(*) from rt_jdbc").await,
+            0
+        );
+        assert_eq!(
+            query_count(&shards[1], "select count(*) from rt_jdbc").await,
+            1
+        );
         // The session goes on.
         let mut batch = pbe(insert, &[&k0.to_string()]);
         batch.extend(&sync);
@@ -626,7 +617,10 @@ fn extended_batches_with_begin_route_by_their_statement() {
         let msgs = read_until(&mut s, b'Z').await;
         let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
         assert_eq!(tags, b"12CZ", "{msgs:?}");
-        assert_eq!(count(&shards[0], "select count(*) from rt_jdbc").await, 1);
+        assert_eq!(
+            query_count(&shards[0], "select count(*) from rt_jdbc").await,
+            1
+        );
         // Parse + Describe + Sync of a keyed statement with no Bind: answered.
         let mut parse = vec![0];
         parse.extend_from_slice(b"select aid from rt_jdbc where aid = $1\0\0\0");
