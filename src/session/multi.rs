@@ -315,7 +315,7 @@ where
                                     .frames
                                     .iter()
                                     .filter(|f| f[0] == be::COMMAND_COMPLETE)
-                                    .map(|f| insert_count(f))
+                                    .map(|f| tag_count(f))
                                     .sum::<u64>();
                             }
                             Ok(c) => {
@@ -894,28 +894,13 @@ pub(super) async fn begin_all(
 /// one RowDescription (RETURNING), every shard's rows in shard order, the
 /// first shard's notices, and the rows counted over all shards.
 pub(super) fn insert_answer(results: &[Collected]) -> BytesMut {
-    let mut out = BytesMut::new();
-    let mut total: u64 = 0;
-    let mut described = false;
-    for (i, r) in results.iter().enumerate() {
-        for f in &r.frames {
-            match f[0] {
-                be::ROW_DESCRIPTION if !described => {
-                    described = true;
-                    out.extend_from_slice(f);
-                }
-                b'D' => out.extend_from_slice(f),
-                be::COMMAND_COMPLETE => total += insert_count(f),
-                be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
-                _ => {}
-            }
-        }
-    }
-    command_complete(&mut out, &format!("INSERT 0 {total}"));
+    let (mut out, _, inserted) = super::scatter::concat_rows(results);
+    command_complete(&mut out, &format!("INSERT 0 {inserted}"));
     out
 }
 
-pub(super) fn insert_count(frame: &[u8]) -> u64 {
+/// The row count at the end of a CommandComplete tag (`INSERT 0 5`, `SELECT 5`).
+pub(super) fn tag_count(frame: &[u8]) -> u64 {
     let body = protocol::body(frame);
     let tag = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
     tag.rsplit(' ')
@@ -984,7 +969,7 @@ mod tests {
     fn counts_and_transaction_needs() {
         let mut f = BytesMut::new();
         command_complete(&mut f, "INSERT 0 42");
-        assert_eq!(insert_count(&f), 42);
+        assert_eq!(tag_count(&f), 42);
         let tables = Default::default();
         let a = |s: &str| crate::router::analyze::analyze(s, &tables);
         assert!(needs_no_transaction("vacuum t", &a("vacuum t")));

@@ -31,9 +31,19 @@ pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<Byte
 }
 
 fn concat(results: &[Collected]) -> BytesMut {
+    let (mut out, rows, _) = concat_rows(results);
+    super::command_complete(&mut out, &format!("SELECT {rows}"));
+    out
+}
+
+/// Every shard's answer as one: the first RowDescription, all DataRows in
+/// shard order, the first shard's notices. Returns them with the number of
+/// rows and the sum of the shards' CommandComplete counts; the caller adds
+/// the CommandComplete it means (SELECT n, INSERT 0 n).
+pub(super) fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
     let mut out = BytesMut::new();
     let mut described = false;
-    let mut total: u64 = 0;
+    let (mut rows, mut counted) = (0u64, 0u64);
     for (i, r) in results.iter().enumerate() {
         for f in &r.frames {
             match f[0] {
@@ -42,16 +52,16 @@ fn concat(results: &[Collected]) -> BytesMut {
                     out.extend_from_slice(f);
                 }
                 b'D' => {
-                    total += 1;
+                    rows += 1;
                     out.extend_from_slice(f);
                 }
+                be::COMMAND_COMPLETE => counted += super::multi::tag_count(f),
                 be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
                 _ => {}
             }
         }
     }
-    super::command_complete(&mut out, &format!("SELECT {total}"));
-    out
+    (out, rows, counted)
 }
 
 fn bad(m: impl Into<String>) -> PgError {
