@@ -158,3 +158,136 @@ fn tables_are_explained_and_refused_with_session_pooling() {
     );
     assert!(serve.stderr.contains("session pooling"), "{}", serve.stderr);
 }
+
+/// The Docker Compose cluster (docker-compose.yml, docker/) mirrors what
+/// scripts/cluster.sh sets up; Docker cannot run here, so this checks the
+/// files against cluster.sh and the shared cluster's shardwire.toml.
+#[test]
+fn docker_files_mirror_cluster_sh() {
+    let root = repo_root();
+    let docker_config = root.join("docker/shardwire.toml");
+
+    // The proxy accepts it: 2 shards, each one primary and one replica.
+    let out = check(&["--json"], &docker_config).ok("shardwire check --json docker/shardwire.toml");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.stdout));
+    assert_eq!(json["listen"], "0.0.0.0:6432", "{json:#}");
+    assert_eq!(json["http_listen"], "0.0.0.0:6433", "{json:#}");
+    let shards = json["shards"].as_array().expect("shards array");
+    assert_eq!(shards.len(), 2, "{json:#}");
+    for (i, shard) in shards.iter().enumerate() {
+        assert_eq!(shard["name"], format!("s{i}"), "{json:#}");
+        let servers: Vec<(&str, u64, &str)> = shard["servers"]
+            .as_array()
+            .expect("servers array")
+            .iter()
+            .map(|s| {
+                (
+                    s["host"].as_str().expect("host"),
+                    s["port"].as_u64().expect("port"),
+                    s["role"].as_str().expect("role"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            servers,
+            vec![
+                (format!("s{i}-primary").as_str(), 5432, "primary"),
+                (format!("s{i}-replica1").as_str(), 5432, "replica"),
+            ],
+            "{json:#}"
+        );
+    }
+
+    // Apart from addresses, it is the config cluster.sh wrote: same keys,
+    // pool, users, databases and shard names.
+    fn without_addresses(text: &str) -> toml::Value {
+        let mut v: toml::Value = toml::from_str(text).expect("valid TOML");
+        let t = v.as_table_mut().expect("table");
+        t.remove("listen").expect("listen");
+        t.remove("http_listen").expect("http_listen");
+        for shard in t["shards"].as_array_mut().expect("shards") {
+            for server in shard["servers"].as_array_mut().expect("servers") {
+                let s = server.as_table_mut().expect("server table");
+                s.remove("host").expect("host");
+                s.remove("port").expect("port");
+            }
+        }
+        v
+    }
+    let docker_text = std::fs::read_to_string(&docker_config).expect("docker/shardwire.toml");
+    assert_eq!(
+        without_addresses(&docker_text),
+        without_addresses(&cluster().config_text),
+        "docker/shardwire.toml and cluster.sh's shardwire.toml differ"
+    );
+
+    // Every host is a compose service, and compose mounts the files it uses.
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).expect("compose file");
+    let config: toml::Value = toml::from_str(&docker_text).expect("valid TOML");
+    for shard in config["shards"].as_array().expect("shards") {
+        for server in shard["servers"].as_array().expect("servers") {
+            let host = server["host"].as_str().expect("host");
+            assert!(
+                compose.contains(&format!("\n  {host}:\n")),
+                "{host} is not a service in docker-compose.yml"
+            );
+        }
+    }
+    assert!(compose.contains("\n  shardwire:\n"), "no shardwire service");
+    for file in [
+        "docker/shardwire.toml",
+        "docker/init-primary.sh",
+        "docker/replica-entrypoint.sh",
+    ] {
+        assert!(root.join(file).is_file(), "{file} missing");
+        assert!(
+            compose.contains(&format!("./{file}:")),
+            "docker-compose.yml does not mount {file}"
+        );
+    }
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains(r#"CMD ["serve", "--config", "/etc/shardwire/shardwire.toml"]"#)
+            && compose.contains("./docker/shardwire.toml:/etc/shardwire/shardwire.toml:ro"),
+        "the image's config path and the compose mount disagree"
+    );
+
+    // Each setting cluster.sh gives its primaries is on the servers' command
+    // line ("key = 'value'" there, "key=value" here).
+    let script = std::fs::read_to_string(cluster_script()).expect("cluster.sh");
+    let conf = script
+        .split_once("primary_conf() {")
+        .and_then(|(_, rest)| rest.split_once("\nEOF"))
+        .expect("primary_conf in cluster.sh")
+        .0;
+    let mut settings = 0;
+    for line in conf.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once(" = ") else {
+            continue;
+        };
+        if key.starts_with('#') || key == "include_if_exists" {
+            continue;
+        }
+        let setting = format!("- {key}={}\n", value.trim_matches('\''));
+        assert!(
+            compose.contains(&setting),
+            "docker-compose.yml lacks {setting:?} (cluster.sh: {line})"
+        );
+        settings += 1;
+    }
+    assert!(
+        settings >= 4,
+        "read no settings from cluster.sh's primary_conf"
+    );
+
+    // The shell scripts at least parse.
+    for script in ["docker/init-primary.sh", "docker/replica-entrypoint.sh"] {
+        run_cmd(
+            Command::new("bash").arg("-n").arg(root.join(script)),
+            None,
+            Duration::from_secs(30),
+        )
+        .ok(&format!("bash -n {script}"));
+    }
+}
