@@ -3,8 +3,11 @@
 //! Data flows downward through the modules: `frontend` accepts clients and
 //! runs a `session` per client, which forwards frames to servers held in
 //! `backend` pools. `config` is the validated configuration everything else
-//! reads; `protocol` is the wire format shared by both sides.
+//! reads; `protocol` is the wire format shared by both sides. `admin` is
+//! how operators see and steer it: the admin console, HTTP metrics and
+//! health, and the client registry.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod frontend;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardwire::config::{Config, PoolMode};
+use shardwire::config::Config;
 use shardwire::frontend::{self, Proxy};
 use shardwire::router::{Param, SessionHints};
 
@@ -185,35 +185,41 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    // Routing holds one server per transaction; session pooling would pin
-    // a client to one shard for good.
-    if config.router.tables().next().is_some() {
-        if let Some(d) = config
-            .databases
-            .values()
-            .find(|d| d.pool_mode == PoolMode::Session)
-        {
-            return Err(format!(
-                "{}: database \"{}\" uses session pooling, which does not support [[tables]] yet; use pool_mode = \"transaction\"",
-                config.file.display(),
-                d.name
-            ));
-        }
-    }
+    frontend::check_servable(&config).map_err(|e| e.to_string())?;
     let listen = config.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let http_listen = config.http_listen.clone();
+    let http = tokio::net::TcpListener::bind(&http_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {http_listen} (http_listen): {e}"))?;
     let proxy = Proxy::new(config)?;
-    tracing::info!(version = shardwire::VERSION, %listen, "shardwire listening");
-    spawn_signal_handler(proxy.clone());
+    tracing::info!(version = shardwire::VERSION, %listen, %http_listen, "shardwire listening");
+    spawn_signal_handlers(proxy.clone());
+    tokio::spawn(shardwire::admin::http::serve(proxy.clone(), http));
     frontend::serve(proxy, listener).await;
     Ok(())
 }
 
-/// SIGTERM or SIGINT: stop accepting and drain. A second signal exits at once.
-fn spawn_signal_handler(proxy: Arc<Proxy>) {
+/// SIGHUP reloads the config. SIGTERM or SIGINT: stop accepting and
+/// drain; a second one exits at once.
+fn spawn_signal_handlers(proxy: Arc<Proxy>) {
     use tokio::signal::unix::{signal, SignalKind};
+    let reloader = proxy.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!(
+                "cannot install the SIGHUP handler; reload with RELOAD in the admin console"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            // Errors are logged by reload; the old config stays in force.
+            let _ = reloader.reload();
+        }
+    });
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),

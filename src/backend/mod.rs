@@ -2,6 +2,7 @@
 //! pools that hold them, one pool per (server, database, user).
 
 pub mod conn;
+pub mod health;
 pub mod pool;
 
 use std::collections::HashMap;
@@ -58,6 +59,14 @@ impl Backends {
             user: user.server_user.clone(),
         };
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        // A reload that changed the user's server password: new logins get
+        // a fresh pool, sessions on the old one keep it until they are done.
+        if pools
+            .get(&key)
+            .is_some_and(|p| p.target.password != user.server_password)
+        {
+            pools.remove(&key);
+        }
         pools
             .entry(key)
             .or_insert_with(|| {
@@ -93,6 +102,45 @@ impl Backends {
             .position(|s| s.role == Role::Primary)
             .unwrap_or(0);
         self.pool(config, shard, server, database, user)
+    }
+
+    /// A session's pools: one primary pool per shard, by shard index.
+    /// Without [[tables]] only the default shard is used, so every index
+    /// gets its pool and other shards' pools are not even created.
+    pub fn session_pools(
+        &self,
+        config: &Config,
+        database: &Database,
+        user: &User,
+    ) -> Vec<Arc<Pool>> {
+        let default = self.primary_pool(config, config.default_shard, database, user);
+        let routing = config.router.tables().next().is_some();
+        (0..config.shards.len())
+            .map(|shard| {
+                if routing && shard != config.default_shard {
+                    self.primary_pool(config, shard, database, user)
+                } else {
+                    default.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Apply a reloaded config: every pool takes the new `[pool]` settings;
+    /// pools of servers no longer configured are forgotten (sessions still
+    /// using one keep it alive until they move to the new topology).
+    pub fn reconfigure(&self, config: &Config) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|k, _| {
+            config
+                .shards
+                .iter()
+                .flat_map(|s| s.servers.iter())
+                .any(|s| s.host == k.host && s.port == k.port)
+        });
+        for p in pools.values() {
+            p.reconfigure(config.pool.clone());
+        }
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

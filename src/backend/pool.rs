@@ -1,13 +1,19 @@
 //! A pool of connections to one server, as one user, to one database.
 //!
-//! Size is bounded by a semaphore (one permit per connection, idle or in
-//! use); waiting for a permit is bounded by `checkout_timeout`, opening a
-//! connection by `connect_timeout`. Idle connections are reused newest first
-//! (so the oldest can age out), checked for breakage before use, and closed
-//! by a reaper once past `idle_timeout` or `max_lifetime`.
+//! Size is bounded by a semaphore (one permit per checked-out connection;
+//! idle ones come only from returned ones, so idle plus in use stays within
+//! `max_size`); waiting for a permit is bounded by `checkout_timeout` and the
+//! number of waiters by `max_waiting`, opening a connection by
+//! `connect_timeout`. Idle connections are reused newest first (so the
+//! oldest can age out), checked for breakage before use, and closed by a
+//! reaper once past `idle_timeout` or `max_lifetime`.
+//!
+//! A reload may change the settings of a live pool: a larger `max_size`
+//! adds permits at once; a smaller one retires permits as connections come
+//! back (`permit_debt`), so no running transaction is disturbed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,6 +30,8 @@ pub enum CheckoutError {
         after: Duration,
         max: u32,
     },
+    #[error("too many clients are already waiting for a connection to {server} (pool max_waiting is {max_waiting})")]
+    QueueFull { server: String, max_waiting: u32 },
     #[error("{0}")]
     Backend(#[from] BackendError),
 }
@@ -34,6 +42,11 @@ impl CheckoutError {
             CheckoutError::Timeout { .. } => {
                 PgError::error(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()).with_hint(
                     "the pool is busy: raise pool.max_size or pool.checkout_timeout, or make transactions shorter",
+                )
+            }
+            CheckoutError::QueueFull { .. } => {
+                PgError::error(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()).with_hint(
+                    "the pool is overloaded: retry later, raise pool.max_size or pool.max_waiting, or make transactions shorter",
                 )
             }
             CheckoutError::Backend(e) => e.to_pg(),
@@ -48,7 +61,10 @@ pub struct PoolStats {
     pub connects: AtomicU64,
     pub connect_errors: AtomicU64,
     pub checkout_timeouts: AtomicU64,
+    pub queue_full: AtomicU64,
     pub wait_micros: AtomicU64,
+    /// Checkouts that had to wait for a permit.
+    pub waited: AtomicU64,
 }
 
 /// A server's startup ParameterStatus values, sorted by name.
@@ -56,9 +72,16 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 
 pub struct Pool {
     pub target: Arc<ServerTarget>,
-    settings: RawPool,
+    /// Replaced by a reload; read at each use.
+    settings: RwLock<RawPool>,
     idle: Mutex<Vec<ServerConn>>,
     permits: Arc<Semaphore>,
+    /// Permits to retire as they are returned, after a reload shrank the pool.
+    permit_debt: AtomicUsize,
+    /// Connections checked out now.
+    in_use: AtomicUsize,
+    /// Checkouts waiting for a permit now.
+    waiting: AtomicUsize,
     /// ParameterStatus values of the first connection made, sent to clients
     /// at login so they see the server's version, encoding and so on.
     server_params: Mutex<Option<ServerParams>>,
@@ -70,24 +93,74 @@ impl Pool {
         Arc::new(Pool {
             target: Arc::new(target),
             permits: Arc::new(Semaphore::new(settings.max_size as usize)),
-            settings,
+            settings: RwLock::new(settings),
+            permit_debt: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
             stats: PoolStats::default(),
         })
     }
 
-    pub fn settings(&self) -> &RawPool {
-        &self.settings
+    pub fn settings(&self) -> RawPool {
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Take new settings (a reload). See the module comment for `max_size`.
+    pub fn reconfigure(&self, new: RawPool) {
+        let old_max = {
+            let mut s = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            let old = s.max_size as usize;
+            *s = new.clone();
+            old
+        };
+        let new_max = new.max_size as usize;
+        if new_max > old_max {
+            let grow = new_max - old_max;
+            // Cancel retirements still owed before adding permits.
+            let owed = self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(grow))
+                })
+                .unwrap_or(0);
+            let grow = grow - owed.min(grow);
+            self.permits.add_permits(grow);
+        } else if new_max < old_max {
+            let shrink = old_max - new_max;
+            let retired = self.permits.forget_permits(shrink);
+            self.permit_debt
+                .fetch_add(shrink - retired, Ordering::AcqRel);
+        }
     }
 
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// Connections checked out right now (each holds a permit; idle ones do not).
+    /// Connections checked out right now.
     pub fn in_use(&self) -> usize {
-        (self.settings.max_size as usize).saturating_sub(self.permits.available_permits())
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Checkouts waiting for a connection right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Give a permit back, or retire it if a reload shrank the pool.
+    fn return_permit(&self, permit: OwnedSemaphorePermit) {
+        let retire = self
+            .permit_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if retire {
+            permit.forget();
+        }
     }
 
     /// The server's startup parameters, connecting once if none is known yet.
@@ -121,22 +194,40 @@ impl Pool {
         let start = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => match tokio::time::timeout(
-                self.settings.checkout_timeout,
-                self.permits.clone().acquire_owned(),
-            )
-            .await
-            {
-                Ok(Ok(p)) => p,
-                _ => {
-                    self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(CheckoutError::Timeout {
+            Err(_) => {
+                let settings = self.settings();
+                // Join the queue only if it has room (one atomic step).
+                let joined = self
+                    .waiting
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                        (w < settings.max_waiting as usize).then_some(w + 1)
+                    });
+                if joined.is_err() {
+                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    return Err(CheckoutError::QueueFull {
                         server: self.target.describe(),
-                        after: self.settings.checkout_timeout,
-                        max: self.settings.max_size,
+                        max_waiting: settings.max_waiting,
                     });
                 }
-            },
+                self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                let acquired = tokio::time::timeout(
+                    settings.checkout_timeout,
+                    self.permits.clone().acquire_owned(),
+                )
+                .await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(CheckoutError::Timeout {
+                            server: self.target.describe(),
+                            after: settings.checkout_timeout,
+                            max: settings.max_size,
+                        });
+                    }
+                }
+            }
         };
         self.checkout_with(permit, start).await
     }
@@ -153,17 +244,27 @@ impl Pool {
         start: Instant,
     ) -> Result<PooledConn, CheckoutError> {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        // Counted from here so the permit's return and the count's
+        // decrement happen together, whichever way this ends.
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        let mut held = PooledConn {
+            conn: None,
+            pool: self.clone(),
+            permit: Some(permit),
+        };
         while let Some(mut c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             if self.expired(&c) || c.is_broken() {
                 continue; // dropped: closes the socket
             }
             c.last_used = Instant::now();
             self.record_wait(start);
-            return Ok(PooledConn::new(c, self.clone(), permit));
+            held.conn = Some(c);
+            return Ok(held);
         }
         let conn = self.open().await?;
         self.record_wait(start);
-        Ok(PooledConn::new(conn, self.clone(), permit))
+        held.conn = Some(conn);
+        Ok(held)
     }
 
     fn record_wait(&self, start: Instant) {
@@ -174,7 +275,8 @@ impl Pool {
 
     async fn open(&self) -> Result<ServerConn, BackendError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        match ServerConn::connect(self.target.clone(), self.settings.connect_timeout).await {
+        let timeout = self.settings().connect_timeout;
+        match ServerConn::connect(self.target.clone(), timeout).await {
             Ok(c) => {
                 let known = self
                     .server_params
@@ -194,7 +296,7 @@ impl Pool {
     }
 
     fn expired(&self, c: &ServerConn) -> bool {
-        c.created.elapsed() >= self.settings.max_lifetime
+        c.created.elapsed() >= self.settings().max_lifetime
     }
 
     fn checkin(&self, mut conn: ServerConn) {
@@ -210,7 +312,9 @@ impl Pool {
     /// Close idle connections past their idle timeout or lifetime, and open
     /// connections up to `min_size`. Called periodically by [`Pool::maintain`].
     pub async fn reap_and_fill(self: &Arc<Self>) {
-        let min = self.settings.min_size as usize;
+        let settings = self.settings();
+        let min = settings.min_size as usize;
+        let max = settings.max_size as usize;
         let closed: Vec<ServerConn> = {
             let Ok(mut idle) = self.idle.lock() else {
                 return;
@@ -221,9 +325,10 @@ impl Pool {
             let mut remaining = total;
             // Oldest first are at the front of the stack.
             for c in idle.drain(..) {
-                let too_idle =
-                    c.last_used.elapsed() >= self.settings.idle_timeout && remaining > min;
-                if too_idle || self.expired(&c) {
+                let too_idle = c.last_used.elapsed() >= settings.idle_timeout && remaining > min;
+                // After a reload shrank the pool, idle ones beyond it go.
+                let too_many = remaining > max;
+                if too_idle || too_many || c.created.elapsed() >= settings.max_lifetime {
                     remaining -= 1;
                     closed.push(c);
                 } else {
@@ -248,10 +353,11 @@ impl Pool {
             };
             match self.open().await {
                 Ok(c) => {
-                    drop(permit);
+                    self.return_permit(permit);
                     self.checkin(c);
                 }
                 Err(e) => {
+                    self.return_permit(permit);
                     tracing::warn!(server = %self.target.describe(), error = %e, "could not open a pooled connection");
                     break;
                 }
@@ -263,7 +369,7 @@ impl Pool {
     /// timeouts. Spawned once per pool; ends when the pool is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let period = (self.settings.idle_timeout / 4)
+        let period = (self.settings().idle_timeout / 4)
             .clamp(Duration::from_millis(200), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -283,18 +389,19 @@ impl Pool {
 pub struct PooledConn {
     conn: Option<ServerConn>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
+        if let Some(p) = self.permit.take() {
+            self.pool.return_permit(p);
+        }
+    }
 }
 
 impl PooledConn {
-    fn new(conn: ServerConn, pool: Arc<Pool>, permit: OwnedSemaphorePermit) -> Self {
-        PooledConn {
-            conn: Some(conn),
-            pool,
-            _permit: permit,
-        }
-    }
-
     pub fn release(mut self) {
         if let Some(c) = self.conn.take() {
             self.pool.checkin(c);

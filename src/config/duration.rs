@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Parse "250ms", "5s", "10min"/"10m", "1h", "1d".
+/// Parse "250ms", "5s", "10min"/"10m", "1h", "1d", or "0".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -19,6 +19,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
+        // "0" needs no unit: it means off wherever a timeout may be zero.
+        "" if value == 0.0 => 0.0,
         "" => {
             return Err(format!(
                 "\"{s}\" has no unit; write it like \"500ms\", \"5s\", \"10m\" or \"1h\""

@@ -77,6 +77,12 @@ pub struct RawConfig {
     #[serde(default)]
     pub pool: RawPool,
     #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub health: RawHealth,
+    #[serde(default)]
     pub users: Vec<RawUser>,
     #[serde(default)]
     pub databases: Vec<RawDatabase>,
@@ -183,6 +189,111 @@ pub struct RawPool {
     /// recently used is closed (bounds server memory).
     #[serde(default = "default_max_prepared")]
     pub max_prepared_statements: u32,
+    /// Clients allowed to wait for a connection of one pool at once; the
+    /// next one gets 53300 at once instead of joining an ever longer queue.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: u32,
+}
+
+/// Protection of the proxy and the servers from too many or too greedy
+/// clients. Durations of zero turn a timeout off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Client sessions at once (admin console sessions not counted, so an
+    /// operator can always get in); the next client gets 53300.
+    #[serde(default = "default_max_clients")]
+    pub max_client_connections: u32,
+    /// A statement running longer is cancelled on its server (57014).
+    #[serde(default, with = "duration::serde_duration")]
+    pub statement_timeout: Duration,
+    /// A session idle inside a transaction longer is closed (25P03), which
+    /// rolls the transaction back and frees its server connection.
+    #[serde(default, with = "duration::serde_duration")]
+    pub idle_in_transaction_timeout: Duration,
+    /// How long a new transaction waits while the proxy is PAUSEd.
+    #[serde(default = "default_pause_timeout", with = "duration::serde_duration")]
+    pub pause_timeout: Duration,
+    /// With `rate_limit_action = "queue"`, the longest a statement waits for
+    /// its turn before it fails anyway.
+    #[serde(default = "default_5s", with = "duration::serde_duration")]
+    pub rate_limit_max_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: default_max_clients(),
+            statement_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
+            pause_timeout: default_pause_timeout(),
+            rate_limit_max_wait: default_5s(),
+        }
+    }
+}
+
+fn default_max_clients() -> u32 {
+    1000
+}
+fn default_pause_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Health checks of every configured server (`/readyz`, `SHOW SHARDS`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(default = "default_5s", with = "duration::serde_duration")]
+    pub interval: Duration,
+    #[serde(default = "default_2s", with = "duration::serde_duration")]
+    pub timeout: Duration,
+    /// Configured user whose server credentials the checks log in with;
+    /// defaults to the first non-admin user with a server password (or trust).
+    pub user: Option<String>,
+    /// Configured database the checks connect to; defaults to the first.
+    pub database: Option<String>,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            interval: default_5s(),
+            timeout: default_2s(),
+            user: None,
+            database: None,
+        }
+    }
+}
+
+fn default_2s() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Statements taking longer are logged at WARN with their SQL (zero: off).
+    #[serde(default, with = "duration::serde_duration")]
+    pub slow_statement: Duration,
+}
+
+/// What a statement over its user's rate limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAction {
+    /// Wait for its turn (up to `limits.rate_limit_max_wait`).
+    Queue,
+    /// Fail at once with 53400.
+    Error,
+}
+
+/// A user's query rate limit: a token bucket refilled at `per_second`
+/// holding at most `burst` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+    pub action: RateLimitAction,
 }
 
 impl Default for RawPool {
@@ -196,6 +307,7 @@ impl Default for RawPool {
             idle_timeout: default_idle_timeout(),
             max_lifetime: default_max_lifetime(),
             max_prepared_statements: default_max_prepared(),
+            max_waiting: default_max_waiting(),
         }
     }
 }
@@ -217,6 +329,9 @@ fn default_max_lifetime() -> Duration {
 }
 fn default_max_prepared() -> u32 {
     500
+}
+fn default_max_waiting() -> u32 {
+    1000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -244,6 +359,18 @@ pub struct RawUser {
     pub server_user: Option<String>,
     /// Password used on the backends; defaults to `password` when plain text.
     pub server_password: Option<String>,
+    /// Sessions of this user at once (53300 beyond).
+    pub max_connections: Option<u32>,
+    /// Statements per second over all of this user's sessions.
+    pub rate_limit: Option<f64>,
+    /// Statements allowed at once above the rate; defaults to one second's worth.
+    pub rate_limit_burst: Option<f64>,
+    #[serde(default = "default_rate_action")]
+    pub rate_limit_action: RateLimitAction,
+}
+
+fn default_rate_action() -> RateLimitAction {
+    RateLimitAction::Queue
 }
 
 fn default_auth() -> AuthMethod {
@@ -304,12 +431,24 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub tls: Option<TlsConfig>,
     pub pool: RawPool,
+    pub limits: Limits,
+    pub log: LogSettings,
+    pub health: Health,
     pub users: BTreeMap<String, User>,
     pub databases: BTreeMap<String, Database>,
     pub shards: Vec<Shard>,
     /// Built from `[[tables]]` at load, so ranges and regions are validated
     /// before the proxy starts.
     pub router: Arc<Router>,
+}
+
+/// Resolved `[health]`: `login` is None when no user or database can log in.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// (database, user) the checks connect as.
+    pub login: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +467,8 @@ pub struct User {
     pub admin: bool,
     pub server_user: String,
     pub server_password: Option<String>,
+    pub max_connections: Option<u32>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -509,6 +650,24 @@ impl Config {
                 return Err(err(k, "must be greater than zero".into()));
             }
         }
+        if p.max_waiting == 0 {
+            return Err(err("pool.max_waiting", "must be at least 1".into()));
+        }
+        let l = &raw.limits;
+        if l.max_client_connections == 0 {
+            return Err(err(
+                "limits.max_client_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        for (k, d) in [
+            ("limits.pause_timeout", l.pause_timeout),
+            ("limits.rate_limit_max_wait", l.rate_limit_max_wait),
+        ] {
+            if d.is_zero() {
+                return Err(err(k, "must be greater than zero".into()));
+            }
+        }
 
         // Users.
         let mut users = BTreeMap::new();
@@ -560,9 +719,48 @@ impl Config {
                 (None, Some(StoredSecret::Plain { password, .. })) => Some(password.clone()),
                 _ => None,
             };
+            if u.max_connections == Some(0) {
+                return Err(err(
+                    &format!("{key}.max_connections"),
+                    "must be at least 1 (remove the user to lock it out)".into(),
+                ));
+            }
+            let rate_limit = match u.rate_limit {
+                None => {
+                    if u.rate_limit_burst.is_some() {
+                        return Err(err(
+                            &format!("{key}.rate_limit_burst"),
+                            "needs rate_limit (statements per second)".into(),
+                        ));
+                    }
+                    None
+                }
+                Some(r) if !(r.is_finite() && r > 0.0) => {
+                    return Err(err(
+                        &format!("{key}.rate_limit"),
+                        format!("must be a positive number of statements per second, got {r}"),
+                    ))
+                }
+                Some(per_second) => {
+                    let burst = u.rate_limit_burst.unwrap_or(per_second.max(1.0));
+                    if !(burst.is_finite() && burst >= 1.0) {
+                        return Err(err(
+                            &format!("{key}.rate_limit_burst"),
+                            format!("must be at least 1, got {burst}"),
+                        ));
+                    }
+                    Some(RateLimit {
+                        per_second,
+                        burst,
+                        action: u.rate_limit_action,
+                    })
+                }
+            };
             users.insert(
                 u.name.clone(),
                 User {
+                    max_connections: u.max_connections,
+                    rate_limit,
                     name: u.name.clone(),
                     auth: u.auth,
                     secret,
@@ -602,6 +800,57 @@ impl Config {
             );
         }
 
+        // Health checks.
+        let h = &raw.health;
+        for (k, d) in [
+            ("health.interval", h.interval),
+            ("health.timeout", h.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(err(k, "must be greater than zero".into()));
+            }
+        }
+        let check_user = match &h.user {
+            Some(u) => match users.get(u) {
+                Some(user) => Some(user.name.clone()),
+                None => {
+                    return Err(err(
+                        "health.user",
+                        format!("no user is named \"{u}\" in [[users]]"),
+                    ))
+                }
+            },
+            // The first application user (in file order) that can log in
+            // to the servers: admin users are often proxy-only.
+            None => {
+                let can_login =
+                    |u: &&User| u.server_password.is_some() || u.auth == AuthMethod::Trust;
+                let in_order = || raw.users.iter().filter_map(|r| users.get(&r.name));
+                in_order()
+                    .filter(|u| !u.admin)
+                    .find(can_login)
+                    .or_else(|| in_order().find(can_login))
+                    .map(|u| u.name.clone())
+            }
+        };
+        let check_db = match &h.database {
+            Some(d) => match databases.get(d) {
+                Some(db) => Some(db.name.clone()),
+                None => {
+                    return Err(err(
+                        "health.database",
+                        format!("no database is named \"{d}\" in [[databases]]"),
+                    ))
+                }
+            },
+            None => raw.databases.first().map(|d| d.name.clone()),
+        };
+        let health = Health {
+            interval: h.interval,
+            timeout: h.timeout,
+            login: check_db.zip(check_user),
+        };
+
         // TLS files are read now so a bad path fails `check`, not the first client.
         let tls = match &raw.tls {
             None => None,
@@ -631,6 +880,9 @@ impl Config {
             shutdown_timeout: raw.shutdown_timeout,
             tls,
             pool: raw.pool,
+            limits: raw.limits,
+            log: raw.log,
+            health,
             users,
             databases,
             shards,
@@ -646,6 +898,8 @@ impl Config {
             "default_shard": self.shards[self.default_shard].name,
             "tls": self.tls.is_some(),
             "pool": self.pool,
+            "limits": self.limits,
+            "log": self.log,
             "shards": self.shards,
             "databases": self.databases.values().map(|d| serde_json::json!({
                 "name": d.name,
@@ -663,6 +917,8 @@ impl Config {
                 "auth": u.auth,
                 "admin": u.admin,
                 "server_user": u.server_user,
+                "max_connections": u.max_connections,
+                "rate_limit": u.rate_limit,
             })).collect::<Vec<_>>(),
         })
     }

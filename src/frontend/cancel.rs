@@ -45,6 +45,39 @@ impl CancelSlot {
             *t = None;
         }
     }
+
+    /// Cancel whatever the client's server is running (the proxy's own
+    /// statement timeout). Returns when the request was delivered or failed.
+    pub async fn cancel_running(&self, timeout: Duration) {
+        let target = self.target.lock().ok().and_then(|t| t.clone());
+        if let Some(t) = target {
+            t.send(self.pid, timeout).await;
+        }
+    }
+}
+
+impl CancelTarget {
+    /// Deliver a CancelRequest to the server; `pid` is the client's, for logs.
+    async fn send(&self, pid: i32, timeout: Duration) {
+        let send = async {
+            let mut s = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let mut msg = BytesMut::with_capacity(16);
+            msg.put_i32(16);
+            msg.put_i32(CANCEL_REQUEST_CODE);
+            msg.put_i32(self.pid);
+            msg.put_i32(self.secret);
+            s.write_all(&msg).await?;
+            s.shutdown().await
+        };
+        let server = format!("{}:{}", self.host, self.port);
+        match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(())) => tracing::info!(pid, %server, "forwarded cancel request"),
+            Ok(Err(e)) => {
+                tracing::warn!(pid, %server, error = %e, "could not forward cancel request")
+            }
+            Err(_) => tracing::warn!(pid, %server, "timed out forwarding cancel request"),
+        }
+    }
 }
 
 /// All live clients' cancel slots, by proxy-issued pid.
@@ -90,26 +123,9 @@ impl CancelRegistry {
                 _ => None,
             }
         };
-        let Some(t) = target else {
-            tracing::debug!(pid, "cancel request for no running query");
-            return;
-        };
-        let send = async {
-            let mut s = TcpStream::connect((t.host.as_str(), t.port)).await?;
-            let mut msg = BytesMut::with_capacity(16);
-            msg.put_i32(16);
-            msg.put_i32(CANCEL_REQUEST_CODE);
-            msg.put_i32(t.pid);
-            msg.put_i32(t.secret);
-            s.write_all(&msg).await?;
-            s.shutdown().await
-        };
-        match tokio::time::timeout(timeout, send).await {
-            Ok(Ok(())) => {
-                tracing::info!(pid, server = %format!("{}:{}", t.host, t.port), "forwarded cancel request")
-            }
-            Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not forward cancel request"),
-            Err(_) => tracing::warn!(pid, "timed out forwarding cancel request"),
+        match target {
+            Some(t) => t.send(pid, timeout).await,
+            None => tracing::debug!(pid, "cancel request for no running query"),
         }
     }
 }

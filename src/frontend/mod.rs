@@ -15,8 +15,9 @@ pub mod stream;
 pub mod tls;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -26,8 +27,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::admin::clients::{ClientRegistry, Registration};
+use crate::admin::metrics::{Metrics, Rejection};
+use crate::backend::health::HealthMonitor;
 use crate::backend::{Backends, CheckoutError};
-use crate::config::{AuthMethod, Config, PoolMode, User, ADMIN_DATABASE};
+use crate::config::{AuthMethod, Config, ConfigError, PoolMode, User, ADMIN_DATABASE};
 use crate::protocol::{
     self, fe, sqlstate, BodyReader, FrameReader, PgError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE,
     MAX_STARTUP_PACKET, SSL_REQUEST_CODE,
@@ -43,20 +47,48 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared state of the running proxy.
 pub struct Proxy {
-    pub config: Arc<Config>,
+    /// The config in force; a reload swaps it. Sessions take a snapshot at
+    /// login and move to the newest one between transactions.
+    config: RwLock<Arc<Config>>,
+    /// Bumped by every applied reload, so sessions notice with one atomic
+    /// load instead of taking the lock.
+    config_generation: AtomicU64,
     pub backends: Backends,
     pub cancels: CancelRegistry,
+    pub clients: Arc<ClientRegistry>,
+    pub metrics: Metrics,
+    pub health: HealthMonitor,
+    /// TLS is set up once at start (a reload cannot change it).
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Sender<bool>,
+    /// PAUSE: new transactions wait until RESUME.
+    paused: watch::Sender<bool>,
     next_client_id: AtomicU64,
-    /// Sessions alive right now (shutdown waits for this to reach zero).
+    /// Connections alive right now, logged in or not (shutdown waits for
+    /// this to reach zero).
     pub active_clients: AtomicUsize,
+    /// Client sessions admitted under `limits.max_client_connections`
+    /// (admin console sessions are not counted).
+    sessions: AtomicUsize,
+    /// The Postgres listener is accepting (for `/readyz`).
+    pub listening: AtomicBool,
     /// A SCRAM verifier for unknown users, so that a login attempt for a user
     /// that does not exist looks the same as one with a wrong password.
     dummy_verifier: ScramVerifier,
+    /// Serializes reloads (SIGHUP and RELOAD at once).
+    reloading: Mutex<()>,
+}
+
+/// What a reload changed, for the log and the RELOAD command.
+#[derive(Debug, Default)]
+pub struct ReloadOutcome {
+    /// Settings that only a restart applies, left as they were.
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl Proxy {
+    /// Build the proxy's state and start the health checks (needs a Tokio
+    /// runtime).
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let tls = match &config.tls {
             Some(t) => Some(
@@ -66,16 +98,86 @@ impl Proxy {
             None => None,
         };
         let (shutdown, _) = watch::channel(false);
+        let (paused, _) = watch::channel(false);
+        let health = HealthMonitor::default();
+        health.apply(&config);
         Ok(Arc::new(Proxy {
-            config: Arc::new(config),
+            config: RwLock::new(Arc::new(config)),
+            config_generation: AtomicU64::new(0),
             backends: Backends::new(),
             cancels: CancelRegistry::default(),
+            clients: Arc::new(ClientRegistry::default()),
+            metrics: Metrics::default(),
+            health,
             tls,
             shutdown,
+            paused,
             next_client_id: AtomicU64::new(1),
             active_clients: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
+            listening: AtomicBool::new(false),
             dummy_verifier: ScramVerifier::from_password(&format!("{:x}", rand::random::<u128>())),
+            reloading: Mutex::new(()),
         }))
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation.load(Ordering::Acquire)
+    }
+
+    /// Re-read the config file and apply it without dropping sessions:
+    /// users, pool settings, limits, servers and table rules change; new
+    /// logins see the new config at once, running sessions at their next
+    /// transaction. An invalid file changes nothing. `listen`,
+    /// `http_listen` and `[tls]` need a restart (reported, not applied).
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.config();
+        let new = match Config::load(&old.file) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "reload rejected; the previous config stays in force");
+                return Err(e);
+            }
+        };
+        if let Err(e) = check_servable(&new) {
+            self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "reload rejected; the previous config stays in force");
+            return Err(e);
+        }
+        let mut outcome = ReloadOutcome::default();
+        let mut new = new;
+        if new.listen != old.listen {
+            outcome.needs_restart.push("listen");
+            new.listen = old.listen.clone();
+        }
+        if new.http_listen != old.http_listen {
+            outcome.needs_restart.push("http_listen");
+            new.http_listen = old.http_listen.clone();
+        }
+        let tls_key = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+        if tls_key(&new) != tls_key(&old) {
+            outcome.needs_restart.push("tls");
+            new.tls = old.tls.clone();
+        }
+        self.backends.reconfigure(&new);
+        self.health.apply(&new);
+        self.clients
+            .update_rate_limits(|u| new.users.get(u).and_then(|u| u.rate_limit));
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.config_generation.fetch_add(1, Ordering::AcqRel);
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(needs_restart = ?outcome.needs_restart, "config reloaded");
+        Ok(outcome)
     }
 
     /// Ask every session to end at its next idle point, and stop accepting.
@@ -86,20 +188,82 @@ impl Proxy {
     pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// PAUSE (true) or RESUME (false).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    pub fn paused(&self) -> watch::Receiver<bool> {
+        self.paused.subscribe()
+    }
+
+    /// Server connections checked out by sessions right now.
+    pub fn servers_in_use(&self) -> usize {
+        self.backends.all().iter().map(|p| p.in_use()).sum()
+    }
+
+    /// Take a session slot under `limits.max_client_connections`.
+    fn admit_session(self: &Arc<Self>) -> Option<SessionSlot> {
+        let max = self.config().limits.max_client_connections as usize;
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SessionSlot(self.clone()))
+    }
+}
+
+/// Settings `serve` refuses to start with (and a reload refuses to apply).
+pub fn check_servable(config: &Config) -> Result<(), ConfigError> {
+    // Routing holds one server per transaction; session pooling would pin
+    // a client to one shard for good.
+    if config.router.tables().next().is_some() {
+        if let Some(d) = config
+            .databases
+            .values()
+            .find(|d| d.pool_mode == PoolMode::Session)
+        {
+            return Err(ConfigError {
+                file: config.file.clone(),
+                key: "databases".into(),
+                reason: format!(
+                    "database \"{}\" uses session pooling, which does not support [[tables]] yet; use pool_mode = \"transaction\"",
+                    d.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A slot under `limits.max_client_connections`, freed when dropped.
+struct SessionSlot(Arc<Proxy>);
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Accept clients until shutdown, then wait (up to `shutdown_timeout`) for
 /// running transactions to finish.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     let mut shutdown = proxy.shutdown_requested();
+    proxy.listening.store(true, Ordering::Relaxed);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let proxy = proxy.clone();
                     let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::info_span!("client", id, %peer);
-                    tokio::spawn(handle_client(proxy, tcp, id).instrument(span));
+                    proxy.metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("session", client = id, %peer);
+                    tokio::spawn(handle_client(proxy, tcp, id, peer).instrument(span));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -111,10 +275,12 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         }
     }
     drop(listener);
-    let deadline = tokio::time::Instant::now() + proxy.config.shutdown_timeout;
+    proxy.listening.store(false, Ordering::Relaxed);
+    let shutdown_timeout = proxy.config().shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
     tracing::info!(
         clients = proxy.active_clients.load(Ordering::Relaxed),
-        timeout = ?proxy.config.shutdown_timeout,
+        timeout = ?shutdown_timeout,
         "stopped accepting; waiting for running transactions"
     );
     while proxy.active_clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
@@ -140,7 +306,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn handle_client(proxy: Arc<Proxy>, tcp: TcpStream, id: u64) {
+async fn handle_client(proxy: Arc<Proxy>, tcp: TcpStream, id: u64, peer: SocketAddr) {
     proxy.active_clients.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(proxy.clone());
     let _ = tcp.set_nodelay(true);
@@ -157,17 +323,30 @@ async fn handle_client(proxy: Arc<Proxy>, tcp: TcpStream, id: u64) {
             return;
         }
     };
-    let max = proxy.config.max_message_size;
+    let max = proxy.config().max_message_size;
+    let client = ClientConn {
+        id,
+        peer,
+        tls: matches!(stream, ClientStream::Tls(_)),
+    };
     match stream {
         ClientStream::Plain(tcp) => {
             let (rd, wr) = tcp.into_split();
-            login_and_run(proxy, id, FrameReader::new(rd, max), wr, params).await
+            login_and_run(proxy, client, FrameReader::new(rd, max), wr, params).await
         }
         tls => {
             let (rd, wr) = tokio::io::split(tls);
-            login_and_run(proxy, id, FrameReader::new(rd, max), wr, params).await
+            login_and_run(proxy, client, FrameReader::new(rd, max), wr, params).await
         }
     }
+}
+
+/// Facts about a client connection known before login.
+#[derive(Debug, Clone, Copy)]
+struct ClientConn {
+    id: u64,
+    peer: SocketAddr,
+    tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,10 +423,8 @@ async fn negotiate(
                     (Ok(p), Ok(s)) => (p, s),
                     _ => return Err(NegotiateError::Rejected("short CancelRequest".into())),
                 };
-                proxy
-                    .cancels
-                    .cancel(pid, secret, proxy.config.pool.connect_timeout)
-                    .await;
+                let timeout = proxy.config().pool.connect_timeout;
+                proxy.cancels.cancel(pid, secret, timeout).await;
                 return Ok(None);
             }
             code if code >> 16 == 3 => {
@@ -276,7 +453,7 @@ async fn negotiate(
                     stream.write_all(&out).await?;
                     params.retain(|(k, _)| !k.starts_with("_pq_."));
                 }
-                if let Some(t) = &proxy.config.tls {
+                if let Some(t) = &proxy.config().tls {
                     if t.required && matches!(stream, ClientStream::Plain(_)) {
                         let e = PgError::fatal(
                             sqlstate::INVALID_AUTHORIZATION,
@@ -306,7 +483,7 @@ async fn negotiate(
 /// Steps 2-4: authenticate, attach to a pool, greet, run the session.
 async fn login_and_run<R, W>(
     proxy: Arc<Proxy>,
-    client_id: u64,
+    client: ClientConn,
     mut rd: FrameReader<R>,
     mut wr: W,
     params: Vec<(String, String)>,
@@ -317,11 +494,11 @@ async fn login_and_run<R, W>(
     let mut out = BytesMut::new();
     let attached = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        login(&proxy, client_id, &mut rd, &mut wr, &mut out, params),
+        login(&proxy, client, &mut rd, &mut wr, &mut out, params),
     )
     .await;
-    let setup = match attached {
-        Ok(Ok(setup)) => setup,
+    let login = match attached {
+        Ok(Ok(login)) => login,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "login failed");
             e.encode(&mut out);
@@ -334,31 +511,50 @@ async fn login_and_run<R, W>(
             return;
         }
     };
+    let (setup, _slot) = match login {
+        Login::Admin(registration) => {
+            if wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok() {
+                tracing::info!(user = %registration.info.user, "admin console session started");
+                crate::admin::console::run(proxy, registration, rd, wr).await;
+                tracing::info!("admin console session ended");
+            }
+            return;
+        }
+        Login::Session(setup, slot) => (setup, slot),
+    };
     if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
         proxy.cancels.unregister(setup.cancel.pid);
         return;
     }
     let pid = setup.cancel.pid;
     tracing::info!(user = %setup.user, database = %setup.database, "session started");
-    let end = Session::new(setup, rd, wr).run().await;
+    let end = Session::new(*setup, rd, wr).run().await;
     proxy.cancels.unregister(pid);
     tracing::info!(reason = ?end, "session ended");
+}
+
+/// What a successful login leads to.
+enum Login {
+    /// A client session, holding its slot under max_client_connections.
+    Session(Box<SessionSetup>, SessionSlot),
+    /// The admin console.
+    Admin(Registration),
 }
 
 /// Authenticate and prepare the session; greeting messages go into `out`.
 async fn login<R, W>(
     proxy: &Arc<Proxy>,
-    client_id: u64,
+    client: ClientConn,
     rd: &mut FrameReader<R>,
     wr: &mut W,
     out: &mut BytesMut,
     params: Vec<(String, String)>,
-) -> Result<SessionSetup, PgError>
+) -> Result<Login, PgError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let config = proxy.config.clone();
+    let config = proxy.config();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user_name = get("user").ok_or_else(|| {
         PgError::fatal(
@@ -374,18 +570,83 @@ where
         )
         .with_hint("connect to the shard's server directly for replication"));
     }
+    // Checked before authentication, like PostgreSQL: a full proxy spends
+    // nothing on a client it cannot serve. The admin console is exempt so
+    // an operator can always get in.
+    let slot = if database == ADMIN_DATABASE {
+        None
+    } else {
+        match proxy.admit_session() {
+            Some(slot) => Some(slot),
+            None => {
+                proxy.metrics.reject(Rejection::MaxClients);
+                return Err(PgError::fatal(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already",
+                )
+                .with_detail(format!(
+                    "shardwire serves at most {} client connections (limits.max_client_connections)",
+                    config.limits.max_client_connections
+                ))
+                .with_hint("retry later, or use fewer connections (a connection pool in the application)"));
+            }
+        }
+    };
 
     let user = config.users.get(&user_name);
-    authenticate(proxy, &user_name, user, rd, wr).await?;
+    if let Err(e) = authenticate(proxy, &user_name, user, rd, wr).await {
+        proxy.metrics.reject(Rejection::AuthFailed);
+        return Err(e);
+    }
     let user = user.expect("authenticate fails for unknown users");
     protocol::authentication(out, Authentication::Ok);
 
     if database == ADMIN_DATABASE {
-        return Err(PgError::fatal(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "the admin console is not available in this version of shardwire",
-        ));
+        if !user.admin {
+            return Err(PgError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("user \"{}\" may not use the admin console", user.name),
+            )
+            .with_hint("set admin = true for this user in [[users]] of the config"));
+        }
+        let registration = proxy
+            .clients
+            .admit(
+                client.id,
+                &user.name,
+                ADMIN_DATABASE,
+                Some(client.peer),
+                client.tls,
+                None,
+                None,
+            )
+            .map_err(|_| PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "unreachable"))?;
+        crate::admin::console::greet(out);
+        return Ok(Login::Admin(registration));
     }
+    let slot = slot.expect("taken above for every database but the admin console");
+    let registration = proxy
+        .clients
+        .admit(
+            client.id,
+            &user.name,
+            &database,
+            Some(client.peer),
+            client.tls,
+            user.max_connections,
+            user.rate_limit,
+        )
+        .map_err(|limit| {
+            proxy.metrics.reject(Rejection::UserLimit);
+            PgError::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("too many connections for role \"{}\"", user.name),
+            )
+            .with_detail(format!(
+                "the user's max_connections in [[users]] is {}",
+                limit.limit
+            ))
+        })?;
     let db = config.databases.get(&database).ok_or_else(|| {
         PgError::fatal(
             sqlstate::INVALID_CATALOG_NAME,
@@ -403,22 +664,9 @@ where
     })?;
 
     let wanted_from_client = client_session_params(&params)?;
-    // One primary pool per shard; the default shard's greets the client.
-    // Without [[tables]] only the default shard is used: other shards'
-    // pools are not even created.
-    let routing = config.router.tables().next().is_some();
-    let pool = proxy
-        .backends
-        .primary_pool(&config, config.default_shard, db, user);
-    let pools: Vec<_> = (0..config.shards.len())
-        .map(|shard| {
-            if routing && shard != config.default_shard {
-                proxy.backends.primary_pool(&config, shard, db, user)
-            } else {
-                pool.clone()
-            }
-        })
-        .collect();
+    // The default shard's primary greets the client.
+    let pools = proxy.backends.session_pools(&config, db, user);
+    let pool = pools[config.default_shard].clone();
     let fatal = |e: CheckoutError| {
         let mut e = e.to_pg();
         e.severity = "FATAL";
@@ -475,8 +723,10 @@ where
     let cancel = proxy.cancels.register();
     protocol::backend_key_data(out, cancel.pid, cancel.secret);
     protocol::ready_for_query(out, b'I');
-    Ok(SessionSetup {
-        client_id,
+    let setup = SessionSetup {
+        proxy: proxy.clone(),
+        config: config.clone(),
+        registration,
         user: user.name.clone(),
         database: db.name.clone(),
         pools,
@@ -488,7 +738,8 @@ where
         cancel,
         shutdown: proxy.shutdown_requested(),
         server,
-    })
+    };
+    Ok(Login::Session(Box::new(setup), slot))
 }
 
 /// Session parameters from the startup packet (and its `options`), minus

@@ -59,6 +59,7 @@ pub mod be {
     pub const CLOSE_COMPLETE: u8 = b'3';
     pub const NO_DATA: u8 = b'n';
     pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const DATA_ROW: u8 = b'D';
     pub const PARAMETER_DESCRIPTION: u8 = b't';
     pub const COMMAND_COMPLETE: u8 = b'C';
     pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
@@ -250,6 +251,12 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 }
 
 /// An ErrorResponse with these fields (code, value).
@@ -314,6 +321,63 @@ pub fn authentication(out: &mut BytesMut, auth: Authentication) {
 /// A frame with an empty body (ParseComplete, BindComplete, CloseComplete...).
 pub fn empty_frame(tag: u8) -> Bytes {
     Bytes::copy_from_slice(&[tag, 0, 0, 0, 4])
+}
+
+/// CommandComplete with `tag` ("SELECT 3", "SET", ...).
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    let at = begin_frame(out, be::COMMAND_COMPLETE);
+    out.put_slice(tag.as_bytes());
+    out.put_u8(0);
+    finish_frame(out, at);
+}
+
+/// RowDescription of text columns.
+pub fn row_description_text(out: &mut BytesMut, names: &[&str]) {
+    let at = begin_frame(out, be::ROW_DESCRIPTION);
+    out.put_i16(names.len() as i16);
+    for name in names {
+        out.put_slice(name.as_bytes());
+        out.put_u8(0);
+        out.put_i32(0); // table oid
+        out.put_i16(0); // column number
+        out.put_i32(25); // type text
+        out.put_i16(-1);
+        out.put_i32(-1);
+        out.put_i16(0); // text format
+    }
+    finish_frame(out, at);
+}
+
+/// DataRow of text values (None is NULL).
+pub fn data_row_text(out: &mut BytesMut, values: &[Option<&str>]) {
+    let at = begin_frame(out, be::DATA_ROW);
+    out.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v.as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    finish_frame(out, at);
+}
+
+/// The values of a DataRow frame (None is NULL).
+pub fn data_row_values(frame: &[u8]) -> Result<Vec<Option<&[u8]>>, Malformed> {
+    let mut r = BodyReader::new(body(frame), "DataRow");
+    let n = r.i16()?;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let len = r.i32()?;
+        out.push(if len < 0 {
+            None
+        } else {
+            Some(r.bytes(len as usize)?)
+        });
+    }
+    Ok(out)
 }
 
 /// A simple Query frame.

@@ -11,6 +11,7 @@ pub mod hints;
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -324,6 +325,16 @@ pub struct Route {
     pub keys: Vec<String>,
     /// Why, in words (for `shardwire route` and logs).
     pub reason: String,
+    /// A routing hint chose the shard (`shard=` or `shard_key=`).
+    pub hinted: bool,
+}
+
+impl Route {
+    /// The shard was chosen for this statement (by its key or a hint), not
+    /// defaulted: what the metrics call a "single" route.
+    pub fn is_keyed(&self) -> bool {
+        self.hinted || !self.keys.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -340,6 +351,11 @@ pub struct SessionHints {
     /// `SET shardwire.shard_key = '42'`
     pub shard_key: Option<String>,
 }
+
+/// Parse cache lookups of every router of the process (a reload builds a
+/// new router; the counters must not go back to zero with it).
+pub static PARSE_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+pub static PARSE_CACHE_MISSES: AtomicU64 = AtomicU64::new(0);
 
 /// Every configured table and the parse cache.
 pub struct Router {
@@ -388,8 +404,10 @@ impl Router {
     /// The analysis of `sql`, from the cache when possible.
     pub fn analysis(&self, sql: &str) -> Arc<Analysis> {
         if let Some(a) = self.cache.lock().ok().and_then(|mut c| c.get(sql).cloned()) {
+            PARSE_CACHE_HITS.fetch_add(1, Ordering::Relaxed);
             return a;
         }
+        PARSE_CACHE_MISSES.fetch_add(1, Ordering::Relaxed);
         let a = Arc::new(analyze::analyze(sql, &self.tables));
         if let Ok(mut c) = self.cache.lock() {
             c.put(sql.to_string(), a.clone());
@@ -438,11 +456,10 @@ impl Router {
         let writes = analysis.statements.iter().any(|s| s.writes);
         if let Some(name) = shard_hint {
             let shard = self.shard_by_name(&name)?;
-            return Ok(self.simple_route(
-                vec![shard],
-                writes,
-                format!("routing hint shard={name}"),
-            ));
+            let mut route =
+                self.simple_route(vec![shard], writes, format!("routing hint shard={name}"));
+            route.hinted = true;
+            return Ok(route);
         }
 
         let mut combined: Option<Route> = None;
@@ -492,6 +509,7 @@ impl Router {
             strategy: None,
             keys: vec![],
             reason,
+            hinted: false,
         }
     }
 
@@ -690,6 +708,7 @@ impl Router {
         route.table = Some(table.name.clone());
         route.strategy = Some(table.strategy());
         route.reason = format!("routing hint shard_key={k}");
+        route.hinted = true;
         Ok(route)
     }
 }

@@ -27,18 +27,22 @@ mod scatter;
 pub mod statements;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::admin::clients::{Admission, ClientState, Registration};
+use crate::admin::metrics::{RouteKind, RouteStats};
 use crate::backend::conn::InternalError;
 use crate::backend::{Pool, PooledConn, ServerConn};
-use crate::config::PoolMode;
+use crate::config::{Config, PoolMode};
 use crate::frontend::cancel::CancelSlot;
+use crate::frontend::Proxy;
 use crate::protocol::reader::FrameError;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::router::{Route, Router, SessionHints};
@@ -67,6 +71,14 @@ const TRACKED_PARAMS: &[&str] = &[
 pub fn is_tracked(name: &str) -> bool {
     TRACKED_PARAMS.iter().any(|t| t.eq_ignore_ascii_case(name))
 }
+
+/// How long a server has to answer the cancel the proxy sent for a
+/// statement over `limits.statement_timeout` before the proxy gives up on
+/// the connection.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest SQL text written to the slow-statement log.
+const SLOW_LOG_SQL_MAX: usize = 2000;
 
 /// Gives each unnamed Parse an identity, so the proxy can tell whether a
 /// server's unnamed statement is still the one this client created.
@@ -117,6 +129,9 @@ enum Pending {
         expect: Expect,
         forward: bool,
         creates: Option<Creates>,
+        /// A client statement (Query or Execute): when it was sent, and its
+        /// SQL when the slow-statement log is on.
+        timing: Option<Timing>,
     },
     /// A response the proxy makes itself, emitted when it reaches the head.
     Synthetic(u8),
@@ -130,6 +145,24 @@ enum Pending {
     Abort,
 }
 
+/// When a client statement was sent, for its latency metric and the slow log.
+#[derive(Debug)]
+struct Timing {
+    started: Instant,
+    sql: Option<Arc<str>>,
+}
+
+/// What the session's deadline timer is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// `limits.statement_timeout` of the oldest running statement.
+    Statement,
+    /// The server did not answer the proxy's cancel within CANCEL_GRACE.
+    CancelIgnored,
+    /// `limits.idle_in_transaction_timeout`.
+    IdleInTransaction,
+}
+
 /// Why a session ended (for the log).
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -138,11 +171,17 @@ pub enum SessionEnd {
     ServerLost(String),
     ProtocolViolation(String),
     Shutdown,
+    IdleInTransactionTimeout,
 }
 
 /// Everything a session needs from the proxy, fixed at login.
 pub struct SessionSetup {
-    pub client_id: u64,
+    pub proxy: Arc<Proxy>,
+    /// The config the login used; the session moves to newer ones between
+    /// transactions.
+    pub config: Arc<Config>,
+    /// The client's entry in the registry (SHOW CLIENTS, user limits).
+    pub registration: Registration,
     pub user: String,
     pub database: String,
     /// The primary pool of each shard, by shard index.
@@ -161,6 +200,31 @@ pub struct SessionSetup {
 }
 
 pub struct Session<R, W> {
+    proxy: Arc<Proxy>,
+    config: Arc<Config>,
+    /// The proxy's config generation `config` belongs to.
+    config_generation: u64,
+    client: Registration,
+    paused: watch::Receiver<bool>,
+    /// How statements on the held server were routed (for metrics).
+    route_kind: RouteKind,
+    /// Metric series by shard index and route kind, filled on first use.
+    route_stats: Vec<[Option<Arc<RouteStats>>; RouteKind::ALL.len()]>,
+    /// An ErrorResponse ended the client statement at the head of `pending`.
+    request_failed: bool,
+    /// SQL of the statement of the last Bind (the slow log of Executes).
+    bound_sql: Option<Arc<str>>,
+    /// Fires at the next deadline (statement or idle-in-transaction
+    /// timeout); armed only when one applies.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
+    /// When the proxy cancelled the running statement (statement timeout).
+    cancelled_at: Option<Instant>,
+    /// The held server must not return to the pool: a cancel the proxy sent
+    /// might still reach whatever it runs next.
+    discard_server: bool,
+    /// Last time the client sent something (idle-in-transaction timeout).
+    last_client_input: Instant,
     setup_user: String,
     setup_database: String,
     client_id: u64,
@@ -231,10 +295,25 @@ where
     pub fn new(setup: SessionSetup, client_rd: FrameReader<R>, client_wr: W) -> Self {
         let server = setup.server;
         let routing = setup.router.tables().next().is_some();
+        let shards = setup.pools.len();
         let mut s = Session {
+            config_generation: setup.proxy.config_generation(),
+            paused: setup.proxy.paused(),
+            proxy: setup.proxy,
+            config: setup.config,
+            client_id: setup.registration.info.id,
+            client: setup.registration,
+            route_kind: RouteKind::Default,
+            route_stats: vec![Default::default(); shards],
+            request_failed: false,
+            bound_sql: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
+            cancelled_at: None,
+            discard_server: false,
+            last_client_input: Instant::now(),
             setup_user: setup.user,
             setup_database: setup.database,
-            client_id: setup.client_id,
             routing,
             pools: setup.pools,
             server_shard: setup.default_shard,
@@ -290,11 +369,13 @@ where
             // Only a server with nothing in flight goes back to the pool; in
             // session pooling, only after the session's state is discarded.
             if self.is_idle()
+                && !self.discard_server
                 && (self.pool_mode == PoolMode::Transaction || discard_session(&mut conn).await)
             {
                 conn.release();
             }
         }
+        self.client.info.set_state(ClientState::Idle);
         end
     }
 
@@ -343,6 +424,7 @@ where
             ServerRead(Result<usize, FrameError>),
             ClientRead(Result<usize, FrameError>),
             Shutdown,
+            Deadline,
         }
         let read_server = self.client_out.len() < HIGH_WATER;
         let read_client = self.server_out.len() < HIGH_WATER;
@@ -350,6 +432,14 @@ where
         let write_client = !self.client_out.is_empty();
         let flush_client = self.client_unflushed && !write_client;
         let watch_shutdown = !self.shutting_down;
+        let deadline = self.next_deadline();
+        let at = deadline.map(|(at, _)| at);
+        if at != self.timer_at {
+            if let Some(at) = at {
+                self.timer.as_mut().reset(at.into());
+            }
+            self.timer_at = at;
+        }
         let event = {
             let (srv_rd, srv_wr) = match self.server.as_deref_mut() {
                 Some(s) => (Some(&mut s.reader), Some(&mut s.writer)),
@@ -383,6 +473,7 @@ where
                     if read_server && has_server => Event::ServerRead(r),
                 r = self.client_rd.fill(), if read_client => Event::ClientRead(r),
                 _ = self.shutdown.changed(), if watch_shutdown => Event::Shutdown,
+                _ = &mut self.timer, if deadline.is_some() => Event::Deadline,
             }
         };
         match event {
@@ -404,7 +495,11 @@ where
                 };
                 return Err(self.server_lost(cause));
             }
-            Event::ClientRead(Ok(_)) => {}
+            Event::ClientRead(Ok(_)) => {
+                if !self.config.limits.idle_in_transaction_timeout.is_zero() {
+                    self.last_client_input = Instant::now();
+                }
+            }
             Event::ClientRead(Err(FrameError::Closed)) => {
                 return Err(SessionEnd::ClientGone(
                     "client closed the connection".into(),
@@ -412,8 +507,86 @@ where
             }
             Event::ClientRead(Err(e)) => return Err(self.client_protocol_error(e.to_string())),
             Event::Shutdown => self.shutting_down = true,
+            Event::Deadline => {
+                self.timer_at = None;
+                if let Some((_, what)) = deadline {
+                    self.on_deadline(what).await?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The next timeout that applies now, if any.
+    fn next_deadline(&self) -> Option<(Instant, Deadline)> {
+        if let Some(at) = self.cancelled_at {
+            return Some((at + CANCEL_GRACE, Deadline::CancelIgnored));
+        }
+        let limits = &self.config.limits;
+        if !limits.statement_timeout.is_zero() {
+            let running = self.pending.iter().find_map(|p| match p {
+                Pending::Request {
+                    timing: Some(t), ..
+                } => Some(t.started),
+                _ => None,
+            });
+            if let Some(started) = running {
+                return Some((started + limits.statement_timeout, Deadline::Statement));
+            }
+        }
+        let in_transaction = self.tx_status != b'I' || self.multi.is_some();
+        if !limits.idle_in_transaction_timeout.is_zero()
+            && in_transaction
+            && self.pending.is_empty()
+            && (self.server.is_some() || self.multi.is_some())
+        {
+            return Some((
+                self.last_client_input + limits.idle_in_transaction_timeout,
+                Deadline::IdleInTransaction,
+            ));
+        }
+        None
+    }
+
+    async fn on_deadline(&mut self, what: Deadline) -> Result<(), SessionEnd> {
+        match what {
+            Deadline::Statement => {
+                self.proxy
+                    .metrics
+                    .statement_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    timeout = ?self.config.limits.statement_timeout,
+                    "statement timeout: cancelling the statement"
+                );
+                self.cancelled_at = Some(Instant::now());
+                self.discard_server = true;
+                self.cancel
+                    .cancel_running(self.config.pool.connect_timeout)
+                    .await;
+                Ok(())
+            }
+            Deadline::CancelIgnored => Err(self.server_lost(format!(
+                "the server did not answer the cancel of a statement over limits.statement_timeout within {CANCEL_GRACE:?}"
+            ))),
+            Deadline::IdleInTransaction => {
+                self.proxy
+                    .metrics
+                    .idle_in_transaction_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                let e = PgError::fatal(
+                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                    "terminating connection due to idle-in-transaction timeout",
+                )
+                .with_detail(format!(
+                    "the session was idle in a transaction for longer than limits.idle_in_transaction_timeout ({:?}); the transaction was rolled back",
+                    self.config.limits.idle_in_transaction_timeout
+                ));
+                self.proxy.metrics.error(e.code);
+                e.encode(&mut self.client_out);
+                Err(SessionEnd::IdleInTransactionTimeout)
+            }
+        }
     }
 
     fn server_lost(&mut self, cause: String) -> SessionEnd {
@@ -475,7 +648,7 @@ where
                 if matches!(self.pending.front(), Some(Pending::Abort)) {
                     self.pending.pop_front();
                 } else {
-                    self.client_out.extend_from_slice(&frame);
+                    self.forward_error(&frame);
                 }
                 self.on_server_error();
                 return;
@@ -496,7 +669,12 @@ where
         };
         match head {
             Some((expect, forward)) if expect.ended_by(tag) => {
-                self.pending.pop_front();
+                if let Some(Pending::Request {
+                    timing: Some(t), ..
+                }) = self.pending.pop_front()
+                {
+                    self.statement_done(t);
+                }
                 if tag == be::READY_FOR_QUERY {
                     self.tx_status = protocol::body(&frame).first().copied().unwrap_or(b'I');
                 }
@@ -535,6 +713,164 @@ where
         }
     }
 
+    /// Forward a server's ErrorResponse, counting it, and say "statement
+    /// timeout" where the server says "cancelled" because the proxy
+    /// cancelled the statement for running too long.
+    fn forward_error(&mut self, frame: &[u8]) {
+        let fields = protocol::error_fields(protocol::body(frame));
+        let code = fields
+            .iter()
+            .find(|(k, _)| *k == b'C')
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("XX000");
+        self.request_failed = true;
+        if self.cancelled_at.take().is_some() && code == sqlstate::QUERY_CANCELED {
+            let e = PgError::error(
+                sqlstate::QUERY_CANCELED,
+                "canceling statement due to statement timeout",
+            )
+            .with_detail(format!(
+                "shardwire cancelled it after limits.statement_timeout ({:?})",
+                self.config.limits.statement_timeout
+            ));
+            self.proxy.metrics.error(e.code);
+            e.encode(&mut self.client_out);
+            return;
+        }
+        self.proxy.metrics.error(code);
+        self.client_out.extend_from_slice(frame);
+    }
+
+    /// A statement of a multi-shard transaction, counted on the shards the
+    /// transaction holds afterwards.
+    async fn timed_multi_query(&mut self, frame: &[u8], sql: &str) -> Result<(), SessionEnd> {
+        let timing = self.timing_for(frame, true);
+        let held = |s: &Self| -> Vec<usize> {
+            s.multi
+                .as_ref()
+                .map(|m| {
+                    (0..m.conns.len())
+                        .filter(|&i| m.conns[i].is_some())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let before = held(self);
+        let result = self.multi_query(sql).await;
+        if let Some(t) = timing {
+            let mut shards = held(self);
+            if shards.is_empty() {
+                shards = before; // COMMIT or ROLLBACK released them
+            }
+            if shards.is_empty() {
+                shards.push(self.default_shard);
+            }
+            let failed = std::mem::take(&mut self.request_failed);
+            self.record_statement(&shards, RouteKind::MultiTx, t, failed);
+        }
+        result
+    }
+
+    /// Count the ErrorResponses in an answer the proxy built itself.
+    fn note_errors(&mut self, frames: &[u8]) {
+        let mut at = 0;
+        while at + 5 <= frames.len() {
+            let len = i32::from_be_bytes([
+                frames[at + 1],
+                frames[at + 2],
+                frames[at + 3],
+                frames[at + 4],
+            ])
+            .max(4) as usize;
+            let end = (at + 1 + len).min(frames.len());
+            if frames[at] == be::ERROR_RESPONSE {
+                let fields = protocol::error_fields(&frames[at + 5..end]);
+                if let Some((_, code)) = fields.iter().find(|(k, _)| *k == b'C') {
+                    self.proxy.metrics.error(code);
+                }
+                self.request_failed = true;
+            }
+            at = end;
+        }
+    }
+
+    /// A client statement finished (its completion, or its error and the
+    /// end of its batch): metrics and the slow log.
+    fn statement_done(&mut self, t: Timing) {
+        let failed = std::mem::take(&mut self.request_failed);
+        self.cancelled_at = None;
+        let (shard, kind) = (self.server_shard, self.route_kind);
+        self.record_statement(&[shard], kind, t, failed);
+    }
+
+    /// Count a statement on `shards` and log it if slow.
+    fn record_statement(&mut self, shards: &[usize], kind: RouteKind, t: Timing, failed: bool) {
+        let took = t.started.elapsed();
+        for &shard in shards {
+            let stats = self.route_stats_of(shard, kind);
+            stats.queries.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.latency.observe(took);
+        }
+        let slow = self.config.log.slow_statement;
+        if !slow.is_zero() && took >= slow {
+            let shards: Vec<&str> = shards.iter().map(|&s| self.shard_name(s)).collect();
+            let sql = t.sql.as_deref().unwrap_or("");
+            let sql = match sql.char_indices().nth(SLOW_LOG_SQL_MAX) {
+                Some((cut, _)) => &sql[..cut],
+                None => sql,
+            };
+            tracing::warn!(
+                target: "shardwire::slow",
+                duration_ms = took.as_secs_f64() * 1000.0,
+                shards = %shards.join(","),
+                kind = kind.name(),
+                failed,
+                user = %self.setup_user,
+                sql,
+                "slow statement"
+            );
+        }
+    }
+
+    fn route_stats_of(&mut self, shard: usize, kind: RouteKind) -> Arc<RouteStats> {
+        if shard >= self.route_stats.len() {
+            self.route_stats.resize(shard + 1, Default::default());
+        }
+        if let Some(s) = &self.route_stats[shard][kind.index()] {
+            return s.clone();
+        }
+        let name = self.shard_name(shard).to_string();
+        let s = self.proxy.metrics.route(&name, kind);
+        self.route_stats[shard][kind.index()] = Some(s.clone());
+        s
+    }
+
+    /// The timing of a client statement about to be sent, if `frame` is one.
+    fn timing_for(&self, frame: &[u8], forward: bool) -> Option<Timing> {
+        if !forward {
+            return None;
+        }
+        let sql = match frame[0] {
+            fe::QUERY => {
+                if self.config.log.slow_statement.is_zero() {
+                    None
+                } else {
+                    let body = protocol::body(frame);
+                    Some(String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into())
+                }
+            }
+            fe::EXECUTE => self.bound_sql.clone(),
+            _ => return None,
+        };
+        Some(Timing {
+            started: Instant::now(),
+            sql,
+        })
+    }
+
     /// An ErrorResponse (already forwarded). In the extended protocol the
     /// server now discards everything up to Sync, so the responses we were
     /// waiting for up to there will never come.
@@ -560,13 +896,19 @@ where
                 Some(_) => skipped_any = true,
             }
             if let Some(Pending::Request {
-                creates: Some(c), ..
+                creates, timing, ..
             }) = self.pending.pop_front()
             {
-                if let Some(s) = self.server.as_deref_mut() {
+                if let (Some(c), Some(s)) = (creates, self.server.as_deref_mut()) {
                     match c {
                         Creates::Named(n) => s.prepared.remove(&n),
                         Creates::Unnamed => s.unnamed = None,
+                    }
+                }
+                // The statement that failed; the ones behind it never ran.
+                if let Some(t) = timing {
+                    if self.request_failed {
+                        self.statement_done(t);
                     }
                 }
             }
@@ -654,6 +996,15 @@ where
             }
             return Ok(());
         }
+        if tag == fe::QUERY || tag == fe::EXECUTE {
+            self.client.info.queries.fetch_add(1, Ordering::Relaxed);
+            if !self.take_rate_token(tag == fe::QUERY).await {
+                return Ok(());
+            }
+        }
+        if self.server.is_none() && self.multi.is_none() && self.held.is_empty() {
+            self.follow_config();
+        }
         if self.multi.is_some()
             && matches!(
                 tag,
@@ -739,6 +1090,75 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Wait for (or be refused) a token of the user's query rate limit.
+    /// Returns false when the statement was refused (the client has its
+    /// error).
+    async fn take_rate_token(&mut self, simple: bool) -> bool {
+        let Some(bucket) = self.client.bucket.clone() else {
+            return true;
+        };
+        match bucket.admit(self.config.limits.rate_limit_max_wait) {
+            Admission::Now => true,
+            Admission::After(wait) => {
+                self.proxy
+                    .metrics
+                    .rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                self.flush_client_now().await;
+                let before = self.client.info.state();
+                self.client.info.set_state(ClientState::Throttled);
+                tokio::time::sleep(wait).await;
+                self.client.info.set_state(before);
+                true
+            }
+            Admission::Refused { per_second } => {
+                self.proxy
+                    .metrics
+                    .rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                let e = PgError::error(
+                    sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                    format!(
+                        "query rate limit exceeded for user \"{}\" ({per_second} statements per second)",
+                        self.setup_user
+                    ),
+                )
+                .with_hint("slow down and retry; the limit is rate_limit in the user's [[users]] entry");
+                self.refuse(e, simple);
+                false
+            }
+        }
+    }
+
+    /// Move to the newest config, if a reload happened. Called only
+    /// between transactions (no server held), so a transaction always runs
+    /// on one topology. A session whose user or database the reload
+    /// removed keeps its config until it ends.
+    fn follow_config(&mut self) {
+        let generation = self.proxy.config_generation();
+        if generation == self.config_generation {
+            return;
+        }
+        self.config_generation = generation;
+        let config = self.proxy.config();
+        let (Some(db), Some(user)) = (
+            config.databases.get(&self.setup_database),
+            config.users.get(&self.setup_user),
+        ) else {
+            tracing::warn!(user = %self.setup_user, database = %self.setup_database,
+                "the reloaded config no longer has this session's user or database; the session keeps the old config");
+            return;
+        };
+        self.pools = self.proxy.backends.session_pools(&config, db, user);
+        self.router = config.router.clone();
+        self.routing = self.router.tables().next().is_some();
+        self.default_shard = config.default_shard;
+        self.server_shard = config.default_shard;
+        self.max_prepared_per_server = config.pool.max_prepared_statements as usize;
+        self.route_stats = vec![Default::default(); self.pools.len()];
+        self.config = config;
     }
 
     /// An extended-protocol message for the held (or default) server.
@@ -858,6 +1278,13 @@ where
             Ok(x) => x,
             Err(e) => return Err(self.client_protocol_error(e.to_string())),
         };
+        if !self.config.log.slow_statement.is_zero() {
+            self.bound_sql = if stmt.is_empty() {
+                self.unnamed_sql.clone()
+            } else {
+                self.statements.get(stmt).map(|s| s.sql.clone())
+            };
+        }
         if !self.ensure_server(false).await {
             return Ok(());
         }
@@ -936,10 +1363,12 @@ where
     /// Queue a frame for the server and remember what it owes us.
     fn send(&mut self, frame: &[u8], expect: Expect, forward: bool, creates: Option<Creates>) {
         self.server_out.extend_from_slice(frame);
+        let timing = self.timing_for(frame, forward);
         self.pending.push_back(Pending::Request {
             expect,
             forward,
             creates,
+            timing,
         });
         if self.server_out.len() >= HIGH_WATER {
             self.flush_point();
@@ -1007,6 +1436,7 @@ where
             Ok(conn) => {
                 self.attach(conn);
                 self.server_shard = shard;
+                self.client.info.set_shard(Some(shard));
                 true
             }
             Err(err) => {
@@ -1034,12 +1464,53 @@ where
 
     /// A server of `shard` from its pool, with the client's parameters.
     async fn checkout_synced(&mut self, shard: usize) -> Result<PooledConn, PgError> {
-        match self.pools[shard].checkout().await {
+        let starts_transaction = self.server.is_none()
+            && self
+                .multi
+                .as_ref()
+                .is_none_or(|m| m.conns.iter().all(Option::is_none));
+        if starts_transaction {
+            self.wait_while_paused().await?;
+        }
+        self.client.info.set_state(ClientState::Waiting);
+        let result = match self.pools[shard].checkout().await {
             Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
                 Ok(()) => Ok(conn),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e.to_pg()),
+        };
+        self.client.info.set_state(match result {
+            Ok(_) => ClientState::Active,
+            Err(_) if self.server.is_some() || self.multi.is_some() => ClientState::Active,
+            Err(_) => ClientState::Idle,
+        });
+        result
+    }
+
+    /// PAUSE holds new transactions until RESUME, up to
+    /// `limits.pause_timeout`.
+    async fn wait_while_paused(&mut self) -> Result<(), PgError> {
+        if !*self.paused.borrow() {
+            return Ok(());
+        }
+        self.client.info.set_state(ClientState::Waiting);
+        let limit = self.config.limits.pause_timeout;
+        let resumed = tokio::time::timeout(limit, self.paused.wait_for(|p| !*p)).await;
+        self.client.info.set_state(ClientState::Idle);
+        match resumed {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                self.proxy
+                    .metrics
+                    .pause_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(PgError::error(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!("shardwire is paused; no new transaction could start within {limit:?}"),
+                )
+                .with_hint("an operator ran PAUSE in the admin console; retry after RESUME"))
+            }
         }
     }
 
@@ -1047,6 +1518,7 @@ where
     /// ReadyForQuery for a simple query, or skip the rest of the extended
     /// batch up to Sync.
     fn refuse(&mut self, err: PgError, simple: bool) {
+        self.proxy.metrics.error(err.code);
         let mut buf = BytesMut::new();
         err.encode(&mut buf);
         self.pending
@@ -1143,12 +1615,12 @@ where
             return Ok(());
         }
         if self.multi.is_some() {
-            return self.multi_query(&sql).await;
+            return self.timed_multi_query(&frame, &sql).await;
         }
         let analysis = self.router.analysis(&sql);
         let synthetic = |s: &mut Self, tag: &str| {
             let mut buf = BytesMut::new();
-            command_complete(&mut buf, tag);
+            protocol::command_complete(&mut buf, tag);
             s.pending.push_back(Pending::SyntheticFrame(buf.freeze()));
             s.pending.push_back(Pending::SyntheticReady);
             s.emit_synthetic();
@@ -1184,12 +1656,24 @@ where
                 return Ok(());
             }
         };
-        if route.shards.len() > 1 && self.try_multi_shard(&sql, &route, &analysis).await? {
-            return Ok(());
+        if route.shards.len() > 1 {
+            let timing = self.timing_for(&frame, true);
+            let kind = if route.all_shards {
+                RouteKind::Broadcast
+            } else {
+                RouteKind::Scatter
+            };
+            if self.try_multi_shard(&sql, &route, &analysis).await? {
+                if let Some(t) = timing {
+                    let failed = std::mem::take(&mut self.request_failed);
+                    self.record_statement(&route.shards, kind, t, failed);
+                }
+                return Ok(());
+            }
         }
         if self.wants_multi_tx(&route) {
             self.enter_multi_tx();
-            return self.multi_query(&sql).await;
+            return self.timed_multi_query(&frame, &sql).await;
         }
         let shard = match self.single_shard(&route) {
             Ok(s) => s,
@@ -1199,6 +1683,7 @@ where
             }
         };
         if self.ensure_shard(shard, true, true).await {
+            self.route_kind = route_kind(&route);
             self.send_query(frame);
         }
         Ok(())
@@ -1217,7 +1702,7 @@ where
             };
             match sql {
                 // An unknown statement: the server reports it.
-                None => Some(Ok(self.server_shard_or_default())),
+                None => Some(Ok((self.server_shard_or_default(), self.route_kind))),
                 Some(sql) => {
                     if routing::is_neutral(&self.router.analysis(&sql)) {
                         None
@@ -1225,7 +1710,7 @@ where
                         Some(
                             self.router
                                 .route(&sql, &params, &self.hints)
-                                .and_then(|r| self.single_shard(&r)),
+                                .and_then(|r| Ok((self.single_shard(&r)?, route_kind(&r)))),
                         )
                     }
                 }
@@ -1236,8 +1721,9 @@ where
             None if self.server.is_none() => self.held.push(frame),
             None => self.on_bind(frame).await?,
             Some(Err(e)) => self.refuse(e, false),
-            Some(Ok(shard)) => {
+            Some(Ok((shard, kind))) => {
                 if self.ensure_shard(shard, false, true).await {
+                    self.route_kind = kind;
                     self.replay_held().await?;
                     self.on_bind(frame).await?;
                 }
@@ -1259,6 +1745,7 @@ where
     /// else to the default shard (describing is the same everywhere).
     async fn route_held_batch(&mut self) -> Result<(), SessionEnd> {
         let mut shard = None;
+        let mut kind = RouteKind::Default;
         let mut has_bind = false;
         for f in &self.held {
             match f[0] {
@@ -1269,13 +1756,17 @@ where
                     };
                     let sql = statements::parse_sql(rest);
                     if !routing::is_neutral(&self.router.analysis(&sql)) {
-                        shard = Some(
-                            self.router
-                                .route(&sql, &[], &self.hints)
-                                .ok()
-                                .and_then(|r| self.single_shard(&r).ok())
-                                .unwrap_or(self.default_shard),
-                        );
+                        let routed = self
+                            .router
+                            .route(&sql, &[], &self.hints)
+                            .ok()
+                            .and_then(|r| {
+                                let one = self.single_shard(&r).ok()?;
+                                Some((one, route_kind(&r)))
+                            });
+                        let (one, k) = routed.unwrap_or((self.default_shard, RouteKind::Default));
+                        shard = Some(one);
+                        kind = k;
                     }
                 }
                 _ => {}
@@ -1285,6 +1776,7 @@ where
         // Only transaction control executes in such a batch: it starts the
         // deferred transaction. A Parse/Describe does not.
         if self.ensure_shard(shard, false, has_bind).await {
+            self.route_kind = kind;
             self.replay_held().await?;
         }
         Ok(())
@@ -1304,9 +1796,9 @@ where
                     HintVar::ShardKey => self.hints.shard_key.clone(),
                 }
                 .unwrap_or_default();
-                row_description_text(&mut buf, var.name());
-                data_row_text(&mut buf, &value);
-                command_complete(&mut buf, "SHOW");
+                protocol::row_description_text(&mut buf, &[var.name()]);
+                protocol::data_row_text(&mut buf, &[Some(value.as_str())]);
+                protocol::command_complete(&mut buf, "SHOW");
             }
             Ok(ProxyCommand::Set { var, value, reset }) => {
                 if let (HintVar::Shard, Some(v)) = (var, &value) {
@@ -1324,7 +1816,7 @@ where
                     HintVar::Shard => self.hints.shard = value,
                     HintVar::ShardKey => self.hints.shard_key = value,
                 }
-                command_complete(&mut buf, if reset { "RESET" } else { "SET" });
+                protocol::command_complete(&mut buf, if reset { "RESET" } else { "SET" });
             }
         }
         self.pending
@@ -1353,7 +1845,15 @@ where
 
     fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
-        conn.release();
+        self.client.info.set_shard(None);
+        if self.multi.is_none() {
+            self.client.info.set_state(ClientState::Idle);
+        }
+        if std::mem::take(&mut self.discard_server) {
+            drop(conn); // closes it
+        } else {
+            conn.release();
+        }
     }
 }
 
@@ -1437,36 +1937,13 @@ async fn discard_session(conn: &mut ServerConn) -> bool {
     }
 }
 
-fn command_complete(out: &mut BytesMut, tag: &str) {
-    let at = protocol::begin_frame(out, be::COMMAND_COMPLETE);
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(b"\0");
-    protocol::finish_frame(out, at);
-}
-
-/// RowDescription of one text column.
-fn row_description_text(out: &mut BytesMut, name: &str) {
-    use bytes::BufMut;
-    let at = protocol::begin_frame(out, be::ROW_DESCRIPTION);
-    out.put_i16(1);
-    out.put_slice(name.as_bytes());
-    out.put_u8(0);
-    out.put_i32(0); // table oid
-    out.put_i16(0); // column
-    out.put_i32(25); // text
-    out.put_i16(-1);
-    out.put_i32(-1);
-    out.put_i16(0); // text format
-    protocol::finish_frame(out, at);
-}
-
-fn data_row_text(out: &mut BytesMut, value: &str) {
-    use bytes::BufMut;
-    let at = protocol::begin_frame(out, b'D');
-    out.put_i16(1);
-    out.put_i32(value.len() as i32);
-    out.put_slice(value.as_bytes());
-    protocol::finish_frame(out, at);
+/// The metrics' name for how a single-shard route chose its shard.
+fn route_kind(r: &Route) -> RouteKind {
+    if r.is_keyed() {
+        RouteKind::Single
+    } else {
+        RouteKind::Default
+    }
 }
 
 fn conn_timeout() -> Duration {

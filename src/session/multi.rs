@@ -236,7 +236,7 @@ where
             Some(f) => self.answer(f),
             None => {
                 let mut out = BytesMut::new();
-                command_complete(&mut out, &format!("COPY {total}"));
+                crate::protocol::command_complete(&mut out, &format!("COPY {total}"));
                 self.answer(out);
             }
         }
@@ -505,6 +505,7 @@ where
 
     /// Frames for the client, then ReadyForQuery.
     pub(super) fn answer(&mut self, frames: BytesMut) {
+        self.note_errors(&frames);
         if !frames.is_empty() {
             self.pending
                 .push_back(Pending::SyntheticFrame(frames.freeze()));
@@ -895,7 +896,7 @@ pub(super) async fn begin_all(
 /// first shard's notices, and the rows counted over all shards.
 pub(super) fn insert_answer(results: &[Collected]) -> BytesMut {
     let (mut out, _, inserted) = super::scatter::concat_rows(results);
-    command_complete(&mut out, &format!("INSERT 0 {inserted}"));
+    crate::protocol::command_complete(&mut out, &format!("INSERT 0 {inserted}"));
     out
 }
 
@@ -968,7 +969,7 @@ mod tests {
     #[test]
     fn counts_and_transaction_needs() {
         let mut f = BytesMut::new();
-        command_complete(&mut f, "INSERT 0 42");
+        crate::protocol::command_complete(&mut f, "INSERT 0 42");
         assert_eq!(tag_count(&f), 42);
         let tables = Default::default();
         let a = |s: &str| crate::router::analyze::analyze(s, &tables);

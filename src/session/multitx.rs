@@ -23,7 +23,7 @@ use crate::router::Kind;
 /// The connections of a transaction over several shards.
 pub(super) struct MultiTx {
     /// By shard index.
-    conns: Vec<Option<PooledConn>>,
+    pub(super) conns: Vec<Option<PooledConn>>,
     /// The client's BEGIN, sent to each shard at its first use.
     begin: String,
     /// A statement failed: everything but ROLLBACK/COMMIT is refused.
@@ -105,7 +105,7 @@ where
         match routing::tx_control(sql, &analysis) {
             Some(TxControl::Begin) => {
                 let mut out = BytesMut::new();
-                command_complete(&mut out, "BEGIN");
+                crate::protocol::command_complete(&mut out, "BEGIN");
                 self.answer(out);
                 return Ok(());
             }
@@ -308,7 +308,7 @@ where
             }
         } else {
             // SET with no shard held yet: nothing ran.
-            command_complete(&mut out, "SET");
+            crate::protocol::command_complete(&mut out, "SET");
         }
         self.answer(out);
     }
@@ -379,7 +379,7 @@ where
         match result {
             Ok(total) => {
                 let mut out = BytesMut::new();
-                command_complete(&mut out, &format!("COPY {total}"));
+                crate::protocol::command_complete(&mut out, &format!("COPY {total}"));
                 self.answer(out);
             }
             Err(f) => self.multi_failed_with(f),
@@ -417,7 +417,10 @@ where
             Some(f) if commit => self.answer(f),
             _ => {
                 let mut out = BytesMut::new();
-                command_complete(&mut out, if commit { "COMMIT" } else { "ROLLBACK" });
+                crate::protocol::command_complete(
+                    &mut out,
+                    if commit { "COMMIT" } else { "ROLLBACK" },
+                );
                 self.answer(out);
             }
         }

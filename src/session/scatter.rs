@@ -32,7 +32,7 @@ pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<Byte
 
 fn concat(results: &[Collected]) -> BytesMut {
     let (mut out, rows, _) = concat_rows(results);
-    super::command_complete(&mut out, &format!("SELECT {rows}"));
+    crate::protocol::command_complete(&mut out, &format!("SELECT {rows}"));
     out
 }
 
@@ -184,7 +184,7 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
     out.put_u8(b'D');
     out.put_i32(row.len() as i32 + 4);
     out.extend_from_slice(&row);
-    super::command_complete(&mut out, "SELECT 1");
+    crate::protocol::command_complete(&mut out, "SELECT 1");
     Ok(out)
 }
 

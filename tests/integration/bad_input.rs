@@ -40,14 +40,15 @@ fn wrong_password_unknown_user_and_unknown_database() {
         assert_eq!(sqlstate(&e), "3D000", "{e}");
         assert!(db_message(&e).contains("nosuchdb"), "{e}");
 
-        // The admin console's database is reserved (and not served yet).
+        // The admin console is for admin users only.
         let mut c = proxy.pg_config("app", "app");
         c.dbname("shardwire");
         let e = try_connect(&c)
             .await
             .map(drop)
-            .expect_err("admin console accepted");
-        assert_eq!(sqlstate(&e), "0A000", "{e}");
+            .expect_err("admin console accepted a non-admin user");
+        assert_eq!(sqlstate(&e), "42501", "{e}");
+        assert!(db_message(&e).contains("admin console"), "{e}");
 
         // A session parameter the server rejects fails the login, like PostgreSQL.
         let mut c = proxy.pg_config("app", "app");

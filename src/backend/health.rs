@@ -1,0 +1,311 @@
+//! Health checks: one task per configured server logs in on its own
+//! connection (not a pooled one, so checks never compete with clients) and
+//! asks, every `health.interval`, whether the server is in recovery and
+//! where its WAL is (the current position on a primary, the replayed one on
+//! a replica). `/readyz`, `SHOW SHARDS` and the metrics read the results;
+//! replica lag in bytes is the primary's position minus the replica's.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::conn::{ServerConn, ServerTarget};
+use crate::config::{Config, Role};
+use crate::protocol;
+
+const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+
+/// Up or down, as the last check found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Not checked yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl ServerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Unknown => "unknown",
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+        }
+    }
+}
+
+/// What the checks know of one server.
+pub struct ServerHealth {
+    pub target: Arc<ServerTarget>,
+    state: AtomicU8,
+    /// 0 unknown, 1 primary, 2 in recovery.
+    recovery: AtomicU8,
+    /// WAL position (bytes); 0 when unknown.
+    lsn: AtomicU64,
+    pub checks: AtomicU64,
+    pub failures: AtomicU64,
+    /// Times the server went from up (or unknown) to down.
+    pub went_down: AtomicU64,
+    /// Duration of the last successful check, in microseconds.
+    pub last_check_micros: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Set when a reload removed the server; its task ends.
+    retired: AtomicBool,
+}
+
+impl ServerHealth {
+    fn new(target: ServerTarget) -> Self {
+        ServerHealth {
+            target: Arc::new(target),
+            state: AtomicU8::new(0),
+            recovery: AtomicU8::new(0),
+            lsn: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            went_down: AtomicU64::new(0),
+            last_check_micros: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    pub fn state(&self) -> ServerState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ServerState::Up,
+            2 => ServerState::Down,
+            _ => ServerState::Unknown,
+        }
+    }
+
+    /// Whether the server said it is in recovery (a replica); None before
+    /// the first successful check.
+    pub fn in_recovery(&self) -> Option<bool> {
+        match self.recovery.load(Ordering::Relaxed) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn lsn(&self) -> Option<u64> {
+        match self.lsn.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn record_up(&self, in_recovery: bool, lsn: Option<u64>, took: Duration) {
+        self.recovery
+            .store(if in_recovery { 2 } else { 1 }, Ordering::Relaxed);
+        self.lsn.store(lsn.unwrap_or(0), Ordering::Relaxed);
+        self.last_check_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.state.store(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
+    fn record_down(&self, error: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if self.state.swap(2, Ordering::Relaxed) != 2 {
+            self.went_down.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(server = %self.target.describe(), %error, "server is down");
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error);
+        }
+    }
+}
+
+/// The health of every configured server.
+#[derive(Default)]
+pub struct HealthMonitor {
+    servers: RwLock<Vec<Arc<ServerHealth>>>,
+}
+
+impl HealthMonitor {
+    /// Start checking the servers of `config`; after a reload, keep the
+    /// checks of unchanged servers and stop those of removed ones.
+    pub fn apply(&self, config: &Config) {
+        let wanted: Vec<ServerTarget> = match &config.health.login {
+            None => Vec::new(),
+            Some((database, user)) => {
+                let db = &config.databases[database];
+                let user = &config.users[user];
+                config
+                    .shards
+                    .iter()
+                    .flat_map(|shard| {
+                        shard.servers.iter().map(|s| ServerTarget {
+                            shard: shard.name.clone(),
+                            host: s.host.clone(),
+                            port: s.port,
+                            role: s.role,
+                            database: db.server_database.clone(),
+                            user: user.server_user.clone(),
+                            password: user.server_password.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        };
+        let mut servers = self.servers.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Vec::with_capacity(wanted.len());
+        for target in wanted {
+            match servers.iter().position(|h| *h.target == target) {
+                Some(i) => next.push(servers.swap_remove(i)),
+                None => {
+                    let h = Arc::new(ServerHealth::new(target));
+                    spawn_checks(h.clone(), config.health.interval, config.health.timeout);
+                    next.push(h);
+                }
+            }
+        }
+        for gone in servers.drain(..) {
+            gone.retired.store(true, Ordering::Relaxed);
+        }
+        *servers = next;
+    }
+
+    /// Every checked server, in config order.
+    pub fn servers(&self) -> Vec<Arc<ServerHealth>> {
+        self.servers.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Replay lag of a replica behind its shard's primary, in bytes.
+    pub fn lag_bytes(&self, replica: &ServerHealth) -> Option<u64> {
+        if replica.in_recovery() != Some(true) {
+            return None;
+        }
+        let servers = self.servers();
+        let primary = servers
+            .iter()
+            .find(|s| s.target.shard == replica.target.shard && s.in_recovery() == Some(false))?;
+        Some(primary.lsn()?.saturating_sub(replica.lsn()?))
+    }
+
+    /// Ready means every shard has at least one server that passed its
+    /// last check. Err names the shards that have none.
+    pub fn ready(&self, config: &Config) -> Result<(), String> {
+        if config.health.login.is_none() {
+            return Err("health checks are off: no [[users]] entry can log in to the servers, and no [health] user is set".into());
+        }
+        let servers = self.servers();
+        let down: Vec<&str> = config
+            .shards
+            .iter()
+            .filter(|shard| {
+                !servers
+                    .iter()
+                    .any(|s| s.target.shard == shard.name && s.state() == ServerState::Up)
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no reachable server in shard(s): {}",
+                down.join(", ")
+            ))
+        }
+    }
+}
+
+fn spawn_checks(health: Arc<ServerHealth>, interval: Duration, timeout: Duration) {
+    tokio::spawn(async move {
+        let mut conn: Option<ServerConn> = None;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if health.retired.load(Ordering::Relaxed) {
+                break;
+            }
+            health.checks.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            match check(&health.target, &mut conn, timeout).await {
+                Ok((in_recovery, lsn)) => {
+                    if health.state() == ServerState::Down {
+                        tracing::info!(server = %health.target.describe(), "server is up again");
+                    }
+                    health.record_up(in_recovery, lsn, started.elapsed());
+                }
+                Err(e) => {
+                    conn = None;
+                    health.record_down(e);
+                }
+            }
+        }
+    });
+}
+
+/// One check, on the kept connection or a new one.
+async fn check(
+    target: &Arc<ServerTarget>,
+    conn: &mut Option<ServerConn>,
+    timeout: Duration,
+) -> Result<(bool, Option<u64>), String> {
+    if conn.is_none() {
+        *conn = Some(
+            ServerConn::connect(target.clone(), timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let c = conn.as_mut().expect("just connected");
+    let answer = c
+        .run_collect(CHECK_SQL, timeout, 64 * 1024)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = answer.error {
+        return Err(protocol::describe_error(protocol::body(&e)));
+    }
+    let row = answer
+        .frames
+        .iter()
+        .find(|f| f[0] == protocol::be::DATA_ROW)
+        .ok_or("the health check query returned no row")?;
+    let values = protocol::data_row_values(row).map_err(|e| e.to_string())?;
+    let in_recovery = values.first().copied().flatten() == Some(&b"t"[..]);
+    let lsn = values
+        .get(1)
+        .copied()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(parse_lsn);
+    Ok((in_recovery, lsn))
+}
+
+/// "16/B374D848" → 0x16_B374D848.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The role a server was configured with, or the one its checks found.
+pub fn observed_role(h: &ServerHealth) -> Role {
+    match h.in_recovery() {
+        Some(true) => Role::Replica,
+        Some(false) => Role::Primary,
+        None => h.target.role,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parses() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("x"), None);
+    }
+}
