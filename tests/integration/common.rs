@@ -187,6 +187,52 @@ pub fn pgbench(port: u16, args: &[&str], timeout: Duration) -> CmdOutput {
     run_cmd(&mut c, None, timeout)
 }
 
+/// A minimal HTTP/1.1 GET against 127.0.0.1:`port`: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to http port {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {raw}"));
+    (status, body.to_string())
+}
+
+/// The value of one Prometheus sample, e.g.
+/// `metric(&text, "shardwire_queries_total", &[("shard", "s0")])` sums every
+/// series of that name whose labels include the given ones.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 // ---------------------------------------------------------------------------
 // Ports
 
@@ -409,6 +455,8 @@ pub fn create_role(name: &str, password: &str, encryption: &str) {
 pub struct TestProxy {
     child: Option<Child>,
     pub port: u16,
+    /// `http_listen`'s port (/metrics, /healthz, /readyz).
+    pub http_port: u16,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     dir: Option<tempfile::TempDir>,
@@ -444,12 +492,9 @@ impl TestProxy {
     fn try_start(config: &toml::Value) -> Result<TestProxy, String> {
         let mut config = config.clone();
         let port = free_port();
+        let http_port = free_port();
         set(&mut config, "listen", format!("127.0.0.1:{port}"));
-        set(
-            &mut config,
-            "http_listen",
-            format!("127.0.0.1:{}", free_port()),
-        );
+        set(&mut config, "http_listen", format!("127.0.0.1:{http_port}"));
         let dir = tempfile::Builder::new()
             .prefix("swproxy-")
             .tempdir()
@@ -484,6 +529,7 @@ impl TestProxy {
         let mut proxy = TestProxy {
             child: Some(child),
             port,
+            http_port,
             config_path,
             log_path,
             dir: Some(dir),
@@ -538,6 +584,42 @@ impl TestProxy {
             .dbname("app")
             .connect_timeout(Duration::from_secs(10));
         c
+    }
+
+    /// GET `path` from the HTTP endpoints: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_port, path)
+    }
+
+    /// Run `sql` in the admin console with psql as admin/admin; the rows
+    /// come back unaligned, `|`-separated, without headers. Panics (with
+    /// psql's stderr) on failure.
+    pub fn admin(&self, sql: &str) -> Vec<Vec<String>> {
+        self.admin_psql(sql)
+            .ok(&format!("admin console: {sql}"))
+            .stdout
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// Like [`TestProxy::admin`], returning psql's whole output.
+    pub fn admin_psql(&self, sql: &str) -> CmdOutput {
+        let url = format!("postgres://admin@127.0.0.1:{}/shardwire", self.port);
+        psql(&url, "admin", true, &["-A", "-t", "-c", sql], None)
+    }
+
+    /// Rewrite the running proxy's config file (the next reload reads it).
+    pub fn rewrite_config(&self, modify: impl FnOnce(&mut toml::Value)) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let mut config: toml::Value = toml::from_str(&text).expect("config is TOML");
+        modify(&mut config);
+        std::fs::write(
+            &self.config_path,
+            toml::to_string(&config).expect("serialize config"),
+        )
+        .expect("write config");
     }
 
     pub fn log(&self) -> String {
