@@ -7,6 +7,7 @@
 
 mod common;
 
+mod admin;
 mod auth;
 mod bad_input;
 mod cancel;
