@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::admin::clients::{Admission, ClientState, Registration};
 use crate::admin::metrics::{RouteKind, RouteStats};
@@ -814,6 +815,13 @@ where
             }
             stats.latency.observe(took);
         }
+        tracing::debug!(
+            duration_ms = took.as_secs_f64() * 1000.0,
+            shards = ?shards,
+            kind = kind.name(),
+            failed,
+            "statement done"
+        );
         let slow = self.config.log.slow_statement;
         if !slow.is_zero() && took >= slow {
             let shards: Vec<&str> = shards.iter().map(|&s| self.shard_name(s)).collect();
@@ -984,7 +992,17 @@ where
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.client_protocol_error(e.to_string())),
             };
-            self.on_client_frame(frame).await?;
+            if matches!(frame[0], fe::QUERY | fe::EXECUTE)
+                && tracing::enabled!(tracing::Level::DEBUG)
+            {
+                // A span per statement, when debug logging is on (it costs
+                // an allocation per statement, too much for the default).
+                let n = self.client.info.queries.load(Ordering::Relaxed) + 1;
+                let span = tracing::debug_span!("statement", n);
+                self.on_client_frame(frame).instrument(span).await?;
+            } else {
+                self.on_client_frame(frame).await?;
+            }
         }
     }
 

@@ -68,7 +68,11 @@ fn show_commands_describe_the_running_proxy() {
             let shard = format!("s{i}");
             let r = row_for(&shards, &[&shard, &format!("127.0.0.1:{primary}")]);
             assert_eq!((r[2].as_str(), r[3].as_str()), ("primary", "up"), "{r:?}");
-            assert_eq!(r[5], if i == 0 { "true" } else { "false" }, "default: {r:?}");
+            assert_eq!(
+                r[5],
+                if i == 0 { "true" } else { "false" },
+                "default: {r:?}"
+            );
             let r = row_for(&shards, &[&shard, &format!("127.0.0.1:{replica}")]);
             assert_eq!((r[2].as_str(), r[3].as_str()), ("replica", "up"), "{r:?}");
             let lag: u64 = r[4].parse().expect("replica lag is a number");
