@@ -1859,14 +1859,16 @@ where
                 self.release_conn(conn);
             }
         }
+        // Multi-shard statements check out and release inside their call;
+        // whatever path ran, a session holding nothing is idle.
+        if self.server.is_none() && self.multi.is_none() {
+            self.client.info.set_state(ClientState::Idle);
+        }
     }
 
     fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
         self.client.info.set_shard(None);
-        if self.multi.is_none() {
-            self.client.info.set_state(ClientState::Idle);
-        }
         if std::mem::take(&mut self.discard_server) {
             drop(conn); // closes it
         } else {

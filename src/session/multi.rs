@@ -514,6 +514,17 @@ where
         self.emit_synthetic();
     }
 
+    /// How long a multi-shard statement may run on each shard:
+    /// `limits.statement_timeout` when set, at most STATEMENT_TIMEOUT.
+    pub(super) fn multi_statement_timeout(&self) -> Duration {
+        let limit = self.config.limits.statement_timeout;
+        if limit.is_zero() {
+            STATEMENT_TIMEOUT
+        } else {
+            limit.min(STATEMENT_TIMEOUT)
+        }
+    }
+
     /// One connection per shard, checked out in shard order, or the
     /// client's ErrorResponse.
     pub(super) async fn checkout_all(
@@ -575,7 +586,7 @@ where
         if failure.is_none() {
             for i in 0..n {
                 match conns[i]
-                    .run_collect(&work[i].1, STATEMENT_TIMEOUT, MAX_COLLECT)
+                    .run_collect(&work[i].1, self.multi_statement_timeout(), MAX_COLLECT)
                     .await
                 {
                     Ok(c) => {

@@ -15,7 +15,6 @@
 
 use super::multi::{
     finish_atomic, lost_error, shard_error, split_insert, CONTROL_TIMEOUT, MAX_COLLECT,
-    STATEMENT_TIMEOUT,
 };
 use super::*;
 use crate::router::Kind;
@@ -262,12 +261,13 @@ where
             }
         }
         let mut results = Vec::with_capacity(work.len());
+        let timeout = self.multi_statement_timeout();
         for (shard, sql) in &work {
             let name = self.shard_name(*shard).to_string();
             let Some(conn) = self.multi.as_mut().and_then(|m| m.conns[*shard].as_mut()) else {
                 return;
             };
-            match conn.run_collect(sql, STATEMENT_TIMEOUT, MAX_COLLECT).await {
+            match conn.run_collect(sql, timeout, MAX_COLLECT).await {
                 Ok(c) if c.error.is_none() && c.status == b'T' && !c.overflow => results.push(c),
                 Ok(c) if c.overflow => {
                     let mut out = BytesMut::new();
