@@ -15,7 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::clients::Registration;
 use super::metrics::LATENCY_BUCKETS;
-use crate::backend::health::observed_role;
+use crate::backend::health::{observed_role, ServerHealth};
+use crate::config::Server;
 use crate::frontend::Proxy;
 use crate::protocol::{self, fe, sqlstate, FrameReader, PgError};
 
@@ -323,9 +324,7 @@ fn show_shards(proxy: &Proxy) -> Table {
     ]);
     for (i, shard) in config.shards.iter().enumerate() {
         for s in &shard.servers {
-            let h = health.iter().find(|h| {
-                h.target.shard == shard.name && h.target.host == s.host && h.target.port == s.port
-            });
+            let h = health_of(&health, &shard.name, s);
             t.row(vec![
                 v(&shard.name),
                 v(s.addr()),
@@ -339,6 +338,17 @@ fn show_shards(proxy: &Proxy) -> Table {
         }
     }
     t
+}
+
+/// The health of `server` of shard `shard`, if it is checked.
+fn health_of<'a>(
+    health: &'a [Arc<ServerHealth>],
+    shard: &str,
+    server: &Server,
+) -> Option<&'a Arc<ServerHealth>> {
+    health.iter().find(|h| {
+        h.target.shard == shard && h.target.host == server.host && h.target.port == server.port
+    })
 }
 
 fn show_servers(proxy: &Proxy) -> Table {
@@ -370,9 +380,7 @@ fn show_servers(proxy: &Proxy) -> Table {
             let sum = |f: fn(&crate::backend::pool::PoolStats) -> u64| -> u64 {
                 mine.iter().map(|p| f(&p.stats)).sum()
             };
-            let h = health.iter().find(|h| {
-                h.target.shard == shard.name && h.target.host == s.host && h.target.port == s.port
-            });
+            let h = health_of(&health, &shard.name, s);
             t.row(vec![
                 v(&shard.name),
                 v(s.addr()),
