@@ -18,6 +18,7 @@ mod pgbench;
 mod pool_sizing;
 mod pooling;
 mod psql;
+mod reload;
 mod routing;
 mod session_mode;
 mod session_params;
