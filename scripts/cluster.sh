@@ -48,6 +48,7 @@ WANT_PROXY=0
 PURGE=0
 DIR=""
 SHARD_ARG=""
+SEL_DIR="" SEL_NAME="" SEL_PORT=""   # the server chosen by select_server
 REPLICA_ARG=0
 PSQL_ARGS=()
 
@@ -70,6 +71,8 @@ Usage:
   $PROG down --dir DIR [--purge]
   $PROG status --dir DIR
   $PROG psql --dir DIR --shard sI [--replica K] [[--] psql args...]
+  $PROG stop --dir DIR --shard sI [--replica K]
+  $PROG promote --dir DIR --shard sI --replica K
 
 Starts/stops a local PostgreSQL shard cluster in DIR for shardwire development
 and tests: N shards (s0..s<N-1>), each a primary plus M streaming replicas,
@@ -85,6 +88,11 @@ Commands:
   psql     superuser psql into database app on one server (its unix socket).
            --replica K picks replica K (default: the primary). Other arguments
            are passed to psql.
+  stop     stop one server (default: the shard's primary), to rehearse a
+           failure; 'up' starts it again.
+  promote  promote replica K of a shard to a primary (pg_ctl promote), to
+           rehearse a failover. Stop the old primary first. The cluster no
+           longer matches the layout 'up' builds: 'down --purge' it after.
 
 Options:
   --dir DIR            cluster directory (required)
@@ -170,6 +178,7 @@ parse_args() {
             *:--dir) ;;
             up:--shards|up:--replicas|up:--port|up:--proxy-port|up:--replica-delay) ;;
             psql:--shard|psql:--replica) ;;
+            stop:--shard|stop:--replica|promote:--shard|promote:--replica) ;;
             up:--proxy|down:--purge) takes_value=0 ;;
             psql:*)
                 # Anything else is for psql itself, so that
@@ -919,13 +928,8 @@ cmd_psql() {
     use_recorded_layout
     ensure_binaries
     check_binaries
-    [[ -n "$SHARD_ARG" ]] || usage_error "psql needs --shard sN"
-    [[ "$SHARD_ARG" =~ ^s([0-9]+)$ ]] || usage_error "--shard must look like s0, s1, ...; got '$SHARD_ARG'"
-    local shard=$(( 10#${BASH_REMATCH[1]} ))
-    (( shard < SHARDS )) || usage_error "no shard $SHARD_ARG in $DIR (shards: s0..s$((SHARDS - 1)))"
-    (( REPLICA_ARG <= REPLICAS )) || usage_error "no replica $REPLICA_ARG of $SHARD_ARG (replicas: 1..$REPLICAS)"
-    local dir port
-    dir="$(server_dir "$shard" "$REPLICA_ARG")"; port="$(server_port "$shard" "$REPLICA_ARG")"
+    select_server psql
+    local dir="$SEL_DIR" port="$SEL_PORT"
     # Root can use the 0700 socket dir directly; running psql as the caller
     # keeps -f/-o/\copy paths relative to the caller's permissions.
     if [[ -x "$dir" ]]; then
@@ -934,20 +938,68 @@ cmd_psql() {
     as_pg "$BINDIR/psql" -h "$dir" -p "$port" -U "$PG_SUPERUSER" -d app "${PSQL_ARGS[@]}"
 }
 
+# The server --shard/--replica name in DIR: sets SEL_DIR, SEL_NAME, SEL_PORT.
+select_server() {
+    [[ -n "$SHARD_ARG" ]] || usage_error "$1 needs --shard sN"
+    [[ "$SHARD_ARG" =~ ^s([0-9]+)$ ]] || usage_error "--shard must look like s0, s1, ...; got '$SHARD_ARG'"
+    local shard=$(( 10#${BASH_REMATCH[1]} ))
+    (( shard < SHARDS )) || usage_error "no shard $SHARD_ARG in $DIR (shards: s0..s$((SHARDS - 1)))"
+    (( REPLICA_ARG <= REPLICAS )) || usage_error "no replica $REPLICA_ARG of $SHARD_ARG (replicas: 1..$REPLICAS)"
+    SEL_DIR="$(server_dir "$shard" "$REPLICA_ARG")"
+    SEL_NAME="$(server_name "$shard" "$REPLICA_ARG")"
+    SEL_PORT="$(server_port "$shard" "$REPLICA_ARG")"
+}
+
+cmd_stop() {
+    [[ -d "$DIR" ]] || die "$DIR does not exist"
+    absolutize_dir
+    set_pg_os_user
+    lock_dir
+    use_recorded_layout
+    ensure_binaries
+    check_binaries
+    select_server stop
+    if ! pg_running "$SEL_DIR"; then
+        err "$SEL_NAME is not running"
+        return 0
+    fi
+    as_pg "$BINDIR/pg_ctl" -D "$SEL_DIR" -m fast -w -t 60 stop >/dev/null \
+        || die "$SEL_NAME failed to stop"
+    printf '%s stopped\n' "$SEL_NAME"
+}
+
+cmd_promote() {
+    [[ -d "$DIR" ]] || die "$DIR does not exist"
+    absolutize_dir
+    set_pg_os_user
+    lock_dir
+    use_recorded_layout
+    ensure_binaries
+    check_binaries
+    (( REPLICA_ARG > 0 )) || usage_error "promote needs --replica K (a primary is promoted already)"
+    select_server promote
+    pg_running "$SEL_DIR" || die "$SEL_NAME is not running"
+    as_pg "$BINDIR/pg_ctl" -D "$SEL_DIR" -w -t 60 promote >/dev/null \
+        || die "$SEL_NAME failed to promote"
+    printf '%s promoted\n' "$SEL_NAME"
+}
+
 main() {
     if (( $# == 0 )); then usage >&2; exit 2; fi
     local cmd="$1"; shift
     case "$cmd" in
         -h|--help|help) usage; exit 0 ;;
-        up|down|status|psql) ;;
-        *) usage_error "unknown command '$cmd' (expected up, down, status or psql)" ;;
+        up|down|status|psql|stop|promote) ;;
+        *) usage_error "unknown command '$cmd' (expected up, down, status, psql, stop or promote)" ;;
     esac
     parse_args "$cmd" "$@"
     case "$cmd" in
-        up)     cmd_up ;;
-        down)   cmd_down ;;
-        status) cmd_status ;;
-        psql)   cmd_psql ;;
+        up)      cmd_up ;;
+        down)    cmd_down ;;
+        status)  cmd_status ;;
+        psql)    cmd_psql ;;
+        stop)    cmd_stop ;;
+        promote) cmd_promote ;;
     esac
 }
 

@@ -4,6 +4,14 @@
 //! where its WAL is (the current position on a primary, the replayed one on
 //! a replica). `/readyz`, `SHOW SHARDS` and the metrics read the results;
 //! replica lag in bytes is the primary's position minus the replica's.
+//!
+//! The results steer routing. A server that fails a check (or a client's
+//! connection attempt) is banned: not used for a backoff that doubles with
+//! each failure in a row (1 s up to 60 s), and unbanned as soon as a check
+//! passes (a circuit breaker). A shard's primary is the server that says it
+//! is not in recovery, so writes follow a promoted replica without a
+//! restart; every change that affects routing bumps `generation`, which
+//! sessions watch.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,6 +20,10 @@ use std::time::{Duration, Instant};
 use super::conn::{ServerConn, ServerTarget};
 use crate::config::{Config, Role};
 use crate::protocol;
+
+/// First and longest ban of a failing server.
+const FIRST_BAN: Duration = Duration::from_secs(1);
+const MAX_BAN: Duration = Duration::from_secs(60);
 
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
      THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
@@ -52,11 +64,24 @@ pub struct ServerHealth {
     pub last_error: Mutex<Option<String>>,
     /// Set when a reload removed the server; its task ends.
     retired: AtomicBool,
+    ban: Mutex<Ban>,
+    /// The monitor's generation counter, bumped on routing-relevant changes.
+    generation: Arc<AtomicU64>,
+}
+
+/// The circuit breaker of one server.
+#[derive(Default)]
+struct Ban {
+    until: Option<Instant>,
+    /// The next ban's length (doubles with each failure in a row).
+    next: Duration,
 }
 
 impl ServerHealth {
-    fn new(target: ServerTarget) -> Self {
+    fn new(target: ServerTarget, generation: Arc<AtomicU64>) -> Self {
         ServerHealth {
+            ban: Mutex::new(Ban::default()),
+            generation,
             target: Arc::new(target),
             state: AtomicU8::new(0),
             recovery: AtomicU8::new(0),
@@ -99,20 +124,70 @@ impl ServerHealth {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Banned now: routing skips it (a primary's shard fails fast).
+    pub fn banned(&self) -> bool {
+        self.ban
+            .lock()
+            .map(|b| b.until.is_some_and(|u| Instant::now() < u))
+            .unwrap_or(false)
+    }
+
+    /// Ban (or ban longer) after a failure.
+    fn ban(&self) {
+        if let Ok(mut b) = self.ban.lock() {
+            let length = if b.next.is_zero() { FIRST_BAN } else { b.next };
+            b.until = Some(Instant::now() + length);
+            b.next = (length * 2).min(MAX_BAN);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn unban(&self) {
+        let was = self
+            .ban
+            .lock()
+            .map(|mut b| {
+                let was = b.until.take().is_some() || !b.next.is_zero();
+                b.next = Duration::ZERO;
+                was
+            })
+            .unwrap_or(false);
+        if was {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A client's connection attempt to this server failed: ban it now
+    /// rather than at the next check.
+    pub fn report_failure(&self, error: String) {
+        self.record_down(error);
+    }
+
     fn record_up(&self, in_recovery: bool, lsn: Option<u64>, took: Duration) {
-        self.recovery
-            .store(if in_recovery { 2 } else { 1 }, Ordering::Relaxed);
-        self.lsn.store(lsn.unwrap_or(0), Ordering::Relaxed);
+        let recovery = if in_recovery { 2 } else { 1 };
+        if self.recovery.swap(recovery, Ordering::Relaxed) != recovery {
+            // A promotion (or a first look): primaries may have changed.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.advance_lsn(lsn);
         self.last_check_micros
             .store(took.as_micros() as u64, Ordering::Relaxed);
         self.state.store(1, Ordering::Relaxed);
+        self.unban();
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
         }
     }
 
+    /// Learn a WAL position: the current one of a primary, the replayed one
+    /// of a replica.
+    fn advance_lsn(&self, lsn: Option<u64>) {
+        self.lsn.store(lsn.unwrap_or(0), Ordering::Relaxed);
+    }
+
     fn record_down(&self, error: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.ban();
         if self.state.swap(2, Ordering::Relaxed) != 2 {
             self.went_down.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(server = %self.target.describe(), %error, "server is down");
@@ -127,6 +202,9 @@ impl ServerHealth {
 #[derive(Default)]
 pub struct HealthMonitor {
     servers: RwLock<Vec<Arc<ServerHealth>>>,
+    /// Bumped whenever a ban starts or ends, a server's recovery state
+    /// changes, or a reload changes the servers.
+    generation: Arc<AtomicU64>,
 }
 
 impl HealthMonitor {
@@ -161,7 +239,7 @@ impl HealthMonitor {
             match servers.iter().position(|h| *h.target == target) {
                 Some(i) => next.push(servers.swap_remove(i)),
                 None => {
-                    let h = Arc::new(ServerHealth::new(target));
+                    let h = Arc::new(ServerHealth::new(target, self.generation.clone()));
                     spawn_checks(h.clone(), config.health.interval, config.health.timeout);
                     next.push(h);
                 }
@@ -171,6 +249,49 @@ impl HealthMonitor {
             gone.retired.store(true, Ordering::Relaxed);
         }
         *servers = next;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes whenever routing should look again (see the module comment).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The health of one configured server, if it is checked.
+    pub fn of(&self, shard: &str, host: &str, port: u16) -> Option<Arc<ServerHealth>> {
+        self.servers
+            .read()
+            .ok()?
+            .iter()
+            .find(|h| h.target.shard == shard && h.target.host == host && h.target.port == port)
+            .cloned()
+    }
+
+    /// The index (in the shard's server list) of the server writes go to:
+    /// the one that is not in recovery and not banned, the configured
+    /// primary first; failing that the configured primary, or the first
+    /// server, so the caller gets that server's own error.
+    pub fn primary_index(&self, config: &Config, shard: usize) -> usize {
+        let s = &config.shards[shard];
+        let configured = s.servers.iter().position(|v| v.role == Role::Primary);
+        let writable = |i: usize| {
+            let v = &s.servers[i];
+            self.of(&s.name, &v.host, v.port)
+                .is_some_and(|h| h.in_recovery() == Some(false) && !h.banned())
+        };
+        configured
+            .filter(|&i| writable(i))
+            .or_else(|| (0..s.servers.len()).find(|&i| writable(i)))
+            .or(configured)
+            .or_else(|| {
+                // Roles not learned yet: a server not known to be a replica.
+                (0..s.servers.len()).find(|&i| {
+                    let v = &s.servers[i];
+                    self.of(&s.name, &v.host, v.port)
+                        .is_none_or(|h| h.in_recovery() != Some(true))
+                })
+            })
+            .unwrap_or(0)
     }
 
     /// Every checked server, in config order.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 pub use conn::{BackendError, ServerConn, ServerTarget};
 pub use pool::{CheckoutError, Pool, PooledConn};
 
-use crate::config::{Config, Database, Role, User};
+use crate::config::{Config, Database, User};
 
 /// Identifies a pool: which server, which backend database, which backend role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -88,37 +88,24 @@ impl Backends {
             .clone()
     }
 
-    /// The pool of a shard's primary.
-    pub fn primary_pool(
-        &self,
-        config: &Config,
-        shard: usize,
-        database: &Database,
-        user: &User,
-    ) -> Arc<Pool> {
-        let server = config.shards[shard]
-            .servers
-            .iter()
-            .position(|s| s.role == Role::Primary)
-            .unwrap_or(0);
-        self.pool(config, shard, server, database, user)
-    }
-
-    /// A session's pools: one primary pool per shard, by shard index.
-    /// Without [[tables]] only the default shard is used, so every index
-    /// gets its pool and other shards' pools are not even created.
+    /// A session's pools: one primary pool per shard, by shard index, the
+    /// primary being server `primary_of(shard)` of the shard. Without
+    /// [[tables]] only the default shard is used, so every index gets its
+    /// pool and other shards' pools are not even created.
     pub fn session_pools(
         &self,
         config: &Config,
         database: &Database,
         user: &User,
+        primary_of: impl Fn(usize) -> usize,
     ) -> Vec<Arc<Pool>> {
-        let default = self.primary_pool(config, config.default_shard, database, user);
+        let pool_of = |shard: usize| self.pool(config, shard, primary_of(shard), database, user);
+        let default = pool_of(config.default_shard);
         let routing = config.router.tables().next().is_some();
         (0..config.shards.len())
             .map(|shard| {
                 if routing && shard != config.default_shard {
-                    self.primary_pool(config, shard, database, user)
+                    pool_of(shard)
                 } else {
                     default.clone()
                 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{BackendError, ServerConn, ServerTarget};
+use super::health::ServerHealth;
 use crate::config::RawPool;
 use crate::protocol::{sqlstate, PgError};
 
@@ -30,6 +31,8 @@ pub enum CheckoutError {
         after: Duration,
         max: u32,
     },
+    #[error("{server} is unavailable: it failed recently ({reason}); shardwire retries it in the background")]
+    Unavailable { server: String, reason: String },
     #[error("too many clients are already waiting for a connection to {server} (pool max_waiting is {max_waiting})")]
     QueueFull { server: String, max_waiting: u32 },
     #[error("{0}")]
@@ -42,6 +45,11 @@ impl CheckoutError {
             CheckoutError::Timeout { .. } => {
                 PgError::error(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()).with_hint(
                     "the pool is busy: raise pool.max_size or pool.checkout_timeout, or make transactions shorter",
+                )
+            }
+            CheckoutError::Unavailable { .. } => {
+                PgError::error(sqlstate::CONNECTION_FAILURE, self.to_string()).with_hint(
+                    "retry later; if a replica was promoted, writes move to it once its health check sees it",
                 )
             }
             CheckoutError::QueueFull { .. } => {
@@ -82,6 +90,9 @@ pub struct Pool {
     in_use: AtomicUsize,
     /// Checkouts waiting for a permit now.
     waiting: AtomicUsize,
+    /// The server's health: a banned server fails checkouts at once, and
+    /// a failed connection attempt bans it.
+    health: RwLock<Option<Arc<ServerHealth>>>,
     /// ParameterStatus values of the first connection made, sent to clients
     /// at login so they see the server's version, encoding and so on.
     server_params: Mutex<Option<ServerParams>>,
@@ -97,6 +108,7 @@ impl Pool {
             permit_debt: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            health: RwLock::new(None),
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
             stats: PoolStats::default(),
@@ -136,6 +148,16 @@ impl Pool {
             self.permit_debt
                 .fetch_add(shrink - retired, Ordering::AcqRel);
         }
+    }
+
+    pub fn set_health(&self, health: Option<Arc<ServerHealth>>) {
+        if let Ok(mut h) = self.health.write() {
+            *h = health;
+        }
+    }
+
+    fn health(&self) -> Option<Arc<ServerHealth>> {
+        self.health.read().ok().and_then(|h| h.clone())
     }
 
     pub fn idle_count(&self) -> usize {
@@ -192,6 +214,12 @@ impl Pool {
     /// one, waiting up to `checkout_timeout` for room in the pool.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
         let start = Instant::now();
+        if let Some(h) = self.health().filter(|h| h.banned()) {
+            return Err(CheckoutError::Unavailable {
+                server: self.target.describe(),
+                reason: h.last_error().unwrap_or_else(|| "no detail".into()),
+            });
+        }
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -290,6 +318,9 @@ impl Pool {
             }
             Err(e) => {
                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = self.health() {
+                    h.report_failure(e.to_string());
+                }
                 Err(e)
             }
         }

@@ -399,6 +399,8 @@ pub struct RawShard {
 pub enum Role {
     Primary,
     Replica,
+    /// Not fixed: the health checks learn it with `pg_is_in_recovery()`.
+    Auto,
 }
 
 impl fmt::Display for Role {
@@ -406,6 +408,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Primary => "primary",
             Role::Replica => "replica",
+            Role::Auto => "auto",
         })
     }
 }
@@ -415,7 +418,14 @@ impl fmt::Display for Role {
 pub struct RawServer {
     pub host: String,
     pub port: u16,
+    /// `primary`, `replica`, or `auto` (the default): learned from the
+    /// server, and followed through a failover.
+    #[serde(default = "default_role")]
     pub role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Auto
 }
 
 // ---------------------------------------------------------------------------
@@ -482,16 +492,6 @@ pub struct Database {
 pub struct Shard {
     pub name: String,
     pub servers: Vec<Server>,
-}
-
-impl Shard {
-    pub fn primary(&self) -> &Server {
-        // Validation guarantees exactly one primary.
-        self.servers
-            .iter()
-            .find(|s| s.role == Role::Primary)
-            .unwrap_or(&self.servers[0])
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -581,11 +581,12 @@ impl Config {
                 ));
             }
             let primaries = s.servers.iter().filter(|v| v.role == Role::Primary).count();
-            if primaries != 1 {
+            let auto = s.servers.iter().any(|v| v.role == Role::Auto);
+            if primaries > 1 || (primaries == 0 && !auto) {
                 return Err(err(
                     &format!("{key}.servers"),
                     format!(
-                        "shard \"{}\" must have exactly one server with role = \"primary\", found {primaries}",
+                        "shard \"{}\" must have one server with role = \"primary\" (or servers with role = \"auto\", whose roles shardwire learns), found {primaries} primaries",
                         s.name
                     ),
                 ));
@@ -1250,7 +1251,7 @@ role = "replica"
         let c = load(GOOD).unwrap();
         assert_eq!(c.pool.max_size, 5);
         assert_eq!(c.pool.connect_timeout, Duration::from_secs(2));
-        assert_eq!(c.shards[0].primary().port, 5432);
+        assert_eq!(c.shards[0].servers[0].role, Role::Primary);
         assert_eq!(c.users["app"].server_password.as_deref(), Some("app"));
         let j = c.to_json();
         assert_eq!(j["shards"][0]["servers"][1]["role"], "replica");
@@ -1281,6 +1282,17 @@ role = "replica"
     fn semantic_errors() {
         let e = load(&GOOD.replace("role = \"replica\"", "role = \"primary\"")).unwrap_err();
         assert_eq!(e.key, "shards[0].servers");
+        // No primary and nothing to discover one from.
+        let e = load(&GOOD.replace("role = \"primary\"", "role = \"replica\"")).unwrap_err();
+        assert_eq!(e.key, "shards[0].servers");
+        // Roles left out: learned from the servers.
+        let c = load(
+            &GOOD
+                .replace("role = \"primary\"", "")
+                .replace("role = \"replica\"", ""),
+        )
+        .unwrap();
+        assert!(c.shards[0].servers.iter().all(|s| s.role == Role::Auto));
         let e = load(&format!("default_shard = \"nope\"\n{GOOD}")).unwrap_err();
         assert_eq!(e.key, "default_shard");
         let e = load(&GOOD.replace("password = \"app\"", "")).unwrap_err();

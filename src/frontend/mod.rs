@@ -202,6 +202,32 @@ impl Proxy {
         self.paused.subscribe()
     }
 
+    /// A session's primary pool of every shard (see
+    /// `Backends::session_pools`), primaries as the health checks know them.
+    pub fn session_pools(
+        &self,
+        config: &Config,
+        database: &crate::config::Database,
+        user: &User,
+    ) -> Vec<Arc<crate::backend::Pool>> {
+        let pools = self
+            .backends
+            .session_pools(config, database, user, |shard| {
+                self.health.primary_index(config, shard)
+            });
+        for p in &pools {
+            let t = &p.target;
+            p.set_health(self.health.of(&t.shard, &t.host, t.port));
+        }
+        pools
+    }
+
+    /// Config and health generations together: when either moves, a
+    /// session re-resolves its pools (a reload, a promotion, a ban).
+    pub fn topology_generation(&self) -> (u64, u64) {
+        (self.config_generation(), self.health.generation())
+    }
+
     /// Server connections checked out by sessions right now.
     pub fn servers_in_use(&self) -> usize {
         self.backends.all().iter().map(|p| p.in_use()).sum()
@@ -665,7 +691,7 @@ where
 
     let wanted_from_client = client_session_params(&params)?;
     // The default shard's primary greets the client.
-    let pools = proxy.backends.session_pools(&config, db, user);
+    let pools = proxy.session_pools(&config, db, user);
     let pool = pools[config.default_shard].clone();
     let fatal = |e: CheckoutError| {
         let mut e = e.to_pg();

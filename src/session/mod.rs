@@ -203,8 +203,9 @@ pub struct SessionSetup {
 pub struct Session<R, W> {
     proxy: Arc<Proxy>,
     config: Arc<Config>,
-    /// The proxy's config generation `config` belongs to.
-    config_generation: u64,
+    /// The proxy's config and health generations `config` and `pools`
+    /// belong to.
+    config_generation: (u64, u64),
     client: Registration,
     paused: watch::Receiver<bool>,
     /// How statements on the held server were routed (for metrics).
@@ -298,7 +299,7 @@ where
         let routing = setup.router.tables().next().is_some();
         let shards = setup.pools.len();
         let mut s = Session {
-            config_generation: setup.proxy.config_generation(),
+            config_generation: setup.proxy.topology_generation(),
             paused: setup.proxy.paused(),
             proxy: setup.proxy,
             config: setup.config,
@@ -1155,7 +1156,7 @@ where
     /// on one topology. A session whose user or database the reload
     /// removed keeps its config until it ends.
     fn follow_config(&mut self) {
-        let generation = self.proxy.config_generation();
+        let generation = self.proxy.topology_generation();
         if generation == self.config_generation {
             return;
         }
@@ -1169,7 +1170,7 @@ where
                 "the reloaded config no longer has this session's user or database; the session keeps the old config");
             return;
         };
-        self.pools = self.proxy.backends.session_pools(&config, db, user);
+        self.pools = self.proxy.session_pools(&config, db, user);
         self.router = config.router.clone();
         self.routing = self.router.tables().next().is_some();
         self.default_shard = config.default_shard;

@@ -359,6 +359,44 @@ fn spawn_watchdog(dir: &Path) {
 }
 
 fn start_cluster() -> Result<Cluster, String> {
+    start_cluster_with(&[])
+}
+
+/// A cluster of its own, for a test that breaks it (stops or promotes
+/// servers); removed when dropped (or at exit).
+pub struct PrivateCluster(pub Cluster);
+
+impl PrivateCluster {
+    /// Starts a 2-shard, 1-replica cluster; `extra` goes to `cluster.sh up`.
+    pub fn start(extra: &[&str]) -> PrivateCluster {
+        match start_cluster_with(extra) {
+            Ok(c) => PrivateCluster(c),
+            Err(e) => panic!("a private test cluster could not be started:\n{e}"),
+        }
+    }
+
+    /// `cluster.sh CMD --dir DIR ARGS...`, which must succeed.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> CmdOutput {
+        run_cmd(
+            Command::new(cluster_script())
+                .arg(cmd)
+                .arg("--dir")
+                .arg(&self.0.dir)
+                .args(args),
+            None,
+            Duration::from_secs(120),
+        )
+        .ok(&format!("cluster.sh {cmd} {args:?}"))
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        cluster_down(&self.0.dir);
+    }
+}
+
+fn start_cluster_with(extra: &[&str]) -> Result<Cluster, String> {
     static ATEXIT: Once = Once::new();
     ATEXIT.call_once(|| unsafe {
         libc::atexit(teardown_at_exit);
@@ -384,7 +422,8 @@ fn start_cluster() -> Result<Cluster, String> {
                 .arg(&dir)
                 .args(["--shards", &SHARDS.to_string()])
                 .args(["--replicas", &REPLICAS.to_string()])
-                .args(["--port", &base.to_string()]),
+                .args(["--port", &base.to_string()])
+                .args(extra),
             None,
             Duration::from_secs(180),
         );
@@ -467,8 +506,13 @@ impl TestProxy {
     /// `modify` has edited the config. Panics (with the log) if it does not
     /// accept connections within 10 s.
     pub fn start(modify: impl FnOnce(&mut toml::Value)) -> TestProxy {
+        Self::start_on(cluster(), modify)
+    }
+
+    /// Like [`TestProxy::start`], in front of `cluster`.
+    pub fn start_on(cluster: &Cluster, modify: impl FnOnce(&mut toml::Value)) -> TestProxy {
         let mut config: toml::Value =
-            toml::from_str(&cluster().config_text).expect("cluster.sh wrote valid TOML");
+            toml::from_str(&cluster.config_text).expect("cluster.sh wrote valid TOML");
         // Quick exits when a test ends with clients still in a transaction.
         set(&mut config, "shutdown_timeout", "2s");
         // Opening a backend connection costs a SCRAM key derivation, about
