@@ -62,6 +62,16 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The server itself is unreachable or not accepting connections (as
+    /// opposed to refusing these credentials or this database): the kind
+    /// of failure that bans a server.
+    pub fn is_server_failure(&self) -> bool {
+        match self {
+            BackendError::Rejected { code, .. } => code.starts_with("57P") || code == "53300",
+            _ => true,
+        }
+    }
+
     /// The error as a client sees it.
     pub fn to_pg(&self) -> PgError {
         match self {

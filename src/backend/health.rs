@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::conn::{ServerConn, ServerTarget};
+use super::conn::{BackendError, ServerConn, ServerTarget};
 use crate::config::{Config, Role};
 use crate::protocol;
 
@@ -176,6 +176,20 @@ impl ServerHealth {
         self.unban();
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
+        }
+    }
+
+    /// The server answered but refused the check's login: it is up (not
+    /// banned), its role and position unknown.
+    fn record_reachable(&self, error: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if self.state.swap(1, Ordering::Relaxed) != 1 {
+            tracing::warn!(server = %self.target.describe(), %error,
+                "the health check cannot log in; set [health] user and database to ones the servers accept");
+        }
+        self.unban();
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error);
         }
     }
 
@@ -358,13 +372,38 @@ fn spawn_checks(health: Arc<ServerHealth>, interval: Duration, timeout: Duration
                     }
                     health.record_up(in_recovery, lsn, started.elapsed());
                 }
-                Err(e) => {
+                Err(CheckError::Server(e)) => {
                     conn = None;
                     health.record_down(e);
+                }
+                Err(CheckError::Login(e)) => {
+                    // The server answers but refuses the check's login (a
+                    // wrong password, a missing database): reachable, so not
+                    // banned, but worth saying.
+                    conn = None;
+                    health.record_reachable(e);
                 }
             }
         }
     });
+}
+
+/// Why a check failed.
+enum CheckError {
+    /// The server is down, unreachable or not accepting connections.
+    Server(String),
+    /// The server refused the check's credentials or database.
+    Login(String),
+}
+
+impl From<BackendError> for CheckError {
+    fn from(e: BackendError) -> Self {
+        if e.is_server_failure() {
+            CheckError::Server(e.to_string())
+        } else {
+            CheckError::Login(e.to_string())
+        }
+    }
 }
 
 /// One check, on the kept connection or a new one.
@@ -372,28 +411,23 @@ async fn check(
     target: &Arc<ServerTarget>,
     conn: &mut Option<ServerConn>,
     timeout: Duration,
-) -> Result<(bool, Option<u64>), String> {
+) -> Result<(bool, Option<u64>), CheckError> {
     if conn.is_none() {
-        *conn = Some(
-            ServerConn::connect(target.clone(), timeout)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        *conn = Some(ServerConn::connect(target.clone(), timeout).await?);
     }
     let c = conn.as_mut().expect("just connected");
-    let answer = c
-        .run_collect(CHECK_SQL, timeout, 64 * 1024)
-        .await
-        .map_err(|e| e.to_string())?;
+    let answer = c.run_collect(CHECK_SQL, timeout, 64 * 1024).await?;
     if let Some(e) = answer.error {
-        return Err(protocol::describe_error(protocol::body(&e)));
+        return Err(CheckError::Server(protocol::describe_error(
+            protocol::body(&e),
+        )));
     }
     let row = answer
         .frames
         .iter()
         .find(|f| f[0] == protocol::be::DATA_ROW)
-        .ok_or("the health check query returned no row")?;
-    let values = protocol::data_row_values(row).map_err(|e| e.to_string())?;
+        .ok_or_else(|| CheckError::Server("the health check query returned no row".into()))?;
+    let values = protocol::data_row_values(row).map_err(|e| CheckError::Server(e.to_string()))?;
     let in_recovery = values.first().copied().flatten() == Some(&b"t"[..]);
     let lsn = values
         .get(1)

@@ -318,7 +318,7 @@ impl Pool {
             }
             Err(e) => {
                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(h) = self.health() {
+                if let Some(h) = self.health().filter(|_| e.is_server_failure()) {
                     h.report_failure(e.to_string());
                 }
                 Err(e)
