@@ -209,6 +209,18 @@ pub fn render_metrics(proxy: &Proxy) -> String {
         );
     }
     e.family(
+        "shardwire_reads_total",
+        "counter",
+        "Replica-eligible reads by shard and where they went (decision).",
+    );
+    for (shard, d, n) in m.read_decisions() {
+        e.sample(
+            "shardwire_reads_total",
+            &[("shard", &shard), ("decision", d.name())],
+            n as f64,
+        );
+    }
+    e.family(
         "shardwire_errors_total",
         "counter",
         "Errors sent to clients, by SQLSTATE class (first two characters).",

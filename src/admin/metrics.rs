@@ -132,6 +132,38 @@ pub struct RouteStats {
     pub latency: Histogram,
 }
 
+/// Where a read went, and why (`decision` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadDecision {
+    /// A replica known to be fresh enough.
+    Replica = 0,
+    /// A replica, after checking (and maybe waiting for) its replay position.
+    ReplicaAfterWait = 1,
+    /// The primary: no replica replayed the session's writes in time.
+    PrimaryFallback = 2,
+    /// The primary: no usable replica (down, banned, lagging, none).
+    NoReplica = 3,
+    /// The primary, chosen by load balancing (`read_from = "any"`).
+    Primary = 4,
+    /// The primary, within `read_your_writes_window` of a write.
+    PrimaryAfterWrite = 5,
+}
+
+impl ReadDecision {
+    pub const COUNT: usize = 6;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadDecision::Replica => "replica",
+            ReadDecision::ReplicaAfterWait => "replica_after_wait",
+            ReadDecision::PrimaryFallback => "primary_fallback",
+            ReadDecision::NoReplica => "no_replica",
+            ReadDecision::Primary => "primary_balanced",
+            ReadDecision::PrimaryAfterWrite => "primary_after_write",
+        }
+    }
+}
+
 /// Reasons a client was turned away at the door (`reason` label).
 #[derive(Debug, Clone, Copy)]
 pub enum Rejection {
@@ -157,6 +189,8 @@ pub struct Metrics {
     routes: RwLock<HashMap<(String, RouteKind), Arc<RouteStats>>>,
     /// Errors sent to clients, by SQLSTATE class (the first two characters).
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Replica-eligible reads by (shard name, decision).
+    reads: RwLock<HashMap<(String, ReadDecision), Arc<AtomicU64>>>,
 }
 
 impl Default for Metrics {
@@ -175,6 +209,7 @@ impl Default for Metrics {
             reload_failures: AtomicU64::new(0),
             routes: RwLock::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),
+            reads: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -196,6 +231,27 @@ impl Metrics {
         let mut v: Vec<_> = m
             .iter()
             .map(|((s, k), r)| (s.clone(), *k, r.clone()))
+            .collect();
+        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        v
+    }
+
+    /// The counter of one shard's reads that went as `d` says.
+    pub fn read_decision(&self, shard: &str, d: ReadDecision) -> Arc<AtomicU64> {
+        let key = (shard.to_string(), d);
+        if let Some(c) = self.reads.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return c;
+        }
+        let mut m = self.reads.write().unwrap_or_else(|e| e.into_inner());
+        m.entry(key).or_default().clone()
+    }
+
+    /// Every read-decision counter, sorted by shard then decision.
+    pub fn read_decisions(&self) -> Vec<(String, ReadDecision, u64)> {
+        let m = self.reads.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m
+            .iter()
+            .map(|((s, d), c)| (s.clone(), *d, c.load(Ordering::Relaxed)))
             .collect();
         v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         v

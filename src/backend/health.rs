@@ -124,6 +124,17 @@ impl ServerHealth {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// May take reads: up, not banned, and a replica by its own account.
+    pub fn usable_replica(&self) -> bool {
+        self.state() == ServerState::Up && !self.banned() && self.in_recovery() == Some(true)
+    }
+
+    /// A position seen outside the checks (a read asked the replica);
+    /// positions only move forward.
+    pub fn observe_lsn(&self, lsn: u64) {
+        self.lsn.fetch_max(lsn, Ordering::Relaxed);
+    }
+
     /// Banned now: routing skips it (a primary's shard fails fast).
     pub fn banned(&self) -> bool {
         self.ban
@@ -438,6 +449,11 @@ async fn check(
     Ok((in_recovery, lsn))
 }
 
+/// 0x16_B374D848 → "16/B374D848", as PostgreSQL writes an LSN.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
 /// "16/B374D848" → 0x16_B374D848.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
@@ -462,5 +478,7 @@ mod tests {
         assert_eq!(parse_lsn("0/0"), Some(0));
         assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
         assert_eq!(parse_lsn("x"), None);
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn(&format_lsn(12345)), Some(12345));
     }
 }

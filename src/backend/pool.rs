@@ -156,7 +156,7 @@ impl Pool {
         }
     }
 
-    fn health(&self) -> Option<Arc<ServerHealth>> {
+    pub fn health(&self) -> Option<Arc<ServerHealth>> {
         self.health.read().ok().and_then(|h| h.clone())
     }
 

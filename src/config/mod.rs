@@ -83,6 +83,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub health: RawHealth,
     #[serde(default)]
+    pub reads: Reads,
+    #[serde(default)]
     pub users: Vec<RawUser>,
     #[serde(default)]
     pub databases: Vec<RawDatabase>,
@@ -239,6 +241,85 @@ fn default_pause_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Where reads may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Every statement to the primary (the default: no replica staleness
+    /// for anyone).
+    Primary,
+    /// Reads to a replica when one is fresh enough, else the primary.
+    Replica,
+    /// Reads to the primary or a replica, balanced.
+    Any,
+}
+
+/// How a session sees its own writes on replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadYourWrites {
+    /// A read after a write goes only to a replica that has replayed the
+    /// write's WAL position.
+    Lsn,
+    /// Reads go to the primary for `read_your_writes_window` after a write.
+    PrimaryAfterWrite,
+    /// No guarantee.
+    Off,
+}
+
+/// Replica reads: `[reads]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reads {
+    #[serde(default = "default_read_from")]
+    pub read_from: ReadFrom,
+    #[serde(default = "default_ryw")]
+    pub read_your_writes: ReadYourWrites,
+    /// `lsn`: how long a read waits for a replica to replay the session's
+    /// last write before it goes to the primary.
+    #[serde(default = "default_ryw_wait", with = "duration::serde_duration")]
+    pub read_your_writes_max_wait: Duration,
+    /// `primary_after_write`: how long reads stay on the primary.
+    #[serde(default = "default_ryw_window", with = "duration::serde_duration")]
+    pub read_your_writes_window: Duration,
+    /// Replicas further behind their primary (WAL bytes) take no reads; 0 is no limit.
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_replica_lag_bytes: u64,
+    /// Functions that write, beyond the built-in ones (nextval, setval,
+    /// advisory locks, ...): a SELECT calling one goes to the primary.
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads {
+            read_from: default_read_from(),
+            read_your_writes: default_ryw(),
+            read_your_writes_max_wait: default_ryw_wait(),
+            read_your_writes_window: default_ryw_window(),
+            max_replica_lag_bytes: default_max_lag_bytes(),
+            write_functions: Vec::new(),
+        }
+    }
+}
+
+fn default_read_from() -> ReadFrom {
+    ReadFrom::Primary
+}
+fn default_ryw() -> ReadYourWrites {
+    ReadYourWrites::Lsn
+}
+fn default_ryw_wait() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_ryw_window() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_lag_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
 /// Health checks of every configured server (`/readyz`, `SHOW SHARDS`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +442,8 @@ pub struct RawUser {
     pub server_password: Option<String>,
     /// Sessions of this user at once (53300 beyond).
     pub max_connections: Option<u32>,
+    /// Overrides the database's and `reads.read_from` for this user.
+    pub read_from: Option<ReadFrom>,
     /// Statements per second over all of this user's sessions.
     pub rate_limit: Option<f64>,
     /// Statements allowed at once above the rate; defaults to one second's worth.
@@ -385,6 +468,8 @@ pub struct RawDatabase {
     pub server_database: Option<String>,
     /// Overrides `pool.mode` for this database.
     pub pool_mode: Option<PoolMode>,
+    /// Overrides `reads.read_from` for this database.
+    pub read_from: Option<ReadFrom>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +529,7 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogSettings,
     pub health: Health,
+    pub reads: Reads,
     pub users: BTreeMap<String, User>,
     pub databases: BTreeMap<String, Database>,
     pub shards: Vec<Shard>,
@@ -479,6 +565,7 @@ pub struct User {
     pub server_password: Option<String>,
     pub max_connections: Option<u32>,
     pub rate_limit: Option<RateLimit>,
+    pub read_from: Option<ReadFrom>,
 }
 
 #[derive(Debug, Clone)]
@@ -486,6 +573,7 @@ pub struct Database {
     pub name: String,
     pub server_database: String,
     pub pool_mode: PoolMode,
+    pub read_from: Option<ReadFrom>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -511,6 +599,14 @@ impl Server {
 pub const ADMIN_DATABASE: &str = "shardwire";
 
 impl Config {
+    /// Where reads of `user` on `database` may go: the user's setting, else
+    /// the database's, else `reads.read_from`.
+    pub fn read_from(&self, database: &Database, user: &User) -> ReadFrom {
+        user.read_from
+            .or(database.read_from)
+            .unwrap_or(self.reads.read_from)
+    }
+
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -761,6 +857,7 @@ impl Config {
                 u.name.clone(),
                 User {
                     max_connections: u.max_connections,
+                    read_from: u.read_from,
                     rate_limit,
                     name: u.name.clone(),
                     auth: u.auth,
@@ -797,6 +894,7 @@ impl Config {
                     name: d.name.clone(),
                     server_database: d.server_database.clone().unwrap_or_else(|| d.name.clone()),
                     pool_mode: d.pool_mode.unwrap_or(raw.pool.mode),
+                    read_from: d.read_from,
                 },
             );
         }
@@ -869,7 +967,10 @@ impl Config {
             }
         };
 
-        let router = Arc::new(build_router(&raw.tables, &shards, default_shard, &err)?);
+        let router = Arc::new(
+            build_router(&raw.tables, &shards, default_shard, &err)?
+                .with_write_functions(&raw.reads.write_functions),
+        );
 
         Ok(Config {
             router,
@@ -884,6 +985,7 @@ impl Config {
             limits: raw.limits,
             log: raw.log,
             health,
+            reads: raw.reads,
             users,
             databases,
             shards,
@@ -901,6 +1003,7 @@ impl Config {
             "pool": self.pool,
             "limits": self.limits,
             "log": self.log,
+            "reads": self.reads,
             "shards": self.shards,
             "databases": self.databases.values().map(|d| serde_json::json!({
                 "name": d.name,

@@ -79,6 +79,14 @@ pub struct Proxy {
     reloading: Mutex<()>,
 }
 
+/// The pools a session uses, by shard index.
+pub struct SessionPools {
+    pub primaries: Vec<Arc<crate::backend::Pool>>,
+    /// The other servers of each shard, when the session may read from
+    /// replicas.
+    pub replicas: Vec<Vec<Arc<crate::backend::Pool>>>,
+}
+
 /// What a reload changed, for the log and the RELOAD command.
 #[derive(Debug, Default)]
 pub struct ReloadOutcome {
@@ -209,17 +217,36 @@ impl Proxy {
         config: &Config,
         database: &crate::config::Database,
         user: &User,
-    ) -> Vec<Arc<crate::backend::Pool>> {
+    ) -> SessionPools {
+        let primaries: Vec<usize> = (0..config.shards.len())
+            .map(|shard| self.health.primary_index(config, shard))
+            .collect();
         let pools = self
             .backends
-            .session_pools(config, database, user, |shard| {
-                self.health.primary_index(config, shard)
-            });
-        for p in &pools {
+            .session_pools(config, database, user, |shard| primaries[shard]);
+        // Replicas only where reads may use them; only the default shard
+        // without [[tables]].
+        let routing = config.router.tables().next().is_some();
+        let read_split = config.read_from(database, user) != crate::config::ReadFrom::Primary;
+        let replicas: Vec<Vec<Arc<crate::backend::Pool>>> = (0..config.shards.len())
+            .map(|shard| {
+                if !read_split || (!routing && shard != config.default_shard) {
+                    return Vec::new();
+                }
+                (0..config.shards[shard].servers.len())
+                    .filter(|&i| i != primaries[shard])
+                    .map(|i| self.backends.pool(config, shard, i, database, user))
+                    .collect()
+            })
+            .collect();
+        for p in pools.iter().chain(replicas.iter().flatten()) {
             let t = &p.target;
             p.set_health(self.health.of(&t.shard, &t.host, t.port));
         }
-        pools
+        SessionPools {
+            primaries: pools,
+            replicas,
+        }
     }
 
     /// Config and health generations together: when either moves, a
@@ -691,7 +718,10 @@ where
 
     let wanted_from_client = client_session_params(&params)?;
     // The default shard's primary greets the client.
-    let pools = proxy.session_pools(&config, db, user);
+    let SessionPools {
+        primaries: pools,
+        replicas,
+    } = proxy.session_pools(&config, db, user);
     let pool = pools[config.default_shard].clone();
     let fatal = |e: CheckoutError| {
         let mut e = e.to_pg();
@@ -753,6 +783,8 @@ where
         proxy: proxy.clone(),
         config: config.clone(),
         registration,
+        replicas,
+        read_from: config.read_from(db, user),
         user: user.name.clone(),
         database: db.name.clone(),
         pools,

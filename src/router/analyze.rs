@@ -11,10 +11,10 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    visit_relations, AssignmentTarget, BinaryOperator, CopySource, CopyTarget, Expr, FromTable,
-    FunctionArg, FunctionArgExpr, FunctionArguments, JoinConstraint, JoinOperator, ObjectName,
-    ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
-    TableWithJoins, UnaryOperator, Value,
+    visit_expressions, visit_relations, visit_statements, AssignmentTarget, BinaryOperator,
+    CopySource, CopyTarget, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments,
+    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -96,6 +96,9 @@ pub enum Kind {
 pub struct StatementPlan {
     pub kind: Kind,
     pub writes: bool,
+    /// Names (lower case, without schema) of the functions a SELECT calls,
+    /// so the router can tell reads from writes by function.
+    pub functions: Vec<String>,
     pub target: Target,
     /// How the answers of several shards combine into one, for a SELECT on
     /// one sharded table that may run on several shards; `None` when they
@@ -196,6 +199,7 @@ fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
     StatementPlan {
         kind,
         writes,
+        functions: Vec::new(),
         target,
         merge: None,
     }
@@ -216,7 +220,17 @@ pub const HINT_ADD_KEY: &str =
 fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
     match stmt {
         Statement::Query(q) => {
-            let writes = !q.locks.is_empty();
+            // FOR UPDATE/SHARE, SELECT INTO and data-modifying CTEs write.
+            let into = matches!(&*q.body, SetExpr::Select(sel) if sel.into.is_some());
+            let modifies = visit_statements(q, |st| match st {
+                Statement::Insert(_)
+                | Statement::Update { .. }
+                | Statement::Delete(_)
+                | Statement::Merge { .. } => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            })
+            .is_break();
+            let writes = !q.locks.is_empty() || into || modifies;
             let target = plan_query(q, tables);
             let merge = match &target {
                 Target::Keyed(conds) if conds.len() == 1 => merge_kind(q, &conds[0].table, tables),
@@ -224,6 +238,7 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
             };
             StatementPlan {
                 merge,
+                functions: called_functions(q),
                 ..plan(Kind::Select, writes, target)
             }
         }
@@ -276,6 +291,23 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
             plan(Kind::Other, true, target)
         }
     }
+}
+
+/// The functions a query calls, lower case, without schema.
+fn called_functions(q: &Query) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let _ = visit_expressions(q, |e: &Expr| {
+        if let Expr::Function(f) = e {
+            if let Some(ObjectNamePart::Identifier(i)) = f.name.0.last() {
+                let n = normalize_ident(&i.value, i.quote_style);
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    names
 }
 
 /// Every configured table the statement mentions anywhere (FROM, joins,

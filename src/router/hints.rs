@@ -11,6 +11,8 @@ pub enum Hint {
     ShardKey(String),
     /// Route to this shard by name.
     Shard(String),
+    /// `role=primary` or `role=replica`: where a read may go.
+    Role(crate::config::ReadFrom),
 }
 
 /// Hints in the comments of `sql`, in order. Unknown keys in a shardwire
@@ -38,9 +40,19 @@ pub fn parse_hints(sql: &str) -> Result<Vec<Hint>, String> {
             match k.trim() {
                 "shard_key" => hints.push(Hint::ShardKey(v)),
                 "shard" => hints.push(Hint::Shard(v)),
+                "role" => hints.push(Hint::Role(match v.as_str() {
+                    "primary" => crate::config::ReadFrom::Primary,
+                    "replica" => crate::config::ReadFrom::Replica,
+                    "any" => crate::config::ReadFrom::Any,
+                    _ => {
+                        return Err(format!(
+                            "shardwire hint role=\"{v}\" must be primary, replica or any"
+                        ))
+                    }
+                })),
                 other => {
                     return Err(format!(
-                        "unknown shardwire hint \"{other}\" (known: shard_key, shard)"
+                        "unknown shardwire hint \"{other}\" (known: shard_key, shard, role)"
                     ))
                 }
             }
@@ -71,6 +83,11 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(parse_hints("/* shardwire: shrad=s1 */").is_err());
+        assert_eq!(
+            parse_hints("/* shardwire: role=primary */ select 1").unwrap(),
+            vec![Hint::Role(crate::config::ReadFrom::Primary)]
+        );
+        assert!(parse_hints("/* shardwire: role=master */").is_err());
         assert!(parse_hints("/* unterminated").unwrap().is_empty());
     }
 }

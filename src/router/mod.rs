@@ -327,6 +327,8 @@ pub struct Route {
     pub reason: String,
     /// A routing hint chose the shard (`shard=` or `shard_key=`).
     pub hinted: bool,
+    /// `/* shardwire: role=... */`: where this statement may read from.
+    pub role: Option<crate::config::ReadFrom>,
 }
 
 impl Route {
@@ -357,9 +359,44 @@ pub struct SessionHints {
 pub static PARSE_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
 pub static PARSE_CACHE_MISSES: AtomicU64 = AtomicU64::new(0);
 
+/// Built-in functions that write or take locks a replica cannot give: a
+/// SELECT calling one is not a read.
+pub const WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+    "set_config",
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_create_logical_replication_slot",
+    "pg_create_physical_replication_slot",
+    "pg_drop_replication_slot",
+];
+
 /// Every configured table and the parse cache.
 pub struct Router {
     tables: analyze::Tables,
+    /// `reads.write_functions`, lower case.
+    write_functions: Vec<String>,
     shard_names: Vec<String>,
     default_shard: usize,
     cache: Mutex<lru::LruCache<String, Arc<Analysis>>>,
@@ -387,10 +424,31 @@ impl Router {
                 .collect(),
             shard_names,
             default_shard,
+            write_functions: Vec::new(),
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(PARSE_CACHE_SIZE).expect("nonzero"),
             )),
         }
+    }
+
+    /// Add functions that write (`reads.write_functions`).
+    pub fn with_write_functions(mut self, names: &[String]) -> Self {
+        self.write_functions = names.iter().map(|n| n.to_lowercase()).collect();
+        self
+    }
+
+    /// Whether a query string only reads, so a replica may answer it: every
+    /// statement is a SELECT that locks nothing, modifies nothing and calls
+    /// no function known to write.
+    pub fn is_read(&self, analysis: &Analysis) -> bool {
+        !analysis.statements.is_empty()
+            && analysis.statements.iter().all(|s| {
+                s.kind == Kind::Select
+                    && !s.writes
+                    && !s.functions.iter().any(|f| {
+                        WRITE_FUNCTIONS.contains(&f.as_str()) || self.write_functions.contains(f)
+                    })
+            })
     }
 
     pub fn shard_names(&self) -> &[String] {
@@ -453,6 +511,22 @@ impl Router {
             })
             .or_else(|| session.shard_key.clone());
 
+        let role = comment_hints.iter().find_map(|h| match h {
+            Hint::Role(r) => Some(*r),
+            _ => None,
+        });
+        let mut route = self.route_with(&analysis, params, shard_hint, key_hint)?;
+        route.role = role;
+        Ok(route)
+    }
+
+    fn route_with(
+        &self,
+        analysis: &Analysis,
+        params: &[Param<'_>],
+        shard_hint: Option<String>,
+        key_hint: Option<String>,
+    ) -> Result<Route, PgError> {
         let writes = analysis.statements.iter().any(|s| s.writes);
         if let Some(name) = shard_hint {
             let shard = self.shard_by_name(&name)?;
@@ -510,6 +584,7 @@ impl Router {
             keys: vec![],
             reason,
             hinted: false,
+            role: None,
         }
     }
 
@@ -1142,5 +1217,32 @@ mod tests {
         let a = r.analysis("select * from accounts where aid = 1");
         let b = r.analysis("select * from accounts where aid = 1");
         assert!(std::sync::Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn reads_and_writes_are_told_apart() {
+        let r = router().with_write_functions(&["Audit_Touch".to_string()]);
+        let read = |sql: &str| r.is_read(&r.analysis(sql));
+        assert!(read("select abalance from accounts where aid = 1"));
+        assert!(read(
+            "select now(), lower('A'), coalesce(null, 1), inet_server_port()"
+        ));
+        assert!(read("select 1; select 2"));
+        assert!(!read("select * from accounts where aid = 1 for update"));
+        assert!(!read("select * from accounts for share"));
+        assert!(!read("select nextval('s')"));
+        assert!(!read("select pg_advisory_lock(1)"));
+        assert!(!read("select audit_touch(1)"));
+        assert!(!read("select * into t2 from accounts"));
+        assert!(!read(
+            "with x as (insert into accounts values (1) returning *) select * from x"
+        ));
+        assert!(!read("update accounts set abalance = 1 where aid = 1"));
+        assert!(!read(
+            "select 1; update accounts set abalance = 1 where aid = 1"
+        ));
+        assert!(!read("begin"));
+        assert!(!read("set search_path = x"));
+        assert!(!read("vacuum"));
     }
 }

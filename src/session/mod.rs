@@ -22,6 +22,7 @@
 mod copysplit;
 mod multi;
 mod multitx;
+mod reads;
 pub mod routing;
 mod scatter;
 pub mod statements;
@@ -133,6 +134,9 @@ enum Pending {
         /// A client statement (Query or Execute): when it was sent, and its
         /// SQL when the slow-statement log is on.
         timing: Option<Timing>,
+        /// The proxy's `pg_current_wal_insert_lsn()` after a write: its
+        /// DataRow is read-your-writes' position (see reads.rs).
+        lsn_probe: bool,
     },
     /// A response the proxy makes itself, emitted when it reaches the head.
     Synthetic(u8),
@@ -140,6 +144,9 @@ enum Pending {
     SyntheticFrame(Bytes),
     /// ReadyForQuery with the status the client sees when it is emitted.
     SyntheticReady,
+    /// The answer to `SHOW shardwire.causal_token`, rendered when it
+    /// reaches the head (after any LSN probe sent before it).
+    CausalToken,
     /// A Parse of invalid SQL the proxy sent to make the server fail the
     /// batch (rolling back its implicit transaction) after the proxy
     /// refused a statement in it; its ErrorResponse is swallowed.
@@ -183,6 +190,10 @@ pub struct SessionSetup {
     pub config: Arc<Config>,
     /// The client's entry in the registry (SHOW CLIENTS, user limits).
     pub registration: Registration,
+    /// Other servers of each shard, for reads (empty when reads stay on
+    /// primaries).
+    pub replicas: Vec<Vec<Arc<Pool>>>,
+    pub read_from: crate::config::ReadFrom,
     pub user: String,
     pub database: String,
     /// The primary pool of each shard, by shard index.
@@ -227,6 +238,25 @@ pub struct Session<R, W> {
     discard_server: bool,
     /// Last time the client sent something (idle-in-transaction timeout).
     last_client_input: Instant,
+    /// Replica pools by shard (reads.rs).
+    replicas: Vec<Vec<Arc<Pool>>>,
+    read_from: crate::config::ReadFrom,
+    /// Per shard: WAL position of the session's last write (0: none).
+    written_lsn: Vec<u64>,
+    /// Per shard: when the session last wrote (primary_after_write).
+    written_at: Vec<Option<Instant>>,
+    /// Per shard: a write whose position is not known yet (resolved when
+    /// the causal token is asked for).
+    unresolved_writes: Vec<bool>,
+    /// The transaction on the held primary wrote (or may have).
+    tx_wrote: bool,
+    /// The next checkout is for a read that may go to a replica.
+    next_read: Option<crate::config::ReadFrom>,
+    /// The held server is not its shard's primary (a read runs on it).
+    on_replica: bool,
+    read_stats: Vec<reads::ReadStats>,
+    /// Rotates replica choice among equally busy ones.
+    read_turn: usize,
     setup_user: String,
     setup_database: String,
     client_id: u64,
@@ -296,9 +326,21 @@ where
 {
     pub fn new(setup: SessionSetup, client_rd: FrameReader<R>, client_wr: W) -> Self {
         let server = setup.server;
-        let routing = setup.router.tables().next().is_some();
+        // Replica reads need every statement classified, tables or not.
+        let routing = setup.router.tables().next().is_some()
+            || setup.read_from != crate::config::ReadFrom::Primary;
         let shards = setup.pools.len();
         let mut s = Session {
+            replicas: setup.replicas,
+            read_from: setup.read_from,
+            written_lsn: vec![0; shards],
+            written_at: vec![None; shards],
+            unresolved_writes: vec![false; shards],
+            tx_wrote: false,
+            next_read: None,
+            on_replica: false,
+            read_stats: vec![Default::default(); shards],
+            read_turn: 0,
             config_generation: setup.proxy.topology_generation(),
             paused: setup.proxy.paused(),
             proxy: setup.proxy,
@@ -649,6 +691,19 @@ where
             be::ERROR_RESPONSE => {
                 if matches!(self.pending.front(), Some(Pending::Abort)) {
                     self.pending.pop_front();
+                } else if matches!(
+                    self.pending.front(),
+                    Some(Pending::Request {
+                        lsn_probe: true,
+                        ..
+                    })
+                ) {
+                    // The proxy's own query; its ReadyForQuery still comes.
+                    // The position is unknown now, so reads of this shard
+                    // stay on the primary rather than risk a stale answer.
+                    if let Some(l) = self.written_lsn.get_mut(self.server_shard) {
+                        *l = u64::MAX;
+                    }
                 } else {
                     self.forward_error(&frame);
                 }
@@ -662,6 +717,18 @@ where
             }
             be::COMMAND_COMPLETE | be::READY_FOR_QUERY => self.copy_in = false,
             _ => {}
+        }
+        if tag == be::DATA_ROW
+            && matches!(
+                self.pending.front(),
+                Some(Pending::Request {
+                    lsn_probe: true,
+                    ..
+                })
+            )
+        {
+            self.on_lsn_probe_row(&frame);
+            return;
         }
         let head = match self.pending.front() {
             Some(Pending::Request {
@@ -965,6 +1032,15 @@ where
                     let status = self.client_status();
                     protocol::ready_for_query(&mut self.client_out, status);
                 }
+                Some(Pending::CausalToken) => {
+                    let token = self.causal_token();
+                    protocol::row_description_text(
+                        &mut self.client_out,
+                        &["shardwire.causal_token"],
+                    );
+                    protocol::data_row_text(&mut self.client_out, &[Some(token.as_str())]);
+                    protocol::command_complete(&mut self.client_out, "SHOW");
+                }
                 _ => return,
             }
             self.pending.pop_front();
@@ -986,6 +1062,19 @@ where
     async fn drain_client_frames(&mut self) -> Result<(), SessionEnd> {
         loop {
             if self.server_out.len() >= HIGH_WATER {
+                return Ok(());
+            }
+            // A replica serves exactly one read, and an LSN probe ends a
+            // write: what the client pipelined behind them waits until the
+            // server is released (it may be a write, or for another shard).
+            let probing = matches!(
+                self.pending.front(),
+                Some(Pending::Request {
+                    lsn_probe: true,
+                    ..
+                })
+            );
+            if (self.on_replica || probing) && self.server.is_some() {
                 return Ok(());
             }
             let frame = match self.client_rd.try_frame() {
@@ -1170,9 +1259,17 @@ where
                 "the reloaded config no longer has this session's user or database; the session keeps the old config");
             return;
         };
-        self.pools = self.proxy.session_pools(&config, db, user);
+        let pools = self.proxy.session_pools(&config, db, user);
+        self.pools = pools.primaries;
+        self.replicas = pools.replicas;
+        self.read_from = config.read_from(db, user);
+        let shards = self.pools.len();
+        self.written_lsn.resize(shards, 0);
+        self.written_at.resize(shards, None);
+        self.unresolved_writes.resize(shards, false);
         self.router = config.router.clone();
-        self.routing = self.router.tables().next().is_some();
+        self.routing = self.router.tables().next().is_some()
+            || self.read_from != crate::config::ReadFrom::Primary;
         self.default_shard = config.default_shard;
         self.server_shard = config.default_shard;
         self.max_prepared_per_server = config.pool.max_prepared_statements as usize;
@@ -1388,6 +1485,7 @@ where
             forward,
             creates,
             timing,
+            lsn_probe: false,
         });
         if self.server_out.len() >= HIGH_WATER {
             self.flush_point();
@@ -1492,6 +1590,16 @@ where
             self.wait_while_paused().await?;
         }
         self.client.info.set_state(ClientState::Waiting);
+        if let Some(target) = self.next_read.take() {
+            if let Some(mut conn) = self.read_checkout(shard, target).await {
+                if let Err(e) = sync_params(&mut conn, &mut self.wanted_params).await {
+                    self.client.info.set_state(ClientState::Idle);
+                    return Err(e);
+                }
+                self.client.info.set_state(ClientState::Active);
+                return Ok(conn);
+            }
+        }
         let result = match self.pools[shard].checkout().await {
             Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
                 Ok(()) => Ok(conn),
@@ -1630,6 +1738,12 @@ where
         let body = protocol::body(&frame);
         let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
         if let Some(cmd) = routing::proxy_command(&sql) {
+            if matches!(cmd, Ok(ProxyCommand::Show(HintVar::CausalToken))) {
+                if let Err(e) = self.resolve_written_lsns().await {
+                    self.refuse(e, true);
+                    return Ok(());
+                }
+            }
             self.proxy_command(cmd);
             return Ok(());
         }
@@ -1701,10 +1815,22 @@ where
                 return Ok(());
             }
         };
+        let target = route.role.unwrap_or(self.read_from);
+        let read = target != crate::config::ReadFrom::Primary
+            && self.server.is_none()
+            && self.deferred_begin.is_none()
+            && self.tx_status == b'I'
+            && self.router.is_read(&analysis);
+        if read {
+            self.next_read = Some(target);
+        } else if !routing::is_neutral(&analysis) {
+            self.tx_wrote = true;
+        }
         if self.ensure_shard(shard, true, true).await {
             self.route_kind = route_kind(&route);
             self.send_query(frame);
         }
+        self.next_read = None;
         Ok(())
     }
 
@@ -1723,9 +1849,15 @@ where
                 // An unknown statement: the server reports it.
                 None => Some(Ok((self.server_shard_or_default(), self.route_kind))),
                 Some(sql) => {
-                    if routing::is_neutral(&self.router.analysis(&sql)) {
+                    let analysis = self.router.analysis(&sql);
+                    if routing::is_neutral(&analysis) {
                         None
                     } else {
+                        // The extended protocol runs on primaries; a write
+                        // there matters to later replica reads.
+                        if !self.router.is_read(&analysis) {
+                            self.tx_wrote = true;
+                        }
                         Some(
                             self.router
                                 .route(&sql, &params, &self.hints)
@@ -1809,10 +1941,33 @@ where
                 self.refuse(PgError::error("42704", m), true);
                 return;
             }
+            Ok(ProxyCommand::Show(HintVar::CausalToken)) => {
+                // Rendered in turn, after an LSN probe still in flight.
+                self.pending.push_back(Pending::CausalToken);
+                self.pending.push_back(Pending::SyntheticReady);
+                self.emit_synthetic();
+                return;
+            }
+            Ok(ProxyCommand::Set {
+                var: HintVar::CausalToken,
+                value,
+                reset,
+            }) => {
+                if let Err(m) = value.as_deref().map_or(Ok(()), |t| self.adopt_token(t)) {
+                    let err = PgError::error(
+                        "22023",
+                        format!("invalid value for parameter \"shardwire.causal_token\": {m}"),
+                    )
+                    .with_hint("pass the exact string SHOW shardwire.causal_token returned");
+                    self.refuse(err, true);
+                    return;
+                }
+                protocol::command_complete(&mut buf, if reset { "RESET" } else { "SET" });
+            }
             Ok(ProxyCommand::Show(var)) => {
                 let value = match var {
                     HintVar::Shard => self.hints.shard.clone(),
-                    HintVar::ShardKey => self.hints.shard_key.clone(),
+                    HintVar::ShardKey | HintVar::CausalToken => self.hints.shard_key.clone(),
                 }
                 .unwrap_or_default();
                 protocol::row_description_text(&mut buf, &[var.name()]);
@@ -1833,7 +1988,7 @@ where
                 }
                 match var {
                     HintVar::Shard => self.hints.shard = value,
-                    HintVar::ShardKey => self.hints.shard_key = value,
+                    HintVar::ShardKey | HintVar::CausalToken => self.hints.shard_key = value,
                 }
                 protocol::command_complete(&mut buf, if reset { "RESET" } else { "SET" });
             }
@@ -1845,6 +2000,7 @@ where
     }
 
     fn attach(&mut self, conn: PooledConn) {
+        self.on_replica = !self.pools.iter().any(|p| Arc::ptr_eq(p, conn.pool()));
         self.cancel.set(
             conn.target.host.clone(),
             conn.target.port,
@@ -1856,6 +2012,9 @@ where
 
     fn maybe_release(&mut self) {
         if self.pool_mode == PoolMode::Transaction && self.server.is_some() && self.is_idle() {
+            if std::mem::take(&mut self.tx_wrote) && !self.on_replica && self.after_write() {
+                return; // released once the LSN probe answers
+            }
             if let Some(conn) = self.server.take() {
                 self.release_conn(conn);
             }
@@ -1869,6 +2028,7 @@ where
 
     fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
+        self.on_replica = false;
         self.client.info.set_shard(None);
         if std::mem::take(&mut self.discard_server) {
             drop(conn); // closes it

@@ -83,6 +83,9 @@ pub fn tx_control(sql: &str, a: &Analysis) -> Option<TxControl> {
 pub enum HintVar {
     Shard,
     ShardKey,
+    /// The session's WAL positions per shard (read-your-writes across
+    /// connections and proxies).
+    CausalToken,
 }
 
 impl HintVar {
@@ -90,6 +93,7 @@ impl HintVar {
         match self {
             HintVar::Shard => "shardwire.shard",
             HintVar::ShardKey => "shardwire.shard_key",
+            HintVar::CausalToken => "shardwire.causal_token",
         }
     }
 }
@@ -135,9 +139,10 @@ pub fn proxy_command(sql: &str) -> Option<Result<ProxyCommand, String>> {
     let var = match var_name {
         "shard" => HintVar::Shard,
         "shard_key" => HintVar::ShardKey,
+        "causal_token" => HintVar::CausalToken,
         other => {
             return Some(Err(format!(
-                "unrecognized configuration parameter \"shardwire.{other}\" (known: shardwire.shard, shardwire.shard_key)"
+                "unrecognized configuration parameter \"shardwire.{other}\" (known: shardwire.shard, shardwire.shard_key, shardwire.causal_token)"
             )))
         }
     };

@@ -22,6 +22,7 @@ mod pool_sizing;
 mod pooling;
 mod psql;
 mod reload;
+mod replicas;
 mod routing;
 mod session_mode;
 mod session_params;

@@ -1,0 +1,333 @@
+//! Replica reads and read-your-writes (DESIGN.md §5).
+//!
+//! A read (a query string the router calls a read, outside any transaction)
+//! may go to a replica of its shard. The session remembers, per shard, the
+//! WAL position of its last write there (`written_lsn`): after a write
+//! commits, the proxy asks the same primary connection for
+//! `pg_current_wal_insert_lsn()` before the connection goes back to the
+//! pool, while the client already has its answer. A later read goes only to
+//! a replica known to have replayed that far; if none is, the read checks a
+//! replica's live position, waiting up to `read_your_writes_max_wait`, then
+//! falls back to the primary. The positions also travel as the causal
+//! token (`SHOW`/`SET shardwire.causal_token`), so another connection,
+//! through any proxy of the same shards, reads at least as fresh.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Expect, Pending, Session};
+use crate::admin::metrics::ReadDecision;
+use crate::backend::health::{format_lsn, parse_lsn};
+use crate::backend::{Pool, PooledConn};
+use crate::config::{ReadFrom, ReadYourWrites};
+use crate::protocol::{self, PgError};
+
+/// Prefix (and version) of causal tokens.
+const TOKEN_PREFIX: &str = "sw1:";
+
+/// How often a read waiting for a replica to catch up asks it again.
+const CATCH_UP_POLL: Duration = Duration::from_millis(5);
+
+/// `sw1:s0=0/3000060,s1=0/30000D8` from per-shard positions (0 = none).
+pub fn format_token(shards: &[String], lsns: &[u64]) -> String {
+    let parts: Vec<String> = shards
+        .iter()
+        .zip(lsns)
+        .filter(|(_, &l)| l > 0)
+        .map(|(s, &l)| format!("{s}={}", format_lsn(l)))
+        .collect();
+    format!("{TOKEN_PREFIX}{}", parts.join(","))
+}
+
+/// The positions of a causal token, by shard index; an error says what is
+/// wrong with it.
+pub fn parse_token(token: &str, shards: &[String]) -> Result<Vec<u64>, String> {
+    let body = token
+        .trim()
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or_else(|| format!("a causal token starts with \"{TOKEN_PREFIX}\""))?;
+    let mut out = vec![0; shards.len()];
+    for part in body.split(',').filter(|p| !p.is_empty()) {
+        let (name, lsn) = part
+            .split_once('=')
+            .ok_or_else(|| format!("\"{part}\" is not shard=position"))?;
+        let i = shards.iter().position(|s| s == name).ok_or_else(|| {
+            format!("the token names shard \"{name}\", which this proxy does not have")
+        })?;
+        out[i] = parse_lsn(lsn).ok_or_else(|| format!("\"{lsn}\" is not a WAL position"))?;
+    }
+    Ok(out)
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Replica reads are possible for this session at all.
+    pub(super) fn read_split(&self) -> bool {
+        self.read_from != ReadFrom::Primary
+    }
+
+    /// A server for a read on `shard` other than the primary, checked out;
+    /// None sends the read to the primary. Counts the decision.
+    pub(super) async fn read_checkout(
+        &mut self,
+        shard: usize,
+        target: ReadFrom,
+    ) -> Option<PooledConn> {
+        let reads = self.config.reads.clone();
+        let required = match reads.read_your_writes {
+            ReadYourWrites::Lsn => self.written_lsn.get(shard).copied().unwrap_or(0),
+            _ => 0,
+        };
+        if reads.read_your_writes == ReadYourWrites::PrimaryAfterWrite
+            && self
+                .written_at
+                .get(shard)
+                .copied()
+                .flatten()
+                .is_some_and(|t| t.elapsed() < reads.read_your_writes_window)
+        {
+            self.count_read(shard, ReadDecision::PrimaryAfterWrite);
+            return None;
+        }
+        // Usable replicas, least busy first; ties rotate.
+        let mut candidates: Vec<Arc<Pool>> = self
+            .replicas
+            .get(shard)
+            .map(|r| {
+                r.iter()
+                    .filter(|p| {
+                        p.health().is_some_and(|h| {
+                            h.usable_replica()
+                                && (reads.max_replica_lag_bytes == 0
+                                    || self
+                                        .proxy
+                                        .health
+                                        .lag_bytes(&h)
+                                        .is_some_and(|l| l <= reads.max_replica_lag_bytes))
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if candidates.is_empty() {
+            self.count_read(shard, ReadDecision::NoReplica);
+            return None;
+        }
+        self.read_turn = self.read_turn.wrapping_add(1);
+        let turn = self.read_turn;
+        let n = candidates.len();
+        candidates.rotate_left(turn % n);
+        candidates.sort_by_key(|p| p.in_use());
+        if target == ReadFrom::Any && self.pools[shard].in_use() < candidates[0].in_use() {
+            self.count_read(shard, ReadDecision::Primary);
+            return None;
+        }
+        // Known fresh enough: go.
+        for pool in &candidates {
+            let fresh = required == 0
+                || pool
+                    .health()
+                    .and_then(|h| h.lsn())
+                    .is_some_and(|l| l >= required);
+            if fresh {
+                if let Ok(conn) = pool.checkout().await {
+                    self.count_read(shard, ReadDecision::Replica);
+                    return Some(conn);
+                }
+            }
+        }
+        // Ask a replica where it is, waiting up to the bound for it to
+        // replay the session's last write.
+        let deadline = Instant::now() + reads.read_your_writes_max_wait;
+        for pool in &candidates {
+            let Ok(mut conn) = pool.checkout().await else {
+                continue;
+            };
+            loop {
+                let replayed = match conn
+                    .run_collect(
+                        "SELECT pg_last_wal_replay_lsn()",
+                        Duration::from_secs(5),
+                        4096,
+                    )
+                    .await
+                {
+                    Ok(c) if c.error.is_none() => c
+                        .frames
+                        .iter()
+                        .find(|f| f[0] == protocol::be::DATA_ROW)
+                        .and_then(|f| protocol::data_row_values(f).ok())
+                        .and_then(|v| v.first().copied().flatten().map(<[u8]>::to_vec))
+                        .and_then(|v| String::from_utf8(v).ok())
+                        .and_then(|v| parse_lsn(&v)),
+                    _ => None,
+                };
+                let Some(replayed) = replayed else {
+                    break; // the connection is dropped, not pooled
+                };
+                if let Some(h) = pool.health() {
+                    h.observe_lsn(replayed);
+                }
+                if replayed >= required {
+                    self.count_read(shard, ReadDecision::ReplicaAfterWait);
+                    return Some(conn);
+                }
+                if Instant::now() + CATCH_UP_POLL > deadline {
+                    conn.release();
+                    self.count_read(shard, ReadDecision::PrimaryFallback);
+                    return None;
+                }
+                tokio::time::sleep(CATCH_UP_POLL).await;
+            }
+        }
+        self.count_read(shard, ReadDecision::PrimaryFallback);
+        None
+    }
+
+    fn count_read(&mut self, shard: usize, d: ReadDecision) {
+        if shard >= self.read_stats.len() {
+            self.read_stats.resize(shard + 1, Default::default());
+        }
+        let slot = &mut self.read_stats[shard][d as usize];
+        if slot.is_none() {
+            let name = self
+                .router
+                .shard_names()
+                .get(shard)
+                .cloned()
+                .unwrap_or_default();
+            *slot = Some(self.proxy.metrics.read_decision(&name, d));
+        }
+        if let Some(c) = slot {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A transaction that wrote on the held primary just ended: learn the
+    /// position read-your-writes needs. Returns true when a probe was sent
+    /// (the server is released once it answers).
+    pub(super) fn after_write(&mut self) -> bool {
+        let shard = self.server_shard;
+        match self.config.reads.read_your_writes {
+            ReadYourWrites::Off => false,
+            ReadYourWrites::PrimaryAfterWrite => {
+                if let Some(t) = self.written_at.get_mut(shard) {
+                    *t = Some(Instant::now());
+                }
+                false
+            }
+            ReadYourWrites::Lsn if self.read_split() => {
+                let mut q = bytes::BytesMut::new();
+                protocol::query_frame(&mut q, "SELECT pg_current_wal_insert_lsn()");
+                self.server_out.extend_from_slice(&q);
+                self.pending.push_back(Pending::Request {
+                    expect: Expect::Ready,
+                    forward: false,
+                    creates: None,
+                    timing: None,
+                    lsn_probe: true,
+                });
+                self.flush_point();
+                true
+            }
+            // Only a causal token can need it: resolved when asked for.
+            ReadYourWrites::Lsn => {
+                if let Some(d) = self.unresolved_writes.get_mut(shard) {
+                    *d = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// The DataRow answering an LSN probe.
+    pub(super) fn on_lsn_probe_row(&mut self, frame: &[u8]) {
+        let lsn = protocol::data_row_values(frame)
+            .ok()
+            .and_then(|v| v.first().copied().flatten().map(<[u8]>::to_vec))
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| parse_lsn(&v));
+        if let (Some(lsn), Some(slot)) = (lsn, self.written_lsn.get_mut(self.server_shard)) {
+            *slot = (*slot).max(lsn);
+        }
+    }
+
+    /// Writes whose position nobody asked for yet (read_from = primary):
+    /// the primary's current position covers them.
+    pub(super) async fn resolve_written_lsns(&mut self) -> Result<(), PgError> {
+        for shard in 0..self.unresolved_writes.len() {
+            if !self.unresolved_writes[shard] {
+                continue;
+            }
+            let mut conn = self.pools[shard].checkout().await.map_err(|e| e.to_pg())?;
+            let c = conn
+                .run_collect(
+                    "SELECT pg_current_wal_insert_lsn()",
+                    Duration::from_secs(10),
+                    4096,
+                )
+                .await
+                .map_err(|e| e.to_pg())?;
+            let lsn = c
+                .frames
+                .iter()
+                .find(|f| f[0] == protocol::be::DATA_ROW)
+                .and_then(|f| protocol::data_row_values(f).ok())
+                .and_then(|v| v.first().copied().flatten().map(<[u8]>::to_vec))
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| parse_lsn(&v));
+            if c.status == b'I' && c.error.is_none() {
+                conn.release();
+            }
+            if let Some(lsn) = lsn {
+                self.written_lsn[shard] = self.written_lsn[shard].max(lsn);
+            }
+            self.unresolved_writes[shard] = false;
+        }
+        Ok(())
+    }
+
+    /// The session's causal token.
+    pub(super) fn causal_token(&self) -> String {
+        format_token(self.router.shard_names(), &self.written_lsn)
+    }
+
+    /// Adopt a causal token: reads become at least as fresh as its positions.
+    pub(super) fn adopt_token(&mut self, token: &str) -> Result<(), String> {
+        let lsns = parse_token(token, self.router.shard_names())?;
+        for (mine, theirs) in self.written_lsn.iter_mut().zip(lsns) {
+            *mine = (*mine).max(theirs);
+        }
+        Ok(())
+    }
+}
+
+/// Per-shard counters of read decisions, as cached by a session.
+pub(super) type ReadStats = [Option<Arc<AtomicU64>>; ReadDecision::COUNT];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let shards = vec!["s0".to_string(), "s1".to_string()];
+        let t = format_token(&shards, &[0x3000060, 0]);
+        assert_eq!(t, "sw1:s0=0/3000060");
+        assert_eq!(parse_token(&t, &shards).unwrap(), vec![0x3000060, 0]);
+        assert_eq!(parse_token("sw1:", &shards).unwrap(), vec![0, 0]);
+        let both = format_token(&shards, &[1 << 32, 5]);
+        assert_eq!(parse_token(&both, &shards).unwrap(), vec![1 << 32, 5]);
+        assert!(parse_token("garbage", &shards).is_err());
+        assert!(parse_token("sw1:s9=0/1", &shards).is_err());
+        assert!(parse_token("sw1:s0=zz", &shards).is_err());
+        assert!(parse_token("sw1:s0", &shards).is_err());
+    }
+}

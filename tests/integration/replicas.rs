@@ -1,0 +1,271 @@
+//! Replica reads: which statements a replica may answer, and
+//! read-your-writes by WAL position on replicas that lag on purpose.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::common::*;
+
+async fn connect(proxy: &TestProxy) -> Client {
+    let (client, conn) = proxy
+        .pg_config("app", "app")
+        .connect(NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn port_of(client: &Client, sql: &str) -> u16 {
+    let rows = simple_rows(&client.simple_query(sql).await.expect(sql));
+    rows[0][0]
+        .as_deref()
+        .expect("a port")
+        .parse()
+        .expect("a port number")
+}
+
+/// Waits until the health checks found every server up (replicas take
+/// reads only then).
+fn wait_all_up(proxy: &TestProxy) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = proxy.admin("SHOW SHARDS");
+        if rows.iter().all(|r| r[3] == "up") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "servers not up: {rows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn reads_go_to_replicas_and_writes_to_primaries() {
+    let c = cluster();
+    let (primary, replica) = c.shard_ports(0);
+    let proxy = TestProxy::start(|cfg| {
+        set(cfg, "reads.read_from", "replica");
+        set(
+            cfg,
+            "reads.write_functions",
+            toml::Value::Array(vec!["sw_touch".into()]),
+        );
+        set(cfg, "health.interval", "200ms");
+    });
+    wait_all_up(&proxy);
+    block_on(Duration::from_secs(60), async {
+        let client = connect(&proxy).await;
+        // Plain reads, built-in read-only functions included.
+        for _ in 0..3 {
+            assert_eq!(
+                port_of(
+                    &client,
+                    "SELECT inet_server_port(), now(), lower('A'), coalesce(NULL, 1)"
+                )
+                .await,
+                replica
+            );
+        }
+        // Locks, writing functions, listed functions, hints, transactions:
+        // the primary.
+        for sql in [
+            "SELECT inet_server_port() FROM (SELECT 1) x FOR UPDATE",
+            "SELECT inet_server_port(), pg_advisory_xact_lock(42)",
+            "SELECT inet_server_port(), txid_current()",
+            "/* shardwire: role=primary */ SELECT inet_server_port()",
+        ] {
+            assert_eq!(port_of(&client, sql).await, primary, "{sql}");
+        }
+        client
+            .batch_execute(
+                "CREATE OR REPLACE FUNCTION sw_touch() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            )
+            .await
+            .expect("create function");
+        assert_eq!(
+            port_of(&client, "SELECT inet_server_port(), sw_touch()").await,
+            primary
+        );
+        client.batch_execute("BEGIN").await.expect("begin");
+        assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
+        client.batch_execute("COMMIT").await.expect("commit");
+        // The extended protocol stays on the primary.
+        let row = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .expect("extended");
+        assert_eq!(row.get::<_, i32>(0) as u16, primary);
+        // Back to the replica afterwards.
+        assert_eq!(port_of(&client, "SELECT inet_server_port()").await, replica);
+    });
+    let metrics = proxy.http_get("/metrics").1;
+    // The last read followed the session's writes: it checked the
+    // replica's position first.
+    let reads = |d| {
+        metric(
+            &metrics,
+            "shardwire_reads_total",
+            &[("shard", "s0"), ("decision", d)],
+        )
+    };
+    assert_eq!(
+        reads("replica") + reads("replica_after_wait"),
+        4.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_users_read_from_overrides_the_global_one() {
+    let c = cluster();
+    let (_, replica) = c.shard_ports(0);
+    let proxy = TestProxy::start(|cfg| {
+        set(cfg, "reads.read_from", "primary");
+        set(cfg, "health.interval", "200ms");
+        // The user's own setting wins over [reads].
+        let users = cfg["users"].as_array_mut().expect("users");
+        let app = users
+            .iter_mut()
+            .find(|u| u["name"].as_str() == Some("app"))
+            .expect("user app");
+        app.as_table_mut()
+            .expect("table")
+            .insert("read_from".into(), "replica".into());
+    });
+    wait_all_up(&proxy);
+    block_on(Duration::from_secs(30), async {
+        let client = connect(&proxy).await;
+        assert_eq!(port_of(&client, "SELECT inet_server_port()").await, replica);
+    });
+}
+
+/// Read-your-writes with replicas 500 ms behind: no read ever misses the
+/// session's own write, through this proxy or (with the causal token)
+/// another one; reads long after the last write go to replicas.
+#[test]
+fn read_your_writes_on_lagging_replicas() {
+    let iterations: usize = std::env::var("SHARDWIRE_RYW_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let private = PrivateCluster::start(&["--replica-delay", "500"]);
+    let configure = |cfg: &mut toml::Value| {
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "reads.read_your_writes_max_wait", "0");
+        set(cfg, "health.interval", "200ms");
+        set_tables(
+            cfg,
+            r#"
+[[tables]]
+name = "ryw"
+key = "id"
+strategy = "hash"
+"#,
+        );
+    };
+    let a = TestProxy::start_on(&private.0, configure);
+    let b = TestProxy::start_on(&private.0, configure);
+    wait_all_up(&a);
+    wait_all_up(&b);
+    block_on(Duration::from_secs(600), async {
+        let writer = connect(&a).await;
+        writer
+            .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY, v bigint NOT NULL)")
+            .await
+            .expect("create");
+        writer
+            .simple_query("INSERT INTO ryw (id, v) VALUES (1, 0), (2, 0)")
+            .await
+            .expect("seed");
+
+        // Same session: write then read, 500 ms replica lag.
+        let started = Instant::now();
+        let mut stale = 0;
+        for i in 1..=iterations as i64 {
+            writer
+                .simple_query(&format!("UPDATE ryw SET v = {i} WHERE id = 1"))
+                .await
+                .expect("update");
+            let rows = simple_rows(
+                &writer
+                    .simple_query("SELECT v FROM ryw WHERE id = 1")
+                    .await
+                    .expect("read"),
+            );
+            if rows[0][0].as_deref() != Some(i.to_string().as_str()) {
+                stale += 1;
+            }
+        }
+        eprintln!(
+            "read-your-writes: {iterations} write-then-read iterations in {:?}, {stale} stale",
+            started.elapsed()
+        );
+        assert_eq!(stale, 0, "stale reads");
+
+        // Reads more than 1 s after the last write: replicas.
+        let before = a.http_get("/metrics").1;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for _ in 0..100 {
+            let rows = simple_rows(
+                &writer
+                    .simple_query("SELECT v FROM ryw WHERE id = 1")
+                    .await
+                    .expect("late read"),
+            );
+            assert_eq!(rows[0][0].as_deref(), Some(iterations.to_string().as_str()));
+        }
+        let after = a.http_get("/metrics").1;
+        let count = |text: &str, d: &str| metric(text, "shardwire_reads_total", &[("decision", d)]);
+        let replica = ["replica", "replica_after_wait"]
+            .iter()
+            .map(|d| count(&after, d) - count(&before, d))
+            .sum::<f64>();
+        eprintln!("late reads served by replicas: {replica} of 100");
+        assert!(
+            replica >= 90.0,
+            "only {replica} of 100 late reads on replicas"
+        );
+
+        // Another connection through another proxy, given the token.
+        let reader = connect(&b).await;
+        let rounds = (iterations / 10).max(100);
+        let mut stale = 0;
+        for i in 1..=rounds as i64 {
+            writer
+                .simple_query(&format!("UPDATE ryw SET v = {i} WHERE id = 2"))
+                .await
+                .expect("update");
+            let token = simple_rows(
+                &writer
+                    .simple_query("SHOW shardwire.causal_token")
+                    .await
+                    .expect("token"),
+            )[0][0]
+                .clone()
+                .expect("token value");
+            reader
+                .simple_query(&format!("SET shardwire.causal_token = '{token}'"))
+                .await
+                .expect("adopt token");
+            let rows = simple_rows(
+                &reader
+                    .simple_query("SELECT v FROM ryw WHERE id = 2")
+                    .await
+                    .expect("read"),
+            );
+            if rows[0][0].as_deref() != Some(i.to_string().as_str()) {
+                stale += 1;
+            }
+        }
+        eprintln!("causal token: {rounds} iterations across proxies, {stale} stale");
+        assert_eq!(stale, 0, "stale reads with the causal token");
+
+        // A malformed token is a clear error.
+        let e = reader
+            .simple_query("SET shardwire.causal_token = 'nonsense'")
+            .await
+            .expect_err("malformed token accepted");
+        assert_eq!(sqlstate(&e), "22023", "{e}");
+    });
+}
