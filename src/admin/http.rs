@@ -257,6 +257,11 @@ pub fn render_metrics(proxy: &Proxy) -> String {
             &m.rate_limited,
         ),
         (
+            "shardwire_read_retries_total",
+            "Replica reads run again on another server after their replica failed before answering.",
+            &m.read_retries,
+        ),
+        (
             "shardwire_statement_timeouts_total",
             "Statements cancelled by limits.statement_timeout.",
             &m.statement_timeouts,

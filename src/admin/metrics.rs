@@ -185,6 +185,8 @@ pub struct Metrics {
     pub pause_timeouts: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Replica reads run again elsewhere after their replica died.
+    pub read_retries: AtomicU64,
     /// Per (shard name, kind).
     routes: RwLock<HashMap<(String, RouteKind), Arc<RouteStats>>>,
     /// Errors sent to clients, by SQLSTATE class (the first two characters).
@@ -207,6 +209,7 @@ impl Default for Metrics {
             pause_timeouts: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            read_retries: AtomicU64::new(0),
             routes: RwLock::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             reads: RwLock::new(HashMap::new()),

@@ -515,7 +515,19 @@ impl Router {
             Hint::Role(r) => Some(*r),
             _ => None,
         });
-        let mut route = self.route_with(&analysis, params, shard_hint, key_hint)?;
+        // Without [[tables]] there is one database, on the default shard:
+        // nothing is broadcast or split (sessions then route only to tell
+        // reads from writes).
+        let mut route = if self.tables.is_empty() {
+            let writes = analysis.statements.iter().any(|s| s.writes);
+            self.simple_route(
+                vec![self.default_shard],
+                writes,
+                "no [[tables]]: default shard".into(),
+            )
+        } else {
+            self.route_with(&analysis, params, shard_hint, key_hint)?
+        };
         route.role = role;
         Ok(route)
     }

@@ -257,6 +257,12 @@ pub struct Session<R, W> {
     read_stats: Vec<reads::ReadStats>,
     /// Rotates replica choice among equally busy ones.
     read_turn: usize,
+    /// The Query a replica is running, to run again elsewhere if the
+    /// replica dies before answering.
+    replica_read: Option<BytesMut>,
+    replica_answered: bool,
+    /// A read to run again (see `lose_server`).
+    retry_read: Option<BytesMut>,
     setup_user: String,
     setup_database: String,
     client_id: u64,
@@ -341,6 +347,9 @@ where
             on_replica: false,
             read_stats: vec![Default::default(); shards],
             read_turn: 0,
+            replica_read: None,
+            replica_answered: false,
+            retry_read: None,
             config_generation: setup.proxy.topology_generation(),
             paused: setup.proxy.paused(),
             proxy: setup.proxy,
@@ -428,6 +437,12 @@ where
             // 1. Everything the server already sent.
             if let Err(end) = self.drain_server_frames() {
                 return end;
+            }
+            // A read whose replica died before answering: run it again.
+            if let Some(read) = self.retry_read.take() {
+                if let Err(end) = self.routed_query(read).await {
+                    return end;
+                }
             }
             // 2. Everything the client already sent.
             if let Err(end) = self.drain_client_frames().await {
@@ -530,14 +545,14 @@ where
                 self.server_out.advance(n);
                 self.server_flush_upto -= n;
             }
-            Event::ServerWrote(Err(e)) => return Err(self.server_lost(e.to_string())),
+            Event::ServerWrote(Err(e)) => return self.lose_server(e.to_string()),
             Event::ServerRead(Ok(_)) => {}
             Event::ServerRead(Err(e)) => {
                 let cause = match e {
                     FrameError::Closed => "the server closed the connection".to_string(),
                     e => e.to_string(),
                 };
-                return Err(self.server_lost(cause));
+                return self.lose_server(cause);
             }
             Event::ClientRead(Ok(_)) => {
                 if !self.config.limits.idle_in_transaction_timeout.is_zero() {
@@ -633,6 +648,35 @@ where
         }
     }
 
+    /// The held server's connection broke. A read on a replica that had
+    /// not answered anything yet is retried elsewhere (the replica is
+    /// banned); anything else ends the session.
+    fn lose_server(&mut self, cause: String) -> Result<(), SessionEnd> {
+        if !self.on_replica || self.replica_answered {
+            return Err(self.server_lost(cause));
+        }
+        let Some(read) = self.replica_read.take() else {
+            return Err(self.server_lost(cause));
+        };
+        if let Some(conn) = self.server.take() {
+            tracing::warn!(server = %conn.target.describe(), %cause, "replica lost during a read; retrying it elsewhere");
+            if let Some(h) = conn.pool().health() {
+                h.report_failure(format!("connection lost during a read: {cause}"));
+            }
+        }
+        self.proxy
+            .metrics
+            .read_retries
+            .fetch_add(1, Ordering::Relaxed);
+        self.pending.clear();
+        self.server_out.clear();
+        self.server_flush_upto = 0;
+        self.cancel.clear();
+        self.on_replica = false;
+        self.retry_read = Some(read);
+        Ok(())
+    }
+
     fn server_lost(&mut self, cause: String) -> SessionEnd {
         let server = self
             .server
@@ -669,15 +713,25 @@ where
                 Some(s) => match s.reader.try_frame() {
                     Ok(Some(f)) => f,
                     Ok(None) => return Ok(()),
-                    Err(e) => return Err(self.server_lost(e.to_string())),
+                    Err(e) => return self.lose_server(e.to_string()),
                 },
             };
+            // A replica shutting down tells its sessions with a FATAL
+            // (57P01, ...) before closing: for a read it had not answered
+            // yet, that is a lost server, not the client's error.
+            if frame[0] == be::ERROR_RESPONSE && self.on_replica && !self.replica_answered {
+                let fields = protocol::error_fields(protocol::body(&frame));
+                if fields.iter().any(|(k, v)| *k == b'V' && v == "FATAL") {
+                    return self.lose_server(protocol::describe_error(protocol::body(&frame)));
+                }
+            }
             self.on_server_frame(frame);
         }
     }
 
     fn on_server_frame(&mut self, frame: BytesMut) {
         let tag = frame[0];
+        self.replica_answered |= self.on_replica;
         match tag {
             be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {
                 self.client_out.extend_from_slice(&frame);
@@ -1592,12 +1646,15 @@ where
         self.client.info.set_state(ClientState::Waiting);
         if let Some(target) = self.next_read.take() {
             if let Some(mut conn) = self.read_checkout(shard, target).await {
-                if let Err(e) = sync_params(&mut conn, &mut self.wanted_params).await {
-                    self.client.info.set_state(ClientState::Idle);
-                    return Err(e);
+                // A replica that fails here costs the read nothing: it
+                // goes to the primary.
+                if sync_params(&mut conn, &mut self.wanted_params)
+                    .await
+                    .is_ok()
+                {
+                    self.client.info.set_state(ClientState::Active);
+                    return Ok(conn);
                 }
-                self.client.info.set_state(ClientState::Active);
-                return Ok(conn);
             }
         }
         let result = match self.pools[shard].checkout().await {
@@ -1828,6 +1885,10 @@ where
         }
         if self.ensure_shard(shard, true, true).await {
             self.route_kind = route_kind(&route);
+            if self.on_replica {
+                self.replica_read = Some(frame.clone());
+                self.replica_answered = false;
+            }
             self.send_query(frame);
         }
         self.next_read = None;
@@ -2029,6 +2090,7 @@ where
     fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
         self.on_replica = false;
+        self.replica_read = None;
         self.client.info.set_shard(None);
         if std::mem::take(&mut self.discard_server) {
             drop(conn); // closes it

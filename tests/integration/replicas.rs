@@ -269,3 +269,93 @@ strategy = "hash"
         assert_eq!(sqlstate(&e), "22023", "{e}");
     });
 }
+
+/// A replica stopped in the middle of a read-only pgbench run costs no
+/// transaction: reads it was running are retried elsewhere, and it is
+/// banned for the ones after.
+#[test]
+fn stopping_a_replica_under_pgbench_fails_no_transaction() {
+    let seconds: u64 = std::env::var("SHARDWIRE_REPLICA_KILL_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let private = PrivateCluster::start(&[]);
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "health.interval", "200ms");
+    });
+    wait_all_up(&proxy);
+    pgbench(
+        proxy.port,
+        &["-i", "-s", "1", "-q"],
+        Duration::from_secs(120),
+    )
+    .ok("pgbench -i");
+    let port = proxy.port;
+    let run = std::thread::spawn(move || {
+        pgbench(
+            port,
+            &[
+                "-S",
+                "-n",
+                "-c",
+                "16",
+                "-j",
+                "2",
+                "-T",
+                &seconds.to_string(),
+            ],
+            Duration::from_secs(seconds + 60),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(seconds / 4 + 1));
+    let before = proxy.http_get("/metrics").1;
+    private.run("stop", &["--shard", "s0", "--replica", "1"]);
+    let out = run.join().expect("pgbench thread");
+    let after = proxy.http_get("/metrics").1;
+    eprintln!("{}", out.stdout);
+    assert!(
+        out.success(),
+        "pgbench failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!out.stderr.contains("aborted"), "{}", out.stderr);
+    if let Some(line) = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+    {
+        assert!(line.contains(": 0 "), "{line}");
+    }
+    let reads = |text: &str, d: &str| {
+        metric(
+            text,
+            "shardwire_reads_total",
+            &[("shard", "s0"), ("decision", d)],
+        )
+    };
+    let total = |text: &str| {
+        [
+            "replica",
+            "replica_after_wait",
+            "no_replica",
+            "primary_fallback",
+        ]
+        .iter()
+        .map(|d| reads(text, d))
+        .sum::<f64>()
+    };
+    let on_replica = reads(&before, "replica") + reads(&before, "replica_after_wait");
+    eprintln!(
+        "reads on the replica before it stopped: {on_replica} of {}; after: {} more, {} on the primary; retried: {}",
+        total(&before),
+        total(&after) - total(&before),
+        reads(&after, "no_replica") - reads(&before, "no_replica"),
+        metric(&after, "shardwire_read_retries_total", &[]),
+    );
+    // The replica was serving when it stopped (a share, not all: a busy
+    // machine can fail a health check now and then).
+    assert!(on_replica > 0.0, "{before}");
+    assert!(reads(&after, "no_replica") > reads(&before, "no_replica"));
+}
