@@ -329,7 +329,7 @@ fn show_shards(proxy: &Proxy) -> Table {
                 v(&shard.name),
                 v(s.addr()),
                 v(h.map_or(s.role, |h| observed_role(h))),
-                v(h.map_or("unchecked", |h| h.state().name())),
+                v(h.map_or("unchecked", |h| h.status())),
                 h.and_then(|h| proxy.health.lag_bytes(h))
                     .map(|l| l.to_string()),
                 v(i == config.default_shard),
@@ -385,7 +385,7 @@ fn show_servers(proxy: &Proxy) -> Table {
                 v(&shard.name),
                 v(s.addr()),
                 v(h.map_or(s.role, |h| observed_role(h))),
-                v(h.map_or("unchecked", |h| h.state().name())),
+                v(h.map_or("unchecked", |h| h.status())),
                 v(active + idle),
                 v(active),
                 v(idle),

@@ -408,6 +408,19 @@ pub fn render_metrics(proxy: &Proxy) -> String {
         );
     }
     e.family(
+        "shardwire_server_banned",
+        "gauge",
+        "1 while the server is banned after a failure (circuit breaker open).",
+    );
+    for s in &servers {
+        let addr = s.target.addr();
+        e.sample(
+            "shardwire_server_banned",
+            &[("shard", &s.target.shard), ("server", &addr)],
+            if s.banned() { 1.0 } else { 0.0 },
+        );
+    }
+    e.family(
         "shardwire_server_down_total",
         "counter",
         "Times a server's health check found it down after it was up (the ban count until replica bans exist).",

@@ -25,8 +25,13 @@ use crate::protocol;
 const FIRST_BAN: Duration = Duration::from_secs(1);
 const MAX_BAN: Duration = Duration::from_secs(60);
 
+/// Recovery state, WAL position, and a replica's replay delay: the time
+/// since its last replayed transaction while received WAL waits for replay
+/// (0 when it has replayed all it received).
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
-     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+     CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn() \
+     THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) ELSE 0 END";
 
 /// Up or down, as the last check found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +60,8 @@ pub struct ServerHealth {
     recovery: AtomicU8,
     /// WAL position (bytes); 0 when unknown.
     lsn: AtomicU64,
+    /// Replay delay of a replica, in microseconds (see CHECK_SQL).
+    replay_delay_micros: AtomicU64,
     pub checks: AtomicU64,
     pub failures: AtomicU64,
     /// Times the server went from up (or unknown) to down.
@@ -86,6 +93,7 @@ impl ServerHealth {
             state: AtomicU8::new(0),
             recovery: AtomicU8::new(0),
             lsn: AtomicU64::new(0),
+            replay_delay_micros: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             went_down: AtomicU64::new(0),
@@ -113,6 +121,12 @@ impl ServerHealth {
         }
     }
 
+    /// How far a replica's replay trails (0 for a caught-up replica or a
+    /// primary), as of the last check.
+    pub fn replay_delay(&self) -> Duration {
+        Duration::from_micros(self.replay_delay_micros.load(Ordering::Relaxed))
+    }
+
     pub fn lsn(&self) -> Option<u64> {
         match self.lsn.load(Ordering::Relaxed) {
             0 => None,
@@ -122,6 +136,16 @@ impl ServerHealth {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// `up`, `down`, `banned` (failed recently; not used until the ban
+    /// ends or a check passes) or `unknown`, for the admin console.
+    pub fn status(&self) -> &'static str {
+        if self.banned() {
+            "banned"
+        } else {
+            self.state().name()
+        }
     }
 
     /// May take reads: up, not banned, and a replica by its own account.
@@ -174,7 +198,14 @@ impl ServerHealth {
         self.record_down(error);
     }
 
-    fn record_up(&self, in_recovery: bool, lsn: Option<u64>, took: Duration) {
+    fn record_up(&self, found: Checked, took: Duration) {
+        let Checked {
+            in_recovery,
+            lsn,
+            replay_delay,
+        } = found;
+        self.replay_delay_micros
+            .store(replay_delay.as_micros() as u64, Ordering::Relaxed);
         let recovery = if in_recovery { 2 } else { 1 };
         if self.recovery.swap(recovery, Ordering::Relaxed) != recovery {
             // A promotion (or a first look): primaries may have changed.
@@ -377,11 +408,11 @@ fn spawn_checks(health: Arc<ServerHealth>, interval: Duration, timeout: Duration
             health.checks.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             match check(&health.target, &mut conn, timeout).await {
-                Ok((in_recovery, lsn)) => {
+                Ok(found) => {
                     if health.state() == ServerState::Down {
                         tracing::info!(server = %health.target.describe(), "server is up again");
                     }
-                    health.record_up(in_recovery, lsn, started.elapsed());
+                    health.record_up(found, started.elapsed());
                 }
                 Err(CheckError::Server(e)) => {
                     conn = None;
@@ -417,12 +448,19 @@ impl From<BackendError> for CheckError {
     }
 }
 
+/// What one check found.
+struct Checked {
+    in_recovery: bool,
+    lsn: Option<u64>,
+    replay_delay: Duration,
+}
+
 /// One check, on the kept connection or a new one.
 async fn check(
     target: &Arc<ServerTarget>,
     conn: &mut Option<ServerConn>,
     timeout: Duration,
-) -> Result<(bool, Option<u64>), CheckError> {
+) -> Result<Checked, CheckError> {
     if conn.is_none() {
         *conn = Some(ServerConn::connect(target.clone(), timeout).await?);
     }
@@ -446,7 +484,20 @@ async fn check(
         .flatten()
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(parse_lsn);
-    Ok((in_recovery, lsn))
+    let replay_delay = values
+        .get(2)
+        .copied()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or_default();
+    Ok(Checked {
+        in_recovery,
+        lsn,
+        replay_delay,
+    })
 }
 
 /// 0x16_B374D848 → "16/B374D848", as PostgreSQL writes an LSN.

@@ -13,6 +13,16 @@ pub use pool::{CheckoutError, Pool, PooledConn};
 
 use crate::config::{Config, Database, User};
 
+/// A server a session may read from, with what load balancing needs.
+#[derive(Clone)]
+pub struct ReplicaPool {
+    pub pool: Arc<Pool>,
+    /// `weight` of the server (0: no reads).
+    pub weight: u32,
+    /// The server is in the proxy's `region` (or no regions are set).
+    pub local: bool,
+}
+
 /// Identifies a pool: which server, which backend database, which backend role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {

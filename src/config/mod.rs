@@ -56,6 +56,8 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Where this proxy runs: replicas of the same `region` are preferred.
+    pub region: Option<String>,
     /// Address the Postgres wire protocol listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -285,6 +287,13 @@ pub struct Reads {
     /// Replicas further behind their primary (WAL bytes) take no reads; 0 is no limit.
     #[serde(default = "default_max_lag_bytes")]
     pub max_replica_lag_bytes: u64,
+    /// Replicas whose replay is further behind (time since the last
+    /// replayed transaction, while WAL waits to be replayed) take no
+    /// reads; "0" is no limit.
+    #[serde(default, with = "duration::serde_duration")]
+    pub max_replica_lag: Duration,
+    #[serde(default = "default_load_balance")]
+    pub load_balance: LoadBalance,
     /// Functions that write, beyond the built-in ones (nextval, setval,
     /// advisory locks, ...): a SELECT calling one goes to the primary.
     #[serde(default)]
@@ -299,9 +308,27 @@ impl Default for Reads {
             read_your_writes_max_wait: default_ryw_wait(),
             read_your_writes_window: default_ryw_window(),
             max_replica_lag_bytes: default_max_lag_bytes(),
+            max_replica_lag: Duration::ZERO,
+            load_balance: default_load_balance(),
             write_functions: Vec::new(),
         }
     }
+}
+
+/// How reads are spread over eligible replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    /// The replica with the fewest connections in use.
+    LeastOutstanding,
+    /// Each in turn.
+    RoundRobin,
+    /// At random, in proportion to each server's `weight`.
+    Weighted,
+}
+
+fn default_load_balance() -> LoadBalance {
+    LoadBalance::LeastOutstanding
 }
 
 fn default_read_from() -> ReadFrom {
@@ -507,6 +534,17 @@ pub struct RawServer {
     /// server, and followed through a failover.
     #[serde(default = "default_role")]
     pub role: Role,
+    /// Share of reads among replicas with `load_balance = "weighted"`; 0
+    /// takes no reads.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Where the server runs; replicas in the proxy's `region` are
+    /// preferred for reads.
+    pub region: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_role() -> Role {
@@ -519,6 +557,7 @@ fn default_role() -> Role {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
+    pub region: Option<String>,
     pub listen: String,
     pub http_listen: String,
     pub default_shard: usize,
@@ -587,6 +626,8 @@ pub struct Server {
     pub host: String,
     pub port: u16,
     pub role: Role,
+    pub weight: u32,
+    pub region: Option<String>,
 }
 
 impl Server {
@@ -706,6 +747,8 @@ impl Config {
                     host: v.host.clone(),
                     port: v.port,
                     role: v.role,
+                    weight: v.weight,
+                    region: v.region.clone(),
                 });
             }
             shards.push(Shard {
@@ -975,6 +1018,7 @@ impl Config {
         Ok(Config {
             router,
             file: path.to_path_buf(),
+            region: raw.region,
             listen: raw.listen,
             http_listen: raw.http_listen,
             default_shard,

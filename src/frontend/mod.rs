@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::admin::clients::{ClientRegistry, Registration};
 use crate::admin::metrics::{Metrics, Rejection};
 use crate::backend::health::HealthMonitor;
-use crate::backend::{Backends, CheckoutError};
+use crate::backend::{Backends, CheckoutError, ReplicaPool};
 use crate::config::{AuthMethod, Config, ConfigError, PoolMode, User, ADMIN_DATABASE};
 use crate::protocol::{
     self, fe, sqlstate, BodyReader, FrameReader, PgError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE,
@@ -84,7 +84,7 @@ pub struct SessionPools {
     pub primaries: Vec<Arc<crate::backend::Pool>>,
     /// The other servers of each shard, when the session may read from
     /// replicas.
-    pub replicas: Vec<Vec<Arc<crate::backend::Pool>>>,
+    pub replicas: Vec<Vec<ReplicaPool>>,
 }
 
 /// What a reload changed, for the log and the RELOAD command.
@@ -228,18 +228,26 @@ impl Proxy {
         // without [[tables]].
         let routing = config.router.tables().next().is_some();
         let read_split = config.read_from(database, user) != crate::config::ReadFrom::Primary;
-        let replicas: Vec<Vec<Arc<crate::backend::Pool>>> = (0..config.shards.len())
+        let replicas: Vec<Vec<ReplicaPool>> = (0..config.shards.len())
             .map(|shard| {
                 if !read_split || (!routing && shard != config.default_shard) {
                     return Vec::new();
                 }
-                (0..config.shards[shard].servers.len())
-                    .filter(|&i| i != primaries[shard])
-                    .map(|i| self.backends.pool(config, shard, i, database, user))
+                let servers = &config.shards[shard].servers;
+                (0..servers.len())
+                    .filter(|&i| i != primaries[shard] && servers[i].weight > 0)
+                    .map(|i| ReplicaPool {
+                        pool: self.backends.pool(config, shard, i, database, user),
+                        weight: servers[i].weight,
+                        local: config.region.is_none() || servers[i].region == config.region,
+                    })
                     .collect()
             })
             .collect();
-        for p in pools.iter().chain(replicas.iter().flatten()) {
+        for p in pools
+            .iter()
+            .chain(replicas.iter().flatten().map(|r| &r.pool))
+        {
             let t = &p.target;
             p.set_health(self.health.of(&t.shard, &t.host, t.port));
         }

@@ -192,7 +192,7 @@ pub struct SessionSetup {
     pub registration: Registration,
     /// Other servers of each shard, for reads (empty when reads stay on
     /// primaries).
-    pub replicas: Vec<Vec<Arc<Pool>>>,
+    pub replicas: Vec<Vec<crate::backend::ReplicaPool>>,
     pub read_from: crate::config::ReadFrom,
     pub user: String,
     pub database: String,
@@ -239,7 +239,7 @@ pub struct Session<R, W> {
     /// Last time the client sent something (idle-in-transaction timeout).
     last_client_input: Instant,
     /// Replica pools by shard (reads.rs).
-    replicas: Vec<Vec<Arc<Pool>>>,
+    replicas: Vec<Vec<crate::backend::ReplicaPool>>,
     read_from: crate::config::ReadFrom,
     /// Per shard: WAL position of the session's last write (0: none).
     written_lsn: Vec<u64>,
@@ -255,8 +255,6 @@ pub struct Session<R, W> {
     /// The held server is not its shard's primary (a read runs on it).
     on_replica: bool,
     read_stats: Vec<reads::ReadStats>,
-    /// Rotates replica choice among equally busy ones.
-    read_turn: usize,
     /// The Query a replica is running, to run again elsewhere if the
     /// replica dies before answering.
     replica_read: Option<BytesMut>,
@@ -346,7 +344,6 @@ where
             next_read: None,
             on_replica: false,
             read_stats: vec![Default::default(); shards],
-            read_turn: 0,
             replica_read: None,
             replica_answered: false,
             retry_read: None,

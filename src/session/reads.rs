@@ -21,12 +21,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Expect, Pending, Session};
 use crate::admin::metrics::ReadDecision;
 use crate::backend::health::{format_lsn, parse_lsn};
-use crate::backend::{Pool, PooledConn};
-use crate::config::{ReadFrom, ReadYourWrites};
+use crate::backend::{Pool, PooledConn, ReplicaPool};
+use crate::config::{LoadBalance, ReadFrom, ReadYourWrites, Reads};
 use crate::protocol::{self, PgError};
 
 /// Prefix (and version) of causal tokens.
 const TOKEN_PREFIX: &str = "sw1:";
+
+/// Rotation shared by all sessions, so round robin is global.
+static NEXT_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How often a read waiting for a replica to catch up asks it again.
 const CATCH_UP_POLL: Duration = Duration::from_millis(5);
@@ -95,36 +98,11 @@ where
             self.count_read(shard, ReadDecision::PrimaryAfterWrite);
             return None;
         }
-        // Usable replicas, least busy first; ties rotate.
-        let mut candidates: Vec<Arc<Pool>> = self
-            .replicas
-            .get(shard)
-            .map(|r| {
-                r.iter()
-                    .filter(|p| {
-                        p.health().is_some_and(|h| {
-                            h.usable_replica()
-                                && (reads.max_replica_lag_bytes == 0
-                                    || self
-                                        .proxy
-                                        .health
-                                        .lag_bytes(&h)
-                                        .is_some_and(|l| l <= reads.max_replica_lag_bytes))
-                        })
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let candidates = self.read_candidates(shard, &reads);
         if candidates.is_empty() {
             self.count_read(shard, ReadDecision::NoReplica);
             return None;
         }
-        self.read_turn = self.read_turn.wrapping_add(1);
-        let turn = self.read_turn;
-        let n = candidates.len();
-        candidates.rotate_left(turn % n);
-        candidates.sort_by_key(|p| p.in_use());
         if target == ReadFrom::Any && self.pools[shard].in_use() < candidates[0].in_use() {
             self.count_read(shard, ReadDecision::Primary);
             return None;
@@ -189,6 +167,68 @@ where
         }
         self.count_read(shard, ReadDecision::PrimaryFallback);
         None
+    }
+
+    /// The replicas of `shard` that may take a read now, in the order to
+    /// try them: usable (up, not banned, a replica, within the lag
+    /// limits), those in the proxy's region only if there are any, then
+    /// ordered by `reads.load_balance`.
+    fn read_candidates(&mut self, shard: usize, reads: &Reads) -> Vec<Arc<Pool>> {
+        let usable: Vec<ReplicaPool> = self
+            .replicas
+            .get(shard)
+            .map(|r| {
+                r.iter()
+                    .filter(|r| {
+                        r.pool.health().is_some_and(|h| {
+                            h.usable_replica()
+                                && (reads.max_replica_lag_bytes == 0
+                                    || self
+                                        .proxy
+                                        .health
+                                        .lag_bytes(&h)
+                                        .is_some_and(|l| l <= reads.max_replica_lag_bytes))
+                                && (reads.max_replica_lag.is_zero()
+                                    || h.replay_delay() <= reads.max_replica_lag)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut usable: Vec<ReplicaPool> = if usable.iter().any(|r| r.local) {
+            usable.into_iter().filter(|r| r.local).collect()
+        } else {
+            usable
+        };
+        if usable.is_empty() {
+            return Vec::new();
+        }
+        let turn = NEXT_TURN.fetch_add(1, Ordering::Relaxed);
+        let n = usable.len();
+        usable.rotate_left(turn % n);
+        match reads.load_balance {
+            LoadBalance::RoundRobin => {}
+            LoadBalance::LeastOutstanding => usable.sort_by_key(|r| r.pool.in_use()),
+            LoadBalance::Weighted => {
+                // One weighted draw picks the first; the rest follow as
+                // fallbacks.
+                let total: u64 = usable.iter().map(|r| u64::from(r.weight)).sum();
+                let mut draw = rand::random::<u64>() % total.max(1);
+                if let Some(i) = usable.iter().position(|r| {
+                    let w = u64::from(r.weight);
+                    if draw < w {
+                        true
+                    } else {
+                        draw -= w;
+                        false
+                    }
+                }) {
+                    usable.swap(0, i);
+                }
+            }
+        }
+        usable.into_iter().map(|r| r.pool).collect()
     }
 
     fn count_read(&mut self, shard: usize, d: ReadDecision) {

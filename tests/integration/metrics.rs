@@ -276,7 +276,8 @@ fn readyz_names_a_shard_whose_servers_are_down() {
         let settled = rows.iter().all(|r| {
             r.len() == 7
                 && if r[0] == "s1" {
-                    r[3] == "down"
+                    // Failing checks keep a dead server banned.
+                    r[3] == "down" || r[3] == "banned"
                 } else {
                     r[3] == "up"
                 }

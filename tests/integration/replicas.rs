@@ -359,3 +359,76 @@ fn stopping_a_replica_under_pgbench_fails_no_transaction() {
     assert!(on_replica > 0.0, "{before}");
     assert!(reads(&after, "no_replica") > reads(&before, "no_replica"));
 }
+
+/// Load balancing over two replicas, server weights and region preference,
+/// each applied by RELOAD (replica lists change without a restart).
+#[test]
+fn reads_are_balanced_by_policy_weight_and_region() {
+    let private = PrivateCluster::start(&["--replicas", "2"]);
+    // s0: primary at base, replicas at base+1 and base+2.
+    let base = private.0.base_port;
+    let (r1, r2) = (base + 1, base + 2);
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "reads.load_balance", "round_robin");
+        set(cfg, "health.interval", "200ms");
+    });
+    wait_all_up(&proxy);
+    let reads = |n: usize| -> (usize, usize) {
+        block_on(Duration::from_secs(60), async {
+            let client = connect(&proxy).await;
+            let mut counts = (0, 0);
+            for _ in 0..n {
+                match port_of(&client, "SELECT inet_server_port()").await {
+                    p if p == r1 => counts.0 += 1,
+                    p if p == r2 => counts.1 += 1,
+                    p => panic!("a read went to {p}, not a replica"),
+                }
+            }
+            counts
+        })
+    };
+    let (a, b) = reads(40);
+    assert!(a >= 10 && b >= 10, "round robin: {a} / {b}");
+
+    // Weight 0: no reads for replica 2.
+    let servers_of_s0 = |cfg: &mut toml::Value| -> Vec<toml::Value> {
+        cfg["shards"][0]["servers"]
+            .as_array()
+            .expect("servers")
+            .clone()
+    };
+    proxy.rewrite_config(|cfg| {
+        let mut servers = servers_of_s0(cfg);
+        servers[2]
+            .as_table_mut()
+            .expect("server")
+            .insert("weight".into(), 0.into());
+        cfg["shards"][0]["servers"] = toml::Value::Array(servers);
+        set(cfg, "reads.load_balance", "weighted");
+    });
+    proxy.admin("RELOAD");
+    assert_eq!(reads(20), (20, 0), "weight 0");
+
+    // Region: the proxy in "eu", replica 2 in "eu", replica 1 in "us".
+    proxy.rewrite_config(|cfg| {
+        let mut servers = servers_of_s0(cfg);
+        servers[2]
+            .as_table_mut()
+            .expect("server")
+            .insert("weight".into(), 1.into());
+        servers[1]
+            .as_table_mut()
+            .expect("server")
+            .insert("region".into(), "us".into());
+        servers[2]
+            .as_table_mut()
+            .expect("server")
+            .insert("region".into(), "eu".into());
+        cfg["shards"][0]["servers"] = toml::Value::Array(servers);
+        set(cfg, "region", "eu");
+        set(cfg, "reads.load_balance", "least_outstanding");
+    });
+    proxy.admin("RELOAD");
+    assert_eq!(reads(20), (0, 20), "same region first");
+}
