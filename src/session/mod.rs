@@ -255,12 +255,20 @@ pub struct Session<R, W> {
     /// The held server is not its shard's primary (a read runs on it).
     on_replica: bool,
     read_stats: Vec<reads::ReadStats>,
-    /// The Query a replica is running, to run again elsewhere if the
+    /// The frames of the read a replica is running (a Query, or an
+    /// extended batch through its Sync), to run again elsewhere if the
     /// replica dies before answering.
-    replica_read: Option<BytesMut>,
+    replica_read: Option<Vec<BytesMut>>,
     replica_answered: bool,
     /// A read to run again (see `lose_server`).
-    retry_read: Option<BytesMut>,
+    retry_read: Option<Vec<BytesMut>>,
+    /// The held extended batch so far is made of reads of this shard that
+    /// may go to a replica (decided at its Sync).
+    held_read: Option<(usize, RouteKind, crate::config::ReadFrom)>,
+    /// The held batch has something that is not such a read.
+    held_mixed: bool,
+    /// Frames being run again after a replica was lost: not counted twice.
+    replaying: bool,
     setup_user: String,
     setup_database: String,
     client_id: u64,
@@ -347,6 +355,9 @@ where
             replica_read: None,
             replica_answered: false,
             retry_read: None,
+            held_read: None,
+            held_mixed: false,
+            replaying: false,
             config_generation: setup.proxy.topology_generation(),
             paused: setup.proxy.paused(),
             proxy: setup.proxy,
@@ -436,10 +447,14 @@ where
                 return end;
             }
             // A read whose replica died before answering: run it again.
-            if let Some(read) = self.retry_read.take() {
-                if let Err(end) = self.routed_query(read).await {
-                    return end;
+            if let Some(frames) = self.retry_read.take() {
+                self.replaying = true;
+                for f in frames {
+                    if let Err(end) = self.on_client_frame(f).await {
+                        return end;
+                    }
                 }
+                self.replaying = false;
             }
             // 2. Everything the client already sent.
             if let Err(end) = self.drain_client_frames().await {
@@ -722,13 +737,16 @@ where
                     return self.lose_server(protocol::describe_error(protocol::body(&frame)));
                 }
             }
+            // Once the client has seen part of a replica's answer, the read
+            // can no longer be run again elsewhere.
+            let before = self.client_out.len();
             self.on_server_frame(frame);
+            self.replica_answered |= self.on_replica && self.client_out.len() != before;
         }
     }
 
     fn on_server_frame(&mut self, frame: BytesMut) {
         let tag = frame[0];
-        self.replica_answered |= self.on_replica;
         match tag {
             be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {
                 self.client_out.extend_from_slice(&frame);
@@ -1125,7 +1143,7 @@ where
                     ..
                 })
             );
-            if (self.on_replica || probing) && self.server.is_some() {
+            if ((self.on_replica && !self.pending.is_empty()) || probing) && self.server.is_some() {
                 return Ok(());
             }
             let frame = match self.client_rd.try_frame() {
@@ -1155,7 +1173,7 @@ where
             }
             return Ok(());
         }
-        if tag == fe::QUERY || tag == fe::EXECUTE {
+        if (tag == fe::QUERY || tag == fe::EXECUTE) && !self.replaying {
             self.client.info.queries.fetch_add(1, Ordering::Relaxed);
             if !self.take_rate_token(tag == fe::QUERY).await {
                 return Ok(());
@@ -1185,7 +1203,16 @@ where
                     return Ok(());
                 }
                 fe::SYNC | fe::FLUSH if !self.held.is_empty() => {
-                    self.route_held_batch().await?;
+                    let batch = (tag == fe::SYNC).then(|| {
+                        let mut frames = self.held.clone();
+                        frames.push(frame.clone());
+                        frames
+                    });
+                    self.route_held_batch(tag == fe::SYNC).await?;
+                    if self.on_replica {
+                        self.replica_read = batch;
+                        self.replica_answered = false;
+                    }
                 }
                 _ => {}
             }
@@ -1709,6 +1736,8 @@ where
         } else {
             self.skip_until_sync = true;
             self.held.clear();
+            self.held_read = None;
+            self.held_mixed = false;
             if self.server.is_some() && self.tx_status == b'I' && !self.copy_open {
                 // Earlier statements of this batch run in its implicit
                 // transaction: PostgreSQL would roll them back with the
@@ -1883,7 +1912,7 @@ where
         if self.ensure_shard(shard, true, true).await {
             self.route_kind = route_kind(&route);
             if self.on_replica {
-                self.replica_read = Some(frame.clone());
+                self.replica_read = Some(vec![frame.clone()]);
                 self.replica_answered = false;
             }
             self.send_query(frame);
@@ -1905,32 +1934,65 @@ where
             };
             match sql {
                 // An unknown statement: the server reports it.
-                None => Some(Ok((self.server_shard_or_default(), self.route_kind))),
+                None => Some(Ok((self.server_shard_or_default(), self.route_kind, None))),
                 Some(sql) => {
                     let analysis = self.router.analysis(&sql);
                     if routing::is_neutral(&analysis) {
                         None
                     } else {
-                        // The extended protocol runs on primaries; a write
-                        // there matters to later replica reads.
-                        if !self.router.is_read(&analysis) {
+                        let read = self.router.is_read(&analysis);
+                        if !read {
                             self.tx_wrote = true;
                         }
-                        Some(
-                            self.router
-                                .route(&sql, &params, &self.hints)
-                                .and_then(|r| Ok((self.single_shard(&r)?, route_kind(&r)))),
-                        )
+                        Some(self.router.route(&sql, &params, &self.hints).and_then(|r| {
+                            let target = r.role.unwrap_or(self.read_from);
+                            let replica_ok = read
+                                && target != crate::config::ReadFrom::Primary
+                                && self.server.is_none()
+                                && self.deferred_begin.is_none()
+                                && self.tx_status == b'I';
+                            Ok((
+                                self.single_shard(&r)?,
+                                route_kind(&r),
+                                replica_ok.then_some(target),
+                            ))
+                        }))
                     }
                 }
             }
         };
         match routed {
             // Transaction control and SET: with the rest of the batch.
-            None if self.server.is_none() => self.held.push(frame),
+            None if self.server.is_none() => {
+                self.held_mixed = true;
+                self.held.push(frame)
+            }
             None => self.on_bind(frame).await?,
             Some(Err(e)) => self.refuse(e, false),
-            Some(Ok((shard, kind))) => {
+            Some(Ok((shard, kind, read))) => {
+                // A read joins the held batch, to go to a replica at Sync
+                // if the whole batch is such reads of one shard (bounded).
+                let held_bytes: usize = self.held.iter().map(|f| f.len()).sum();
+                if let Some(target) = read {
+                    if !self.held_mixed
+                        && self.held_read.is_none_or(|(s, ..)| s == shard)
+                        && held_bytes < HIGH_WATER
+                    {
+                        self.held_read = Some((shard, kind, target));
+                        self.held.push(frame);
+                        return Ok(());
+                    }
+                }
+                // Held reads go first, to their shard's primary.
+                if let Some((held_shard, held_kind, _)) = self.held_read.take() {
+                    if self.ensure_shard(held_shard, false, true).await {
+                        self.route_kind = held_kind;
+                        self.replay_held().await?;
+                    } else {
+                        return Ok(());
+                    }
+                }
+                self.held_mixed = false;
                 if self.ensure_shard(shard, false, true).await {
                     self.route_kind = kind;
                     self.replay_held().await?;
@@ -1952,7 +2014,22 @@ where
     /// A Sync or Flush ends a batch with no routable Bind (Parse, Describe,
     /// transaction control): route it by its SQL if that names one shard,
     /// else to the default shard (describing is the same everywhere).
-    async fn route_held_batch(&mut self) -> Result<(), SessionEnd> {
+    async fn route_held_batch(&mut self, at_sync: bool) -> Result<(), SessionEnd> {
+        let mixed = std::mem::take(&mut self.held_mixed);
+        if let Some((shard, kind, target)) = self.held_read.take() {
+            // Only a batch that ends here, with nothing but reads, may go
+            // to a replica: after a Flush more may follow on this server.
+            if at_sync && !mixed {
+                self.next_read = Some(target);
+            }
+            let ok = self.ensure_shard(shard, false, true).await;
+            self.next_read = None;
+            if ok {
+                self.route_kind = kind;
+                self.replay_held().await?;
+            }
+            return Ok(());
+        }
         let mut shard = None;
         let mut kind = RouteKind::Default;
         let mut has_bind = false;

@@ -79,7 +79,8 @@ fn reads_go_to_replicas_and_writes_to_primaries() {
         }
         client
             .batch_execute(
-                "CREATE OR REPLACE FUNCTION sw_touch() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                "CREATE OR REPLACE FUNCTION sw_touch() RETURNS int LANGUAGE sql AS 'SELECT 1'; \
+                 CREATE SEQUENCE IF NOT EXISTS sw_seq",
             )
             .await
             .expect("create function");
@@ -90,12 +91,29 @@ fn reads_go_to_replicas_and_writes_to_primaries() {
         client.batch_execute("BEGIN").await.expect("begin");
         assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
         client.batch_execute("COMMIT").await.expect("commit");
-        // The extended protocol stays on the primary.
+        // The extended protocol too: a read to the replica, a write (and
+        // reads in the same pipelined batch) to the primary.
         let row = client
             .query_one("SELECT inet_server_port()", &[])
             .await
-            .expect("extended");
+            .expect("extended read");
+        assert_eq!(row.get::<_, i32>(0) as u16, replica);
+        let row = client
+            .query_one("SELECT inet_server_port(), nextval('sw_seq')", &[])
+            .await
+            .expect("extended write");
         assert_eq!(row.get::<_, i32>(0) as u16, primary);
+        let stmt = client
+            .prepare("SELECT inet_server_port() WHERE $1::int > 0")
+            .await
+            .expect("prepare");
+        for _ in 0..3 {
+            let row = client
+                .query_one(&stmt, &[&1i32])
+                .await
+                .expect("prepared read");
+            assert_eq!(row.get::<_, i32>(0) as u16, replica);
+        }
         // Back to the replica afterwards.
         assert_eq!(port_of(&client, "SELECT inet_server_port()").await, replica);
     });
@@ -111,7 +129,7 @@ fn reads_go_to_replicas_and_writes_to_primaries() {
     };
     assert_eq!(
         reads("replica") + reads("replica_after_wait"),
-        4.0,
+        8.0,
         "{metrics}"
     );
 }
@@ -275,10 +293,20 @@ strategy = "hash"
 /// banned for the ones after.
 #[test]
 fn stopping_a_replica_under_pgbench_fails_no_transaction() {
+    replica_stops_under_pgbench("simple", 30);
+}
+
+/// The same with prepared statements (the extended protocol).
+#[test]
+fn stopping_a_replica_under_prepared_pgbench_fails_no_transaction() {
+    replica_stops_under_pgbench("prepared", 10);
+}
+
+fn replica_stops_under_pgbench(mode: &str, default_seconds: u64) {
     let seconds: u64 = std::env::var("SHARDWIRE_REPLICA_KILL_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(default_seconds);
     let private = PrivateCluster::start(&[]);
     let proxy = TestProxy::start_on(&private.0, |cfg| {
         set(cfg, "reads.read_from", "replica");
@@ -292,12 +320,15 @@ fn stopping_a_replica_under_pgbench_fails_no_transaction() {
     )
     .ok("pgbench -i");
     let port = proxy.port;
+    let mode = mode.to_string();
     let run = std::thread::spawn(move || {
         pgbench(
             port,
             &[
                 "-S",
                 "-n",
+                "-M",
+                &mode,
                 "-c",
                 "16",
                 "-j",
@@ -312,6 +343,12 @@ fn stopping_a_replica_under_pgbench_fails_no_transaction() {
     let before = proxy.http_get("/metrics").1;
     private.run("stop", &["--shard", "s0", "--replica", "1"]);
     let out = run.join().expect("pgbench thread");
+    let mode_line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("query mode"))
+        .unwrap_or("")
+        .to_string();
     let after = proxy.http_get("/metrics").1;
     eprintln!("{}", out.stdout);
     assert!(
@@ -348,7 +385,7 @@ fn stopping_a_replica_under_pgbench_fails_no_transaction() {
     };
     let on_replica = reads(&before, "replica") + reads(&before, "replica_after_wait");
     eprintln!(
-        "reads on the replica before it stopped: {on_replica} of {}; after: {} more, {} on the primary; retried: {}",
+        "{mode_line}: reads on the replica before it stopped: {on_replica} of {}; after: {} more, {} on the primary; retried: {}",
         total(&before),
         total(&after) - total(&before),
         reads(&after, "no_replica") - reads(&before, "no_replica"),
