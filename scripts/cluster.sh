@@ -950,7 +950,8 @@ select_server() {
     SEL_PORT="$(server_port "$shard" "$REPLICA_ARG")"
 }
 
-cmd_stop() {
+# Common start of stop and promote: DIR's recorded layout, locked.
+prepare_one_server_command() {
     [[ -d "$DIR" ]] || die "$DIR does not exist"
     absolutize_dir
     set_pg_os_user
@@ -958,6 +959,10 @@ cmd_stop() {
     use_recorded_layout
     ensure_binaries
     check_binaries
+}
+
+cmd_stop() {
+    prepare_one_server_command
     select_server stop
     if ! pg_running "$SEL_DIR"; then
         err "$SEL_NAME is not running"
@@ -969,13 +974,7 @@ cmd_stop() {
 }
 
 cmd_promote() {
-    [[ -d "$DIR" ]] || die "$DIR does not exist"
-    absolutize_dir
-    set_pg_os_user
-    lock_dir
-    use_recorded_layout
-    ensure_binaries
-    check_binaries
+    prepare_one_server_command
     (( REPLICA_ARG > 0 )) || usage_error "promote needs --replica K (a primary is promoted already)"
     select_server promote
     pg_running "$SEL_DIR" || die "$SEL_NAME is not running"

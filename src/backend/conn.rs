@@ -568,3 +568,11 @@ pub struct Collected {
     /// More than the limit was answered; frames past it were dropped.
     pub overflow: bool,
 }
+
+impl Collected {
+    /// The first column of the first row, as text.
+    pub fn first_value(&self) -> Option<String> {
+        let row = self.frames.iter().find(|f| f[0] == be::DATA_ROW)?;
+        protocol::first_text_value(row)
+    }
+}

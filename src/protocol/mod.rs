@@ -380,6 +380,14 @@ pub fn data_row_values(frame: &[u8]) -> Result<Vec<Option<&[u8]>>, Malformed> {
     Ok(out)
 }
 
+/// The first value of a DataRow frame as text (None for NULL, a
+/// malformed row or non-UTF-8).
+pub fn first_text_value(frame: &[u8]) -> Option<String> {
+    let values = data_row_values(frame).ok()?;
+    let v = values.first().copied().flatten()?;
+    String::from_utf8(v.to_vec()).ok()
+}
+
 /// A simple Query frame.
 pub fn query_frame(out: &mut BytesMut, sql: &str) {
     let at = begin_frame(out, fe::QUERY);

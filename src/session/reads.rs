@@ -137,14 +137,7 @@ where
                     )
                     .await
                 {
-                    Ok(c) if c.error.is_none() => c
-                        .frames
-                        .iter()
-                        .find(|f| f[0] == protocol::be::DATA_ROW)
-                        .and_then(|f| protocol::data_row_values(f).ok())
-                        .and_then(|v| v.first().copied().flatten().map(<[u8]>::to_vec))
-                        .and_then(|v| String::from_utf8(v).ok())
-                        .and_then(|v| parse_lsn(&v)),
+                    Ok(c) if c.error.is_none() => c.first_value().and_then(|v| parse_lsn(&v)),
                     _ => None,
                 };
                 let Some(replayed) = replayed else {
@@ -289,11 +282,7 @@ where
 
     /// The DataRow answering an LSN probe.
     pub(super) fn on_lsn_probe_row(&mut self, frame: &[u8]) {
-        let lsn = protocol::data_row_values(frame)
-            .ok()
-            .and_then(|v| v.first().copied().flatten().map(<[u8]>::to_vec))
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| parse_lsn(&v));
+        let lsn = protocol::first_text_value(frame).and_then(|v| parse_lsn(&v));
         if let (Some(lsn), Some(slot)) = (lsn, self.written_lsn.get_mut(self.server_shard)) {
             *slot = (*slot).max(lsn);
         }
@@ -315,14 +304,7 @@ where
                 )
                 .await
                 .map_err(|e| e.to_pg())?;
-            let lsn = c
-                .frames
-                .iter()
-                .find(|f| f[0] == protocol::be::DATA_ROW)
-                .and_then(|f| protocol::data_row_values(f).ok())
-                .and_then(|v| v.first().copied().flatten().map(<[u8]>::to_vec))
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|v| parse_lsn(&v));
+            let lsn = c.first_value().and_then(|v| parse_lsn(&v));
             if c.status == b'I' && c.error.is_none() {
                 conn.release();
             }

@@ -177,6 +177,21 @@ pub fn pgbench_tables_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// The number after `label` on the line that starts with it.
+pub fn number_after(output: &str, label: &str) -> f64 {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no line starting with {label:?} in pgbench output:\n{output}"));
+    let rest = line.trim_start()[label.len()..].trim_start();
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("no number after {label:?} in line {line:?}"))
+}
+
 /// `pgbench ARGS` against the proxy at `port` as app/app, database app.
 pub fn pgbench(port: u16, args: &[&str], timeout: Duration) -> CmdOutput {
     let mut c = pg_command("pgbench");

@@ -83,21 +83,6 @@ fn counters(text: &str) -> Counters {
     }
 }
 
-/// The number after `label` on the line that starts with it.
-fn number_after(output: &str, label: &str) -> f64 {
-    let line = output
-        .lines()
-        .find(|l| l.trim_start().starts_with(label))
-        .unwrap_or_else(|| panic!("no line starting with {label:?} in pgbench output:\n{output}"));
-    let rest = line.trim_start()[label.len()..].trim_start();
-    let num: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    num.parse()
-        .unwrap_or_else(|_| panic!("no number after {label:?} in line {line:?}"))
-}
-
 #[test]
 fn metrics_follow_a_pgbench_run() {
     let _tables = pgbench_tables_lock();

@@ -5,21 +5,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// The number after `label` on the line that starts with it.
-fn number_after(output: &str, label: &str) -> f64 {
-    let line = output
-        .lines()
-        .find(|l| l.trim_start().starts_with(label))
-        .unwrap_or_else(|| panic!("no line starting with {label:?} in pgbench output:\n{output}"));
-    let rest = line.trim_start()[label.len()..].trim_start();
-    let num: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    num.parse()
-        .unwrap_or_else(|_| panic!("no number after {label:?} in line {line:?}"))
-}
-
 #[test]
 fn pgbench_init_and_select_only_in_every_protocol() {
     let _tables = pgbench_tables_lock();
