@@ -76,7 +76,7 @@ done
 
 printf '%-6s %12s %12s %10s\n' "ryw" "median_us" "p99_us" "updates"
 for target in lsn off; do
-    cat "$WORK/$target"-*.log* | awk '{print $3}' | sort -n | awk -v t="$target" '
+    cat "$WORK/$target"-[0-9]* | awk '{print $3}' | sort -n | awk -v t="$target" '
         { v[NR] = $1 }
         END {
             if (NR == 0) { print t, "no transactions"; exit 1 }
