@@ -27,11 +27,13 @@ const MAX_BAN: Duration = Duration::from_secs(60);
 
 /// Recovery state, WAL position, and a replica's replay delay: the time
 /// since its last replayed transaction while received WAL waits for replay
-/// (0 when it has replayed all it received).
+/// (0 when it has replayed all it received; before its first replayed
+/// transaction, the time since it started).
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
      THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
      CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn() \
-     THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) ELSE 0 END";
+     THEN extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(), \
+     pg_postmaster_start_time())) ELSE 0 END";
 
 /// Up or down, as the last check found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -469,3 +469,66 @@ fn reads_are_balanced_by_policy_weight_and_region() {
     proxy.admin("RELOAD");
     assert_eq!(reads(20), (0, 20), "same region first");
 }
+
+/// Replicas 2 s behind: with max_replica_lag = 500ms a replica that has
+/// WAL waiting to be replayed takes no reads until it catches up; and
+/// primary_after_write keeps a session's reads on the primary for its
+/// window after a write.
+#[test]
+fn lagging_replicas_take_no_reads_and_primary_after_write() {
+    let private = PrivateCluster::start(&["--replica-delay", "2000"]);
+    let (_, replica) = private.0.shard_ports(0);
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "reads.max_replica_lag", "500ms");
+        set(cfg, "reads.read_your_writes", "primary_after_write");
+        set(cfg, "reads.read_your_writes_window", "1s");
+        set(cfg, "health.interval", "100ms");
+    });
+    wait_all_up(&proxy);
+    block_on(Duration::from_secs(60), async {
+        let writer = connect(&proxy).await;
+        let reader = connect(&proxy).await;
+        assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, replica);
+        writer
+            .batch_execute("CREATE TABLE lag_probe (id int); INSERT INTO lag_probe VALUES (1)")
+            .await
+            .expect("write");
+        // The writer's own read: the primary, within its window.
+        assert_ne!(port_of(&writer, "SELECT inet_server_port()").await, replica);
+        // Another session: the replica is >500 ms behind once the checks
+        // see the pending WAL, so the primary answers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if port_of(&reader, "SELECT inet_server_port()").await != replica {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a lagging replica kept taking reads"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Caught up (2 s delay): reads come back to it, for both.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = port_of(&reader, "SELECT inet_server_port()").await;
+            let w = port_of(&writer, "SELECT inet_server_port()").await;
+            if r == replica && w == replica {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never took reads again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let metrics = proxy.http_get("/metrics").1;
+    for d in ["primary_after_write", "no_replica", "replica"] {
+        assert!(
+            metric(&metrics, "shardwire_reads_total", &[("decision", d)]) >= 1.0,
+            "{d}: {metrics}"
+        );
+    }
+}
