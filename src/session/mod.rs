@@ -442,10 +442,13 @@ where
 
     async fn run_loop(&mut self) -> SessionEnd {
         loop {
-            // 1. Everything the server already sent.
+            // 1. Everything the server already sent; a server that is done
+            // goes back now, so the client's next statement is routed
+            // afresh (to a replica, say) rather than to the held server.
             if let Err(end) = self.drain_server_frames() {
                 return end;
             }
+            self.maybe_release();
             // A read whose replica died before answering: run it again.
             if let Some(frames) = self.retry_read.take() {
                 self.replaying = true;

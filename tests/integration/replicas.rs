@@ -223,6 +223,19 @@ strategy = "hash"
 
         // Reads more than 1 s after the last write: replicas.
         let before = a.http_get("/metrics").1;
+        let decisions: Vec<String> = [
+            "replica",
+            "replica_after_wait",
+            "primary_fallback",
+            "no_replica",
+        ]
+        .iter()
+        .map(|d| {
+            let n = metric(&before, "shardwire_reads_total", &[("decision", d)]);
+            format!("{d} {n}")
+        })
+        .collect();
+        eprintln!("reads right after writes: {}", decisions.join(", "));
         tokio::time::sleep(Duration::from_millis(1200)).await;
         for _ in 0..100 {
             let rows = simple_rows(
