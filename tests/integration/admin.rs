@@ -41,12 +41,7 @@ fn show_commands_describe_the_running_proxy() {
 
     // Some work, and one open session to see in SHOW CLIENTS.
     block_on(Duration::from_secs(60), async {
-        let (client, conn) = proxy
-            .pg_config("app", "app")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+        let client = proxy.app_client().await;
         for _ in 0..5 {
             client.simple_query("SELECT 1").await.expect("select");
         }
@@ -173,17 +168,8 @@ fn admin_console_refuses_the_extended_protocol_clearly() {
 fn pause_holds_new_transactions_until_resume() {
     let proxy = TestProxy::start(|_| {});
     block_on(Duration::from_secs(90), async {
-        let connect = || async {
-            let (c, conn) = proxy
-                .pg_config("app", "app")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            c
-        };
-        let running = connect().await;
-        let waiting = connect().await;
+        let running = proxy.app_client().await;
+        let waiting = proxy.app_client().await;
         running
             .batch_execute("BEGIN; SELECT 1")
             .await

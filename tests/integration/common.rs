@@ -645,6 +645,11 @@ impl TestProxy {
         c
     }
 
+    /// A tokio-postgres session as app/app (its connection task spawned).
+    pub async fn app_client(&self) -> Client {
+        connect(&self.pg_config("app", "app")).await.0
+    }
+
     /// GET `path` from the HTTP endpoints: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http_port, path)

@@ -40,12 +40,7 @@ strategy = "hash"
     let (k0, k1) = (key_on("s0"), key_on("s1"));
 
     block_on(Duration::from_secs(120), async {
-        let (client, conn) = proxy
-            .pg_config("app", "app")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+        let client = proxy.app_client().await;
         client
             .simple_query("CREATE TABLE fo (id int PRIMARY KEY, v text)")
             .await

@@ -3,19 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::common::*;
-
-async fn connect(proxy: &TestProxy) -> Client {
-    let (client, conn) = proxy
-        .pg_config("app", "app")
-        .connect(NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-}
 
 async fn port_of(client: &Client, sql: &str) -> u16 {
     let rows = simple_rows(&client.simple_query(sql).await.expect(sql));
@@ -55,7 +45,7 @@ fn reads_go_to_replicas_and_writes_to_primaries() {
     });
     wait_all_up(&proxy);
     block_on(Duration::from_secs(60), async {
-        let client = connect(&proxy).await;
+        let client = proxy.app_client().await;
         // Plain reads, built-in read-only functions included.
         for _ in 0..3 {
             assert_eq!(
@@ -153,7 +143,7 @@ fn a_users_read_from_overrides_the_global_one() {
     });
     wait_all_up(&proxy);
     block_on(Duration::from_secs(30), async {
-        let client = connect(&proxy).await;
+        let client = proxy.app_client().await;
         assert_eq!(port_of(&client, "SELECT inet_server_port()").await, replica);
     });
 }
@@ -187,7 +177,7 @@ strategy = "hash"
     wait_all_up(&a);
     wait_all_up(&b);
     block_on(Duration::from_secs(600), async {
-        let writer = connect(&a).await;
+        let writer = a.app_client().await;
         writer
             .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY, v bigint NOT NULL)")
             .await
@@ -259,7 +249,7 @@ strategy = "hash"
         );
 
         // Another connection through another proxy, given the token.
-        let reader = connect(&b).await;
+        let reader = b.app_client().await;
         let rounds = (iterations / 10).max(100);
         let mut stale = 0;
         for i in 1..=rounds as i64 {
@@ -426,7 +416,7 @@ fn reads_are_balanced_by_policy_weight_and_region() {
     wait_all_up(&proxy);
     let reads = |n: usize| -> (usize, usize) {
         block_on(Duration::from_secs(60), async {
-            let client = connect(&proxy).await;
+            let client = proxy.app_client().await;
             let mut counts = (0, 0);
             for _ in 0..n {
                 match port_of(&client, "SELECT inet_server_port()").await {
@@ -500,8 +490,8 @@ fn lagging_replicas_take_no_reads_and_primary_after_write() {
     });
     wait_all_up(&proxy);
     block_on(Duration::from_secs(60), async {
-        let writer = connect(&proxy).await;
-        let reader = connect(&proxy).await;
+        let writer = proxy.app_client().await;
+        let reader = proxy.app_client().await;
         assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, replica);
         writer
             .batch_execute("CREATE TABLE lag_probe (id int); INSERT INTO lag_probe VALUES (1)")
