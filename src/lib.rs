@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod execute;
 pub mod frontend;
 pub mod protocol;
 pub mod router;

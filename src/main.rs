@@ -198,6 +198,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(version = shardwire::VERSION, %listen, %http_listen, "shardwire listening");
     spawn_signal_handlers(proxy.clone());
     tokio::spawn(shardwire::admin::http::serve(proxy.clone(), http));
+    shardwire::execute::twophase::spawn_recovery(proxy.clone());
     frontend::serve(proxy, listener).await;
     Ok(())
 }

@@ -87,6 +87,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub reads: Reads,
     #[serde(default)]
+    pub transactions: Transactions,
+    #[serde(default)]
     pub users: Vec<RawUser>,
     #[serde(default)]
     pub databases: Vec<RawDatabase>,
@@ -241,6 +243,38 @@ fn default_max_clients() -> u32 {
 }
 fn default_pause_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Two-phase commit recovery: `[transactions]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transactions {
+    /// A transaction prepared longer ago without a recorded decision is
+    /// decided "abort" by recovery (its proxy is presumed gone).
+    #[serde(default = "default_in_doubt_after", with = "duration::serde_duration")]
+    pub in_doubt_after: Duration,
+    /// Time between recovery passes (one runs at start).
+    #[serde(
+        default = "default_recovery_interval",
+        with = "duration::serde_duration"
+    )]
+    pub recovery_interval: Duration,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        Transactions {
+            in_doubt_after: default_in_doubt_after(),
+            recovery_interval: default_recovery_interval(),
+        }
+    }
+}
+
+fn default_in_doubt_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_recovery_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Where reads may go.
@@ -569,6 +603,7 @@ pub struct Config {
     pub log: LogSettings,
     pub health: Health,
     pub reads: Reads,
+    pub transactions: Transactions,
     pub users: BTreeMap<String, User>,
     pub databases: BTreeMap<String, Database>,
     pub shards: Vec<Shard>,
@@ -792,6 +827,20 @@ impl Config {
         }
         if p.max_waiting == 0 {
             return Err(err("pool.max_waiting", "must be at least 1".into()));
+        }
+        for (k, d) in [
+            (
+                "transactions.in_doubt_after",
+                raw.transactions.in_doubt_after,
+            ),
+            (
+                "transactions.recovery_interval",
+                raw.transactions.recovery_interval,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(err(k, "must be greater than zero".into()));
+            }
         }
         let l = &raw.limits;
         if l.max_client_connections == 0 {
@@ -1030,6 +1079,7 @@ impl Config {
             log: raw.log,
             health,
             reads: raw.reads,
+            transactions: raw.transactions,
             users,
             databases,
             shards,
@@ -1048,6 +1098,7 @@ impl Config {
             "limits": self.limits,
             "log": self.log,
             "reads": self.reads,
+            "transactions": self.transactions,
             "shards": self.shards,
             "databases": self.databases.values().map(|d| serde_json::json!({
                 "name": d.name,

@@ -226,7 +226,9 @@ where
                 }
             }
         }
-        let failure = finish_atomic(&mut conns, &begun, &mut clean, failure, &names).await;
+        let catalog = self.pools[0].clone();
+        let failure =
+            finish_atomic(&mut conns, &begun, &mut clean, failure, &names, &catalog).await;
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {
                 c.release();
@@ -621,7 +623,9 @@ where
             }
         }
         if atomic {
-            failure = finish_atomic(&mut conns, &begun, &mut clean, failure, &names).await;
+            let catalog = self.pools[0].clone();
+            failure =
+                finish_atomic(&mut conns, &begun, &mut clean, failure, &names, &catalog).await;
         }
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {
@@ -639,16 +643,30 @@ where
 /// End the transaction on every shard that began one: COMMIT when there is
 /// no failure yet, else ROLLBACK. Returns the failure for the client.
 ///
-/// Without two-phase commit (a later step), shards committed before a
-/// failing COMMIT stay committed: the error says so, and the remaining
-/// shards roll back.
+/// Several shards commit with two-phase commit (execute/twophase.rs);
+/// one commits (or anything rolls back) in one step.
 pub(super) async fn finish_atomic(
     conns: &mut [PooledConn],
     begun: &[bool],
     clean: &mut [bool],
     mut failure: Option<BytesMut>,
     names: &[String],
+    catalog: &Arc<Pool>,
 ) -> Option<BytesMut> {
+    let participants: Vec<usize> = (0..conns.len()).filter(|&i| begun[i] && clean[i]).collect();
+    if failure.is_none() && participants.len() > 1 {
+        let on_catalog = participants
+            .iter()
+            .copied()
+            .find(|&i| Arc::ptr_eq(conns[i].pool(), catalog));
+        let catalog = crate::execute::twophase::Catalog {
+            pool: catalog,
+            participant: on_catalog,
+        };
+        return crate::execute::twophase::commit(conns, &participants, clean, names, catalog)
+            .await
+            .err();
+    }
     let mut committed: Vec<&str> = Vec::new();
     for i in 0..conns.len() {
         if !begun[i] || !clean[i] {

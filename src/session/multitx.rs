@@ -7,9 +7,8 @@
 //! server would give it. COMMIT commits every shard in order, ROLLBACK rolls
 //! back every shard.
 //!
-//! There is no two-phase commit yet (a later step): if a COMMIT fails after
-//! other shards committed, the client is told the transaction is committed
-//! on some shards only.
+//! COMMIT of a transaction open on several shards is a two-phase commit
+//! (execute/twophase.rs): all shards commit or none.
 //!
 //! Extended-protocol messages are refused with 0A000 in such a transaction.
 
@@ -406,7 +405,8 @@ where
         // finish_atomic commits while it has no failure; a placeholder
         // failure makes it roll back.
         let start = if commit { None } else { Some(BytesMut::new()) };
-        let failure = finish_atomic(&mut conns, &begun, &mut clean, start, &names).await;
+        let catalog = self.pools[0].clone();
+        let failure = finish_atomic(&mut conns, &begun, &mut clean, start, &names, &catalog).await;
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {
                 c.release();

@@ -526,6 +526,16 @@ impl TestProxy {
 
     /// Like [`TestProxy::start`], in front of `cluster`.
     pub fn start_on(cluster: &Cluster, modify: impl FnOnce(&mut toml::Value)) -> TestProxy {
+        Self::start_with_env(cluster, &[], modify)
+    }
+
+    /// Like [`TestProxy::start_on`], with extra environment variables for
+    /// the proxy process (failpoints).
+    pub fn start_with_env(
+        cluster: &Cluster,
+        env: &[(&str, &str)],
+        modify: impl FnOnce(&mut toml::Value),
+    ) -> TestProxy {
         let mut config: toml::Value =
             toml::from_str(&cluster.config_text).expect("cluster.sh wrote valid TOML");
         // Quick exits when a test ends with clients still in a transaction.
@@ -538,7 +548,7 @@ impl TestProxy {
         modify(&mut config);
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(&config) {
+            match Self::try_start(&config, env) {
                 Ok(p) => return p,
                 // Someone took the port between our check and the proxy's bind.
                 Err(e) if e.contains("Address already in use") => last = e,
@@ -548,7 +558,7 @@ impl TestProxy {
         panic!("{last}");
     }
 
-    fn try_start(config: &toml::Value) -> Result<TestProxy, String> {
+    fn try_start(config: &toml::Value, env: &[(&str, &str)]) -> Result<TestProxy, String> {
         let mut config = config.clone();
         let port = free_port();
         let http_port = free_port();
@@ -572,6 +582,7 @@ impl TestProxy {
             .arg(&config_path)
             .env("SHARDWIRE_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log fd"))
             .stderr(log);

@@ -28,3 +28,4 @@ mod session_mode;
 mod session_params;
 mod shutdown;
 mod tls;
+mod twophase;

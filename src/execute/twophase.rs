@@ -1,0 +1,529 @@
+//! Two-phase commit of a transaction that wrote on several shards, and the
+//! recovery of transactions a crash left in doubt (DESIGN.md §6).
+//!
+//! Commit: `PREPARE TRANSACTION 'sw_…'` on every shard; then the decision
+//! is recorded in the catalog (table `shardwire.tx_decisions` on the first
+//! shard's primary) with `INSERT … ON CONFLICT DO NOTHING`; only then
+//! `COMMIT PREPARED` everywhere, and the decision row is dropped.
+//!
+//! The catalog row is the single point of truth, and its primary key makes
+//! the race between a committing proxy and a recovering one safe: recovery
+//! decides "abort" for a prepared transaction with no decision only by
+//! inserting that decision, so whichever insert lands first wins and the
+//! other side obeys it. A transaction prepared everywhere but never decided
+//! is therefore rolled back; one decided "commit" is committed by whoever
+//! gets there, however many times the proxy crashes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use std::collections::HashMap;
+
+use crate::backend::{BackendError, Pool, PooledConn, ServerConn, ServerTarget};
+use crate::frontend::Proxy;
+use crate::protocol::{self, quote_literal, sqlstate, PgError};
+
+/// Prefix of the global transaction ids shardwire prepares.
+pub const GID_PREFIX: &str = "sw_";
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CATALOG_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardwire; \
+     CREATE TABLE IF NOT EXISTS shardwire.tx_decisions ( \
+       gid text PRIMARY KEY, \
+       decision text NOT NULL CHECK (decision IN ('commit', 'abort')), \
+       participants text[] NOT NULL DEFAULT '{}', \
+       decided_at timestamptz NOT NULL DEFAULT now())";
+
+/// A new global transaction id.
+pub fn new_gid() -> String {
+    format!("{GID_PREFIX}{:016x}", rand::random::<u64>())
+}
+
+/// Create the catalog's schema and table if missing. Concurrent creators
+/// may collide on the catalog's unique indexes; a second try settles it.
+pub async fn ensure_catalog(conn: &mut ServerConn) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match conn
+            .run_collect(CATALOG_DDL, CONTROL_TIMEOUT, 64 * 1024)
+            .await
+        {
+            Ok(c) if c.error.is_none() => return Ok(()),
+            Ok(c) => {
+                last = c
+                    .error
+                    .map(|e| protocol::describe_error(protocol::body(&e)))
+                    .unwrap_or_default()
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "cannot create the catalog table shardwire.tx_decisions: {last}"
+    ))
+}
+
+/// Run `sql` (autocommit) and return the first value of the first row.
+async fn query_value(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, QueryError> {
+    let c = conn
+        .run_collect(sql, CONTROL_TIMEOUT, 1024 * 1024)
+        .await
+        .map_err(QueryError::Lost)?;
+    if let Some(e) = c.error {
+        let fields = protocol::error_fields(protocol::body(&e));
+        let code = fields
+            .iter()
+            .find(|(k, _)| *k == b'C')
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        return Err(QueryError::Sql {
+            code,
+            message: protocol::describe_error(protocol::body(&e)),
+        });
+    }
+    Ok(c.first_value())
+}
+
+#[derive(Debug)]
+enum QueryError {
+    Lost(BackendError),
+    Sql { code: String, message: String },
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::Lost(e) => write!(f, "{e}"),
+            QueryError::Sql { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+/// Record `decision` for `gid` unless one exists; returns the decision in
+/// force afterwards.
+async fn decide(
+    catalog: &mut ServerConn,
+    gid: &str,
+    decision: &str,
+    participants: &[String],
+) -> Result<String, QueryError> {
+    let list = participants
+        .iter()
+        .map(|p| quote_literal(p))
+        .collect::<Vec<_>>()
+        .join(",");
+    let insert = format!(
+        "INSERT INTO shardwire.tx_decisions (gid, decision, participants) \
+         VALUES ({}, {}, ARRAY[{list}]::text[]) ON CONFLICT (gid) DO NOTHING",
+        quote_literal(gid),
+        quote_literal(decision)
+    );
+    let select = format!(
+        "SELECT decision FROM shardwire.tx_decisions WHERE gid = {}",
+        quote_literal(gid)
+    );
+    for attempt in 0..2 {
+        match query_value(catalog, &insert).await {
+            Ok(_) => break,
+            // The catalog does not exist yet: create it once.
+            Err(QueryError::Sql { code, .. })
+                if attempt == 0 && (code == "42P01" || code == "3F000") =>
+            {
+                ensure_catalog(catalog).await.map_err(|m| QueryError::Sql {
+                    code: "XX000".into(),
+                    message: m,
+                })?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    query_value(catalog, &select)
+        .await?
+        .ok_or_else(|| QueryError::Sql {
+            code: "XX000".into(),
+            message: format!("no decision recorded for {gid}"),
+        })
+}
+
+/// An error for the client, with shardwire's account of the outcome.
+fn client_error(code: &'static str, message: String, detail: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    PgError::error(code, message)
+        .with_detail(format!("shardwire: {detail}"))
+        .encode(&mut out);
+    out
+}
+
+/// Where the decision is recorded: on a participant's connection to the
+/// catalog's server (idle once prepared, so no second connection from a
+/// pool the transaction itself may have exhausted), else a new checkout.
+pub struct Catalog<'a> {
+    pub pool: &'a Arc<Pool>,
+    /// Index in `conns` of the participant on the catalog's server.
+    pub participant: Option<usize>,
+}
+
+/// Commit, with two-phase commit, a transaction open on `conns[i]` for
+/// every `i` in `participants` (`names[i]` is the shard). On failure the
+/// client's error is returned; `clean[i]` says whether connection `i` may
+/// go back to the pool.
+pub async fn commit(
+    conns: &mut [PooledConn],
+    participants: &[usize],
+    clean: &mut [bool],
+    names: &[String],
+    catalog: Catalog<'_>,
+) -> Result<(), BytesMut> {
+    let gid = new_gid();
+    let gid_sql = quote_literal(&gid);
+    let shards: Vec<String> = participants.iter().map(|&i| names[i].clone()).collect();
+
+    // Phase one.
+    let mut prepared: Vec<usize> = Vec::new();
+    let mut failure: Option<BytesMut> = None;
+    for &i in participants {
+        match conns[i]
+            .run_collect(
+                &format!("PREPARE TRANSACTION {gid_sql}"),
+                CONTROL_TIMEOUT,
+                64 * 1024,
+            )
+            .await
+        {
+            Ok(c) if c.error.is_none() && c.status == b'I' && !is_rollback(&c) => prepared.push(i),
+            Ok(c) => {
+                clean[i] = c.status == b'I';
+                let why = c
+                    .error
+                    .map(|e| protocol::describe_error(protocol::body(&e)))
+                    .unwrap_or_else(|| "the transaction had failed there".into());
+                failure = Some(client_error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!(
+                        "could not prepare the transaction on shard \"{}\": {why}",
+                        names[i]
+                    ),
+                    "the transaction was rolled back on every shard",
+                ));
+                break;
+            }
+            Err(e) => {
+                clean[i] = false;
+                failure = Some(client_error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!(
+                        "could not prepare the transaction on shard \"{}\": {e}",
+                        names[i]
+                    ),
+                    "the transaction was rolled back on every shard",
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(f) = failure {
+        abort(conns, participants, &prepared, clean, &gid_sql).await;
+        return Err(f);
+    }
+    failpoint("after_prepare").await;
+
+    // The decision.
+    let decided = match catalog.participant.filter(|i| prepared.contains(i)) {
+        Some(i) => {
+            let d = decide(&mut conns[i], &gid, "commit", &shards).await;
+            if matches!(d, Err(QueryError::Lost(_))) {
+                clean[i] = false;
+            }
+            d
+        }
+        None => match catalog.pool.checkout().await {
+            Ok(mut c) => {
+                let d = decide(&mut c, &gid, "commit", &shards).await;
+                if !matches!(d, Err(QueryError::Lost(_))) {
+                    c.release();
+                }
+                d
+            }
+            Err(e) => Err(QueryError::Sql {
+                code: "08006".into(),
+                message: e.to_string(),
+            }),
+        },
+    };
+    match decided {
+        Ok(d) if d == "commit" => {}
+        Ok(_) => {
+            // Recovery decided first (this proxy was too slow).
+            abort(conns, participants, &prepared, clean, &gid_sql).await;
+            return Err(client_error(
+                sqlstate::CONNECTION_FAILURE,
+                "the transaction was rolled back: its commit was not recorded in time".into(),
+                "the transaction was rolled back on every shard",
+            ));
+        }
+        Err(QueryError::Lost(e)) => {
+            // The decision may or may not have been recorded: recovery
+            // will finish the transaction one way, on every shard.
+            return Err(client_error(
+                sqlstate::CONNECTION_FAILURE,
+                format!("lost the catalog while committing: {e}"),
+                &format!("transaction {gid} is prepared on every shard; shardwire's recovery commits it if the decision was recorded, else rolls it back. Check before retrying"),
+            ));
+        }
+        Err(e) => {
+            abort(conns, participants, &prepared, clean, &gid_sql).await;
+            return Err(client_error(
+                sqlstate::CONNECTION_FAILURE,
+                format!("could not record the commit decision: {e}"),
+                "the transaction was rolled back on every shard",
+            ));
+        }
+    }
+    failpoint("after_decision").await;
+
+    // Phase two. The transaction is committed: a shard that cannot be
+    // told now is told by recovery, which needs the decision kept.
+    let mut all_committed = true;
+    for &i in &prepared {
+        let sql = format!("COMMIT PREPARED {gid_sql}");
+        match conns[i].run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024).await {
+            Ok(c) if c.error.is_none() => {}
+            Ok(c) => {
+                all_committed = false;
+                clean[i] = c.status == b'I';
+                tracing::warn!(%gid, shard = %names[i], error = %c.error.map(|e| protocol::describe_error(protocol::body(&e))).unwrap_or_default(), "COMMIT PREPARED failed; recovery will finish it");
+            }
+            Err(e) => {
+                all_committed = false;
+                clean[i] = false;
+                tracing::warn!(%gid, shard = %names[i], error = %e, "COMMIT PREPARED failed; recovery will finish it");
+            }
+        }
+    }
+    if !all_committed {
+        return Ok(());
+    }
+    let forget = format!("DELETE FROM shardwire.tx_decisions WHERE gid = {gid_sql}");
+    match catalog.participant.filter(|&i| clean[i]) {
+        Some(i) => {
+            if query_value(&mut conns[i], &forget).await.is_err() {
+                clean[i] = false;
+            }
+        }
+        // Left to recovery's clean-up rather than wait for a connection.
+        None => {
+            if let Some(Ok(mut c)) = catalog.pool.try_checkout().await {
+                if query_value(&mut c, &forget).await.is_ok() {
+                    c.release();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Roll back: prepared ones with ROLLBACK PREPARED, the others with
+/// ROLLBACK.
+async fn abort(
+    conns: &mut [PooledConn],
+    participants: &[usize],
+    prepared: &[usize],
+    clean: &mut [bool],
+    gid_sql: &str,
+) {
+    for &i in participants {
+        if !clean[i] {
+            continue;
+        }
+        let sql = if prepared.contains(&i) {
+            format!("ROLLBACK PREPARED {gid_sql}")
+        } else {
+            "ROLLBACK".to_string()
+        };
+        match conns[i].run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024).await {
+            Ok(c) => clean[i] = c.status == b'I',
+            Err(_) => clean[i] = false,
+        }
+    }
+}
+
+/// COMMIT or PREPARE of an aborted transaction answers "ROLLBACK".
+fn is_rollback(c: &crate::backend::conn::Collected) -> bool {
+    c.frames.iter().any(|f| {
+        f[0] == protocol::be::COMMAND_COMPLETE && protocol::body(f).starts_with(b"ROLLBACK")
+    })
+}
+
+/// Test hook: with `SHARDWIRE_FAILPOINT=<name>`, stop here (for a test to
+/// kill the proxy at this exact point).
+async fn failpoint(name: &str) {
+    if std::env::var("SHARDWIRE_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::warn!(failpoint = name, "failpoint reached; waiting to be killed");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Resolve in-doubt transactions now and then every
+/// `transactions.recovery_interval`: prepared `sw_` transactions older than
+/// `transactions.in_doubt_after` on any shard's primary are committed if
+/// the catalog says commit, else decided abort and rolled back; decisions
+/// no shard needs any more are dropped. Recovery keeps its own connection
+/// to each primary (as the health checks do), so it never takes a client's
+/// pooled connection.
+pub fn spawn_recovery(proxy: Arc<Proxy>) {
+    tokio::spawn(async move {
+        let mut shutdown = proxy.shutdown_requested();
+        let mut conns: HashMap<ServerTarget, ServerConn> = HashMap::new();
+        loop {
+            if let Err(e) = recover_once(&proxy, &mut conns).await {
+                tracing::warn!(error = %e, "two-phase commit recovery pass failed; retrying later");
+            }
+            let interval = proxy.config().transactions.recovery_interval;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
+/// The connection kept for `target`, opened if needed.
+async fn kept<'a>(
+    conns: &'a mut HashMap<ServerTarget, ServerConn>,
+    target: &ServerTarget,
+) -> Result<&'a mut ServerConn, String> {
+    if conns.get_mut(target).is_some_and(|c| c.is_broken()) {
+        conns.remove(target);
+    }
+    if !conns.contains_key(target) {
+        let c = ServerConn::connect(Arc::new(target.clone()), CONTROL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.insert(target.clone(), c);
+    }
+    Ok(conns.get_mut(target).expect("just inserted"))
+}
+
+/// One recovery pass.
+async fn recover_once(
+    proxy: &Arc<Proxy>,
+    conns: &mut HashMap<ServerTarget, ServerConn>,
+) -> Result<(), String> {
+    let config = proxy.config();
+    let Some((database, user)) = config.health.login.clone() else {
+        return Ok(()); // no credentials to look with
+    };
+    let db = &config.databases[&database];
+    let user = &config.users[&user];
+    let primary = |shard: usize| {
+        let s = &config.shards[shard];
+        let v = &s.servers[proxy.health.primary_index(&config, shard)];
+        ServerTarget {
+            shard: s.name.clone(),
+            host: v.host.clone(),
+            port: v.port,
+            role: v.role,
+            database: db.server_database.clone(),
+            user: user.server_user.clone(),
+            password: user.server_password.clone(),
+        }
+    };
+    let grace = config.transactions.in_doubt_after.as_secs_f64();
+    let list_sql = format!(
+        "SELECT gid, extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts \
+         WHERE gid LIKE '{GID_PREFIX}%' AND database = current_database()"
+    );
+    // Every shard's prepared transactions (all of them: a decision may be
+    // dropped only when no shard still waits for it).
+    let mut in_doubt: Vec<(usize, String)> = Vec::new();
+    let mut still_prepared: Vec<String> = Vec::new();
+    for shard in 0..config.shards.len() {
+        let conn = kept(conns, &primary(shard))
+            .await
+            .map_err(|e| format!("cannot reach shard \"{}\": {e}", config.shards[shard].name))?;
+        let list = conn
+            .run_collect(&list_sql, CONTROL_TIMEOUT, 1024 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
+        for f in list
+            .frames
+            .iter()
+            .filter(|f| f[0] == protocol::be::DATA_ROW)
+        {
+            let Ok(v) = protocol::data_row_values(f) else {
+                continue;
+            };
+            let gid = v
+                .first()
+                .copied()
+                .flatten()
+                .and_then(|g| String::from_utf8(g.to_vec()).ok());
+            let age: Option<f64> = v
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|a| std::str::from_utf8(a).ok())
+                .and_then(|a| a.parse().ok());
+            if let (Some(gid), Some(age)) = (gid, age) {
+                still_prepared.push(gid.clone());
+                if age >= grace {
+                    in_doubt.push((shard, gid));
+                }
+            }
+        }
+    }
+    let catalog_target = primary(0);
+    for (shard, gid) in in_doubt {
+        let decision = {
+            let catalog = kept(conns, &catalog_target).await?;
+            decide(catalog, &gid, "abort", &[])
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let verb = if decision == "commit" {
+            "COMMIT PREPARED"
+        } else {
+            "ROLLBACK PREPARED"
+        };
+        let conn = kept(conns, &primary(shard)).await?;
+        let done = match query_value(conn, &format!("{verb} {}", quote_literal(&gid))).await {
+            Ok(_) => Ok(()),
+            // Finished meanwhile by someone else.
+            Err(QueryError::Sql { code, .. }) if code == "42704" => Ok(()),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
+                if let Some(p) = still_prepared.iter().position(|g| *g == gid) {
+                    still_prepared.remove(p);
+                }
+                tracing::info!(%gid, shard = %config.shards[shard].name, %decision, "settled an in-doubt transaction");
+            }
+            Err(e) => {
+                tracing::warn!(%gid, shard = %config.shards[shard].name, error = %e, "could not finish an in-doubt transaction")
+            }
+        }
+    }
+    // Decisions nobody waits for any more (the table may not exist yet:
+    // nothing to drop then).
+    let keep = still_prepared
+        .iter()
+        .map(|g| quote_literal(g))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut forget = format!(
+        "DELETE FROM shardwire.tx_decisions WHERE decided_at < now() - interval '{grace} seconds'"
+    );
+    if !keep.is_empty() {
+        forget.push_str(&format!(" AND gid NOT IN ({keep})"));
+    }
+    let catalog = kept(conns, &catalog_target).await?;
+    match query_value(catalog, &forget).await {
+        Ok(_) => Ok(()),
+        Err(QueryError::Sql { code, .. }) if code == "42P01" || code == "3F000" => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,270 @@
+//! Two-phase commit of transactions that write on several shards: all
+//! shards commit or none, even when the proxy is killed in the middle.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::common::*;
+
+/// The tests of this module look at every prepared transaction of the
+/// cluster: one at a time.
+fn prepared_xacts_lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::OnceLock<std::sync::Mutex<()>> = std::sync::OnceLock::new();
+    L.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// `table` sharded by hash of `id`; recovery settles transactions left in
+/// doubt for `in_doubt_after`.
+fn sharded<'a>(table: &'a str, in_doubt_after: &'a str) -> impl FnOnce(&mut toml::Value) + 'a {
+    move |cfg: &mut toml::Value| {
+        set(cfg, "transactions.in_doubt_after", in_doubt_after);
+        set(cfg, "transactions.recovery_interval", "300ms");
+        set_tables(
+            cfg,
+            &format!("[[tables]]\nname = \"{table}\"\nkey = \"id\"\nstrategy = \"hash\"\n"),
+        );
+    }
+}
+
+/// A key of `table` on each shard, by the proxy's own routing.
+fn keys(proxy: &TestProxy, table: &str) -> (i32, i32) {
+    let on = |shard: &str| {
+        (1..1000)
+            .find(|k| {
+                route_shard(
+                    proxy,
+                    &format!("select * from {table} where id = $1"),
+                    &[&k.to_string()],
+                ) == shard
+            })
+            .expect("a key on the shard")
+    };
+    (on("s0"), on("s1"))
+}
+
+/// Run each statement as its own query (one query string cannot span
+/// shards); the first error ends it.
+async fn run_each(c: &Client, statements: &[String]) -> Result<(), tokio_postgres::Error> {
+    for s in statements {
+        c.batch_execute(s).await?;
+    }
+    Ok(())
+}
+
+/// BEGIN, one insert per key, then `end`.
+fn tx(table: &str, keys: &[i32], end: &str) -> Vec<String> {
+    let mut v = vec!["BEGIN".to_string()];
+    v.extend(
+        keys.iter()
+            .map(|k| format!("INSERT INTO {table} (id) VALUES ({k})")),
+    );
+    v.push(end.to_string());
+    v
+}
+
+/// Prepared shardwire transactions on each shard's primary.
+async fn prepared(shards: &[Client; 2]) -> [i64; 2] {
+    let sql = "select count(*) from pg_prepared_xacts where gid like 'sw\\_%' and database = current_database()";
+    [
+        query_count(&shards[0], sql).await,
+        query_count(&shards[1], sql).await,
+    ]
+}
+
+async fn rows(shards: &[Client; 2], table: &str) -> [i64; 2] {
+    let sql = format!("select count(*) from {table}");
+    [
+        query_count(&shards[0], &sql).await,
+        query_count(&shards[1], &sql).await,
+    ]
+}
+
+#[test]
+fn a_transaction_on_two_shards_commits_on_both() {
+    let _one = prepared_xacts_lock();
+    let proxy = TestProxy::start(sharded("tp_ok", "1s"));
+    let (k0, k1) = keys(&proxy, "tp_ok");
+    block_on(Duration::from_secs(60), async {
+        let shards =
+            connect_shards("drop table if exists tp_ok; create table tp_ok (id int primary key)")
+                .await;
+        let c = proxy.app_client().await;
+        run_each(&c, &tx("tp_ok", &[k0, k1], "COMMIT"))
+            .await
+            .expect("commit on two shards");
+        assert_eq!(rows(&shards, "tp_ok").await, [1, 1]);
+        assert_eq!(prepared(&shards).await, [0, 0]);
+        // The decision was recorded in the catalog (shard 0) and dropped.
+        assert_eq!(
+            query_count(&shards[0], "select count(*) from shardwire.tx_decisions where decision = 'commit' and decided_at > now() - interval '1 minute'").await,
+            0
+        );
+        // A rollback leaves nothing.
+        run_each(&c, &tx("tp_ok", &[k0 + 1000, k1 + 1000], "ROLLBACK"))
+            .await
+            .expect("rollback");
+        assert_eq!(rows(&shards, "tp_ok").await, [1, 1]);
+        // A failure on one shard at PREPARE rolls back both.
+        let e = run_each(&c, &tx("tp_ok", &[k0 + 2000, k1], "COMMIT"))
+            .await
+            .expect_err("duplicate key accepted");
+        assert_eq!(sqlstate(&e), "23505", "{e}");
+        c.batch_execute("ROLLBACK").await.ok();
+        assert_eq!(rows(&shards, "tp_ok").await, [1, 1]);
+        assert_eq!(prepared(&shards).await, [0, 0]);
+    });
+}
+
+/// Kill the proxy at `failpoint` during a two-shard COMMIT; another proxy's
+/// recovery must then leave both shards agreeing, nothing prepared.
+fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
+    let _one = prepared_xacts_lock();
+    // The doomed proxy's own recovery must not settle it first.
+    let mut doomed = TestProxy::start_with_env(
+        cluster(),
+        &[("SHARDWIRE_FAILPOINT", failpoint)],
+        sharded(table, "10m"),
+    );
+    let (k0, k1) = keys(&doomed, table);
+    block_on(Duration::from_secs(90), async {
+        let shards = connect_shards(&format!(
+            "drop table if exists {table}; create table {table} (id int primary key)"
+        ))
+        .await;
+        let client = doomed.app_client().await;
+        let statements = tx(table, &[k0, k1], "COMMIT");
+        let commit = tokio::spawn(async move { run_each(&client, &statements).await });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !doomed.log().contains("failpoint reached") {
+            assert!(
+                Instant::now() < deadline,
+                "failpoint not reached:\n{}",
+                doomed.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Prepared on both shards, decided or not: now the proxy dies.
+        assert_eq!(prepared(&shards).await, [1, 1]);
+        doomed.signal(libc::SIGKILL);
+        doomed
+            .wait_exit(Duration::from_secs(10))
+            .expect("killed proxy exits");
+        assert!(
+            commit.await.expect("task").is_err(),
+            "the client saw a commit"
+        );
+        assert_eq!(
+            prepared(&shards).await,
+            [1, 1],
+            "still in doubt after the kill"
+        );
+
+        // A new proxy's recovery settles it.
+        let _rescuer = TestProxy::start(sharded(table, "1s"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while prepared(&shards).await != [0, 0] {
+            assert!(
+                Instant::now() < deadline,
+                "recovery left prepared transactions"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rows(&shards, table).await
+    })
+}
+
+#[test]
+fn a_commit_decided_before_the_crash_is_finished_by_recovery() {
+    assert_eq!(kill_during_commit("after_decision", "tp_commit"), [1, 1]);
+}
+
+#[test]
+fn a_commit_undecided_at_the_crash_is_rolled_back_by_recovery() {
+    assert_eq!(kill_during_commit("after_prepare", "tp_abort"), [0, 0]);
+}
+
+/// pgbench's TPC-B-like script on 2 shards, tables sharded by their keys so
+/// most transactions span shards: no failed transaction, and the balances
+/// agree afterwards.
+#[test]
+fn tpcb_across_shards_keeps_the_books_balanced() {
+    let seconds: u64 = std::env::var("SHARDWIRE_TPCB_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        // The 60 s run is `SHARDWIRE_TPCB_SECONDS=60`; the suite
+        // keeps it short, as 16 busy clients slow every other test.
+        .unwrap_or(15);
+    let _tables = pgbench_tables_lock();
+    let _one = prepared_xacts_lock();
+    let proxy = TestProxy::start(|cfg| {
+        let mut rules = String::new();
+        for (t, k) in [
+            ("accounts", "aid"),
+            ("tellers", "tid"),
+            ("branches", "bid"),
+            ("history", "aid"),
+        ] {
+            rules.push_str(&format!(
+                "[[tables]]\nname = \"pgbench_{t}\"\nkey = \"{k}\"\nstrategy = \"hash\"\n"
+            ));
+        }
+        set_tables(cfg, &rules);
+    });
+    pgbench(
+        proxy.port,
+        &["-i", "-s", "2", "-q"],
+        Duration::from_secs(180),
+    )
+    .ok("pgbench -i");
+    let out = pgbench(
+        proxy.port,
+        &["-n", "-c", "16", "-j", "2", "-T", &seconds.to_string()],
+        Duration::from_secs(seconds + 120),
+    );
+    eprintln!("{}", out.stdout);
+    assert!(
+        out.success(),
+        "pgbench failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!out.stderr.contains("aborted"), "{}", out.stderr);
+    if let Some(line) = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+    {
+        assert!(line.contains(": 0 "), "{line}");
+    }
+    let done = number_after(&out.stdout, "number of transactions actually processed:");
+    assert!(done > 0.0);
+    block_on(Duration::from_secs(60), async {
+        let shards = [connect_shard(0).await, connect_shard(1).await];
+        let mut sums = [0i64; 4];
+        for s in &shards {
+            for (i, sql) in [
+                "select coalesce(sum(abalance), 0) from pgbench_accounts",
+                "select coalesce(sum(tbalance), 0) from pgbench_tellers",
+                "select coalesce(sum(bbalance), 0) from pgbench_branches",
+                "select coalesce(sum(delta), 0) from pgbench_history",
+            ]
+            .iter()
+            .enumerate()
+            {
+                sums[i] += query_count(s, sql).await;
+            }
+        }
+        let history = query_count(&shards[0], "select count(*) from pgbench_history").await
+            + query_count(&shards[1], "select count(*) from pgbench_history").await;
+        eprintln!("TPC-B: {done} transactions; sums (accounts, tellers, branches, history) = {sums:?}; history rows {history}");
+        assert_eq!(history as f64, done, "one history row per transaction");
+        assert!(
+            sums.iter().all(|s| *s == sums[0]),
+            "unbalanced books: {sums:?}"
+        );
+        assert_eq!(prepared(&shards).await, [0, 0]);
+    });
+}
