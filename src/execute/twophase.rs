@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use std::collections::HashMap;
 
 use crate::backend::{BackendError, Pool, PooledConn, ServerConn, ServerTarget};
+use crate::config::{Config, Database, User};
 use crate::frontend::Proxy;
 use crate::protocol::{self, quote_literal, sqlstate, PgError};
 
@@ -413,14 +414,31 @@ async fn recover_once(
     conns: &mut HashMap<ServerTarget, ServerConn>,
 ) -> Result<(), String> {
     let config = proxy.config();
-    let Some((database, user)) = config.health.login.clone() else {
+    let Some((_, user)) = config.health.login.clone() else {
         return Ok(()); // no credentials to look with
     };
-    let db = &config.databases[&database];
-    let user = &config.users[&user];
+    // Prepared transactions and their decisions live per database.
+    let mut first_error = None;
+    for db in config.databases.values() {
+        if let Err(e) = recover_database(proxy, &config, db, &config.users[&user], conns).await {
+            tracing::warn!(database = %db.name, error = %e, "recovery pass failed for a database");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One recovery pass over one database.
+async fn recover_database(
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    db: &Database,
+    user: &User,
+    conns: &mut HashMap<ServerTarget, ServerConn>,
+) -> Result<(), String> {
     let primary = |shard: usize| {
         let s = &config.shards[shard];
-        let v = &s.servers[proxy.health.primary_index(&config, shard)];
+        let v = &s.servers[proxy.health.primary_index(config, shard)];
         ServerTarget {
             shard: s.name.clone(),
             host: v.host.clone(),
