@@ -1,5 +1,11 @@
-//! Running statements that need more than one server: for now two-phase
-//! commit of transactions that wrote on several shards, and the recovery
-//! of those a crash left in doubt.
+//! Running statements that need more than one server. Each way of
+//! combining the shards' answers is a small, separately tested function
+//! over their frames; committing across shards is its own protocol.
+//!
+//! - `merge`: ORDER BY as a k-way merge of the shards' sorted rows, then
+//!   OFFSET and LIMIT.
+//! - `twophase`: two-phase commit of transactions that wrote on several
+//!   shards, and the recovery of those a crash left in doubt.
 
+pub mod merge;
 pub mod twophase;

@@ -104,6 +104,9 @@ pub struct StatementPlan {
     /// one sharded table that may run on several shards; `None` when they
     /// cannot (the statement is then refused if it needs several shards).
     pub merge: Option<Merge>,
+    /// Why the answers cannot be merged, when there is a more precise
+    /// reason than "cross-shard queries of this shape are not supported".
+    pub merge_refusal: Option<Refusal>,
 }
 
 /// How a cross-shard SELECT's per-shard answers are merged.
@@ -114,6 +117,46 @@ pub enum Merge {
     Concat,
     /// One row of aggregates, one per select item.
     Aggregate(Vec<Agg>),
+    /// Plain rows with ORDER BY and/or LIMIT/OFFSET: every shard's rows
+    /// (sorted by the shard) merged in order, then OFFSET and LIMIT applied.
+    Sorted {
+        /// The ORDER BY items, in order; empty for LIMIT/OFFSET alone.
+        keys: Vec<SortKey>,
+        limit: Option<u64>,
+        offset: u64,
+        /// The statement each shard runs when it differs from the client's
+        /// (`LIMIT offset+limit`, no OFFSET).
+        shard_sql: Option<String>,
+    },
+}
+
+impl Merge {
+    /// The SQL each shard runs instead of the client's text, if any.
+    pub fn shard_sql(&self) -> Option<&str> {
+        match self {
+            Merge::Sorted { shard_sql, .. } => shard_sql.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// One ORDER BY item of a merged cross-shard SELECT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SortKey {
+    pub column: SortColumn,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// Which result column a sort key orders by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortColumn {
+    /// Zero-based position in the result.
+    Position(usize),
+    /// The result column of this name (the select list has a `*`, so the
+    /// position is known only from the shards' RowDescription).
+    Name(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -202,6 +245,7 @@ fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
         functions: Vec::new(),
         target,
         merge: None,
+        merge_refusal: None,
     }
 }
 
@@ -232,12 +276,18 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
             .is_break();
             let writes = !q.locks.is_empty() || into || modifies;
             let target = plan_query(q, tables);
-            let merge = match &target {
-                Target::Keyed(conds) if conds.len() == 1 => merge_kind(q, &conds[0].table, tables),
-                _ => None,
+            let (merge, merge_refusal) = match &target {
+                Target::Keyed(conds) if conds.len() == 1 => {
+                    match merge_kind(q, &conds[0].table, tables) {
+                        Ok(m) => (Some(m), None),
+                        Err(r) => (None, r),
+                    }
+                }
+                _ => (None, None),
             };
             StatementPlan {
                 merge,
+                merge_refusal,
                 functions: called_functions(q),
                 ..plan(Kind::Select, writes, target)
             }
@@ -456,15 +506,265 @@ const AGGREGATES: &[&str] = &[
 ];
 
 /// How a SELECT whose only sharded table is `table` merges across shards:
-/// a single SELECT (no set operation, CTE, ORDER BY, LIMIT, DISTINCT,
-/// GROUP BY, HAVING, window, locking or INTO) reading `table` once, in its
-/// top-level FROM; then either every item is count/sum/min/max (one
-/// merged row) or no aggregate is called (rows concatenated).
-fn merge_kind(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merge> {
+/// a single SELECT (no set operation, CTE, DISTINCT, GROUP BY, HAVING,
+/// window, locking or INTO) reading `table` once, in its top-level FROM;
+/// then either every item is count/sum/min/max (one merged row) or no
+/// aggregate is called (rows concatenated, or merged in order with
+/// ORDER BY / LIMIT / OFFSET). `Err(Some(_))` says precisely why a query of
+/// an otherwise mergeable shape is refused; `Err(None)` is the general
+/// "not supported across shards".
+fn merge_kind(
+    q: &Query,
+    table: &Arc<TableRule>,
+    tables: &Tables,
+) -> Result<Merge, Option<Refusal>> {
+    let base = merge_base(q, table, tables).ok_or(None)?;
+    if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
+        return Ok(base);
+    }
+    if base != Merge::Concat {
+        return Err(Some(sort_refusal(
+            table,
+            "ORDER BY, LIMIT or OFFSET on aggregates is not supported".into(),
+        )));
+    }
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return Err(None);
+    };
+    sorted_merge(q, &s.projection).map_err(|m| Some(sort_refusal(table, m)))
+}
+
+fn sort_refusal(table: &TableRule, message: String) -> Refusal {
+    Refusal {
+        code: NOT_SUPPORTED,
+        message: format!(
+            "cannot merge this query across the shards of table \"{}\": {message}",
+            table.name
+        ),
+        hint: Some(format!("{HINT_SORTED}; or {HINT_ADD_KEY}")),
+    }
+}
+
+const HINT_SORTED: &str = "across shards, ORDER BY may name select-list columns (by position, by name or alias, or by the same expression as in the select list) with ASC/DESC and NULLS FIRST/LAST, and LIMIT/OFFSET must be integer literals";
+
+/// The merge of a plain-rows query with ORDER BY and/or LIMIT/OFFSET.
+fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
+    use sqlparser::ast::{LimitClause, OrderByKind, OrderBySort};
+    if q.fetch.is_some() {
+        return Err("FETCH FIRST is not supported; use LIMIT".into());
+    }
+    let mut keys = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(items) = &ob.kind else {
+            return Err("ORDER BY ALL is not supported".into());
+        };
+        if ob.interpolate.is_some() {
+            return Err("ORDER BY ... INTERPOLATE is not supported".into());
+        }
+        for item in items {
+            let descending = match &item.options.sort {
+                None | Some(OrderBySort::Asc) => false,
+                Some(OrderBySort::Desc) => true,
+                Some(OrderBySort::Using(_)) => {
+                    return Err(format!(
+                        "ORDER BY {item}: USING an operator is not supported"
+                    ))
+                }
+            };
+            if item.with_fill.is_some() {
+                return Err(format!("ORDER BY {item}: WITH FILL is not supported"));
+            }
+            keys.push(SortKey {
+                column: sort_column(&item.expr, projection)?,
+                descending,
+                // PostgreSQL: NULLs sort as larger than any value.
+                nulls_first: item.options.nulls_first.unwrap_or(descending),
+            });
+        }
+    }
+    let (mut limit, mut offset) = (None, 0);
+    match &q.limit_clause {
+        None => {}
+        Some(LimitClause::LimitOffset {
+            limit: l,
+            offset: o,
+            limit_by,
+        }) => {
+            if !limit_by.is_empty() {
+                return Err("LIMIT BY is not supported".into());
+            }
+            if let Some(l) = l {
+                limit = count_literal(l, "LIMIT")?;
+            }
+            if let Some(o) = o {
+                offset = count_literal(&o.value, "OFFSET")?.unwrap_or(0);
+            }
+        }
+        Some(LimitClause::OffsetCommaLimit { .. }) => {
+            return Err("LIMIT offset, count is not supported".into())
+        }
+    }
+    // Each shard sends at most offset+limit rows, already sorted; OFFSET
+    // applies only after the merge.
+    let shard_sql = (limit.is_some() || offset > 0).then(|| {
+        let mut sq = q.clone();
+        sq.limit_clause = limit.map(|l| LimitClause::LimitOffset {
+            limit: Some(Expr::value(sqlparser::ast::Value::Number(
+                l.saturating_add(offset).to_string(),
+                false,
+            ))),
+            offset: None,
+            limit_by: vec![],
+        });
+        Statement::Query(Box::new(sq)).to_string()
+    });
+    Ok(Merge::Sorted {
+        keys,
+        limit,
+        offset,
+        shard_sql,
+    })
+}
+
+/// LIMIT/OFFSET value: a non-negative integer literal (`None` for NULL,
+/// which means no limit).
+fn count_literal(e: &Expr, what: &str) -> Result<Option<u64>, String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("{what} {n} is not a non-negative integer literal")),
+            Value::Null => Ok(None),
+            _ => Err(format!("{what} {e} is not an integer literal")),
+        },
+        _ => Err(format!(
+            "{what} {e} is not an integer literal (parameters and expressions are not supported)"
+        )),
+    }
+}
+
+/// The output name of a select item, as PostgreSQL would name its column,
+/// for aliases and column references (other expressions: none known).
+fn output_name(item: &SelectItem) -> Option<String> {
+    match item {
+        SelectItem::ExprWithAlias { alias, .. } => {
+            Some(normalize_ident(&alias.value, alias.quote_style))
+        }
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => {
+            Some(normalize_ident(&i.value, i.quote_style))
+        }
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts
+            .last()
+            .map(|i| normalize_ident(&i.value, i.quote_style)),
+        _ => None,
+    }
+}
+
+fn item_expr(item: &SelectItem) -> Option<&Expr> {
+    match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+        _ => None,
+    }
+}
+
+/// Which result column an ORDER BY expression names: a position number,
+/// an output column name (alias or column), or an expression textually
+/// identical to a select item. Text is merged in byte order, so COLLATE is
+/// accepted only for "C" / "POSIX".
+fn sort_column(e: &Expr, projection: &[SelectItem]) -> Result<SortColumn, String> {
+    let c_collation = |name: &ObjectName| {
+        function_name(name)
+            .is_some_and(|n| n.eq_ignore_ascii_case("c") || n.eq_ignore_ascii_case("posix"))
+    };
+    let e = match e {
+        Expr::Collate { expr, collation } => {
+            if !c_collation(collation) {
+                return Err(format!(
+                    "ORDER BY {e}: text is merged in byte order (the C collation); only COLLATE \"C\" is supported"
+                ));
+            }
+            expr.as_ref()
+        }
+        e => e,
+    };
+    let wildcard = projection.iter().any(|i| item_expr(i).is_none());
+    // A select item chosen by the key: its position, or (after a `*`) its
+    // output name.
+    let column = |i: usize| -> Result<SortColumn, String> {
+        if let Some(Expr::Collate { collation, .. }) = item_expr(&projection[i]) {
+            if !c_collation(collation) {
+                return Err(format!(
+                    "ORDER BY {e}: the select item has a COLLATE other than \"C\" (text is merged in byte order)"
+                ));
+            }
+        }
+        if !wildcard {
+            return Ok(SortColumn::Position(i));
+        }
+        output_name(&projection[i])
+            .map(SortColumn::Name)
+            .ok_or_else(|| {
+                format!("ORDER BY {e}: name the column with an alias (the select list has a *)")
+            })
+    };
+    if let Expr::Value(v) = e {
+        if let Value::Number(n, _) = &v.value {
+            let p = n
+                .parse::<usize>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| format!("ORDER BY {n} is not a select-list position"))?;
+            if p <= projection.len() && !wildcard {
+                return column(p - 1);
+            }
+            if wildcard {
+                return Ok(SortColumn::Position(p - 1));
+            }
+            return Err(format!("ORDER BY position {p} is not in the select list"));
+        }
+    }
+    if let Expr::Identifier(id) = e {
+        // A bare name is first an output column name (PostgreSQL's rule).
+        let name = normalize_ident(&id.value, id.quote_style);
+        let named: Vec<usize> = (0..projection.len())
+            .filter(|&i| output_name(&projection[i]).as_deref() == Some(name.as_str()))
+            .collect();
+        if let Some(&first) = named.first() {
+            let same = named.iter().all(|&i| {
+                item_expr(&projection[i]).map(|x| x.to_string())
+                    == item_expr(&projection[first]).map(|x| x.to_string())
+            });
+            if !same {
+                return Err(format!("ORDER BY {e} is ambiguous"));
+            }
+            return column(first);
+        }
+        if wildcard {
+            // Resolved against the shards' RowDescription: must then be
+            // exactly one result column of that name.
+            return Ok(SortColumn::Name(name));
+        }
+    }
+    let text = e.to_string();
+    let strip = |x: &Expr| match x {
+        Expr::Collate { expr, .. } => expr.to_string(),
+        x => x.to_string(),
+    };
+    match (0..projection.len())
+        .find(|&i| item_expr(&projection[i]).is_some_and(|x| x.to_string() == text || strip(x) == text))
+    {
+        Some(i) => column(i),
+        None => Err(format!(
+            "ORDER BY {e}: only select-list columns can be merged in order (add it to the select list)"
+        )),
+    }
+}
+
+/// Whether a SELECT is of the shape whose per-shard answers merge (see
+/// `merge_kind`), ignoring ORDER BY and LIMIT/OFFSET; which merge then.
+fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merge> {
     if q.with.is_some()
-        || q.order_by.is_some()
-        || q.limit_clause.is_some()
-        || q.fetch.is_some()
         || !q.locks.is_empty()
         || q.for_clause.is_some()
         || q.settings.is_some()
@@ -546,7 +846,8 @@ fn merge_kind(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
     // A user-defined aggregate looks like any other function call. So the
     // select list of a concatenated query may call only functions known to
     // be scalar; an unknown one is refused rather than risked (aggregates
-    // cannot appear in WHERE, and HAVING/ORDER BY/subqueries are refused).
+    // cannot appear in WHERE, ORDER BY may only repeat select items, and
+    // HAVING and subqueries are refused).
     let mut unknown = false;
     for item in &s.projection {
         let _ = sqlparser::ast::visit_expressions(item, |e: &Expr| {

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::protocol::PgError;
 use crate::sharding::{GeoMap, HashRing, KeyValue, RangeMap};
-pub use analyze::{Agg, Analysis, KeyExpr, Kind, Merge, Refusal, Target};
+pub use analyze::{Agg, Analysis, KeyExpr, Kind, Merge, Refusal, SortColumn, SortKey, Target};
 pub use hints::Hint;
 
 /// Statements whose analysis is kept. Applications repeat a small set of
@@ -302,6 +302,14 @@ pub fn display_key(k: &KeyValue) -> String {
                 &h[20..32]
             )
         }
+    }
+}
+
+fn refusal_error(r: &Refusal) -> PgError {
+    let e = PgError::error(r.code, r.message.clone());
+    match &r.hint {
+        Some(h) => e.with_hint(h.clone()),
+        None => e,
     }
 }
 
@@ -628,34 +636,41 @@ impl Router {
                     // A key hint routes what the parser could not.
                     return self.route_by_key_hint(stmt, k, route);
                 }
-                let mut e = PgError::error(r.code, r.message.clone());
-                if let Some(h) = &r.hint {
-                    e = e.with_hint(h.clone());
-                }
-                return Err(e);
+                return Err(refusal_error(r));
             }
             Target::Keyed(conds) => {
                 let mut shards: Option<BTreeSet<usize>> = None;
                 for c in conds {
                     let set: BTreeSet<usize> = match (&c.alternatives, key_hint) {
                         (_, Some(k)) => {
-                            let v = parse_key(c.table.key_type, k)
-                                .map_err(|m| PgError::error("22P02", format!("routing hint shard_key: {m}")))?;
+                            let v = parse_key(c.table.key_type, k).map_err(|m| {
+                                PgError::error("22P02", format!("routing hint shard_key: {m}"))
+                            })?;
                             route.keys.push(display_key(&v));
-                            [c.table.shard_for(&v).map_err(|m| PgError::error("22023", m))?].into()
+                            [c.table
+                                .shard_for(&v)
+                                .map_err(|m| PgError::error("22023", m))?]
+                            .into()
                         }
                         (Some(alts), None) => {
                             let mut set = BTreeSet::new();
                             for a in alts {
                                 for v in c.table.key_value(a, params)? {
                                     route.keys.push(display_key(&v));
-                                    set.insert(c.table.shard_for(&v).map_err(|m| PgError::error("22023", m))?);
+                                    set.insert(
+                                        c.table
+                                            .shard_for(&v)
+                                            .map_err(|m| PgError::error("22023", m))?,
+                                    );
                                 }
                             }
                             set
                         }
                         (None, None) if stmt.merge.is_some() => self.all().into_iter().collect(),
                         (None, None) => {
+                            if let Some(r) = &stmt.merge_refusal {
+                                return Err(refusal_error(r));
+                            }
                             return Err(PgError::error(
                                 "0A000",
                                 format!(
@@ -663,7 +678,7 @@ impl Router {
                                     c.table.name, c.table.key
                                 ),
                             )
-                            .with_hint(analyze::HINT_ADD_KEY))
+                            .with_hint(analyze::HINT_ADD_KEY));
                         }
                     };
                     route.table.get_or_insert_with(|| c.table.name.clone());
@@ -700,10 +715,14 @@ impl Router {
                         route.shards.len(),
                         match &stmt.merge {
                             Some(Merge::Concat) => "rows concatenated",
+                            Some(Merge::Sorted { .. }) => "rows merged in order",
                             _ => "aggregates merged",
                         }
                     );
                 } else if route.shards.len() > 1 && stmt.kind != Kind::Insert {
+                    if let Some(r) = &stmt.merge_refusal {
+                        return Err(refusal_error(r));
+                    }
                     return Err(PgError::error(
                         "0A000",
                         format!(
@@ -915,7 +934,7 @@ mod tests {
         assert_eq!(r.shards, vec![0, 1]);
         assert_eq!(r.merge, Some(Merge::Concat));
         let e = route(&format!(
-            "select * from accounts where aid in ({a}, {b}) order by aid"
+            "select * from accounts where aid in ({a}, {b}) order by aid + 1"
         ))
         .unwrap_err();
         assert_eq!(e.code, "0A000");
@@ -977,7 +996,7 @@ mod tests {
         assert_eq!(e.code, "0A000");
         assert!(!r.writes);
         for sql in [
-            "select * from accounts order by aid",
+            "select aid from accounts order by abalance",
             "select abalance, count(*) from accounts group by abalance",
             "select count(*) from accounts having count(*) > 1",
             "select avg(abalance) from accounts",
@@ -985,9 +1004,11 @@ mod tests {
             "select count(distinct abalance) from accounts",
             "select sum(abalance) filter (where aid > 1) from accounts",
             "select distinct abalance from accounts",
-            "select * from accounts limit 5",
-            "select * from accounts offset 5",
+            "select * from accounts limit $1",
+            "select * from accounts offset 1 + 1",
             "select * from accounts fetch first 1 rows only",
+            "select count(*) from accounts order by 1",
+            "select count(*) from accounts limit 1",
             "select row_number() over () from accounts",
             "select * from accounts for update",
             "select aid from accounts union all select aid from accounts",
@@ -1004,11 +1025,141 @@ mod tests {
         }
     }
 
+    fn sorted(sql: &str) -> (Vec<SortKey>, Option<u64>, u64, Option<String>) {
+        match route(sql).unwrap().merge {
+            Some(Merge::Sorted {
+                keys,
+                limit,
+                offset,
+                shard_sql,
+            }) => (keys, limit, offset, shard_sql),
+            m => panic!("{sql}: {m:?}"),
+        }
+    }
+
+    fn key(column: SortColumn, descending: bool, nulls_first: bool) -> SortKey {
+        SortKey {
+            column,
+            descending,
+            nulls_first,
+        }
+    }
+
+    #[test]
+    fn order_by_and_limit_merge_in_order() {
+        use SortColumn::{Name, Position};
+        // By position, alias, column name and identical expression; the
+        // PostgreSQL NULLS defaults (ASC: last, DESC: first).
+        let (keys, limit, offset, sql) = sorted(
+            "select aid, abalance b, lower(filler) from accounts order by 2 desc, aid, lower(filler) nulls first, b asc nulls first",
+        );
+        assert_eq!(
+            keys,
+            vec![
+                key(Position(1), true, true),
+                key(Position(0), false, false),
+                key(Position(2), false, true),
+                key(Position(1), false, true),
+            ]
+        );
+        assert_eq!((limit, offset, sql), (None, 0, None));
+        // An expression selected under an alias; a qualified column.
+        let (keys, ..) =
+            sorted("select a.aid, abalance * 2 as dbl from accounts a order by abalance * 2 desc nulls last, a.aid");
+        assert_eq!(
+            keys,
+            vec![
+                key(Position(1), true, false),
+                key(Position(0), false, false)
+            ]
+        );
+        // After a `*`: by name, resolved against the shards' columns.
+        let (keys, ..) = sorted("select * from accounts order by abalance desc, \"Aid\"");
+        assert_eq!(
+            keys,
+            vec![
+                key(Name("abalance".into()), true, true),
+                key(Name("Aid".into()), false, false)
+            ]
+        );
+        // LIMIT offset+limit pushed down, OFFSET dropped on the shards.
+        let (keys, limit, offset, sql) =
+            sorted("select aid from accounts order by aid limit 10 offset 5");
+        assert_eq!(keys, vec![key(Position(0), false, false)]);
+        assert_eq!((limit, offset), (Some(10), 5));
+        assert_eq!(
+            sql.as_deref(),
+            Some("SELECT aid FROM accounts ORDER BY aid LIMIT 15")
+        );
+        let (_, limit, offset, sql) = sorted("select aid from accounts offset 3");
+        assert_eq!((limit, offset), (None, 3));
+        assert_eq!(sql.as_deref(), Some("SELECT aid FROM accounts"));
+        let (_, limit, offset, sql) = sorted("select aid from accounts order by 1 limit all");
+        assert_eq!((limit, offset, sql), (None, 0, None));
+        let (_, limit, _, sql) = sorted("select aid from accounts limit 0");
+        assert_eq!(limit, Some(0));
+        assert_eq!(sql.as_deref(), Some("SELECT aid FROM accounts LIMIT 0"));
+        // COLLATE "C" is the merge's own order.
+        let (keys, ..) = sorted("select filler from accounts order by filler collate \"C\" desc");
+        assert_eq!(keys, vec![key(Position(0), true, true)]);
+        let r = route("select aid from accounts order by aid limit 3").unwrap();
+        assert!(r.reason.contains("merged in order"), "{}", r.reason);
+        // One shard: no merge, the statement as it is.
+        let r = route(
+            "select aid from accounts where aid = 1 order by abalance collate \"de_DE\" limit $1",
+        )
+        .unwrap();
+        assert!(r.merge.is_none());
+
+        for (sql, why) in [
+            ("select aid from accounts order by abalance", "select list"),
+            ("select aid from accounts order by aid + 1", "select list"),
+            ("select aid from accounts order by 2", "position 2"),
+            (
+                "select filler from accounts order by filler collate \"de_DE\"",
+                "COLLATE",
+            ),
+            (
+                "select filler collate \"de_DE\" f from accounts order by f",
+                "COLLATE",
+            ),
+            ("select aid from accounts order by aid using <", "USING"),
+            ("select aid from accounts limit $1", "LIMIT $1"),
+            ("select aid from accounts limit 2 + 1", "LIMIT"),
+            ("select aid from accounts offset $1", "OFFSET $1"),
+            (
+                "select aid from accounts fetch first 3 rows only",
+                "FETCH FIRST",
+            ),
+            (
+                "select aid, abalance aid from accounts order by aid",
+                "ambiguous",
+            ),
+            (
+                "select *, lower(filler) from accounts order by lower(filler)",
+                "alias",
+            ),
+            ("select count(*) from accounts order by 1", "aggregates"),
+        ] {
+            let e = route(sql).unwrap_err();
+            assert_eq!(e.code, "0A000", "{sql}");
+            assert!(e.message.contains(why), "{sql}: {}", e.message);
+            assert!(e.message.contains("\"accounts\""), "{sql}: {}", e.message);
+            assert!(
+                e.hint.as_deref().unwrap_or("").contains("shard key"),
+                "{sql}"
+            );
+        }
+    }
+
     #[test]
     fn no_key_is_refused_with_hint() {
-        let e = route("select * from accounts order by aid").unwrap_err();
+        let e = route("select distinct aid from accounts").unwrap_err();
         assert_eq!(e.code, "0A000");
         assert!(e.message.contains("\"accounts\""));
+        let e = route("select aid from accounts order by abalance").unwrap_err();
+        assert_eq!(e.code, "0A000");
+        assert!(e.message.contains("\"accounts\""), "{}", e.message);
         assert!(e.hint.unwrap().contains("shard_key"));
     }
 

@@ -64,8 +64,12 @@ where
             return Ok(false);
         }
         if let Some(merge) = &route.merge {
-            let work: Vec<(usize, String)> =
-                route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+            let shard_sql = merge.shard_sql().unwrap_or(sql);
+            let work: Vec<(usize, String)> = route
+                .shards
+                .iter()
+                .map(|&s| (s, shard_sql.to_string()))
+                .collect();
             let out = match self.run_on_shards(&work, false).await {
                 Ok(results) => super::scatter::merge_answers(merge, &results).unwrap_or_else(|e| {
                     let mut out = BytesMut::new();

@@ -169,8 +169,18 @@ where
             ));
             return Ok(());
         }
-        let work: Vec<(usize, String)> =
-            route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+        // A merged SELECT may run a rewritten statement on the shards
+        // (LIMIT offset+limit, no OFFSET).
+        let shard_sql = route
+            .merge
+            .as_ref()
+            .and_then(|m| m.shard_sql())
+            .unwrap_or(sql);
+        let work: Vec<(usize, String)> = route
+            .shards
+            .iter()
+            .map(|&s| (s, shard_sql.to_string()))
+            .collect();
         if let Some(merge) = &route.merge {
             self.multi_run(work, false, Some(merge)).await;
             return Ok(());

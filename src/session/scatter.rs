@@ -1,6 +1,7 @@
 //! Merging the answers of several shards to one cross-shard SELECT (simple
 //! query protocol): plain rows are concatenated in shard order; a row of
-//! count/sum/min/max aggregates is combined into one row.
+//! count/sum/min/max aggregates is combined into one row; rows with ORDER
+//! BY / LIMIT / OFFSET are merged in order by `execute::merge`.
 //!
 //! Values are in text format (the simple protocol). Sums are added as
 //! exact decimals (int8 and numeric results); min/max compare integers,
@@ -27,6 +28,15 @@ pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<Byte
     match merge {
         Merge::Concat => Ok(concat(results)),
         Merge::Aggregate(aggs) => aggregate(aggs, results),
+        Merge::Sorted {
+            keys,
+            limit,
+            offset,
+            ..
+        } => {
+            let answers: Vec<&[BytesMut]> = results.iter().map(|r| r.frames.as_slice()).collect();
+            crate::execute::merge::merge_sorted(keys, *limit, *offset, &answers)
+        }
     }
 }
 
