@@ -606,7 +606,7 @@ fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
     }
     // Each shard sends at most offset+limit rows, already sorted; OFFSET
     // applies only after the merge.
-    let shard_sql = (limit.is_some() || offset > 0).then(|| {
+    let shard_sql = if limit.is_some() || offset > 0 {
         let mut sq = q.clone();
         sq.limit_clause = limit.map(|l| LimitClause::LimitOffset {
             limit: Some(Expr::value(sqlparser::ast::Value::Number(
@@ -616,8 +616,21 @@ fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
             offset: None,
             limit_by: vec![],
         });
-        Statement::Query(Box::new(sq)).to_string()
-    });
+        let stmt = Statement::Query(Box::new(sq));
+        let text = stmt.to_string();
+        // The rewritten text must mean what the AST says: sqlparser's
+        // printing of some PostgreSQL syntax may not round-trip.
+        match Parser::parse_sql(&PostgreSqlDialect {}, &text) {
+            Ok(again) if again.len() == 1 && again[0] == stmt => Some(text),
+            _ => {
+                return Err(
+                    "the statement cannot be rewritten for the shards (LIMIT offset+limit)".into(),
+                )
+            }
+        }
+    } else {
+        None
+    };
     Ok(Merge::Sorted {
         keys,
         limit,

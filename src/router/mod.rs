@@ -1091,6 +1091,13 @@ mod tests {
             sql.as_deref(),
             Some("SELECT aid FROM accounts ORDER BY aid LIMIT 15")
         );
+        // PostgreSQL syntax in the rewritten statement.
+        let (_, _, _, sql) = sorted(
+            "select aid, filler::text f from accounts where filler ~~ E'a\\'b%' and abalance between -1 and $$x$$::int order by f limit 2 offset 1",
+        );
+        let sql = sql.unwrap();
+        assert!(sql.ends_with("ORDER BY f LIMIT 3"), "{sql}");
+        assert!(!sql.contains("OFFSET"), "{sql}");
         let (_, limit, offset, sql) = sorted("select aid from accounts offset 3");
         assert_eq!((limit, offset), (None, 3));
         assert_eq!(sql.as_deref(), Some("SELECT aid FROM accounts"));

@@ -129,6 +129,7 @@ const QUERIES: &[&str] = &[
     "select id, t, d from {t} order by d desc, t, id limit 7",
     "select id, t from {t} where id > 40 order by t nulls first, 1 offset 2",
     "select a.id, a.c from {t} a order by a.c desc, a.id limit 11",
+    "select id, i8::numeric / 7 as q from {t} where t ~~ 'a%' or vc like E'Z\\_%' order by q desc nulls last, id limit 3 offset 1",
 ];
 
 #[test]
@@ -179,6 +180,21 @@ fn order_by_limit_offset_match_one_database() {
                 .unwrap_or_else(|e| panic!("{q}: {e:?}"));
             assert_eq!(simple_rows(&through), simple_rows(&want), "{q}");
         }
+        // Inside a transaction (on the transaction's connections).
+        c.simple_query("begin").await.expect("begin");
+        let q = "select id, n from {t} order by n desc nulls last, id limit 6 offset 2";
+        let through = c
+            .simple_query(&q.replace("{t}", "so_t"))
+            .await
+            .expect("in a transaction");
+        let want = one
+            .simple_query(&q.replace("{t}", "so_all"))
+            .await
+            .expect(q);
+        assert_eq!(simple_rows(&through), simple_rows(&want), "{q}");
+        assert_eq!(simple_rows(&through).len(), 6);
+        c.simple_query("commit").await.expect("commit");
+
         // Daylight saving: the text order of tz differs from its time order.
         let tz = simple_rows(
             &c.simple_query("select tz from so_t where tz is not null order by tz")
