@@ -365,19 +365,20 @@ pub fn compare_keys(keys: &[Resolved], a: &[Option<Val>], b: &[Option<Val>]) -> 
     Ordering::Equal
 }
 
-fn bad(m: impl Into<String>) -> PgError {
+/// A cross-shard answer that cannot be merged correctly (0A000).
+pub(crate) fn bad(m: impl Into<String>) -> PgError {
     PgError::error(
         sqlstate::FEATURE_NOT_SUPPORTED,
         format!("cannot merge the shards' answers: {}", m.into()),
     )
 }
 
-fn malformed(_: protocol::Malformed) -> PgError {
+pub(crate) fn malformed(_: protocol::Malformed) -> PgError {
     PgError::error(sqlstate::INTERNAL_ERROR, "malformed answer of a shard")
 }
 
 /// A RowDescription's columns: name, type OID, format code.
-fn columns(frame: &[u8]) -> Result<Vec<(String, i32, i16)>, PgError> {
+pub(crate) fn columns(frame: &[u8]) -> Result<Vec<(String, i32, i16)>, PgError> {
     let mut r = BodyReader::new(protocol::body(frame), "RowDescription");
     let n = r.i16().map_err(malformed)?;
     let mut cols = Vec::with_capacity(n.max(0) as usize);
@@ -395,18 +396,7 @@ fn columns(frame: &[u8]) -> Result<Vec<(String, i32, i16)>, PgError> {
 }
 
 fn fields(frame: &[u8]) -> Result<Vec<Option<&[u8]>>, PgError> {
-    let mut r = BodyReader::new(protocol::body(frame), "DataRow");
-    let n = r.i16().map_err(malformed)?;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n.max(0) {
-        let len = r.i32().map_err(malformed)?;
-        out.push(if len < 0 {
-            None
-        } else {
-            Some(r.bytes(len as usize).map_err(malformed)?)
-        });
-    }
-    Ok(out)
+    protocol::data_row_values(frame).map_err(malformed)
 }
 
 /// The sort keys against a RowDescription.

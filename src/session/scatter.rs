@@ -13,7 +13,8 @@ use std::cmp::Ordering;
 use bytes::{BufMut, BytesMut};
 
 use crate::backend::conn::Collected;
-use crate::protocol::{self, be, sqlstate, BodyReader, PgError};
+use crate::execute::merge::{bad, columns, malformed};
+use crate::protocol::{self, be, PgError};
 use crate::router::{Agg, Merge};
 
 const INT2: i32 = 21;
@@ -74,50 +75,20 @@ pub(super) fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
     (out, rows, counted)
 }
 
-fn bad(m: impl Into<String>) -> PgError {
-    PgError::error(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("cannot merge the shards' answers: {}", m.into()),
-    )
-}
-
-fn malformed(_: protocol::Malformed) -> PgError {
-    PgError::error(sqlstate::INTERNAL_ERROR, "malformed answer of a shard")
-}
-
 /// Column type OIDs of a RowDescription.
 fn column_types(frame: &[u8]) -> Result<Vec<i32>, PgError> {
-    let mut r = BodyReader::new(protocol::body(frame), "RowDescription");
-    let n = r.i16().map_err(malformed)?;
-    let mut types = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n.max(0) {
-        r.cstr_bytes().map_err(malformed)?;
-        r.i32().map_err(malformed)?;
-        r.i16().map_err(malformed)?;
-        types.push(r.i32().map_err(malformed)?);
-        r.i16().map_err(malformed)?;
-        r.i32().map_err(malformed)?;
-        r.i16().map_err(malformed)?;
-    }
-    Ok(types)
+    Ok(columns(frame)?.into_iter().map(|(_, t, _)| t).collect())
 }
 
 fn row_values(frame: &[u8]) -> Result<Vec<Option<String>>, PgError> {
-    let mut r = BodyReader::new(protocol::body(frame), "DataRow");
-    let n = r.i16().map_err(malformed)?;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n.max(0) {
-        let len = r.i32().map_err(malformed)?;
-        if len < 0 {
-            out.push(None);
-        } else {
-            let b = r.bytes(len as usize).map_err(malformed)?;
-            out.push(Some(
-                String::from_utf8(b.to_vec()).map_err(|_| bad("a value is not UTF-8"))?,
-            ));
-        }
-    }
-    Ok(out)
+    protocol::data_row_values(frame)
+        .map_err(malformed)?
+        .into_iter()
+        .map(|v| {
+            v.map(|b| String::from_utf8(b.to_vec()).map_err(|_| bad("a value is not UTF-8")))
+                .transpose()
+        })
+        .collect()
 }
 
 fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
