@@ -667,6 +667,15 @@ impl Router {
                             set
                         }
                         (None, None) if stmt.merge.is_some() => self.all().into_iter().collect(),
+                        // An UPDATE or DELETE of one sharded table runs on
+                        // every shard (each changes its own rows; the
+                        // session sums the counts).
+                        (None, None)
+                            if matches!(stmt.kind, Kind::Update | Kind::Delete)
+                                && conds.len() == 1 =>
+                        {
+                            self.all().into_iter().collect()
+                        }
                         (None, None) => {
                             if let Some(r) = &stmt.merge_refusal {
                                 return Err(refusal_error(r));
@@ -718,6 +727,20 @@ impl Router {
                             Some(Merge::Sorted { .. }) => "rows merged in order",
                             _ => "aggregates merged",
                         }
+                    );
+                } else if route.shards.len() > 1
+                    && matches!(stmt.kind, Kind::Update | Kind::Delete)
+                    && conds.len() == 1
+                {
+                    route.reason = format!(
+                        "{} of \"{}\" on {} shards: each changes its own rows",
+                        if route.keys.is_empty() {
+                            "no key"
+                        } else {
+                            "keys"
+                        },
+                        route.table.as_deref().unwrap_or(""),
+                        route.shards.len()
                     );
                 } else if route.shards.len() > 1 && stmt.kind != Kind::Insert {
                     if let Some(r) = &stmt.merge_refusal {
@@ -957,11 +980,13 @@ mod tests {
             .unwrap();
         assert_eq!(r.shards, vec![0, 1]);
         assert_eq!(r.merge, Some(Merge::Concat));
-        let e = route(&format!(
+        // A write whose keys span shards runs on each (the session sums).
+        let r = route(&format!(
             "update accounts set abalance = 0 where aid in ({a}, {b})"
         ))
-        .unwrap_err();
-        assert_eq!(e.code, "0A000");
+        .unwrap();
+        assert_eq!(r.shards, vec![0, 1]);
+        assert_eq!(r.merge, None);
     }
 
     #[test]
@@ -1207,7 +1232,13 @@ mod tests {
         assert!(e.message.contains("shard key"), "{}", e.message);
         let r = route("delete from accounts where aid = 5").unwrap();
         assert_eq!(r.shards, vec![shard_of(5)]);
-        assert!(route("delete from accounts").is_err());
+        // No key: every shard, each deleting its own rows.
+        assert_eq!(route("delete from accounts").unwrap().shards, vec![0, 1]);
+        // Two sharded tables without co-located keys: refused.
+        assert!(
+            route("delete from accounts using history where accounts.aid = history.aid + 1")
+                .is_err()
+        );
     }
 
     #[test]

@@ -81,6 +81,16 @@ where
             self.answer(out);
             return Ok(true);
         }
+        if let Some(tag) = multi_write_tag(route, analysis) {
+            let work: Vec<(usize, String)> =
+                route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+            let out = match self.run_on_shards(&work, true).await {
+                Ok(results) => write_answer(&results, tag),
+                Err(frame) => frame,
+            };
+            self.answer(out);
+            return Ok(true);
+        }
         if route.all_shards && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
             self.refuse(
                 PgError::error(
@@ -141,7 +151,7 @@ where
     async fn insert_split(&mut self, work: Vec<(usize, String)>) {
         match self.run_on_shards(&work, true).await {
             Ok(results) => {
-                let out = insert_answer(&results);
+                let out = write_answer(&results, "INSERT 0");
                 self.answer(out);
             }
             Err(frame) => self.answer(frame),
@@ -927,10 +937,26 @@ pub(super) async fn begin_all(
 /// The answer to an INSERT split over shards, as one server would give it:
 /// one RowDescription (RETURNING), every shard's rows in shard order, the
 /// first shard's notices, and the rows counted over all shards.
-pub(super) fn insert_answer(results: &[Collected]) -> BytesMut {
-    let (mut out, _, inserted) = super::scatter::concat_rows(results);
-    crate::protocol::command_complete(&mut out, &format!("INSERT 0 {inserted}"));
+/// One answer for a write run on several shards: every shard's RETURNING
+/// rows in shard order, and the summed row count after `tag` ("INSERT 0",
+/// "UPDATE", "DELETE").
+pub(super) fn write_answer(results: &[Collected], tag: &str) -> BytesMut {
+    let (mut out, _, rows) = super::scatter::concat_rows(results);
+    crate::protocol::command_complete(&mut out, &format!("{tag} {rows}"));
     out
+}
+
+/// The command tag of an UPDATE or DELETE (one statement) whose rows may be
+/// on several shards: it runs on each of them, answers summed.
+pub(super) fn multi_write_tag(route: &Route, analysis: &Analysis) -> Option<&'static str> {
+    if route.shards.len() < 2 || route.all_shards {
+        return None;
+    }
+    match analysis.statements.as_slice() {
+        [one] if one.kind == Kind::Update => Some("UPDATE"),
+        [one] if one.kind == Kind::Delete => Some("DELETE"),
+        _ => None,
+    }
 }
 
 /// The row count at the end of a CommandComplete tag (`INSERT 0 5`, `SELECT 5`).

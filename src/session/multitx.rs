@@ -13,7 +13,8 @@
 //! Extended-protocol messages are refused with 0A000 in such a transaction.
 
 use super::multi::{
-    finish_atomic, lost_error, shard_error, split_insert, CONTROL_TIMEOUT, MAX_COLLECT,
+    finish_atomic, lost_error, multi_write_tag, shard_error, split_insert, CONTROL_TIMEOUT,
+    MAX_COLLECT,
 };
 use super::*;
 use crate::router::Kind;
@@ -138,7 +139,7 @@ where
             // SET and the like: on every shard the transaction holds.
             let work: Vec<(usize, String)> = held.iter().map(|&s| (s, sql.to_string())).collect();
             return {
-                self.multi_run(work, false, None).await;
+                self.multi_run(work, None, None).await;
                 Ok(())
             };
         }
@@ -154,7 +155,7 @@ where
         }
         if let Some(rows) = &route.row_shards {
             match split_insert(sql, rows, &route.shards) {
-                Ok(work) => self.multi_run(work, true, None).await,
+                Ok(work) => self.multi_run(work, Some("INSERT 0"), None).await,
                 Err(m) => self.multi_fail(PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!("cannot split this INSERT across shards: {m}"),
@@ -182,7 +183,11 @@ where
             .map(|&s| (s, shard_sql.to_string()))
             .collect();
         if let Some(merge) = &route.merge {
-            self.multi_run(work, false, Some(merge)).await;
+            self.multi_run(work, None, Some(merge)).await;
+            return Ok(());
+        }
+        if let Some(tag) = multi_write_tag(&route, &analysis) {
+            self.multi_run(work, Some(tag), None).await;
             return Ok(());
         }
         if work.len() > 1 && !route.all_shards {
@@ -192,7 +197,7 @@ where
             self.multi_fail(e);
             return Ok(());
         }
-        self.multi_run(work, false, None).await;
+        self.multi_run(work, None, None).await;
         Ok(())
     }
 
@@ -256,11 +261,11 @@ where
     }
 
     /// Run `work` on the transaction's shards; answer with the first shard's
-    /// frames, or (`insert`) the rows of all with a summed count.
+    /// frames, or (`write_tag`) the rows of all with a summed count.
     async fn multi_run(
         &mut self,
         work: Vec<(usize, String)>,
-        insert: bool,
+        write_tag: Option<&str>,
         merge: Option<&crate::router::Merge>,
     ) {
         for (shard, _) in &work {
@@ -309,8 +314,8 @@ where
                 Ok(frames) => out = frames,
                 Err(e) => return self.multi_fail(e),
             }
-        } else if insert {
-            out = super::multi::insert_answer(&results);
+        } else if let Some(tag) = write_tag {
+            out = super::multi::write_answer(&results, tag);
         } else if let Some(first) = results.first() {
             for f in &first.frames {
                 out.extend_from_slice(f);
