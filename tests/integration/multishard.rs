@@ -16,6 +16,11 @@ key = "id"
 strategy = "hash"
 
 [[tables]]
+name = "mt_upd"
+key = "id"
+strategy = "hash"
+
+[[tables]]
 name = "mt_copy"
 key = "id"
 strategy = "hash"
@@ -916,26 +921,26 @@ fn multi_shard_update_and_delete() {
     let proxy = start_proxy();
     block_on(Duration::from_secs(60), async {
         let shards = connect_shards(
-            "drop table if exists mt_acc; create table mt_acc (id int primary key, bal int not null)",
+            "drop table if exists mt_upd; create table mt_upd (id int primary key, bal int not null)",
         )
         .await;
         let c = proxy.app_client().await;
         c.simple_query(
-            "insert into mt_acc (id, bal) values (1, 10), (2, 10), (3, 10), (4, 10), (5, 10), (6, 10)",
+            "insert into mt_upd (id, bal) values (1, 10), (2, 10), (3, 10), (4, 10), (5, 10), (6, 10)",
         )
         .await
         .expect("seed");
-        let on = |i: usize| query_count(&shards[i], "select count(*) from mt_acc");
+        let on = |i: usize| query_count(&shards[i], "select count(*) from mt_upd");
         let (n0, n1) = (on(0).await, on(1).await);
         assert!(n0 > 0 && n1 > 0, "rows on both shards: {n0} / {n1}");
 
         let m = c
-            .simple_query("update mt_acc set bal = bal + 1 where bal = 10")
+            .simple_query("update mt_upd set bal = bal + 1 where bal = 10")
             .await
             .expect("update everywhere");
         assert_eq!(completed(&m), [6]);
         let m = c
-            .simple_query("update mt_acc set bal = bal + 1 where id in (1, 2, 3, 4) returning id")
+            .simple_query("update mt_upd set bal = bal + 1 where id in (1, 2, 3, 4) returning id")
             .await
             .expect("update with returning");
         let mut ids = rows(&m);
@@ -943,14 +948,14 @@ fn multi_shard_update_and_delete() {
         assert_eq!(ids, ["1", "2", "3", "4"]);
         assert_eq!(completed(&m), [4]);
         let m = c
-            .simple_query("delete from mt_acc where bal = 12")
+            .simple_query("delete from mt_upd where bal = 12")
             .await
             .expect("delete");
         assert_eq!(completed(&m), [4]);
         // Inside a transaction over several shards, then rolled back.
         c.simple_query("begin").await.expect("begin");
         let m = c
-            .simple_query("delete from mt_acc returning id")
+            .simple_query("delete from mt_upd returning id")
             .await
             .expect("delete in a transaction");
         assert_eq!(completed(&m), [2]);
@@ -958,12 +963,12 @@ fn multi_shard_update_and_delete() {
         assert_eq!(on(0).await + on(1).await, 2);
         // A failure on one shard leaves every shard as it was.
         let e = c
-            .simple_query("update mt_acc set bal = bal / (id - 5)")
+            .simple_query("update mt_upd set bal = bal / (id - 5)")
             .await
             .expect_err("division by zero on one shard");
         assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
-        let sum = query_count(&shards[0], "select coalesce(sum(bal), 0)::int8 from mt_acc").await
-            + query_count(&shards[1], "select coalesce(sum(bal), 0)::int8 from mt_acc").await;
+        let sum = query_count(&shards[0], "select coalesce(sum(bal), 0)::int8 from mt_upd").await
+            + query_count(&shards[1], "select coalesce(sum(bal), 0)::int8 from mt_upd").await;
         assert_eq!(sum, 22);
     });
 }
