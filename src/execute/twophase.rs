@@ -229,7 +229,7 @@ pub async fn commit(
         abort(conns, participants, &prepared, clean, &gid_sql).await;
         return Err(f);
     }
-    failpoint("after_prepare").await;
+    failpoint("after_prepare", &gid).await;
 
     // The decision.
     let decided = match catalog.participant.filter(|i| prepared.contains(i)) {
@@ -283,7 +283,7 @@ pub async fn commit(
             ));
         }
     }
-    failpoint("after_decision").await;
+    failpoint("after_decision", &gid).await;
 
     // Phase two. The transaction is committed: a shard that cannot be
     // told now is told by recovery, which needs the decision kept.
@@ -360,9 +360,13 @@ fn is_rollback(c: &crate::backend::conn::Collected) -> bool {
 
 /// Test hook: with `SHARDWIRE_FAILPOINT=<name>`, stop here (for a test to
 /// kill the proxy at this exact point).
-async fn failpoint(name: &str) {
+async fn failpoint(name: &str, gid: &str) {
     if std::env::var("SHARDWIRE_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::warn!(failpoint = name, "failpoint reached; waiting to be killed");
+        tracing::warn!(
+            failpoint = name,
+            gid,
+            "failpoint reached; waiting to be killed"
+        );
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }

@@ -65,13 +65,26 @@ fn tx(table: &str, keys: &[i32], end: &str) -> Vec<String> {
     v
 }
 
-/// Prepared shardwire transactions on each shard's primary.
-async fn prepared(shards: &[Client; 2]) -> [i64; 2] {
-    let sql = "select count(*) from pg_prepared_xacts where gid like 'sw\\_%' and database = current_database()";
+/// Prepared transactions whose global id is LIKE `gid`, on each shard's
+/// primary.
+async fn prepared_like(shards: &[Client; 2], gid: &str) -> [i64; 2] {
+    let sql = format!(
+        "select count(*) from pg_prepared_xacts where gid like '{gid}' and database = current_database()"
+    );
     [
-        query_count(&shards[0], sql).await,
-        query_count(&shards[1], sql).await,
+        query_count(&shards[0], &sql).await,
+        query_count(&shards[1], &sql).await,
     ]
+}
+
+/// Waits until no shardwire transaction is prepared on either shard
+/// (other tests' two-phase commits pass through that state briefly).
+async fn none_prepared(shards: &[Client; 2]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while prepared_like(shards, "sw\\_%").await != [0, 0] {
+        assert!(Instant::now() < deadline, "transactions stay prepared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn rows(shards: &[Client; 2], table: &str) -> [i64; 2] {
@@ -96,7 +109,7 @@ fn a_transaction_on_two_shards_commits_on_both() {
             .await
             .expect("commit on two shards");
         assert_eq!(rows(&shards, "tp_ok").await, [1, 1]);
-        assert_eq!(prepared(&shards).await, [0, 0]);
+        none_prepared(&shards).await;
         // The decision was recorded in the catalog (shard 0) and dropped.
         assert_eq!(
             query_count(&shards[0], "select count(*) from shardwire.tx_decisions where decision = 'commit' and decided_at > now() - interval '1 minute'").await,
@@ -114,7 +127,7 @@ fn a_transaction_on_two_shards_commits_on_both() {
         assert_eq!(sqlstate(&e), "23505", "{e}");
         c.batch_execute("ROLLBACK").await.ok();
         assert_eq!(rows(&shards, "tp_ok").await, [1, 1]);
-        assert_eq!(prepared(&shards).await, [0, 0]);
+        none_prepared(&shards).await;
     });
 }
 
@@ -138,16 +151,22 @@ fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
         let statements = tx(table, &[k0, k1], "COMMIT");
         let commit = tokio::spawn(async move { run_each(&client, &statements).await });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !doomed.log().contains("failpoint reached") {
-            assert!(
-                Instant::now() < deadline,
-                "failpoint not reached:\n{}",
-                doomed.log()
-            );
+        let gid = loop {
+            let log = doomed.log();
+            if let Some(line) = log.lines().find(|l| l.contains("failpoint reached")) {
+                let at = line.find("gid=").expect("gid in the failpoint line") + 4;
+                let gid: String = line[at..]
+                    .trim_start_matches('"')
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                break gid;
+            }
+            assert!(Instant::now() < deadline, "failpoint not reached:\n{log}");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
         // Prepared on both shards, decided or not: now the proxy dies.
-        assert_eq!(prepared(&shards).await, [1, 1]);
+        assert_eq!(prepared_like(&shards, &gid).await, [1, 1], "{gid}");
         doomed.signal(libc::SIGKILL);
         doomed
             .wait_exit(Duration::from_secs(10))
@@ -157,7 +176,7 @@ fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
             "the client saw a commit"
         );
         assert_eq!(
-            prepared(&shards).await,
+            prepared_like(&shards, &gid).await,
             [1, 1],
             "still in doubt after the kill"
         );
@@ -165,7 +184,7 @@ fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
         // A new proxy's recovery settles it.
         let _rescuer = TestProxy::start(sharded(table, "1s"));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while prepared(&shards).await != [0, 0] {
+        while prepared_like(&shards, &gid).await != [0, 0] {
             assert!(
                 Instant::now() < deadline,
                 "recovery left prepared transactions"
@@ -265,6 +284,6 @@ fn tpcb_across_shards_keeps_the_books_balanced() {
             sums.iter().all(|s| *s == sums[0]),
             "unbalanced books: {sums:?}"
         );
-        assert_eq!(prepared(&shards).await, [0, 0]);
+        none_prepared(&shards).await;
     });
 }
