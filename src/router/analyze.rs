@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sqlparser::ast::{
     visit_expressions, visit_relations, visit_statements, AssignmentTarget, BinaryOperator,
     CopySource, CopyTarget, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments,
-    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
+    Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
     Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -116,7 +116,12 @@ pub enum Merge {
     /// Plain rows: every shard's rows, in shard order.
     Concat,
     /// One row of aggregates, one per select item.
-    Aggregate(Vec<Agg>),
+    Aggregate {
+        aggs: Vec<Agg>,
+        /// The statement each shard runs when it differs from the client's:
+        /// each `avg(e)` becomes `sum(e) AS "<name>", count(e)`.
+        shard_sql: Option<String>,
+    },
     /// Plain rows with ORDER BY and/or LIMIT/OFFSET: every shard's rows
     /// (sorted by the shard) merged in order, then OFFSET and LIMIT applied.
     Sorted {
@@ -134,7 +139,9 @@ impl Merge {
     /// The SQL each shard runs instead of the client's text, if any.
     pub fn shard_sql(&self) -> Option<&str> {
         match self {
-            Merge::Sorted { shard_sql, .. } => shard_sql.as_deref(),
+            Merge::Sorted { shard_sql, .. } | Merge::Aggregate { shard_sql, .. } => {
+                shard_sql.as_deref()
+            }
             _ => None,
         }
     }
@@ -166,6 +173,8 @@ pub enum Agg {
     Sum,
     Min,
     Max,
+    /// Merged from per-shard `sum(e)` and `count(e)` partials.
+    Avg,
 }
 
 /// The analysis of one SQL string (which may hold several statements).
@@ -436,7 +445,8 @@ fn plan_query(q: &Query, tables: &Tables) -> Target {
 
 /// Aggregates that combine across shards without knowing more than each
 /// shard's result.
-const MERGEABLE: [(&str, Agg); 4] = [
+const MERGEABLE: [(&str, Agg); 5] = [
+    ("avg", Agg::Avg),
     ("count", Agg::Count),
     ("sum", Agg::Sum),
     ("min", Agg::Min),
@@ -520,7 +530,13 @@ fn merge_kind(
 ) -> Result<Merge, Option<Refusal>> {
     let base = merge_base(q, table, tables).ok_or(None)?;
     if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
-        return Ok(base);
+        return match base {
+            Merge::Aggregate { aggs, .. } if aggs.contains(&Agg::Avg) => Ok(Merge::Aggregate {
+                shard_sql: Some(avg_partials(q).map_err(|m| Some(sort_refusal(table, m)))?),
+                aggs,
+            }),
+            base => Ok(base),
+        };
     }
     if base != Merge::Concat {
         return Err(Some(sort_refusal(
@@ -637,6 +653,56 @@ fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
         offset,
         shard_sql,
     })
+}
+
+/// The statement for the shards of a one-row aggregate query with `avg`:
+/// each `avg(e)` item becomes `sum(e) AS "<output name>", count(e)` (the
+/// proxy divides the merged sum by the merged count).
+fn avg_partials(q: &Query) -> Result<String, String> {
+    let mut sq = q.clone();
+    let SetExpr::Select(s) = sq.body.as_mut() else {
+        return Err("not a single SELECT".into());
+    };
+    let mut projection = Vec::with_capacity(s.projection.len() + 1);
+    for item in s.projection.drain(..) {
+        let (e, alias) = match &item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+            _ => {
+                projection.push(item);
+                continue;
+            }
+        };
+        let Expr::Function(f) = e else {
+            projection.push(item);
+            continue;
+        };
+        if mergeable_aggregate(e) != Some(Agg::Avg) {
+            projection.push(item);
+            continue;
+        }
+        let name = alias.map_or_else(
+            || "avg".to_string(),
+            |a| normalize_ident(&a.value, a.quote_style),
+        );
+        let renamed = |n: &str| {
+            let mut g = f.clone();
+            g.name = ObjectName::from(vec![Ident::new(n)]);
+            Expr::Function(g)
+        };
+        projection.push(SelectItem::ExprWithAlias {
+            expr: renamed("sum"),
+            alias: Ident::with_quote('"', name),
+        });
+        projection.push(SelectItem::UnnamedExpr(renamed("count")));
+    }
+    s.projection = projection;
+    let stmt = Statement::Query(Box::new(sq));
+    let text = stmt.to_string();
+    match Parser::parse_sql(&PostgreSqlDialect {}, &text) {
+        Ok(again) if again.len() == 1 && again[0] == stmt => Ok(text),
+        _ => Err("the statement cannot be rewritten for the shards (avg as sum and count)".into()),
+    }
 }
 
 /// LIMIT/OFFSET value: a non-negative integer literal (`None` for NULL,
@@ -835,7 +901,10 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
         })
         .collect();
     if aggs.iter().all(Option::is_some) {
-        return Some(Merge::Aggregate(aggs.into_iter().flatten().collect()));
+        return Some(Merge::Aggregate {
+            aggs: aggs.into_iter().flatten().collect(),
+            shard_sql: None,
+        });
     }
     // Plain rows: no aggregate or window anywhere in the statement.
     let mut aggregate = false;
@@ -958,7 +1027,7 @@ fn function_name(name: &ObjectName) -> Option<String> {
     }
 }
 
-/// `count(*)`, `count(e)`, `sum(e)`, `min(e)`, `max(e)` without DISTINCT,
+/// `count(*)`, `count(e)`, `sum(e)`, `min(e)`, `max(e)`, `avg(e)` without DISTINCT,
 /// FILTER, ORDER BY or OVER.
 fn mergeable_aggregate(e: &Expr) -> Option<Agg> {
     let Expr::Function(f) = e else {

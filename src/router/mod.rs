@@ -995,21 +995,27 @@ mod tests {
         assert_eq!(r.shards, vec![0, 1]);
         assert_eq!(
             r.merge,
-            Some(Merge::Aggregate(vec![
-                Agg::Count,
-                Agg::Count,
-                Agg::Sum,
-                Agg::Min,
-                Agg::Max
-            ]))
+            Some(Merge::Aggregate {
+                aggs: vec![Agg::Count, Agg::Count, Agg::Sum, Agg::Min, Agg::Max],
+                shard_sql: None,
+            })
         );
         let json = serde_json::to_string(&r).unwrap();
         assert!(
-            json.contains("\"merge\":{\"aggregate\":[\"count\""),
+            json.contains("\"merge\":{\"aggregate\":{\"aggs\":[\"count\""),
             "{json}"
         );
         let r = route("select aid, abalance from accounts where filler like 'x%'").unwrap();
         assert_eq!(r.merge, Some(Merge::Concat));
+        // avg runs on the shards as sum and count, named as the client's column.
+        let r = route("select count(*), avg(abalance) as \"Mean\", pg_catalog.avg(aid) from accounts where abalance > 0").unwrap();
+        assert_eq!(
+            r.merge,
+            Some(Merge::Aggregate {
+                aggs: vec![Agg::Count, Agg::Avg, Agg::Avg],
+                shard_sql: Some("SELECT count(*), sum(abalance) AS \"Mean\", count(abalance), sum(aid) AS \"avg\", count(aid) FROM accounts WHERE abalance > 0".into()),
+            })
+        );
         // Known scalar functions may be concatenated; an unknown function in
         // the select list might be a user-defined aggregate: refused.
         let r =
@@ -1024,7 +1030,8 @@ mod tests {
             "select aid from accounts order by abalance",
             "select abalance, count(*) from accounts group by abalance",
             "select count(*) from accounts having count(*) > 1",
-            "select avg(abalance) from accounts",
+            "select avg(distinct abalance) from accounts",
+            "select avg(abalance) from accounts limit 1",
             "select count(*), aid from accounts",
             "select count(distinct abalance) from accounts",
             "select sum(abalance) filter (where aid > 1) from accounts",

@@ -28,7 +28,7 @@ const FLOAT8: i32 = 701;
 pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<BytesMut, PgError> {
     match merge {
         Merge::Concat => Ok(concat(results)),
-        Merge::Aggregate(aggs) => aggregate(aggs, results),
+        Merge::Aggregate { aggs, .. } => aggregate(aggs, results),
         Merge::Sorted {
             keys,
             limit,
@@ -91,7 +91,75 @@ fn row_values(frame: &[u8]) -> Result<Vec<Option<String>>, PgError> {
         .collect()
 }
 
+/// The shard columns of each aggregate: `avg` is two (sum and count).
+fn widths(aggs: &[Agg]) -> Vec<usize> {
+    aggs.iter()
+        .map(|a| if *a == Agg::Avg { 2 } else { 1 })
+        .collect()
+}
+
+/// A RowDescription's fields, each as its raw bytes (name to format code).
+fn raw_fields(frame: &[u8]) -> Result<Vec<&[u8]>, PgError> {
+    let body = protocol::body(frame);
+    let short = || bad("malformed RowDescription");
+    let n = i16::from_be_bytes(body.get(..2).ok_or_else(short)?.try_into().unwrap());
+    let mut at = 2;
+    let mut out = Vec::new();
+    for _ in 0..n.max(0) {
+        let nul = body[at..].iter().position(|b| *b == 0).ok_or_else(short)?;
+        let end = at + nul + 1 + 18;
+        out.push(body.get(at..end).ok_or_else(short)?);
+        at = end;
+    }
+    Ok(out)
+}
+
+/// The client's RowDescription: the shards' one with each avg's sum and
+/// count columns replaced by one numeric column named as the sum column.
+fn client_description(aggs: &[Agg], frame: &[u8]) -> Result<BytesMut, PgError> {
+    if !aggs.contains(&Agg::Avg) {
+        return Ok(BytesMut::from(frame));
+    }
+    let fields = raw_fields(frame)?;
+    let mut body = BytesMut::new();
+    body.put_i16(aggs.len() as i16);
+    let mut c = 0;
+    for agg in aggs {
+        let f = fields[c];
+        if *agg == Agg::Avg {
+            let nul = f.iter().position(|b| *b == 0).unwrap_or(0);
+            body.put_slice(&f[..=nul]);
+            body.put_i32(0); // table
+            body.put_i16(0); // column
+            body.put_i32(NUMERIC);
+            body.put_i16(-1); // varlena
+            body.put_i32(-1); // typmod
+            body.put_i16(0); // text
+            c += 2;
+        } else {
+            body.put_slice(f);
+            c += 1;
+        }
+    }
+    let mut out = BytesMut::new();
+    out.put_u8(be::ROW_DESCRIPTION);
+    out.put_i32(body.len() as i32 + 4);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
 fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
+    let width = widths(aggs);
+    let ncols: usize = width.iter().sum();
+    // The first shard column of each aggregate.
+    let start: Vec<usize> = width
+        .iter()
+        .scan(0, |at, w| {
+            let s = *at;
+            *at += w;
+            Some(s)
+        })
+        .collect();
     let mut out = BytesMut::new();
     let mut types: Option<Vec<i32>> = None;
     let mut merged: Vec<Option<String>> = vec![None; aggs.len()];
@@ -102,33 +170,47 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
             match f[0] {
                 be::ROW_DESCRIPTION if types.is_none() => {
                     let t = column_types(f)?;
-                    if t.len() != aggs.len() {
+                    if t.len() != ncols {
                         return Err(bad("unexpected columns"));
                     }
-                    for (agg, t) in aggs.iter().zip(&t) {
-                        check_type(*agg, *t)?;
+                    for (a, agg) in aggs.iter().enumerate() {
+                        let ty = t[start[a]];
+                        // avg's partial: its sum's type decides.
+                        let as_agg = if *agg == Agg::Avg { Agg::Sum } else { *agg };
+                        check_type(as_agg, ty).map_err(|e| {
+                            if *agg == Agg::Avg {
+                                bad(format!(
+                                    "avg of a column whose sum has type OID {ty} across shards is not supported (integers and numeric only)"
+                                ))
+                                .with_hint("add a condition on the shard key, or run it on each shard")
+                            } else {
+                                e
+                            }
+                        })?;
                     }
                     types = Some(t);
-                    out.extend_from_slice(f);
+                    out.extend_from_slice(&client_description(aggs, f)?);
                 }
                 b'D' => {
                     rows += 1;
                     let values = row_values(f)?;
                     let types = types.as_ref().ok_or_else(|| bad("no row description"))?;
-                    if values.len() != aggs.len() {
+                    if values.len() != ncols {
                         return Err(bad("unexpected columns"));
                     }
-                    for (c, v) in values.into_iter().enumerate() {
-                        let Some(v) = v else { continue };
-                        match aggs[c] {
-                            Agg::Count => {
-                                counts[c] += v
-                                    .trim()
-                                    .parse::<i128>()
-                                    .map_err(|_| bad(format!("count \"{v}\"")))?;
+                    for (a, agg) in aggs.iter().enumerate() {
+                        let c = start[a];
+                        if *agg == Agg::Avg {
+                            if let Some(n) = &values[c + 1] {
+                                counts[a] += parse_count(n)?;
                             }
+                        }
+                        let Some(v) = values[c].clone() else { continue };
+                        match agg {
+                            Agg::Count => counts[a] += parse_count(&v)?,
                             agg => {
-                                merged[c] = Some(match merged[c].take() {
+                                let agg = if *agg == Agg::Avg { Agg::Sum } else { *agg };
+                                merged[a] = Some(match merged[a].take() {
                                     None => {
                                         check_value(types[c], &v)?;
                                         v
@@ -152,6 +234,10 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
     for (c, agg) in aggs.iter().enumerate() {
         let v = match agg {
             Agg::Count => Some(counts[c].to_string()),
+            Agg::Avg => match merged[c].take() {
+                Some(sum) if counts[c] > 0 => Some(average(&Decimal::parse(&sum)?, counts[c])),
+                _ => None,
+            },
             _ => merged[c].take(),
         };
         match v {
@@ -169,11 +255,94 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
     Ok(out)
 }
 
+fn parse_count(v: &str) -> Result<i128, PgError> {
+    v.trim()
+        .parse::<i128>()
+        .map_err(|_| bad(format!("count \"{v}\"")))
+}
+
+/// Weight (base-10000 digit position, 0 for the units group) and value of
+/// the first non-zero base-10000 digit of a decimal, as PostgreSQL's
+/// numeric stores it; (0, 0) for zero.
+fn first_group(d: &Decimal) -> (i64, u32) {
+    // Pad the integer digits to a multiple of 4 on the left, the fraction
+    // on the right, and read groups of 4 digits.
+    let ipad = (4 - d.int.len() % 4) % 4;
+    let mut digits = vec![0u8; ipad];
+    digits.extend_from_slice(&d.int);
+    let igroups = digits.len() / 4;
+    digits.extend_from_slice(&d.frac);
+    digits.resize(digits.len().div_ceil(4) * 4, 0);
+    for (g, chunk) in digits.chunks(4).enumerate() {
+        let v = chunk.iter().fold(0u32, |acc, x| acc * 10 + *x as u32);
+        if v != 0 {
+            return (igroups as i64 - 1 - g as i64, v);
+        }
+    }
+    (0, 0)
+}
+
+/// `sum / count` as PostgreSQL's `avg` of integers or numeric prints it:
+/// numeric division with the result scale of `select_div_scale` (at least
+/// 16 significant digits, no less than the sum's scale), rounded half away
+/// from zero.
+fn average(sum: &Decimal, count: i128) -> String {
+    let n = Decimal::parse(&count.to_string()).expect("count");
+    let (w1, f1) = first_group(sum);
+    let (w2, f2) = first_group(&n);
+    let mut qweight = w1 - w2;
+    if f1 <= f2 {
+        qweight -= 1;
+    }
+    let rscale = (16 - qweight * 4).max(sum.frac.len() as i64).clamp(0, 1000) as usize;
+    // The magnitude scaled by 10^rscale, divided by count.
+    let mut digits = sum.int.clone();
+    digits.extend_from_slice(&sum.frac);
+    digits.resize(sum.int.len() + rscale, 0);
+    let divisor = count as u128;
+    let mut q = Vec::with_capacity(digits.len() + 1);
+    let mut rem: u128 = 0;
+    for d in digits {
+        rem = rem * 10 + d as u128;
+        q.push((rem / divisor) as u8);
+        rem %= divisor;
+    }
+    if rem * 2 >= divisor {
+        let mut k = q.len();
+        loop {
+            if k == 0 {
+                q.insert(0, 1);
+                break;
+            }
+            k -= 1;
+            if q[k] == 9 {
+                q[k] = 0;
+            } else {
+                q[k] += 1;
+                break;
+            }
+        }
+    }
+    let split = q.len() - rscale;
+    let int = q[..split].to_vec();
+    let first = int.iter().position(|d| *d != 0).unwrap_or(int.len());
+    let mut r = Decimal {
+        neg: sum.neg,
+        int: int[first..].to_vec(),
+        frac: q[split..].to_vec(),
+    };
+    if r.is_zero() {
+        r.neg = false;
+    }
+    r.to_string()
+}
+
 fn check_type(agg: Agg, t: i32) -> Result<(), PgError> {
     let ok = match agg {
         Agg::Count => true,
         // sum(int2/int4) is int8, sum(int8/numeric) is numeric.
         Agg::Sum => matches!(t, INT8 | NUMERIC),
+        Agg::Avg => matches!(t, INT8 | NUMERIC),
         Agg::Min | Agg::Max => matches!(t, INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8),
     };
     if ok {
@@ -408,5 +577,53 @@ mod tests {
         );
         assert!(check_type(Agg::Min, 25).is_err());
         assert!(check_type(Agg::Sum, FLOAT8).is_err());
+    }
+
+    fn avg(sum: &str, count: i128) -> String {
+        average(&Decimal::parse(sum).unwrap(), count)
+    }
+
+    #[test]
+    fn averages_print_as_postgresql() {
+        // select avg(x) from (values ...) t(x), checked on PostgreSQL.
+        assert_eq!(avg("3", 2), "1.5000000000000000");
+        assert_eq!(avg("2", 2), "1.00000000000000000000");
+        assert_eq!(avg("10", 3), "3.3333333333333333");
+        assert_eq!(avg("20", 3), "6.6666666666666667");
+        assert_eq!(avg("-20", 3), "-6.6666666666666667");
+        assert_eq!(avg("1", 3), "0.33333333333333333333");
+        assert_eq!(avg("0", 5), "0.00000000000000000000");
+        assert_eq!(avg("100000", 2), "50000.000000000000");
+        assert_eq!(avg("4.50", 2), "2.2500000000000000");
+        assert_eq!(avg("1.123456789012345678901", 1), "1.123456789012345678901");
+        assert_eq!(first_group(&Decimal::parse("12345.6").unwrap()), (1, 1));
+        assert_eq!(first_group(&Decimal::parse("0.00012").unwrap()), (-1, 1));
+        assert_eq!(first_group(&Decimal::parse("0").unwrap()), (0, 0));
+    }
+
+    #[test]
+    fn avg_description_is_one_numeric_column() {
+        let mut body = BytesMut::new();
+        body.put_i16(3);
+        for (name, t) in [("n", INT8), ("avg", INT8), ("count", INT8)] {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_i32(0);
+            body.put_i16(0);
+            body.put_i32(t);
+            body.put_i16(8);
+            body.put_i32(-1);
+            body.put_i16(0);
+        }
+        let mut frame = BytesMut::new();
+        frame.put_u8(be::ROW_DESCRIPTION);
+        frame.put_i32(body.len() as i32 + 4);
+        frame.extend_from_slice(&body);
+        let d = client_description(&[Agg::Count, Agg::Avg], &frame).unwrap();
+        let cols = columns(&d).unwrap();
+        assert_eq!(
+            cols,
+            vec![("n".to_string(), INT8, 0), ("avg".to_string(), NUMERIC, 0)]
+        );
     }
 }
