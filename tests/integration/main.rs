@@ -24,6 +24,7 @@ mod psql;
 mod reload;
 mod replicas;
 mod routing;
+mod scatter_aggregate;
 mod scatter_order;
 mod session_mode;
 mod session_params;
