@@ -133,15 +133,30 @@ pub enum Merge {
         /// (`LIMIT offset+limit`, no OFFSET).
         shard_sql: Option<String>,
     },
+    /// GROUP BY select-list columns with count/sum/min/max/avg: each shard
+    /// returns its groups' partials (no ORDER BY/LIMIT); the proxy combines
+    /// rows of equal keys, orders the groups by key (or by the ORDER BY
+    /// keys), then applies OFFSET and LIMIT.
+    Grouped {
+        /// Per select item: its aggregate, or `None` for a group key.
+        items: Vec<Option<Agg>>,
+        keys: Vec<SortKey>,
+        /// Per ORDER BY key: written with COLLATE "C" (text keys must be,
+        /// the groups are ordered in byte order).
+        collated: Vec<bool>,
+        limit: Option<u64>,
+        offset: u64,
+        shard_sql: Option<String>,
+    },
 }
 
 impl Merge {
     /// The SQL each shard runs instead of the client's text, if any.
     pub fn shard_sql(&self) -> Option<&str> {
         match self {
-            Merge::Sorted { shard_sql, .. } | Merge::Aggregate { shard_sql, .. } => {
-                shard_sql.as_deref()
-            }
+            Merge::Sorted { shard_sql, .. }
+            | Merge::Aggregate { shard_sql, .. }
+            | Merge::Grouped { shard_sql, .. } => shard_sql.as_deref(),
             _ => None,
         }
     }
@@ -529,10 +544,49 @@ fn merge_kind(
     tables: &Tables,
 ) -> Result<Merge, Option<Refusal>> {
     let base = merge_base(q, table, tables).ok_or(None)?;
+    if let Merge::Grouped { items, .. } = base {
+        let SetExpr::Select(s) = q.body.as_ref() else {
+            return Err(None);
+        };
+        let (keys, limit, offset) =
+            if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
+                (vec![], None, 0)
+            } else {
+                match sorted_merge(q, &s.projection).map_err(|m| Some(sort_refusal(table, m)))? {
+                    Merge::Sorted {
+                        keys,
+                        limit,
+                        offset,
+                        ..
+                    } => (keys, limit, offset),
+                    _ => return Err(None),
+                }
+            };
+        let collated = match &q.order_by {
+            Some(ob) => match &ob.kind {
+                sqlparser::ast::OrderByKind::Expressions(e) => e
+                    .iter()
+                    .map(|i| matches!(i.expr, Expr::Collate { .. }))
+                    .collect(),
+                _ => vec![],
+            },
+            None => vec![],
+        };
+        return Ok(Merge::Grouped {
+            items,
+            keys,
+            collated,
+            limit,
+            offset,
+            shard_sql: Some(shard_partials(q, true).map_err(|m| Some(sort_refusal(table, m)))?),
+        });
+    }
     if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
         return match base {
             Merge::Aggregate { aggs, .. } if aggs.contains(&Agg::Avg) => Ok(Merge::Aggregate {
-                shard_sql: Some(avg_partials(q).map_err(|m| Some(sort_refusal(table, m)))?),
+                shard_sql: Some(
+                    shard_partials(q, false).map_err(|m| Some(sort_refusal(table, m)))?,
+                ),
                 aggs,
             }),
             base => Ok(base),
@@ -658,11 +712,35 @@ fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
 /// The statement for the shards of a one-row aggregate query with `avg`:
 /// each `avg(e)` item becomes `sum(e) AS "<output name>", count(e)` (the
 /// proxy divides the merged sum by the merged count).
-fn avg_partials(q: &Query) -> Result<String, String> {
+/// With `whole`, ORDER BY and LIMIT/OFFSET are dropped too (a GROUP BY
+/// query: each shard returns all its groups).
+fn shard_partials(q: &Query, whole: bool) -> Result<String, String> {
     let mut sq = q.clone();
+    if whole {
+        sq.order_by = None;
+        sq.limit_clause = None;
+    }
     let SetExpr::Select(s) = sq.body.as_mut() else {
         return Err("not a single SELECT".into());
     };
+    // GROUP BY positions name the client's select items: the shards'
+    // select list differs, so name the (plain column) items instead.
+    if let sqlparser::ast::GroupByExpr::Expressions(group, _) = &mut s.group_by {
+        for g in group.iter_mut() {
+            if let Expr::Value(v) = g {
+                if let Value::Number(n, _) = &v.value {
+                    let item = n
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|p| p.checked_sub(1))
+                        .and_then(|p| s.projection.get(p))
+                        .and_then(item_expr)
+                        .ok_or_else(|| format!("GROUP BY {n} is not a select-list position"))?;
+                    *g = item.clone();
+                }
+            }
+        }
+    }
     let mut projection = Vec::with_capacity(s.projection.len() + 1);
     for item in s.projection.drain(..) {
         let (e, alias) = match &item {
@@ -855,11 +933,14 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
     let SetExpr::Select(s) = q.body.as_ref() else {
         return None;
     };
-    let no_group = matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    let group: Option<&[Expr]> = match &s.group_by {
+        sqlparser::ast::GroupByExpr::Expressions(e, m) if m.is_empty() => Some(e),
+        _ => None,
+    };
     if s.distinct.is_some()
         || s.top.is_some()
         || s.into.is_some()
-        || !no_group
+        || group.is_none()
         || s.having.is_some()
         || !s.named_window.is_empty()
         || s.qualify.is_some()
@@ -889,6 +970,17 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
     });
     if mentions != 1 || !in_from {
         return None;
+    }
+    let group = group.unwrap_or_default();
+    if !group.is_empty() {
+        return grouped_items(&s.projection, group).map(|items| Merge::Grouped {
+            items,
+            keys: vec![],
+            collated: vec![],
+            limit: None,
+            offset: 0,
+            shard_sql: None,
+        });
     }
     let aggs: Vec<Option<Agg>> = s
         .projection
@@ -945,6 +1037,44 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
         });
     }
     (!unknown).then_some(Merge::Concat)
+}
+
+/// The select items of a GROUP BY query that merges: each a mergeable
+/// aggregate or a plain column that is a group key (by the same text or by
+/// position); every GROUP BY item names such a select item.
+fn grouped_items(projection: &[SelectItem], group: &[Expr]) -> Option<Vec<Option<Agg>>> {
+    let position = |g: &Expr| match g {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse::<usize>().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut items = Vec::with_capacity(projection.len());
+    let mut keyed = vec![false; group.len()];
+    for (i, item) in projection.iter().enumerate() {
+        let e = item_expr(item)?;
+        if let Some(a) = mergeable_aggregate(e) {
+            items.push(Some(a));
+            continue;
+        }
+        if !matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            return None;
+        }
+        let text = e.to_string();
+        let mut found = false;
+        for (k, g) in group.iter().enumerate() {
+            if position(g) == Some(i + 1) || g.to_string() == text {
+                keyed[k] = true;
+                found = true;
+            }
+        }
+        if !found {
+            return None;
+        }
+        items.push(None);
+    }
+    keyed.iter().all(|k| *k).then_some(items)
 }
 
 /// Built-in functions known not to be aggregates, allowed in the select

@@ -725,6 +725,7 @@ impl Router {
                         match &stmt.merge {
                             Some(Merge::Concat) => "rows concatenated",
                             Some(Merge::Sorted { .. }) => "rows merged in order",
+                            Some(Merge::Grouped { .. }) => "groups merged",
                             _ => "aggregates merged",
                         }
                     );
@@ -1016,6 +1017,22 @@ mod tests {
                 shard_sql: Some("SELECT count(*), sum(abalance) AS \"Mean\", count(abalance), sum(aid) AS \"avg\", count(aid) FROM accounts WHERE abalance > 0".into()),
             })
         );
+        // GROUP BY select-list columns: partials per group, positions named.
+        let r = route("select avg(abalance), aid, count(*) from accounts group by 2 order by 3 desc, aid limit 5").unwrap();
+        assert_eq!(
+            r.merge,
+            Some(Merge::Grouped {
+                items: vec![Some(Agg::Avg), None, Some(Agg::Count)],
+                keys: vec![
+                    SortKey { column: SortColumn::Position(2), descending: true, nulls_first: true },
+                    SortKey { column: SortColumn::Position(1), descending: false, nulls_first: false },
+                ],
+                collated: vec![false, false],
+                limit: Some(5),
+                offset: 0,
+                shard_sql: Some("SELECT sum(abalance) AS \"avg\", count(abalance), aid, count(*) FROM accounts GROUP BY aid".into()),
+            })
+        );
         // Known scalar functions may be concatenated; an unknown function in
         // the select list might be a user-defined aggregate: refused.
         let r =
@@ -1028,7 +1045,11 @@ mod tests {
         assert!(!r.writes);
         for sql in [
             "select aid from accounts order by abalance",
-            "select abalance, count(*) from accounts group by abalance",
+            "select abalance, count(*) from accounts group by abalance having count(*) > 1",
+            "select abalance + 1, count(*) from accounts group by abalance + 1",
+            "select abalance, count(*) from accounts group by abalance, aid",
+            "select abalance, aid, count(*) from accounts group by abalance",
+            "select abalance, count(*) from accounts group by rollup (abalance)",
             "select count(*) from accounts having count(*) > 1",
             "select avg(distinct abalance) from accounts",
             "select avg(abalance) from accounts limit 1",

@@ -29,6 +29,14 @@ pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<Byte
     match merge {
         Merge::Concat => Ok(concat(results)),
         Merge::Aggregate { aggs, .. } => aggregate(aggs, results),
+        Merge::Grouped {
+            items,
+            keys,
+            collated,
+            limit,
+            offset,
+            ..
+        } => grouped(items, (keys, collated), *limit, *offset, results),
         Merge::Sorted {
             keys,
             limit,
@@ -116,8 +124,8 @@ fn raw_fields(frame: &[u8]) -> Result<Vec<&[u8]>, PgError> {
 
 /// The client's RowDescription: the shards' one with each avg's sum and
 /// count columns replaced by one numeric column named as the sum column.
-fn client_description(aggs: &[Agg], frame: &[u8]) -> Result<BytesMut, PgError> {
-    if !aggs.contains(&Agg::Avg) {
+fn client_description(aggs: &[Option<Agg>], frame: &[u8]) -> Result<BytesMut, PgError> {
+    if !aggs.contains(&Some(Agg::Avg)) {
         return Ok(BytesMut::from(frame));
     }
     let fields = raw_fields(frame)?;
@@ -125,8 +133,8 @@ fn client_description(aggs: &[Agg], frame: &[u8]) -> Result<BytesMut, PgError> {
     body.put_i16(aggs.len() as i16);
     let mut c = 0;
     for agg in aggs {
-        let f = fields[c];
-        if *agg == Agg::Avg {
+        let f = *fields.get(c).ok_or_else(|| bad("unexpected columns"))?;
+        if *agg == Some(Agg::Avg) {
             let nul = f.iter().position(|b| *b == 0).unwrap_or(0);
             body.put_slice(&f[..=nul]);
             body.put_i32(0); // table
@@ -189,7 +197,8 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
                         })?;
                     }
                     types = Some(t);
-                    out.extend_from_slice(&client_description(aggs, f)?);
+                    let items: Vec<Option<Agg>> = aggs.iter().map(|a| Some(*a)).collect();
+                    out.extend_from_slice(&client_description(&items, f)?);
                 }
                 b'D' => {
                     rows += 1;
@@ -252,6 +261,237 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
     out.put_i32(row.len() as i32 + 4);
     out.extend_from_slice(&row);
     crate::protocol::command_complete(&mut out, "SELECT 1");
+    Ok(out)
+}
+
+/// Check an aggregate's shard column type (avg: its sum's).
+fn check_item_type(agg: Agg, ty: i32) -> Result<(), PgError> {
+    let as_agg = if agg == Agg::Avg { Agg::Sum } else { agg };
+    check_type(as_agg, ty).map_err(|e| {
+        if agg == Agg::Avg {
+            bad(format!(
+                "avg of a column whose sum has type OID {ty} across shards is not supported (integers and numeric only)"
+            ))
+            .with_hint("add a condition on the shard key, or run it on each shard")
+        } else {
+            e
+        }
+    })
+}
+
+/// A GROUP BY query: the shards' rows of equal group keys combined into
+/// one row per group, in key order (or ORDER BY order), OFFSET and LIMIT.
+fn grouped(
+    items: &[Option<Agg>],
+    (keys, collated): (&[crate::router::SortKey], &[bool]),
+    limit: Option<u64>,
+    offset: u64,
+    results: &[Collected],
+) -> Result<BytesMut, PgError> {
+    use crate::execute::merge::{compare_keys, parse_value, resolve, Resolved, SortType};
+    let start: Vec<usize> = items
+        .iter()
+        .scan(0, |at, a| {
+            let s = *at;
+            *at += if *a == Some(Agg::Avg) { 2 } else { 1 };
+            Some(s)
+        })
+        .collect();
+    let ncols = start.last().map_or(0, |s| {
+        s + if items.last() == Some(&Some(Agg::Avg)) {
+            2
+        } else {
+            1
+        }
+    });
+    let mut out = BytesMut::new();
+    let mut description = None;
+    let mut types: Vec<i32> = vec![];
+    let mut rows: Vec<Vec<Option<String>>> = vec![];
+    for (i, r) in results.iter().enumerate() {
+        for f in &r.frames {
+            match f[0] {
+                be::ROW_DESCRIPTION if description.is_none() => {
+                    let cols = columns(f)?;
+                    if cols.len() != ncols {
+                        return Err(bad("unexpected columns"));
+                    }
+                    for (a, item) in items.iter().enumerate() {
+                        let (name, ty, format) = &cols[start[a]];
+                        if *format != 0 {
+                            return Err(bad(format!("column \"{name}\" is in binary format")));
+                        }
+                        match item {
+                            Some(agg) => check_item_type(*agg, *ty)?,
+                            None => {
+                                SortType::of(*ty).ok_or_else(|| {
+                                    bad(format!("GROUP BY column \"{name}\" of type OID {ty} is not supported across shards"))
+                                    .with_hint("integer, numeric, float, text, varchar, char, name, date, timestamp, timestamptz, uuid and boolean columns can be grouped across shards; or add a condition on the shard key")
+                                })?;
+                            }
+                        }
+                    }
+                    types = cols.iter().map(|c| c.1).collect();
+                    description = Some(client_description(items, f)?);
+                }
+                b'D' => {
+                    let values = row_values(f)?;
+                    if values.len() != ncols {
+                        return Err(bad("unexpected columns"));
+                    }
+                    rows.push(values);
+                }
+                be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
+                _ => {}
+            }
+        }
+    }
+    let description = description.ok_or_else(|| bad("no row description"))?;
+    // Group keys: ascending, NULLs last (one NULL group).
+    let group_cols: Vec<usize> = (0..items.len())
+        .filter(|a| items[*a].is_none())
+        .map(|a| start[a])
+        .collect();
+    let group_keys: Vec<Resolved> = group_cols
+        .iter()
+        .map(|&c| Resolved {
+            column: c,
+            sort: SortType::of(types[c]).expect("checked"),
+            descending: false,
+            nulls_first: false,
+        })
+        .collect();
+    let parse_keys =
+        |keys: &[Resolved], row: &[Option<String>]| -> Result<Vec<Option<Vec<u8>>>, PgError> {
+            keys.iter()
+                .map(|k| match &row[k.column] {
+                    None => Ok(None),
+                    Some(v) => parse_value(k.sort, v.as_bytes())
+                        .map(|_| Some(v.as_bytes().to_vec()))
+                        .map_err(bad),
+                })
+                .collect()
+        };
+    for r in &rows {
+        parse_keys(&group_keys, r)?;
+    }
+    let key_cmp = |keys: &[Resolved], a: &[Option<String>], b: &[Option<String>]| -> Ordering {
+        let pa: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                a[k.column]
+                    .as_ref()
+                    .map(|v| parse_value(k.sort, v.as_bytes()).expect("checked"))
+            })
+            .collect();
+        let pb: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                b[k.column]
+                    .as_ref()
+                    .map(|v| parse_value(k.sort, v.as_bytes()).expect("checked"))
+            })
+            .collect();
+        compare_keys(keys, &pa, &pb)
+    };
+    rows.sort_by(|a, b| key_cmp(&group_keys, a, b));
+    // Combine runs of equal keys.
+    let mut merged: Vec<Vec<Option<String>>> = vec![];
+    let mut k = 0;
+    while k < rows.len() {
+        let mut end = k + 1;
+        while end < rows.len() && key_cmp(&group_keys, &rows[k], &rows[end]) == Ordering::Equal {
+            end += 1;
+        }
+        let mut row = Vec::with_capacity(items.len());
+        for (a, item) in items.iter().enumerate() {
+            let c = start[a];
+            let v = match item {
+                None => rows[k][c].clone(),
+                Some(Agg::Count) => {
+                    let mut n = 0;
+                    for r in &rows[k..end] {
+                        if let Some(v) = &r[c] {
+                            n += parse_count(v)?;
+                        }
+                    }
+                    Some(n.to_string())
+                }
+                Some(agg) => {
+                    let as_agg = if *agg == Agg::Avg { Agg::Sum } else { *agg };
+                    let mut acc: Option<String> = None;
+                    let mut n = 0;
+                    for r in &rows[k..end] {
+                        if *agg == Agg::Avg {
+                            if let Some(v) = &r[c + 1] {
+                                n += parse_count(v)?;
+                            }
+                        }
+                        let Some(v) = r[c].clone() else { continue };
+                        acc = Some(match acc.take() {
+                            None => {
+                                check_value(types[c], &v)?;
+                                v
+                            }
+                            Some(prev) => combine(as_agg, types[c], prev, v)?,
+                        });
+                    }
+                    if *agg == Agg::Avg {
+                        match acc {
+                            Some(sum) if n > 0 => Some(average(&Decimal::parse(&sum)?, n)),
+                            _ => None,
+                        }
+                    } else {
+                        acc
+                    }
+                }
+            };
+            row.push(v);
+        }
+        merged.push(row);
+        k = end;
+    }
+    if !keys.is_empty() {
+        let order = resolve(keys, &description)?;
+        for (i, k) in order.iter().enumerate() {
+            if matches!(k.sort, SortType::Text | SortType::Bpchar)
+                && !collated.get(i).copied().unwrap_or(false)
+            {
+                return Err(bad(format!(
+                    "ORDER BY {} of a GROUP BY: text is ordered in byte order across shards (the C collation); write ORDER BY ... COLLATE \"C\"",
+                    k.column + 1
+                )));
+            }
+        }
+        for r in &merged {
+            parse_keys(&order, r)?;
+        }
+        merged.sort_by(|a, b| key_cmp(&order, a, b));
+    }
+    out.extend_from_slice(&description);
+    let mut n = 0u64;
+    for r in merged
+        .into_iter()
+        .skip(offset.min(usize::MAX as u64) as usize)
+        .take(limit.map_or(usize::MAX, |l| l.min(usize::MAX as u64) as usize))
+    {
+        let mut row = BytesMut::new();
+        row.put_i16(r.len() as i16);
+        for v in r {
+            match v {
+                Some(v) => {
+                    row.put_i32(v.len() as i32);
+                    row.put_slice(v.as_bytes());
+                }
+                None => row.put_i32(-1),
+            }
+        }
+        out.put_u8(b'D');
+        out.put_i32(row.len() as i32 + 4);
+        out.extend_from_slice(&row);
+        n += 1;
+    }
+    crate::protocol::command_complete(&mut out, &format!("SELECT {n}"));
     Ok(out)
 }
 
@@ -619,7 +859,7 @@ mod tests {
         frame.put_u8(be::ROW_DESCRIPTION);
         frame.put_i32(body.len() as i32 + 4);
         frame.extend_from_slice(&body);
-        let d = client_description(&[Agg::Count, Agg::Avg], &frame).unwrap();
+        let d = client_description(&[Some(Agg::Count), Some(Agg::Avg)], &frame).unwrap();
         let cols = columns(&d).unwrap();
         assert_eq!(
             cols,

@@ -17,9 +17,10 @@ strategy = "hash"
 "#;
 
 const COLUMNS: &str =
-    "id int primary key, grp int, s smallint, n int, b bigint, x numeric, x2 numeric(12,3), f float8";
+    "id int primary key, grp int, s smallint, n int, b bigint, x numeric, x2 numeric(12,3), f float8, \
+     g text collate \"C\", k int";
 
-const COLUMN_NAMES: &str = "id, grp, s, n, b, x, x2, f";
+const COLUMN_NAMES: &str = "id, grp, s, n, b, x, x2, f, g, k";
 
 /// The rows, as an INSERT's VALUES list; `on0(id)`: the row is on shard 0.
 fn values(on0: impl Fn(i64) -> bool) -> String {
@@ -41,7 +42,21 @@ fn values(on0: impl Fn(i64) -> bool) -> String {
                 format!("{}.{:03}", (i * 13) % 23 - 11, (i * 71) % 1000),
             );
             let f = format!("{}.5", i % 13);
-            format!("({i}, {grp}, {s}, {n}, {b}, {x}, {x2}, {f})")
+            let g = null_every(
+                i,
+                8,
+                format!(
+                    "'{}'",
+                    ["apple", "Banana", "cherry", "a b", ""][(i % 5) as usize]
+                ),
+            );
+            // k = 99 only on shard 0's rows: a group one shard lacks.
+            let k = if on0(i) && i % 4 == 1 {
+                "99".into()
+            } else {
+                null_every(i, 10, format!("{}", i % 3))
+            };
+            format!("({i}, {grp}, {s}, {n}, {b}, {x}, {x2}, {f}, {g}, {k})")
         })
         .collect::<Vec<_>>()
         .join(",\n")
@@ -68,6 +83,28 @@ const QUERIES: &[&str] = &[
     "select avg(-x) from {t} where id > 60",
     "select avg(n::numeric / 1000) from {t}",
     "select sum(b), avg(b), min(x), max(x) from {t} where id between 10 and 40",
+];
+
+/// GROUP BY queries, ordered by every group key so the order is defined.
+const GROUP_QUERIES: &[&str] = &[
+    "select g, count(*) from {t} group by g order by g collate \"C\"",
+    "select g, count(*), count(n), sum(n), min(n), max(n), avg(n) from {t} group by g order by g collate \"C\" nulls first",
+    "select k, avg(x), avg(b), sum(b) from {t} group by k order by k",
+    "select k, g, count(*) from {t} group by k, g order by k, g collate \"C\"",
+    "select g, avg(s) as a from {t} group by 1 order by g collate \"C\" desc",
+    "select count(*), g from {t} group by g order by count(*) desc, g collate \"C\"",
+    "select g, sum(x2), avg(x2) from {t} where grp = 1 group by g order by g collate \"C\"",
+    "select g, count(*) from {t} where id < 0 group by g order by g collate \"C\"",
+    "select k, count(n), avg(n) from {t} where n is null group by k order by k",
+    "select g, max(x), min(x) from {t} group by g order by g collate \"C\" limit 3",
+    "select g, count(*) from {t} group by g order by g collate \"C\" offset 2",
+    "select k, avg(n) from {t} group by k order by avg(n) desc, k limit 4 offset 1",
+    "select grp, avg(id), count(*) from {t} group by grp order by grp",
+    "select b, count(*), avg(n) from {t} group by b order by b nulls first",
+    "select x2, count(*) from {t} group by x2 order by x2 desc",
+    "select g, k, avg(x), count(*) from {t} where id % 2 = 0 group by g, k order by g collate \"C\" desc, k nulls first",
+    "select f, count(*), min(s) from {t} group by f order by f",
+    "select t.g, count(t.id) as c from {t} t group by t.g order by c, t.g collate \"C\"",
 ];
 
 fn names(msgs: &[SimpleQueryMessage]) -> Vec<String> {
@@ -125,6 +162,30 @@ fn avg_matches_one_database() {
             assert_eq!(simple_rows(&through).len(), 1, "{q}");
             assert_eq!(names(&through), names(&want), "{q}");
         }
+        for q in GROUP_QUERIES {
+            let through = c
+                .simple_query(&q.replace("{t}", "sa_t"))
+                .await
+                .unwrap_or_else(|e| panic!("{q}: {e:?}"));
+            let want = one
+                .simple_query(&q.replace("{t}", "sa_all"))
+                .await
+                .unwrap_or_else(|e| panic!("{q}: {e:?}"));
+            assert_eq!(simple_rows(&through), simple_rows(&want), "{q}");
+            assert_eq!(names(&through), names(&want), "{q}");
+        }
+        // Without ORDER BY the groups come in key order (NULLs last).
+        let through = c
+            .simple_query("select g, k, count(*), avg(n) from sa_t group by g, k")
+            .await
+            .expect("unordered groups");
+        let want = one
+            .simple_query("select g, k, count(*), avg(n) from sa_all group by g, k order by g, k")
+            .await
+            .expect("ordered groups");
+        assert_eq!(simple_rows(&through), simple_rows(&want));
+        assert!(simple_rows(&want).len() > 10);
+
         // Inside a transaction (on the transaction's connections).
         c.simple_query("begin").await.expect("begin");
         let q = "select count(*), avg(x) from {t}";
