@@ -841,6 +841,134 @@ mod tests {
         assert_eq!(first_group(&Decimal::parse("0").unwrap()), (0, 0));
     }
 
+    fn description(cols: &[(&str, i32)]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_i16(cols.len() as i16);
+        for (name, t) in cols {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_i32(0);
+            body.put_i16(0);
+            body.put_i32(*t);
+            body.put_i16(-1);
+            body.put_i32(-1);
+            body.put_i16(0);
+        }
+        let mut frame = BytesMut::new();
+        frame.put_u8(be::ROW_DESCRIPTION);
+        frame.put_i32(body.len() as i32 + 4);
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    fn data_row(values: &[Option<&str>]) -> BytesMut {
+        let mut row = BytesMut::new();
+        row.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    row.put_i32(v.len() as i32);
+                    row.put_slice(v.as_bytes());
+                }
+                None => row.put_i32(-1),
+            }
+        }
+        let mut frame = BytesMut::new();
+        frame.put_u8(b'D');
+        frame.put_i32(row.len() as i32 + 4);
+        frame.extend_from_slice(&row);
+        frame
+    }
+
+    fn answer(rows: &[&[Option<&str>]]) -> Collected {
+        let mut frames = vec![description(&[
+            ("g", INT4),
+            ("avg", NUMERIC),
+            ("count", INT8),
+            ("count", INT8),
+        ])];
+        frames.extend(rows.iter().map(|r| data_row(r)));
+        Collected {
+            frames,
+            ..Collected::default()
+        }
+    }
+
+    #[test]
+    fn groups_combine_by_key_with_nulls_as_one_group() {
+        // select g, avg(x), count(*) ... group by g
+        let items = [None, Some(Agg::Avg), Some(Agg::Count)];
+        let a = answer(&[
+            &[Some("2"), Some("3"), Some("2"), Some("2")],
+            &[None, Some("1"), Some("1"), Some("4")],
+            &[Some("10"), None, Some("0"), Some("1")],
+        ]);
+        let b = answer(&[
+            &[None, Some("2"), Some("1"), Some("1")],
+            &[Some("2"), Some("4.5"), Some("2"), Some("3")],
+        ]);
+        let c = answer(&[]);
+        let out = grouped(&items, (&[], &[]), None, 0, &[a, b, c]).unwrap();
+        let frames: Vec<&[u8]> = {
+            let mut v = vec![];
+            let mut at = 0;
+            while at < out.len() {
+                let len = i32::from_be_bytes(out[at + 1..at + 5].try_into().unwrap()) as usize;
+                v.push(&out[at..at + 1 + len]);
+                at += 1 + len;
+            }
+            v
+        };
+        let cols = columns(frames[0]).unwrap();
+        assert_eq!(
+            cols.iter().map(|c| (c.0.as_str(), c.1)).collect::<Vec<_>>(),
+            [("g", INT4), ("avg", NUMERIC), ("count", INT8)]
+        );
+        let rows: Vec<Vec<Option<String>>> = frames[1..frames.len() - 1]
+            .iter()
+            .map(|f| row_values(f).unwrap())
+            .collect();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            rows,
+            [
+                vec![s("2"), s("1.8750000000000000"), s("5")],
+                vec![s("10"), None, s("1")],
+                vec![None, s("1.5000000000000000"), s("5")],
+            ]
+        );
+        assert_eq!(frames.last().unwrap()[0], be::COMMAND_COMPLETE);
+        // ORDER BY 3 DESC, LIMIT 1 OFFSET 1.
+        let keys = [crate::router::SortKey {
+            column: crate::router::SortColumn::Position(2),
+            descending: true,
+            nulls_first: true,
+        }];
+        let again = [
+            answer(&[&[Some("1"), Some("1"), Some("1"), Some("7")]]),
+            answer(&[&[Some("2"), Some("1"), Some("1"), Some("9")]]),
+        ];
+        let out = grouped(&items, (&keys, &[false]), Some(1), 1, &again).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("SELECT 1"), "{text}");
+        // Ordering by a text key needs COLLATE "C".
+        let t = Collected {
+            frames: vec![
+                description(&[("t", 25), ("count", INT8)]),
+                data_row(&[Some("a"), Some("1")]),
+            ],
+            ..Collected::default()
+        };
+        let keys = [crate::router::SortKey {
+            column: crate::router::SortColumn::Position(0),
+            descending: false,
+            nulls_first: false,
+        }];
+        let items = [None, Some(Agg::Count)];
+        assert!(grouped(&items, (&keys, &[false]), None, 0, std::slice::from_ref(&t)).is_err());
+        assert!(grouped(&items, (&keys, &[true]), None, 0, &[t]).is_ok());
+    }
+
     #[test]
     fn avg_description_is_one_numeric_column() {
         let mut body = BytesMut::new();
