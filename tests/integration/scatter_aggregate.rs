@@ -198,6 +198,16 @@ fn avg_matches_one_database() {
             .await
             .expect(q);
         assert_eq!(simple_rows(&through), simple_rows(&want), "{q}");
+        let q = "select k, avg(n), count(*) from {t} group by k order by k desc limit 2";
+        let through = c
+            .simple_query(&q.replace("{t}", "sa_t"))
+            .await
+            .expect("groups in a transaction");
+        let want = one
+            .simple_query(&q.replace("{t}", "sa_all"))
+            .await
+            .expect(q);
+        assert_eq!(simple_rows(&through), simple_rows(&want), "{q}");
         c.simple_query("commit").await.expect("commit");
 
         // Refused, not answered wrongly.
