@@ -543,6 +543,18 @@ fn merge_kind(
     table: &Arc<TableRule>,
     tables: &Tables,
 ) -> Result<Merge, Option<Refusal>> {
+    if let SetExpr::Select(s) = q.body.as_ref() {
+        if s.having.is_some() {
+            return Err(Some(Refusal {
+                code: NOT_SUPPORTED,
+                message: format!(
+                    "cannot merge this query across the shards of table \"{}\": HAVING is not supported across shards",
+                    table.name
+                ),
+                hint: Some(HINT_ADD_KEY.into()),
+            }));
+        }
+    }
     let base = merge_base(q, table, tables).ok_or(None)?;
     if let Merge::Grouped { items, .. } = base {
         let SetExpr::Select(s) = q.body.as_ref() else {
