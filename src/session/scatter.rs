@@ -238,8 +238,7 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
             return Err(bad(format!("a shard answered {rows} rows to an aggregate")));
         }
     }
-    let mut row = BytesMut::new();
-    row.put_i16(aggs.len() as i16);
+    let mut values: Vec<Option<String>> = Vec::with_capacity(aggs.len());
     for (c, agg) in aggs.iter().enumerate() {
         let v = match agg {
             Agg::Count => Some(counts[c].to_string()),
@@ -249,17 +248,10 @@ fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
             },
             _ => merged[c].take(),
         };
-        match v {
-            Some(v) => {
-                row.put_i32(v.len() as i32);
-                row.put_slice(v.as_bytes());
-            }
-            None => row.put_i32(-1),
-        }
+        values.push(v);
     }
-    out.put_u8(b'D');
-    out.put_i32(row.len() as i32 + 4);
-    out.extend_from_slice(&row);
+    let row: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+    protocol::data_row_text(&mut out, &row);
     crate::protocol::command_complete(&mut out, "SELECT 1");
     Ok(out)
 }
@@ -475,20 +467,8 @@ fn grouped(
         .skip(offset.min(usize::MAX as u64) as usize)
         .take(limit.map_or(usize::MAX, |l| l.min(usize::MAX as u64) as usize))
     {
-        let mut row = BytesMut::new();
-        row.put_i16(r.len() as i16);
-        for v in r {
-            match v {
-                Some(v) => {
-                    row.put_i32(v.len() as i32);
-                    row.put_slice(v.as_bytes());
-                }
-                None => row.put_i32(-1),
-            }
-        }
-        out.put_u8(b'D');
-        out.put_i32(row.len() as i32 + 4);
-        out.extend_from_slice(&row);
+        let row: Vec<Option<&str>> = r.iter().map(|v| v.as_deref()).collect();
+        protocol::data_row_text(&mut out, &row);
         n += 1;
     }
     crate::protocol::command_complete(&mut out, &format!("SELECT {n}"));
