@@ -262,6 +262,8 @@ pub struct Session<R, W> {
     replica_answered: bool,
     /// A read to run again (see `lose_server`).
     retry_read: Option<Vec<BytesMut>>,
+    /// The replica's answer so far, not yet given to the client.
+    replica_hold: BytesMut,
     /// The held extended batch so far is made of reads of this shard that
     /// may go to a replica (decided at its Sync).
     held_read: Option<(usize, RouteKind, crate::config::ReadFrom)>,
@@ -355,6 +357,7 @@ where
             replica_read: None,
             replica_answered: false,
             retry_read: None,
+            replica_hold: BytesMut::new(),
             held_read: None,
             held_mixed: false,
             replaying: false,
@@ -686,6 +689,7 @@ where
         self.pending.clear();
         self.server_out.clear();
         self.server_flush_upto = 0;
+        self.replica_hold.clear();
         self.cancel.clear();
         self.on_replica = false;
         self.retry_read = Some(read);
@@ -740,11 +744,22 @@ where
                     return self.lose_server(protocol::describe_error(protocol::body(&frame)));
                 }
             }
-            // Once the client has seen part of a replica's answer, the read
-            // can no longer be run again elsewhere.
+            // A replica's answer is held back until its ReadyForQuery (up
+            // to HIGH_WATER), so the read can still run again elsewhere if
+            // the replica dies midway; once the client has seen part of it,
+            // it cannot.
+            let tag = frame[0];
             let before = self.client_out.len();
             self.on_server_frame(frame);
-            self.replica_answered |= self.on_replica && self.client_out.len() != before;
+            if self.on_replica && !self.replica_answered && self.client_out.len() != before {
+                let answer = self.client_out.split_off(before);
+                self.replica_hold.extend_from_slice(&answer);
+                if tag == be::READY_FOR_QUERY || self.replica_hold.len() >= HIGH_WATER {
+                    let held = std::mem::take(&mut self.replica_hold);
+                    self.client_out.extend_from_slice(&held);
+                    self.replica_answered = true;
+                }
+            }
         }
     }
 
