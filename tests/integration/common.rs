@@ -192,6 +192,24 @@ pub fn number_after(output: &str, label: &str) -> f64 {
         .unwrap_or_else(|_| panic!("no number after {label:?} in line {line:?}"))
 }
 
+/// A pgbench run that completed with no failed or aborted transaction.
+pub fn assert_pgbench_clean(out: &CmdOutput) {
+    assert!(
+        out.success(),
+        "pgbench failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!out.stderr.contains("aborted"), "{}", out.stderr);
+    if let Some(line) = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+    {
+        assert!(line.contains(": 0 "), "{line}");
+    }
+}
+
 /// `pgbench ARGS` against the proxy at `port` as app/app, database app.
 pub fn pgbench(port: u16, args: &[&str], timeout: Duration) -> CmdOutput {
     let mut c = pg_command("pgbench");
