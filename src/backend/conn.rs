@@ -477,6 +477,18 @@ impl ServerConn {
         }
     }
 
+    /// Read frames up to ReadyForQuery (see `run_collect`), within `timeout`.
+    pub async fn collect_within(
+        &mut self,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Collected, BackendError> {
+        match tokio::time::timeout(timeout, self.collect_until_ready(limit)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.lost(format!("no answer to a query within {timeout:?}"))),
+        }
+    }
+
     /// Read frames up to ReadyForQuery (see `run_collect`).
     pub async fn collect_until_ready(&mut self, limit: usize) -> Result<Collected, BackendError> {
         self.unnamed = None;

@@ -23,10 +23,12 @@
 //! - uuid: lower-case hex text, whose byte order is the uuid order;
 //! - bool: false < true.
 //!
-//! Any other type, and binary-format columns, are refused with 0A000.
+//! Binary-format columns of these types are decoded by `binary`. Any
+//! other type is refused with 0A000.
 //! Ties keep shard order (the shards' order among equal rows is not
 //! defined anyway).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -106,8 +108,8 @@ pub enum Num<'a> {
     NegInf,
     Finite {
         neg: bool,
-        int: &'a str,
-        frac: &'a str,
+        int: Cow<'a, str>,
+        frac: Cow<'a, str>,
     },
     PosInf,
     NaN,
@@ -180,8 +182,8 @@ fn parse_num(s: &str) -> Option<Num<'_>> {
     }
     Some(Num::Finite {
         neg,
-        int: i.trim_start_matches('0'),
-        frac: f.trim_end_matches('0'),
+        int: Cow::Borrowed(i.trim_start_matches('0')),
+        frac: Cow::Borrowed(f.trim_end_matches('0')),
     })
 }
 
@@ -196,7 +198,8 @@ pub fn float_cmp(a: f64, b: f64) -> Ordering {
 }
 
 impl Val<'_> {
-    fn cmp(&self, other: &Val) -> Ordering {
+    /// The order of two values of one column.
+    pub fn compare(&self, other: &Val) -> Ordering {
         match (self, other) {
             (Val::Int(a), Val::Int(b)) => a.cmp(b),
             (Val::Num(a), Val::Num(b)) => a.cmp(b),
@@ -342,6 +345,9 @@ fn parse_time(t: SortType, s: &str) -> Option<i128> {
 pub struct Resolved {
     pub column: usize,
     pub sort: SortType,
+    /// The column's type OID and whether its values are in binary format.
+    pub type_oid: i32,
+    pub binary: bool,
     pub descending: bool,
     pub nulls_first: bool,
 }
@@ -355,8 +361,8 @@ pub fn compare_keys(keys: &[Resolved], a: &[Option<Val>], b: &[Option<Val>]) -> 
             (None, Some(_)) => Ordering::Greater,
             (Some(_), None) if k.nulls_first => Ordering::Greater,
             (Some(_), None) => Ordering::Less,
-            (Some(x), Some(y)) if k.descending => y.cmp(x),
-            (Some(x), Some(y)) => x.cmp(y),
+            (Some(x), Some(y)) if k.descending => y.compare(x),
+            (Some(x), Some(y)) => x.compare(y),
         };
         if o != Ordering::Equal {
             return o;
@@ -428,9 +434,6 @@ pub fn resolve(keys: &[SortKey], description: &[u8]) -> Result<Vec<Resolved>, Pg
                 }
             };
             let (name, t, format) = &cols[column];
-            if *format != 0 {
-                return Err(bad(format!("column \"{name}\" is in binary format")));
-            }
             let sort = SortType::of(*t).ok_or_else(|| {
                 bad(format!(
                     "ORDER BY column \"{name}\" of type OID {t} is not supported across shards"
@@ -440,6 +443,8 @@ pub fn resolve(keys: &[SortKey], description: &[u8]) -> Result<Vec<Resolved>, Pg
             Ok(Resolved {
                 column,
                 sort,
+                type_oid: *t,
+                binary: *format == 1,
                 descending: k.descending,
                 nulls_first: k.nulls_first,
             })
@@ -487,6 +492,9 @@ fn key_values<'a>(keys: &[Resolved], row: &'a [u8]) -> Result<Vec<Option<Val<'a>
         .map(|k| match f.get(k.column) {
             None => Err(bad("a row has fewer columns than its description")),
             Some(None) => Ok(None),
+            Some(Some(v)) if k.binary => super::binary::decode_key(k.sort, k.type_oid, v)
+                .map(Some)
+                .map_err(bad),
             Some(Some(v)) => parse_value(k.sort, v).map(Some).map_err(bad),
         })
         .collect()
@@ -569,7 +577,7 @@ mod tests {
     fn cmp(t: SortType, a: &str, b: &str) -> Ordering {
         parse_value(t, a.as_bytes())
             .unwrap()
-            .cmp(&parse_value(t, b.as_bytes()).unwrap())
+            .compare(&parse_value(t, b.as_bytes()).unwrap())
     }
 
     #[test]

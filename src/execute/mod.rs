@@ -4,8 +4,11 @@
 //!
 //! - `merge`: ORDER BY as a k-way merge of the shards' sorted rows, then
 //!   OFFSET and LIMIT.
+//! - `binary`: reading sort keys from, and writing merged values in, the
+//!   binary format.
 //! - `twophase`: two-phase commit of transactions that wrote on several
 //!   shards, and the recovery of those a crash left in doubt.
 
+pub mod binary;
 pub mod merge;
 pub mod twophase;

@@ -22,6 +22,7 @@
 mod copysplit;
 mod multi;
 mod multitx;
+mod portal;
 mod reads;
 pub mod routing;
 mod scatter;
@@ -331,6 +332,8 @@ pub struct Session<R, W> {
     scratch: BytesMut,
     /// A transaction over several shards (see multitx.rs).
     multi: Option<multitx::MultiTx>,
+    /// An extended-protocol portal that runs on several shards (portal.rs).
+    portal: Option<portal::ScatterPortal>,
 }
 
 impl<R, W> Session<R, W>
@@ -409,6 +412,7 @@ where
             wanted_params: setup.wanted_params,
             scratch: BytesMut::new(),
             multi: None,
+            portal: None,
         };
         if let Some(conn) = server {
             s.attach(conn);
@@ -1197,6 +1201,9 @@ where
                 return Ok(());
             }
         }
+        if self.portal.is_some() && self.portal_frame(&frame).await? {
+            return Ok(());
+        }
         if self.server.is_none() && self.multi.is_none() && self.held.is_empty() {
             self.follow_config();
         }
@@ -1210,6 +1217,10 @@ where
             return Ok(());
         }
         if self.routing {
+            if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) {
+                // The statement may need several shards (no held server).
+                self.finish_lsn_probe().await?;
+            }
             match tag {
                 fe::QUERY => return self.routed_query(frame).await,
                 fe::BIND => return self.routed_bind(frame).await,
@@ -1660,6 +1671,52 @@ where
         }
     }
 
+    /// A server still held only for the read-your-writes LSN probe of the
+    /// last write (the client already has its answer): wait for the probe,
+    /// so a multi-shard statement, which needs no held server, can run.
+    async fn finish_lsn_probe(&mut self) -> Result<(), SessionEnd> {
+        let probe_only = |s: &Self| {
+            s.server.is_some()
+                && !s.pending.is_empty()
+                && s.pending.iter().all(|p| {
+                    matches!(
+                        p,
+                        Pending::Request {
+                            lsn_probe: true,
+                            ..
+                        }
+                    )
+                })
+        };
+        let deadline = tokio::time::Instant::now() + conn_timeout();
+        while probe_only(self) {
+            let upto = self.server_flush_upto;
+            let Some(s) = self.server.as_deref_mut() else {
+                break;
+            };
+            let io = async {
+                if upto > 0 {
+                    s.writer.write_all(&self.server_out[..upto]).await?;
+                }
+                s.reader
+                    .fill()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            match tokio::time::timeout_at(deadline, io).await {
+                Ok(Ok(_)) => {
+                    self.server_out.advance(upto);
+                    self.server_flush_upto = 0;
+                }
+                Ok(Err(e)) => return self.lose_server(e.to_string()),
+                Err(_) => return self.lose_server("no answer to the LSN probe".into()),
+            }
+            self.drain_server_frames()?;
+            self.maybe_release();
+        }
+        Ok(())
+    }
+
     /// Deliver what the client is owed before possibly waiting for a server.
     async fn flush_client_now(&mut self) {
         if !self.client_out.is_empty() {
@@ -1821,6 +1878,8 @@ where
         };
         if name.is_empty() {
             self.unnamed_sql = Some(statements::parse_sql(rest).into());
+            let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
+            self.unnamed = Some((id, Bytes::copy_from_slice(frame)));
         } else {
             self.statements.define(name, rest);
         }
@@ -1959,10 +2018,18 @@ where
                         None
                     } else {
                         let read = self.router.is_read(&analysis);
+                        let route = self.router.route(&sql, &params, &self.hints);
+                        if let Ok(r) = &route {
+                            if r.shards.len() > 1 {
+                                let r = route.expect("ok");
+                                drop(params);
+                                return self.scatter_bind(frame, r, sql).await;
+                            }
+                        }
                         if !read {
                             self.tx_wrote = true;
                         }
-                        Some(self.router.route(&sql, &params, &self.hints).and_then(|r| {
+                        Some(route.and_then(|r| {
                             let target = r.role.unwrap_or(self.read_from);
                             let replica_ok = read
                                 && target != crate::config::ReadFrom::Primary

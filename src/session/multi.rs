@@ -11,8 +11,9 @@
 //! all-or-nothing: BEGIN on every shard, the statement on every shard, then
 //! COMMIT everywhere only if all succeeded, else ROLLBACK everywhere.
 //!
-//! Multi-shard statements in the extended protocol or inside a transaction
-//! are still refused with 0A000.
+//! The extended protocol's multi-shard statements (portal.rs) and
+//! transactions over several shards (multitx.rs) run on `run_on_shards`
+//! too.
 
 use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -64,12 +65,7 @@ where
             return Ok(false);
         }
         if let Some(merge) = &route.merge {
-            let shard_sql = merge.shard_sql().unwrap_or(sql);
-            let work: Vec<(usize, String)> = route
-                .shards
-                .iter()
-                .map(|&s| (s, shard_sql.to_string()))
-                .collect();
+            let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
             let out = match self.run_on_shards(&work, false).await {
                 Ok(results) => super::scatter::merge_answers(merge, &results).unwrap_or_else(|e| {
                     let mut out = BytesMut::new();
@@ -82,8 +78,7 @@ where
             return Ok(true);
         }
         if let Some(tag) = multi_write_tag(route, analysis) {
-            let work: Vec<(usize, String)> =
-                route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+            let work = query_work(&route.shards, sql);
             let out = match self.run_on_shards(&work, true).await {
                 Ok(results) => write_answer(&results, tag),
                 Err(frame) => frame,
@@ -131,8 +126,7 @@ where
     /// answer.
     async fn broadcast(&mut self, sql: &str, route: &Route, analysis: &Analysis) {
         let atomic = !needs_no_transaction(sql, analysis);
-        let work: Vec<(usize, String)> =
-            route.shards.iter().map(|&s| (s, sql.to_string())).collect();
+        let work = query_work(&route.shards, sql);
         match self.run_on_shards(&work, atomic).await {
             Ok(results) => {
                 let mut out = BytesMut::new();
@@ -149,6 +143,10 @@ where
 
     /// Each shard's rows of a multi-row INSERT; one summed CommandComplete.
     async fn insert_split(&mut self, work: Vec<(usize, String)>) {
+        let work: Vec<(usize, BytesMut)> = work
+            .iter()
+            .flat_map(|(s, sql)| query_work(&[*s], sql))
+            .collect();
         match self.run_on_shards(&work, true).await {
             Ok(results) => {
                 let out = write_answer(&results, "INSERT 0");
@@ -570,13 +568,16 @@ where
         Ok(conns)
     }
 
-    /// Run `work` (shard, SQL) on one connection per shard. With `atomic`,
-    /// inside a transaction on each shard committed only if every shard
-    /// succeeded. On failure, the ErrorResponse for the client (the first
-    /// error, with the shard named in its DETAIL).
-    async fn run_on_shards(
+    /// Run `work` (shard, request) on one connection per shard: each
+    /// request is frames ending in a Query or a Sync (see `query_work`).
+    /// Every shard gets its request before any answer is read, so the
+    /// shards work at the same time. With `atomic`, inside a transaction on
+    /// each shard committed only if every shard succeeded. On failure, the
+    /// ErrorResponse for the client (the first error, with the shard named
+    /// in its DETAIL).
+    pub(super) async fn run_on_shards(
         &mut self,
-        work: &[(usize, String)],
+        work: &[(usize, BytesMut)],
         atomic: bool,
     ) -> Result<Vec<Collected>, BytesMut> {
         let shards: Vec<usize> = work.iter().map(|(s, _)| *s).collect();
@@ -600,19 +601,32 @@ where
         }
         let mut results = Vec::with_capacity(n);
         if failure.is_none() {
+            let timeout = self.multi_statement_timeout();
+            let deadline = tokio::time::Instant::now() + timeout;
+            // Sent: the shards whose answer must be read (or whose
+            // connection must be dropped).
+            let mut sent = vec![false; n];
             for i in 0..n {
-                match conns[i]
-                    .run_collect(&work[i].1, self.multi_statement_timeout(), MAX_COLLECT)
-                    .await
-                {
-                    Ok(c) => {
-                        let expected = if atomic { b'T' } else { b'I' };
+                match conns[i].send_frames(&work[i].1, timeout).await {
+                    Ok(()) => sent[i] = true,
+                    Err(e) => {
+                        clean[i] = false;
+                        failure = Some(lost_error(&e, &names[i], outcome));
+                        break;
+                    }
+                }
+            }
+            let expected = if atomic { b'T' } else { b'I' };
+            for i in (0..n).filter(|&i| sent[i]) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match conns[i].collect_within(left, MAX_COLLECT).await {
+                    Ok(mut c) => {
                         if c.error.is_some() || c.status != expected {
                             clean[i] = c.status == expected;
-                            failure = Some(shard_error(c.error, &names[i], outcome));
-                            break;
-                        }
-                        if c.overflow {
+                            if failure.is_none() {
+                                failure = Some(shard_error(c.error.take(), &names[i], outcome));
+                            }
+                        } else if c.overflow && failure.is_none() {
                             let mut out = BytesMut::new();
                             PgError::error(
                                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
@@ -624,14 +638,14 @@ where
                             .with_detail(format!("shardwire: limit reached{outcome}"))
                             .encode(&mut out);
                             failure = Some(out);
-                            break;
                         }
                         results.push(c);
                     }
                     Err(e) => {
                         clean[i] = false;
-                        failure = Some(lost_error(&e, &names[i], outcome));
-                        break;
+                        if failure.is_none() {
+                            failure = Some(lost_error(&e, &names[i], outcome));
+                        }
                     }
                 }
             }
@@ -652,6 +666,13 @@ where
             None => Ok(results),
         }
     }
+}
+
+/// The same simple query for each of `shards`.
+pub(super) fn query_work(shards: &[usize], sql: &str) -> Vec<(usize, BytesMut)> {
+    let mut frame = BytesMut::new();
+    protocol::query_frame(&mut frame, sql);
+    shards.iter().map(|&s| (s, frame.clone())).collect()
 }
 
 /// End the transaction on every shard that began one: COMMIT when there is
@@ -830,7 +851,7 @@ fn row_shard(
 }
 
 /// Statements PostgreSQL refuses inside a transaction block.
-fn needs_no_transaction(sql: &str, analysis: &Analysis) -> bool {
+pub(super) fn needs_no_transaction(sql: &str, analysis: &Analysis) -> bool {
     if analysis
         .statements
         .iter()

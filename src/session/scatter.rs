@@ -5,7 +5,7 @@
 //!
 //! Values are in text format (the simple protocol). Sums are added as
 //! exact decimals (int8 and numeric results); min/max compare integers,
-//! numeric and floats. Anything else is refused with 0A000 rather than
+//! numeric, floats, dates and timestamps. Anything else is refused with 0A000 rather than
 //! guessed (text min/max would depend on the column's collation).
 
 use std::cmp::Ordering;
@@ -23,6 +23,9 @@ const INT8: i32 = 20;
 const NUMERIC: i32 = 1700;
 const FLOAT4: i32 = 700;
 const FLOAT8: i32 = 701;
+const DATE: i32 = 1082;
+const TIMESTAMP: i32 = 1114;
+const TIMESTAMPTZ: i32 = 1184;
 
 /// The client's frames (without ReadyForQuery) for the shards' answers.
 pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<BytesMut, PgError> {
@@ -81,6 +84,72 @@ pub(super) fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
         }
     }
     (out, rows, counted)
+}
+
+/// Merged frames (text format) in the client's result formats (Bind's
+/// codes: none for all text, one for all columns, or one per column):
+/// binary columns are written by `execute::binary`.
+pub(super) fn in_formats(frames: &[u8], formats: &[i16]) -> Result<BytesMut, PgError> {
+    if formats.iter().all(|f| *f == 0) {
+        return Ok(BytesMut::from(frames));
+    }
+    let format_of = |c: usize| match formats.len() {
+        1 => formats[0],
+        _ => formats.get(c).copied().unwrap_or(0),
+    };
+    let mut out = BytesMut::with_capacity(frames.len());
+    let mut types: Vec<i32> = vec![];
+    let mut at = 0;
+    while at + 5 <= frames.len() {
+        let len = i32::from_be_bytes(frames[at + 1..at + 5].try_into().unwrap()) as usize;
+        let end = (at + 1 + len).min(frames.len());
+        let f = &frames[at..end];
+        at = end;
+        match f[0] {
+            be::ROW_DESCRIPTION => {
+                let fields = raw_fields(f)?;
+                types = column_types(f)?;
+                let mut body = BytesMut::new();
+                body.put_i16(fields.len() as i16);
+                for (c, field) in fields.iter().enumerate() {
+                    body.put_slice(&field[..field.len() - 2]);
+                    body.put_i16(format_of(c));
+                }
+                out.put_u8(be::ROW_DESCRIPTION);
+                out.put_i32(body.len() as i32 + 4);
+                out.extend_from_slice(&body);
+            }
+            be::DATA_ROW => {
+                let values = protocol::data_row_values(f).map_err(malformed)?;
+                let mut body = BytesMut::new();
+                body.put_i16(values.len() as i16);
+                for (c, v) in values.iter().enumerate() {
+                    match v {
+                        None => body.put_i32(-1),
+                        Some(v) if format_of(c) == 1 => {
+                            let text =
+                                std::str::from_utf8(v).map_err(|_| bad("a value is not UTF-8"))?;
+                            let ty = types.get(c).copied().unwrap_or(0);
+                            let bin = crate::execute::binary::encode_text(ty, text).map_err(|m| {
+                                bad(m).with_hint("ask for this column in text format, or add a condition on the shard key")
+                            })?;
+                            body.put_i32(bin.len() as i32);
+                            body.put_slice(&bin);
+                        }
+                        Some(v) => {
+                            body.put_i32(v.len() as i32);
+                            body.put_slice(v);
+                        }
+                    }
+                }
+                out.put_u8(be::DATA_ROW);
+                out.put_i32(body.len() as i32 + 4);
+                out.extend_from_slice(&body);
+            }
+            _ => out.extend_from_slice(f),
+        }
+    }
+    Ok(out)
 }
 
 /// Column type OIDs of a RowDescription.
@@ -349,6 +418,8 @@ fn grouped(
         .map(|&c| Resolved {
             column: c,
             sort: SortType::of(types[c]).expect("checked"),
+            type_oid: types[c],
+            binary: false,
             descending: false,
             nulls_first: false,
         })
@@ -563,22 +634,32 @@ fn check_type(agg: Agg, t: i32) -> Result<(), PgError> {
         // sum(int2/int4) is int8, sum(int8/numeric) is numeric.
         Agg::Sum => matches!(t, INT8 | NUMERIC),
         Agg::Avg => matches!(t, INT8 | NUMERIC),
-        Agg::Min | Agg::Max => matches!(t, INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8),
+        Agg::Min | Agg::Max => matches!(
+            t,
+            INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8 | DATE | TIMESTAMP | TIMESTAMPTZ
+        ),
     };
     if ok {
         Ok(())
     } else {
         Err(bad(format!(
             "{agg:?} of a column of type OID {t} across shards is not supported (integers, numeric{} only)",
-            if agg == Agg::Sum { "" } else { ", floats" }
+            if agg == Agg::Sum { "" } else { ", floats, dates, timestamps" }
         ))
         .with_hint("add a condition on the shard key, or run it on each shard"))
     }
 }
 
+/// Dates and timestamps, compared as the ORDER BY merge does.
+fn time_value(t: i32, v: &str) -> Result<crate::execute::merge::Val<'_>, PgError> {
+    let sort = crate::execute::merge::SortType::of(t).ok_or_else(|| bad("unexpected type"))?;
+    crate::execute::merge::parse_value(sort, v.as_bytes()).map_err(bad)
+}
+
 fn check_value(t: i32, v: &str) -> Result<(), PgError> {
     match t {
         FLOAT4 | FLOAT8 => parse_float(v).map(|_| ()),
+        DATE | TIMESTAMP | TIMESTAMPTZ => time_value(t, v).map(|_| ()),
         _ => Decimal::parse(v).map(|_| ()),
     }
 }
@@ -586,6 +667,7 @@ fn check_value(t: i32, v: &str) -> Result<(), PgError> {
 fn combine(agg: Agg, t: i32, a: String, b: String) -> Result<String, PgError> {
     let ord = match t {
         FLOAT4 | FLOAT8 => float_cmp(parse_float(&a)?, parse_float(&b)?),
+        DATE | TIMESTAMP | TIMESTAMPTZ => time_value(t, &a)?.compare(&time_value(t, &b)?),
         _ => {
             let (x, y) = (Decimal::parse(&a)?, Decimal::parse(&b)?);
             if agg == Agg::Sum {

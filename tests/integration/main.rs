@@ -25,6 +25,7 @@ mod reload;
 mod replicas;
 mod routing;
 mod scatter_aggregate;
+mod scatter_extended;
 mod scatter_order;
 mod session_mode;
 mod session_params;

@@ -1,0 +1,553 @@
+//! Cross-shard statements in the extended query protocol: a Bind whose
+//! statement (with its parameters) needs several shards becomes a "scatter
+//! portal". The proxy answers the Bind itself, remembers whether the
+//! client asked to Describe the portal, and at the portal's Execute runs
+//! Parse/Bind/Describe/Execute/Sync on one connection per shard at once
+//! (multi.rs `run_on_shards`), then merges the answers as for a simple
+//! query (scatter.rs) and sends them in the client's result formats.
+//!
+//! What runs this way: merged SELECTs, UPDATE/DELETE on several shards
+//! and statements on every shard (reference-table writes, DDL), the writes
+//! all-or-nothing as in multi.rs. Only outside a transaction block, with
+//! no single-shard statement earlier in the same batch (that one would
+//! share the batch's implicit transaction on another connection); anything
+//! else is refused with 0A000 and a hint, as are portals fetched in parts
+//! (Execute with a row limit).
+
+use super::multi::{multi_write_tag, write_answer};
+use super::*;
+use crate::router::{Analysis, Kind, Merge};
+
+/// A portal bound to a statement that runs on several shards.
+pub(super) struct ScatterPortal {
+    /// The client's portal name.
+    name: Vec<u8>,
+    /// The client's SQL (describing) and the shards' (running).
+    sql: Arc<str>,
+    shard_sql: Arc<str>,
+    route: Route,
+    what: Scatter,
+    /// The client's Parse after the SQL: parameter type count and OIDs.
+    param_types: Bytes,
+    /// The client's Bind after the statement name, without the result
+    /// formats: parameter formats and values.
+    params: Bytes,
+    result_formats: Vec<i16>,
+    described: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scatter {
+    /// A SELECT whose answers merge.
+    Read,
+    /// UPDATE/DELETE: rows counted over the shards.
+    Write(&'static str),
+    /// The same statement on every shard; the first shard's answer.
+    Everywhere,
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// A Bind routed to several shards (`route`): start a scatter portal,
+    /// or refuse it.
+    pub(super) async fn scatter_bind(
+        &mut self,
+        frame: BytesMut,
+        route: Route,
+        sql: Arc<str>,
+    ) -> Result<(), SessionEnd> {
+        let analysis = self.router.analysis(&sql);
+        let Some(what) = scatter_kind(&route, &analysis, &sql) else {
+            let e = self.single_shard(&route).unwrap_err();
+            self.refuse(e, false);
+            return Ok(());
+        };
+        if self.server.is_some()
+            || self.deferred_begin.is_some()
+            || self.tx_status != b'I'
+            || self.multi.is_some()
+            || self.held_read.is_some()
+            || self.held_mixed
+        {
+            let names: Vec<&str> = route.shards.iter().map(|&i| self.shard_name(i)).collect();
+            let e = PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "statement needs shards {} ({}); in the extended query protocol a multi-shard statement runs only outside a transaction block, in a batch without other statements before it",
+                    names.join(", "),
+                    route.reason
+                ),
+            )
+            .with_hint("run it outside the transaction (or send Sync before it), or as a simple query");
+            self.refuse(e, false);
+            return Ok(());
+        }
+        let body = protocol::body(&frame);
+        let parsed = parse_bind(body);
+        let Ok((portal, stmt, params, result_formats)) = parsed else {
+            return Err(self.client_protocol_error("malformed Bind message".into()));
+        };
+        let Some(param_types) = self.statement_param_types(stmt) else {
+            let e = PgError::error(
+                "26000",
+                format!("prepared statement \"{stmt}\" does not exist"),
+            );
+            self.refuse(e, false);
+            return Ok(());
+        };
+        // The frames held before this Bind: Parse and Describe of
+        // statements, answered here since no server runs this batch.
+        for held in std::mem::take(&mut self.held) {
+            let body = protocol::body(&held);
+            match (held[0], body.first()) {
+                (fe::PARSE, _) => self
+                    .pending
+                    .push_back(Pending::Synthetic(be::PARSE_COMPLETE)),
+                (fe::DESCRIBE, Some(b'S')) => {
+                    let Ok((name, _)) = split_name(&body[1..], "Describe") else {
+                        return Err(self.client_protocol_error("malformed Describe".into()));
+                    };
+                    let name = name.to_string();
+                    if !self.describe_statement(&name, route.shards[0]).await {
+                        return Ok(());
+                    }
+                }
+                (fe::CLOSE, Some(b'S')) if body.len() > 2 => self.on_close(held).await?,
+                _ => {
+                    self.refuse(
+                        PgError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "a multi-shard statement cannot share an extended-protocol batch with this message",
+                        )
+                        .with_hint("send Sync before the multi-shard statement"),
+                        false,
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let shard_sql: Arc<str> = match route.merge.as_ref().and_then(Merge::shard_sql) {
+            Some(s) => s.into(),
+            None => sql.clone(),
+        };
+        self.portal = Some(ScatterPortal {
+            name: portal.to_vec(),
+            sql,
+            shard_sql,
+            route,
+            what,
+            param_types,
+            params: Bytes::copy_from_slice(params),
+            result_formats,
+            described: false,
+        });
+        self.pending
+            .push_back(Pending::Synthetic(be::BIND_COMPLETE));
+        self.emit_synthetic();
+        Ok(())
+    }
+
+    /// A client message while a scatter portal is open. Returns true when
+    /// it was about the portal (and is handled); otherwise the portal is
+    /// closed (answering a Describe of it) and the caller goes on as usual.
+    pub(super) async fn portal_frame(&mut self, frame: &BytesMut) -> Result<bool, SessionEnd> {
+        let body = protocol::body(frame);
+        let Some(portal) = self.portal.as_mut() else {
+            return Ok(false);
+        };
+        let names_portal = |body: &[u8]| {
+            body.first() == Some(&b'P')
+                && body.get(1..) == Some(&[portal.name.as_slice(), b"\0"].concat()[..])
+        };
+        match frame[0] {
+            fe::FLUSH => return Ok(true),
+            fe::DESCRIBE if names_portal(body) => {
+                portal.described = true;
+                return Ok(true);
+            }
+            fe::DESCRIBE if body.first() == Some(&b'S') => {
+                // tokio-postgres's unnamed statements: Parse, Bind,
+                // Describe of the statement, Execute.
+                let Ok((name, _)) = split_name(&body[1..], "Describe") else {
+                    return Err(self.client_protocol_error("malformed Describe".into()));
+                };
+                let (name, shard) = (name.to_string(), portal.route.shards[0]);
+                if !self.describe_statement(&name, shard).await {
+                    self.portal = None;
+                }
+                return Ok(true);
+            }
+            fe::CLOSE if names_portal(body) => {
+                self.portal = None;
+                self.pending
+                    .push_back(Pending::Synthetic(be::CLOSE_COMPLETE));
+                self.emit_synthetic();
+                return Ok(true);
+            }
+            fe::EXECUTE
+                if body.len() == portal.name.len() + 5
+                    && body[..portal.name.len()] == portal.name[..]
+                    && body[portal.name.len()] == 0 =>
+            {
+                let max_rows =
+                    i32::from_be_bytes(body[portal.name.len() + 1..].try_into().unwrap());
+                let portal = self.portal.take().expect("open");
+                if max_rows > 0 {
+                    self.refuse(
+                        PgError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "fetching the rows of a multi-shard statement in parts (Execute with a row limit) is not supported",
+                        )
+                        .with_hint("fetch all rows at once, or add a condition on the shard key"),
+                        false,
+                    );
+                    return Ok(true);
+                }
+                self.execute_portal(frame, portal).await;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        let portal = self.portal.take().expect("open");
+        if portal.described {
+            self.describe_portal(&portal).await;
+        }
+        Ok(false)
+    }
+
+    /// Run the portal on its shards and answer the client.
+    async fn execute_portal(&mut self, frame: &BytesMut, portal: ScatterPortal) {
+        let timing = self.timing_for(frame, true);
+        let merge = match portal.what {
+            Scatter::Read => portal.route.merge.clone(),
+            _ => None,
+        };
+        // Aggregates and groups are merged in text and written back in the
+        // client's formats; passed-through rows come in them already.
+        let merged_in_text = matches!(merge, Some(Merge::Aggregate { .. } | Merge::Grouped { .. }));
+        let shard_formats: &[i16] = if merged_in_text {
+            &[]
+        } else {
+            &portal.result_formats
+        };
+        let request = portal_request(
+            &portal.shard_sql,
+            &portal.param_types,
+            &portal.params,
+            shard_formats,
+            true,
+        );
+        let work: Vec<(usize, BytesMut)> = portal
+            .route
+            .shards
+            .iter()
+            .map(|&s| (s, request.clone()))
+            .collect();
+        let atomic = portal.what != Scatter::Read;
+        let answer = match self.run_on_shards(&work, atomic).await {
+            Err(frame) => Err(frame),
+            Ok(results) => {
+                let merged = match (portal.what, &merge) {
+                    (Scatter::Read, Some(m)) => super::scatter::merge_answers(m, &results)
+                        .and_then(|out| {
+                            if merged_in_text {
+                                super::scatter::in_formats(&out, &portal.result_formats)
+                            } else {
+                                Ok(out)
+                            }
+                        }),
+                    (Scatter::Write(tag), _) => Ok(write_answer(&results, tag)),
+                    _ => Ok(results
+                        .first()
+                        .map(|r| {
+                            r.frames.iter().fold(BytesMut::new(), |mut o, f| {
+                                o.extend_from_slice(f);
+                                o
+                            })
+                        })
+                        .unwrap_or_default()),
+                };
+                merged.map_err(|e| {
+                    let mut out = BytesMut::new();
+                    e.encode(&mut out);
+                    out
+                })
+            }
+        };
+        let failed = answer.is_err();
+        match answer {
+            Ok(frames) => {
+                let out = extended_answer(&frames, portal.described);
+                self.pending
+                    .push_back(Pending::SyntheticFrame(out.freeze()));
+                self.emit_synthetic();
+            }
+            Err(error) => {
+                self.note_errors(&error);
+                self.pending
+                    .push_back(Pending::SyntheticFrame(error.freeze()));
+                self.skip_until_sync = true;
+                self.emit_synthetic();
+            }
+        }
+        if let Some(t) = timing {
+            let kind = if portal.route.all_shards {
+                RouteKind::Broadcast
+            } else {
+                RouteKind::Scatter
+            };
+            self.record_statement(&portal.route.shards, kind, t, failed);
+        }
+    }
+
+    /// Answer a Describe of a portal that was not executed: the first
+    /// shard describes the client's statement with the client's formats.
+    async fn describe_portal(&mut self, portal: &ScatterPortal) {
+        let request = portal_request(
+            &portal.sql,
+            &portal.param_types,
+            &portal.params,
+            &portal.result_formats,
+            false,
+        );
+        let shard = portal.route.shards[0];
+        self.describe_on(shard, request).await;
+    }
+
+    /// Answer a Describe of statement `name` (ParameterDescription, then
+    /// RowDescription or NoData) from `shard`. False when it failed (the
+    /// client has the error and the batch is skipped).
+    async fn describe_statement(&mut self, name: &str, shard: usize) -> bool {
+        let sql = if name.is_empty() {
+            self.unnamed_sql.clone()
+        } else {
+            self.statements.get(name).map(|s| s.sql.clone())
+        };
+        let (Some(sql), Some(types)) = (sql, self.statement_param_types(name)) else {
+            self.refuse(
+                PgError::error(
+                    "26000",
+                    format!("prepared statement \"{name}\" does not exist"),
+                ),
+                false,
+            );
+            return false;
+        };
+        let mut request = BytesMut::new();
+        parse_frame(&mut request, &sql, &types);
+        let at = protocol::begin_frame(&mut request, fe::DESCRIBE);
+        request.extend_from_slice(b"S\0");
+        protocol::finish_frame(&mut request, at);
+        sync_frame(&mut request);
+        self.describe_on(shard, request).await
+    }
+
+    /// Run a describing request on `shard` and pass its descriptions on.
+    async fn describe_on(&mut self, shard: usize, request: BytesMut) -> bool {
+        match self.run_on_shards(&[(shard, request)], false).await {
+            Ok(results) => {
+                let mut out = BytesMut::new();
+                for f in results.iter().flat_map(|r| r.frames.iter()) {
+                    if matches!(
+                        f[0],
+                        be::PARAMETER_DESCRIPTION | be::ROW_DESCRIPTION | be::NO_DATA
+                    ) {
+                        out.extend_from_slice(f);
+                    }
+                }
+                self.pending
+                    .push_back(Pending::SyntheticFrame(out.freeze()));
+                self.emit_synthetic();
+                true
+            }
+            Err(error) => {
+                self.note_errors(&error);
+                self.pending
+                    .push_back(Pending::SyntheticFrame(error.freeze()));
+                self.skip_until_sync = true;
+                self.emit_synthetic();
+                false
+            }
+        }
+    }
+
+    /// The parameter types (count and OIDs, as in Parse) of a statement.
+    fn statement_param_types(&self, name: &str) -> Option<Bytes> {
+        let parse = if name.is_empty() {
+            self.unnamed.as_ref().map(|(_, f)| f.clone())?
+        } else {
+            self.statements.get(name)?.parse_frame.clone()
+        };
+        let body = protocol::body(&parse);
+        let (_, rest) = split_name(body, "Parse").ok()?;
+        let sql_end = rest.iter().position(|b| *b == 0)?;
+        Some(Bytes::copy_from_slice(&rest[sql_end + 1..]))
+    }
+}
+
+/// How a multi-shard statement runs in the extended protocol, if it can.
+fn scatter_kind(route: &Route, analysis: &Analysis, sql: &str) -> Option<Scatter> {
+    if route.merge.is_some() {
+        return Some(Scatter::Read);
+    }
+    if let Some(tag) = multi_write_tag(route, analysis) {
+        return Some(Scatter::Write(tag));
+    }
+    let everywhere = route.all_shards
+        && route.row_shards.is_none()
+        && route.copy_split.is_none()
+        && !super::multi::needs_no_transaction(sql, analysis)
+        && analysis
+            .statements
+            .iter()
+            .all(|s| !matches!(s.kind, Kind::Copy | Kind::Transaction));
+    everywhere.then_some(Scatter::Everywhere)
+}
+
+/// A Bind body: portal, statement, the parameter part (formats and
+/// values) and the result format codes.
+type BindParts<'a> = (&'a [u8], &'a str, &'a [u8], Vec<i16>);
+
+fn parse_bind(body: &[u8]) -> Result<BindParts<'_>, protocol::Malformed> {
+    let mut r = BodyReader::new(body, "Bind");
+    let portal = r.cstr_bytes()?;
+    let stmt = r.cstr()?;
+    let start = body.len() - r.remaining().len();
+    let nformats = r.i16()?.max(0);
+    for _ in 0..nformats {
+        r.i16()?;
+    }
+    let nparams = r.i16()?.max(0);
+    for _ in 0..nparams {
+        let len = r.i32()?;
+        if len > 0 {
+            r.bytes(len as usize)?;
+        }
+    }
+    let end = body.len() - r.remaining().len();
+    let nresults = r.i16()?.max(0);
+    let mut formats = Vec::with_capacity(nresults.min(1024) as usize);
+    for _ in 0..nresults {
+        formats.push(r.i16()?);
+    }
+    Ok((portal, stmt, &body[start..end], formats))
+}
+
+fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {
+    let at = protocol::begin_frame(out, fe::PARSE);
+    out.extend_from_slice(b"\0");
+    out.extend_from_slice(sql.as_bytes());
+    out.extend_from_slice(b"\0");
+    out.extend_from_slice(param_types);
+    protocol::finish_frame(out, at);
+}
+
+fn sync_frame(out: &mut BytesMut) {
+    let at = protocol::begin_frame(out, fe::SYNC);
+    protocol::finish_frame(out, at);
+}
+
+/// Parse, Bind and Describe of the unnamed portal, Execute (when
+/// `execute`) and Sync: one shard's part of a scatter portal.
+fn portal_request(
+    sql: &str,
+    param_types: &[u8],
+    params: &[u8],
+    result_formats: &[i16],
+    execute: bool,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64 + sql.len() + params.len());
+    parse_frame(&mut out, sql, param_types);
+    let at = protocol::begin_frame(&mut out, fe::BIND);
+    out.extend_from_slice(b"\0\0");
+    out.extend_from_slice(params);
+    out.extend_from_slice(&(result_formats.len() as i16).to_be_bytes());
+    for f in result_formats {
+        out.extend_from_slice(&f.to_be_bytes());
+    }
+    protocol::finish_frame(&mut out, at);
+    let at = protocol::begin_frame(&mut out, fe::DESCRIBE);
+    out.extend_from_slice(b"P\0");
+    protocol::finish_frame(&mut out, at);
+    if execute {
+        let at = protocol::begin_frame(&mut out, fe::EXECUTE);
+        out.extend_from_slice(b"\0");
+        out.extend_from_slice(&0i32.to_be_bytes());
+        protocol::finish_frame(&mut out, at);
+    }
+    sync_frame(&mut out);
+    out
+}
+
+/// The client's answer to Execute (after a Describe of the portal when
+/// `described`): the merged frames without the shards' own Parse/Bind
+/// answers, the description first only if it was asked for.
+fn extended_answer(frames: &[u8], described: bool) -> BytesMut {
+    let mut out = BytesMut::with_capacity(frames.len());
+    let mut description: Option<&[u8]> = None;
+    let mut rest = BytesMut::new();
+    let mut at = 0;
+    while at + 5 <= frames.len() {
+        let len = i32::from_be_bytes(frames[at + 1..at + 5].try_into().unwrap()) as usize;
+        let end = (at + 1 + len).min(frames.len());
+        let f = &frames[at..end];
+        match f[0] {
+            be::PARSE_COMPLETE | be::BIND_COMPLETE | be::NO_DATA => {}
+            be::ROW_DESCRIPTION => {
+                description.get_or_insert(f);
+            }
+            _ => rest.extend_from_slice(f),
+        }
+        at = end;
+    }
+    if described {
+        match description {
+            Some(d) => out.extend_from_slice(d),
+            None => out.extend_from_slice(&protocol::empty_frame(be::NO_DATA)),
+        }
+    }
+    out.extend_from_slice(&rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_splits_into_params_and_result_formats() {
+        // portal "p", statement "s", one text parameter "42", results: binary.
+        let mut body = b"p\0s\0".to_vec();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"42");
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        let (portal, stmt, params, formats) = parse_bind(&body).unwrap();
+        assert_eq!(portal, b"p");
+        assert_eq!(stmt, "s");
+        assert_eq!(params.len(), 2 + 2 + 4 + 2);
+        assert_eq!(formats, [1]);
+        assert!(parse_bind(&body[..body.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn answer_keeps_the_description_only_when_asked() {
+        let mut frames = BytesMut::new();
+        frames.extend_from_slice(&protocol::empty_frame(be::PARSE_COMPLETE));
+        protocol::row_description_text(&mut frames, &["n"]);
+        protocol::data_row_text(&mut frames, &[Some("1")]);
+        protocol::command_complete(&mut frames, "SELECT 1");
+        let with = extended_answer(&frames, true);
+        assert_eq!(with[0], be::ROW_DESCRIPTION);
+        let without = extended_answer(&frames, false);
+        assert_eq!(without[0], be::DATA_ROW);
+        let mut write = BytesMut::new();
+        protocol::command_complete(&mut write, "UPDATE 3");
+        assert_eq!(extended_answer(&write, true)[0], be::NO_DATA);
+    }
+}
