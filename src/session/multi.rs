@@ -241,6 +241,10 @@ where
         let catalog = self.pools[0].clone();
         let failure =
             finish_atomic(&mut conns, &begun, &mut clean, failure, &names, &catalog).await;
+        if failure.is_none() {
+            self.note_multi_writes(&mut conns, &route.shards, &mut clean)
+                .await;
+        }
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {
                 c.release();
@@ -654,6 +658,10 @@ where
             let catalog = self.pools[0].clone();
             failure =
                 finish_atomic(&mut conns, &begun, &mut clean, failure, &names, &catalog).await;
+            if failure.is_none() {
+                self.note_multi_writes(&mut conns, &shards, &mut clean)
+                    .await;
+            }
         }
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {

@@ -409,10 +409,12 @@ where
         let commit = commit && !m.failed;
         let mut conns = Vec::new();
         let mut names = Vec::new();
+        let mut shards = Vec::new();
         for (s, c) in m.conns.into_iter().enumerate() {
             if let Some(c) = c {
                 conns.push(c);
                 names.push(self.shard_name(s).to_string());
+                shards.push(s);
             }
         }
         let begun = vec![true; conns.len()];
@@ -422,6 +424,10 @@ where
         let start = if commit { None } else { Some(BytesMut::new()) };
         let catalog = self.pools[0].clone();
         let failure = finish_atomic(&mut conns, &begun, &mut clean, start, &names, &catalog).await;
+        if commit && failure.is_none() {
+            self.note_multi_writes(&mut conns, &shards, &mut clean)
+                .await;
+        }
         for (i, c) in conns.into_iter().enumerate() {
             if clean[i] {
                 c.release();

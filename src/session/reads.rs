@@ -288,6 +288,66 @@ where
         }
     }
 
+    /// A statement or transaction committed on several shards' primaries
+    /// (`conns`, of `shards`; `clean` says which may be used): note the
+    /// writes as `after_write` does for one server, so the session's later
+    /// reads on replicas see them. A connection whose probe fails is marked
+    /// unclean (dropped, not pooled).
+    pub(super) async fn note_multi_writes(
+        &mut self,
+        conns: &mut [PooledConn],
+        shards: &[usize],
+        clean: &mut [bool],
+    ) {
+        match self.config.reads.read_your_writes {
+            ReadYourWrites::Off => {}
+            ReadYourWrites::PrimaryAfterWrite => {
+                for &s in shards {
+                    if let Some(t) = self.written_at.get_mut(s) {
+                        *t = Some(Instant::now());
+                    }
+                }
+            }
+            ReadYourWrites::Lsn if self.read_split() => {
+                for (i, conn) in conns.iter_mut().enumerate() {
+                    if !clean[i] {
+                        continue;
+                    }
+                    let c = conn
+                        .run_collect(
+                            "SELECT pg_current_wal_insert_lsn()",
+                            Duration::from_secs(10),
+                            4096,
+                        )
+                        .await;
+                    let lsn = match &c {
+                        Ok(c) if c.status == b'I' && c.error.is_none() => {
+                            c.first_value().and_then(|v| parse_lsn(&v))
+                        }
+                        _ => None,
+                    };
+                    match (lsn, self.written_lsn.get_mut(shards[i])) {
+                        (Some(lsn), Some(slot)) => *slot = (*slot).max(lsn),
+                        _ => {
+                            clean[i] = false;
+                            // Unknown position: fall back to asking when needed.
+                            if let Some(d) = self.unresolved_writes.get_mut(shards[i]) {
+                                *d = true;
+                            }
+                        }
+                    }
+                }
+            }
+            ReadYourWrites::Lsn => {
+                for &s in shards {
+                    if let Some(d) = self.unresolved_writes.get_mut(s) {
+                        *d = true;
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes whose position nobody asked for yet (read_from = primary):
     /// the primary's current position covers them.
     pub(super) async fn resolve_written_lsns(&mut self) -> Result<(), PgError> {
