@@ -5,7 +5,8 @@
 //! `backend` pools. `config` is the validated configuration everything else
 //! reads; `protocol` is the wire format shared by both sides. `admin` is
 //! how operators see and steer it: the admin console, HTTP metrics and
-//! health, and the client registry.
+//! health, and the client registry. `topology` keeps the shard map
+//! versioned in the catalog when configured so.
 
 pub mod admin;
 pub mod backend;
@@ -16,6 +17,7 @@ pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod sharding;
+pub mod topology;
 
 /// The version reported by `shardwire --version` and the admin console.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

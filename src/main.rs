@@ -185,6 +185,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    let config = shardwire::topology::load_at_start(config).await?;
     frontend::check_servable(&config).map_err(|e| e.to_string())?;
     let listen = config.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
@@ -199,6 +200,7 @@ async fn serve(config: Config) -> Result<(), String> {
     spawn_signal_handlers(proxy.clone());
     tokio::spawn(shardwire::admin::http::serve(proxy.clone(), http));
     shardwire::execute::twophase::spawn_recovery(proxy.clone());
+    shardwire::topology::spawn_follower(proxy.clone());
     frontend::serve(proxy, listener).await;
     Ok(())
 }

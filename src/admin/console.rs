@@ -44,6 +44,10 @@ const HELP: &[(&str, &str)] = &[
         "per shard and route kind: queries, errors, latency",
     ),
     ("SHOW CONFIG", "the configuration in force"),
+    (
+        "SHOW TOPOLOGY",
+        "the shard map in force: its version and source, each shard and table rule",
+    ),
     ("SHOW VERSION", "the shardwire version"),
     ("RELOAD", "re-read the config file and apply it"),
     (
@@ -228,6 +232,7 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
         ["SHOW", "CLIENTS"] => show_clients(proxy).write(out),
         ["SHOW", "STATS"] => show_stats(proxy).write(out),
         ["SHOW", "CONFIG"] => show_config(proxy).write(out),
+        ["SHOW", "TOPOLOGY"] => show_topology(proxy).write(out),
         ["RELOAD"] => match proxy.reload() {
             Ok(outcome) => {
                 if !outcome.needs_restart.is_empty() {
@@ -308,6 +313,51 @@ fn notice(out: &mut BytesMut, message: &str) {
     // An ErrorResponse frame with the NoticeResponse tag.
     n[0] = protocol::be::NOTICE_RESPONSE;
     out.extend_from_slice(&n);
+}
+
+/// One row per shard and per table rule of the map in force, each with
+/// the map's version (0: the config file's map) and source, and the
+/// entry as the config file would write it (JSON).
+fn show_topology(proxy: &Proxy) -> Table {
+    let config = proxy.config();
+    let mut t = Table::new(&["version", "source", "name", "kind", "entry", "definition"]);
+    let source = match config.topology.source {
+        crate::config::TopologySource::File => "file",
+        crate::config::TopologySource::Catalog => "catalog",
+    };
+    let name = &config.topology.name;
+    let mut row = |kind: &str, entry: String, definition: String| {
+        t.row(vec![
+            v(config.topology_version),
+            v(source),
+            v(name),
+            v(kind),
+            v(entry),
+            v(definition),
+        ]);
+    };
+    row(
+        "default_shard",
+        config.shards[config.default_shard].name.clone(),
+        String::new(),
+    );
+    for kind in ["shards", "tables"] {
+        let entries = config
+            .topology_map
+            .get(kind)
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for e in entries {
+            let entry = e
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("?")
+                .to_string();
+            row(&kind[..kind.len() - 1], entry, e.to_string());
+        }
+    }
+    t
 }
 
 fn show_shards(proxy: &Proxy) -> Table {

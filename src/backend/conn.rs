@@ -531,6 +531,13 @@ impl ServerConn {
         }
     }
 
+    /// The next frame from the server, however long it takes. Cancel-safe
+    /// (wrap it in a timeout to wait for something unsolicited, such as a
+    /// NOTIFY, without losing the connection when nothing comes).
+    pub async fn next_frame(&mut self) -> Result<BytesMut, BackendError> {
+        self.recv().await
+    }
+
     /// The next frame from the server, within `timeout`.
     pub async fn recv_frame(&mut self, timeout: Duration) -> Result<BytesMut, BackendError> {
         match tokio::time::timeout(timeout, self.recv()).await {

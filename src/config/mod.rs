@@ -89,6 +89,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub transactions: Transactions,
     #[serde(default)]
+    pub topology: TopologySettings,
+    #[serde(default)]
     pub users: Vec<RawUser>,
     #[serde(default)]
     pub databases: Vec<RawDatabase>,
@@ -244,6 +246,49 @@ fn default_max_clients() -> u32 {
 fn default_pause_timeout() -> Duration {
     Duration::from_secs(60)
 }
+
+/// Where the shard map comes from: `[topology]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySettings {
+    /// `file`: `[[shards]]` and `[[tables]]` of this file are the map.
+    /// `catalog`: the map is versioned in the catalog (schema `shardwire`
+    /// on the first shard's primary); this file's map only seeds version 1
+    /// when the catalog has none, and every proxy follows the newest.
+    #[serde(default)]
+    pub source: TopologySource,
+    /// The map's name in the catalog: proxies of one cluster share it.
+    #[serde(default = "default_topology_name")]
+    pub name: String,
+    /// How often the catalog is checked besides LISTEN/NOTIFY.
+    #[serde(default = "default_5s", with = "duration::serde_duration")]
+    pub check_interval: Duration,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        TopologySettings {
+            source: TopologySource::File,
+            name: default_topology_name(),
+            check_interval: default_5s(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologySource {
+    #[default]
+    File,
+    Catalog,
+}
+
+fn default_topology_name() -> String {
+    "default".into()
+}
+
+/// The keys of the config file that make up the shard map (the topology).
+pub const TOPOLOGY_KEYS: [&str; 3] = ["shards", "tables", "default_shard"];
 
 /// Two-phase commit recovery: `[transactions]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -604,6 +649,11 @@ pub struct Config {
     pub health: Health,
     pub reads: Reads,
     pub transactions: Transactions,
+    pub topology: TopologySettings,
+    /// The version of the shard map in force (0: from this file, not the
+    /// catalog) and the map itself, as the file's keys in JSON.
+    pub topology_version: u64,
+    pub topology_map: Arc<serde_json::Value>,
     pub users: BTreeMap<String, User>,
     pub databases: BTreeMap<String, Database>,
     pub shards: Vec<Shard>,
@@ -685,12 +735,84 @@ impl Config {
 
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_map(path, None)
+    }
+
+    /// Load the file with its shard map replaced by `map` (version, the
+    /// `TOPOLOGY_KEYS` as JSON) from the catalog.
+    pub fn load_with_map(
+        path: &Path,
+        map: Option<(u64, &serde_json::Value)>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             key: String::new(),
             reason: format!("cannot read the file: {e}"),
         })?;
-        Self::from_str(path, &text)
+        match map {
+            None => Self::from_str(path, &text),
+            Some((version, map)) => Self::from_str_with_map(path, &text, version, map),
+        }
+    }
+
+    /// The file's own shard map (`TOPOLOGY_KEYS`) as JSON: what seeds the
+    /// catalog.
+    pub fn file_map(text: &str) -> Result<serde_json::Value, String> {
+        let value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut map = serde_json::Map::new();
+        for k in TOPOLOGY_KEYS {
+            if let Some(v) = value.get(k) {
+                map.insert(
+                    k.to_string(),
+                    serde_json::to_value(v).map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        Ok(serde_json::Value::Object(map))
+    }
+
+    fn from_str_with_map(
+        path: &Path,
+        text: &str,
+        version: u64,
+        map: &serde_json::Value,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: String, reason: String| ConfigError {
+            file: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| err(String::new(), e.to_string()))?;
+        let table = value
+            .as_table_mut()
+            .ok_or_else(|| err(String::new(), "not a TOML table".into()))?;
+        for k in TOPOLOGY_KEYS {
+            table.remove(k);
+            if let Some(v) = map.get(k) {
+                let v = toml::Value::try_from(v).map_err(|e| {
+                    err(
+                        k.to_string(),
+                        format!("catalog topology version {version}: {e}"),
+                    )
+                })?;
+                table.insert(k.to_string(), v);
+            }
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            err(
+                if key == "." { String::new() } else { key },
+                format!("catalog topology version {version}: {}", e.into_inner()),
+            )
+        })?;
+        let mut config = Self::resolve(path, raw).map_err(|mut e| {
+            e.reason = format!("catalog topology version {version}: {}", e.reason);
+            e
+        })?;
+        config.topology_version = version;
+        config.topology_map = Arc::new(map.clone());
+        Ok(config)
     }
 
     /// Parse and validate config text; `path` is used in error messages and
@@ -712,7 +834,9 @@ impl Config {
             }
             err(if key == "." { String::new() } else { key }, reason)
         })?;
-        Self::resolve(path, raw)
+        let mut config = Self::resolve(path, raw)?;
+        config.topology_map = Arc::new(Self::file_map(text).map_err(|r| err(String::new(), r))?);
+        Ok(config)
     }
 
     fn resolve(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -1041,6 +1165,21 @@ impl Config {
             timeout: h.timeout,
             login: check_db.zip(check_user),
         };
+        if raw.topology.source == TopologySource::Catalog {
+            if health.login.is_none() {
+                return Err(err(
+                    "topology.source",
+                    "\"catalog\" needs a user and database the proxy can log in to the servers with (see [health] user and database)".into(),
+                ));
+            }
+            check_name(&raw.topology.name).map_err(|r| err("topology.name", r))?;
+            if raw.topology.check_interval.is_zero() {
+                return Err(err(
+                    "topology.check_interval",
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
 
         // TLS files are read now so a bad path fails `check`, not the first client.
         let tls = match &raw.tls {
@@ -1080,6 +1219,9 @@ impl Config {
             health,
             reads: raw.reads,
             transactions: raw.transactions,
+            topology: raw.topology,
+            topology_version: 0,
+            topology_map: Arc::new(serde_json::Value::Null),
             users,
             databases,
             shards,
@@ -1099,6 +1241,8 @@ impl Config {
             "log": self.log,
             "reads": self.reads,
             "transactions": self.transactions,
+            "topology": self.topology,
+            "topology_version": self.topology_version,
             "shards": self.shards,
             "databases": self.databases.values().map(|d| serde_json::json!({
                 "name": d.name,

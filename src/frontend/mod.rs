@@ -149,7 +149,41 @@ impl Proxy {
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.config();
-        let new = match Config::load(&old.file) {
+        // A shard map from the catalog stays in force: the file only
+        // changes the rest.
+        let map = old.topology_map.clone();
+        let from_catalog = (old.topology_version > 0).then_some((old.topology_version, &*map));
+        self.apply(old.clone(), Config::load_with_map(&old.file, from_catalog))
+    }
+
+    /// Put shard map `version` from the catalog in force, when it is newer
+    /// than the one in force (None otherwise). An invalid map changes
+    /// nothing.
+    pub fn apply_topology(
+        &self,
+        version: u64,
+        map: &serde_json::Value,
+    ) -> Result<Option<ReloadOutcome>, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.config();
+        if version <= old.topology_version {
+            return Ok(None);
+        }
+        self.apply(
+            old.clone(),
+            Config::load_with_map(&old.file, Some((version, map))),
+        )
+        .map(Some)
+    }
+
+    /// Apply a newly loaded config (reload or new shard map), under the
+    /// reload lock.
+    fn apply(
+        &self,
+        old: Arc<Config>,
+        new: Result<Config, ConfigError>,
+    ) -> Result<ReloadOutcome, ConfigError> {
+        let new = match new {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);

@@ -31,4 +31,5 @@ mod session_mode;
 mod session_params;
 mod shutdown;
 mod tls;
+mod topology;
 mod twophase;

@@ -1,0 +1,284 @@
+//! The versioned shard map in the catalog (`[topology] source =
+//! "catalog"`): table `shardwire.topology` on the first shard's primary
+//! holds every version of the map (the config file's `[[shards]]`,
+//! `[[tables]]` and `default_shard`, as JSON) under the map's name. The
+//! config file seeds version 1 when the catalog has none; after that the
+//! catalog is the truth. Every proxy loads the newest version at start,
+//! then follows new ones: a NOTIFY on `shardwire_topology` wakes it at
+//! once, a check every `topology.check_interval` catches what a lost
+//! connection missed, so every proxy converges on the newest version.
+//! Each statement is routed against one immutable config snapshot, so a
+//! version change never splits a statement.
+//!
+//! A version is published by inserting `version + 1`: the primary key
+//! makes two publishers race safely (one wins, the other must re-read).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::conn::{ServerConn, ServerTarget};
+use crate::config::{Config, Role, TopologySource};
+use crate::frontend::Proxy;
+
+/// The LISTEN/NOTIFY channel; the payload is `name:version`.
+pub const CHANNEL: &str = "shardwire_topology";
+
+const CATALOG_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardwire; \
+    CREATE TABLE IF NOT EXISTS shardwire.topology (\
+        name text NOT NULL, \
+        version bigint NOT NULL CHECK (version > 0), \
+        map jsonb NOT NULL, \
+        note text NOT NULL DEFAULT '', \
+        created_at timestamptz NOT NULL DEFAULT now(), \
+        PRIMARY KEY (name, version))";
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting proxy keeps trying to reach the catalog.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A SQL string literal (standard_conforming_strings is on by default).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The catalog's server: the first shard's primary, as the proxy's health
+/// login (user and database) sees it.
+fn catalog_target(config: &Config, primary: usize) -> Result<ServerTarget, String> {
+    let (db, user) = config
+        .health
+        .login
+        .clone()
+        .ok_or("no user and database to reach the catalog with")?;
+    let shard = &config.shards[0];
+    let server = &shard.servers[primary];
+    let user = &config.users[&user];
+    Ok(ServerTarget {
+        shard: shard.name.clone(),
+        host: server.host.clone(),
+        port: server.port,
+        role: Role::Primary,
+        database: config.databases[&db].server_database.clone(),
+        user: user.server_user.clone(),
+        password: user.server_password.clone(),
+    })
+}
+
+/// The first shard's configured primary (before health checks know more).
+fn configured_primary(config: &Config) -> usize {
+    config.shards[0]
+        .servers
+        .iter()
+        .position(|s| s.role == Role::Primary)
+        .unwrap_or(0)
+}
+
+async fn run(conn: &mut ServerConn, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let c = conn
+        .run_collect(sql, QUERY_TIMEOUT, 16 * 1024 * 1024)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = &c.error {
+        return Err(crate::protocol::describe_error(crate::protocol::body(e)));
+    }
+    let mut rows = Vec::new();
+    for f in &c.frames {
+        if f[0] == crate::protocol::be::DATA_ROW {
+            let values = crate::protocol::data_row_values(f).map_err(|_| "malformed row")?;
+            rows.push(
+                values
+                    .into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// The newest version of map `name`, if any.
+pub async fn latest(
+    conn: &mut ServerConn,
+    name: &str,
+) -> Result<Option<(u64, serde_json::Value)>, String> {
+    let rows = run(
+        conn,
+        &format!(
+            "SELECT version, map::text FROM shardwire.topology WHERE name = {} \
+             ORDER BY version DESC LIMIT 1",
+            literal(name)
+        ),
+    )
+    .await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let version = row
+        .first()
+        .cloned()
+        .flatten()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or("the catalog's topology version is not a number")?;
+    let map = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .ok_or("the catalog's topology map is NULL")?;
+    let map = serde_json::from_str(&map).map_err(|e| format!("topology map: {e}"))?;
+    Ok(Some((version, map)))
+}
+
+/// Insert `map` as version `version` of `name` and tell every proxy.
+/// Fails (unique violation) when that version exists already.
+pub async fn publish(
+    conn: &mut ServerConn,
+    name: &str,
+    version: u64,
+    map: &serde_json::Value,
+    note: &str,
+) -> Result<(), String> {
+    run(
+        conn,
+        &format!(
+            "BEGIN; INSERT INTO shardwire.topology (name, version, map, note) \
+             VALUES ({}, {version}, {}::jsonb, {}); NOTIFY {CHANNEL}, {}; COMMIT",
+            literal(name),
+            literal(&map.to_string()),
+            literal(note),
+            literal(&format!("{name}:{version}")),
+        ),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Connect to the catalog and make sure its table exists.
+async fn open(config: &Config, primary: usize) -> Result<ServerConn, String> {
+    let target = catalog_target(config, primary)?;
+    let describe = target.describe();
+    let mut conn = ServerConn::connect(Arc::new(target), QUERY_TIMEOUT)
+        .await
+        .map_err(|e| format!("cannot reach the catalog on {describe}: {e}"))?;
+    run(&mut conn, CATALOG_DDL).await?;
+    Ok(conn)
+}
+
+/// The config to start with: as loaded, or (catalog source) with the
+/// catalog's newest shard map, seeding version 1 from the file when the
+/// catalog has none. Retries an unreachable catalog for a while: starting
+/// on a stale map could send writes to the wrong shard.
+pub async fn load_at_start(config: Config) -> Result<Config, String> {
+    if config.topology.source != TopologySource::Catalog {
+        return Ok(config);
+    }
+    let started = tokio::time::Instant::now();
+    let name = config.topology.name.clone();
+    let (version, map) = loop {
+        let attempt = async {
+            let mut conn = open(&config, configured_primary(&config)).await?;
+            if latest(&mut conn, &name).await?.is_none() {
+                // Two proxies seeding at once: one insert wins.
+                let seed = publish(
+                    &mut conn,
+                    &name,
+                    1,
+                    &config.topology_map,
+                    &format!("seeded from {}", config.file.display()),
+                )
+                .await;
+                if let Err(e) = seed {
+                    tracing::info!(error = %e, "another proxy seeded the topology first");
+                }
+            }
+            latest(&mut conn, &name)
+                .await?
+                .ok_or_else(|| "the topology vanished from the catalog".to_string())
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(e) if started.elapsed() < START_TIMEOUT => {
+                tracing::warn!(error = %e, "cannot load the topology from the catalog yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot load topology \"{name}\" from the catalog within {START_TIMEOUT:?}: {e}"
+                ))
+            }
+        }
+    };
+    let loaded = Config::load_with_map(&config.file, Some((version, &map))).map_err(|e| {
+        format!("the catalog's topology \"{name}\" version {version} is not valid: {e}")
+    })?;
+    tracing::info!(name = %name, version, "topology loaded from the catalog");
+    Ok(loaded)
+}
+
+/// Follow the catalog: apply every newer version of the map.
+pub fn spawn_follower(proxy: Arc<Proxy>) {
+    if proxy.config().topology.source != TopologySource::Catalog {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut shutdown = proxy.shutdown_requested();
+        loop {
+            let followed = follow(&proxy);
+            tokio::select! {
+                r = followed => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "lost the topology catalog; reconnecting");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
+/// One catalog connection's life: LISTEN, then check on every
+/// notification and every check interval.
+async fn follow(proxy: &Arc<Proxy>) -> Result<(), String> {
+    let config = proxy.config();
+    let primary = proxy.health.primary_index(&config, 0);
+    let mut conn = open(&config, primary).await?;
+    run(&mut conn, &format!("LISTEN {CHANNEL}")).await?;
+    // A version published while this connection was down.
+    let mut skipped: Option<u64> = None;
+    loop {
+        let config = proxy.config();
+        let name = config.topology.name.clone();
+        if let Some((version, map)) = latest(&mut conn, &name).await? {
+            if version > config.topology_version && skipped != Some(version) {
+                match proxy.apply_topology(version, &map) {
+                    Ok(_) => {
+                        tracing::info!(name = %name, version, "new topology version in force");
+                    }
+                    Err(e) => {
+                        // Logged by apply; not retried until a newer one.
+                        tracing::error!(name = %name, version, error = %e, "topology version rejected; the previous one stays in force");
+                        skipped = Some(version);
+                    }
+                }
+            }
+        }
+        // Wait for a notification (any: the check above is cheap) or the
+        // interval.
+        let wait = config.topology.check_interval;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, conn.next_frame()).await {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(frame)) if frame[0] == crate::protocol::be::NOTIFICATION_RESPONSE => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
