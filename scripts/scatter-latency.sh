@@ -95,13 +95,17 @@ for round in $(seq "$ROUNDS"); do
             case $target in proxy) port=$P_SHARDED ;; s0) port=$S0 ;; s1) port=$S1 ;; esac
             (cd "$WORK" && pgbench -n -c 1 -T "$SECONDS_PER_RUN" -f "$q.sql" -l \
                 --log-prefix="lat-$q-$target-$round" -h 127.0.0.1 -p "$port" -U app app \
-                >/dev/null 2>&1)
+                >"out-$q-$target-$round.txt" 2>&1) || {
+                echo "pgbench $q against $target failed:" >&2
+                cat "$WORK/out-$q-$target-$round.txt" >&2
+                exit 1
+            }
         done
     done
 done
 
-percentiles() {  # files... -> "p50 p99 n" in microseconds
-    cat "$@" | awk '{print $3}' | sort -n | awk '
+percentiles() {  # files... -> "p50 p99 n" in microseconds (failed ones left out)
+    cat "$@" | awk '$3 ~ /^[0-9]+$/ {print $3}' | sort -n | awk '
         { v[NR] = $1 }
         END {
             if (NR == 0) { print "0 0 0"; exit }

@@ -45,6 +45,14 @@ const HELP: &[(&str, &str)] = &[
     ),
     ("SHOW CONFIG", "the configuration in force"),
     (
+        "ADD SHARD name PRIMARY 'host:port' [REPLICAS 'host:port', ...]",
+        "add a shard to the shard map (catalog topology); it gets rows when a rebalance moves them",
+    ),
+    (
+        "REMOVE SHARD name",
+        "remove a shard that no table rule uses from the shard map",
+    ),
+    (
         "SHOW TOPOLOGY",
         "the shard map in force: its version and source, each shard and table rule",
     ),
@@ -233,6 +241,11 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
         ["SHOW", "STATS"] => show_stats(proxy).write(out),
         ["SHOW", "CONFIG"] => show_config(proxy).write(out),
         ["SHOW", "TOPOLOGY"] => show_topology(proxy).write(out),
+        ["ADD", "SHARD", ..] | ["REMOVE", "SHARD", ..] => {
+            let version = shard_command(proxy, command).await?;
+            notice(out, &format!("shard map version {version} is in force"));
+            protocol::command_complete(out, &words[..2].join(" "));
+        }
         ["RELOAD"] => match proxy.reload() {
             Ok(outcome) => {
                 if !outcome.needs_restart.is_empty() {
@@ -313,6 +326,44 @@ fn notice(out: &mut BytesMut, message: &str) {
     // An ErrorResponse frame with the NoticeResponse tag.
     n[0] = protocol::be::NOTICE_RESPONSE;
     out.extend_from_slice(&n);
+}
+
+/// `ADD SHARD name PRIMARY 'host:port' [REPLICAS 'host:port'[, ...]]` or
+/// `REMOVE SHARD name`: the new map version.
+async fn shard_command(proxy: &Arc<Proxy>, command: &str) -> Result<u64, PgError> {
+    // Names keep their case; quotes and commas only separate.
+    let tokens: Vec<String> = command
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .map(|t| t.trim_matches(|c| c == '\'' || c == '"').to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
+    let usage = || {
+        PgError::error(
+            sqlstate::SYNTAX_ERROR,
+            format!("cannot parse \"{command}\""),
+        )
+        .with_hint(
+            "ADD SHARD name PRIMARY 'host:port' [REPLICAS 'host:port', ...] or REMOVE SHARD name",
+        )
+    };
+    match upper
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["REMOVE", "SHARD", _] => crate::topology::remove_shard(proxy, &tokens[2]).await,
+        ["ADD", "SHARD", _, "PRIMARY", _, rest @ ..] => {
+            let replicas = match rest {
+                [] => vec![],
+                ["REPLICAS", list @ ..] if !list.is_empty() => tokens[6..].to_vec(),
+                _ => return Err(usage()),
+            };
+            crate::topology::add_shard(proxy, &tokens[2], &tokens[4], &replicas).await
+        }
+        _ => Err(usage()),
+    }
 }
 
 /// One row per shard and per table rule of the map in force, each with

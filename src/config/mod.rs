@@ -122,6 +122,9 @@ pub struct RawTable {
     pub key_type: Option<KeyType>,
     /// hash: virtual nodes per shard on the ring.
     pub vnodes: Option<u32>,
+    /// hash: the shards on the ring (default: every shard). A shard added
+    /// to the cluster joins a ring only when a rebalance moves its arcs.
+    pub shards: Option<Vec<String>>,
     /// range: `[{ shard = "s0", from = 1, to = 500001 }, ...]`, from inclusive,
     /// to exclusive, either end may be left open.
     pub ranges: Option<Vec<RawRange>>,
@@ -1369,6 +1372,7 @@ fn build_router(
         }
         if t.strategy != Strategy::Hash {
             not_for("vnodes", t.vnodes.is_some())?;
+            not_for("shards", t.shards.is_some())?;
         }
         let column = match (&t.key, t.strategy) {
             (Some(_), Strategy::Reference) => {
@@ -1396,10 +1400,26 @@ fn build_router(
                 if !(1..=10_000).contains(&vnodes) {
                     return Err(err(&key("vnodes"), "must be between 1 and 10000".into()));
                 }
-                let ring =
-                    HashRing::new(&shard_names, vnodes).map_err(|e| err(&key("vnodes"), e))?;
+                let (names, members): (Vec<&str>, Vec<usize>) = match &t.shards {
+                    None => (shard_names.clone(), (0..shard_names.len()).collect()),
+                    Some(list) => {
+                        let mut members = Vec::with_capacity(list.len());
+                        for (j, n) in list.iter().enumerate() {
+                            members.push(shard_index(&key(&format!("shards[{j}]")), n)?);
+                        }
+                        (list.iter().map(String::as_str).collect(), members)
+                    }
+                };
+                let ring = HashRing::new(&names, vnodes).map_err(|e| err(&key("shards"), e))?;
                 let kt = t.key_type.unwrap_or(KeyType::Int);
-                (Placement::Hash(ring), kt, format!("hash:{vnodes}"))
+                // Co-located only with rings of the same members.
+                let mut sorted = names.clone();
+                sorted.sort_unstable();
+                let id = match &t.shards {
+                    None => format!("hash:{vnodes}"),
+                    Some(_) => format!("hash:{vnodes}:{}", sorted.join(",")),
+                };
+                (Placement::Hash(ring, members), kt, id)
             }
             Strategy::Range => {
                 let Some(ranges) = &t.ranges else {

@@ -36,7 +36,10 @@ pub enum KeyType {
 /// How a table's rows are placed on shards.
 #[derive(Debug)]
 pub enum Placement {
-    Hash(HashRing),
+    /// The ring and its members: the ring's shard `i` is shard
+    /// `members[i]` of the config (a new shard joins a ring only when a
+    /// rebalance has moved its arcs).
+    Hash(HashRing, Vec<usize>),
     Range(RangeMap),
     Geo(GeoMap),
     /// A full copy on every shard.
@@ -64,17 +67,31 @@ impl TableRule {
 
     pub fn strategy(&self) -> &'static str {
         match self.placement {
-            Placement::Hash(_) => "hash",
+            Placement::Hash(..) => "hash",
             Placement::Range(_) => "range",
             Placement::Geo(_) => "geo",
             Placement::Reference => "reference",
         }
     }
 
+    /// The shards that hold the table's rows (for a reference table, all
+    /// `shard_count` of them), sorted.
+    pub fn shards(&self, shard_count: usize) -> Vec<usize> {
+        let mut v = match &self.placement {
+            Placement::Hash(_, members) => members.clone(),
+            Placement::Range(ranges) => ranges.ranges().iter().map(|r| r.shard).collect(),
+            Placement::Geo(geo) => geo.shards(),
+            Placement::Reference => (0..shard_count).collect(),
+        };
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// The shard that holds `key`.
     pub fn shard_for(&self, key: &KeyValue) -> Result<usize, String> {
         match &self.placement {
-            Placement::Hash(ring) => Ok(ring.shard_for(key)),
+            Placement::Hash(ring, members) => Ok(members[ring.shard_for(key)]),
             Placement::Range(ranges) => ranges.shard_for(key).map_err(|e| e.to_string()),
             Placement::Geo(geo) => match key {
                 KeyValue::Text(region) => Ok(geo.shard_for(region)),
@@ -666,7 +683,9 @@ impl Router {
                             }
                             set
                         }
-                        (None, None) if stmt.merge.is_some() => self.all().into_iter().collect(),
+                        (None, None) if stmt.merge.is_some() => {
+                            c.table.shards(self.shard_names.len()).into_iter().collect()
+                        }
                         // An UPDATE or DELETE of one sharded table runs on
                         // every shard (each changes its own rows; the
                         // session sums the counts).
@@ -674,7 +693,7 @@ impl Router {
                             if matches!(stmt.kind, Kind::Update | Kind::Delete)
                                 && conds.len() == 1 =>
                         {
-                            self.all().into_iter().collect()
+                            c.table.shards(self.shard_names.len()).into_iter().collect()
                         }
                         (None, None) => {
                             if let Some(r) = &stmt.merge_refusal {
@@ -856,14 +875,14 @@ mod tests {
                 name: "accounts".into(),
                 key: "aid".into(),
                 key_type: KeyType::Int,
-                placement: Placement::Hash(ring()),
+                placement: Placement::Hash(ring(), vec![0, 1]),
                 placement_id: "hash:64".into(),
             },
             TableRule {
                 name: "history".into(),
                 key: "aid".into(),
                 key_type: KeyType::Int,
-                placement: Placement::Hash(ring()),
+                placement: Placement::Hash(ring(), vec![0, 1]),
                 placement_id: "hash:64".into(),
             },
             TableRule {

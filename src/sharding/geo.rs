@@ -71,6 +71,15 @@ impl GeoMap {
     }
 
     /// The shard explicitly assigned to `region`, if any.
+    /// Every shard the map can send a region to, sorted.
+    pub fn shards(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.regions.values().map(|(s, _)| *s).collect();
+        v.push(self.default_shard);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     pub fn lookup(&self, region: &str) -> Option<usize> {
         self.regions
             .get(&region.to_ascii_lowercase())

@@ -282,3 +282,197 @@ async fn follow(proxy: &Arc<Proxy>) -> Result<(), String> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// DBA commands that publish a new version.
+
+use crate::protocol::{sqlstate, PgError};
+
+fn refuse(code: &'static str, message: impl Into<String>) -> PgError {
+    PgError::error(code, message.into())
+}
+
+/// `host:port`.
+fn parse_addr(addr: &str) -> Result<(String, u16), PgError> {
+    let bad = || {
+        refuse(
+            "22023",
+            format!("\"{addr}\" is not host:port (for example '10.0.0.5:5432')"),
+        )
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port,
+    ))
+}
+
+/// Check that a map change can be made: catalog source, and the catalog's
+/// newest version is the one in force (so the change is made to it).
+fn catalog_only(config: &Config, command: &str) -> Result<(), PgError> {
+    if config.topology.source != TopologySource::Catalog {
+        return Err(refuse(
+            "55000",
+            format!("{command} changes the shard map, which comes from the config file here"),
+        )
+        .with_hint("set [topology] source = \"catalog\" so the map is versioned in the catalog and every proxy follows it"));
+    }
+    Ok(())
+}
+
+/// Validate `map` as the next version, publish it and put it in force.
+async fn publish_next(
+    proxy: &Arc<Proxy>,
+    map: serde_json::Value,
+    note: &str,
+) -> Result<u64, PgError> {
+    let config = proxy.config();
+    let next = config.topology_version + 1;
+    Config::load_with_map(&config.file, Some((next, &map))).map_err(|e| {
+        refuse(
+            "22023",
+            format!("the new shard map would not be valid: {e}"),
+        )
+    })?;
+    let primary = proxy.health.primary_index(&config, 0);
+    let mut conn = open(&config, primary)
+        .await
+        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
+    let newest = latest(&mut conn, &config.topology.name)
+        .await
+        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?
+        .map_or(0, |(v, _)| v);
+    if newest != config.topology_version {
+        return Err(refuse(
+            "40001",
+            format!(
+                "the shard map changed meanwhile (version {newest} in the catalog, {} here); nothing was changed",
+                config.topology_version
+            ),
+        )
+        .with_hint("run the command again once SHOW TOPOLOGY shows the newest version"));
+    }
+    publish(&mut conn, &config.topology.name, next, &map, note)
+        .await
+        .map_err(|e| {
+            refuse(
+                "40001",
+                format!("publishing version {next} failed (another proxy may have published it first): {e}"),
+            )
+        })?;
+    proxy
+        .apply_topology(next, &map)
+        .map_err(|e| refuse(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+    tracing::info!(version = next, note, "published a new topology version");
+    Ok(next)
+}
+
+/// `ADD SHARD name PRIMARY 'host:port' [REPLICAS 'host:port', ...]`: the
+/// shard joins the map (no ring or range sends it rows until a rebalance
+/// moves them: every hash table's ring is pinned to its current shards).
+/// The new primary must be reachable with the proxy's login and not in
+/// recovery.
+pub async fn add_shard(
+    proxy: &Arc<Proxy>,
+    name: &str,
+    primary: &str,
+    replicas: &[String],
+) -> Result<u64, PgError> {
+    let config = proxy.config();
+    catalog_only(&config, "ADD SHARD")?;
+    if config.shards.iter().any(|s| s.name == name) {
+        return Err(refuse("42710", format!("shard \"{name}\" already exists")));
+    }
+    let (host, port) = parse_addr(primary)?;
+    let mut servers = vec![serde_json::json!({ "host": host, "port": port, "role": "primary" })];
+    for r in replicas {
+        let (h, p) = parse_addr(r)?;
+        servers.push(serde_json::json!({ "host": h, "port": p, "role": "replica" }));
+    }
+    // The new primary must answer as a primary, with the proxy's login.
+    let mut probe = catalog_target(&config, 0).map_err(|e| refuse("55000", e))?;
+    probe.shard = name.to_string();
+    probe.host = host.clone();
+    probe.port = port;
+    let mut conn = ServerConn::connect(Arc::new(probe), QUERY_TIMEOUT)
+        .await
+        .map_err(|e| {
+            refuse(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "cannot reach the new shard's primary {host}:{port}: {e}; nothing was changed"
+                ),
+            )
+        })?;
+    let rows = run(&mut conn, "SELECT pg_is_in_recovery()")
+        .await
+        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
+    if rows.first().and_then(|r| r[0].as_deref()) != Some("f") {
+        return Err(refuse(
+            "55000",
+            format!("{host}:{port} is in recovery (a replica), not a primary; nothing was changed"),
+        ));
+    }
+    let mut map = (*config.topology_map).clone();
+    let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
+    if let Some(tables) = map.get_mut("tables").and_then(|t| t.as_array_mut()) {
+        for t in tables {
+            if t.get("strategy").and_then(|s| s.as_str()) == Some("hash")
+                && t.get("shards").is_none()
+            {
+                t["shards"] = serde_json::json!(names);
+            }
+        }
+    }
+    let shards = map
+        .as_object_mut()
+        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "the shard map is not an object"))?
+        .entry("shards")
+        .or_insert_with(|| serde_json::json!([]));
+    shards
+        .as_array_mut()
+        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "the map's shards are not a list"))?
+        .push(serde_json::json!({ "name": name, "servers": servers }));
+    publish_next(proxy, map, &format!("ADD SHARD {name}")).await
+}
+
+/// `REMOVE SHARD name`: only a shard no table rule uses (and not the
+/// default shard) leaves the map; moving its rows away is a rebalance.
+pub async fn remove_shard(proxy: &Arc<Proxy>, name: &str) -> Result<u64, PgError> {
+    let config = proxy.config();
+    catalog_only(&config, "REMOVE SHARD")?;
+    let Some(index) = config.shards.iter().position(|s| s.name == name) else {
+        return Err(refuse("42704", format!("shard \"{name}\" does not exist")));
+    };
+    if index == config.default_shard {
+        return Err(refuse(
+            "55006",
+            format!("shard \"{name}\" is the default shard (unsharded tables live there)"),
+        ));
+    }
+    let using: Vec<&str> = config
+        .router
+        .tables()
+        .filter(|t| !t.is_reference() && t.shards(config.shards.len()).contains(&index))
+        .map(|t| t.name.as_str())
+        .collect();
+    if !using.is_empty() {
+        return Err(refuse(
+            "55006",
+            format!(
+                "shard \"{name}\" still holds rows of {}; nothing was changed",
+                using.join(", ")
+            ),
+        )
+        .with_hint("move them to other shards first (REBALANCE), then remove the shard"));
+    }
+    let mut map = (*config.topology_map).clone();
+    if let Some(shards) = map.get_mut("shards").and_then(|s| s.as_array_mut()) {
+        shards.retain(|s| s.get("name").and_then(|n| n.as_str()) != Some(name));
+    }
+    publish_next(proxy, map, &format!("REMOVE SHARD {name}")).await
+}

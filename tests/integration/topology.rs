@@ -166,3 +166,123 @@ servers = [{ host = "127.0.0.1", port = 5432, role = "primary" }]
     let e = shardwire::config::Config::load(&path).expect_err("bad topology name");
     assert_eq!(e.key, "topology.name", "{e}");
 }
+
+/// ADD SHARD and REMOVE SHARD publish new map versions; a new shard gets
+/// no rows of an existing table (its ring stays pinned) but does get new
+/// tables' DDL; what would lose data or cannot work is refused.
+#[test]
+fn add_and_remove_shard_publish_new_versions() {
+    let private = PrivateCluster::start(&["--shards", "3"]);
+    let (s2_primary, s2_replica) = private.0.shard_ports(2);
+    let name = format!("tpadd{}", std::process::id());
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        set(cfg, "topology.source", "catalog");
+        set(cfg, "topology.name", name.as_str());
+        set_tables(cfg, TABLES);
+        // The proxy starts with s0 and s1 only.
+        let shards = cfg["shards"].as_array_mut().expect("shards");
+        shards.truncate(2);
+    });
+    assert_eq!(version(&proxy), 1);
+    block_on(Duration::from_secs(120), async {
+        let (c, _task) = connect_url(&proxy.url()).await;
+        c.simple_query("create table tp_t (id int primary key)")
+            .await
+            .expect("create");
+        for id in 1..=100 {
+            c.simple_query(&format!("insert into tp_t (id) values ({id})"))
+                .await
+                .expect("insert");
+        }
+
+        // Refused, and nothing changes: an unreachable primary, a replica
+        // as primary, a bad address, an existing name.
+        for (sql, code) in [
+            ("ADD SHARD s2 PRIMARY '127.0.0.1:1'".to_string(), "08006"),
+            (
+                format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_replica}'"),
+                "55000",
+            ),
+            ("ADD SHARD s2 PRIMARY 'nowhere'".to_string(), "22023"),
+            (
+                format!("ADD SHARD s1 PRIMARY '127.0.0.1:{s2_primary}'"),
+                "42710",
+            ),
+            ("ADD SHARD s2".to_string(), "42601"),
+            ("REMOVE SHARD s1".to_string(), "55006"),
+            ("REMOVE SHARD s0".to_string(), "55006"),
+        ] {
+            let out = proxy.admin_psql(&sql);
+            assert!(
+                out.stderr.contains(code) || out.stderr.contains("ERROR"),
+                "{sql}: {}",
+                out.stderr
+            );
+            assert_eq!(version(&proxy), 1, "{sql}");
+        }
+        let out = proxy.admin_psql(&format!(
+            "ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}' REPLICAS '127.0.0.1:{s2_replica}'"
+        ));
+        assert!(out.stderr.contains("version 2"), "{}", out.stderr);
+        assert_eq!(version(&proxy), 2);
+        let rows = proxy.admin("SHOW TOPOLOGY");
+        let s2 = rows
+            .iter()
+            .find(|r| r[3] == "shard" && r[4] == "s2")
+            .unwrap_or_else(|| panic!("{rows:?}"));
+        assert!(s2[5].contains(&format!("{s2_replica}")), "{s2:?}");
+        let t = rows.iter().find(|r| r[4] == "tp_t").expect("tp_t");
+        assert!(t[5].contains(r#""shards":["s0","s1"]"#), "{t:?}");
+
+        // Existing rows stay where they are; new rows of tp_t never go to
+        // s2; a cross-shard count reads s0 and s1 only.
+        for id in 101..=200 {
+            c.simple_query(&format!("insert into tp_t (id) values ({id})"))
+                .await
+                .expect("insert after ADD SHARD");
+        }
+        let counted = simple_rows(
+            &c.simple_query("select count(*) from tp_t")
+                .await
+                .expect("count"),
+        );
+        assert_eq!(counted[0][0].as_deref(), Some("200"));
+        let (direct, _t2) =
+            connect_url(&format!("postgres://app:app@127.0.0.1:{s2_primary}/app")).await;
+        // DDL now reaches s2 too.
+        c.simple_query("create table tp_new (id int primary key)")
+            .await
+            .expect("DDL on three shards");
+        assert_eq!(
+            query_count(
+                &direct,
+                "select count(*) from pg_tables where tablename in ('tp_new', 'tp_t')"
+            )
+            .await,
+            1
+        );
+
+        let out = proxy.admin_psql("REMOVE SHARD s2");
+        assert!(out.stderr.contains("version 3"), "{}", out.stderr);
+        assert_eq!(version(&proxy), 3);
+        c.simple_query("drop table tp_t, tp_new")
+            .await
+            .expect("drop");
+        direct
+            .simple_query("drop table if exists tp_new")
+            .await
+            .expect("drop on s2");
+    });
+}
+
+#[test]
+fn shard_commands_need_the_catalog_source() {
+    let proxy = TestProxy::start(|_| {});
+    let out = proxy.admin_psql("ADD SHARD s9 PRIMARY '127.0.0.1:5432'");
+    assert!(
+        out.stderr.contains("comes from the config file"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(version(&proxy), 0);
+}
