@@ -13,6 +13,7 @@ mod bad_input;
 mod cancel;
 mod check;
 mod concurrency;
+mod differential;
 mod failover;
 mod limits;
 mod metrics;
