@@ -5,6 +5,12 @@
 //! tables it touches and where their key values come from (literals, `$n`
 //! parameters, INSERT rows, COPY columns). Statements sqlparser cannot parse
 //! fall back to a keyword classifier.
+//!
+//! For a SELECT that may run on several shards, also how the shards'
+//! answers merge (`Merge`): concatenated, one row of aggregates, merged in
+//! ORDER BY order, or grouped (GROUP BY with mergeable aggregates; SELECT
+//! DISTINCT as groups without aggregates), with the statement the shards
+//! run instead; or why they cannot be merged (refused with 0A000).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -136,7 +142,8 @@ pub enum Merge {
     /// GROUP BY select-list columns with count/sum/min/max/avg: each shard
     /// returns its groups' partials (no ORDER BY/LIMIT); the proxy combines
     /// rows of equal keys, orders the groups by key (or by the ORDER BY
-    /// keys), then applies OFFSET and LIMIT.
+    /// keys), then applies OFFSET and LIMIT. Also SELECT DISTINCT: every
+    /// item a key, no aggregate.
     Grouped {
         /// Per select item: its aggregate, or `None` for a group key.
         items: Vec<Option<Agg>>,
@@ -531,59 +538,41 @@ const AGGREGATES: &[&str] = &[
 ];
 
 /// How a SELECT whose only sharded table is `table` merges across shards:
-/// a single SELECT (no set operation, CTE, DISTINCT, GROUP BY, HAVING,
-/// window, locking or INTO) reading `table` once, in its top-level FROM;
-/// then either every item is count/sum/min/max (one merged row) or no
-/// aggregate is called (rows concatenated, or merged in order with
-/// ORDER BY / LIMIT / OFFSET). `Err(Some(_))` says precisely why a query of
-/// an otherwise mergeable shape is refused; `Err(None)` is the general
-/// "not supported across shards".
+/// a single SELECT (no set operation, CTE, HAVING, window, locking or
+/// INTO) reading `table` once, in its top-level FROM; then either every
+/// item is a mergeable aggregate (one merged row), or GROUP BY select-list
+/// columns with mergeable aggregates (`Grouped`), or SELECT DISTINCT of plain rows (`Grouped`
+/// with every item a key), or no aggregate is called (rows concatenated,
+/// or merged in order with ORDER BY / LIMIT / OFFSET). `Err(Some(_))` says
+/// precisely why a query of an otherwise mergeable shape is refused;
+/// `Err(None)` is the general "not supported across shards".
 fn merge_kind(
     q: &Query,
     table: &Arc<TableRule>,
     tables: &Tables,
 ) -> Result<Merge, Option<Refusal>> {
+    let refusal = |m: String| {
+        Some(Refusal {
+            code: NOT_SUPPORTED,
+            message: format!(
+                "cannot merge this query across the shards of table \"{}\": {m}",
+                table.name
+            ),
+            hint: Some(HINT_ADD_KEY.into()),
+        })
+    };
     if let SetExpr::Select(s) = q.body.as_ref() {
         if s.having.is_some() {
-            return Err(Some(Refusal {
-                code: NOT_SUPPORTED,
-                message: format!(
-                    "cannot merge this query across the shards of table \"{}\": HAVING is not supported across shards",
-                    table.name
-                ),
-                hint: Some(HINT_ADD_KEY.into()),
-            }));
+            return Err(refusal("HAVING is not supported across shards".into()));
+        }
+        if s.distinct.is_some() {
+            return distinct_merge(q, s, table, tables).map_err(|m| m.and_then(refusal));
         }
     }
     let base = merge_base(q, table, tables).ok_or(None)?;
     if let Merge::Grouped { items, .. } = base {
-        let SetExpr::Select(s) = q.body.as_ref() else {
-            return Err(None);
-        };
-        let (keys, limit, offset) =
-            if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
-                (vec![], None, 0)
-            } else {
-                match sorted_merge(q, &s.projection).map_err(|m| Some(sort_refusal(table, m)))? {
-                    Merge::Sorted {
-                        keys,
-                        limit,
-                        offset,
-                        ..
-                    } => (keys, limit, offset),
-                    _ => return Err(None),
-                }
-            };
-        let collated = match &q.order_by {
-            Some(ob) => match &ob.kind {
-                sqlparser::ast::OrderByKind::Expressions(e) => e
-                    .iter()
-                    .map(|i| matches!(i.expr, Expr::Collate { .. }))
-                    .collect(),
-                _ => vec![],
-            },
-            None => vec![],
-        };
+        let (keys, collated, limit, offset) =
+            grouped_order(q).map_err(|m| Some(sort_refusal(table, m)))?;
         return Ok(Merge::Grouped {
             items,
             keys,
@@ -614,6 +603,99 @@ fn merge_kind(
         return Err(None);
     };
     sorted_merge(q, &s.projection).map_err(|m| Some(sort_refusal(table, m)))
+}
+
+/// The ORDER BY keys (with whether each is written with COLLATE), LIMIT
+/// and OFFSET of a query whose groups (or DISTINCT rows) the proxy orders.
+type GroupOrder = (Vec<SortKey>, Vec<bool>, Option<u64>, u64);
+
+fn grouped_order(q: &Query) -> Result<GroupOrder, String> {
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return Err("not a single SELECT".into());
+    };
+    let (keys, limit, offset) =
+        if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
+            (vec![], None, 0)
+        } else {
+            match sorted_merge(q, &s.projection)? {
+                Merge::Sorted {
+                    keys,
+                    limit,
+                    offset,
+                    ..
+                } => (keys, limit, offset),
+                _ => return Err("not a sorted merge".into()),
+            }
+        };
+    // Written with COLLATE (sort_column accepts only "C"), in ORDER BY or
+    // in the select item it names.
+    let collated = match &q.order_by {
+        Some(ob) => match &ob.kind {
+            sqlparser::ast::OrderByKind::Expressions(e) => e
+                .iter()
+                .zip(&keys)
+                .map(|(i, k)| {
+                    matches!(i.expr, Expr::Collate { .. })
+                        || matches!(k.column, SortColumn::Position(p)
+                            if matches!(s.projection.get(p).and_then(item_expr), Some(Expr::Collate { .. })))
+                })
+                .collect(),
+            _ => vec![],
+        },
+        None => vec![],
+    };
+    Ok((keys, collated, limit, offset))
+}
+
+/// SELECT DISTINCT of plain rows: each shard runs the query without
+/// LIMIT/OFFSET (its rows already distinct there), the proxy merges
+/// equal rows across shards like groups without aggregates, then orders
+/// and limits. `Err(Some(m))`: refused because of `m`.
+fn distinct_merge(
+    q: &Query,
+    s: &sqlparser::ast::Select,
+    table: &Arc<TableRule>,
+    tables: &Tables,
+) -> Result<Merge, Option<String>> {
+    if !matches!(s.distinct, Some(sqlparser::ast::Distinct::Distinct)) {
+        return Err(Some("DISTINCT ON is not supported".into()));
+    }
+    let grouped = !matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    if grouped || s.having.is_some() {
+        return Err(Some(
+            "DISTINCT together with GROUP BY or HAVING is not supported".into(),
+        ));
+    }
+    if s.projection.iter().any(|i| item_expr(i).is_none()) {
+        return Err(Some(
+            "SELECT DISTINCT * is not supported; list the columns".into(),
+        ));
+    }
+    let mut plain = q.clone();
+    plain.order_by = None;
+    plain.limit_clause = None;
+    plain.fetch = None;
+    if let SetExpr::Select(ps) = plain.body.as_mut() {
+        ps.distinct = None;
+    }
+    if merge_base(&plain, table, tables) != Some(Merge::Concat) {
+        return Err(Some(
+            "DISTINCT is merged across shards for columns and scalar expressions only (no aggregates)".into(),
+        ));
+    }
+    let (keys, collated, limit, offset) = grouped_order(q).map_err(Some)?;
+    // The shards keep ORDER BY (so that what PostgreSQL refuses in it, the
+    // shards refuse as PostgreSQL would); LIMIT/OFFSET apply after the merge.
+    let mut sq = q.clone();
+    sq.limit_clause = None;
+    Ok(Merge::Grouped {
+        items: vec![None; s.projection.len()],
+        keys,
+        collated,
+        limit,
+        offset,
+        shard_sql: Some(shard_partials(&sq, false).map_err(Some)?),
+    })
 }
 
 fn sort_refusal(table: &TableRule, message: String) -> Refusal {

@@ -1065,6 +1065,8 @@ mod tests {
         for sql in [
             "select aid from accounts order by abalance",
             "select abalance, count(*) from accounts group by abalance having count(*) > 1",
+            "select abalance, count(*) from accounts group by abalance having abalance = 'x'",
+            "select abalance, count(*) from accounts group by abalance having stddev(aid) > 1",
             "select abalance + 1, count(*) from accounts group by abalance + 1",
             "select abalance, count(*) from accounts group by abalance, aid",
             "select abalance, aid, count(*) from accounts group by abalance",
@@ -1075,7 +1077,11 @@ mod tests {
             "select count(*), aid from accounts",
             "select count(distinct abalance) from accounts",
             "select sum(abalance) filter (where aid > 1) from accounts",
-            "select distinct abalance from accounts",
+            "select distinct on (abalance) abalance from accounts",
+            "select distinct * from accounts",
+            "select distinct count(*) from accounts",
+            "select distinct abalance, count(*) from accounts group by abalance",
+            "select count(distinct h.aid) from accounts a join history h on h.aid = a.aid",
             "select * from accounts limit $1",
             "select * from accounts offset 1 + 1",
             "select * from accounts fetch first 1 rows only",
@@ -1095,6 +1101,30 @@ mod tests {
             let e = route(sql).unwrap_err();
             assert_eq!(e.code, "0A000", "{sql}");
         }
+    }
+
+    #[test]
+    fn distinct_merges_as_groups() {
+        // DISTINCT: every item a key; the shards keep ORDER BY, not LIMIT.
+        let r =
+            route("select distinct abalance, aid from accounts order by 1 desc limit 3").unwrap();
+        assert_eq!(
+            r.merge,
+            Some(Merge::Grouped {
+                items: vec![None, None],
+                keys: vec![SortKey {
+                    column: SortColumn::Position(0),
+                    descending: true,
+                    nulls_first: true
+                }],
+                collated: vec![false],
+                limit: Some(3),
+                offset: 0,
+                shard_sql: Some(
+                    "SELECT DISTINCT abalance, aid FROM accounts ORDER BY 1 DESC".into()
+                ),
+            })
+        );
     }
 
     fn sorted(sql: &str) -> (Vec<SortKey>, Option<u64>, u64, Option<String>) {
@@ -1233,7 +1263,7 @@ mod tests {
 
     #[test]
     fn no_key_is_refused_with_hint() {
-        let e = route("select distinct aid from accounts").unwrap_err();
+        let e = route("select distinct on (aid) aid from accounts").unwrap_err();
         assert_eq!(e.code, "0A000");
         assert!(e.message.contains("\"accounts\""));
         let e = route("select aid from accounts order by abalance").unwrap_err();

@@ -1,7 +1,12 @@
 //! Merging the answers of several shards to one cross-shard SELECT (simple
 //! query protocol): plain rows are concatenated in shard order; a row of
 //! count/sum/min/max aggregates is combined into one row; rows with ORDER
-//! BY / LIMIT / OFFSET are merged in order by `execute::merge`.
+//! BY / LIMIT / OFFSET are merged in order by `execute::merge`; GROUP BY
+//! groups (and SELECT DISTINCT rows, groups without aggregates) of equal
+//! keys are combined into one, compared by type as the ORDER BY merge
+//! compares, then ordered and limited. Of equal DISTINCT values that print
+//! differently (numeric 1.0 and 1.00) the first shard's text, in shard
+//! order, is output.
 //!
 //! Values are in text format (the simple protocol). Sums are added as
 //! exact decimals (int8 and numeric results); min/max compare integers,
@@ -340,7 +345,7 @@ fn check_item_type(agg: Agg, ty: i32) -> Result<(), PgError> {
     })
 }
 
-/// A GROUP BY query: the shards' rows of equal group keys combined into
+/// A GROUP BY (or SELECT DISTINCT) query: the shards' rows of equal group keys combined into
 /// one row per group, in key order (or ORDER BY order), OFFSET and LIMIT.
 fn grouped(
     items: &[Option<Agg>],
@@ -386,7 +391,7 @@ fn grouped(
                             Some(agg) => check_item_type(*agg, *ty)?,
                             None => {
                                 SortType::of(*ty).ok_or_else(|| {
-                                    bad(format!("GROUP BY column \"{name}\" of type OID {ty} is not supported across shards"))
+                                    bad(format!("GROUP BY or DISTINCT column \"{name}\" of type OID {ty} is not supported across shards"))
                                     .with_hint("integer, numeric, float, text, varchar, char, name, date, timestamp, timestamptz, uuid and boolean columns can be grouped across shards; or add a condition on the shard key")
                                 })?;
                             }

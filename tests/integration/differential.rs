@@ -183,6 +183,24 @@ const fn u(sql: &'static str) -> Q {
     }
 }
 
+/// Unordered, numeric text normalized.
+const fn un(sql: &'static str) -> Q {
+    Q {
+        sql,
+        ordered: false,
+        numeric_text: true,
+    }
+}
+
+/// Ordered, numeric text normalized.
+const fn on(sql: &'static str) -> Q {
+    Q {
+        sql,
+        ordered: true,
+        numeric_text: true,
+    }
+}
+
 const CORPUS: &[Q] = &[
     // Filters.
     u("select id, b, n from dt_main where id = 7"),
@@ -266,6 +284,24 @@ const CORPUS: &[Q] = &[
     o("select id from dt_few order by id offset 3"),
     u("select f.id, r.label from dt_few f join dt_ref r on r.code = f.val"),
     o("select * from dt_ref order by code"),
+    // SELECT DISTINCT: rows equal across shards merged; equal numerics
+    // written differently (1.0, 1.00) are one row, its text either.
+    u("select distinct grp from dt_main"),
+    o("select distinct grp from dt_main order by grp"),
+    o("select distinct grp, ok from dt_main order by grp, ok"),
+    on("select distinct n from dt_main order by n nulls first"),
+    un("select distinct n from dt_main where id in (3, 8, 13, 18, 23, 28)"),
+    o("select distinct f from dt_main order by f"),
+    o("select distinct d from dt_main order by d desc limit 5"),
+    o("select distinct ts from dt_main order by ts limit 3 offset 2"),
+    o("select distinct ok from dt_main order by ok nulls first"),
+    o("select distinct u from dt_main order by u limit 4"),
+    o("select distinct b from dt_main order by b desc nulls last offset 100"),
+    u("select distinct lower(t), grp from dt_main where grp = 1"),
+    u("select distinct m.grp, r.label from dt_main m join dt_ref r on r.code = m.code"),
+    u("select distinct val from dt_few"),
+    u("select distinct name from dt_empty"),
+    o("select distinct v collate \"C\" as v from dt_main order by v limit 6"),
 ];
 
 /// Queries that must be refused with 0A000.
@@ -281,6 +317,30 @@ const REFUSED: &[&str] = &[
     "select id, t from dt_main order by t collate \"default\"",
     "select id, t from dt_main order by length(t)",
     "select grp, count(*) from dt_main group by grp order by grp limit $$1$$",
+    "select distinct on (grp) grp, id from dt_main",
+    "select distinct * from dt_main",
+    "select distinct count(*) from dt_main",
+    "select distinct ts - ts from dt_main",
+    "select distinct t from dt_main order by t",
+    "select count(distinct grp) from dt_main",
+    "select grp, count(distinct code) from dt_main group by grp",
+    "select count(distinct r.code) from dt_main m join dt_ref r on r.code = m.code",
+    "select grp, count(*) from dt_main group by grp having string_agg(t, ',') <> ''",
+    "select grp from dt_main group by grp having count(*) > (select 1)",
+    "select count(*) from dt_main having count(*) > 1",
+    "select cat, count(*) from dt_main group by cat having cat = 'x'",
+    "select grp, count(*) from dt_main group by grp having sum(f) > 0",
+    "select grp, count(*) from dt_main group by grp having count(distinct code) > 1",
+];
+
+/// Queries PostgreSQL rejects: the proxy must fail too, with the same
+/// SQLSTATE (the shards' own error) or refusing with 0A000.
+const SAME_ERROR: &[&str] = &[
+    "select distinct cat from dt_main order by cat collate \"C\" nulls first",
+    "select distinct t from dt_main order by t collate \"C\" desc limit 2",
+    "select distinct grp from dt_main order by id",
+    "select grp, count(*) from dt_main group by grp having count(*) > 'x'",
+    "select nosuchcolumn from dt_main",
 ];
 
 fn names(msgs: &[SimpleQueryMessage]) -> Vec<String> {
@@ -399,6 +459,20 @@ fn corpus_matches_one_database() {
                 )),
             }
         }
+        for sql in SAME_ERROR {
+            let code = |r: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>| {
+                r.map(|m| simple_rows(&m))
+                    .map_err(|e| e.code().map(|c| c.code().to_string()))
+            };
+            let through = code(c.simple_query(sql).await);
+            let want = code(one.simple_query(sql).await);
+            let refused = through == Err(Some("0A000".to_string()));
+            if want.is_ok() || (through != want && !refused) {
+                failures.push(format!(
+                    "query: {sql}\n  must fail as on one database (or with 0A000)\n  proxy:  {through:?}\n  direct: {want:?}"
+                ));
+            }
+        }
         eprintln!(
             "differential corpus: {} queries, {} refusals in {:.1}s",
             CORPUS.len(),
@@ -409,7 +483,7 @@ fn corpus_matches_one_database() {
             failures.is_empty(),
             "{} of {} corpus queries differ:\n\n{}",
             failures.len(),
-            CORPUS.len() + REFUSED.len(),
+            CORPUS.len() + REFUSED.len() + SAME_ERROR.len(),
             failures.join("\n\n")
         );
     });

@@ -200,7 +200,7 @@ fn single_shard_statements_are_routed_by_key() {
                 .expect("cross-shard count"),
         );
         assert_eq!(total, per_shard[0] + per_shard[1]);
-        let (code, msg) = simple_err(&c, "select distinct aid from rt_accounts").await;
+        let (code, msg) = simple_err(&c, "select distinct on (aid) aid from rt_accounts").await;
         assert_eq!(code, "0A000");
         assert!(msg.contains("rt_accounts"), "{msg}");
         let extended: i64 = c
