@@ -9,7 +9,8 @@
 //! For a SELECT that may run on several shards, also how the shards'
 //! answers merge (`Merge`): concatenated, one row of aggregates, merged in
 //! ORDER BY order, or grouped (GROUP BY with mergeable aggregates; SELECT
-//! DISTINCT as groups without aggregates), with the statement the shards
+//! DISTINCT as groups without aggregates; `count(DISTINCT shard key)`
+//! as a count that adds up), with the statement the shards
 //! run instead; or why they cannot be merged (refused with 0A000).
 
 use std::collections::HashMap;
@@ -561,9 +562,26 @@ fn merge_kind(
             hint: Some(HINT_ADD_KEY.into()),
         })
     };
+    let key = KeyRef::of(q, table);
     if let SetExpr::Select(s) = q.body.as_ref() {
         if s.having.is_some() {
             return Err(refusal("HAVING is not supported across shards".into()));
+        }
+        if let Some(e) = s.projection.iter().filter_map(item_expr).find_map(|e| {
+            let mut found = None;
+            let _ = visit_expressions(e, |x: &Expr| {
+                if count_distinct_arg(x).is_some_and(|a| !key.is_key(a)) {
+                    found = Some(x.clone());
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            found
+        }) {
+            return Err(refusal(format!(
+                "{e}: count(DISTINCT ...) is merged across shards only for the shard key \"{}\" (another column's value may be on several shards, and counted once per shard)",
+                table.key
+            )));
         }
         if s.distinct.is_some() {
             return distinct_merge(q, s, table, tables).map_err(|m| m.and_then(refusal));
@@ -696,6 +714,87 @@ fn distinct_merge(
         offset,
         shard_sql: Some(shard_partials(&sq, false).map_err(Some)?),
     })
+}
+
+/// The shard key of the one sharded table of a SELECT, and the names by
+/// which the query may qualify it (the table's name, its alias).
+struct KeyRef {
+    key: String,
+    qualifiers: Vec<String>,
+}
+
+impl KeyRef {
+    fn of(q: &Query, table: &TableRule) -> KeyRef {
+        let mut qualifiers = vec![table.name.clone()];
+        if let SetExpr::Select(s) = q.body.as_ref() {
+            for twj in &s.from {
+                for f in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation))
+                {
+                    if let TableFactor::Table {
+                        name,
+                        alias: Some(a),
+                        ..
+                    } = f
+                    {
+                        if lookup_name_matches(name, table) {
+                            qualifiers.push(normalize_ident(&a.name.value, a.name.quote_style));
+                        }
+                    }
+                }
+            }
+        }
+        KeyRef {
+            key: table.key.clone(),
+            qualifiers,
+        }
+    }
+
+    /// Whether `e` is the shard key column (`key`, `t.key`, `alias.key`).
+    fn is_key(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Nested(inner) => self.is_key(inner),
+            Expr::Identifier(i) => normalize_ident(&i.value, i.quote_style) == self.key,
+            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [.., q, c] => {
+                    normalize_ident(&c.value, c.quote_style) == self.key
+                        && self
+                            .qualifiers
+                            .contains(&normalize_ident(&q.value, q.quote_style))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The argument of `count(DISTINCT e)` (no FILTER/OVER/ORDER BY).
+fn count_distinct_arg(e: &Expr) -> Option<&Expr> {
+    let Expr::Function(f) = e else {
+        return None;
+    };
+    if function_name(&f.name).as_deref() != Some("count")
+        || f.over.is_some()
+        || f.filter.is_some()
+        || !f.within_group.is_empty()
+    {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    if !matches!(
+        list.duplicate_treatment,
+        Some(sqlparser::ast::DuplicateTreatment::Distinct)
+    ) || !list.clauses.is_empty()
+        || list.args.len() != 1
+    {
+        return None;
+    }
+    match &list.args[0] {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) => Some(a),
+        _ => None,
+    }
 }
 
 fn sort_refusal(table: &TableRule, message: String) -> Refusal {
@@ -849,7 +948,7 @@ fn shard_partials(q: &Query, whole: bool) -> Result<String, String> {
             projection.push(item);
             continue;
         };
-        if mergeable_aggregate(e) != Some(Agg::Avg) {
+        if mergeable_aggregate(e, None) != Some(Agg::Avg) {
             projection.push(item);
             continue;
         }
@@ -1066,8 +1165,9 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
         return None;
     }
     let group = group.unwrap_or_default();
+    let key = KeyRef::of(q, table);
     if !group.is_empty() {
-        return grouped_items(&s.projection, group).map(|items| Merge::Grouped {
+        return grouped_items(&s.projection, group, &key).map(|items| Merge::Grouped {
             items,
             keys: vec![],
             collated: vec![],
@@ -1081,7 +1181,7 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
         .iter()
         .map(|item| match item {
             SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                mergeable_aggregate(e)
+                mergeable_aggregate(e, Some(&key))
             }
             _ => None,
         })
@@ -1136,7 +1236,11 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
 /// The select items of a GROUP BY query that merges: each a mergeable
 /// aggregate or a plain column that is a group key (by the same text or by
 /// position); every GROUP BY item names such a select item.
-fn grouped_items(projection: &[SelectItem], group: &[Expr]) -> Option<Vec<Option<Agg>>> {
+fn grouped_items(
+    projection: &[SelectItem],
+    group: &[Expr],
+    key: &KeyRef,
+) -> Option<Vec<Option<Agg>>> {
     let position = |g: &Expr| match g {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => n.parse::<usize>().ok(),
@@ -1148,7 +1252,7 @@ fn grouped_items(projection: &[SelectItem], group: &[Expr]) -> Option<Vec<Option
     let mut keyed = vec![false; group.len()];
     for (i, item) in projection.iter().enumerate() {
         let e = item_expr(item)?;
-        if let Some(a) = mergeable_aggregate(e) {
+        if let Some(a) = mergeable_aggregate(e, Some(key)) {
             items.push(Some(a));
             continue;
         }
@@ -1252,8 +1356,13 @@ fn function_name(name: &ObjectName) -> Option<String> {
 }
 
 /// `count(*)`, `count(e)`, `sum(e)`, `min(e)`, `max(e)`, `avg(e)` without DISTINCT,
-/// FILTER, ORDER BY or OVER.
-fn mergeable_aggregate(e: &Expr) -> Option<Agg> {
+/// FILTER, ORDER BY or OVER; and `count(DISTINCT key)` of the shard key
+/// (given `key`): a key value is on one shard only, so the shards'
+/// distinct counts add up.
+fn mergeable_aggregate(e: &Expr, key: Option<&KeyRef>) -> Option<Agg> {
+    if count_distinct_arg(e).is_some_and(|a| key.is_some_and(|k| k.is_key(a))) {
+        return Some(Agg::Count);
+    }
     let Expr::Function(f) = e else {
         return None;
     };

@@ -1104,7 +1104,7 @@ mod tests {
     }
 
     #[test]
-    fn distinct_merges_as_groups() {
+    fn distinct_and_count_distinct_key_merge() {
         // DISTINCT: every item a key; the shards keep ORDER BY, not LIMIT.
         let r =
             route("select distinct abalance, aid from accounts order by 1 desc limit 3").unwrap();
@@ -1124,6 +1124,22 @@ mod tests {
                     "SELECT DISTINCT abalance, aid FROM accounts ORDER BY 1 DESC".into()
                 ),
             })
+        );
+        // count(DISTINCT key) adds up across shards; of another column it
+        // is refused, saying why.
+        let r = route("select count(distinct a.aid), count(*) from accounts a").unwrap();
+        assert_eq!(
+            r.merge,
+            Some(Merge::Aggregate {
+                aggs: vec![Agg::Count, Agg::Count],
+                shard_sql: None
+            })
+        );
+        let e = route("select count(distinct abalance) from accounts").unwrap_err();
+        assert!(
+            e.message.contains("only for the shard key"),
+            "{}",
+            e.message
         );
     }
 

@@ -302,6 +302,12 @@ const CORPUS: &[Q] = &[
     u("select distinct val from dt_few"),
     u("select distinct name from dt_empty"),
     o("select distinct v collate \"C\" as v from dt_main order by v limit 6"),
+    // count(DISTINCT shard key): per-shard counts add up.
+    u("select count(distinct id) from dt_main"),
+    u("select count(distinct id), count(*), sum(n) from dt_main where grp > 0"),
+    o("select grp, count(distinct id) from dt_main group by grp order by grp"),
+    o("select c.note, count(distinct c.mid) from dt_child c group by c.note order by c.note collate \"C\" nulls first"),
+    u("select count(distinct m.id) from dt_main m join dt_ref r on r.code = m.code"),
 ];
 
 /// Queries that must be refused with 0A000.
