@@ -8,10 +8,11 @@
 //!
 //! For a SELECT that may run on several shards, also how the shards'
 //! answers merge (`Merge`): concatenated, one row of aggregates, merged in
-//! ORDER BY order, or grouped (GROUP BY with mergeable aggregates; SELECT
-//! DISTINCT as groups without aggregates; `count(DISTINCT shard key)`
-//! as a count that adds up), with the statement the shards
-//! run instead; or why they cannot be merged (refused with 0A000).
+//! ORDER BY order, or grouped (GROUP BY with mergeable aggregates and a
+//! HAVING the proxy evaluates after merging; SELECT DISTINCT as groups
+//! without aggregates; `count(DISTINCT shard key)` as a count that adds
+//! up), with the statement the shards run instead; or why they cannot be
+//! merged (refused with 0A000).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -141,10 +142,10 @@ pub enum Merge {
         shard_sql: Option<String>,
     },
     /// GROUP BY select-list columns with count/sum/min/max/avg: each shard
-    /// returns its groups' partials (no ORDER BY/LIMIT); the proxy combines
-    /// rows of equal keys, orders the groups by key (or by the ORDER BY
-    /// keys), then applies OFFSET and LIMIT. Also SELECT DISTINCT: every
-    /// item a key, no aggregate.
+    /// returns its groups' partials (no HAVING, ORDER BY, LIMIT); the proxy
+    /// combines rows of equal keys, keeps the groups HAVING holds for,
+    /// orders them by key (or by the ORDER BY keys), then applies OFFSET
+    /// and LIMIT. Also SELECT DISTINCT: every item a key, no aggregate.
     Grouped {
         /// Per select item: its aggregate, or `None` for a group key.
         items: Vec<Option<Agg>>,
@@ -155,7 +156,53 @@ pub enum Merge {
         limit: Option<u64>,
         offset: u64,
         shard_sql: Option<String>,
+        /// A HAVING evaluated by the proxy on the merged groups.
+        having: Option<Having>,
+        /// Trailing items of `items` the shards return only for HAVING (its
+        /// aggregates not in the select list): never sent to the client.
+        hidden: usize,
     },
+}
+
+/// A HAVING predicate over merged groups (SQL's three-valued logic: a
+/// group is kept when it is true).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Having {
+    And(Box<Having>, Box<Having>),
+    Or(Box<Having>, Box<Having>),
+    Not(Box<Having>),
+    Compare {
+        left: Operand,
+        op: CmpOp,
+        right: Operand,
+    },
+    /// `IS NULL` (`negated`: `IS NOT NULL`).
+    IsNull {
+        operand: Operand,
+        negated: bool,
+    },
+}
+
+/// A value in a HAVING comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operand {
+    /// The merged value of this item of `Merge::Grouped::items`.
+    Item(usize),
+    /// A numeric literal, as written (with its sign).
+    Number(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CmpOp {
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
 }
 
 impl Merge {
@@ -539,10 +586,11 @@ const AGGREGATES: &[&str] = &[
 ];
 
 /// How a SELECT whose only sharded table is `table` merges across shards:
-/// a single SELECT (no set operation, CTE, HAVING, window, locking or
-/// INTO) reading `table` once, in its top-level FROM; then either every
-/// item is a mergeable aggregate (one merged row), or GROUP BY select-list
-/// columns with mergeable aggregates (`Grouped`), or SELECT DISTINCT of plain rows (`Grouped`
+/// a single SELECT (no set operation, CTE, window, locking or INTO)
+/// reading `table` once, in its top-level FROM; then either every item is
+/// a mergeable aggregate (one merged row), or GROUP BY select-list columns
+/// with mergeable aggregates and an optional HAVING the proxy evaluates
+/// after merging (`Grouped`), or SELECT DISTINCT of plain rows (`Grouped`
 /// with every item a key), or no aggregate is called (rows concatenated,
 /// or merged in order with ORDER BY / LIMIT / OFFSET). `Err(Some(_))` says
 /// precisely why a query of an otherwise mergeable shape is refused;
@@ -564,9 +612,6 @@ fn merge_kind(
     };
     let key = KeyRef::of(q, table);
     if let SetExpr::Select(s) = q.body.as_ref() {
-        if s.having.is_some() {
-            return Err(refusal("HAVING is not supported across shards".into()));
-        }
         if let Some(e) = s.projection.iter().filter_map(item_expr).find_map(|e| {
             let mut found = None;
             let _ = visit_expressions(e, |x: &Expr| {
@@ -586,6 +631,10 @@ fn merge_kind(
         if s.distinct.is_some() {
             return distinct_merge(q, s, table, tables).map_err(|m| m.and_then(refusal));
         }
+        if let Some(having) = &s.having {
+            return having_merge(q, s, having, table, tables, &key)
+                .map_err(|m| m.and_then(refusal));
+        }
     }
     let base = merge_base(q, table, tables).ok_or(None)?;
     if let Merge::Grouped { items, .. } = base {
@@ -598,6 +647,8 @@ fn merge_kind(
             limit,
             offset,
             shard_sql: Some(shard_partials(q, true).map_err(|m| Some(sort_refusal(table, m)))?),
+            having: None,
+            hidden: 0,
         });
     }
     if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() {
@@ -713,7 +764,149 @@ fn distinct_merge(
         limit,
         offset,
         shard_sql: Some(shard_partials(&sq, false).map_err(Some)?),
+        having: None,
+        hidden: 0,
     })
+}
+
+/// GROUP BY with HAVING: the shards run the query without HAVING (and
+/// without ORDER BY/LIMIT), returning besides the select list the partials
+/// of HAVING's aggregates that are not in it; the proxy merges the groups,
+/// then evaluates HAVING on the merged values.
+fn having_merge(
+    q: &Query,
+    s: &sqlparser::ast::Select,
+    having: &Expr,
+    table: &Arc<TableRule>,
+    tables: &Tables,
+    key: &KeyRef,
+) -> Result<Merge, Option<String>> {
+    let mut plain = q.clone();
+    plain.order_by = None;
+    plain.limit_clause = None;
+    plain.fetch = None;
+    if let SetExpr::Select(ps) = plain.body.as_mut() {
+        ps.having = None;
+    }
+    let Some(Merge::Grouped { mut items, .. }) = merge_base(&plain, table, tables) else {
+        return Err(Some(
+            "HAVING is merged across shards only with GROUP BY of select-list columns and mergeable aggregates".into(),
+        ));
+    };
+    let visible = items.len();
+    let mut extra: Vec<Expr> = Vec::new();
+    let predicate = having_predicate(having, &s.projection, &mut items, &mut extra, key)
+        .map_err(|m| Some(format!("HAVING {having}: {m}")))?;
+    let (keys, collated, limit, offset) = grouped_order(q).map_err(Some)?;
+    let mut sq = q.clone();
+    if let SetExpr::Select(ss) = sq.body.as_mut() {
+        ss.having = None;
+        ss.projection
+            .extend(extra.into_iter().map(SelectItem::UnnamedExpr));
+    }
+    Ok(Merge::Grouped {
+        hidden: items.len() - visible,
+        items,
+        keys,
+        collated,
+        limit,
+        offset,
+        shard_sql: Some(shard_partials(&sq, true).map_err(Some)?),
+        having: Some(predicate),
+    })
+}
+
+const HAVING_SUPPORTED: &str = "across shards HAVING may compare aggregates (count, sum, min, max, avg) and group keys with each other and with numbers (=, <>, <, <=, >, >=, IS [NOT] NULL), combined with AND, OR and NOT";
+
+fn having_predicate(
+    e: &Expr,
+    projection: &[SelectItem],
+    items: &mut Vec<Option<Agg>>,
+    extra: &mut Vec<Expr>,
+    key: &KeyRef,
+) -> Result<Having, String> {
+    let mut sub = |x: &Expr| having_predicate(x, projection, items, extra, key).map(Box::new);
+    Ok(match e {
+        Expr::Nested(inner) => return having_predicate(inner, projection, items, extra, key),
+        Expr::BinaryOp { left, op, right } => {
+            let cmp = match op {
+                BinaryOperator::And => return Ok(Having::And(sub(left)?, sub(right)?)),
+                BinaryOperator::Or => return Ok(Having::Or(sub(left)?, sub(right)?)),
+                BinaryOperator::Eq => CmpOp::Eq,
+                BinaryOperator::NotEq => CmpOp::NotEq,
+                BinaryOperator::Lt => CmpOp::Lt,
+                BinaryOperator::LtEq => CmpOp::LtEq,
+                BinaryOperator::Gt => CmpOp::Gt,
+                BinaryOperator::GtEq => CmpOp::GtEq,
+                _ => return Err(HAVING_SUPPORTED.into()),
+            };
+            Having::Compare {
+                left: having_operand(left, projection, items, extra, key)?,
+                op: cmp,
+                right: having_operand(right, projection, items, extra, key)?,
+            }
+        }
+        Expr::UnaryOp {
+            op: UnaryOperator::Not,
+            expr,
+        } => Having::Not(sub(expr)?),
+        Expr::IsNull(x) | Expr::IsNotNull(x) => Having::IsNull {
+            operand: having_operand(x, projection, items, extra, key)?,
+            negated: matches!(e, Expr::IsNotNull(_)),
+        },
+        _ => return Err(HAVING_SUPPORTED.into()),
+    })
+}
+
+fn having_operand(
+    e: &Expr,
+    projection: &[SelectItem],
+    items: &mut Vec<Option<Agg>>,
+    extra: &mut Vec<Expr>,
+    key: &KeyRef,
+) -> Result<Operand, String> {
+    let e = match e {
+        Expr::Nested(inner) => return having_operand(inner, projection, items, extra, key),
+        e => e,
+    };
+    let number = |x: &Expr| match x {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(n.to_string()),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(n) = number(e) {
+        return Ok(Operand::Number(n));
+    }
+    if let Expr::UnaryOp {
+        op: UnaryOperator::Minus,
+        expr,
+    } = e
+    {
+        if let Some(n) = number(expr) {
+            return Ok(Operand::Number(format!("-{n}")));
+        }
+    }
+    let text = e.to_string();
+    if let Some(i) = projection
+        .iter()
+        .position(|p| item_expr(p).is_some_and(|x| x.to_string() == text))
+    {
+        return Ok(Operand::Item(i));
+    }
+    let Some(agg) = mergeable_aggregate(e, Some(key)) else {
+        return Err(format!(
+            "{e} is neither a mergeable aggregate nor a group key in the select list; {HAVING_SUPPORTED}"
+        ));
+    };
+    let visible = projection.len();
+    if let Some(k) = extra.iter().position(|x| x.to_string() == text) {
+        return Ok(Operand::Item(visible + k));
+    }
+    extra.push(e.clone());
+    items.push(Some(agg));
+    Ok(Operand::Item(items.len() - 1))
 }
 
 /// The shard key of the one sharded table of a SELECT, and the names by
@@ -1174,6 +1367,8 @@ fn merge_base(q: &Query, table: &Arc<TableRule>, tables: &Tables) -> Option<Merg
             limit: None,
             offset: 0,
             shard_sql: None,
+            having: None,
+            hidden: 0,
         });
     }
     let aggs: Vec<Option<Agg>> = s

@@ -18,7 +18,10 @@ use serde::Serialize;
 
 use crate::protocol::PgError;
 use crate::sharding::{GeoMap, HashRing, KeyValue, RangeMap};
-pub use analyze::{Agg, Analysis, KeyExpr, Kind, Merge, Refusal, SortColumn, SortKey, Target};
+pub use analyze::{
+    Agg, Analysis, CmpOp, Having, KeyExpr, Kind, Merge, Operand, Refusal, SortColumn, SortKey,
+    Target,
+};
 pub use hints::Hint;
 
 /// Statements whose analysis is kept. Applications repeat a small set of
@@ -1050,6 +1053,8 @@ mod tests {
                 limit: Some(5),
                 offset: 0,
                 shard_sql: Some("SELECT sum(abalance) AS \"avg\", count(abalance), aid, count(*) FROM accounts GROUP BY aid".into()),
+                having: None,
+                hidden: 0,
             })
         );
         // Known scalar functions may be concatenated; an unknown function in
@@ -1064,7 +1069,7 @@ mod tests {
         assert!(!r.writes);
         for sql in [
             "select aid from accounts order by abalance",
-            "select abalance, count(*) from accounts group by abalance having count(*) > 1",
+            "select abalance, count(*) from accounts group by abalance having count(*) > (select 1)",
             "select abalance, count(*) from accounts group by abalance having abalance = 'x'",
             "select abalance, count(*) from accounts group by abalance having stddev(aid) > 1",
             "select abalance + 1, count(*) from accounts group by abalance + 1",
@@ -1104,7 +1109,7 @@ mod tests {
     }
 
     #[test]
-    fn distinct_and_count_distinct_key_merge() {
+    fn distinct_count_distinct_and_having_merge_as_groups() {
         // DISTINCT: every item a key; the shards keep ORDER BY, not LIMIT.
         let r =
             route("select distinct abalance, aid from accounts order by 1 desc limit 3").unwrap();
@@ -1123,6 +1128,8 @@ mod tests {
                 shard_sql: Some(
                     "SELECT DISTINCT abalance, aid FROM accounts ORDER BY 1 DESC".into()
                 ),
+                having: None,
+                hidden: 0,
             })
         );
         // count(DISTINCT key) adds up across shards; of another column it
@@ -1140,6 +1147,31 @@ mod tests {
             e.message.contains("only for the shard key"),
             "{}",
             e.message
+        );
+        // HAVING: evaluated after the merge; its own aggregates are hidden
+        // items the shards return after the select list.
+        let r = route(
+            "select abalance, count(*) from accounts group by abalance having count(*) > 1 and (avg(aid) <= -2.5 or not abalance is null)",
+        )
+        .unwrap();
+        assert_eq!(
+            r.merge,
+            Some(Merge::Grouped {
+                items: vec![None, Some(Agg::Count), Some(Agg::Avg)],
+                keys: vec![],
+                collated: vec![],
+                limit: None,
+                offset: 0,
+                shard_sql: Some("SELECT abalance, count(*), sum(aid) AS \"avg\", count(aid) FROM accounts GROUP BY abalance".into()),
+                having: Some(Having::And(
+                    Box::new(Having::Compare { left: Operand::Item(1), op: CmpOp::Gt, right: Operand::Number("1".into()) }),
+                    Box::new(Having::Or(
+                        Box::new(Having::Compare { left: Operand::Item(2), op: CmpOp::LtEq, right: Operand::Number("-2.5".into()) }),
+                        Box::new(Having::Not(Box::new(Having::IsNull { operand: Operand::Item(0), negated: false }))),
+                    )),
+                )),
+                hidden: 1,
+            })
         );
     }
 

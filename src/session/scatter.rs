@@ -1,12 +1,13 @@
 //! Merging the answers of several shards to one cross-shard SELECT (simple
 //! query protocol): plain rows are concatenated in shard order; a row of
-//! count/sum/min/max aggregates is combined into one row; rows with ORDER
-//! BY / LIMIT / OFFSET are merged in order by `execute::merge`; GROUP BY
-//! groups (and SELECT DISTINCT rows, groups without aggregates) of equal
-//! keys are combined into one, compared by type as the ORDER BY merge
-//! compares, then ordered and limited. Of equal DISTINCT values that print
-//! differently (numeric 1.0 and 1.00) the first shard's text, in shard
-//! order, is output.
+//! count/sum/min/max/avg aggregates is combined into one row; rows with
+//! ORDER BY / LIMIT / OFFSET are merged in order by `execute::merge`;
+//! GROUP BY groups (and SELECT DISTINCT rows, groups without aggregates)
+//! of equal keys are combined into one, compared by type as the ORDER BY
+//! merge compares, filtered by HAVING evaluated on the merged values
+//! (hidden HAVING-only columns dropped), ordered, limited. Of equal
+//! DISTINCT values that print differently (numeric 1.0 and 1.00) the
+//! first shard's text, in shard order, is output.
 //!
 //! Values are in text format (the simple protocol). Sums are added as
 //! exact decimals (int8 and numeric results); min/max compare integers,
@@ -20,7 +21,7 @@ use bytes::{BufMut, BytesMut};
 use crate::backend::conn::Collected;
 use crate::execute::merge::{bad, columns, malformed};
 use crate::protocol::{self, be, PgError};
-use crate::router::{Agg, Merge};
+use crate::router::{Agg, CmpOp, Having, Merge, Operand};
 
 const INT2: i32 = 21;
 const INT4: i32 = 23;
@@ -43,8 +44,16 @@ pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<Byte
             collated,
             limit,
             offset,
+            having,
+            hidden,
             ..
-        } => grouped(items, (keys, collated), *limit, *offset, results),
+        } => grouped(
+            items,
+            (keys, collated),
+            (having.as_ref(), *hidden),
+            (*limit, *offset),
+            results,
+        ),
         Merge::Sorted {
             keys,
             limit,
@@ -345,13 +354,15 @@ fn check_item_type(agg: Agg, ty: i32) -> Result<(), PgError> {
     })
 }
 
-/// A GROUP BY (or SELECT DISTINCT) query: the shards' rows of equal group keys combined into
-/// one row per group, in key order (or ORDER BY order), OFFSET and LIMIT.
+/// A GROUP BY (or SELECT DISTINCT) query: the shards' rows of equal group
+/// keys combined into one row per group, kept if HAVING holds, in key
+/// order (or ORDER BY order), OFFSET and LIMIT. The last `hidden` items
+/// (HAVING's own aggregates) are not sent to the client.
 fn grouped(
     items: &[Option<Agg>],
     (keys, collated): (&[crate::router::SortKey], &[bool]),
-    limit: Option<u64>,
-    offset: u64,
+    (having, hidden): (Option<&Having>, usize),
+    (limit, offset): (Option<u64>, u64),
     results: &[Collected],
 ) -> Result<BytesMut, PgError> {
     use crate::execute::merge::{compare_keys, parse_value, resolve, Resolved, SortType};
@@ -398,7 +409,12 @@ fn grouped(
                         }
                     }
                     types = cols.iter().map(|c| c.1).collect();
-                    description = Some(client_description(items, f)?);
+                    let all = client_description(items, f)?;
+                    description = Some(if hidden > 0 {
+                        first_fields(&all, items.len().saturating_sub(hidden))?
+                    } else {
+                        all
+                    });
                 }
                 b'D' => {
                     let values = row_values(f)?;
@@ -463,6 +479,16 @@ fn grouped(
         compare_keys(keys, &pa, &pb)
     };
     rows.sort_by(|a, b| key_cmp(&group_keys, a, b));
+    // The type of each item's merged value, for HAVING.
+    let item_types: Vec<i32> = items
+        .iter()
+        .enumerate()
+        .map(|(a, item)| match item {
+            Some(Agg::Count) => INT8,
+            Some(Agg::Avg) => NUMERIC,
+            _ => types.get(start[a]).copied().unwrap_or(0),
+        })
+        .collect();
     // Combine runs of equal keys.
     let mut merged: Vec<Vec<Option<String>>> = vec![];
     let mut k = 0;
@@ -516,7 +542,14 @@ fn grouped(
             };
             row.push(v);
         }
-        merged.push(row);
+        let keep = match having {
+            Some(h) => having_holds(h, &row, &item_types)? == Some(true),
+            None => true,
+        };
+        if keep {
+            row.truncate(items.len().saturating_sub(hidden));
+            merged.push(row);
+        }
         k = end;
     }
     if !keys.is_empty() {
@@ -549,6 +582,80 @@ fn grouped(
     }
     crate::protocol::command_complete(&mut out, &format!("SELECT {n}"));
     Ok(out)
+}
+
+/// A RowDescription of the first `n` fields of `frame`.
+fn first_fields(frame: &[u8], n: usize) -> Result<BytesMut, PgError> {
+    let fields = raw_fields(frame)?;
+    let mut body = BytesMut::new();
+    body.put_i16(n as i16);
+    for f in fields.iter().take(n) {
+        body.put_slice(f);
+    }
+    let mut out = BytesMut::new();
+    out.put_u8(be::ROW_DESCRIPTION);
+    out.put_i32(body.len() as i32 + 4);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// HAVING on a merged group: `Some(true)`, `Some(false)` or `None`
+/// (unknown: a NULL was compared), with SQL's three-valued AND/OR/NOT.
+fn having_holds(
+    h: &Having,
+    row: &[Option<String>],
+    types: &[i32],
+) -> Result<Option<bool>, PgError> {
+    let value = |o: &Operand| -> (Option<String>, Option<i32>) {
+        match o {
+            Operand::Item(i) => (row.get(*i).cloned().flatten(), types.get(*i).copied()),
+            Operand::Number(n) => (Some(n.clone()), None),
+        }
+    };
+    Ok(match h {
+        Having::And(a, b) => match (having_holds(a, row, types)?, having_holds(b, row, types)?) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        Having::Or(a, b) => match (having_holds(a, row, types)?, having_holds(b, row, types)?) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        Having::Not(a) => having_holds(a, row, types)?.map(|b| !b),
+        Having::IsNull { operand, negated } => Some(value(operand).0.is_none() != *negated),
+        Having::Compare { left, op, right } => {
+            let (l, lt) = value(left);
+            let (r, rt) = value(right);
+            let (Some(l), Some(r)) = (l, r) else {
+                return Ok(None);
+            };
+            let numeric = |t: Option<i32>| {
+                t.is_none_or(|t| matches!(t, INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8))
+            };
+            if !numeric(lt) || !numeric(rt) {
+                return Err(bad(format!(
+                    "HAVING compares a value of type OID {} across shards (numbers only)",
+                    if numeric(lt) { rt } else { lt }.unwrap_or(0)
+                )));
+            }
+            let float = |t: Option<i32>| matches!(t, Some(FLOAT4 | FLOAT8));
+            let ord = if float(lt) || float(rt) {
+                float_cmp(parse_float(&l)?, parse_float(&r)?)
+            } else {
+                Decimal::parse(&l)?.cmp(&Decimal::parse(&r)?)
+            };
+            Some(match op {
+                CmpOp::Eq => ord == Ordering::Equal,
+                CmpOp::NotEq => ord != Ordering::Equal,
+                CmpOp::Lt => ord == Ordering::Less,
+                CmpOp::LtEq => ord != Ordering::Greater,
+                CmpOp::Gt => ord == Ordering::Greater,
+                CmpOp::GtEq => ord != Ordering::Less,
+            })
+        }
+    })
 }
 
 fn parse_count(v: &str) -> Result<i128, PgError> {
@@ -975,7 +1082,7 @@ mod tests {
             &[Some("2"), Some("4.5"), Some("2"), Some("3")],
         ]);
         let c = answer(&[]);
-        let out = grouped(&items, (&[], &[]), None, 0, &[a, b, c]).unwrap();
+        let out = grouped(&items, (&[], &[]), (None, 0), (None, 0), &[a, b, c]).unwrap();
         let frames: Vec<&[u8]> = {
             let mut v = vec![];
             let mut at = 0;
@@ -1015,7 +1122,7 @@ mod tests {
             answer(&[&[Some("1"), Some("1"), Some("1"), Some("7")]]),
             answer(&[&[Some("2"), Some("1"), Some("1"), Some("9")]]),
         ];
-        let out = grouped(&items, (&keys, &[false]), Some(1), 1, &again).unwrap();
+        let out = grouped(&items, (&keys, &[false]), (None, 0), (Some(1), 1), &again).unwrap();
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("SELECT 1"), "{text}");
         // Ordering by a text key needs COLLATE "C".
@@ -1032,8 +1139,66 @@ mod tests {
             nulls_first: false,
         }];
         let items = [None, Some(Agg::Count)];
-        assert!(grouped(&items, (&keys, &[false]), None, 0, std::slice::from_ref(&t)).is_err());
-        assert!(grouped(&items, (&keys, &[true]), None, 0, &[t]).is_ok());
+        assert!(grouped(
+            &items,
+            (&keys, &[false]),
+            (None, 0),
+            (None, 0),
+            std::slice::from_ref(&t)
+        )
+        .is_err());
+        assert!(grouped(&items, (&keys, &[true]), (None, 0), (None, 0), &[t]).is_ok());
+    }
+
+    #[test]
+    fn having_uses_three_valued_logic_and_typed_comparisons() {
+        let cmp = |i: usize, op: CmpOp, n: &str| Having::Compare {
+            left: Operand::Item(i),
+            op,
+            right: Operand::Number(n.into()),
+        };
+        let types = [INT8, NUMERIC, FLOAT8];
+        let row = |a: Option<&str>, b: Option<&str>, c: Option<&str>| {
+            vec![
+                a.map(String::from),
+                b.map(String::from),
+                c.map(String::from),
+            ]
+        };
+        let r = row(Some("5"), None, Some("NaN"));
+        let holds = |h: &Having| having_holds(h, &r, &types).unwrap();
+        assert_eq!(holds(&cmp(0, CmpOp::Gt, "4.5")), Some(true));
+        assert_eq!(holds(&cmp(0, CmpOp::LtEq, "-1")), Some(false));
+        assert_eq!(holds(&cmp(1, CmpOp::Eq, "0")), None);
+        assert_eq!(holds(&Having::Not(Box::new(cmp(1, CmpOp::Eq, "0")))), None);
+        let or = Having::Or(
+            Box::new(cmp(1, CmpOp::Eq, "0")),
+            Box::new(cmp(0, CmpOp::Eq, "5")),
+        );
+        assert_eq!(holds(&or), Some(true));
+        let and = Having::And(
+            Box::new(cmp(1, CmpOp::Eq, "0")),
+            Box::new(cmp(0, CmpOp::Eq, "4")),
+        );
+        assert_eq!(holds(&and), Some(false));
+        // NaN is above every float, as in PostgreSQL.
+        assert_eq!(holds(&cmp(2, CmpOp::Gt, "1e300")), Some(true));
+        assert_eq!(
+            holds(&Having::IsNull {
+                operand: Operand::Item(1),
+                negated: false
+            }),
+            Some(true)
+        );
+        // Exact decimals: 1.0 = 1.00.
+        let r = row(None, Some("1.0"), None);
+        assert_eq!(
+            having_holds(&cmp(1, CmpOp::Eq, "1.00"), &r, &types).unwrap(),
+            Some(true)
+        );
+        // Text is not compared.
+        let r = vec![Some("a".to_string())];
+        assert!(having_holds(&cmp(0, CmpOp::Eq, "1"), &r, &[25]).is_err());
     }
 
     #[test]

@@ -308,6 +308,20 @@ const CORPUS: &[Q] = &[
     o("select grp, count(distinct id) from dt_main group by grp order by grp"),
     o("select c.note, count(distinct c.mid) from dt_child c group by c.note order by c.note collate \"C\" nulls first"),
     u("select count(distinct m.id) from dt_main m join dt_ref r on r.code = m.code"),
+    // HAVING, evaluated by the proxy on the merged groups.
+    o("select grp, count(*) from dt_main group by grp having count(*) > 14 order by grp"),
+    o("select code, sum(n) from dt_main group by code having sum(n) > 0 order by code nulls first"),
+    o("select grp, avg(b) from dt_main group by grp having avg(b) < 0 or max(f) >= 1 order by grp"),
+    o("select cat, count(*) from dt_main group by cat having not (min(n) < -10) and count(t) >= 2 order by cat collate \"C\" nulls first"),
+    o("select code, count(*) from dt_main group by code having code is null or code >= 3 order by code nulls first"),
+    o("select grp, ok, count(*) from dt_main group by grp, ok having count(*) <> 5 and ok is not null order by grp, ok"),
+    o("select d, count(*) from dt_main group by d having count(*) = 1 order by d limit 5"),
+    u("select note, sum(amount) from dt_child group by note having sum(amount) >= 100"),
+    o("select grp, count(*) from dt_main group by grp having avg(id) > 30.5 order by count(*) desc, grp"),
+    o("select val, count(*) from dt_few group by val having count(*) > 1 order by val"),
+    u("select name, count(*) from dt_empty group by name having count(*) > 0"),
+    o("select grp, min(b) from dt_main group by grp having min(b) < -100000000000 and count(distinct id) > 10 order by grp"),
+    o("select grp from dt_main group by grp having max(n) > -1.5 and (sum(b) is null or sum(b) <> 0) order by grp desc"),
 ];
 
 /// Queries that must be refused with 0A000.

@@ -880,7 +880,7 @@ fn cross_shard_selects() {
         for sql in [
             "select id from sc_t order by n",
             "select avg(f) from sc_t",
-            "select v, count(*) from sc_t group by v having count(*) > 1",
+            "select v, count(*) from sc_t group by v having count(*) > (select 1)",
             "select distinct on (v) v from sc_t",
             "select id from sc_t order by id fetch first 3 rows only",
             "select count(*) from sc_t a join sc_e b on b.n = a.n",
