@@ -11,8 +11,9 @@
 //! ORDER BY order, or grouped (GROUP BY with mergeable aggregates and a
 //! HAVING the proxy evaluates after merging; SELECT DISTINCT as groups
 //! without aggregates; `count(DISTINCT shard key)` as a count that adds
-//! up), with the statement the shards run instead; or why they cannot be
-//! merged (refused with 0A000).
+//! up; `count(DISTINCT column)` from the shards' distinct rows), with the
+//! statement the shards run instead; or why they cannot be merged (refused
+//! with 0A000).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -162,6 +163,21 @@ pub enum Merge {
         /// aggregates not in the select list): never sent to the client.
         hidden: usize,
     },
+    /// `count(DISTINCT e)` of a column other than the shard key (every
+    /// aggregate of the select list, of the same `e`), with GROUP BY
+    /// select-list columns or none: each shard returns its distinct (group
+    /// keys, e) rows; the proxy merges equal rows across shards, counts
+    /// each group's non-NULL `e`, orders the groups, then OFFSET and LIMIT.
+    CountDistinct {
+        /// Per select item: `None` for a group key, else the output name of
+        /// its count.
+        items: Vec<Option<String>>,
+        keys: Vec<SortKey>,
+        collated: Vec<bool>,
+        limit: Option<u64>,
+        offset: u64,
+        shard_sql: Option<String>,
+    },
 }
 
 /// A HAVING predicate over merged groups (SQL's three-valued logic: a
@@ -209,7 +225,8 @@ impl Merge {
     /// The SQL each shard runs instead of the client's text, if any.
     pub fn shard_sql(&self) -> Option<&str> {
         match self {
-            Merge::Sorted { shard_sql, .. }
+            Merge::CountDistinct { shard_sql, .. }
+            | Merge::Sorted { shard_sql, .. }
             | Merge::Aggregate { shard_sql, .. }
             | Merge::Grouped { shard_sql, .. } => shard_sql.as_deref(),
             _ => None,
@@ -623,10 +640,12 @@ fn merge_kind(
             });
             found
         }) {
-            return Err(refusal(format!(
-                "{e}: count(DISTINCT ...) is merged across shards only for the shard key \"{}\" (another column's value may be on several shards, and counted once per shard)",
-                table.key
-            )));
+            return count_distinct_merge(q, s, table, tables).map_err(|m| {
+                refusal(format!(
+                    "{e}: count(DISTINCT ...) of a column other than the shard key \"{}\" is merged across shards only when every aggregate of the select list is count(DISTINCT) of that same column, the other items GROUP BY columns, without HAVING ({m})",
+                    table.key
+                ))
+            });
         }
         if s.distinct.is_some() {
             return distinct_merge(q, s, table, tables).map_err(|m| m.and_then(refusal));
@@ -907,6 +926,111 @@ fn having_operand(
     extra.push(e.clone());
     items.push(Some(agg));
     Ok(Operand::Item(items.len() - 1))
+}
+
+/// `count(DISTINCT e)` of a non-key column: each shard runs `SELECT
+/// DISTINCT <group keys>, e` (same FROM and WHERE), the proxy merges equal
+/// rows across shards and counts each group's non-NULL `e`. Every
+/// aggregate must be count(DISTINCT) of the same `e`, a column; the other
+/// items group keys. `Err(m)`: why not.
+fn count_distinct_merge(
+    q: &Query,
+    s: &sqlparser::ast::Select,
+    table: &Arc<TableRule>,
+    tables: &Tables,
+) -> Result<Merge, String> {
+    if s.distinct.is_some() || s.having.is_some() {
+        return Err("with DISTINCT or HAVING it is not supported".into());
+    }
+    let group: &[Expr] = match &s.group_by {
+        sqlparser::ast::GroupByExpr::Expressions(e, m) if m.is_empty() => e,
+        _ => return Err("this GROUP BY form is not supported".into()),
+    };
+    let position = |g: &Expr| match g {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse::<usize>().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut arg: Option<String> = None;
+    let mut x: Option<Expr> = None;
+    let mut items = Vec::with_capacity(s.projection.len());
+    let mut key_items = Vec::new();
+    let mut keyed = vec![false; group.len()];
+    for (i, item) in s.projection.iter().enumerate() {
+        let e = item_expr(item).ok_or("SELECT * is not supported")?;
+        if let Some(a) = count_distinct_arg(e) {
+            let a = match a {
+                Expr::Nested(inner) => inner.as_ref(),
+                a => a,
+            };
+            if !matches!(a, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                return Err(format!("{a} is not a column"));
+            }
+            if arg.get_or_insert_with(|| a.to_string()) != &a.to_string() {
+                return Err("two different count(DISTINCT) columns".into());
+            }
+            x = Some(a.clone());
+            items.push(Some(
+                output_name(item).unwrap_or_else(|| "count".to_string()),
+            ));
+            continue;
+        }
+        if !matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            return Err(format!(
+                "{e} is neither a GROUP BY column nor count(DISTINCT)"
+            ));
+        }
+        let mut found = false;
+        for (k, g) in group.iter().enumerate() {
+            if position(g) == Some(i + 1) || g.to_string() == e.to_string() {
+                keyed[k] = true;
+                found = true;
+            }
+        }
+        if !found {
+            return Err(format!("{e} is not a GROUP BY column"));
+        }
+        key_items.push(item.clone());
+        items.push(None);
+    }
+    if !keyed.iter().all(|k| *k) {
+        return Err("a GROUP BY item is not in the select list".into());
+    }
+    let x = x.ok_or("no count(DISTINCT)")?;
+    let (keys, collated, limit, offset) = grouped_order(q)?;
+    let mut sq = q.clone();
+    sq.order_by = None;
+    sq.limit_clause = None;
+    let SetExpr::Select(ss) = sq.body.as_mut() else {
+        return Err("not a single SELECT".into());
+    };
+    ss.group_by = sqlparser::ast::GroupByExpr::Expressions(vec![], vec![]);
+    ss.projection = key_items;
+    ss.projection.push(SelectItem::UnnamedExpr(x));
+    // The rest must be a shape whose rows concatenate (one mention of the
+    // table, no subquery, ...).
+    if merge_base(&sq, table, tables) != Some(Merge::Concat) {
+        return Err("the query's shape is not supported".into());
+    }
+    if let SetExpr::Select(ss) = sq.body.as_mut() {
+        ss.distinct = Some(sqlparser::ast::Distinct::Distinct);
+    }
+    let stmt = Statement::Query(Box::new(sq));
+    let text = stmt.to_string();
+    match Parser::parse_sql(&PostgreSqlDialect {}, &text) {
+        Ok(again) if again.len() == 1 && again[0] == stmt => {}
+        _ => return Err("the statement cannot be rewritten for the shards".into()),
+    }
+    Ok(Merge::CountDistinct {
+        items,
+        keys,
+        collated,
+        limit,
+        offset,
+        shard_sql: Some(text),
+    })
 }
 
 /// The shard key of the one sharded table of a SELECT, and the names by

@@ -748,6 +748,8 @@ impl Router {
                             Some(Merge::Concat) => "rows concatenated",
                             Some(Merge::Sorted { .. }) => "rows merged in order",
                             Some(Merge::Grouped { .. }) => "groups merged",
+                            Some(Merge::CountDistinct { .. }) =>
+                                "distinct values merged and counted",
                             _ => "aggregates merged",
                         }
                     );
@@ -1080,7 +1082,8 @@ mod tests {
             "select avg(distinct abalance) from accounts",
             "select avg(abalance) from accounts limit 1",
             "select count(*), aid from accounts",
-            "select count(distinct abalance) from accounts",
+            "select count(distinct abalance), count(distinct bid) from accounts",
+            "select count(distinct abalance), sum(aid) from accounts",
             "select sum(abalance) filter (where aid > 1) from accounts",
             "select distinct on (abalance) abalance from accounts",
             "select distinct * from accounts",
@@ -1142,11 +1145,32 @@ mod tests {
                 shard_sql: None
             })
         );
-        let e = route("select count(distinct abalance) from accounts").unwrap_err();
+        let e = route("select count(distinct abalance), count(*) from accounts").unwrap_err();
         assert!(
-            e.message.contains("only for the shard key"),
+            e.message.contains("other than the shard key"),
             "{}",
             e.message
+        );
+        // Of another column alone (and group keys): distinct (keys, column)
+        // rows from the shards, counted by the proxy.
+        let r = route(
+            "select bid, count(distinct abalance) as n from accounts group by 1 order by n desc",
+        )
+        .unwrap();
+        assert_eq!(
+            r.merge,
+            Some(Merge::CountDistinct {
+                items: vec![None, Some("n".into())],
+                keys: vec![SortKey {
+                    column: SortColumn::Position(1),
+                    descending: true,
+                    nulls_first: true
+                }],
+                collated: vec![false],
+                limit: None,
+                offset: 0,
+                shard_sql: Some("SELECT DISTINCT bid, abalance FROM accounts".into()),
+            })
         );
         // HAVING: evaluated after the merge; its own aggregates are hidden
         // items the shards return after the select list.

@@ -7,7 +7,9 @@
 //! merge compares, filtered by HAVING evaluated on the merged values
 //! (hidden HAVING-only columns dropped), ordered, limited. Of equal
 //! DISTINCT values that print differently (numeric 1.0 and 1.00) the
-//! first shard's text, in shard order, is output.
+//! first shard's text, in shard order, is output. `count(DISTINCT c)` of a
+//! non-key column: the shards' distinct (group keys, c) rows merged as
+//! DISTINCT rows, then counted per group.
 //!
 //! Values are in text format (the simple protocol). Sums are added as
 //! exact decimals (int8 and numeric results); min/max compare integers,
@@ -54,6 +56,14 @@ pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<Byte
             (*limit, *offset),
             results,
         ),
+        Merge::CountDistinct {
+            items,
+            keys,
+            collated,
+            limit,
+            offset,
+            ..
+        } => count_distinct(items, (keys, collated), (*limit, *offset), results),
         Merge::Sorted {
             keys,
             limit,
@@ -581,6 +591,113 @@ fn grouped(
         n += 1;
     }
     crate::protocol::command_complete(&mut out, &format!("SELECT {n}"));
+    Ok(out)
+}
+
+/// `count(DISTINCT e)` of a non-key column: the shards' distinct (group
+/// keys, e) rows merged as DISTINCT rows, then each row counted as 1 (0
+/// for a NULL `e`) in the groups of its keys. Without GROUP BY there is
+/// one row, a count of 0 when no shard has a row.
+fn count_distinct(
+    names: &[Option<String>],
+    order: (&[crate::router::SortKey], &[bool]),
+    (limit, offset): (Option<u64>, u64),
+    results: &[Collected],
+) -> Result<BytesMut, PgError> {
+    let nk = names.iter().filter(|n| n.is_none()).count();
+    let pairs = grouped(
+        &vec![None; nk + 1],
+        (&[], &[]),
+        (None, 0),
+        (None, 0),
+        results,
+    )?;
+    let mut out = BytesMut::new();
+    let mut description = None;
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < pairs.len() {
+        let len = pairs
+            .get(at + 1..at + 5)
+            .map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| bad("malformed merge"))?;
+        let f = pairs
+            .get(at..at + 1 + len)
+            .ok_or_else(|| bad("malformed merge"))?;
+        match f[0] {
+            be::ROW_DESCRIPTION => description = Some(BytesMut::from(f)),
+            b'D' => rows.push(row_values(f)?),
+            be::NOTICE_RESPONSE => out.extend_from_slice(f),
+            _ => {}
+        }
+        at += 1 + len;
+    }
+    let description = description.ok_or_else(|| bad("no row description"))?;
+    let fields = raw_fields(&description)?;
+    let mut body = BytesMut::new();
+    body.put_i16(names.len() as i16);
+    let mut k = 0;
+    for n in names {
+        match n {
+            None => {
+                body.put_slice(fields.get(k).ok_or_else(|| bad("unexpected columns"))?);
+                k += 1;
+            }
+            Some(name) => {
+                body.put_slice(name.as_bytes());
+                body.put_u8(0);
+                body.put_i32(0); // table
+                body.put_i16(0); // column
+                body.put_i32(INT8);
+                body.put_i16(8);
+                body.put_i32(-1);
+                body.put_i16(0); // text
+            }
+        }
+    }
+    let mut desc = BytesMut::new();
+    desc.put_u8(be::ROW_DESCRIPTION);
+    desc.put_i32(body.len() as i32 + 4);
+    desc.extend_from_slice(&body);
+    let mut frames = vec![desc];
+    if rows.is_empty() && nk == 0 {
+        rows.push(vec![None]);
+    }
+    for r in rows {
+        if r.len() != nk + 1 {
+            return Err(bad("unexpected columns"));
+        }
+        let counted = if r[nk].is_some() { "1" } else { "0" };
+        let mut k = 0;
+        let values: Vec<Option<&str>> = names
+            .iter()
+            .map(|n| match n {
+                None => {
+                    k += 1;
+                    r[k - 1].as_deref()
+                }
+                Some(_) => Some(counted),
+            })
+            .collect();
+        let mut f = BytesMut::new();
+        protocol::data_row_text(&mut f, &values);
+        frames.push(f);
+    }
+    let items: Vec<Option<Agg>> = names
+        .iter()
+        .map(|n| n.as_ref().map(|_| Agg::Count))
+        .collect();
+    let counted = Collected {
+        frames,
+        ..Collected::default()
+    };
+    out.extend_from_slice(&grouped(
+        &items,
+        order,
+        (None, 0),
+        (limit, offset),
+        std::slice::from_ref(&counted),
+    )?);
     Ok(out)
 }
 

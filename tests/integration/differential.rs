@@ -308,6 +308,21 @@ const CORPUS: &[Q] = &[
     o("select grp, count(distinct id) from dt_main group by grp order by grp"),
     o("select c.note, count(distinct c.mid) from dt_child c group by c.note order by c.note collate \"C\" nulls first"),
     u("select count(distinct m.id) from dt_main m join dt_ref r on r.code = m.code"),
+    // count(DISTINCT) of another column: distinct (group keys, column)
+    // rows merged across shards, then counted.
+    u("select count(distinct grp) from dt_main"),
+    o("select grp, count(distinct code) from dt_main group by grp order by grp"),
+    u("select count(distinct t) from dt_main"),
+    o("select ok, count(distinct n) as nn from dt_main group by ok order by ok nulls first"),
+    u("select count(distinct f) from dt_main"),
+    u("select count(distinct val) from dt_empty"),
+    u("select name, count(distinct val) from dt_empty group by name"),
+    u("select count(distinct val) from dt_few"),
+    o("select cat, count(distinct d) from dt_main group by cat order by count(distinct d) desc, cat collate \"C\" nulls first"),
+    u("select count(distinct r.label) from dt_main m join dt_ref r on r.code = m.code"),
+    u("select count(distinct r.code) from dt_main m join dt_ref r on r.code = m.code"),
+    o("select grp, count(distinct code) from dt_main group by grp order by grp limit 2 offset 1"),
+    u("select count(distinct b) from dt_main where id in (1, 2, 3, 4, 5, 6, 7, 14, 21)"),
     // HAVING, evaluated by the proxy on the merged groups.
     o("select grp, count(*) from dt_main group by grp having count(*) > 14 order by grp"),
     o("select code, sum(n) from dt_main group by code having sum(n) > 0 order by code nulls first"),
@@ -342,15 +357,17 @@ const REFUSED: &[&str] = &[
     "select distinct count(*) from dt_main",
     "select distinct ts - ts from dt_main",
     "select distinct t from dt_main order by t",
-    "select count(distinct grp) from dt_main",
-    "select grp, count(distinct code) from dt_main group by grp",
-    "select count(distinct r.code) from dt_main m join dt_ref r on r.code = m.code",
     "select grp, count(*) from dt_main group by grp having string_agg(t, ',') <> ''",
     "select grp from dt_main group by grp having count(*) > (select 1)",
     "select count(*) from dt_main having count(*) > 1",
     "select cat, count(*) from dt_main group by cat having cat = 'x'",
     "select grp, count(*) from dt_main group by grp having sum(f) > 0",
     "select grp, count(*) from dt_main group by grp having count(distinct code) > 1",
+    "select count(distinct grp), count(distinct code) from dt_main",
+    "select count(distinct grp), sum(n) from dt_main",
+    "select grp, count(distinct code) from dt_main group by grp having count(distinct code) > 1",
+    "select count(distinct lower(t)) from dt_main",
+    "select count(distinct v::json) from dt_main",
 ];
 
 /// Queries PostgreSQL rejects: the proxy must fail too, with the same
