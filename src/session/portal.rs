@@ -227,7 +227,10 @@ where
         };
         // Aggregates and groups are merged in text and written back in the
         // client's formats; passed-through rows come in them already.
-        let merged_in_text = matches!(merge, Some(Merge::Aggregate { .. } | Merge::Grouped { .. }));
+        let merged_in_text = matches!(
+            merge,
+            Some(Merge::Aggregate { .. } | Merge::Grouped { .. } | Merge::CountDistinct { .. })
+        );
         let shard_formats: &[i16] = if merged_in_text {
             &[]
         } else {

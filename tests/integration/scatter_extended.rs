@@ -135,6 +135,14 @@ fn cases() -> Vec<Case> {
         ("select grp, avg(x), max(ts) from {t} where n > $1 group by grp order by grp", vec![Box::new(-500i32)], true),
         ("select ok, count(*) from {t} group by ok order by ok", vec![], true),
         ("select count(*), sum(x) from {t} where id < 0", vec![], true),
+        ("select distinct grp, ok from {t} where id > $1 order by grp, ok", vec![Box::new(5i32)], true),
+        (
+            "select grp, count(*), avg(n) from {t} where id > $1 group by grp having count(*) > 10 order by grp",
+            vec![Box::new(2i32)],
+            true,
+        ),
+        ("select count(distinct grp) from {t}", vec![], true),
+        ("select grp, count(distinct g) from {t} group by grp order by grp", vec![], true),
     ]
 }
 
