@@ -1217,9 +1217,9 @@ where
             return Ok(());
         }
         if self.routing {
-            if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) {
+            if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) && self.only_lsn_probe_pending() {
                 // The statement may need several shards (no held server).
-                self.finish_lsn_probe().await?;
+                self.settle_held_server().await?;
             }
             match tag {
                 fe::QUERY => return self.routed_query(frame).await,
@@ -1671,25 +1671,62 @@ where
         }
     }
 
-    /// A server still held only for the read-your-writes LSN probe of the
-    /// last write (the client already has its answer): wait for the probe,
-    /// so a multi-shard statement, which needs no held server, can run.
-    async fn finish_lsn_probe(&mut self) -> Result<(), SessionEnd> {
-        let probe_only = |s: &Self| {
-            s.server.is_some()
-                && !s.pending.is_empty()
-                && s.pending.iter().all(|p| {
-                    matches!(
-                        p,
-                        Pending::Request {
-                            lsn_probe: true,
-                            ..
-                        }
-                    )
-                })
-        };
-        let deadline = tokio::time::Instant::now() + conn_timeout();
-        while probe_only(self) {
+    /// The held server is busy only with earlier batches (each ended by
+    /// its Sync or Query) or the read-your-writes LSN probe of the last
+    /// write, and the client's current batch has executed nothing on it:
+    /// wait for those answers, so the server goes back to the pool and the
+    /// current statement may go to another shard, or to several. A batch
+    /// that already executed something on the server, or a transaction,
+    /// stays there.
+    async fn settle_held_server(&mut self) -> Result<(), SessionEnd> {
+        let is_request = |p: &Pending| matches!(p, Pending::Request { .. });
+        if self.server.is_none()
+            || self.pool_mode != PoolMode::Transaction
+            || self.tx_status != b'I'
+            || self.deferred_begin.is_some()
+            || self.multi.is_some()
+            || self.copy_in
+            || self.copy_open
+            || !self.pending.iter().any(is_request)
+        {
+            return Ok(());
+        }
+        let current = self
+            .pending
+            .iter()
+            .rposition(|p| {
+                matches!(
+                    p,
+                    Pending::Request {
+                        expect: Expect::Ready,
+                        ..
+                    }
+                )
+            })
+            .map_or(0, |i| i + 1);
+        let executed = self.pending.iter().skip(current).any(|p| {
+            matches!(
+                p,
+                Pending::Abort
+                    | Pending::Request {
+                        expect: Expect::BindComplete | Expect::ExecuteDone,
+                        ..
+                    }
+            )
+        });
+        if executed {
+            return Ok(());
+        }
+        if self.pending.iter().skip(current).any(is_request) {
+            // The current batch's Parse/Describe: answered without a Sync.
+            let mut flush = BytesMut::new();
+            let at = protocol::begin_frame(&mut flush, fe::FLUSH);
+            protocol::finish_frame(&mut flush, at);
+            self.server_out.extend_from_slice(&flush);
+        }
+        self.flush_point();
+        let deadline = tokio::time::Instant::now() + self.multi_statement_timeout();
+        while self.server.is_some() && self.pending.iter().any(is_request) {
             let upto = self.server_flush_upto;
             let Some(s) = self.server.as_deref_mut() else {
                 break;
@@ -1709,10 +1746,35 @@ where
                     self.server_flush_upto = 0;
                 }
                 Ok(Err(e)) => return self.lose_server(e.to_string()),
-                Err(_) => return self.lose_server("no answer to the LSN probe".into()),
+                Err(_) => return self.lose_server("no answer to earlier statements".into()),
             }
             self.drain_server_frames()?;
-            self.maybe_release();
+        }
+        self.maybe_release();
+        Ok(())
+    }
+
+    /// The held server owes nothing but the LSN probe of the last write.
+    fn only_lsn_probe_pending(&self) -> bool {
+        self.server.is_some()
+            && !self.pending.is_empty()
+            && self.pending.iter().all(|p| {
+                matches!(
+                    p,
+                    Pending::Request {
+                        lsn_probe: true,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// Before routing a statement to `shards`: a held server of another
+    /// shard may be settled (see `settle_held_server`).
+    async fn settle_for(&mut self, shards: &[usize]) -> Result<(), SessionEnd> {
+        if self.server.is_some() && (shards.len() > 1 || shards.first() != Some(&self.server_shard))
+        {
+            self.settle_held_server().await?;
         }
         Ok(())
     }
@@ -1949,6 +2011,7 @@ where
                 return Ok(());
             }
         };
+        self.settle_for(&route.shards).await?;
         if route.shards.len() > 1 {
             let timing = self.timing_for(&frame, true);
             let kind = if route.all_shards {
@@ -2020,6 +2083,8 @@ where
                         let read = self.router.is_read(&analysis);
                         let route = self.router.route(&sql, &params, &self.hints);
                         if let Ok(r) = &route {
+                            let shards = r.shards.clone();
+                            self.settle_for(&shards).await?;
                             if r.shards.len() > 1 {
                                 let r = route.expect("ok");
                                 drop(params);

@@ -329,3 +329,67 @@ fn extended_protocol_scatter_matches_one_database() {
             .expect("drop copy");
     });
 }
+
+/// Batches pipelined by a driver (each with its own Sync) for different
+/// shards, and cross-shard statements among them, all run: the proxy
+/// waits for the earlier batches' answers before moving the session to
+/// another shard.
+#[test]
+fn pipelined_batches_for_different_shards() {
+    let proxy = TestProxy::start(|c| {
+        set_tables(
+            c,
+            r#"
+[[tables]]
+name = "sx_pipe"
+key = "id"
+strategy = "hash"
+"#,
+        )
+    });
+    block_on(Duration::from_secs(120), async {
+        let (c, _task) = connect_url(&proxy.url()).await;
+        c.simple_query(
+            "drop table if exists sx_pipe; create table sx_pipe (id int primary key, v int)",
+        )
+        .await
+        .expect("create");
+        let insert = c
+            .prepare("insert into sx_pipe (id, v) values ($1, $2)")
+            .await
+            .expect("prepare");
+        let count = c
+            .prepare("select count(*) from sx_pipe")
+            .await
+            .expect("prepare count");
+        let futures = (1..=300i32).map(|id| {
+            let (c, insert, count) = (&c, &insert, &count);
+            async move {
+                c.execute(insert, &[&id, &(id * 2)]).await?;
+                if id % 50 == 0 {
+                    let n: i64 = c.query_one(count, &[]).await?.get(0);
+                    assert!(n >= 1);
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            }
+        });
+        let results = futures_util::future::join_all(futures).await;
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        let n: i64 = c.query_one(&count, &[]).await.expect("count").get(0);
+        assert_eq!(n, 300);
+        let shards = connect_shards("select 1").await;
+        for s in &shards {
+            assert!(query_count(s, "select count(*) from sx_pipe").await > 100);
+        }
+        c.simple_query("drop table sx_pipe").await.expect("drop");
+    });
+}
