@@ -274,7 +274,12 @@ log "scenarios done in $((SECONDS - RUN_START))s"
 # The matrix
 
 failures=()
-declare -A RESULT DETAIL VERSION
+declare -A RESULT DETAIL VERSION KNOWN_TEXT KNOWN_WHY
+while IFS=$'\t' read -r kd ks ktext kwhy; do
+    [[ -z "$kd" || "$kd" == \#* ]] && continue
+    KNOWN_TEXT[$kd.$ks]="$ktext"
+    KNOWN_WHY[$kd.$ks]="$kwhy"
+done <tests/compat/known-limitations.tsv
 for d in "${DRIVERS[@]}"; do
     VERSION[$d]="?"
     if [[ -f "$OUT/$d.install" ]]; then
@@ -297,6 +302,16 @@ for d in "${DRIVERS[@]}"; do
             why="an earlier step did not finish"
         fi
     done
+    for s in "${STEPS[@]}"; do
+        k="$d.$s"
+        [[ -n "${KNOWN_TEXT[$k]:-}" ]] || continue
+        if [[ "${RESULT[$k]}" == fail && "${DETAIL[$k]}" == *"${KNOWN_TEXT[$k]}"* ]]; then
+            RESULT[$k]=known
+            DETAIL[$k]="${KNOWN_WHY[$k]}. The driver sees: ${DETAIL[$k]}"
+        elif [[ "${RESULT[$k]}" == pass ]]; then
+            log "note: $d $s passes now; remove its line from tests/compat/known-limitations.tsv"
+        fi
+    done
     log "$d ${VERSION[$d]}: ${secs}s"
 done
 
@@ -305,6 +320,9 @@ results="tests/compat/RESULTS.md"
     echo "Produced by \`scripts/compat.sh\` (run by \`scripts/test.sh\`): each driver's scenario through"
     echo "shardwire in front of 2 shards with a replica each, over TLS where the driver supports it,"
     echo "a scram-sha-256 user, transaction pooling with $POOL_SIZE server connections per pool, reads from replicas."
+    echo "**pass**: the step worked; **n/a**: the driver has no such feature (note says why);"
+    echo "**known**: shardwire refuses it with a clear error today (tests/compat/known-limitations.tsv);"
+    echo "**fail**: anything else, which fails the suite."
     echo
     printf '| step |'; for d in "${DRIVERS[@]}"; do printf ' %s %s |' "$d" "${VERSION[$d]}"; done; echo
     printf '|---|'; for d in "${DRIVERS[@]}"; do printf -- '---|'; done; echo
@@ -343,4 +361,4 @@ if (( ${#failures[@]} > 0 )); then
     echo "compat: ${#failures[@]} step(s) failed" >&2
     exit 1
 fi
-echo "compat: every step passed (or is n/a) for ${DRIVERS[*]}"
+echo "compat: every step passed (or is n/a, or a known limitation) for ${DRIVERS[*]}"

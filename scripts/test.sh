@@ -4,6 +4,7 @@
 # tests need, then checks formatting and lints, and runs unit and
 # integration tests. Integration tests start their own PostgreSQL shard
 # clusters (scripts/cluster.sh) on free loopback ports and remove them.
+# Last, scripts/compat.sh runs the client driver compatibility matrix.
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,3 +19,6 @@ cargo clippy --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --locked -- --test-threads="${SHARDWIRE_TEST_THREADS:-8}"
+
+echo "== driver compatibility (scripts/compat.sh)"
+scripts/compat.sh

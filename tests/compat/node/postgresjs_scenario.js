@@ -169,6 +169,11 @@ async function main () {
   }
 
   for (const [name, fn] of Object.entries(steps)) {
+    if (name === 'shard_read') {
+      // Rows a failed pipelined insert left out, one at a time, so that
+      // the read steps test reads.
+      for (const k of KEYS) await sql`insert into ${sql(P + '_items')} (id, v) values (${k}, ${'item ' + k}) on conflict (id) do nothing`
+    }
     await R.run(name, fn)
     if (name === 'types_text') R.na('types_binary', 'postgres.js receives every value in text format')
   }

@@ -170,7 +170,12 @@ fn int_array() -> Vec<Option<i32>> {
     vec![Some(1), None, Some(3)]
 }
 fn text_array() -> Vec<Option<String>> {
-    vec![Some("a b".into()), Some("c".into()), None, Some("q\"x".into())]
+    vec![
+        Some("a b".into()),
+        Some("c".into()),
+        None,
+        Some("q\"x".into()),
+    ]
 }
 const IV_MICROS: i64 = (2 * 3600 + 3 * 60 + 4) * 1_000_000 + 500_000;
 
@@ -353,7 +358,11 @@ mod tokio_pg {
                 .map_err(err)?;
             expect(
                 "row",
-                (row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, bool>(2)),
+                (
+                    row.get::<_, i32>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, bool>(2),
+                ),
                 (42, "x".into(), true),
             )?;
             Ok(String::new())
@@ -393,10 +402,13 @@ mod tokio_pg {
         .await;
 
         let count = |id: i32| async move {
-            c.query_one(&format!("select count(*) from {p}_tx where id = $1"), &[&id])
-                .await
-                .map(|r| r.get::<_, i64>(0))
-                .map_err(err)
+            c.query_one(
+                &format!("select count(*) from {p}_tx where id = $1"),
+                &[&id],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .map_err(err)
         };
         let insert = format!("insert into {p}_tx values ($1, $2)");
         r.run("tx_commit", async {
@@ -587,10 +599,7 @@ mod tokio_pg {
                 .err()
                 .ok_or("pg_sleep(60) was not cancelled")?;
             expect("sqlstate", e.code(), Some(&SqlState::QUERY_CANCELED))?;
-            canceller
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(err)?;
+            canceller.await.map_err(|e| e.to_string())?.map_err(err)?;
             let v: String = c.query_one("select 'ok'", &[]).await.map_err(err)?.get(0);
             expect("after cancel", v.as_str(), "ok")?;
             Ok(format!(
@@ -720,7 +729,10 @@ mod tokio_pg {
     /// Any column as raw bytes, to check NULLs whatever the type.
     struct RawValue;
     impl<'a> FromSql<'a> for RawValue {
-        fn from_sql(_: &Type, _: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        fn from_sql(
+            _: &Type,
+            _: &'a [u8],
+        ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
             Ok(RawValue)
         }
         fn accepts(_: &Type) -> bool {
@@ -749,7 +761,11 @@ mod sqlx_scenario {
 
     fn err(e: sqlx::Error) -> String {
         match e.as_database_error() {
-            Some(db) => format!("SQLSTATE {}: {}", db.code().unwrap_or_default(), db.message()),
+            Some(db) => format!(
+                "SQLSTATE {}: {}",
+                db.code().unwrap_or_default(),
+                db.message()
+            ),
             None => e.to_string(),
         }
     }
@@ -763,7 +779,9 @@ mod sqlx_scenario {
         let p = &env.prefix;
         let mut conn = None;
         r.run("connect_scram", async {
-            let mut c = PgConnection::connect_with(&options(env)).await.map_err(err)?;
+            let mut c = PgConnection::connect_with(&options(env))
+                .await
+                .map_err(err)?;
             let u: String = sqlx::query_scalar("select current_user::text")
                 .fetch_one(&mut c)
                 .await
@@ -818,7 +836,11 @@ mod sqlx_scenario {
                 .map_err(err)?;
             expect(
                 "row",
-                (row.get::<i32, _>(0), row.get::<String, _>(1), row.get::<bool, _>(2)),
+                (
+                    row.get::<i32, _>(0),
+                    row.get::<String, _>(1),
+                    row.get::<bool, _>(2),
+                ),
                 (42, "x".into(), true),
             )?;
             Ok(String::new())
@@ -827,7 +849,9 @@ mod sqlx_scenario {
 
         r.run("prepared_reuse", async {
             // sqlx prepares each query text once per connection, by name.
-            let mut b = PgConnection::connect_with(&options(env)).await.map_err(err)?;
+            let mut b = PgConnection::connect_with(&options(env))
+                .await
+                .map_err(err)?;
             let mut pids = HashSet::new();
             for i in 0..40i64 {
                 let held = if i % 2 == 1 {
@@ -1029,7 +1053,11 @@ mod sqlx_scenario {
                 .map_err(err)?;
             let sum: i64 = rows.iter().map(|r| r.get::<i32, _>(0) as i64).sum();
             expect("rows", (rows.len(), sum), (50000, 1250025000))?;
-            expect("last", rows[49999].get::<String, _>(1).as_str(), "row 50000")?;
+            expect(
+                "last",
+                rows[49999].get::<String, _>(1).as_str(),
+                "row 50000",
+            )?;
             Ok(String::new())
         })
         .await;
@@ -1166,10 +1194,18 @@ mod sqlx_scenario {
             expect("iv", get!(10, String).as_str(), "1 day 02:03:04.5")?;
         } else {
             let iv = get!(10, PgInterval);
-            expect("iv", (iv.months, iv.days, iv.microseconds), (0, 1, IV_MICROS))?;
+            expect(
+                "iv",
+                (iv.months, iv.days, iv.microseconds),
+                (0, 1, IV_MICROS),
+            )?;
         }
         expect("u", get!(11, uuid::Uuid), uuid())?;
-        expect("j", get!(12, sqlx::types::Json<serde_json::Value>).0, json())?;
+        expect(
+            "j",
+            get!(12, sqlx::types::Json<serde_json::Value>).0,
+            json(),
+        )?;
         expect("ia", get!(13, Vec<Option<i32>>), int_array())?;
         expect("ta", get!(14, Vec<Option<String>>), text_array())?;
         Ok(())
