@@ -126,29 +126,36 @@ install_java() {
             || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java; }
         } >"$OUT/java.install.log" 2>&1
     fi
+    local stamp
+    stamp="$(cat tests/compat/java/JdbcScenario.java "$JDBC_JAR" | sha256sum | cut -c1-16)"
+    if [[ -f "$CACHE/java/.stamp" && "$(cat "$CACHE/java/.stamp")" == "$stamp" ]]; then return 0; fi
+    rm -rf -- "$CACHE/java"
     mkdir -p "$CACHE/java"
     javac -d "$CACHE/java" -cp "$JDBC_JAR" tests/compat/java/JdbcScenario.java >>"$OUT/java.install.log" 2>&1
+    echo "$stamp" >"$CACHE/java/.stamp"
 }
 
-# Runs install function $1 for drivers $2...; a failure marks those drivers.
+# Runs install function $1 (logging to $OUT/$2) for drivers $3...; a
+# failure marks those drivers with the end of that log.
 run_install() {
-    local fn="$1"; shift
+    local fn="$1" logf="$OUT/$2"; shift 2
     local t0=$SECONDS
     if "$fn"; then
         log "$fn done in $((SECONDS - t0))s"
     else
         log "$fn FAILED (see below)"
         local d
-        for d in "$@"; do echo "$fn failed: $(tail -n 5 "$OUT"/*.log 2>/dev/null | tr '\n' ' ' | cut -c1-300)" >"$OUT/$d.install"; done
+        tail -n 20 "$logf" >&2 2>/dev/null || true
+        for d in "$@"; do echo "$fn failed: $(tail -n 5 "$logf" 2>/dev/null | tr '\n' ' ' | cut -c1-300)" >"$OUT/$d.install"; done
     fi
 }
 
 INSTALL_START=$SECONDS
 pids=()
-if want tokio-postgres || want sqlx; then run_install install_rust tokio-postgres sqlx & pids+=($!); fi
-if want psycopg || want asyncpg; then run_install install_python psycopg asyncpg & pids+=($!); fi
-if want node-pg || want postgres-js; then run_install install_node node-pg postgres-js & pids+=($!); fi
-if want jdbc; then run_install install_java jdbc & pids+=($!); fi
+if want tokio-postgres || want sqlx; then run_install install_rust rust.build.log tokio-postgres sqlx & pids+=($!); fi
+if want psycopg || want asyncpg; then run_install install_python python.install.log psycopg asyncpg & pids+=($!); fi
+if want node-pg || want postgres-js; then run_install install_node node.install.log node-pg postgres-js & pids+=($!); fi
+if want jdbc; then run_install install_java java.install.log jdbc & pids+=($!); fi
 
 # The proxy: the debug build that `cargo test` made (cheap when up to date).
 log "building shardwire"
