@@ -1687,7 +1687,6 @@ where
             || self.multi.is_some()
             || self.copy_in
             || self.copy_open
-            || !self.pending.iter().any(is_request)
         {
             return Ok(());
         }
@@ -1717,15 +1716,17 @@ where
         if executed {
             return Ok(());
         }
-        if self.pending.iter().skip(current).any(is_request) {
-            // The current batch's Parse/Describe: answered without a Sync.
-            let mut flush = BytesMut::new();
-            let at = protocol::begin_frame(&mut flush, fe::FLUSH);
-            protocol::finish_frame(&mut flush, at);
-            self.server_out.extend_from_slice(&flush);
-        }
+        // The current batch ran only Parse/Describe/Close here (or it was
+        // flushed and answered): end its implicit transaction on this
+        // server with a Sync of the proxy's own, so the server can go.
+        let mut sync = BytesMut::new();
+        let at = protocol::begin_frame(&mut sync, fe::SYNC);
+        protocol::finish_frame(&mut sync, at);
+        self.send(&sync, Expect::Ready, false, None);
         self.flush_point();
         let deadline = tokio::time::Instant::now() + self.multi_statement_timeout();
+        // Releasing after a write first asks for its LSN (maybe_release):
+        // then wait for that too.
         while self.server.is_some() && self.pending.iter().any(is_request) {
             let upto = self.server_flush_upto;
             let Some(s) = self.server.as_deref_mut() else {
@@ -1749,8 +1750,10 @@ where
                 Err(_) => return self.lose_server("no answer to earlier statements".into()),
             }
             self.drain_server_frames()?;
+            if !self.pending.iter().any(is_request) {
+                self.maybe_release();
+            }
         }
-        self.maybe_release();
         Ok(())
     }
 

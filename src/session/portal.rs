@@ -11,8 +11,9 @@
 //! all-or-nothing as in multi.rs. Only outside a transaction block, with
 //! no single-shard statement earlier in the same batch (that one would
 //! share the batch's implicit transaction on another connection); anything
-//! else is refused with 0A000 and a hint, as are portals fetched in parts
-//! (Execute with a row limit).
+//! else is refused with 0A000 and a hint. An Execute with a row limit
+//! gets that many rows and PortalSuspended; the rest of the merged answer
+//! waits in the proxy for the next Execute (until Sync).
 
 use super::multi::{multi_write_tag, write_answer};
 use super::*;
@@ -34,6 +35,9 @@ pub(super) struct ScatterPortal {
     params: Bytes,
     result_formats: Vec<i16>,
     described: bool,
+    /// The rows not fetched yet by an Execute with a row limit, and the
+    /// frames after them (CommandComplete, notices).
+    suspended: Option<(std::collections::VecDeque<Bytes>, Bytes)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -143,6 +147,7 @@ where
             params: Bytes::copy_from_slice(params),
             result_formats,
             described: false,
+            suspended: None,
         });
         self.pending
             .push_back(Pending::Synthetic(be::BIND_COMPLETE));
@@ -194,19 +199,43 @@ where
             {
                 let max_rows =
                     i32::from_be_bytes(body[portal.name.len() + 1..].try_into().unwrap());
-                let portal = self.portal.take().expect("open");
-                if max_rows > 0 {
-                    self.refuse(
-                        PgError::error(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            "fetching the rows of a multi-shard statement in parts (Execute with a row limit) is not supported",
-                        )
-                        .with_hint("fetch all rows at once, or add a condition on the shard key"),
-                        false,
-                    );
-                    return Ok(true);
+                let mut portal = self.portal.take().expect("open");
+                if portal.suspended.is_none() {
+                    match self.execute_portal(frame, &portal).await {
+                        Some(answer) => {
+                            portal.suspended = Some(split_rows(&answer, portal.described))
+                        }
+                        None => return Ok(true),
+                    }
                 }
-                self.execute_portal(frame, portal).await;
+                // Rows up to the limit (0: all), then PortalSuspended or the
+                // end of the answer.
+                let (rows, tail) = portal.suspended.as_mut().expect("run");
+                let mut out = BytesMut::new();
+                if portal.described {
+                    // Answered with the first Execute only.
+                    portal.described = false;
+                    if rows.front().is_some_and(|f| f[0] != be::DATA_ROW) {
+                        out.extend_from_slice(&rows.pop_front().expect("front"));
+                    }
+                }
+                let take = if max_rows > 0 {
+                    (max_rows as usize).min(rows.len())
+                } else {
+                    rows.len()
+                };
+                for f in rows.drain(..take) {
+                    out.extend_from_slice(&f);
+                }
+                if rows.is_empty() {
+                    out.extend_from_slice(tail);
+                } else {
+                    out.extend_from_slice(&protocol::empty_frame(be::PORTAL_SUSPENDED));
+                    self.portal = Some(portal);
+                }
+                self.pending
+                    .push_back(Pending::SyntheticFrame(out.freeze()));
+                self.emit_synthetic();
                 return Ok(true);
             }
             _ => {}
@@ -218,8 +247,13 @@ where
         Ok(false)
     }
 
-    /// Run the portal on its shards and answer the client.
-    async fn execute_portal(&mut self, frame: &BytesMut, portal: ScatterPortal) {
+    /// Run the portal on its shards: the client's answer (see
+    /// `extended_answer`), or None when the client got an error.
+    async fn execute_portal(
+        &mut self,
+        frame: &BytesMut,
+        portal: &ScatterPortal,
+    ) -> Option<BytesMut> {
         let timing = self.timing_for(frame, true);
         let merge = match portal.what {
             Scatter::Read => portal.route.merge.clone(),
@@ -281,21 +315,6 @@ where
             }
         };
         let failed = answer.is_err();
-        match answer {
-            Ok(frames) => {
-                let out = extended_answer(&frames, portal.described);
-                self.pending
-                    .push_back(Pending::SyntheticFrame(out.freeze()));
-                self.emit_synthetic();
-            }
-            Err(error) => {
-                self.note_errors(&error);
-                self.pending
-                    .push_back(Pending::SyntheticFrame(error.freeze()));
-                self.skip_until_sync = true;
-                self.emit_synthetic();
-            }
-        }
         if let Some(t) = timing {
             let kind = if portal.route.all_shards {
                 RouteKind::Broadcast
@@ -303,6 +322,17 @@ where
                 RouteKind::Scatter
             };
             self.record_statement(&portal.route.shards, kind, t, failed);
+        }
+        match answer {
+            Ok(frames) => Some(extended_answer(&frames, portal.described)),
+            Err(error) => {
+                self.note_errors(&error);
+                self.pending
+                    .push_back(Pending::SyntheticFrame(error.freeze()));
+                self.skip_until_sync = true;
+                self.emit_synthetic();
+                None
+            }
         }
     }
 
@@ -483,6 +513,27 @@ fn portal_request(
     }
     sync_frame(&mut out);
     out
+}
+
+/// An Execute's answer cut for fetching in parts: the description (when
+/// `described`) and the DataRows, one by one, then the rest (CommandComplete,
+/// notices) as one piece.
+fn split_rows(answer: &[u8], described: bool) -> (std::collections::VecDeque<Bytes>, Bytes) {
+    let mut rows = std::collections::VecDeque::new();
+    let mut tail = BytesMut::new();
+    let mut at = 0;
+    while at + 5 <= answer.len() {
+        let len = i32::from_be_bytes(answer[at + 1..at + 5].try_into().unwrap()) as usize;
+        let end = (at + 1 + len).min(answer.len());
+        let f = &answer[at..end];
+        if (at == 0 && described) || f[0] == be::DATA_ROW {
+            rows.push_back(Bytes::copy_from_slice(f));
+        } else {
+            tail.extend_from_slice(f);
+        }
+        at = end;
+    }
+    (rows, tail.freeze())
 }
 
 /// The client's answer to Execute (after a Describe of the portal when
