@@ -21,6 +21,7 @@
 
 mod copysplit;
 mod multi;
+mod multiext;
 mod multitx;
 mod portal;
 mod reads;
@@ -334,6 +335,8 @@ pub struct Session<R, W> {
     multi: Option<multitx::MultiTx>,
     /// An extended-protocol portal that runs on several shards (portal.rs).
     portal: Option<portal::ScatterPortal>,
+    /// The bound portal of a transaction over several shards (multiext.rs).
+    multi_portal: Option<multiext::MultiPortal>,
 }
 
 impl<R, W> Session<R, W>
@@ -413,6 +416,7 @@ where
             scratch: BytesMut::new(),
             multi: None,
             portal: None,
+            multi_portal: None,
         };
         if let Some(conn) = server {
             s.attach(conn);
@@ -1207,14 +1211,22 @@ where
         if self.server.is_none() && self.multi.is_none() && self.held.is_empty() {
             self.follow_config();
         }
-        if self.multi.is_some()
-            && matches!(
-                tag,
-                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FUNCTION_CALL
-            )
-        {
-            self.multi_refuse_extended();
-            return Ok(());
+        if self.multi.is_some() {
+            match tag {
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
+                    return self.multi_extended(frame).await
+                }
+                fe::FUNCTION_CALL => {
+                    self.multi_refuse_extended();
+                    return Ok(());
+                }
+                fe::SYNC => {
+                    self.multi_sync().await;
+                    return Ok(());
+                }
+                fe::FLUSH => return Ok(()),
+                _ => {}
+            }
         }
         if self.routing {
             if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) && self.only_lsn_probe_pending() {
@@ -1679,7 +1691,6 @@ where
     /// that already executed something on the server, or a transaction,
     /// stays there.
     async fn settle_held_server(&mut self) -> Result<(), SessionEnd> {
-        let is_request = |p: &Pending| matches!(p, Pending::Request { .. });
         if self.server.is_none()
             || self.pool_mode != PoolMode::Transaction
             || self.tx_status != b'I'
@@ -1724,9 +1735,16 @@ where
         protocol::finish_frame(&mut sync, at);
         self.send(&sync, Expect::Ready, false, None);
         self.flush_point();
+        self.drain_requests().await
+    }
+
+    /// Wait until the held server has answered everything it owes (its
+    /// answers go to the client as usual); releasing it when it is idle,
+    /// which after a write first asks for its LSN (maybe_release): that
+    /// answer is waited for too.
+    async fn drain_requests(&mut self) -> Result<(), SessionEnd> {
+        let is_request = |p: &Pending| matches!(p, Pending::Request { .. });
         let deadline = tokio::time::Instant::now() + self.multi_statement_timeout();
-        // Releasing after a write first asks for its LSN (maybe_release):
-        // then wait for that too.
         while self.server.is_some() && self.pending.iter().any(is_request) {
             let upto = self.server_flush_upto;
             let Some(s) = self.server.as_deref_mut() else {
@@ -2088,6 +2106,28 @@ where
                         if let Ok(r) = &route {
                             let shards = r.shards.clone();
                             self.settle_for(&shards).await?;
+                            // Still held: its batch or transaction goes on,
+                            // over several shards now.
+                            let elsewhere =
+                                shards.len() > 1 || shards.first() != Some(&self.server_shard);
+                            if self.server.is_some() && elsewhere {
+                                drop(params);
+                                if self.enter_multi_extended().await? {
+                                    return self.multi_extended(frame).await;
+                                }
+                                if self.skip_until_sync {
+                                    return Ok(()); // the batch failed meanwhile
+                                }
+                                let e = self.single_shard(&route.expect("ok")).err();
+                                let e = e.unwrap_or_else(|| {
+                                    PgError::error(
+                                        sqlstate::FEATURE_NOT_SUPPORTED,
+                                        "this statement needs another shard than the transaction's",
+                                    )
+                                });
+                                self.refuse(e, false);
+                                return Ok(());
+                            }
                             if r.shards.len() > 1 {
                                 let r = route.expect("ok");
                                 drop(params);

@@ -10,7 +10,7 @@
 //! COMMIT of a transaction open on several shards is a two-phase commit
 //! (execute/twophase.rs): all shards commit or none.
 //!
-//! Extended-protocol messages are refused with 0A000 in such a transaction.
+//! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
     finish_atomic, lost_error, multi_write_tag, shard_error, split_insert, CONTROL_TIMEOUT,
@@ -26,7 +26,10 @@ pub(super) struct MultiTx {
     /// The client's BEGIN, sent to each shard at its first use.
     begin: String,
     /// A statement failed: everything but ROLLBACK/COMMIT is refused.
-    failed: bool,
+    pub(super) failed: bool,
+    /// The implicit transaction of one extended batch (multiext.rs): the
+    /// client's Sync commits it.
+    pub(super) implicit: bool,
 }
 
 const OUTCOME: &str = "; the transaction is aborted on every shard";
@@ -76,6 +79,7 @@ where
             conns,
             begin,
             failed: false,
+            implicit: false,
         });
     }
 
@@ -232,7 +236,7 @@ where
 
     /// The connection of `shard` in the transaction, checked out and begun
     /// at first use.
-    async fn multi_conn(&mut self, shard: usize) -> Result<(), BytesMut> {
+    pub(super) async fn multi_conn(&mut self, shard: usize) -> Result<(), BytesMut> {
         let Some(m) = self.multi.as_ref() else {
             return Err(BytesMut::new());
         };
@@ -403,9 +407,25 @@ where
 
     /// COMMIT (`commit`) or ROLLBACK of every shard, in shard order.
     async fn multi_end(&mut self, commit: bool) {
-        let Some(m) = self.multi.take() else {
-            return;
-        };
+        let commit = commit && !self.multi.as_ref().is_some_and(|m| m.failed);
+        let failure = self.multi_finish(commit).await;
+        match failure {
+            Some(f) if commit => self.answer(f),
+            _ => {
+                let mut out = BytesMut::new();
+                crate::protocol::command_complete(
+                    &mut out,
+                    if commit { "COMMIT" } else { "ROLLBACK" },
+                );
+                self.answer(out);
+            }
+        }
+    }
+
+    /// End the transaction on every shard: commit (two-phase when several
+    /// take part) or roll back. The client's error when a commit failed.
+    pub(super) async fn multi_finish(&mut self, commit: bool) -> Option<BytesMut> {
+        let m = self.multi.take()?;
         let commit = commit && !m.failed;
         let mut conns = Vec::new();
         let mut names = Vec::new();
@@ -434,16 +454,6 @@ where
             }
         }
         self.tx_status = b'I';
-        match failure {
-            Some(f) if commit => self.answer(f),
-            _ => {
-                let mut out = BytesMut::new();
-                crate::protocol::command_complete(
-                    &mut out,
-                    if commit { "COMMIT" } else { "ROLLBACK" },
-                );
-                self.answer(out);
-            }
-        }
+        failure.filter(|_| commit)
     }
 }

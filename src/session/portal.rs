@@ -9,9 +9,8 @@
 //! What runs this way: merged SELECTs, UPDATE/DELETE on several shards
 //! and statements on every shard (reference-table writes, DDL), the writes
 //! all-or-nothing as in multi.rs. Only outside a transaction block, with
-//! no single-shard statement earlier in the same batch (that one would
-//! share the batch's implicit transaction on another connection); anything
-//! else is refused with 0A000 and a hint. An Execute with a row limit
+//! no single-shard statement earlier in the same batch (those run in a
+//! transaction over several shards instead, multiext.rs). An Execute with a row limit
 //! gets that many rows and PortalSuspended; the rest of the merged answer
 //! waits in the proxy for the next Execute (until Sync).
 
@@ -69,6 +68,22 @@ where
             self.refuse(e, false);
             return Ok(());
         };
+        if self.server.is_none()
+            && self.deferred_begin.is_some()
+            && self.multi.is_none()
+            && self.pool_mode == PoolMode::Transaction
+        {
+            // The first statement of a transaction: it spans shards from
+            // the start (multiext.rs).
+            let held = std::mem::take(&mut self.held);
+            self.held_read = None;
+            self.held_mixed = false;
+            self.enter_multi_tx();
+            for f in held {
+                self.multi_extended(f).await?;
+            }
+            return self.multi_extended(frame).await;
+        }
         if self.server.is_some()
             || self.deferred_begin.is_some()
             || self.tx_status != b'I'
@@ -408,7 +423,7 @@ where
     }
 
     /// The parameter types (count and OIDs, as in Parse) of a statement.
-    fn statement_param_types(&self, name: &str) -> Option<Bytes> {
+    pub(super) fn statement_param_types(&self, name: &str) -> Option<Bytes> {
         let parse = if name.is_empty() {
             self.unnamed.as_ref().map(|(_, f)| f.clone())?
         } else {
@@ -442,9 +457,9 @@ fn scatter_kind(route: &Route, analysis: &Analysis, sql: &str) -> Option<Scatter
 
 /// A Bind body: portal, statement, the parameter part (formats and
 /// values) and the result format codes.
-type BindParts<'a> = (&'a [u8], &'a str, &'a [u8], Vec<i16>);
+pub(super) type BindParts<'a> = (&'a [u8], &'a str, &'a [u8], Vec<i16>);
 
-fn parse_bind(body: &[u8]) -> Result<BindParts<'_>, protocol::Malformed> {
+pub(super) fn parse_bind(body: &[u8]) -> Result<BindParts<'_>, protocol::Malformed> {
     let mut r = BodyReader::new(body, "Bind");
     let portal = r.cstr_bytes()?;
     let stmt = r.cstr()?;
@@ -469,7 +484,7 @@ fn parse_bind(body: &[u8]) -> Result<BindParts<'_>, protocol::Malformed> {
     Ok((portal, stmt, &body[start..end], formats))
 }
 
-fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {
+pub(super) fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {
     let at = protocol::begin_frame(out, fe::PARSE);
     out.extend_from_slice(b"\0");
     out.extend_from_slice(sql.as_bytes());
@@ -478,14 +493,14 @@ fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {
     protocol::finish_frame(out, at);
 }
 
-fn sync_frame(out: &mut BytesMut) {
+pub(super) fn sync_frame(out: &mut BytesMut) {
     let at = protocol::begin_frame(out, fe::SYNC);
     protocol::finish_frame(out, at);
 }
 
 /// Parse, Bind and Describe of the unnamed portal, Execute (when
 /// `execute`) and Sync: one shard's part of a scatter portal.
-fn portal_request(
+pub(super) fn portal_request(
     sql: &str,
     param_types: &[u8],
     params: &[u8],
@@ -539,7 +554,7 @@ fn split_rows(answer: &[u8], described: bool) -> (std::collections::VecDeque<Byt
 /// The client's answer to Execute (after a Describe of the portal when
 /// `described`): the merged frames without the shards' own Parse/Bind
 /// answers, the description first only if it was asked for.
-fn extended_answer(frames: &[u8], described: bool) -> BytesMut {
+pub(super) fn extended_answer(frames: &[u8], described: bool) -> BytesMut {
     let mut out = BytesMut::with_capacity(frames.len());
     let mut description: Option<&[u8]> = None;
     let mut rest = BytesMut::new();

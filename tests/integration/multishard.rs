@@ -192,7 +192,7 @@ fn reference_and_split_inserts() {
     let started = Instant::now();
     block_on(Duration::from_secs(300), async {
         let shards = connect_shards("drop table if exists mt_ref, mt_acc").await;
-        let (c, _task) = connect_url(&proxy.url()).await;
+        let (mut c, _task) = connect_url(&proxy.url()).await;
         c.simple_query(
             "create table mt_ref (id int primary key, name text);
              create table mt_acc (id int primary key, v text)",
@@ -326,18 +326,46 @@ fn reference_and_split_inserts() {
         let m = c.simple_query("commit").await.expect("commit");
         assert!(m.iter().all(|x| !matches!(x, SimpleQueryMessage::Row(_))));
         assert_eq!(total(400).await, 5);
-        // The extended protocol inside such a transaction is refused.
+        // The extended protocol inside such a transaction: statements by
+        // key, a merged count, a failure that aborts it, ROLLBACK.
         c.simple_query("begin").await.expect("begin");
         c.simple_query("insert into mt_acc (id) values (501), (502), (503), (504)")
             .await
             .expect("split insert in a transaction");
-        let e = c
-            .query("select 1", &[])
+        for id in 505..=520i32 {
+            c.execute("insert into mt_acc (id) values ($1)", &[&id])
+                .await
+                .expect("extended insert in a multi-shard transaction");
+        }
+        let n: i64 = c
+            .query_one(
+                "select count(*) from mt_acc where id between $1 and $2",
+                &[&500i32, &600i32],
+            )
             .await
-            .expect_err("extended protocol in a multi-shard transaction");
-        assert_eq!(sqlstate(&e), "0A000");
+            .expect("extended count in a multi-shard transaction")
+            .get(0);
+        assert_eq!(n, 20);
+        let e = c
+            .execute("insert into mt_acc (id) values ($1)", &[&505i32])
+            .await
+            .expect_err("duplicate key");
+        assert_eq!(sqlstate(&e), "23505", "{e}");
+        let e = c.query("select 1", &[]).await.expect_err("after the error");
+        assert_eq!(sqlstate(&e), "25P02", "{e}");
         c.simple_query("rollback").await.expect("rollback");
         assert_eq!(total(500).await, 0);
+        // ... and committed, from an explicit BEGIN of a driver.
+        let tx = c.transaction().await.expect("begin");
+        for id in 601..=620i32 {
+            tx.execute("insert into mt_acc (id) values ($1)", &[&id])
+                .await
+                .expect("insert in a driver's transaction");
+        }
+        tx.commit().await.expect("commit");
+        assert_eq!(total(600).await, 20);
+        assert!(query_count(&shards[0], "select count(*) from mt_acc where id > 600").await > 0);
+        assert!(query_count(&shards[1], "select count(*) from mt_acc where id > 600").await > 0);
 
         c.simple_query("drop table mt_ref, mt_acc")
             .await

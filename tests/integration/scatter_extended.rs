@@ -304,16 +304,29 @@ fn extended_protocol_scatter_matches_one_database() {
             .await
             .expect_err("LIMIT $1 across shards");
         assert_eq!(sqlstate(&e), "0A000", "{e}");
-        // Inside a transaction block: refused with a hint.
+        // Inside a transaction block: a transaction over several shards,
+        // whether the cross-shard statement comes first or later.
+        for first_single in [true, false] {
+            let tx = c.transaction().await.expect("begin");
+            if first_single {
+                tx.query_one("select n from sx_t where id = $1", &[&5i32])
+                    .await
+                    .expect("single-shard read in the transaction");
+            }
+            let got: i64 = tx
+                .query_one("select count(*) from sx_t where grp = $1", &[&0i32])
+                .await
+                .expect("cross-shard count in an extended transaction")
+                .get(0);
+            let want: i64 = one
+                .query_one("select count(*) from sx_all where grp = $1", &[&0i32])
+                .await
+                .expect("direct")
+                .get(0);
+            assert_eq!(got, want);
+            tx.rollback().await.expect("rollback");
+        }
         let tx = c.transaction().await.expect("begin");
-        tx.query_one("select n from sx_t where id = $1", &[&5i32])
-            .await
-            .expect("single-shard read in the transaction");
-        let e = tx
-            .query("select count(*) from sx_t where grp = $1", &[&0i32])
-            .await
-            .expect_err("cross-shard in an extended transaction");
-        assert_eq!(sqlstate(&e), "0A000", "{e}");
         drop(tx);
         let n: i64 = c
             .query_one("select count(*) from sx_t", &[])

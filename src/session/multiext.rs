@@ -1,0 +1,472 @@
+//! Extended-protocol messages in a transaction over several shards
+//! (multitx.rs): a client's BEGIN'd transaction, or an implicit one, the
+//! statements of one extended batch before its Sync (a driver's
+//! executemany or executeBatch of rows for several shards), that needs a
+//! second shard.
+//!
+//! The held server's transaction is adopted as the first participant: an
+//! implicit batch is made explicit first by a proxy-sent BEGIN, which
+//! PostgreSQL turns into a regular transaction block. From then on the
+//! proxy answers Parse, Bind, Close and Describe of a portal itself; each
+//! Execute runs Parse/Bind/Describe/Execute/Sync on its shards' connections
+//! (Sync does not end an explicit transaction) and passes the answer on,
+//! merged as in scatter.rs when the statement spans shards. The client's
+//! Sync of an implicit transaction commits it on every shard (two-phase
+//! commit when several wrote), or rolls it back after an error; COMMIT
+//! and ROLLBACK as statements end an explicit one.
+
+use super::multi::{lost_error, multi_write_tag, shard_error, write_answer, MAX_COLLECT};
+use super::portal::{extended_answer, parse_bind, parse_frame, portal_request, sync_frame};
+use super::*;
+use crate::backend::conn::Collected;
+use crate::router::Merge;
+
+/// A portal bound in a transaction over several shards.
+pub(super) struct MultiPortal {
+    route: Route,
+    sql: Arc<str>,
+    param_types: Bytes,
+    params: Bytes,
+    result_formats: Vec<i16>,
+    described: bool,
+    /// COMMIT (true) or ROLLBACK (false) sent as a statement.
+    ends: Option<bool>,
+}
+
+const OUTCOME: &str = "; the transaction is aborted on every shard";
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Make the held server's transaction (explicit, or the implicit one of
+    /// the current batch) a multi-shard one, for a Bind that needs another
+    /// shard. False when it cannot be (the caller refuses as before) or the
+    /// batch failed meanwhile (then it is being skipped up to Sync).
+    pub(super) async fn enter_multi_extended(&mut self) -> Result<bool, SessionEnd> {
+        if self.server.is_none()
+            || self.multi.is_some()
+            || self.pool_mode != PoolMode::Transaction
+            || self.copy_in
+            || self.copy_open
+            || self.on_replica
+        {
+            return Ok(false);
+        }
+        let implicit = self.tx_status == b'I';
+        if implicit {
+            // BEGIN inside an implicit transaction block turns it into a
+            // regular one; its answers are the proxy's own.
+            let mut f = BytesMut::new();
+            parse_frame(&mut f, "BEGIN", &0i16.to_be_bytes());
+            self.send(&f, Expect::ParseComplete, false, None);
+            f.clear();
+            let at = protocol::begin_frame(&mut f, fe::BIND);
+            f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+            protocol::finish_frame(&mut f, at);
+            self.send(&f, Expect::BindComplete, false, None);
+            f.clear();
+            let at = protocol::begin_frame(&mut f, fe::EXECUTE);
+            f.extend_from_slice(&[0, 0, 0, 0, 0]);
+            protocol::finish_frame(&mut f, at);
+            self.send(&f, Expect::ExecuteDone, false, None);
+            let mut flush = BytesMut::new();
+            let at = protocol::begin_frame(&mut flush, fe::FLUSH);
+            protocol::finish_frame(&mut flush, at);
+            self.server_out.extend_from_slice(&flush);
+            self.server_mut().unnamed = None;
+        }
+        self.flush_point();
+        // Everything the server owes reaches the client first, in order.
+        self.drain_requests().await?;
+        if self.skip_until_sync || self.server.is_none() {
+            return Ok(false);
+        }
+        self.enter_multi_tx();
+        if let Some(m) = self.multi.as_mut() {
+            m.implicit = implicit;
+        }
+        Ok(true)
+    }
+
+    /// An extended-protocol message in a transaction over several shards.
+    pub(super) async fn multi_extended(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let body = protocol::body(&frame);
+        match frame[0] {
+            fe::PARSE => {
+                self.note_parse(&frame)?;
+                self.pending
+                    .push_back(Pending::Synthetic(be::PARSE_COMPLETE));
+            }
+            fe::BIND => {
+                let Ok((_, stmt, params, result_formats)) = parse_bind(body) else {
+                    return Err(self.client_protocol_error("malformed Bind message".into()));
+                };
+                let sql = if stmt.is_empty() {
+                    self.unnamed_sql.clone()
+                } else {
+                    self.statements.get(stmt).map(|s| s.sql.clone())
+                };
+                let (Some(sql), Some(param_types)) = (sql, self.statement_param_types(stmt)) else {
+                    self.multi_extended_fail(PgError::error(
+                        "26000",
+                        format!("prepared statement \"{stmt}\" does not exist"),
+                    ));
+                    return Ok(());
+                };
+                let analysis = self.router.analysis(&sql);
+                let ends = match routing::tx_control(&sql, &analysis) {
+                    Some(TxControl::End(tag)) => Some(tag == "COMMIT"),
+                    _ => None,
+                };
+                let route = if ends.is_some() {
+                    Ok(self.simple_route_here())
+                } else if analysis
+                    .statements
+                    .iter()
+                    .any(|s| s.kind == crate::router::Kind::Transaction)
+                {
+                    Err(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "savepoints and nested transaction control are not supported in a transaction over several shards",
+                    ))
+                } else {
+                    let (_, bound) = match routing::bind_params(body) {
+                        Ok(x) => x,
+                        Err(e) => return Err(self.client_protocol_error(e.to_string())),
+                    };
+                    self.router.route(&sql, &bound, &self.hints)
+                };
+                match route {
+                    Err(e) => self.multi_extended_fail(e),
+                    Ok(route) => {
+                        self.multi_portal = Some(MultiPortal {
+                            route,
+                            sql,
+                            param_types,
+                            params: Bytes::copy_from_slice(params),
+                            result_formats,
+                            described: false,
+                            ends,
+                        });
+                        self.pending
+                            .push_back(Pending::Synthetic(be::BIND_COMPLETE));
+                    }
+                }
+            }
+            fe::DESCRIBE if body.first() == Some(&b'P') => {
+                if let Some(p) = self.multi_portal.as_mut() {
+                    p.described = true;
+                }
+            }
+            fe::DESCRIBE => {
+                let Ok((name, _)) = split_name(body.get(1..).unwrap_or(b""), "Describe") else {
+                    return Err(self.client_protocol_error("malformed Describe".into()));
+                };
+                let name = name.to_string();
+                self.multi_describe(&name).await;
+            }
+            fe::EXECUTE => {
+                let max_rows = body
+                    .iter()
+                    .position(|b| *b == 0)
+                    .and_then(|nul| body.get(nul + 1..nul + 5))
+                    .map_or(0, |b| i32::from_be_bytes(b.try_into().unwrap()));
+                match self.multi_portal.take() {
+                    None => self.multi_extended_fail(PgError::error(
+                        "34000",
+                        "portal does not exist (a transaction over several shards keeps only the last bound portal)",
+                    )),
+                    Some(p) => self.multi_execute(p, max_rows).await,
+                }
+            }
+            fe::CLOSE => {
+                if body.first() == Some(&b'S') {
+                    if let Ok((name, _)) = split_name(&body[1..], "Close") {
+                        if !name.is_empty() {
+                            let name = name.to_string();
+                            self.statements.remove(&name);
+                        }
+                    }
+                } else {
+                    self.multi_portal = None;
+                }
+                self.pending
+                    .push_back(Pending::Synthetic(be::CLOSE_COMPLETE));
+            }
+            _ => {
+                if self.multi.is_some() {
+                    self.multi_refuse_extended();
+                }
+                return Ok(());
+            }
+        }
+        self.emit_synthetic();
+        Ok(())
+    }
+
+    /// The client's Sync in a transaction over several shards: an implicit
+    /// transaction ends here (committed unless it failed).
+    pub(super) async fn multi_sync(&mut self) {
+        self.skip_until_sync = false;
+        self.multi_portal = None;
+        if self.multi.as_ref().is_some_and(|m| m.implicit) {
+            let failed = self.multi.as_ref().is_some_and(|m| m.failed);
+            if let Some(f) = self.multi_finish(!failed).await {
+                if !failed {
+                    self.note_errors(&f);
+                    self.pending.push_back(Pending::SyntheticFrame(f.freeze()));
+                }
+            }
+        }
+        self.pending.push_back(Pending::SyntheticReady);
+        self.emit_synthetic();
+    }
+
+    /// A route to the default shard, for statements the proxy answers.
+    fn simple_route_here(&self) -> Route {
+        Route {
+            shards: vec![],
+            all_shards: false,
+            writes: false,
+            row_shards: None,
+            copy_split: None,
+            merge: None,
+            table: None,
+            strategy: None,
+            keys: vec![],
+            reason: "transaction control".into(),
+            hinted: false,
+            role: None,
+        }
+    }
+
+    /// An error in the extended protocol that aborts the transaction: the
+    /// rest of the batch is skipped up to Sync.
+    fn multi_extended_fail(&mut self, e: PgError) {
+        let mut out = BytesMut::new();
+        e.encode(&mut out);
+        self.multi_extended_failed_with(out);
+    }
+
+    fn multi_extended_failed_with(&mut self, frame: BytesMut) {
+        if let Some(m) = self.multi.as_mut() {
+            m.failed = true;
+        }
+        self.multi_portal = None;
+        self.tx_status = b'E';
+        self.note_errors(&frame);
+        self.pending
+            .push_back(Pending::SyntheticFrame(frame.freeze()));
+        self.skip_until_sync = true;
+        self.emit_synthetic();
+    }
+
+    /// Describe a statement on one of the transaction's connections (it may
+    /// use tables the transaction created).
+    async fn multi_describe(&mut self, name: &str) {
+        let sql = if name.is_empty() {
+            self.unnamed_sql.clone()
+        } else {
+            self.statements.get(name).map(|s| s.sql.clone())
+        };
+        let (Some(sql), Some(types)) = (sql, self.statement_param_types(name)) else {
+            return self.multi_extended_fail(PgError::error(
+                "26000",
+                format!("prepared statement \"{name}\" does not exist"),
+            ));
+        };
+        let shard = self
+            .multi
+            .as_ref()
+            .and_then(|m| m.conns.iter().position(Option::is_some))
+            .unwrap_or(self.default_shard);
+        let mut request = BytesMut::new();
+        parse_frame(&mut request, &sql, &types);
+        let at = protocol::begin_frame(&mut request, fe::DESCRIBE);
+        request.extend_from_slice(b"S\0");
+        protocol::finish_frame(&mut request, at);
+        sync_frame(&mut request);
+        if let Some(results) = self.multi_requests(&[(shard, request)]).await {
+            let mut out = BytesMut::new();
+            for f in results.iter().flat_map(|r| r.frames.iter()) {
+                if matches!(
+                    f[0],
+                    be::PARAMETER_DESCRIPTION | be::ROW_DESCRIPTION | be::NO_DATA
+                ) {
+                    out.extend_from_slice(f);
+                }
+            }
+            self.pending
+                .push_back(Pending::SyntheticFrame(out.freeze()));
+        }
+    }
+
+    /// Run a bound portal on its shards in the transaction. A row limit
+    /// (`max_rows`, 0 for none) is fine for answers within it (JDBC sets
+    /// one on writes); more rows cannot be held for a later Execute here.
+    async fn multi_execute(&mut self, p: MultiPortal, max_rows: i32) {
+        if let Some(commit) = p.ends {
+            let failed = self.multi.as_ref().is_some_and(|m| m.failed);
+            let failure = self.multi_finish(commit && !failed).await;
+            let mut out = BytesMut::new();
+            match failure {
+                Some(f) if commit && !failed => out = f,
+                _ => protocol::command_complete(
+                    &mut out,
+                    if commit && !failed {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    },
+                ),
+            }
+            self.note_errors(&out);
+            self.pending
+                .push_back(Pending::SyntheticFrame(out.freeze()));
+            return;
+        }
+        if self.multi.as_ref().is_some_and(|m| m.failed) {
+            return self.multi_extended_fail(PgError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let analysis = self.router.analysis(&p.sql);
+        let merge = p.route.merge.clone().filter(|_| p.route.shards.len() > 1);
+        let write_tag = multi_write_tag(&p.route, &analysis);
+        let merged_in_text = matches!(
+            merge,
+            Some(Merge::Aggregate { .. } | Merge::Grouped { .. } | Merge::CountDistinct { .. })
+        );
+        let shard_sql = merge
+            .as_ref()
+            .and_then(Merge::shard_sql)
+            .unwrap_or(&p.sql)
+            .to_string();
+        let formats: &[i16] = if merged_in_text {
+            &[]
+        } else {
+            &p.result_formats
+        };
+        let request = portal_request(&shard_sql, &p.param_types, &p.params, formats, true);
+        let shards = if p.route.shards.is_empty() {
+            vec![self.default_shard]
+        } else {
+            p.route.shards.clone()
+        };
+        if shards.len() > 1 && merge.is_none() && write_tag.is_none() && !p.route.all_shards {
+            return self.multi_extended_fail(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("statement needs shards {shards:?} and cannot be merged"),
+            ));
+        }
+        let work: Vec<(usize, BytesMut)> = shards.iter().map(|&s| (s, request.clone())).collect();
+        let Some(results) = self.multi_requests(&work).await else {
+            return;
+        };
+        let answer = match (&merge, write_tag) {
+            (Some(m), _) => super::scatter::merge_answers(m, &results).and_then(|out| {
+                if merged_in_text {
+                    super::scatter::in_formats(&out, &p.result_formats)
+                } else {
+                    Ok(out)
+                }
+            }),
+            (None, Some(tag)) if results.len() > 1 => Ok(write_answer(&results, tag)),
+            _ => Ok(results
+                .first()
+                .map(|r| {
+                    r.frames.iter().fold(BytesMut::new(), |mut o, f| {
+                        o.extend_from_slice(f);
+                        o
+                    })
+                })
+                .unwrap_or_default()),
+        };
+        match answer {
+            Ok(frames) => {
+                let rows = results
+                    .iter()
+                    .flat_map(|r| r.frames.iter())
+                    .filter(|f| f[0] == be::DATA_ROW)
+                    .count();
+                if max_rows > 0 && rows > max_rows as usize {
+                    return self.multi_extended_fail(
+                        PgError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("fetching {rows} rows in parts of {max_rows} (Execute with a row limit) is not supported in a transaction over several shards"),
+                        )
+                        .with_hint("fetch all rows at once (no fetch size), or keep the transaction on one shard"),
+                    );
+                }
+                let out = extended_answer(&frames, p.described);
+                self.pending
+                    .push_back(Pending::SyntheticFrame(out.freeze()));
+            }
+            Err(e) => self.multi_extended_fail(e),
+        }
+    }
+
+    /// Send each request (ending in Sync) to its shard's connection in the
+    /// transaction, then read the answers. None when one failed (the
+    /// client has the error and the transaction is aborted).
+    async fn multi_requests(&mut self, work: &[(usize, BytesMut)]) -> Option<Vec<Collected>> {
+        for (shard, _) in work {
+            if let Err(f) = self.multi_conn(*shard).await {
+                self.multi_extended_failed_with(f);
+                return None;
+            }
+        }
+        let timeout = self.multi_statement_timeout();
+        for (shard, request) in work {
+            let name = self.shard_name(*shard).to_string();
+            let conn = self.multi.as_mut()?.conns[*shard].as_mut()?;
+            if let Err(e) = conn.send_frames(request, timeout).await {
+                if let Some(m) = self.multi.as_mut() {
+                    m.conns[*shard] = None;
+                }
+                self.multi_extended_failed_with(lost_error(&e, &name, OUTCOME));
+                return None;
+            }
+        }
+        let mut results = Vec::with_capacity(work.len());
+        let mut failure = None;
+        for (shard, _) in work {
+            let name = self.shard_name(*shard).to_string();
+            let conn = self.multi.as_mut()?.conns[*shard].as_mut()?;
+            match conn.collect_within(timeout, MAX_COLLECT).await {
+                Ok(c) if c.error.is_none() && c.status == b'T' && !c.overflow => results.push(c),
+                Ok(mut c) => {
+                    if failure.is_none() {
+                        failure = Some(if c.overflow {
+                            let mut out = BytesMut::new();
+                            PgError::error(
+                                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                format!("the answer of shard \"{name}\" exceeds {MAX_COLLECT} bytes in a transaction over several shards"),
+                            )
+                            .encode(&mut out);
+                            out
+                        } else {
+                            shard_error(c.error.take(), &name, OUTCOME)
+                        });
+                    }
+                }
+                Err(e) => {
+                    if let Some(m) = self.multi.as_mut() {
+                        m.conns[*shard] = None;
+                    }
+                    failure.get_or_insert(lost_error(&e, &name, OUTCOME));
+                }
+            }
+        }
+        match failure {
+            Some(f) => {
+                self.multi_extended_failed_with(f);
+                None
+            }
+            None => Some(results),
+        }
+    }
+}
