@@ -214,10 +214,17 @@ impl Pool {
     /// one, waiting up to `checkout_timeout` for room in the pool.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
         let start = Instant::now();
-        if let Some(h) = self.health().filter(|h| h.banned()) {
+        // Checked under the read lock: cloning the Arc would bump a
+        // reference count every session's checkout shares.
+        let banned = self
+            .health
+            .read()
+            .ok()
+            .and_then(|h| h.as_ref().filter(|h| h.banned()).map(|h| h.last_error()));
+        if let Some(last_error) = banned {
             return Err(CheckoutError::Unavailable {
                 server: self.target.describe(),
-                reason: h.last_error().unwrap_or_else(|| "no detail".into()),
+                reason: last_error.unwrap_or_else(|| "no detail".into()),
             });
         }
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -327,7 +334,12 @@ impl Pool {
     }
 
     fn expired(&self, c: &ServerConn) -> bool {
-        c.created.elapsed() >= self.settings().max_lifetime
+        let max_lifetime = self
+            .settings
+            .read()
+            .map(|s| s.max_lifetime)
+            .unwrap_or_else(|e| e.into_inner().max_lifetime);
+        c.created.elapsed() >= max_lifetime
     }
 
     fn checkin(&self, mut conn: ServerConn) {

@@ -565,6 +565,11 @@ where
             Event::ClientWrote(Ok(n)) => {
                 self.client_out.advance(n);
                 self.client_unflushed = n > 0;
+                if n > 0 && self.client_out.is_empty() {
+                    // Plain TCP has nothing to flush: settle it now rather
+                    // than in one more pass of the loop per response.
+                    self.try_flush_client()?;
+                }
             }
             Event::ClientWrote(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
             Event::ServerWrote(Ok(n)) => {
@@ -600,6 +605,20 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Flush the client's stream if that completes without waiting (always,
+    /// for plain TCP); a flush that would wait is left to `wait_io`.
+    fn try_flush_client(&mut self) -> Result<(), SessionEnd> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self.client_wr).poll_flush(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                self.client_unflushed = false;
+                Ok(())
+            }
+            std::task::Poll::Ready(Err(e)) => Err(SessionEnd::ClientGone(e.to_string())),
+            std::task::Poll::Pending => Ok(()),
+        }
     }
 
     /// The next timeout that applies now, if any.
@@ -1525,12 +1544,17 @@ where
         }
         match self.statement_on_server(stmt) {
             Some(server_name) => {
-                let mut prefix = Vec::with_capacity(portal.len() + 1);
-                prefix.extend_from_slice(portal);
-                prefix.push(0);
+                // The unnamed portal (what drivers use) needs no allocation.
+                let named;
+                let prefix: &[u8] = if portal.is_empty() {
+                    b"\0"
+                } else {
+                    named = [portal, b"\0"].concat();
+                    &named
+                };
                 let mut scratch = std::mem::take(&mut self.scratch);
                 scratch.clear();
-                rebuild(fe::BIND, &prefix, &server_name, rest, &mut scratch);
+                rebuild(fe::BIND, prefix, &server_name, rest, &mut scratch);
                 self.send(&scratch, Expect::BindComplete, true, None);
                 self.scratch = scratch;
             }
