@@ -518,7 +518,19 @@ impl Router {
         params: &[Param<'_>],
         session: &SessionHints,
     ) -> Result<Route, PgError> {
-        let analysis = self.analysis(sql);
+        self.route_analyzed(sql, &self.analysis(sql), params, session)
+    }
+
+    /// [`Router::route`] for a caller that already holds `sql`'s analysis
+    /// (from [`Router::analysis`]): one parse cache lookup, and one lock of
+    /// the cache every session shares, instead of two.
+    pub fn route_analyzed(
+        &self,
+        sql: &str,
+        analysis: &Analysis,
+        params: &[Param<'_>],
+        session: &SessionHints,
+    ) -> Result<Route, PgError> {
         let comment_hints = if sql.contains("/*") {
             hints::parse_hints(sql).map_err(|m| PgError::error("22023", m))?
         } else {
@@ -554,7 +566,7 @@ impl Router {
                 "no [[tables]]: default shard".into(),
             )
         } else {
-            self.route_with(&analysis, params, shard_hint, key_hint)?
+            self.route_with(analysis, params, shard_hint, key_hint)?
         };
         route.role = role;
         Ok(route)

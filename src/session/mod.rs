@@ -2049,7 +2049,10 @@ where
             self.send_query(frame);
             return Ok(());
         }
-        let route = match self.router.route(&sql, &[], &self.hints) {
+        let route = match self
+            .router
+            .route_analyzed(&sql, &analysis, &[], &self.hints)
+        {
             Ok(r) => r,
             Err(e) => {
                 self.refuse(e, true);
@@ -2126,7 +2129,9 @@ where
                         None
                     } else {
                         let read = self.router.is_read(&analysis);
-                        let route = self.router.route(&sql, &params, &self.hints);
+                        let route =
+                            self.router
+                                .route_analyzed(&sql, &analysis, &params, &self.hints);
                         if let Ok(r) = &route {
                             let shards = r.shards.clone();
                             self.settle_for(&shards).await?;
