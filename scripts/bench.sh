@@ -48,7 +48,7 @@ readonly REPO_ROOT="${SCRIPT_DIR%/*}"
 
 ALL_WORKLOADS="select-prepared,select-simple,select-2shard,tpcb,storm,scatter-count,scatter-order"
 
-DURATION=15
+DURATION=10
 ROUNDS=3
 CLIENTS=16
 STORM_CLIENTS=500
