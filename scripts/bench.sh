@@ -424,6 +424,11 @@ run_one() {   # round workload label port db
         --log --log-prefix="$prefix.log" \
         -h 127.0.0.1 -p "$port" -U app "$db" >"$out" 2>&1 || true
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$label" "$prefix" "$out" >>"$RESULTS"
+    # A proxy that died would make every later run of it fail: stop here.
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || die "a proxy (pid $pid) exited during the run; logs in $DIR (use --keep)"
+    done
     local tps
     tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -n 1)"
     say "round $round  $(printf '%-16s %-10s' "$w" "$label") tps ${tps:-FAILED}"
