@@ -75,6 +75,8 @@ pub struct RawConfig {
         with = "duration::serde_duration"
     )]
     pub shutdown_timeout: Duration,
+    /// Threads that run sessions (default: one per CPU). Read at start.
+    pub worker_threads: Option<usize>,
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub pool: RawPool,
@@ -645,6 +647,7 @@ pub struct Config {
     pub default_shard: usize,
     pub max_message_size: usize,
     pub shutdown_timeout: Duration,
+    pub worker_threads: Option<usize>,
     pub tls: Option<TlsConfig>,
     pub pool: RawPool,
     pub limits: Limits,
@@ -850,6 +853,9 @@ impl Config {
         };
         check_host_port(&raw.listen).map_err(|r| err("listen", r))?;
         check_host_port(&raw.http_listen).map_err(|r| err("http_listen", r))?;
+        if raw.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return Err(err("worker_threads", "must be between 1 and 1024".into()));
+        }
         if raw.max_message_size < 1024 || raw.max_message_size > 1 << 30 {
             return Err(err(
                 "max_message_size",
@@ -1215,6 +1221,7 @@ impl Config {
             default_shard,
             max_message_size: raw.max_message_size as usize,
             shutdown_timeout: raw.shutdown_timeout,
+            worker_threads: raw.worker_threads,
             tls,
             pool: raw.pool,
             limits: raw.limits,
