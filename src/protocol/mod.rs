@@ -151,6 +151,23 @@ pub fn body(frame: &[u8]) -> &[u8] {
     &frame[5..]
 }
 
+/// The frames of a buffer of whole frames (one the proxy built or
+/// collected), each with its tag and length; a truncated last one is cut
+/// at the end of the buffer.
+pub fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at + 5 > buf.len() {
+            return None;
+        }
+        let len = i32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]).max(4);
+        let end = (at + 1 + len as usize).min(buf.len());
+        let frame = &buf[at..end];
+        at = end;
+        Some(frame)
+    })
+}
+
 /// Start a frame of type `tag` in `out`; returns the offset to pass to
 /// [`finish_frame`] once the body is written.
 #[inline]

@@ -956,24 +956,14 @@ where
 
     /// Count the ErrorResponses in an answer the proxy built itself.
     fn note_errors(&mut self, frames: &[u8]) {
-        let mut at = 0;
-        while at + 5 <= frames.len() {
-            let len = i32::from_be_bytes([
-                frames[at + 1],
-                frames[at + 2],
-                frames[at + 3],
-                frames[at + 4],
-            ])
-            .max(4) as usize;
-            let end = (at + 1 + len).min(frames.len());
-            if frames[at] == be::ERROR_RESPONSE {
-                let fields = protocol::error_fields(&frames[at + 5..end]);
+        for f in protocol::frames(frames) {
+            if f[0] == be::ERROR_RESPONSE {
+                let fields = protocol::error_fields(protocol::body(f));
                 if let Some((_, code)) = fields.iter().find(|(k, _)| *k == b'C') {
                     self.proxy.metrics.error(code);
                 }
                 self.request_failed = true;
             }
-            at = end;
         }
     }
 

@@ -16,7 +16,9 @@
 //! and ROLLBACK as statements end an explicit one.
 
 use super::multi::{lost_error, multi_write_tag, shard_error, write_answer, MAX_COLLECT};
-use super::portal::{extended_answer, parse_bind, parse_frame, portal_request, sync_frame};
+use super::portal::{
+    describe_request, descriptions, extended_answer, parse_bind, parse_frame, portal_request,
+};
 use super::*;
 use crate::backend::conn::Collected;
 use crate::router::Merge;
@@ -282,24 +284,10 @@ where
             .as_ref()
             .and_then(|m| m.conns.iter().position(Option::is_some))
             .unwrap_or(self.default_shard);
-        let mut request = BytesMut::new();
-        parse_frame(&mut request, &sql, &types);
-        let at = protocol::begin_frame(&mut request, fe::DESCRIBE);
-        request.extend_from_slice(b"S\0");
-        protocol::finish_frame(&mut request, at);
-        sync_frame(&mut request);
+        let request = describe_request(&sql, &types);
         if let Some(results) = self.multi_requests(&[(shard, request)]).await {
-            let mut out = BytesMut::new();
-            for f in results.iter().flat_map(|r| r.frames.iter()) {
-                if matches!(
-                    f[0],
-                    be::PARAMETER_DESCRIPTION | be::ROW_DESCRIPTION | be::NO_DATA
-                ) {
-                    out.extend_from_slice(f);
-                }
-            }
             self.pending
-                .push_back(Pending::SyntheticFrame(out.freeze()));
+                .push_back(Pending::SyntheticFrame(descriptions(&results).freeze()));
         }
     }
 

@@ -16,6 +16,7 @@
 
 use super::multi::{multi_write_tag, write_answer};
 use super::*;
+use crate::backend::conn::Collected;
 use crate::router::{Analysis, Kind, Merge};
 
 /// A portal bound to a statement that runs on several shards.
@@ -384,30 +385,16 @@ where
             );
             return false;
         };
-        let mut request = BytesMut::new();
-        parse_frame(&mut request, &sql, &types);
-        let at = protocol::begin_frame(&mut request, fe::DESCRIBE);
-        request.extend_from_slice(b"S\0");
-        protocol::finish_frame(&mut request, at);
-        sync_frame(&mut request);
-        self.describe_on(shard, request).await
+        self.describe_on(shard, describe_request(&sql, &types))
+            .await
     }
 
     /// Run a describing request on `shard` and pass its descriptions on.
     async fn describe_on(&mut self, shard: usize, request: BytesMut) -> bool {
         match self.run_on_shards(&[(shard, request)], false).await {
             Ok(results) => {
-                let mut out = BytesMut::new();
-                for f in results.iter().flat_map(|r| r.frames.iter()) {
-                    if matches!(
-                        f[0],
-                        be::PARAMETER_DESCRIPTION | be::ROW_DESCRIPTION | be::NO_DATA
-                    ) {
-                        out.extend_from_slice(f);
-                    }
-                }
                 self.pending
-                    .push_back(Pending::SyntheticFrame(out.freeze()));
+                    .push_back(Pending::SyntheticFrame(descriptions(&results).freeze()));
                 self.emit_synthetic();
                 true
             }
@@ -493,6 +480,32 @@ pub(super) fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {
     protocol::finish_frame(out, at);
 }
 
+/// Parse of the unnamed statement, its Describe and Sync.
+pub(super) fn describe_request(sql: &str, param_types: &[u8]) -> BytesMut {
+    let mut request = BytesMut::new();
+    parse_frame(&mut request, sql, param_types);
+    let at = protocol::begin_frame(&mut request, fe::DESCRIBE);
+    request.extend_from_slice(b"S\0");
+    protocol::finish_frame(&mut request, at);
+    sync_frame(&mut request);
+    request
+}
+
+/// The descriptions (ParameterDescription, RowDescription or NoData) in
+/// the shards' answers to a describing request.
+pub(super) fn descriptions(results: &[Collected]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for f in results.iter().flat_map(|r| r.frames.iter()) {
+        if matches!(
+            f[0],
+            be::PARAMETER_DESCRIPTION | be::ROW_DESCRIPTION | be::NO_DATA
+        ) {
+            out.extend_from_slice(f);
+        }
+    }
+    out
+}
+
 pub(super) fn sync_frame(out: &mut BytesMut) {
     let at = protocol::begin_frame(out, fe::SYNC);
     protocol::finish_frame(out, at);
@@ -536,17 +549,12 @@ pub(super) fn portal_request(
 fn split_rows(answer: &[u8], described: bool) -> (std::collections::VecDeque<Bytes>, Bytes) {
     let mut rows = std::collections::VecDeque::new();
     let mut tail = BytesMut::new();
-    let mut at = 0;
-    while at + 5 <= answer.len() {
-        let len = i32::from_be_bytes(answer[at + 1..at + 5].try_into().unwrap()) as usize;
-        let end = (at + 1 + len).min(answer.len());
-        let f = &answer[at..end];
-        if (at == 0 && described) || f[0] == be::DATA_ROW {
+    for (i, f) in protocol::frames(answer).enumerate() {
+        if (i == 0 && described) || f[0] == be::DATA_ROW {
             rows.push_back(Bytes::copy_from_slice(f));
         } else {
             tail.extend_from_slice(f);
         }
-        at = end;
     }
     (rows, tail.freeze())
 }
@@ -558,11 +566,7 @@ pub(super) fn extended_answer(frames: &[u8], described: bool) -> BytesMut {
     let mut out = BytesMut::with_capacity(frames.len());
     let mut description: Option<&[u8]> = None;
     let mut rest = BytesMut::new();
-    let mut at = 0;
-    while at + 5 <= frames.len() {
-        let len = i32::from_be_bytes(frames[at + 1..at + 5].try_into().unwrap()) as usize;
-        let end = (at + 1 + len).min(frames.len());
-        let f = &frames[at..end];
+    for f in protocol::frames(frames) {
         match f[0] {
             be::PARSE_COMPLETE | be::BIND_COMPLETE | be::NO_DATA => {}
             be::ROW_DESCRIPTION => {
@@ -570,7 +574,6 @@ pub(super) fn extended_answer(frames: &[u8], described: bool) -> BytesMut {
             }
             _ => rest.extend_from_slice(f),
         }
-        at = end;
     }
     if described {
         match description {

@@ -123,12 +123,7 @@ pub(super) fn in_formats(frames: &[u8], formats: &[i16]) -> Result<BytesMut, PgE
     };
     let mut out = BytesMut::with_capacity(frames.len());
     let mut types: Vec<i32> = vec![];
-    let mut at = 0;
-    while at + 5 <= frames.len() {
-        let len = i32::from_be_bytes(frames[at + 1..at + 5].try_into().unwrap()) as usize;
-        let end = (at + 1 + len).min(frames.len());
-        let f = &frames[at..end];
-        at = end;
+    for f in protocol::frames(frames) {
         match f[0] {
             be::ROW_DESCRIPTION => {
                 let fields = raw_fields(f)?;
