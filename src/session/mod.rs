@@ -829,7 +829,13 @@ where
                 self.copy_open = true;
                 self.forget_syncs_sent_into_copy();
             }
-            be::COMMAND_COMPLETE | be::READY_FOR_QUERY => self.copy_in = false,
+            be::COMMAND_COMPLETE => self.copy_in = false,
+            // No COPY is open once the server is ready again, whatever the
+            // client sent or did not send.
+            be::READY_FOR_QUERY => {
+                self.copy_in = false;
+                self.copy_open = false;
+            }
             _ => {}
         }
         if tag == be::DATA_ROW
@@ -1749,14 +1755,15 @@ where
         protocol::finish_frame(&mut sync, at);
         self.send(&sync, Expect::Ready, false, None);
         self.flush_point();
-        self.drain_requests().await
+        self.drain_requests(true).await
     }
 
     /// Wait until the held server has answered everything it owes (its
-    /// answers go to the client as usual); releasing it when it is idle,
-    /// which after a write first asks for its LSN (maybe_release): that
-    /// answer is waited for too.
-    async fn drain_requests(&mut self) -> Result<(), SessionEnd> {
+    /// answers go to the client as usual). With `release`, the server is
+    /// then released if idle, which after a write first asks for its LSN
+    /// (maybe_release): that answer is waited for too. Without, it stays
+    /// held (its batch goes on).
+    async fn drain_requests(&mut self, release: bool) -> Result<(), SessionEnd> {
         let is_request = |p: &Pending| matches!(p, Pending::Request { .. });
         let deadline = tokio::time::Instant::now() + self.multi_statement_timeout();
         while self.server.is_some() && self.pending.iter().any(is_request) {
@@ -1782,7 +1789,7 @@ where
                 Err(_) => return self.lose_server("no answer to earlier statements".into()),
             }
             self.drain_server_frames()?;
-            if !self.pending.iter().any(is_request) {
+            if release && !self.pending.iter().any(is_request) {
                 self.maybe_release();
             }
         }

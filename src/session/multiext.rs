@@ -73,15 +73,17 @@ where
             f.extend_from_slice(&[0, 0, 0, 0, 0]);
             protocol::finish_frame(&mut f, at);
             self.send(&f, Expect::ExecuteDone, false, None);
-            let mut flush = BytesMut::new();
-            let at = protocol::begin_frame(&mut flush, fe::FLUSH);
-            protocol::finish_frame(&mut flush, at);
-            self.server_out.extend_from_slice(&flush);
             self.server_mut().unnamed = None;
         }
+        // The server answers what it was sent so far (a Parse of this
+        // batch, say) without waiting for the batch's Sync.
+        let mut flush = BytesMut::new();
+        let at = protocol::begin_frame(&mut flush, fe::FLUSH);
+        protocol::finish_frame(&mut flush, at);
+        self.server_out.extend_from_slice(&flush);
         self.flush_point();
         // Everything the server owes reaches the client first, in order.
-        self.drain_requests().await?;
+        self.drain_requests(false).await?;
         if self.skip_until_sync || self.server.is_none() {
             return Ok(false);
         }
