@@ -14,6 +14,7 @@ pub mod config;
 pub mod execute;
 pub mod frontend;
 pub mod protocol;
+pub mod rebalance;
 pub mod router;
 pub mod session;
 pub mod sharding;

@@ -53,6 +53,10 @@ const HELP: &[(&str, &str)] = &[
         "remove a shard that no table rule uses from the shard map",
     ),
     (
+        "REBALANCE PLAN",
+        "the moves that put every hash ring on all shards: table, source, target, rows, the keys as SQL",
+    ),
+    (
         "SHOW TOPOLOGY",
         "the shard map in force: its version and source, each shard and table rule",
     ),
@@ -241,6 +245,29 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
         ["SHOW", "STATS"] => show_stats(proxy).write(out),
         ["SHOW", "CONFIG"] => show_config(proxy).write(out),
         ["SHOW", "TOPOLOGY"] => show_topology(proxy).write(out),
+        ["REBALANCE", "PLAN"] => {
+            let mut t = Table::new(&[
+                "table",
+                "source",
+                "target",
+                "arcs",
+                "estimated_rows",
+                "problem",
+                "keys",
+            ]);
+            for m in crate::rebalance::plan(proxy).await? {
+                t.row(vec![
+                    v(&m.table),
+                    v(&m.source),
+                    v(&m.target),
+                    v(m.arcs),
+                    m.rows.map(|r| r.to_string()),
+                    m.problem.clone(),
+                    v(&m.predicate),
+                ]);
+            }
+            t.write(out);
+        }
         ["ADD", "SHARD", ..] | ["REMOVE", "SHARD", ..] => {
             let version = shard_command(proxy, command).await?;
             notice(out, &format!("shard map version {version} is in force"));

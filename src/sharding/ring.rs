@@ -277,6 +277,48 @@ impl HashRing {
     }
 }
 
+/// The ring positions whose owner changes from ring `old` to ring `new`:
+/// arcs tagged with the new owner, each with its old owner. Shard ids are
+/// translated through `old_members` / `new_members` (ring index -> shard
+/// id), so rings over different shard lists compare. Adjacent positions
+/// with the same (from, to) are one arc.
+pub fn moved_arcs(
+    old: &HashRing,
+    old_members: &[usize],
+    new: &HashRing,
+    new_members: &[usize],
+) -> Vec<(usize, Arc)> {
+    let (a, b) = (old.arcs(), new.arcs());
+    let (mut i, mut j) = (0, 0);
+    let mut lo = i64::MIN;
+    let mut out: Vec<(usize, Arc)> = Vec::new();
+    while i < a.len() && j < b.len() {
+        let hi = a[i].hi.min(b[j].hi);
+        let (from, to) = (old_members[a[i].shard], new_members[b[j].shard]);
+        if from != to {
+            match out.last_mut() {
+                Some((f, last))
+                    if *f == from && last.shard == to && last.hi.checked_add(1) == Some(lo) =>
+                {
+                    last.hi = hi
+                }
+                _ => out.push((from, Arc { lo, hi, shard: to })),
+            }
+        }
+        if hi == i64::MAX {
+            break;
+        }
+        if a[i].hi == hi {
+            i += 1;
+        }
+        if b[j].hi == hi {
+            j += 1;
+        }
+        lo = hi + 1;
+    }
+    out
+}
+
 /// Position of vnode `index` of shard `name`: the PostgreSQL text hash of
 /// `"<name>#<index>"`, so anyone (including SQL) can recompute the ring.
 fn vnode_position(name: &str, index: u32) -> i64 {
@@ -445,6 +487,41 @@ mod tests {
                 shard: 1
             }
         );
+    }
+
+    #[test]
+    fn moved_arcs_are_exactly_the_positions_that_change_owner() {
+        let old = ring(2, 64);
+        let new = ring(3, 64);
+        let moves = moved_arcs(&old, &[0, 1], &new, &[0, 1, 2]);
+        assert!(!moves.is_empty());
+        // Only to the new shard: consistent hashing moves nothing else.
+        assert!(moves.iter().all(|(_, a)| a.shard == 2));
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pos = x as i64;
+            let (o, n) = (old.shard_for_position(pos), new.shard_for_position(pos));
+            let moved = moves.iter().find(|(_, a)| a.contains(pos));
+            match moved {
+                Some((from, a)) => {
+                    assert_eq!((*from, a.shard), (o, n), "{pos}");
+                    assert_ne!(o, n);
+                }
+                None => assert_eq!(o, n, "{pos}"),
+            }
+        }
+        for edge in [i64::MIN, i64::MAX, 0] {
+            let moved = moves.iter().any(|(_, a)| a.contains(edge));
+            assert_eq!(
+                moved,
+                old.shard_for_position(edge) != new.shard_for_position(edge)
+            );
+        }
+        // The same ring: nothing moves.
+        assert!(moved_arcs(&old, &[0, 1], &old, &[0, 1]).is_empty());
     }
 
     #[test]

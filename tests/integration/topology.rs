@@ -178,7 +178,12 @@ fn add_and_remove_shard_publish_new_versions() {
     let proxy = TestProxy::start_on(&private.0, |cfg| {
         set(cfg, "topology.source", "catalog");
         set(cfg, "topology.name", name.as_str());
-        set_tables(cfg, TABLES);
+        set_tables(
+            cfg,
+            &format!(
+                "{TABLES}\n[[tables]]\nname = \"tp_nopk\"\nkey = \"id\"\nstrategy = \"hash\"\n"
+            ),
+        );
         // The proxy starts with s0 and s1 only.
         let shards = cfg["shards"].as_array_mut().expect("shards");
         shards.truncate(2);
@@ -189,6 +194,9 @@ fn add_and_remove_shard_publish_new_versions() {
         c.simple_query("create table tp_t (id int primary key)")
             .await
             .expect("create");
+        c.simple_query("drop table if exists tp_nopk; create table tp_nopk (id int)")
+            .await
+            .expect("create tp_nopk");
         for id in 1..=100 {
             c.simple_query(&format!("insert into tp_t (id) values ({id})"))
                 .await
@@ -262,10 +270,38 @@ fn add_and_remove_shard_publish_new_versions() {
             1
         );
 
+        // REBALANCE PLAN: tp_t's keys that the 3-shard ring puts on s2,
+        // from each old shard, exactly; tp_nopk named with its problem.
+        let plan = proxy.admin("REBALANCE PLAN");
+        let ring = shardwire::sharding::HashRing::new(&["s0", "s1", "s2"], 1024).expect("ring");
+        let to_s2 = (1..=200i64)
+            .filter(|k| ring.shard_for(&shardwire::sharding::KeyValue::Int(*k)) == 2)
+            .count() as i64;
+        let tp_t: Vec<&Vec<String>> = plan.iter().filter(|r| r[0] == "tp_t").collect();
+        assert_eq!(tp_t.len(), 2, "{plan:?}");
+        let mut planned = 0;
+        for r in &tp_t {
+            assert_eq!(r[2], "s2", "{r:?}");
+            let rows: i64 = r[4].parse().expect("estimated rows");
+            let source = if r[1] == "s0" { 0 } else { 1 };
+            let (direct, _t) = connect_url(&format!(
+                "postgres://app:app@127.0.0.1:{}/app",
+                private.0.shard_ports(source).0
+            ))
+            .await;
+            let moving = format!("select count(*) from tp_t where {}", r[6]);
+            assert_eq!(query_count(&direct, &moving).await, rows, "{r:?}");
+            planned += rows;
+        }
+        assert_eq!(planned, to_s2);
+        assert!(planned > 20, "{planned}");
+        let nopk = plan.iter().find(|r| r[0] == "tp_nopk").expect("tp_nopk");
+        assert!(nopk[5].contains("no primary key"), "{nopk:?}");
+
         let out = proxy.admin_psql("REMOVE SHARD s2");
         assert!(out.stderr.contains("version 3"), "{}", out.stderr);
         assert_eq!(version(&proxy), 3);
-        c.simple_query("drop table tp_t, tp_new")
+        c.simple_query("drop table tp_t, tp_new, tp_nopk")
             .await
             .expect("drop");
         direct
