@@ -360,6 +360,25 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route to `shards` with nothing else to it (no merge, split or
+    /// hint).
+    pub fn simple(shards: Vec<usize>, writes: bool, reason: String) -> Route {
+        Route {
+            shards,
+            all_shards: false,
+            writes,
+            row_shards: None,
+            copy_split: None,
+            merge: None,
+            table: None,
+            strategy: None,
+            keys: vec![],
+            reason,
+            hinted: false,
+            role: None,
+        }
+    }
+
     /// The shard was chosen for this statement (by its key or a hint), not
     /// defaulted: what the metrics call a "single" route.
     pub fn is_keyed(&self) -> bool {
@@ -560,7 +579,7 @@ impl Router {
         // reads from writes).
         let mut route = if self.tables.is_empty() {
             let writes = analysis.statements.iter().any(|s| s.writes);
-            self.simple_route(
+            Route::simple(
                 vec![self.default_shard],
                 writes,
                 "no [[tables]]: default shard".into(),
@@ -583,7 +602,7 @@ impl Router {
         if let Some(name) = shard_hint {
             let shard = self.shard_by_name(&name)?;
             let mut route =
-                self.simple_route(vec![shard], writes, format!("routing hint shard={name}"));
+                Route::simple(vec![shard], writes, format!("routing hint shard={name}"));
             route.hinted = true;
             return Ok(route);
         }
@@ -615,29 +634,12 @@ impl Router {
             });
         }
         Ok(combined.unwrap_or_else(|| {
-            self.simple_route(
+            Route::simple(
                 vec![self.default_shard],
                 writes,
                 "no table: default shard".into(),
             )
         }))
-    }
-
-    fn simple_route(&self, shards: Vec<usize>, writes: bool, reason: String) -> Route {
-        Route {
-            shards,
-            all_shards: false,
-            writes,
-            row_shards: None,
-            copy_split: None,
-            merge: None,
-            table: None,
-            strategy: None,
-            keys: vec![],
-            reason,
-            hinted: false,
-            role: None,
-        }
     }
 
     fn all(&self) -> Vec<usize> {
@@ -650,7 +652,7 @@ impl Router {
         params: &[Param<'_>],
         key_hint: Option<&str>,
     ) -> Result<Route, PgError> {
-        let mut route = self.simple_route(vec![self.default_shard], stmt.writes, String::new());
+        let mut route = Route::simple(vec![self.default_shard], stmt.writes, String::new());
         match &stmt.target {
             Target::Default => route.reason = "no sharded table: default shard".into(),
             Target::AnyShard => route.reason = "reference tables only: any shard".into(),

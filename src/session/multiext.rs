@@ -125,7 +125,7 @@ where
                     _ => None,
                 };
                 let route = if ends.is_some() {
-                    Ok(self.simple_route_here())
+                    Ok(Route::simple(vec![], false, "transaction control".into()))
                 } else if analysis
                     .statements
                     .iter()
@@ -226,24 +226,6 @@ where
         }
         self.pending.push_back(Pending::SyntheticReady);
         self.emit_synthetic();
-    }
-
-    /// A route to the default shard, for statements the proxy answers.
-    fn simple_route_here(&self) -> Route {
-        Route {
-            shards: vec![],
-            all_shards: false,
-            writes: false,
-            row_shards: None,
-            copy_split: None,
-            merge: None,
-            table: None,
-            strategy: None,
-            keys: vec![],
-            reason: "transaction control".into(),
-            hinted: false,
-            role: None,
-        }
     }
 
     /// An error in the extended protocol that aborts the transaction: the

@@ -25,15 +25,9 @@ use crate::execute::merge::{bad, columns, malformed};
 use crate::protocol::{self, be, PgError};
 use crate::router::{Agg, CmpOp, Having, Merge, Operand};
 
-const INT2: i32 = 21;
-const INT4: i32 = 23;
-const INT8: i32 = 20;
-const NUMERIC: i32 = 1700;
-const FLOAT4: i32 = 700;
-const FLOAT8: i32 = 701;
-const DATE: i32 = 1082;
-const TIMESTAMP: i32 = 1114;
-const TIMESTAMPTZ: i32 = 1184;
+use crate::execute::merge::oid::{
+    DATE, FLOAT4, FLOAT8, INT2, INT4, INT8, NUMERIC, TIMESTAMP, TIMESTAMPTZ,
+};
 
 /// The client's frames (without ReadyForQuery) for the shards' answers.
 pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<BytesMut, PgError> {
