@@ -465,6 +465,10 @@ wal_level = logical
 max_prepared_transactions = 64
 max_wal_senders = 20
 max_replication_slots = 20
+# Rebalancing moves rows by logical replication: an apply worker per
+# subscription plus table-sync workers while copying.
+max_logical_replication_workers = 8
+max_worker_processes = 16
 wal_keep_size = '256MB'
 hot_standby = on
 hot_standby_feedback = on
@@ -512,6 +516,8 @@ SELECT 'CREATE ROLE app LOGIN PASSWORD ''app'''
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') \gexec
 SELECT 'CREATE ROLE replicator REPLICATION LOGIN PASSWORD ''replicator'''
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator') \gexec
+SELECT 'CREATE ROLE rebalancer SUPERUSER REPLICATION LOGIN PASSWORD ''rebalancer'''
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rebalancer') \gexec
 SELECT 'CREATE DATABASE app OWNER app'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'app') \gexec
 EOF
@@ -625,6 +631,13 @@ admin = true
 
 [[databases]]
 name = "app"
+
+# The mover of REBALANCE START (and SPLIT RANGE, MOVE REGION) logs in to
+# every shard's primary as this superuser to create publications,
+# subscriptions and guards.
+[rebalance]
+user = "rebalancer"
+password = "rebalancer"
 EOF
     for (( shard = 0; shard < SHARDS; shard++ )); do
         printf '\n[[shards]]\nname = "s%d"\n' "$shard"

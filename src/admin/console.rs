@@ -57,6 +57,26 @@ const HELP: &[(&str, &str)] = &[
         "the moves that put every hash ring on all shards: table, source, target, rows, the keys as SQL",
     ),
     (
+        "REBALANCE START",
+        "move the rows of the plan online (or resume an unfinished rebalance)",
+    ),
+    (
+        "REBALANCE STATUS",
+        "the newest rebalance and each move: state, rows, percent, lag, ETA",
+    ),
+    (
+        "REBALANCE CANCEL",
+        "roll back the unfinished rebalance (before its cutover)",
+    ),
+    (
+        "SPLIT RANGE table AT value TO shard",
+        "move the keys from value to the end of its range to shard, online",
+    ),
+    (
+        "MOVE REGION region TO shard",
+        "move a region's rows of every geo table to shard, online",
+    ),
+    (
         "SHOW TOPOLOGY",
         "the shard map in force: its version and source, each shard and table rule",
     ),
@@ -268,7 +288,57 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
             }
             t.write(out);
         }
+        ["REBALANCE", "START"] => {
+            let said = crate::rebalance::start(proxy, crate::rebalance::Goal::Rebalance).await?;
+            notice(out, &said);
+            protocol::command_complete(out, "REBALANCE");
+        }
+        ["REBALANCE", "CANCEL"] => {
+            let said = crate::rebalance::cancel(proxy).await?;
+            notice(out, &said);
+            protocol::command_complete(out, "REBALANCE");
+        }
+        ["REBALANCE", "STATUS"] => {
+            let mut t = Table::new(&[
+                "rebalance",
+                "move",
+                "table_name",
+                "source",
+                "target",
+                "state",
+                "rows_copied",
+                "rows_total",
+                "percent",
+                "lag_bytes",
+                "eta",
+                "detail",
+            ]);
+            for r in crate::rebalance::status(proxy).await? {
+                t.row(vec![
+                    v(r.rebalance),
+                    v(&r.move_no),
+                    v(&r.table),
+                    v(&r.source),
+                    v(&r.target),
+                    v(&r.state),
+                    r.rows_copied.map(|n| n.to_string()),
+                    r.rows_total.map(|n| n.to_string()),
+                    r.percent.map(|p| format!("{p:.1}")),
+                    r.lag_bytes.map(|n| n.to_string()),
+                    r.eta.clone(),
+                    v(&r.detail),
+                ]);
+            }
+            t.write(out);
+        }
+        ["SPLIT", "RANGE", ..] | ["MOVE", "REGION", ..] => {
+            let goal = move_command(command)?;
+            let said = crate::rebalance::start(proxy, goal).await?;
+            notice(out, &said);
+            protocol::command_complete(out, &words[..2].join(" "));
+        }
         ["ADD", "SHARD", ..] | ["REMOVE", "SHARD", ..] => {
+            crate::rebalance::refuse_if_unfinished(proxy, &words[..2].join(" ")).await?;
             let version = shard_command(proxy, command).await?;
             notice(out, &format!("shard map version {version} is in force"));
             protocol::command_complete(out, &words[..2].join(" "));
@@ -355,15 +425,43 @@ fn notice(out: &mut BytesMut, message: &str) {
     out.extend_from_slice(&n);
 }
 
-/// `ADD SHARD name PRIMARY 'host:port' [REPLICAS 'host:port'[, ...]]` or
-/// `REMOVE SHARD name`: the new map version.
-async fn shard_command(proxy: &Arc<Proxy>, command: &str) -> Result<u64, PgError> {
-    // Names keep their case; quotes and commas only separate.
-    let tokens: Vec<String> = command
+/// Words of a command; quotes and commas only separate, names keep
+/// their case.
+fn command_tokens(command: &str) -> Vec<String> {
+    command
         .split(|c: char| c.is_whitespace() || c == ',')
         .map(|t| t.trim_matches(|c| c == '\'' || c == '"').to_string())
         .filter(|t| !t.is_empty())
-        .collect();
+        .collect()
+}
+
+/// `SPLIT RANGE table AT value TO shard` or `MOVE REGION region TO shard`.
+fn move_command(command: &str) -> Result<crate::rebalance::Goal, PgError> {
+    let tokens = command_tokens(command);
+    let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
+    let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+    match upper.as_slice() {
+        ["SPLIT", "RANGE", _, "AT", _, "TO", _] => Ok(crate::rebalance::Goal::SplitRange {
+            table: tokens[2].clone(),
+            at: tokens[4].clone(),
+            shard: tokens[6].clone(),
+        }),
+        ["MOVE", "REGION", _, "TO", _] => Ok(crate::rebalance::Goal::MoveRegion {
+            region: tokens[2].clone(),
+            shard: tokens[4].clone(),
+        }),
+        _ => Err(PgError::error(
+            sqlstate::SYNTAX_ERROR,
+            format!("cannot parse \"{command}\""),
+        )
+        .with_hint("SPLIT RANGE table AT value TO shard, or MOVE REGION region TO shard")),
+    }
+}
+
+/// `ADD SHARD name PRIMARY 'host:port' [REPLICAS 'host:port'[, ...]]` or
+/// `REMOVE SHARD name`: the new map version.
+async fn shard_command(proxy: &Arc<Proxy>, command: &str) -> Result<u64, PgError> {
+    let tokens = command_tokens(command);
     let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
     let usage = || {
         PgError::error(

@@ -276,6 +276,11 @@ pub fn render_metrics(proxy: &Proxy) -> String {
             "Transactions refused after waiting limits.pause_timeout during PAUSE.",
             &m.pause_timeouts,
         ),
+        (
+            "shardwire_rebalance_held_writes_total",
+            "Writes to moving rows held during a rebalance's cutover.",
+            &m.rebalance_held_writes,
+        ),
     ] {
         e.family(name, "counter", help).sample(name, &[], c(n));
     }

@@ -183,6 +183,8 @@ pub struct Metrics {
     pub statement_timeouts: AtomicU64,
     pub idle_in_transaction_timeouts: AtomicU64,
     pub pause_timeouts: AtomicU64,
+    /// Writes held during a rebalance's cutover (`session::fence`).
+    pub rebalance_held_writes: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Replica reads run again elsewhere after their replica died.
@@ -207,6 +209,7 @@ impl Default for Metrics {
             statement_timeouts: AtomicU64::new(0),
             idle_in_transaction_timeouts: AtomicU64::new(0),
             pause_timeouts: AtomicU64::new(0),
+            rebalance_held_writes: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             read_retries: AtomicU64::new(0),

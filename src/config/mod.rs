@@ -93,6 +93,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub topology: TopologySettings,
     #[serde(default)]
+    pub rebalance: RebalanceSettings,
+    #[serde(default)]
     pub users: Vec<RawUser>,
     #[serde(default)]
     pub databases: Vec<RawDatabase>,
@@ -294,6 +296,47 @@ fn default_topology_name() -> String {
 
 /// The keys of the config file that make up the shard map (the topology).
 pub const TOPOLOGY_KEYS: [&str; 3] = ["shards", "tables", "default_shard"];
+
+/// The mover of rebalances: `[rebalance]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceSettings {
+    /// The login the mover uses on every shard's primary. It creates
+    /// publications, subscriptions (superuser before PostgreSQL 16) and
+    /// guard triggers, and the target shard connects to the source with
+    /// it, so it also needs the REPLICATION attribute.
+    pub user: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// How long a write to moving rows is held during a cutover before it
+    /// fails with a retryable error (40001).
+    #[serde(default = "default_10s", with = "duration::serde_duration")]
+    pub hold_timeout: Duration,
+    /// Cleanup deletes at most this many moved rows a second on the
+    /// source (0: no limit).
+    #[serde(default)]
+    pub rows_per_second: u64,
+    /// Copying and cleanup wait while a replica of the source or target
+    /// lags more than this behind its primary.
+    #[serde(default = "default_10s", with = "duration::serde_duration")]
+    pub max_replica_lag: Duration,
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        RebalanceSettings {
+            user: None,
+            password: None,
+            hold_timeout: default_10s(),
+            rows_per_second: 0,
+            max_replica_lag: default_10s(),
+        }
+    }
+}
+
+fn default_10s() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// Two-phase commit recovery: `[transactions]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -660,6 +703,11 @@ pub struct Config {
     /// catalog) and the map itself, as the file's keys in JSON.
     pub topology_version: u64,
     pub topology_map: Arc<serde_json::Value>,
+    /// During a rebalance's cutover (a map with a `fence`): the routing
+    /// the map is about to change to. A write whose shards differ under
+    /// it is held until the next version (see `session::fence`).
+    pub fenced: Option<Arc<Router>>,
+    pub rebalance: RebalanceSettings,
     pub users: BTreeMap<String, User>,
     pub databases: BTreeMap<String, Database>,
     pub shards: Vec<Shard>,
@@ -818,6 +866,18 @@ impl Config {
         })?;
         config.topology_version = version;
         config.topology_map = Arc::new(map.clone());
+        if let Some(tables) = map.get("fence").and_then(|f| f.get("tables")) {
+            let mut next = map.clone();
+            if let Some(obj) = next.as_object_mut() {
+                obj.remove("fence");
+                obj.insert("tables".into(), tables.clone());
+            }
+            let next = Self::from_str_with_map(path, text, version, &next).map_err(|mut e| {
+                e.key = format!("fence.{}", e.key);
+                e
+            })?;
+            config.fenced = Some(next.router);
+        }
         Ok(config)
     }
 
@@ -1230,6 +1290,8 @@ impl Config {
             reads: raw.reads,
             transactions: raw.transactions,
             topology: raw.topology,
+            rebalance: raw.rebalance,
+            fenced: None,
             topology_version: 0,
             topology_map: Arc::new(serde_json::Value::Null),
             users,

@@ -53,6 +53,9 @@ pub struct Proxy {
     /// Bumped by every applied reload, so sessions notice with one atomic
     /// load instead of taking the lock.
     config_generation: AtomicU64,
+    /// The same generation, for sessions that wait for the next config
+    /// (writes held during a rebalance's cutover).
+    config_changed: watch::Sender<u64>,
     pub backends: Backends,
     pub cancels: CancelRegistry,
     pub clients: Arc<ClientRegistry>,
@@ -112,6 +115,7 @@ impl Proxy {
         Ok(Arc::new(Proxy {
             config: RwLock::new(Arc::new(config)),
             config_generation: AtomicU64::new(0),
+            config_changed: watch::channel(0).0,
             backends: Backends::new(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(ClientRegistry::default()),
@@ -135,6 +139,11 @@ impl Proxy {
             .read()
             .map(|c| c.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Wakes when a new config is in force.
+    pub fn config_changes(&self) -> watch::Receiver<u64> {
+        self.config_changed.subscribe()
     }
 
     pub fn config_generation(&self) -> u64 {
@@ -216,7 +225,8 @@ impl Proxy {
         self.clients
             .update_rate_limits(|u| new.users.get(u).and_then(|u| u.rate_limit));
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        self.config_generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.config_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.config_changed.send_replace(generation);
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(needs_restart = ?outcome.needs_restart, "config reloaded");
         Ok(outcome)

@@ -20,6 +20,7 @@
 //!   DateStyle, application_name, ...) applied to each server at checkout.
 
 mod copysplit;
+mod fence;
 mod multi;
 mod multiext;
 mod multitx;
@@ -2046,6 +2047,14 @@ where
             self.send_query(frame);
             return Ok(());
         }
+        let analysis = match self.hold_moving_write(&sql, &[]).await {
+            Ok(false) => analysis,
+            Ok(true) => self.router.analysis(&sql),
+            Err(e) => {
+                self.refuse(e, true);
+                return Ok(());
+            }
+        };
         let route = match self
             .router
             .route_analyzed(&sql, &analysis, &[], &self.hints)
@@ -2121,6 +2130,10 @@ where
                 // An unknown statement: the server reports it.
                 None => Some(Ok((self.server_shard_or_default(), self.route_kind, None))),
                 Some(sql) => {
+                    if let Err(e) = self.hold_moving_write(&sql, &params).await {
+                        self.refuse(e, false);
+                        return Ok(());
+                    }
                     let analysis = self.router.analysis(&sql);
                     if routing::is_neutral(&analysis) {
                         None

@@ -73,12 +73,29 @@ fn configured_primary(config: &Config) -> usize {
 }
 
 async fn run(conn: &mut ServerConn, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    run_within(conn, sql, QUERY_TIMEOUT).await
+}
+
+/// Run `sql` (simple query; several statements allowed) and return every
+/// row's values as text; the first error fails it.
+pub(crate) async fn run_within(
+    conn: &mut ServerConn,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Vec<Vec<Option<String>>>, String> {
     let c = conn
-        .run_collect(sql, QUERY_TIMEOUT, 16 * 1024 * 1024)
+        .run_collect(sql, timeout, 16 * 1024 * 1024)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(e) = &c.error {
-        return Err(crate::protocol::describe_error(crate::protocol::body(e)));
+        let message = crate::protocol::describe_error(crate::protocol::body(e));
+        if c.status != b'I' {
+            // A BEGIN in `sql` left the connection in the failed block.
+            conn.run_collect("ROLLBACK", timeout, 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        return Err(message);
     }
     let mut rows = Vec::new();
     for f in &c.frames {
@@ -136,11 +153,24 @@ pub async fn publish(
     map: &serde_json::Value,
     note: &str,
 ) -> Result<(), String> {
+    publish_with(conn, name, version, map, note, "").await
+}
+
+/// `publish`, with `also` (SQL on the catalog, e.g. a journal update) in
+/// the same transaction, so both happen or neither.
+pub async fn publish_with(
+    conn: &mut ServerConn,
+    name: &str,
+    version: u64,
+    map: &serde_json::Value,
+    note: &str,
+    also: &str,
+) -> Result<(), String> {
     run(
         conn,
         &format!(
             "BEGIN; INSERT INTO shardwire.topology (name, version, map, note) \
-             VALUES ({}, {version}, {}::jsonb, {}); NOTIFY {CHANNEL}, {}; COMMIT",
+             VALUES ({}, {version}, {}::jsonb, {}); {also}; NOTIFY {CHANNEL}, {}; COMMIT",
             literal(name),
             literal(&map.to_string()),
             literal(note),
@@ -152,7 +182,7 @@ pub async fn publish(
 }
 
 /// Connect to the catalog and make sure its table exists.
-async fn open(config: &Config, primary: usize) -> Result<ServerConn, String> {
+pub(crate) async fn open(config: &Config, primary: usize) -> Result<ServerConn, String> {
     let target = catalog_target(config, primary)?;
     let describe = target.describe();
     let mut conn = ServerConn::connect(Arc::new(target), QUERY_TIMEOUT)
@@ -288,7 +318,7 @@ async fn follow(proxy: &Arc<Proxy>) -> Result<(), String> {
 
 use crate::protocol::{sqlstate, PgError};
 
-fn refuse(code: &'static str, message: impl Into<String>) -> PgError {
+pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> PgError {
     PgError::error(code, message.into())
 }
 
@@ -313,7 +343,7 @@ fn parse_addr(addr: &str) -> Result<(String, u16), PgError> {
 
 /// Check that a map change can be made: catalog source, and the catalog's
 /// newest version is the one in force (so the change is made to it).
-fn catalog_only(config: &Config, command: &str) -> Result<(), PgError> {
+pub(crate) fn catalog_only(config: &Config, command: &str) -> Result<(), PgError> {
     if config.topology.source != TopologySource::Catalog {
         return Err(refuse(
             "55000",

@@ -22,6 +22,7 @@ mod pgbench;
 mod pool_sizing;
 mod pooling;
 mod psql;
+mod rebalance;
 mod reload;
 mod replicas;
 mod routing;
