@@ -6,10 +6,12 @@
 //! reads; `protocol` is the wire format shared by both sides. `admin` is
 //! how operators see and steer it: the admin console, HTTP metrics and
 //! health, and the client registry. `topology` keeps the shard map
-//! versioned in the catalog when configured so.
+//! versioned in the catalog when configured so. `cli` holds the subcommands
+//! that drive a running proxy (`shardwire rebalance`).
 
 pub mod admin;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod execute;
 pub mod frontend;

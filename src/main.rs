@@ -68,6 +68,9 @@ enum Command {
         #[arg(long)]
         shard_key: Option<String>,
     },
+    /// Plan, run and watch rebalancing on a running proxy, through its
+    /// admin console.
+    Rebalance(shardwire::cli::rebalance::RebalanceArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -85,6 +88,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Rebalance(args) => shardwire::cli::rebalance::run(args),
         Command::Check { config, json } => match Config::load(&config) {
             Ok(c) => {
                 if json {
