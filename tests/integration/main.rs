@@ -23,6 +23,7 @@ mod pool_sizing;
 mod pooling;
 mod psql;
 mod rebalance;
+mod rebalance_cli;
 mod reload;
 mod replicas;
 mod routing;
