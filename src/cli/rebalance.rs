@@ -298,12 +298,19 @@ pub fn admin_config(
 ) -> Result<(tokio_postgres::Config, String), Failure> {
     let mut config = match url {
         Some(url) => {
-            let config: tokio_postgres::Config = url.parse().map_err(|e| Failure {
+            let mut config: tokio_postgres::Config = url.parse().map_err(|e| Failure {
                 message: format!(
                     "invalid --admin URL: {e}; write it like postgres://admin:PASSWORD@127.0.0.1:6432/shardwire"
                 ),
                 code: 1,
             })?;
+            // As libpq does, so the password need not be on the command
+            // line, where ps shows it.
+            if config.get_password().is_none() {
+                if let Some(p) = env("PGPASSWORD") {
+                    config.password(p);
+                }
+            }
             if config.get_user().is_none() {
                 return Err(Failure::new(
                     "the --admin URL names no user; write it like postgres://admin:PASSWORD@127.0.0.1:6432/shardwire",
@@ -754,10 +761,11 @@ pub fn render_status(status: &Status) -> Vec<String> {
         percent_text(progress)
     );
     let mut rest = tail(o, true);
-    if o.state == "failed" {
-        if let Some(detail) = rest.pop().filter(|_| !o.detail.is_empty()) {
-            rest.push(format!("error: {detail}"));
-        }
+    // The detail is the tail's last part; when the rebalance failed it is
+    // the reason, and should read as one.
+    if o.state == "failed" && !o.detail.is_empty() {
+        rest.pop();
+        rest.push(format!("error: {}", o.detail));
     }
     for part in rest {
         first.push_str("  ");
@@ -812,7 +820,8 @@ async fn follow(
         let status = status_set(session).await?;
         let Some(status) = status else {
             if !after_start {
-                println!("no rebalance has run");
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "no rebalance has run").map_err(write_failed)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if started.elapsed() > START_GRACE {
@@ -971,6 +980,15 @@ mod tests {
         assert_eq!(
             lines[1],
             "  1  orders  s0 -> s1  failed  [                    ]    -  10 rows  slot vanished on s0"
+        );
+    }
+
+    #[test]
+    fn failed_rebalance_without_a_reason_keeps_its_counts() {
+        let lines = render(&[["8", "all", "", "", "", "failed", "3", "9", "", "", "4s", ""]]);
+        assert_eq!(
+            lines,
+            ["rebalance 8: failed  [######..............]  33%  3/9 rows  ETA 4s"]
         );
     }
 
@@ -1143,6 +1161,11 @@ mod tests {
         let (c, target) = admin_config(None, &env).expect("env");
         assert_eq!(target, "ops@127.0.0.1:6432/shardwire");
         assert_eq!(c.get_password(), Some(&b"pw"[..]));
+        // A URL without a password takes PGPASSWORD; one with it keeps its own.
+        let (c, _) = admin_config(Some("postgres://admin@h/shardwire"), &env).expect("url");
+        assert_eq!(c.get_password(), Some(&b"pw"[..]));
+        let (c, _) = admin_config(Some("postgres://admin:own@h/shardwire"), &env).expect("url");
+        assert_eq!(c.get_password(), Some(&b"own"[..]));
         let bad_port = |k: &str| match k {
             "PGPORT" => Some("x".to_string()),
             "PGUSER" => Some("ops".to_string()),
