@@ -259,11 +259,29 @@ fn unreachable_console_and_bad_arguments_fail_clearly() {
     }
 }
 
-/// No rebalance has run on a fresh proxy. The connection comes from the
-/// PG environment variables here.
+/// No rebalance has run on a fresh catalog topology. The connection
+/// comes from the PG environment variables here. With the map from the
+/// file, the console's refusal comes through cleanly.
 #[test]
 fn status_without_a_rebalance() {
-    let proxy = TestProxy::start(|_| {});
+    let file_map = TestProxy::start(|_| {});
+    let port = file_map.port.to_string();
+    let env = [
+        ("PGHOST", "127.0.0.1"),
+        ("PGPORT", port.as_str()),
+        ("PGUSER", "admin"),
+        ("PGPASSWORD", "admin"),
+    ];
+    let out = rebalance(&["status"], &env);
+    assert_eq!(code(&out), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("SQLSTATE: 55000"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+
+    let name = format!("rbcli{}", std::process::id());
+    let proxy = TestProxy::start(|cfg| {
+        set(cfg, "topology.source", "catalog");
+        set(cfg, "topology.name", name.as_str());
+    });
     let port = proxy.port.to_string();
     let env = [
         ("PGHOST", "127.0.0.1"),
@@ -272,18 +290,6 @@ fn status_without_a_rebalance() {
         ("PGPASSWORD", "admin"),
     ];
     let out = rebalance(&["status"], &env);
-    // until REBALANCE STATUS lands: the console refuses the command it
-    // does not know yet, and the CLI must pass that on cleanly.
-    if code(&out) == Some(1) && out.stderr.contains("SQLSTATE: 42601") {
-        assert_eq!(
-            out.stderr,
-            "shardwire: unknown admin console command \"REBALANCE STATUS\"\n\
-             SQLSTATE: 42601\n\
-             HINT: SHOW HELP lists the commands\n"
-        );
-        assert!(out.stdout.is_empty(), "{}", out.stdout);
-        return;
-    }
     let out = out.ok("rebalance status");
     assert_eq!(out.stdout, "no rebalance has run\n");
     let out = rebalance(&["status", "--watch", "--interval", "200ms"], &env)
