@@ -228,14 +228,7 @@ impl Mover {
             if r.cancel_requested && r.step < Step::CleaningUp {
                 return Err(Stop::Cancelled);
             }
-            if self.stall_at.as_deref() == Some(r.step.as_str()) {
-                tracing::warn!(
-                    rebalance = r.id,
-                    step = r.step.as_str(),
-                    "SHARDWIRE_TEST_REBALANCE_STALL: the mover stops here"
-                );
-                std::future::pending::<()>().await;
-            }
+            self.stall(r.step.as_str()).await;
             tracing::info!(rebalance = r.id, step = r.step.as_str(), "rebalance step");
             let next = match r.step {
                 Step::Copying => {
@@ -266,6 +259,18 @@ impl Mover {
                 }
             };
             journal::exec(&mut self.catalog, &journal::set_step_sql(r.id, next)).await?;
+        }
+    }
+
+    /// The test hook: hang at `point` (a step, or a point inside one).
+    async fn stall(&self, point: &str) {
+        if self.stall_at.as_deref() == Some(point) {
+            tracing::warn!(
+                rebalance = self.id,
+                step = point,
+                "SHARDWIRE_TEST_REBALANCE_STALL: the mover stops here"
+            );
+            std::future::pending::<()>().await;
         }
     }
 
@@ -367,6 +372,7 @@ impl Mover {
             self.set_moves(&s.moves, "state = 'copying', detail = ''")
                 .await?;
         }
+        self.stall("copying:subscribed").await;
         loop {
             self.check_cancel().await?;
             let mut ready = true;
@@ -510,6 +516,7 @@ impl Mover {
             .await?;
             tokio::time::sleep(FENCE_GRACE).await;
         }
+        self.stall("cutover:fenced").await;
         let config = self.proxy.config();
         for s in streams(r) {
             let mut src = connect(&self.proxy, &config, s.source).await?;

@@ -38,25 +38,49 @@ struct ClientLog {
     writes: Vec<(Instant, Duration)>,
 }
 
+/// Where and how the clients write.
+#[derive(Clone)]
+struct Shape {
+    url: String,
+    table: String,
+    /// Retry a failed statement (after the proxy under them was killed).
+    retry: bool,
+    /// For a geo table: each key's region.
+    region_of: Option<fn(i64) -> &'static str>,
+}
+
 /// Clients that insert new keys, update their own keys and read them back
 /// (a read must show the client's own last write), until `stop`.
 async fn client_load(
-    url: String,
-    table: String,
+    shape: Shape,
     client: i64,
     keys: Vec<i64>,
     new_key: impl Fn(i64) -> i64,
     stop: Arc<AtomicBool>,
-    retry: bool,
 ) -> ClientLog {
+    let Shape {
+        url,
+        table,
+        retry,
+        region_of,
+    } = shape;
     let mut log = ClientLog::default();
-    let (c, _task) = connect_url(&url).await;
-    let (c, _task) = (c, _task);
-    let mut c = c;
-    let mut task = _task;
-    let insert = format!("insert into {table} (id, v) values ($1, $2)");
-    let update = format!("update {table} set v = $2 where id = $1");
-    let select = format!("select v from {table} where id = $1");
+    let (mut c, mut task) = connect_url(&url).await;
+    // A geo table is routed by its region column, which every statement
+    // then names.
+    let (insert, update, select) = if region_of.is_some() {
+        (
+            format!("insert into {table} (id, v, region) values ($1, $2, $3)"),
+            format!("update {table} set v = $2 where id = $1 and region = $3"),
+            format!("select v from {table} where id = $1 and region = $2"),
+        )
+    } else {
+        (
+            format!("insert into {table} (id, v) values ($1, $2)"),
+            format!("update {table} set v = $2 where id = $1"),
+            format!("select v from {table} where id = $1"),
+        )
+    };
     let mut own: Vec<i64> = Vec::new();
     let mut n: i64 = 0;
     let mut value: i64 = client * 1_000_000;
@@ -94,12 +118,21 @@ async fn client_load(
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            let r = if is_write {
-                c.execute(sql.as_str(), &[&key, &value]).await.map(|_| None)
-            } else {
-                c.query_opt(sql.as_str(), &[&key])
+            let region = region_of.map(|f| f(key).to_string());
+            let r = match (is_write, &region) {
+                (true, None) => c.execute(sql.as_str(), &[&key, &value]).await.map(|_| None),
+                (true, Some(g)) => c
+                    .execute(sql.as_str(), &[&key, &value, g])
                     .await
-                    .map(|row| row.map(|r| r.get::<_, i64>(0)))
+                    .map(|_| None),
+                (false, None) => c
+                    .query_opt(sql.as_str(), &[&key])
+                    .await
+                    .map(|row| row.map(|r| r.get::<_, i64>(0))),
+                (false, Some(g)) => c
+                    .query_opt(sql.as_str(), &[&key, g])
+                    .await
+                    .map(|row| row.map(|r| r.get::<_, i64>(0))),
             };
             match r {
                 Err(e) if retry && attempt < 50 => {
@@ -160,6 +193,7 @@ fn start_load(
     keys: &[i64],
     key_space: fn(i64, i64) -> i64,
     retry: bool,
+    region_of: Option<fn(i64) -> &'static str>,
 ) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = (0..clients)
@@ -170,14 +204,18 @@ fn start_load(
                 .filter(|(i, _)| *i as i64 % clients == client)
                 .map(|(_, k)| *k)
                 .collect();
+            let shape = Shape {
+                url: url.to_string(),
+                table: table.to_string(),
+                retry,
+                region_of,
+            };
             tokio::spawn(client_load(
-                url.to_string(),
-                table.to_string(),
+                shape,
                 client,
                 keys,
                 move |n| key_space(client, n),
                 stop.clone(),
-                retry,
             ))
         })
         .collect();
@@ -333,16 +371,24 @@ fn catalog_config<'a>(name: &'a str, tables: &'a str) -> impl Fn(&mut toml::Valu
 
 /// COPY keys 1..=rows through the proxy (psql: the proxy splits a
 /// simple-query COPY by key).
-fn preload(url: &str, table: &str, rows: i64) {
-    let mut data = String::with_capacity(rows as usize * 10);
+fn preload(url: &str, table: &str, rows: i64, region_of: Option<fn(i64) -> &'static str>) {
+    let mut data = String::with_capacity(rows as usize * 12);
     for id in 1..=rows {
-        data.push_str(&format!("{id}\t0\n"));
+        match region_of {
+            Some(f) => data.push_str(&format!("{id}\t0\t{}\n", f(id))),
+            None => data.push_str(&format!("{id}\t0\n")),
+        }
     }
+    let columns = if region_of.is_some() {
+        "id, v, region"
+    } else {
+        "id, v"
+    };
     let out = psql(
         url,
         "app",
         true,
-        &["-c", &format!("copy {table} (id, v) from stdin")],
+        &["-c", &format!("copy {table} ({columns}) from stdin")],
         Some(&data),
     );
     assert!(out.success(), "preload: {}", out.stderr);
@@ -377,12 +423,12 @@ fn hash_scenario(rows: i64, stalls: &[&str]) {
         .await
         .expect("create");
         let t = Instant::now();
-        tokio::task::block_in_place(|| preload(&clients.url(), table, rows));
+        tokio::task::block_in_place(|| preload(&clients.url(), table, rows, None));
         eprintln!("preloaded {rows} rows in {:.1}s", t.elapsed().as_secs_f64());
 
         let keys: Vec<i64> = (1..=rows).step_by((rows / 2000).max(1) as usize).collect();
         let retry = !stalls.is_empty();
-        let load = start_load(&clients.url(), table, 4, &keys, hash_key_space, retry);
+        let load = start_load(&clients.url(), table, 4, &keys, hash_key_space, retry, None);
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         let out = mover.admin_psql(&format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}'"));
@@ -510,4 +556,246 @@ fn wait_for_stall(proxy: &TestProxy, step: &str) {
 #[test]
 fn rebalance_moves_rows_online_under_load() {
     hash_scenario(scenario_rows(20_000), &[]);
+}
+
+/// The mover killed (SIGKILL) at each journal step in turn, and at the
+/// two points inside a step where it has made something (the streams;
+/// the fence), each time resumed by REBALANCE START on a restarted proxy:
+/// the same end state, and the clients (on the other proxy) see no errors.
+#[test]
+fn rebalance_resumes_after_a_kill_at_every_step() {
+    hash_scenario(
+        scenario_rows(5_000),
+        &[
+            "copying:subscribed",
+            "catching up",
+            "cutover",
+            "cutover:fenced",
+            "verifying",
+            "cleaning up",
+        ],
+    );
+}
+
+fn region_of(id: i64) -> &'static str {
+    ["us", "ca", "de"][id.rem_euclid(3) as usize]
+}
+
+fn range_key_space(client: i64, n: i64) -> i64 {
+    // Past every preloaded key: the open-ended last range.
+    10_000_000 + client * 1_000_000 + n
+}
+
+/// SPLIT RANGE or MOVE REGION under load on the shared 2-shard cluster.
+fn move_scenario(geo: bool) {
+    let rows = scenario_rows(20_000).min(1_000_000);
+    let pid = std::process::id();
+    let table = if geo {
+        format!("rg_t{pid}")
+    } else {
+        format!("rr_t{pid}")
+    };
+    let name = format!("{table}_map");
+    let half = rows / 2 + 1;
+    let quarter = rows / 4 + 1;
+    let tables = if geo {
+        format!(
+            "[[tables]]\nname = \"{table}\"\nkey = \"region\"\nstrategy = \"geo\"\n\
+             regions = {{ s0 = [\"us\", \"ca\"], s1 = [\"de\"] }}\n"
+        )
+    } else {
+        format!(
+            "[[tables]]\nname = \"{table}\"\nkey = \"id\"\nstrategy = \"range\"\n\
+             ranges = [{{ shard = \"s0\", from = 1, to = {half} }}, {{ shard = \"s1\", from = {half} }}]\n"
+        )
+    };
+    let proxy = TestProxy::start(catalog_config(&name, &tables));
+    let regions: Option<fn(i64) -> &'static str> = if geo { Some(region_of) } else { None };
+    block_on(Duration::from_secs(600), async {
+        let (c, _t) = connect_url(&proxy.url()).await;
+        let ddl = if geo {
+            format!("create table {table} (id bigint, v bigint not null, region text not null, primary key (region, id))")
+        } else {
+            format!("create table {table} (id bigint primary key, v bigint not null)")
+        };
+        c.simple_query(&ddl).await.expect("create");
+        tokio::task::block_in_place(|| preload(&proxy.url(), &table, rows, regions));
+        let keys: Vec<i64> = (1..=rows).step_by((rows / 2000).max(1) as usize).collect();
+        let load = start_load(
+            &proxy.url(),
+            &table,
+            4,
+            &keys,
+            range_key_space,
+            false,
+            regions,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let command = if geo {
+            "MOVE REGION ca TO s1".to_string()
+        } else {
+            format!("SPLIT RANGE {table} AT {quarter} TO s1")
+        };
+        let started = Instant::now();
+        let out = proxy.admin_psql(&command);
+        assert!(out.stderr.contains("started"), "{command}: {}", out.stderr);
+        let state =
+            tokio::task::block_in_place(|| wait_rebalance(&proxy, Duration::from_secs(300)));
+        let ended = Instant::now();
+        assert_eq!(state, "done", "{command}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let logs = load.finish().await;
+        let errors: Vec<&String> = logs.iter().flat_map(|l| l.errors.iter()).collect();
+        let status = proxy.admin("REBALANCE STATUS");
+        let moved: i64 = status[1..]
+            .iter()
+            .map(|r| r[6].parse::<i64>().unwrap_or(0))
+            .sum();
+        eprintln!(
+            "{command} over {rows} rows: moved {moved} in {:.1}s; longest write {:.0} ms; {}; client errors {}",
+            (ended - started).as_secs_f64(),
+            longest_write(&logs).as_secs_f64() * 1e3,
+            latency_report(&logs, (started, ended)),
+            errors.len()
+        );
+        assert!(
+            errors.is_empty(),
+            "clients saw {} errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        let shard_of = move |id: i64| {
+            if geo {
+                usize::from(region_of(id) != "us")
+            } else {
+                usize::from(id >= quarter)
+            }
+        };
+        let cluster = cluster();
+        let private_view = Cluster {
+            dir: cluster.dir.clone(),
+            base_port: cluster.base_port,
+            config_text: String::new(),
+        };
+        check_placement(&private_view, 2, &table, &logs, rows, &shard_of, true).await;
+        assert!(moved >= rows / 5, "moved {moved}");
+        // The map in force says the same.
+        let topo = proxy.admin("SHOW TOPOLOGY");
+        let rule = topo.iter().find(|r| r[4] == table).expect("rule");
+        if geo {
+            assert!(rule[5].contains(r#""s1":["de","ca"]"#), "{rule:?}");
+        } else {
+            assert!(
+                rule[5].contains(&format!(r#""from":{quarter}"#)),
+                "{rule:?}"
+            );
+        }
+        c.simple_query(&format!("drop table {table}"))
+            .await
+            .expect("drop");
+    });
+}
+
+#[test]
+fn split_range_moves_rows_online_under_load() {
+    move_scenario(false);
+}
+
+#[test]
+fn move_region_moves_rows_online_under_load() {
+    move_scenario(true);
+}
+
+/// While a mover runs, a second rebalance (and any map change) is
+/// refused. CANCEL before the cutover rolls back: the fence lifted, the
+/// streams and guards gone, the copied rows deleted from the target, and
+/// the old map still routes every key.
+#[test]
+fn cancel_rolls_back_and_one_rebalance_runs_at_a_time() {
+    let private = PrivateCluster::start(&["--shards", "3"]);
+    let (s2_primary, _) = private.0.shard_ports(2);
+    let name = format!("rbc{}", std::process::id());
+    let tables = "[[tables]]\nname = \"rbc_t\"\nkey = \"id\"\nstrategy = \"hash\"\n";
+    let base = catalog_config(&name, tables);
+    let configure = |cfg: &mut toml::Value| {
+        base(cfg);
+        cfg["shards"].as_array_mut().expect("shards").truncate(2);
+    };
+    let mut proxy = TestProxy::start_on(&private.0, configure);
+    block_on(Duration::from_secs(300), async {
+        let (c, _t) = connect_url(&proxy.url()).await;
+        c.simple_query("create table rbc_t (id bigint primary key, v bigint not null)")
+            .await
+            .expect("create");
+        tokio::task::block_in_place(|| preload(&proxy.url(), "rbc_t", 3000, None));
+        let out = proxy.admin_psql(&format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}'"));
+        assert!(out.stderr.contains("version 2"), "{}", out.stderr);
+        drop(c);
+        drop(proxy);
+        proxy = TestProxy::start_with_env(
+            &private.0,
+            &[("SHARDWIRE_TEST_REBALANCE_STALL", "cutover:fenced")],
+            configure,
+        );
+        let out = proxy.admin_psql("REBALANCE START");
+        assert!(out.stderr.contains("started"), "{}", out.stderr);
+        tokio::task::block_in_place(|| wait_for_stall(&proxy, "cutover:fenced"));
+        for (sql, says) in [
+            ("REBALANCE START", "a rebalance is running"),
+            ("REMOVE SHARD s2", "is not finished"),
+            ("ADD SHARD s3 PRIMARY '127.0.0.1:1'", "is not finished"),
+        ] {
+            let out = proxy.admin_psql(sql);
+            assert!(
+                !out.success() && out.stderr.contains(says),
+                "{sql}: {}",
+                out.stderr
+            );
+        }
+        let rows = proxy.admin("REBALANCE STATUS");
+        assert_eq!(rows[0][5], "cutover", "{rows:?}");
+        // The mover dies with the fence up; CANCEL rolls back without it.
+        proxy.signal(libc::SIGKILL);
+        proxy.wait_exit(Duration::from_secs(10));
+        proxy = TestProxy::start_on(&private.0, configure);
+        let out = proxy.admin_psql("REBALANCE CANCEL");
+        assert!(out.stderr.contains("rolled back"), "{}", out.stderr);
+        let rows = proxy.admin("REBALANCE STATUS");
+        assert_eq!(rows[0][5], "cancelled", "{rows:?}");
+        let topo = proxy.admin("SHOW TOPOLOGY");
+        assert!(
+            !topo.iter().any(|r| r[5].contains("fence")),
+            "the fence is still up: {topo:?}"
+        );
+        // Every key still where the 2-shard ring says, and writable.
+        let (c, _t) = connect_url(&proxy.url()).await;
+        for id in [1i64, 2, 3, 1000, 2999] {
+            c.execute("update rbc_t set v = v + 1 where id = $1", &[&id])
+                .await
+                .expect("write after cancel");
+        }
+        assert_eq!(query_count(&c, "select count(*) from rbc_t").await, 3000);
+        let (s2, _t2) =
+            connect_url(&format!("postgres://app:app@127.0.0.1:{s2_primary}/app")).await;
+        assert_eq!(query_count(&s2, "select count(*) from rbc_t").await, 0);
+        for s in 0..3u16 {
+            let (port, _) = private.0.shard_ports(s);
+            let (d, _t) = connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app")).await;
+            let left = query_count(
+                &d,
+                "select (select count(*) from pg_publication where pubname like 'shardwire_%') \
+                 + (select count(*) from pg_subscription where subname like 'shardwire_%') \
+                 + (select count(*) from pg_trigger where tgname like 'shardwire_%')",
+            )
+            .await;
+            assert_eq!(left, 0, "s{s} has rebalance leftovers");
+        }
+        // A new rebalance may start now.
+        let out = proxy.admin_psql("REBALANCE START");
+        assert!(out.stderr.contains("started"), "{}", out.stderr);
+        let state =
+            tokio::task::block_in_place(|| wait_rebalance(&proxy, Duration::from_secs(120)));
+        assert_eq!(state, "done");
+        assert_eq!(query_count(&c, "select count(*) from rbc_t").await, 3000);
+    });
 }
