@@ -107,8 +107,10 @@ Options:
   --purge              (down) remove DIR after stopping
   -h, --help           show this help
 
-Roles: app/app owns database app; replicator/replicator replicates; the
-superuser postgres is reachable only through the unix socket (cluster.sh psql).
+Roles: app/app owns database app; replicator/replicator replicates;
+rebalancer/rebalancer (superuser, REPLICATION) is the proxy's [rebalance]
+login; the superuser postgres is reachable only through the unix socket
+(cluster.sh psql).
 EOF
 }
 
