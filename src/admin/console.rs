@@ -50,7 +50,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "REMOVE SHARD name",
-        "remove a shard that no table rule uses from the shard map",
+        "remove a shard from the shard map, moving its rows of hash tables to the others first (online)",
     ),
     (
         "REBALANCE PLAN",
@@ -337,6 +337,15 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
             notice(out, &said);
             protocol::command_complete(out, &words[..2].join(" "));
         }
+        ["REMOVE", "SHARD", _] if holds_rows(proxy, &command_tokens(command)[2]) => {
+            // The rows move away first; the shard leaves the map with the
+            // rebalance's last version.
+            let shard = command_tokens(command)[2].clone();
+            let said =
+                crate::rebalance::start(proxy, crate::rebalance::Goal::Drain { shard }).await?;
+            notice(out, &said);
+            protocol::command_complete(out, "REMOVE SHARD");
+        }
         ["ADD", "SHARD", ..] | ["REMOVE", "SHARD", ..] => {
             crate::rebalance::refuse_if_unfinished(proxy, &words[..2].join(" ")).await?;
             let version = shard_command(proxy, command).await?;
@@ -423,6 +432,20 @@ fn notice(out: &mut BytesMut, message: &str) {
     // An ErrorResponse frame with the NoticeResponse tag.
     n[0] = protocol::be::NOTICE_RESPONSE;
     out.extend_from_slice(&n);
+}
+
+/// Whether a table rule puts rows on shard `name` (REMOVE SHARD must
+/// drain it then).
+fn holds_rows(proxy: &Proxy, name: &str) -> bool {
+    let config = proxy.config();
+    let Some(index) = config.shards.iter().position(|s| s.name == name) else {
+        return false;
+    };
+    index != config.default_shard
+        && config
+            .router
+            .tables()
+            .any(|t| !t.is_reference() && t.shards(config.shards.len()).contains(&index))
 }
 
 /// Words of a command; quotes and commas only separate, names keep

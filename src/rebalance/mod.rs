@@ -51,8 +51,19 @@ fn quote_ident(s: &str) -> String {
 /// does not cover every shard.
 pub async fn plan(proxy: &Arc<Proxy>) -> Result<Vec<PlannedMove>, PgError> {
     let config = proxy.config();
+    let everyone: Vec<usize> = (0..config.shards.len()).collect();
+    plan_rings(proxy, &config, &everyone).await
+}
+
+/// The moves that put every hash table's ring on exactly the shards
+/// `targets` (config indexes, sorted).
+async fn plan_rings(
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    targets: &[usize],
+) -> Result<Vec<PlannedMove>, PgError> {
     let all: Vec<&str> = config.shards.iter().map(|s| s.name.as_str()).collect();
-    let everyone: Vec<usize> = (0..all.len()).collect();
+    let target_names: Vec<&str> = targets.iter().map(|i| all[*i]).collect();
     let tables = config
         .topology_map
         .get("tables")
@@ -72,22 +83,22 @@ pub async fn plan(proxy: &Arc<Proxy>) -> Result<Vec<PlannedMove>, PgError> {
         };
         let mut sorted = members.clone();
         sorted.sort_unstable();
-        if sorted == everyone {
+        if sorted == targets {
             continue;
         }
         let vnodes = raw
             .get("vnodes")
             .and_then(|v| v.as_u64())
             .map_or(DEFAULT_VNODES, |v| v as u32);
-        let new =
-            HashRing::new(&all, vnodes).map_err(|e| PgError::error(sqlstate::INTERNAL_ERROR, e))?;
+        let new = HashRing::new(&target_names, vnodes)
+            .map_err(|e| PgError::error(sqlstate::INTERNAL_ERROR, e))?;
         let kind = match rule.key_type {
             KeyType::Int => KeyKind::Int,
             KeyType::Text => KeyKind::Text,
             KeyType::Uuid => KeyKind::Uuid,
         };
         let column = quote_ident(&rule.key);
-        let arcs = moved_arcs(old, members, &new, &everyone);
+        let arcs = moved_arcs(old, members, &new, targets);
         let mut pairs: Vec<(usize, usize)> = arcs.iter().map(|(f, a)| (*f, a.shard)).collect();
         pairs.sort_unstable();
         pairs.dedup();
@@ -109,15 +120,7 @@ pub async fn plan(proxy: &Arc<Proxy>) -> Result<Vec<PlannedMove>, PgError> {
         }
     }
     for m in &mut moves {
-        let shard = config
-            .shards
-            .iter()
-            .position(|s| s.name == m.source)
-            .unwrap_or(0);
-        match estimate(proxy, &config, shard, m).await {
-            Ok(rows) => m.rows = Some(rows),
-            Err(problem) => m.problem = Some(problem),
-        }
+        estimate_into(proxy, config, m).await;
     }
     Ok(moves)
 }
@@ -227,6 +230,9 @@ pub enum Goal {
     },
     /// `MOVE REGION region TO shard`.
     MoveRegion { region: String, shard: String },
+    /// `REMOVE SHARD name` of a shard that holds rows of hash tables: the
+    /// rings without it, and the shard out of the map at the end.
+    Drain { shard: String },
 }
 
 fn refuse(code: &'static str, message: impl Into<String>) -> PgError {
@@ -310,6 +316,7 @@ pub async fn start(proxy: &Arc<Proxy>, goal: Goal) -> Result<String, PgError> {
         Goal::Rebalance => "REBALANCE START".to_string(),
         Goal::SplitRange { table, at, shard } => format!("SPLIT RANGE {table} AT {at} TO {shard}"),
         Goal::MoveRegion { region, shard } => format!("MOVE REGION {region} TO {shard}"),
+        Goal::Drain { shard } => format!("REMOVE SHARD {shard}"),
     };
     check_can_move(&config, &command)?;
     let Some(mut catalog) = lock(&config, proxy).await? else {
@@ -351,6 +358,7 @@ pub async fn start(proxy: &Arc<Proxy>, goal: Goal) -> Result<String, PgError> {
             split_range(proxy, &config, table, at, shard).await?
         }
         Goal::MoveRegion { region, shard } => move_region(proxy, &config, region, shard).await?,
+        Goal::Drain { shard } => drain(proxy, &config, shard).await?,
     };
     if moves.is_empty() {
         return Ok("nothing to move: every table is where the map wants it".into());
@@ -614,6 +622,58 @@ async fn move_region(
         };
         estimate_into(proxy, config, &mut m).await;
         moves.push(m);
+    }
+    Ok((moves, map))
+}
+
+/// The moves that empty `shard` of every hash table, and the map without
+/// it. Range and geo rules must be moved off it first (they name their
+/// shards; choosing for the DBA would be a guess).
+async fn drain(
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    shard: &str,
+) -> Result<(Vec<PlannedMove>, serde_json::Value), PgError> {
+    let index = config
+        .shards
+        .iter()
+        .position(|s| s.name == shard)
+        .ok_or_else(|| refuse("42704", format!("shard \"{shard}\" does not exist")))?;
+    let pinned: Vec<&str> = config
+        .router
+        .tables()
+        .filter(|t| {
+            matches!(t.placement, Placement::Range(_) | Placement::Geo(_))
+                && t.shards(config.shards.len()).contains(&index)
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    if !pinned.is_empty() {
+        return Err(refuse(
+            sqlstate::OBJECT_IN_USE,
+            format!(
+                "shard \"{shard}\" holds ranges or regions of {}; nothing was changed",
+                pinned.join(", ")
+            ),
+        )
+        .with_hint("move them with SPLIT RANGE or MOVE REGION first, then REMOVE SHARD"));
+    }
+    let targets: Vec<usize> = (0..config.shards.len()).filter(|i| *i != index).collect();
+    let moves = plan_rings(proxy, config, &targets).await?;
+    let names: Vec<String> = targets
+        .iter()
+        .map(|i| config.shards[*i].name.clone())
+        .collect();
+    let mut map = (*config.topology_map).clone();
+    if let Some(tables) = map.get_mut("tables").and_then(|t| t.as_array_mut()) {
+        for t in tables {
+            if t.get("strategy").and_then(|s| s.as_str()) == Some("hash") {
+                t["shards"] = serde_json::json!(names);
+            }
+        }
+    }
+    if let Some(shards) = map.get_mut("shards").and_then(|s| s.as_array_mut()) {
+        shards.retain(|s| s.get("name").and_then(|n| n.as_str()) != Some(shard));
     }
     Ok((moves, map))
 }

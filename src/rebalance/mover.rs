@@ -123,12 +123,13 @@ fn guard_name(rebalance: i64, m: &journal::Move) -> String {
 }
 
 /// The mover's login on `shard`'s primary.
-pub fn shard_target(proxy: &Proxy, config: &Config, shard: &str) -> Result<ServerTarget, String> {
-    let index = config
-        .shards
-        .iter()
-        .position(|s| s.name == shard)
-        .ok_or_else(|| format!("shard \"{shard}\" is not in the shard map"))?;
+pub fn shard_target(
+    proxy: &Proxy,
+    config: &Config,
+    shard: &str,
+    departed: &[(String, String, u16)],
+) -> Result<ServerTarget, String> {
+    let index = config.shards.iter().position(|s| s.name == shard);
     let user =
         config.rebalance.user.clone().ok_or(
             "no [rebalance] user is configured (a superuser with REPLICATION on every shard)",
@@ -138,11 +139,21 @@ pub fn shard_target(proxy: &Proxy, config: &Config, shard: &str) -> Result<Serve
         .login
         .clone()
         .ok_or("no database to move tables in ([health] or a [[databases]] entry)")?;
-    let server = &config.shards[index].servers[proxy.health.primary_index(config, index)];
+    let (host, port) = match index {
+        Some(i) => {
+            let server = &config.shards[i].servers[proxy.health.primary_index(config, i)];
+            (server.host.clone(), server.port)
+        }
+        None => departed
+            .iter()
+            .find(|(name, ..)| name == shard)
+            .map(|(_, h, p)| (h.clone(), *p))
+            .ok_or_else(|| format!("shard \"{shard}\" is not in the shard map"))?,
+    };
     Ok(ServerTarget {
         shard: shard.to_string(),
-        host: server.host.clone(),
-        port: server.port,
+        host,
+        port,
         role: Role::Primary,
         database: config.databases[&db].server_database.clone(),
         user,
@@ -150,8 +161,7 @@ pub fn shard_target(proxy: &Proxy, config: &Config, shard: &str) -> Result<Serve
     })
 }
 
-async fn connect(proxy: &Proxy, config: &Config, shard: &str) -> Result<ServerConn, String> {
-    let target = shard_target(proxy, config, shard)?;
+async fn connect(target: ServerTarget) -> Result<ServerConn, String> {
     let describe = target.describe();
     ServerConn::connect(Arc::new(target), CONNECT_TIMEOUT)
         .await
@@ -180,6 +190,9 @@ pub struct Mover {
     /// Test hook: stop (hang) on reaching this step, so that a test can
     /// kill the proxy there.
     stall_at: Option<String>,
+    /// Primaries (name, host, port) of the map the rebalance started from:
+    /// a drained shard is still cleaned up after the map dropped it.
+    departed: Vec<(String, String, u16)>,
 }
 
 impl Mover {
@@ -190,7 +203,64 @@ impl Mover {
             topology,
             id,
             stall_at: std::env::var("SHARDWIRE_TEST_REBALANCE_STALL").ok(),
+            departed: Vec::new(),
         }
+    }
+
+    fn target(&self, shard: &str) -> Result<ServerTarget, String> {
+        shard_target(&self.proxy, &self.proxy.config(), shard, &self.departed)
+    }
+
+    async fn connect(&self, shard: &str) -> Result<ServerConn, String> {
+        connect(self.target(shard)?).await
+    }
+
+    /// Remember the primaries of the map the rebalance started from.
+    async fn load_departed(&mut self, r: &Rebalance) -> Result<(), String> {
+        let rows = topology::run_within(
+            &mut self.catalog,
+            &format!(
+                "SELECT map::text FROM shardwire.topology WHERE name = {} AND version = {}",
+                literal(&self.topology),
+                r.from_version
+            ),
+            QUERY_TIMEOUT,
+        )
+        .await?;
+        let Some(map) = rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+        else {
+            return Ok(());
+        };
+        let map: serde_json::Value =
+            serde_json::from_str(&map).map_err(|e| format!("topology map: {e}"))?;
+        for shard in map
+            .get("shards")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let servers = shard.get("servers").and_then(|s| s.as_array());
+            let primary = servers.and_then(|list| {
+                list.iter()
+                    .find(|s| s.get("role").and_then(|r| r.as_str()) == Some("primary"))
+                    .or_else(|| list.first())
+            });
+            if let (Some(name), Some(server)) =
+                (shard.get("name").and_then(|n| n.as_str()), primary)
+            {
+                let host = server
+                    .get("host")
+                    .and_then(|h| h.as_str())
+                    .unwrap_or_default();
+                let port = server.get("port").and_then(|p| p.as_u64()).unwrap_or(0) as u16;
+                self.departed
+                    .push((name.to_string(), host.to_string(), port));
+            }
+        }
+        Ok(())
     }
 
     async fn journal(&mut self) -> Result<Rebalance, String> {
@@ -220,6 +290,8 @@ impl Mover {
     }
 
     async fn steps(&mut self) -> Result<(), Stop> {
+        let first = self.journal().await?;
+        self.load_departed(&first).await?;
         loop {
             let r = self.journal().await?;
             if r.finished {
@@ -295,10 +367,9 @@ impl Mover {
     // -- 1. copying ---------------------------------------------------------
 
     async fn copy(&mut self, r: &Rebalance) -> Result<(), Stop> {
-        let config = self.proxy.config();
         for s in streams(r) {
-            let mut src = connect(&self.proxy, &config, s.source).await?;
-            let mut tgt = connect(&self.proxy, &config, s.target).await?;
+            let mut src = self.connect(s.source).await?;
+            let mut tgt = self.connect(s.target).await?;
             query(&mut src, FENCE_DDL).await?;
             query(&mut tgt, FENCE_DDL).await?;
             for m in &s.moves {
@@ -342,7 +413,7 @@ impl Mover {
             .await?
             .is_none()
             {
-                let from = shard_target(&self.proxy, &config, s.source)?;
+                let from = self.target(s.source)?;
                 let mut conninfo = format!(
                     "host={} port={} dbname={} user={}",
                     conninfo_value(&from.host),
@@ -378,7 +449,7 @@ impl Mover {
             let mut ready = true;
             for s in streams(r) {
                 let name = s.name(r.id);
-                let mut tgt = connect(&self.proxy, &config, s.target).await?;
+                let mut tgt = self.connect(s.target).await?;
                 let states = query(
                     &mut tgt,
                     &format!(
@@ -453,13 +524,12 @@ impl Mover {
     // -- 2. catching up -----------------------------------------------------
 
     async fn catch_up(&mut self, r: &Rebalance) -> Result<(), Stop> {
-        let config = self.proxy.config();
         loop {
             self.check_cancel().await?;
             let mut slowest = Duration::ZERO;
             for s in streams(r) {
-                let mut src = connect(&self.proxy, &config, s.source).await?;
-                let mut tgt = connect(&self.proxy, &config, s.target).await?;
+                let mut src = self.connect(s.source).await?;
+                let mut tgt = self.connect(s.target).await?;
                 let lag = first(
                     &mut src,
                     &format!(
@@ -517,9 +587,8 @@ impl Mover {
             tokio::time::sleep(FENCE_GRACE).await;
         }
         self.stall("cutover:fenced").await;
-        let config = self.proxy.config();
         for s in streams(r) {
-            let mut src = connect(&self.proxy, &config, s.source).await?;
+            let mut src = self.connect(s.source).await?;
             for m in &s.moves {
                 if let Err(e) = create_guard(&mut src, r.id, m).await {
                     let e = format!(
@@ -538,8 +607,8 @@ impl Mover {
             self.set_moves(&s.moves, "state = 'cutover'").await?;
         }
         for s in streams(r) {
-            let mut src = connect(&self.proxy, &config, s.source).await?;
-            let mut tgt = connect(&self.proxy, &config, s.target).await?;
+            let mut src = self.connect(s.source).await?;
+            let mut tgt = self.connect(s.target).await?;
             if fence_round_trip(&mut src, &mut tgt, r.id, s.no, FENCE_TIMEOUT)
                 .await?
                 .is_none()
@@ -568,8 +637,7 @@ impl Mover {
         note: &str,
         also: &str,
     ) -> Result<(), String> {
-        let config = self.proxy.config();
-        Config::load_with_map(&config.file, Some((version, map)))
+        Config::load_with_map(&self.proxy.config().file, Some((version, map)))
             .map_err(|e| format!("the map to publish is not valid: {e}"))?;
         topology::publish_with(&mut self.catalog, &self.topology, version, map, note, also)
             .await
@@ -611,11 +679,10 @@ impl Mover {
     // -- 4. verifying -------------------------------------------------------
 
     async fn verify_and_publish(&mut self, r: &Rebalance) -> Result<(), Stop> {
-        let config = self.proxy.config();
         let mut mismatches = Vec::new();
         for m in &r.moves {
-            let mut src = connect(&self.proxy, &config, &m.source).await?;
-            let mut tgt = connect(&self.proxy, &config, &m.target).await?;
+            let mut src = self.connect(&m.source).await?;
+            let mut tgt = self.connect(&m.target).await?;
             journal::set_move(&mut self.catalog, r.id, m.no, "state = 'verifying'").await?;
             let columns = query(
                 &mut src,
@@ -695,10 +762,9 @@ impl Mover {
     // -- 5. cleaning up -----------------------------------------------------
 
     async fn clean_up(&mut self, r: &Rebalance) -> Result<(), Stop> {
-        let config = self.proxy.config();
         for s in streams(r) {
-            self.drop_stream(&config, r, &s).await?;
-            let mut src = connect(&self.proxy, &config, s.source).await?;
+            self.drop_stream(r, &s).await?;
+            let mut src = self.connect(s.source).await?;
             for m in &s.moves {
                 journal::set_move(&mut self.catalog, r.id, m.no, "state = 'cleaning up'").await?;
                 let deleted = self.delete_in_batches(&mut src, r, m, true).await?;
@@ -711,7 +777,7 @@ impl Mover {
                 )
                 .await?;
             }
-            let mut tgt = connect(&self.proxy, &config, s.target).await?;
+            let mut tgt = self.connect(s.target).await?;
             for conn in [&mut src, &mut tgt] {
                 query(
                     conn,
@@ -726,21 +792,16 @@ impl Mover {
         Ok(())
     }
 
-    async fn drop_stream(
-        &mut self,
-        config: &Config,
-        r: &Rebalance,
-        s: &Stream<'_>,
-    ) -> Result<(), String> {
+    async fn drop_stream(&mut self, r: &Rebalance, s: &Stream<'_>) -> Result<(), String> {
         let name = s.name(r.id);
-        let mut tgt = connect(&self.proxy, config, s.target).await?;
+        let mut tgt = self.connect(s.target).await?;
         topology::run_within(
             &mut tgt,
             &format!("DROP SUBSCRIPTION IF EXISTS {name}"),
             SUBSCRIBE_TIMEOUT,
         )
         .await?;
-        let mut src = connect(&self.proxy, config, s.source).await?;
+        let mut src = self.connect(s.source).await?;
         query(&mut src, &format!("DROP PUBLICATION IF EXISTS {name}")).await?;
         Ok(())
     }
@@ -854,14 +915,13 @@ impl Mover {
             ));
         }
         self.lift_fence(r).await?;
-        let config = self.proxy.config();
         for s in streams(r) {
-            let mut src = connect(&self.proxy, &config, s.source).await?;
+            let mut src = self.connect(s.source).await?;
             for m in &s.moves {
                 drop_guard(&mut src, r.id, m).await?;
             }
-            self.drop_stream(&config, r, &s).await?;
-            let mut tgt = connect(&self.proxy, &config, s.target).await?;
+            self.drop_stream(r, &s).await?;
+            let mut tgt = self.connect(s.target).await?;
             for m in &s.moves {
                 let exists = first(
                     &mut tgt,

@@ -797,5 +797,26 @@ fn cancel_rolls_back_and_one_rebalance_runs_at_a_time() {
             tokio::task::block_in_place(|| wait_rebalance(&proxy, Duration::from_secs(120)));
         assert_eq!(state, "done");
         assert_eq!(query_count(&c, "select count(*) from rbc_t").await, 3000);
+        assert!(query_count(&s2, "select count(*) from rbc_t").await > 500);
+
+        // REMOVE SHARD drains it first, then the shard leaves the map.
+        let out = proxy.admin_psql("REMOVE SHARD s2");
+        assert!(out.stderr.contains("started"), "{}", out.stderr);
+        let state =
+            tokio::task::block_in_place(|| wait_rebalance(&proxy, Duration::from_secs(120)));
+        assert_eq!(state, "done");
+        let topo = proxy.admin("SHOW TOPOLOGY");
+        assert!(
+            !topo.iter().any(|r| r[3] == "shard" && r[4] == "s2"),
+            "{topo:?}"
+        );
+        assert_eq!(query_count(&s2, "select count(*) from rbc_t").await, 0);
+        let (c, _t) = connect_url(&proxy.url()).await;
+        assert_eq!(query_count(&c, "select count(*) from rbc_t").await, 3000);
+        for id in 1..=20i64 {
+            c.execute("update rbc_t set v = v + 1 where id = $1", &[&id])
+                .await
+                .expect("write after the drain");
+        }
     });
 }
