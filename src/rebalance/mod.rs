@@ -103,17 +103,24 @@ async fn plan_rings(
         pairs.sort_unstable();
         pairs.dedup();
         for (from, to) in pairs {
-            let terms: Vec<String> = arcs
+            // One multirange of all the arcs: PostgreSQL hashes each row
+            // once and finds its arc by binary search (hundreds of ORed
+            // BETWEENs would hash it once per arc).
+            let ranges: Vec<String> = arcs
                 .iter()
                 .filter(|(f, a)| *f == from && a.shard == to)
-                .map(|(_, a)| a.sql_predicate(kind, &column))
+                .map(|(_, a)| a.range_literal())
                 .collect();
             moves.push(PlannedMove {
                 table: rule.name.clone(),
                 source: all[from].to_string(),
                 target: all[to].to_string(),
-                arcs: terms.len(),
-                predicate: terms.join(" OR "),
+                arcs: ranges.len(),
+                predicate: format!(
+                    "{} <@ '{{{}}}'::int8multirange",
+                    kind.sql_position(&column),
+                    ranges.join(",")
+                ),
                 rows: None,
                 problem: None,
             });

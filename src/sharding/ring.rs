@@ -82,6 +82,23 @@ impl Arc {
         self.lo <= pos && pos <= self.hi
     }
 
+    /// The arc as an `int8range` element of a multirange literal
+    /// (`[lo,hi]`, an open end for `i64::MIN`/`i64::MAX`: an inclusive
+    /// `i64::MAX` would overflow PostgreSQL's canonical form).
+    pub fn range_literal(&self) -> String {
+        let lo = if self.lo == i64::MIN {
+            "(".to_string()
+        } else {
+            format!("[{}", self.lo)
+        };
+        let hi = if self.hi == i64::MAX {
+            ")".to_string()
+        } else {
+            format!("{}]", self.hi)
+        };
+        format!("{lo},{hi}")
+    }
+
     /// The predicate a shard evaluates to select the rows on this arc, e.g.
     /// `hashint8extended(id, 0) BETWEEN -5 AND 17`. `column` is inserted
     /// verbatim (the caller quotes identifiers). Ends at `i64::MIN`/`i64::MAX`
@@ -678,6 +695,14 @@ mod tests {
         assert!(HashRing::new(&["s0", ""], 8).is_err());
         let err = HashRing::new(&["s0", "s1", "s0"], 8).unwrap_err();
         assert!(err.contains("\"s0\"") && err.contains("0 and 2"), "{err}");
+    }
+
+    #[test]
+    fn range_literals() {
+        let arc = |lo, hi| Arc { lo, hi, shard: 0 };
+        assert_eq!(arc(-5, 17).range_literal(), "[-5,17]");
+        assert_eq!(arc(i64::MIN, 3).range_literal(), "(,3]");
+        assert_eq!(arc(4, i64::MAX).range_literal(), "[4,)");
     }
 
     #[test]
