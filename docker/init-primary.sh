@@ -4,7 +4,9 @@
 # postgres image's entrypoint from /docker-entrypoint-initdb.d (only when the
 # data dir is new). Mirrors ensure_roles and pg_hba in scripts/cluster.sh:
 # role app (password app, SCRAM) owning database app, role replicator
-# (password replicator) for streaming replication; superuser postgres.
+# (password replicator) for streaming replication, role rebalancer
+# (superuser, password rebalancer) for the proxy's [rebalance] mover;
+# superuser postgres.
 
 set -euo pipefail
 
@@ -12,6 +14,7 @@ psql -X -q -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres <<'S
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE app LOGIN PASSWORD 'app';
 CREATE ROLE replicator REPLICATION LOGIN PASSWORD 'replicator';
+CREATE ROLE rebalancer SUPERUSER REPLICATION LOGIN PASSWORD 'rebalancer';
 CREATE DATABASE app OWNER app;
 SQL
 
