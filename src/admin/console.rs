@@ -299,20 +299,7 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
             protocol::command_complete(out, "REBALANCE");
         }
         ["REBALANCE", "STATUS"] => {
-            let mut t = Table::new(&[
-                "rebalance",
-                "move",
-                "table_name",
-                "source",
-                "target",
-                "state",
-                "rows_copied",
-                "rows_total",
-                "percent",
-                "lag_bytes",
-                "eta",
-                "detail",
-            ]);
+            let mut t = Table::new(&crate::rebalance::STATUS_COLUMNS);
             for r in crate::rebalance::status(proxy).await? {
                 t.row(vec![
                     v(r.rebalance),

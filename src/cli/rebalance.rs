@@ -873,20 +873,7 @@ async fn follow(
 mod tests {
     use super::*;
 
-    const COLUMNS: [&str; 12] = [
-        "rebalance",
-        "move",
-        "table_name",
-        "source",
-        "target",
-        "state",
-        "rows_copied",
-        "rows_total",
-        "percent",
-        "lag_bytes",
-        "eta",
-        "detail",
-    ];
+    const COLUMNS: [&str; 12] = crate::rebalance::STATUS_COLUMNS;
 
     fn set(rows: &[[&str; 12]]) -> ResultSet {
         ResultSet {

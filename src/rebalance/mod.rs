@@ -246,10 +246,8 @@ fn refuse(code: &'static str, message: impl Into<String>) -> PgError {
     PgError::error(code, message.into())
 }
 
-/// The catalog connection that holds the rebalance lock of `config`'s
-/// topology, or None when another session holds it (the lock goes with
-/// the connection, so a crashed mover frees it).
-async fn lock(config: &Config, proxy: &Proxy) -> Result<Option<ServerConn>, PgError> {
+/// A catalog connection, with the journal's tables in place.
+async fn open_journal(proxy: &Proxy, config: &Config) -> Result<ServerConn, PgError> {
     let primary = proxy.health.primary_index(config, 0);
     let mut conn = crate::topology::open(config, primary)
         .await
@@ -257,6 +255,14 @@ async fn lock(config: &Config, proxy: &Proxy) -> Result<Option<ServerConn>, PgEr
     journal::ensure(&mut conn)
         .await
         .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
+    Ok(conn)
+}
+
+/// The catalog connection that holds the rebalance lock of `config`'s
+/// topology, or None when another session holds it (the lock goes with
+/// the connection, so a crashed mover frees it).
+async fn lock(config: &Config, proxy: &Proxy) -> Result<Option<ServerConn>, PgError> {
+    let mut conn = open_journal(proxy, config).await?;
     let locked = crate::topology::run_within(
         &mut conn,
         &format!(
@@ -289,13 +295,7 @@ pub async fn refuse_if_unfinished(proxy: &Proxy, command: &str) -> Result<(), Pg
     if config.topology.source != TopologySource::Catalog {
         return Ok(());
     }
-    let primary = proxy.health.primary_index(&config, 0);
-    let mut conn = crate::topology::open(&config, primary)
-        .await
-        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
-    journal::ensure(&mut conn)
-        .await
-        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
+    let mut conn = open_journal(proxy, &config).await?;
     if let Some(r) = journal::unfinished(&mut conn, &config.topology.name)
         .await
         .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?
@@ -703,13 +703,7 @@ async fn estimate_into(proxy: &Arc<Proxy>, config: &Config, m: &mut PlannedMove)
 pub async fn cancel(proxy: &Arc<Proxy>) -> Result<String, PgError> {
     let config = proxy.config();
     crate::topology::catalog_only(&config, "REBALANCE CANCEL")?;
-    let primary = proxy.health.primary_index(&config, 0);
-    let mut conn = crate::topology::open(&config, primary)
-        .await
-        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
-    journal::ensure(&mut conn)
-        .await
-        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
+    let mut conn = open_journal(proxy, &config).await?;
     let r = journal::unfinished(&mut conn, &config.topology.name)
         .await
         .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?
@@ -756,6 +750,22 @@ pub async fn cancel(proxy: &Arc<Proxy>) -> Result<String, PgError> {
     }
 }
 
+/// The columns of `REBALANCE STATUS`, which the CLI reads by name.
+pub const STATUS_COLUMNS: [&str; 12] = [
+    "rebalance",
+    "move",
+    "table_name",
+    "source",
+    "target",
+    "state",
+    "rows_copied",
+    "rows_total",
+    "percent",
+    "lag_bytes",
+    "eta",
+    "detail",
+];
+
 /// One row of `REBALANCE STATUS`.
 pub struct StatusRow {
     pub rebalance: i64,
@@ -776,13 +786,7 @@ pub struct StatusRow {
 pub async fn status(proxy: &Arc<Proxy>) -> Result<Vec<StatusRow>, PgError> {
     let config = proxy.config();
     crate::topology::catalog_only(&config, "REBALANCE STATUS")?;
-    let primary = proxy.health.primary_index(&config, 0);
-    let mut conn = crate::topology::open(&config, primary)
-        .await
-        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
-    journal::ensure(&mut conn)
-        .await
-        .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
+    let mut conn = open_journal(proxy, &config).await?;
     let Some(r) = journal::newest(&mut conn, &config.topology.name)
         .await
         .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?

@@ -778,16 +778,7 @@ impl Mover {
                 .await?;
             }
             let mut tgt = self.connect(s.target).await?;
-            for conn in [&mut src, &mut tgt] {
-                query(
-                    conn,
-                    &format!(
-                        "DELETE FROM shardwire.rebalance_fence WHERE rebalance = {}",
-                        r.id
-                    ),
-                )
-                .await?;
-            }
+            forget_fences(&mut src, &mut tgt, r.id).await?;
         }
         Ok(())
     }
@@ -940,16 +931,7 @@ impl Mover {
                 )
                 .await?;
             }
-            for conn in [&mut src, &mut tgt] {
-                query(
-                    conn,
-                    &format!(
-                        "DELETE FROM shardwire.rebalance_fence WHERE rebalance = {}",
-                        r.id
-                    ),
-                )
-                .await?;
-            }
+            forget_fences(&mut src, &mut tgt, r.id).await?;
         }
         journal::set_status(&mut self.catalog, r.id, final_status, reason, true).await?;
         tracing::info!(
@@ -996,6 +978,18 @@ async fn fence_round_trip(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Delete the rebalance's fence rows on both sides of a stream.
+async fn forget_fences(
+    src: &mut ServerConn,
+    tgt: &mut ServerConn,
+    rebalance: i64,
+) -> Result<(), String> {
+    let sql = format!("DELETE FROM shardwire.rebalance_fence WHERE rebalance = {rebalance}");
+    query(src, &sql).await?;
+    query(tgt, &sql).await?;
+    Ok(())
 }
 
 /// The guard on the source: a row trigger that rejects, with a retryable
