@@ -679,41 +679,20 @@ impl Mover {
     // -- 4. verifying -------------------------------------------------------
 
     async fn verify_and_publish(&mut self, r: &Rebalance) -> Result<(), Stop> {
+        // Every move at once: writes to the moving rows are held meanwhile.
+        let targets = r
+            .moves
+            .iter()
+            .map(|m| Ok((m, self.target(&m.source)?, self.target(&m.target)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let checks = targets.into_iter().map(|(m, source, target)| async move {
+            let (a, b) = checksum_both(m, source, target).await?;
+            Ok::<_, String>((m, a, b))
+        });
+        let results = futures_util::future::join_all(checks).await;
         let mut mismatches = Vec::new();
-        for m in &r.moves {
-            let mut src = self.connect(&m.source).await?;
-            let mut tgt = self.connect(&m.target).await?;
-            journal::set_move(&mut self.catalog, r.id, m.no, "state = 'verifying'").await?;
-            let columns = query(
-                &mut src,
-                &format!(
-                    "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = to_regclass({}) \
-                     AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                    literal(&m.table)
-                ),
-            )
-            .await?
-            .into_iter()
-            .filter_map(|r| r.into_iter().next().flatten())
-            .collect::<Vec<_>>()
-            .join(", ");
-            let sql = format!(
-                "SELECT count(*)::text || '/' || coalesce(sum(hashtextextended(ROW({columns})::text, 0)::numeric), 0)::text \
-                 FROM {} WHERE {}",
-                quote_ident(&m.table),
-                m.predicate
-            );
-            let (a, b) = tokio::join!(
-                topology::run_within(&mut src, &sql, BULK_TIMEOUT),
-                topology::run_within(&mut tgt, &sql, BULK_TIMEOUT)
-            );
-            let value = |rows: Vec<Vec<Option<String>>>| {
-                rows.into_iter()
-                    .next()
-                    .and_then(|r| r.into_iter().next().flatten())
-                    .unwrap_or_default()
-            };
-            let (a, b) = (value(a?), value(b?));
+        for result in results {
+            let (m, a, b) = result?;
             let rows: i64 = a
                 .split('/')
                 .next()
@@ -723,7 +702,7 @@ impl Mover {
                 &mut self.catalog,
                 r.id,
                 m.no,
-                &format!("rows_copied = {rows}"),
+                &format!("rows_copied = {rows}, state = 'verifying'"),
             )
             .await?;
             if a != b {
@@ -978,6 +957,46 @@ async fn fence_round_trip(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Row count and checksum of the move's rows on its source and its
+/// target, computed at the same time ("count/sum").
+async fn checksum_both(
+    m: &journal::Move,
+    source: ServerTarget,
+    target: ServerTarget,
+) -> Result<(String, String), String> {
+    let (mut src, mut tgt) = (connect(source).await?, connect(target).await?);
+    let columns = query(
+        &mut src,
+        &format!(
+            "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = to_regclass({}) \
+             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            literal(&m.table)
+        ),
+    )
+    .await?
+    .into_iter()
+    .filter_map(|r| r.into_iter().next().flatten())
+    .collect::<Vec<_>>()
+    .join(", ");
+    let sql = format!(
+        "SELECT count(*)::text || '/' || coalesce(sum(hashtextextended(ROW({columns})::text, 0)::numeric), 0)::text \
+         FROM {} WHERE {}",
+        quote_ident(&m.table),
+        m.predicate
+    );
+    let (a, b) = tokio::join!(
+        topology::run_within(&mut src, &sql, BULK_TIMEOUT),
+        topology::run_within(&mut tgt, &sql, BULK_TIMEOUT)
+    );
+    let value = |rows: Vec<Vec<Option<String>>>| {
+        rows.into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .unwrap_or_default()
+    };
+    Ok((value(a?), value(b?)))
 }
 
 /// Delete the rebalance's fence rows on both sides of a stream.
