@@ -2,7 +2,7 @@
 //! authenticating with the configured credentials, and the state the proxy
 //! tracks about it (session parameters, which prepared statements it holds).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,11 @@ use tokio::net::TcpStream;
 
 use crate::protocol::reader::FrameError;
 use crate::protocol::{self, be, fe, BodyReader, FrameReader, PgError, PROTOCOL_3_0};
+
+/// Session parameters a client wants on its servers, by name. Shared
+/// copy-on-write, so a server can keep the set it was last aligned to and a
+/// checkout can tell by pointer that there is nothing to align.
+pub type ParamSet = Arc<BTreeMap<String, String>>;
 
 /// Largest message we accept from a server. Servers are trusted, but a bound
 /// keeps a broken one from exhausting memory.
@@ -162,6 +167,11 @@ pub struct ServerConn {
     /// Settings the proxy SET on this connection that the server does not
     /// report, so they can be RESET for a client that did not ask for them.
     pub custom_params: Vec<String>,
+    /// The client parameters `params` last agreed with (see
+    /// `session::sync_params`). Whatever changes `params` or
+    /// `custom_params` must clear it, or a client would keep another
+    /// client's settings.
+    pub aligned_to: Option<ParamSet>,
     /// Named prepared statements this connection holds (proxy names).
     pub prepared: PreparedOnServer,
     /// Identity of the client Parse that created this connection's unnamed
@@ -206,6 +216,7 @@ impl ServerConn {
             backend_secret: 0,
             params: HashMap::new(),
             custom_params: Vec::new(),
+            aligned_to: None,
             prepared: PreparedOnServer::default(),
             unnamed: None,
             created: Instant::now(),
@@ -405,7 +416,22 @@ impl ServerConn {
     pub fn note_parameter(&mut self, body: &[u8]) {
         let mut r = BodyReader::new(body, "ParameterStatus");
         if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
-            self.params.insert(k.to_string(), v.to_string());
+            self.set_param(k, v);
+        }
+    }
+
+    /// Record a parameter's value on this connection.
+    pub fn set_param(&mut self, k: &str, v: &str) {
+        self.aligned_to = None;
+        self.params.insert(k.to_string(), v.to_string());
+    }
+
+    /// The settings the proxy made that the server does not report are
+    /// gone (RESET ALL, DISCARD ALL): forget them.
+    pub fn forget_custom_params(&mut self) {
+        self.aligned_to = None;
+        for k in std::mem::take(&mut self.custom_params) {
+            self.params.remove(&k);
         }
     }
 

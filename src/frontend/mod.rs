@@ -791,6 +791,7 @@ where
     for (k, v) in &wanted_from_client {
         wanted.insert(k.clone(), v.clone());
     }
+    let mut wanted = Arc::new(wanted);
     // Align one server now: validates the client's parameters and learns
     // the server's canonical spelling of each. Session pooling keeps it. In
     // transaction pooling a busy pool does not hold up the login: the
@@ -823,7 +824,7 @@ where
         let v = wanted.get(k).unwrap_or(v);
         protocol::parameter_status(out, k, v);
     }
-    for (k, v) in &wanted {
+    for (k, v) in wanted.iter() {
         if !server_params.iter().any(|(s, _)| s == k) && session::is_tracked(k) {
             protocol::parameter_status(out, k, v);
         }

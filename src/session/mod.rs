@@ -30,7 +30,7 @@ pub mod routing;
 mod scatter;
 pub mod statements;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ use tracing::Instrument;
 
 use crate::admin::clients::{Admission, ClientState, Registration};
 use crate::admin::metrics::{RouteKind, RouteStats};
-use crate::backend::conn::InternalError;
+use crate::backend::conn::{InternalError, ParamSet};
 use crate::backend::{Pool, PooledConn, ServerConn};
 use crate::config::{Config, PoolMode};
 use crate::frontend::cancel::CancelSlot;
@@ -207,7 +207,7 @@ pub struct SessionSetup {
     pub pool_mode: PoolMode,
     pub max_prepared_per_server: usize,
     /// Parameters to apply on every server (canonicalized at login).
-    pub wanted_params: BTreeMap<String, String>,
+    pub wanted_params: ParamSet,
     pub cancel: Arc<CancelSlot>,
     pub shutdown: watch::Receiver<bool>,
     /// Session pooling: the server checked out at login.
@@ -329,7 +329,7 @@ pub struct Session<R, W> {
     /// The client's last unnamed Parse (its identity and frame), re-sent to a
     /// server that does not hold it.
     unnamed: Option<(u64, Bytes)>,
-    wanted_params: BTreeMap<String, String>,
+    wanted_params: ParamSet,
     /// Scratch buffer for rewritten frames.
     scratch: BytesMut,
     /// A transaction over several shards (see multitx.rs).
@@ -895,10 +895,10 @@ where
         let mut r = BodyReader::new(protocol::body(frame), "ParameterStatus");
         if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
             if let Some(s) = self.server.as_deref_mut() {
-                s.params.insert(k.to_string(), v.to_string());
+                s.set_param(k, v);
             }
-            if is_tracked(k) {
-                self.wanted_params.insert(k.to_string(), v.to_string());
+            if is_tracked(k) && self.wanted_params.get(k).map(String::as_str) != Some(v) {
+                Arc::make_mut(&mut self.wanted_params).insert(k.to_string(), v.to_string());
             }
         }
     }
@@ -1439,9 +1439,7 @@ where
         if resets.settings {
             // Reported parameters come back as ParameterStatus; the
             // unreported ones we set are simply gone.
-            for k in std::mem::take(&mut s.custom_params) {
-                s.params.remove(&k);
-            }
+            s.forget_custom_params();
         }
         self.send(&frame, Expect::Ready, true, None);
         self.flush_point();
@@ -2409,10 +2407,21 @@ where
 /// Bring a server's session parameters in line with what the client wants,
 /// in one round trip, and adopt the server's canonical spelling of each
 /// value (so "ISO" becomes "ISO, MDY" and is not set again next time).
-pub async fn sync_params(
-    conn: &mut ServerConn,
-    wanted: &mut BTreeMap<String, String>,
-) -> Result<(), PgError> {
+///
+/// This runs at every checkout, and almost always finds nothing to do: a
+/// server remembers the set it was last aligned to, so that case costs a
+/// pointer comparison (or one map comparison, after which the client shares
+/// the server's copy and the next time is a pointer comparison again).
+pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
+    if let Some(aligned) = &conn.aligned_to {
+        if Arc::ptr_eq(aligned, wanted) {
+            return Ok(());
+        }
+        if **aligned == **wanted {
+            *wanted = aligned.clone();
+            return Ok(());
+        }
+    }
     let mut sql = String::new();
     for (k, v) in wanted.iter() {
         if conn.params.get(k) != Some(v) {
@@ -2433,23 +2442,33 @@ pub async fn sync_params(
         conn.params.remove(&k);
     }
     if sql.is_empty() {
+        conn.aligned_to = Some(wanted.clone());
         return Ok(());
     }
     let timeout = conn_timeout();
     match conn.run_internal(&sql, timeout).await {
         Ok(()) => {
-            for (k, v) in wanted.iter_mut() {
-                match conn.params.get(k) {
-                    Some(reported) => *v = reported.clone(),
-                    // Not reported by the server (not GUC_REPORT): we know it now.
-                    None => {
-                        conn.params.insert(k.clone(), v.clone());
-                        if !conn.custom_params.contains(k) {
-                            conn.custom_params.push(k.clone());
-                        }
+            // Copied only when the server spelled a value its own way.
+            let canonical = wanted
+                .iter()
+                .any(|(k, v)| conn.params.get(k).is_some_and(|r| r != v));
+            if canonical {
+                for (k, v) in Arc::make_mut(wanted).iter_mut() {
+                    if let Some(reported) = conn.params.get(k) {
+                        *v = reported.clone();
                     }
                 }
             }
+            for (k, v) in wanted.iter() {
+                // Not reported by the server (not GUC_REPORT): we know it now.
+                if !conn.params.contains_key(k) {
+                    conn.params.insert(k.clone(), v.clone());
+                    if !conn.custom_params.contains(k) {
+                        conn.custom_params.push(k.clone());
+                    }
+                }
+            }
+            conn.aligned_to = Some(wanted.clone());
             Ok(())
         }
         Err(InternalError::Sql(fields)) => {
@@ -2474,9 +2493,7 @@ async fn discard_session(conn: &mut ServerConn) -> bool {
         Ok(()) => {
             conn.prepared.clear();
             conn.unnamed = None;
-            for k in std::mem::take(&mut conn.custom_params) {
-                conn.params.remove(&k);
-            }
+            conn.forget_custom_params();
             true
         }
         Err(e) => {
