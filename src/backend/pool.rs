@@ -82,7 +82,10 @@ pub struct Pool {
     pub target: Arc<ServerTarget>,
     /// Replaced by a reload; read at each use.
     settings: RwLock<RawPool>,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection changes hands (pool, session, pool) twice per
+    /// transaction, and moving the box is cheaper than moving the struct.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     permits: Arc<Semaphore>,
     /// Permits to retire as they are returned, after a reload shrank the pool.
     permit_debt: AtomicUsize,
@@ -213,7 +216,6 @@ impl Pool {
     /// Take a connection: an idle one if a healthy one exists, else a new
     /// one, waiting up to `checkout_timeout` for room in the pool.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
-        let start = Instant::now();
         // Checked under the read lock: cloning the Arc would bump a
         // reference count every session's checkout shares.
         let banned = self
@@ -227,9 +229,12 @@ impl Pool {
                 reason: last_error.unwrap_or_else(|| "no detail".into()),
             });
         }
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+        // The clock is read only once there is something to wait for: a
+        // free permit and an idle connection count as no wait at all.
+        let (permit, start) = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => (p, None),
             Err(_) => {
+                let start = Instant::now();
                 let settings = self.settings();
                 // Join the queue only if it has room (one atomic step).
                 let joined = self
@@ -252,7 +257,7 @@ impl Pool {
                 .await;
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 match acquired {
-                    Ok(Ok(p)) => p,
+                    Ok(Ok(p)) => (p, Some(start)),
                     _ => {
                         self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
                         return Err(CheckoutError::Timeout {
@@ -270,13 +275,13 @@ impl Pool {
     /// Like [`Pool::checkout`], but only if the pool has room right now.
     pub async fn try_checkout(self: &Arc<Self>) -> Option<Result<PooledConn, CheckoutError>> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(self.checkout_with(permit, Instant::now()).await)
+        Some(self.checkout_with(permit, None).await)
     }
 
     async fn checkout_with(
         self: &Arc<Self>,
         permit: OwnedSemaphorePermit,
-        start: Instant,
+        start: Option<Instant>,
     ) -> Result<PooledConn, CheckoutError> {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         // Counted from here so the permit's return and the count's
@@ -288,24 +293,27 @@ impl Pool {
             permit: Some(permit),
         };
         while let Some(mut c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            if self.expired(&c) || c.is_broken() {
+            let now = Instant::now();
+            if self.expired(&c, now) || c.is_broken() {
                 continue; // dropped: closes the socket
             }
-            c.last_used = Instant::now();
-            self.record_wait(start);
+            c.last_used = now;
+            self.record_wait(start.unwrap_or(now), now);
             held.conn = Some(c);
             return Ok(held);
         }
+        let start = start.unwrap_or_else(Instant::now);
         let conn = self.open().await?;
-        self.record_wait(start);
-        held.conn = Some(conn);
+        self.record_wait(start, Instant::now());
+        held.conn = Some(Box::new(conn));
         Ok(held)
     }
 
-    fn record_wait(&self, start: Instant) {
-        self.stats
-            .wait_micros
-            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    fn record_wait(&self, start: Instant, now: Instant) {
+        self.stats.wait_micros.fetch_add(
+            now.saturating_duration_since(start).as_micros() as u64,
+            Ordering::Relaxed,
+        );
     }
 
     async fn open(&self) -> Result<ServerConn, BackendError> {
@@ -333,20 +341,21 @@ impl Pool {
         }
     }
 
-    fn expired(&self, c: &ServerConn) -> bool {
+    fn expired(&self, c: &ServerConn, now: Instant) -> bool {
         let max_lifetime = self
             .settings
             .read()
             .map(|s| s.max_lifetime)
             .unwrap_or_else(|e| e.into_inner().max_lifetime);
-        c.created.elapsed() >= max_lifetime
+        now.saturating_duration_since(c.created) >= max_lifetime
     }
 
-    fn checkin(&self, mut conn: ServerConn) {
-        if self.expired(&conn) {
+    fn checkin(&self, mut conn: Box<ServerConn>) {
+        let now = Instant::now();
+        if self.expired(&conn, now) {
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }
@@ -358,7 +367,7 @@ impl Pool {
         let settings = self.settings();
         let min = settings.min_size as usize;
         let max = settings.max_size as usize;
-        let closed: Vec<ServerConn> = {
+        let closed: Vec<Box<ServerConn>> = {
             let Ok(mut idle) = self.idle.lock() else {
                 return;
             };
@@ -397,7 +406,7 @@ impl Pool {
             match self.open().await {
                 Ok(c) => {
                     self.return_permit(permit);
-                    self.checkin(c);
+                    self.checkin(Box::new(c));
                 }
                 Err(e) => {
                     self.return_permit(permit);
@@ -430,7 +439,7 @@ impl Pool {
 /// is idle and clean; dropping it instead closes the connection (used
 /// whenever its state is unknown, for example a client gone mid-transaction).
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
     permit: Option<OwnedSemaphorePermit>,
 }
