@@ -104,7 +104,8 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// a use counter for least-recently-used eviction.
 #[derive(Default)]
 pub struct PreparedOnServer {
-    names: HashMap<Arc<str>, u64>,
+    /// Looked up at every Bind, so not SipHash.
+    names: foldhash::HashMap<Arc<str>, u64>,
     tick: u64,
 }
 

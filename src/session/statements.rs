@@ -2,10 +2,10 @@
 //! transaction pooling: each is stored as the Parse frame that creates it on
 //! any backend, under a proxy-chosen name derived from its content.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use foldhash::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::protocol::{self, fe, BodyReader, Malformed};
@@ -23,7 +23,8 @@ pub struct Statement {
     pub sql: Arc<str>,
 }
 
-/// The client's statements by the client's own names.
+/// The client's statements by the client's own names (looked up at every
+/// Bind; the names are the client's, hashed with a per-process random seed).
 #[derive(Default)]
 pub struct Statements {
     by_client_name: HashMap<String, Arc<Statement>>,
