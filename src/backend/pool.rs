@@ -233,43 +233,50 @@ impl Pool {
         // free permit and an idle connection count as no wait at all.
         let (permit, start) = match self.permits.clone().try_acquire_owned() {
             Ok(p) => (p, None),
+            // The wait's future is boxed: it is large, and building it
+            // inline would cost every checkout, waiting or not.
             Err(_) => {
                 let start = Instant::now();
-                let settings = self.settings();
-                // Join the queue only if it has room (one atomic step).
-                let joined = self
-                    .waiting
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                        (w < settings.max_waiting as usize).then_some(w + 1)
-                    });
-                if joined.is_err() {
-                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                    return Err(CheckoutError::QueueFull {
-                        server: self.target.describe(),
-                        max_waiting: settings.max_waiting,
-                    });
-                }
-                self.stats.waited.fetch_add(1, Ordering::Relaxed);
-                let acquired = tokio::time::timeout(
-                    settings.checkout_timeout,
-                    self.permits.clone().acquire_owned(),
-                )
-                .await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                match acquired {
-                    Ok(Ok(p)) => (p, Some(start)),
-                    _ => {
-                        self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
-                        return Err(CheckoutError::Timeout {
-                            server: self.target.describe(),
-                            after: settings.checkout_timeout,
-                            max: settings.max_size,
-                        });
-                    }
-                }
+                (Box::pin(self.wait_for_permit()).await?, Some(start))
             }
         };
         self.checkout_with(permit, start).await
+    }
+
+    /// Queue for a permit, up to `checkout_timeout`.
+    async fn wait_for_permit(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let settings = self.settings();
+        // Join the queue only if it has room (one atomic step).
+        let joined = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < settings.max_waiting as usize).then_some(w + 1)
+            });
+        if joined.is_err() {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err(CheckoutError::QueueFull {
+                server: self.target.describe(),
+                max_waiting: settings.max_waiting,
+            });
+        }
+        self.stats.waited.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(
+            settings.checkout_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match acquired {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(CheckoutError::Timeout {
+                    server: self.target.describe(),
+                    after: settings.checkout_timeout,
+                    max: settings.max_size,
+                })
+            }
+        }
     }
 
     /// Like [`Pool::checkout`], but only if the pool has room right now.
@@ -303,7 +310,8 @@ impl Pool {
             return Ok(held);
         }
         let start = start.unwrap_or_else(Instant::now);
-        let conn = self.open().await?;
+        // Boxed like the permit wait: connecting is rare and its future large.
+        let conn = Box::pin(self.open()).await?;
         self.record_wait(start, Instant::now());
         held.conn = Some(Box::new(conn));
         Ok(held)

@@ -1842,15 +1842,17 @@ where
                 .multi
                 .as_ref()
                 .is_none_or(|m| m.conns.iter().all(Option::is_none));
-        if starts_transaction {
-            self.wait_while_paused().await?;
+        // Every rare path's future is boxed: this one runs at each
+        // transaction, and its future's size is copied each time.
+        if starts_transaction && *self.paused.borrow() {
+            Box::pin(self.wait_while_paused()).await?;
         }
         self.client.info.set_state(ClientState::Waiting);
         if let Some(target) = self.next_read.take() {
-            if let Some(mut conn) = self.read_checkout(shard, target).await {
+            if let Some(mut conn) = Box::pin(self.read_checkout(shard, target)).await {
                 // A replica that fails here costs the read nothing: it
                 // goes to the primary.
-                if sync_params(&mut conn, &mut self.wanted_params)
+                if align_params(&mut conn, &mut self.wanted_params)
                     .await
                     .is_ok()
                 {
@@ -1860,7 +1862,7 @@ where
             }
         }
         let result = match self.pools[shard].checkout().await {
-            Ok(mut conn) => match sync_params(&mut conn, &mut self.wanted_params).await {
+            Ok(mut conn) => match align_params(&mut conn, &mut self.wanted_params).await {
                 Ok(()) => Ok(conn),
                 Err(e) => Err(e),
             },
@@ -2413,14 +2415,8 @@ where
 /// pointer comparison (or one map comparison, after which the client shares
 /// the server's copy and the next time is a pointer comparison again).
 pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
-    if let Some(aligned) = &conn.aligned_to {
-        if Arc::ptr_eq(aligned, wanted) {
-            return Ok(());
-        }
-        if **aligned == **wanted {
-            *wanted = aligned.clone();
-            return Ok(());
-        }
+    if params_aligned(conn, wanted) {
+        return Ok(());
     }
     let mut sql = String::new();
     for (k, v) in wanted.iter() {
@@ -2484,6 +2480,29 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
         }
         Err(InternalError::Backend(e)) => Err(e.to_pg()),
     }
+}
+
+/// Whether the server's parameters already are the client's; then the
+/// client shares the server's copy of the set, so that next time a pointer
+/// comparison tells.
+fn params_aligned(conn: &ServerConn, wanted: &mut ParamSet) -> bool {
+    match &conn.aligned_to {
+        Some(aligned) if Arc::ptr_eq(aligned, wanted) => true,
+        Some(aligned) if **aligned == **wanted => {
+            *wanted = aligned.clone();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`sync_params`] for the checkout of every transaction: the usual case,
+/// nothing to do, is decided before building (and copying) its future.
+async fn align_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
+    if params_aligned(conn, wanted) {
+        return Ok(());
+    }
+    Box::pin(sync_params(conn, wanted)).await
 }
 
 /// Reset a session-pooled server for its next client: DISCARD ALL drops
