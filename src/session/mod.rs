@@ -517,7 +517,10 @@ where
         let write_server = self.server_flush_upto > 0;
         let write_client = !self.client_out.is_empty();
         let flush_client = self.client_unflushed && !write_client;
-        let watch_shutdown = !self.shutting_down;
+        // A shutdown ends only an idle session (see `run_loop`), so the
+        // signal is watched only then: each wait on it takes a lock the
+        // sessions share. A busy session sees it at its first idle wait.
+        let watch_shutdown = !self.shutting_down && self.is_idle();
         let deadline = self.next_deadline();
         let at = deadline.map(|(at, _)| at);
         if at != self.timer_at {
