@@ -1025,17 +1025,19 @@ where
         }
     }
 
-    fn route_stats_of(&mut self, shard: usize, kind: RouteKind) -> Arc<RouteStats> {
+    /// The series of `shard` and `kind`, borrowed: every session shares
+    /// it, so a clone per statement would bump a count all of them write.
+    fn route_stats_of(&mut self, shard: usize, kind: RouteKind) -> &RouteStats {
         if shard >= self.route_stats.len() {
             self.route_stats.resize(shard + 1, Default::default());
         }
-        if let Some(s) = &self.route_stats[shard][kind.index()] {
-            return s.clone();
+        if self.route_stats[shard][kind.index()].is_none() {
+            let name = self.shard_name(shard).to_string();
+            self.route_stats[shard][kind.index()] = Some(self.proxy.metrics.route(&name, kind));
         }
-        let name = self.shard_name(shard).to_string();
-        let s = self.proxy.metrics.route(&name, kind);
-        self.route_stats[shard][kind.index()] = Some(s.clone());
-        s
+        self.route_stats[shard][kind.index()]
+            .as_deref()
+            .expect("filled above")
     }
 
     /// The timing of a client statement about to be sent, if `frame` is one.
