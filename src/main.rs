@@ -74,6 +74,22 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
+    let spec = std::env::var("SHARDWIRE_LOG").ok();
+    if let Some(targets) = targets_only(spec.as_deref()) {
+        // Same filtering as EnvFilter for such a spec. EnvFilter also
+        // takes a lock all threads share at each enter and exit of a span,
+        // which every session's span does at each poll.
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(tracing::level_filters::LevelFilter::TRACE)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.finish().with(targets).init(),
+            LogFormat::Json => builder.json().finish().with(targets).init(),
+        }
+        return;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -83,6 +99,34 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The log filter as a [`Targets`](tracing_subscriber::filter::Targets)
+/// when the spec (None: unset, meaning `info`) is only `level` and
+/// `target=level` items, where both filters mean the same; None for
+/// anything else (span or field filters, odd spellings), left to EnvFilter.
+fn targets_only(spec: Option<&str>) -> Option<tracing_subscriber::filter::Targets> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let spec = spec.unwrap_or("info");
+    let mut seen = std::collections::HashSet::new();
+    let plain = !spec.is_empty()
+        && spec.split(',').all(|item| {
+            // Repeated targets: which one wins is EnvFilter's business.
+            if !seen.insert(item.rsplit_once('=').map_or("", |(t, _)| t)) {
+                return false;
+            }
+            let (target, level) = item.rsplit_once('=').unwrap_or(("", item));
+            LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level))
+                && (target.is_empty() && !item.contains('=')
+                    || !target.is_empty()
+                        && target
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        });
+    if !plain {
+        return None;
+    }
+    spec.parse().ok()
 }
 
 fn main() -> ExitCode {
@@ -243,4 +287,37 @@ fn spawn_signal_handlers(proxy: Arc<Proxy>) {
         tracing::warn!("second signal: exiting now");
         std::process::exit(1);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::targets_only;
+    use tracing::Level;
+
+    #[test]
+    fn plain_log_specs_become_targets() {
+        let t = targets_only(None).expect("the default");
+        assert!(t.would_enable("shardwire::session", &Level::INFO));
+        assert!(!t.would_enable("shardwire::session", &Level::DEBUG));
+        let t = targets_only(Some("warn,shardwire=DEBUG,shardwire::slow=off")).expect("plain");
+        assert!(t.would_enable("shardwire::session", &Level::DEBUG));
+        assert!(!t.would_enable("shardwire::slow", &Level::ERROR));
+        assert!(!t.would_enable("tokio", &Level::INFO));
+        assert!(t.would_enable("tokio", &Level::WARN));
+        let t = targets_only(Some("shardwire=debug")).expect("plain");
+        assert!(!t.would_enable("tokio", &Level::ERROR));
+        // Left to EnvFilter.
+        for spec in [
+            "",
+            "info,",
+            "info,debug",
+            "=info",
+            "shardwire[session]=debug",
+            "shardwire[session{client=1}]=trace",
+            "shardwire=loud",
+            "a-b=info",
+        ] {
+            assert!(targets_only(Some(spec)).is_none(), "{spec}");
+        }
+    }
 }
