@@ -75,6 +75,11 @@ pub struct PoolStats {
     pub waited: AtomicU64,
 }
 
+/// A duration in nanoseconds, saturated (past 500 years: never).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A server's startup ParameterStatus values, sorted by name.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
@@ -82,6 +87,9 @@ pub struct Pool {
     pub target: Arc<ServerTarget>,
     /// Replaced by a reload; read at each use.
     settings: RwLock<RawPool>,
+    /// `settings.max_lifetime` in nanoseconds, checked at every checkout
+    /// and checkin without taking the lock all sessions share.
+    max_lifetime_nanos: AtomicU64,
     /// Boxed: a connection changes hands (pool, session, pool) twice per
     /// transaction, and moving the box is cheaper than moving the struct.
     #[allow(clippy::vec_box)]
@@ -107,6 +115,7 @@ impl Pool {
         Arc::new(Pool {
             target: Arc::new(target),
             permits: Arc::new(Semaphore::new(settings.max_size as usize)),
+            max_lifetime_nanos: AtomicU64::new(nanos(settings.max_lifetime)),
             settings: RwLock::new(settings),
             permit_debt: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
@@ -131,6 +140,8 @@ impl Pool {
             let mut s = self.settings.write().unwrap_or_else(|e| e.into_inner());
             let old = s.max_size as usize;
             *s = new.clone();
+            self.max_lifetime_nanos
+                .store(nanos(new.max_lifetime), Ordering::Relaxed);
             old
         };
         let new_max = new.max_size as usize;
@@ -350,11 +361,7 @@ impl Pool {
     }
 
     fn expired(&self, c: &ServerConn, now: Instant) -> bool {
-        let max_lifetime = self
-            .settings
-            .read()
-            .map(|s| s.max_lifetime)
-            .unwrap_or_else(|e| e.into_inner().max_lifetime);
+        let max_lifetime = Duration::from_nanos(self.max_lifetime_nanos.load(Ordering::Relaxed));
         now.saturating_duration_since(c.created) >= max_lifetime
     }
 

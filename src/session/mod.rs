@@ -222,6 +222,8 @@ pub struct Session<R, W> {
     config_generation: (u64, u64),
     client: Registration,
     paused: watch::Receiver<bool>,
+    /// The last value read from `paused` (see `is_paused`).
+    paused_now: bool,
     /// How statements on the held server were routed (for metrics).
     route_kind: RouteKind,
     /// Metric series by shard index and route kind, filled on first use.
@@ -370,6 +372,7 @@ where
             replaying: false,
             config_generation: setup.proxy.topology_generation(),
             paused: setup.proxy.paused(),
+            paused_now: false,
             proxy: setup.proxy,
             config: setup.config,
             client_id: setup.registration.info.id,
@@ -419,6 +422,7 @@ where
             portal: None,
             multi_portal: None,
         };
+        s.paused_now = *s.paused.borrow_and_update();
         if let Some(conn) = server {
             s.attach(conn);
         }
@@ -1849,8 +1853,10 @@ where
                 .is_none_or(|m| m.conns.iter().all(Option::is_none));
         // Every rare path's future is boxed: this one runs at each
         // transaction, and its future's size is copied each time.
-        if starts_transaction && *self.paused.borrow() {
-            Box::pin(self.wait_while_paused()).await?;
+        if starts_transaction && self.is_paused() {
+            let waited = Box::pin(self.wait_while_paused()).await;
+            self.paused_now = *self.paused.borrow_and_update();
+            waited?;
         }
         self.client.info.set_state(ClientState::Waiting);
         if let Some(target) = self.next_read.take() {
@@ -1879,6 +1885,16 @@ where
             Err(_) => ClientState::Idle,
         });
         result
+    }
+
+    /// Whether PAUSE is in effect. Reading the watch takes a lock all
+    /// sessions share, while whether it changed is a plain load: the value
+    /// is kept, and read again only after a change.
+    fn is_paused(&mut self) -> bool {
+        if self.paused.has_changed().unwrap_or(true) {
+            self.paused_now = *self.paused.borrow_and_update();
+        }
+        self.paused_now
     }
 
     /// PAUSE holds new transactions until RESUME, up to
