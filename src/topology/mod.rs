@@ -347,7 +347,7 @@ pub(crate) fn catalog_only(config: &Config, command: &str) -> Result<(), PgError
     if config.topology.source != TopologySource::Catalog {
         return Err(refuse(
             "55000",
-            format!("{command} changes the shard map, which comes from the config file here"),
+            format!("{command} works on the shard map in the catalog, and here the map comes from the config file"),
         )
         .with_hint("set [topology] source = \"catalog\" so the map is versioned in the catalog and every proxy follows it"));
     }
