@@ -430,6 +430,11 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, unsupported: &[String]) {
     finish_frame(out, at);
 }
 
+/// Quote a name as a SQL identifier ("a""b").
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// Quote a string as a SQL literal ('it''s').
 pub fn quote_literal(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 2);
@@ -481,5 +486,6 @@ mod tests {
     #[test]
     fn literals_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -124,10 +124,7 @@ pub struct Move {
     pub detail: String,
 }
 
-/// A SQL string literal.
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+pub use crate::protocol::quote_literal as literal;
 
 pub async fn ensure(conn: &mut ServerConn) -> Result<(), String> {
     run_within(conn, DDL, QUERY_TIMEOUT).await.map(|_| ())

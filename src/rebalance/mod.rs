@@ -43,9 +43,7 @@ pub struct PlannedMove {
     pub problem: Option<String>,
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use crate::protocol::quote_ident;
 
 /// The plan for the map in force: the moves of every hash table whose ring
 /// does not cover every shard.

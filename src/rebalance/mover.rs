@@ -72,9 +72,7 @@ impl From<String> for Stop {
     }
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use crate::protocol::quote_ident;
 
 /// A value inside a libpq connection string.
 fn conninfo_value(s: &str) -> String {

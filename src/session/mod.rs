@@ -2444,7 +2444,7 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
         if conn.params.get(k) != Some(v) {
             sql.push_str(&format!(
                 "SET {} = {};",
-                quote_ident(k),
+                protocol::quote_ident(k),
                 protocol::quote_literal(v)
             ));
         }
@@ -2455,7 +2455,7 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
         .partition(|k| wanted.contains_key(k));
     conn.custom_params = keep;
     for k in reset {
-        sql.push_str(&format!("RESET {};", quote_ident(&k)));
+        sql.push_str(&format!("RESET {};", protocol::quote_ident(&k)));
         conn.params.remove(&k);
     }
     if sql.is_empty() {
@@ -2554,10 +2554,6 @@ fn route_kind(r: &Route) -> RouteKind {
 
 fn conn_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// What a simple query resets on the server that the proxy tracks.

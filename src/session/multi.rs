@@ -784,7 +784,7 @@ pub(super) async fn key_position(
     conn: &mut PooledConn,
     table: &TableRule,
 ) -> Result<usize, PgError> {
-    let name = protocol::quote_literal(&quote_ident(&table.name));
+    let name = protocol::quote_literal(&protocol::quote_ident(&table.name));
     let key = protocol::quote_literal(&table.key);
     let sql = format!(
         "select (select count(*) from pg_attribute b where b.attrelid = a.attrelid and b.attnum > 0 \

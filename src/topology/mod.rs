@@ -36,10 +36,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a starting proxy keeps trying to reach the catalog.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A SQL string literal (standard_conforming_strings is on by default).
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use crate::protocol::quote_literal as literal;
 
 /// The catalog's server: the first shard's primary, as the proxy's health
 /// login (user and database) sees it.

@@ -513,23 +513,27 @@ fn hash_scenario(rows: i64, stalls: &[&str]) {
         let total = check_placement(&private.0, 3, table, &logs, rows, &shard_of, true).await;
         assert!(moved > rows / 5, "moved {moved} of {rows}");
         eprintln!("{total} rows, all on the shard the 3-shard ring says");
-        // Nothing left behind: publications, subscriptions, guards.
-        for s in 0..3u16 {
-            let (port, _) = private.0.shard_ports(s);
-            let (d, _t) = connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app")).await;
-            let left = query_count(
-                &d,
-                "select (select count(*) from pg_publication where pubname like 'shardwire_%') \
-                 + (select count(*) from pg_subscription where subname like 'shardwire_%') \
-                 + (select count(*) from pg_trigger where tgname like 'shardwire_%') \
-                 + (select count(*) from pg_replication_slots where slot_name like 'shardwire_%')",
-            )
-            .await;
-            assert_eq!(left, 0, "s{s} has rebalance leftovers");
-        }
+        assert_no_leftovers(&private.0, 3).await;
         drop(mover);
     });
     drop(clients);
+}
+
+/// No shard keeps a rebalance's publication, subscription, slot or guard.
+async fn assert_no_leftovers(cluster: &Cluster, shards: u16) {
+    for s in 0..shards {
+        let (port, _) = cluster.shard_ports(s);
+        let (d, _t) = connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app")).await;
+        let left = query_count(
+            &d,
+            "select (select count(*) from pg_publication where pubname like 'shardwire_%') \
+             + (select count(*) from pg_subscription where subname like 'shardwire_%') \
+             + (select count(*) from pg_trigger where tgname like 'shardwire_%') \
+             + (select count(*) from pg_replication_slots where slot_name like 'shardwire_%')",
+        )
+        .await;
+        assert_eq!(left, 0, "s{s} has rebalance leftovers");
+    }
 }
 
 /// Wait until the mover logs that it stalled at `step`.
@@ -778,18 +782,7 @@ fn cancel_rolls_back_and_one_rebalance_runs_at_a_time() {
         let (s2, _t2) =
             connect_url(&format!("postgres://app:app@127.0.0.1:{s2_primary}/app")).await;
         assert_eq!(query_count(&s2, "select count(*) from rbc_t").await, 0);
-        for s in 0..3u16 {
-            let (port, _) = private.0.shard_ports(s);
-            let (d, _t) = connect_url(&format!("postgres://app:app@127.0.0.1:{port}/app")).await;
-            let left = query_count(
-                &d,
-                "select (select count(*) from pg_publication where pubname like 'shardwire_%') \
-                 + (select count(*) from pg_subscription where subname like 'shardwire_%') \
-                 + (select count(*) from pg_trigger where tgname like 'shardwire_%')",
-            )
-            .await;
-            assert_eq!(left, 0, "s{s} has rebalance leftovers");
-        }
+        assert_no_leftovers(&private.0, 3).await;
         // A new rebalance may start now.
         let out = proxy.admin_psql("REBALANCE START");
         assert!(out.stderr.contains("started"), "{}", out.stderr);

@@ -259,6 +259,16 @@ fn unreachable_console_and_bad_arguments_fail_clearly() {
     }
 }
 
+/// The PG environment variables that reach the admin console on `port`.
+fn admin_env(port: &str) -> [(&'static str, &str); 4] {
+    [
+        ("PGHOST", "127.0.0.1"),
+        ("PGPORT", port),
+        ("PGUSER", "admin"),
+        ("PGPASSWORD", "admin"),
+    ]
+}
+
 /// No rebalance has run on a fresh catalog topology. The connection
 /// comes from the PG environment variables here. With the map from the
 /// file, the console's refusal comes through cleanly.
@@ -266,12 +276,7 @@ fn unreachable_console_and_bad_arguments_fail_clearly() {
 fn status_without_a_rebalance() {
     let file_map = TestProxy::start(|_| {});
     let port = file_map.port.to_string();
-    let env = [
-        ("PGHOST", "127.0.0.1"),
-        ("PGPORT", port.as_str()),
-        ("PGUSER", "admin"),
-        ("PGPASSWORD", "admin"),
-    ];
+    let env = admin_env(&port);
     let out = rebalance(&["status"], &env);
     assert_eq!(code(&out), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("SQLSTATE: 55000"), "{}", out.stderr);
@@ -283,12 +288,7 @@ fn status_without_a_rebalance() {
         set(cfg, "topology.name", name.as_str());
     });
     let port = proxy.port.to_string();
-    let env = [
-        ("PGHOST", "127.0.0.1"),
-        ("PGPORT", port.as_str()),
-        ("PGUSER", "admin"),
-        ("PGPASSWORD", "admin"),
-    ];
+    let env = admin_env(&port);
     let out = rebalance(&["status"], &env);
     let out = out.ok("rebalance status");
     assert_eq!(out.stdout, "no rebalance has run\n");
