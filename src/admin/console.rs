@@ -428,11 +428,7 @@ fn holds_rows(proxy: &Proxy, name: &str) -> bool {
     let Some(index) = config.shards.iter().position(|s| s.name == name) else {
         return false;
     };
-    index != config.default_shard
-        && config
-            .router
-            .tables()
-            .any(|t| !t.is_reference() && t.shards(config.shards.len()).contains(&index))
+    index != config.default_shard && !crate::topology::tables_on_shard(&config, index).is_empty()
 }
 
 /// Words of a command; quotes and commas only separate, names keep

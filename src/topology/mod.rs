@@ -467,6 +467,17 @@ pub async fn add_shard(
     publish_next(proxy, map, &format!("ADD SHARD {name}")).await
 }
 
+/// The table rules that put rows on shard `index` (reference tables
+/// aside: every shard has a copy).
+pub fn tables_on_shard(config: &Config, index: usize) -> Vec<&str> {
+    config
+        .router
+        .tables()
+        .filter(|t| !t.is_reference() && t.shards(config.shards.len()).contains(&index))
+        .map(|t| t.name.as_str())
+        .collect()
+}
+
 /// `REMOVE SHARD name`: only a shard no table rule uses (and not the
 /// default shard) leaves the map; moving its rows away is a rebalance.
 pub async fn remove_shard(proxy: &Arc<Proxy>, name: &str) -> Result<u64, PgError> {
@@ -481,12 +492,7 @@ pub async fn remove_shard(proxy: &Arc<Proxy>, name: &str) -> Result<u64, PgError
             format!("shard \"{name}\" is the default shard (unsharded tables live there)"),
         ));
     }
-    let using: Vec<&str> = config
-        .router
-        .tables()
-        .filter(|t| !t.is_reference() && t.shards(config.shards.len()).contains(&index))
-        .map(|t| t.name.as_str())
-        .collect();
+    let using = tables_on_shard(&config, index);
     if !using.is_empty() {
         return Err(refuse(
             "55006",
