@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::task::AtomicWaker;
+
 use crate::config::RateLimit;
 
 /// What a session is doing, as `SHOW CLIENTS` reports it.
@@ -58,6 +60,11 @@ pub struct ClientInfo {
     pub queries: AtomicU64,
     /// Shard index of the held server plus one; 0 when none is held.
     shard: AtomicU64,
+    /// Wakes the session when shutdown begins (see `Proxy::begin_shutdown`).
+    /// Its own waker, not a shared channel: an idle session waits on it
+    /// after every transaction, and a shared one would be a lock every
+    /// session takes each time.
+    pub shutdown_waker: AtomicWaker,
 }
 
 impl ClientInfo {
@@ -180,6 +187,7 @@ impl ClientRegistry {
             state: AtomicU8::new(ClientState::Idle as u8),
             queries: AtomicU64::new(0),
             shard: AtomicU64::new(0),
+            shutdown_waker: AtomicWaker::new(),
         });
         r.clients.insert(id, info.clone());
         Ok(Registration {

@@ -316,7 +316,9 @@ impl Pool {
                 continue; // dropped: closes the socket
             }
             c.last_used = now;
-            self.record_wait(start.unwrap_or(now), now);
+            if let Some(start) = start {
+                self.record_wait(start, now);
+            }
             held.conn = Some(c);
             return Ok(held);
         }
@@ -366,11 +368,9 @@ impl Pool {
     }
 
     fn checkin(&self, mut conn: Box<ServerConn>) {
-        let now = Instant::now();
-        if self.expired(&conn, now) {
-            return;
-        }
-        conn.last_used = now;
+        // An expired connection is closed by the next checkout that finds
+        // it, or by the reaper: not checked here, once per transaction.
+        conn.last_used = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }

@@ -10,13 +10,15 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::backend::conn::ServerTarget;
 use crate::protocol::CANCEL_REQUEST_CODE;
 
 /// The server connection a client is using right now, as far as cancelling goes.
+/// The server is shared with its connection (set at every checkout, so no
+/// copy of the host name per transaction).
 #[derive(Debug, Clone)]
 struct CancelTarget {
-    host: String,
-    port: u16,
+    server: Arc<ServerTarget>,
     pid: i32,
     secret: i32,
 }
@@ -29,11 +31,10 @@ pub struct CancelSlot {
 }
 
 impl CancelSlot {
-    pub fn set(&self, host: String, port: u16, pid: i32, secret: i32) {
+    pub fn set(&self, server: &Arc<ServerTarget>, pid: i32, secret: i32) {
         if let Ok(mut t) = self.target.lock() {
             *t = Some(CancelTarget {
-                host,
-                port,
+                server: server.clone(),
                 pid,
                 secret,
             });
@@ -60,7 +61,7 @@ impl CancelTarget {
     /// Deliver a CancelRequest to the server; `pid` is the client's, for logs.
     async fn send(&self, pid: i32, timeout: Duration) {
         let send = async {
-            let mut s = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let mut s = TcpStream::connect((self.server.host.as_str(), self.server.port)).await?;
             let mut msg = BytesMut::with_capacity(16);
             msg.put_i32(16);
             msg.put_i32(CANCEL_REQUEST_CODE);
@@ -69,7 +70,7 @@ impl CancelTarget {
             s.write_all(&msg).await?;
             s.shutdown().await
         };
-        let server = format!("{}:{}", self.host, self.port);
+        let server = format!("{}:{}", self.server.host, self.server.port);
         match tokio::time::timeout(timeout, send).await {
             Ok(Ok(())) => tracing::info!(pid, %server, "forwarded cancel request"),
             Ok(Err(e)) => {

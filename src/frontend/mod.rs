@@ -235,6 +235,9 @@ impl Proxy {
     /// Ask every session to end at its next idle point, and stop accepting.
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
+        for client in self.clients.list() {
+            client.shutdown_waker.wake();
+        }
     }
 
     pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
@@ -367,8 +370,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                     let proxy = proxy.clone();
                     let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
                     proxy.metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::info_span!("session", client = id, %peer);
-                    tokio::spawn(handle_client(proxy, tcp, id, peer).instrument(span));
+                    tokio::spawn(handle_client(proxy, tcp, id, peer));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -411,22 +413,32 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// One client connection, from its first byte to its end. Its log events
+/// carry the `session` span (client id and address), except while the
+/// session runs at the default log level: see `login_and_run`.
 async fn handle_client(proxy: Arc<Proxy>, tcp: TcpStream, id: u64, peer: SocketAddr) {
     proxy.active_clients.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(proxy.clone());
     let _ = tcp.set_nodelay(true);
-    let negotiated = tokio::time::timeout(LOGIN_TIMEOUT, negotiate(&proxy, tcp)).await;
-    let (stream, params) = match negotiated {
-        Ok(Ok(Some(x))) => x,
-        Ok(Ok(None)) => return, // cancel request handled
-        Ok(Err(e)) => {
-            tracing::info!(error = %e, "client rejected during negotiation");
-            return;
+    let span = tracing::info_span!("session", client = id, %peer);
+    let negotiated = async {
+        match tokio::time::timeout(LOGIN_TIMEOUT, negotiate(&proxy, tcp)).await {
+            Ok(Ok(Some(x))) => Some(x),
+            Ok(Ok(None)) => None, // cancel request handled
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "client rejected during negotiation");
+                None
+            }
+            Err(_) => {
+                tracing::info!("client did not complete negotiation in time");
+                None
+            }
         }
-        Err(_) => {
-            tracing::info!("client did not complete negotiation in time");
-            return;
-        }
+    }
+    .instrument(span.clone())
+    .await;
+    let Some((stream, params)) = negotiated else {
+        return;
     };
     let max = proxy.config().max_message_size;
     let client = ClientConn {
@@ -437,11 +449,11 @@ async fn handle_client(proxy: Arc<Proxy>, tcp: TcpStream, id: u64, peer: SocketA
     match stream {
         ClientStream::Plain(tcp) => {
             let (rd, wr) = tcp.into_split();
-            login_and_run(proxy, client, FrameReader::new(rd, max), wr, params).await
+            login_and_run(proxy, client, FrameReader::new(rd, max), wr, params, span).await
         }
         tls => {
             let (rd, wr) = tokio::io::split(tls);
-            login_and_run(proxy, client, FrameReader::new(rd, max), wr, params).await
+            login_and_run(proxy, client, FrameReader::new(rd, max), wr, params, span).await
         }
     }
 }
@@ -586,56 +598,76 @@ async fn negotiate(
 }
 
 /// Steps 2-4: authenticate, attach to a pool, greet, run the session.
+///
+/// The running session enters `span` only when debug logging is on:
+/// entering it costs every poll, that is every message, and the session's
+/// own info and warning events name their client instead.
 async fn login_and_run<R, W>(
     proxy: Arc<Proxy>,
     client: ClientConn,
     mut rd: FrameReader<R>,
     mut wr: W,
     params: Vec<(String, String)>,
+    span: tracing::Span,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::new();
-    let attached = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        login(&proxy, client, &mut rd, &mut wr, &mut out, params),
-    )
-    .await;
-    let login = match attached {
-        Ok(Ok(login)) => login,
-        Ok(Err(e)) => {
-            tracing::info!(error = %e, "login failed");
-            e.encode(&mut out);
-            let _ = wr.write_all(&out).await;
-            let _ = wr.flush().await;
-            return;
-        }
-        Err(_) => {
-            tracing::info!("login timed out");
-            return;
-        }
-    };
-    let (setup, _slot) = match login {
-        Login::Admin(registration) => {
-            if wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok() {
-                tracing::info!(user = %registration.info.user, "admin console session started");
-                crate::admin::console::run(proxy, registration, rd, wr).await;
-                tracing::info!("admin console session ended");
+    let proxy_for_login = proxy.clone();
+    let attached = async {
+        let proxy = proxy_for_login;
+        let mut out = BytesMut::new();
+        let attached = tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            login(&proxy, client, &mut rd, &mut wr, &mut out, params),
+        )
+        .await;
+        let login = match attached {
+            Ok(Ok(login)) => login,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "login failed");
+                e.encode(&mut out);
+                let _ = wr.write_all(&out).await;
+                let _ = wr.flush().await;
+                return None;
             }
-            return;
+            Err(_) => {
+                tracing::info!("login timed out");
+                return None;
+            }
+        };
+        let (setup, slot) = match login {
+            Login::Admin(registration) => {
+                if wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok() {
+                    tracing::info!(user = %registration.info.user, "admin console session started");
+                    crate::admin::console::run(proxy, registration, rd, wr).await;
+                    tracing::info!("admin console session ended");
+                }
+                return None;
+            }
+            Login::Session(setup, slot) => (setup, slot),
+        };
+        if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
+            proxy.cancels.unregister(setup.cancel.pid);
+            return None;
         }
-        Login::Session(setup, slot) => (setup, slot),
-    };
-    if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
-        proxy.cancels.unregister(setup.cancel.pid);
-        return;
+        tracing::info!(user = %setup.user, database = %setup.database, "session started");
+        Some((setup, slot, rd, wr))
     }
+    .instrument(span.clone())
+    .await;
+    let Some((setup, _slot, rd, wr)) = attached else {
+        return;
+    };
     let pid = setup.cancel.pid;
-    tracing::info!(user = %setup.user, database = %setup.database, "session started");
-    let end = Session::new(*setup, rd, wr).run().await;
+    let run = Session::new(*setup, rd, wr).run();
+    let end = if tracing::enabled!(tracing::Level::DEBUG) {
+        run.instrument(span.clone()).await
+    } else {
+        run.await
+    };
     proxy.cancels.unregister(pid);
-    tracing::info!(reason = ?end, "session ended");
+    span.in_scope(|| tracing::info!(reason = ?end, "session ended"));
 }
 
 /// What a successful login leads to.

@@ -1,8 +1,12 @@
 //! Reads whole protocol frames off a byte stream without copying them:
-//! each frame is split off the read buffer as its own `BytesMut`.
+//! each frame is split off the read buffer as its own `BytesMut`, or, on
+//! the hot path of server answers, looked at in the lent-out buffer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// Initial read buffer; grows to fit a large frame, then is reused.
 const READ_CHUNK: usize = 16 * 1024;
@@ -19,6 +23,35 @@ pub enum FrameError {
     BadLength { tag: char, len: i64 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The length of the frame at the start of `buf`, if it is all there
+/// (making room for it if not), or why it is invalid.
+pub fn frame_len(buf: &mut BytesMut, max_frame: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength {
+            tag: tag as char,
+            len: len as i64,
+        });
+    }
+    let total = len as usize + 1;
+    if total > max_frame {
+        return Err(FrameError::TooLarge {
+            tag: tag as char,
+            len: len as usize,
+            limit: max_frame,
+        });
+    }
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(total))
 }
 
 pub struct FrameReader<R> {
@@ -44,30 +77,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next complete frame already in the buffer, if any. Never does I/O.
     pub fn try_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let tag = self.buf[0];
-        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        if len < 4 {
-            return Err(FrameError::BadLength {
-                tag: tag as char,
-                len: len as i64,
-            });
-        }
-        let total = len as usize + 1;
-        if total > self.max_frame {
-            return Err(FrameError::TooLarge {
-                tag: tag as char,
-                len: len as usize,
-                limit: self.max_frame,
-            });
-        }
-        if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-            return Ok(None);
-        }
-        Ok(Some(self.buf.split_to(total)))
+        Ok(frame_len(&mut self.buf, self.max_frame)?.map(|total| self.buf.split_to(total)))
+    }
+
+    /// Lend out the read buffer, to look at frames in place (see
+    /// [`frame_len`]) rather than split off a shared buffer per frame.
+    /// Give it back with [`FrameReader::restore_buffer`] before reading
+    /// again.
+    pub fn take_buffer(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn restore_buffer(&mut self, buf: BytesMut) {
+        self.buf = buf;
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// True when a complete frame is buffered (so the caller can defer a flush).
@@ -93,18 +119,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Read once more into the buffer. Cancel-safe. Returns an error at end
     /// of stream (`Closed` between frames, `Truncated` inside one).
     pub async fn fill(&mut self) -> Result<usize, FrameError> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// [`FrameReader::fill`] as a poll, for callers that wait on several
+    /// streams in one hand-written future.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, FrameError>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
-        let n = self.inner.read_buf(&mut self.buf).await?;
+        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            Poll::Pending => return Poll::Pending,
+        };
         if n == 0 {
-            return Err(if self.buf.is_empty() {
+            return Poll::Ready(Err(if self.buf.is_empty() {
                 FrameError::Closed
             } else {
                 FrameError::Truncated
-            });
+            }));
         }
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 
     pub fn get_mut(&mut self) -> &mut R {

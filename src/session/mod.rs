@@ -34,6 +34,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -48,7 +49,7 @@ use crate::backend::{Pool, PooledConn, ServerConn};
 use crate::config::{Config, PoolMode};
 use crate::frontend::cancel::CancelSlot;
 use crate::frontend::Proxy;
-use crate::protocol::reader::FrameError;
+use crate::protocol::reader::{frame_len, FrameError};
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::router::{Route, Router, SessionHints};
 use routing::{HintVar, ProxyCommand, TxControl};
@@ -353,6 +354,7 @@ where
         let routing = setup.router.tables().next().is_some()
             || setup.read_from != crate::config::ReadFrom::Primary;
         let shards = setup.pools.len();
+        let shutting_down = *setup.shutdown.borrow();
         let mut s = Session {
             replicas: setup.replicas,
             read_from: setup.read_from,
@@ -401,7 +403,7 @@ where
             max_prepared_per_server: setup.max_prepared_per_server,
             cancel: setup.cancel,
             shutdown: setup.shutdown,
-            shutting_down: false,
+            shutting_down,
             client_rd,
             client_wr,
             client_out: BytesMut::with_capacity(16 * 1024),
@@ -481,7 +483,18 @@ where
             }
             // 3. Back to the pool at the end of a transaction.
             self.maybe_release();
-            // 4. A pending shutdown ends the session once it is idle.
+            // 4. Most writes complete at once: done here, they save a
+            // pass through wait_io per message.
+            match self.write_now() {
+                Err(end) => return end,
+                // Frames held back while a buffer was full can go now.
+                Ok(true) if self.frames_waiting() => continue,
+                Ok(_) => {}
+            }
+            if self.retry_read.is_some() {
+                continue; // the write found the replica gone: run the read again
+            }
+            // 5. A pending shutdown ends the session once it is idle.
             if self.shutting_down && self.is_idle() {
                 PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
@@ -491,7 +504,7 @@ where
                 .encode(&mut self.client_out);
                 return SessionEnd::Shutdown;
             }
-            // 5. Wait for I/O.
+            // 6. Wait for I/O.
             if let Err(end) = self.wait_io().await {
                 return end;
             }
@@ -522,8 +535,8 @@ where
         let write_client = !self.client_out.is_empty();
         let flush_client = self.client_unflushed && !write_client;
         // A shutdown ends only an idle session (see `run_loop`), so the
-        // signal is watched only then: each wait on it takes a lock the
-        // sessions share. A busy session sees it at its first idle wait.
+        // signal is watched only then. A busy session sees it at its first
+        // idle wait.
         let watch_shutdown = !self.shutting_down && self.is_idle();
         let deadline = self.next_deadline();
         let at = deadline.map(|(at, _)| at);
@@ -533,57 +546,74 @@ where
             }
             self.timer_at = at;
         }
-        let event = {
-            let (srv_rd, srv_wr) = match self.server.as_deref_mut() {
-                Some(s) => (Some(&mut s.reader), Some(&mut s.writer)),
-                None => (None, None),
-            };
-            let has_server = srv_rd.is_some();
-            let server_bytes = &self.server_out[..self.server_flush_upto];
-            tokio::select! {
-                biased;
-                r = async {
-                    if write_client {
-                        match self.client_wr.write(&self.client_out).await {
-                            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
-                            r => r,
-                        }
-                    } else {
-                        self.client_wr.flush().await.map(|()| 0)
+        // One hand-written future over everything worth waiting for, in
+        // this order: it is built at every wait, and a select! of async
+        // blocks would build (and poll) a future per stream.
+        let client_wr = &mut self.client_wr;
+        let client_out = &self.client_out;
+        let client_rd = &mut self.client_rd;
+        let mut server = self.server.as_deref_mut();
+        let server_bytes = &self.server_out[..self.server_flush_upto];
+        let shutdown_waker = &self.client.info.shutdown_waker;
+        let shutdown = &self.shutdown;
+        let timer = &mut self.timer;
+        let event = std::future::poll_fn(|cx| {
+            if write_client {
+                match Pin::new(&mut *client_wr).poll_write(cx, client_out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Event::ClientWrote(Err(
+                            std::io::ErrorKind::WriteZero.into()
+                        )))
                     }
-                }, if write_client || flush_client => Event::ClientWrote(r),
-                r = async {
-                    match srv_wr {
-                        Some(w) => match w.write(server_bytes).await {
-                            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
-                            r => r,
-                        },
-                        None => std::future::pending().await,
-                    }
-                },
-                    if write_server && has_server => Event::ServerWrote(r),
-                r = async { match srv_rd { Some(rd) => rd.fill().await, None => std::future::pending().await } },
-                    if read_server && has_server => Event::ServerRead(r),
-                r = self.client_rd.fill(), if read_client => Event::ClientRead(r),
-                _ = self.shutdown.changed(), if watch_shutdown => Event::Shutdown,
-                _ = &mut self.timer, if deadline.is_some() => Event::Deadline,
-            }
-        };
-        match event {
-            Event::ClientWrote(Ok(n)) => {
-                self.client_out.advance(n);
-                self.client_unflushed = n > 0;
-                if n > 0 && self.client_out.is_empty() {
-                    // Plain TCP has nothing to flush: settle it now rather
-                    // than in one more pass of the loop per response.
-                    self.try_flush_client()?;
+                    Poll::Ready(r) => return Poll::Ready(Event::ClientWrote(r)),
+                    Poll::Pending => {}
+                }
+            } else if flush_client {
+                if let Poll::Ready(r) = Pin::new(&mut *client_wr).poll_flush(cx) {
+                    return Poll::Ready(Event::ClientWrote(r.map(|()| 0)));
                 }
             }
-            Event::ClientWrote(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
-            Event::ServerWrote(Ok(n)) => {
-                self.server_out.advance(n);
-                self.server_flush_upto -= n;
+            if let Some(s) = server.as_deref_mut() {
+                if write_server {
+                    match Pin::new(&mut s.writer).poll_write(cx, server_bytes) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Event::ServerWrote(Err(
+                                std::io::ErrorKind::WriteZero.into(),
+                            )))
+                        }
+                        Poll::Ready(r) => return Poll::Ready(Event::ServerWrote(r)),
+                        Poll::Pending => {}
+                    }
+                }
+                if read_server {
+                    if let Poll::Ready(r) = s.reader.poll_fill(cx) {
+                        return Poll::Ready(Event::ServerRead(r));
+                    }
+                }
             }
+            if read_client {
+                if let Poll::Ready(r) = client_rd.poll_fill(cx) {
+                    return Poll::Ready(Event::ClientRead(r));
+                }
+            }
+            if watch_shutdown {
+                // Registered before the check, so a shutdown that begins
+                // in between still wakes us.
+                shutdown_waker.register(cx.waker());
+                if shutdown.has_changed().unwrap_or(true) {
+                    return Poll::Ready(Event::Shutdown);
+                }
+            }
+            if deadline.is_some() && std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                return Poll::Ready(Event::Deadline);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::ClientWrote(Ok(n)) => self.client_wrote(n)?,
+            Event::ClientWrote(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
+            Event::ServerWrote(Ok(n)) => self.server_wrote(n),
             Event::ServerWrote(Err(e)) => return self.lose_server(e.to_string()),
             Event::ServerRead(Ok(_)) => {}
             Event::ServerRead(Err(e)) => {
@@ -611,6 +641,78 @@ where
                     self.on_deadline(what).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Complete frames already read but left unhandled, as the drains do
+    /// when their output buffer is full.
+    fn frames_waiting(&self) -> bool {
+        self.client_rd.has_frame() || self.server.as_deref().is_some_and(|s| s.reader.has_frame())
+    }
+
+    /// Write to the server and the client what can be written without
+    /// waiting; the rest is left to `wait_io`. Returns whether anything
+    /// was written.
+    fn write_now(&mut self) -> Result<bool, SessionEnd> {
+        let mut wrote = false;
+        if self.server_flush_upto > 0 {
+            if let Some(s) = self.server.as_deref_mut() {
+                let written = match s
+                    .writer
+                    .try_write(&self.server_out[..self.server_flush_upto])
+                {
+                    Ok(0) => Err("the server accepts no more data".to_string()),
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+                    Err(e) => Err(e.to_string()),
+                };
+                match written {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        self.server_wrote(n);
+                        wrote = true;
+                    }
+                    Err(cause) => {
+                        // A lost replica read is run again (retry_read):
+                        // nothing more to write now either way.
+                        self.lose_server(cause)?;
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        if !self.client_out.is_empty() {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut self.client_wr).poll_write(&mut cx, &self.client_out) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(SessionEnd::ClientGone(
+                        "the client accepts no more data".into(),
+                    ))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.client_wrote(n)?;
+                    wrote = true;
+                }
+                Poll::Ready(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
+                Poll::Pending => {}
+            }
+        }
+        Ok(wrote)
+    }
+
+    fn server_wrote(&mut self, n: usize) {
+        self.server_out.advance(n);
+        self.server_flush_upto -= n;
+    }
+
+    fn client_wrote(&mut self, n: usize) -> Result<(), SessionEnd> {
+        self.client_out.advance(n);
+        self.client_unflushed = n > 0;
+        if n > 0 && self.client_out.is_empty() {
+            // Plain TCP has nothing to flush: settle it now rather than in
+            // one more pass of the loop per response.
+            self.try_flush_client()?;
         }
         Ok(())
     }
@@ -668,6 +770,7 @@ where
                     .statement_timeouts
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
+                    client = self.client_id,
                     timeout = ?self.config.limits.statement_timeout,
                     "statement timeout: cancelling the statement"
                 );
@@ -712,7 +815,7 @@ where
             return Err(self.server_lost(cause));
         };
         if let Some(conn) = self.server.take() {
-            tracing::warn!(server = %conn.target.describe(), %cause, "replica lost during a read; retrying it elsewhere");
+            tracing::warn!(client = self.client_id, server = %conn.target.describe(), %cause, "replica lost during a read; retrying it elsewhere");
             if let Some(h) = conn.pool().health() {
                 h.report_failure(format!("connection lost during a read: {cause}"));
             }
@@ -758,25 +861,43 @@ where
     // Server to client.
 
     fn drain_server_frames(&mut self) -> Result<(), SessionEnd> {
+        // The frames are looked at in the reader's own buffer, lent out
+        // meanwhile: nothing here reads the server, and what replaces or
+        // drops the server (lose_server) also ends the loop.
+        let Some(s) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        let max_frame = s.reader.max_frame();
+        let mut buf = s.reader.take_buffer();
+        let result = self.handle_server_frames(&mut buf, max_frame);
+        if let Some(s) = self.server.as_deref_mut() {
+            s.reader.restore_buffer(buf);
+        }
+        result
+    }
+
+    fn handle_server_frames(
+        &mut self,
+        buf: &mut BytesMut,
+        max_frame: usize,
+    ) -> Result<(), SessionEnd> {
         loop {
             if self.client_out.len() >= HIGH_WATER {
                 return Ok(());
             }
-            let frame = match self.server.as_deref_mut() {
-                None => return Ok(()),
-                Some(s) => match s.reader.try_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return self.lose_server(e.to_string()),
-                },
+            let len = match frame_len(buf, max_frame) {
+                Ok(Some(len)) => len,
+                Ok(None) => return Ok(()),
+                Err(e) => return self.lose_server(e.to_string()),
             };
+            let frame = &buf[..len];
             // A replica shutting down tells its sessions with a FATAL
             // (57P01, ...) before closing: for a read it had not answered
             // yet, that is a lost server, not the client's error.
             if frame[0] == be::ERROR_RESPONSE && self.on_replica && !self.replica_answered {
-                let fields = protocol::error_fields(protocol::body(&frame));
+                let fields = protocol::error_fields(protocol::body(frame));
                 if fields.iter().any(|(k, v)| *k == b'V' && v == "FATAL") {
-                    return self.lose_server(protocol::describe_error(protocol::body(&frame)));
+                    return self.lose_server(protocol::describe_error(protocol::body(frame)));
                 }
             }
             // A replica's answer is held back until its ReadyForQuery (up
@@ -786,6 +907,7 @@ where
             let tag = frame[0];
             let before = self.client_out.len();
             self.on_server_frame(frame);
+            buf.advance(len);
             if self.on_replica && !self.replica_answered && self.client_out.len() != before {
                 let answer = self.client_out.split_off(before);
                 self.replica_hold.extend_from_slice(&answer);
@@ -798,16 +920,16 @@ where
         }
     }
 
-    fn on_server_frame(&mut self, frame: BytesMut) {
+    fn on_server_frame(&mut self, frame: &[u8]) {
         let tag = frame[0];
         match tag {
             be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {
-                self.client_out.extend_from_slice(&frame);
+                self.client_out.extend_from_slice(frame);
                 return;
             }
             be::PARAMETER_STATUS => {
-                self.on_parameter_status(&frame);
-                self.client_out.extend_from_slice(&frame);
+                self.on_parameter_status(frame);
+                self.client_out.extend_from_slice(frame);
                 return;
             }
             be::ERROR_RESPONSE => {
@@ -827,7 +949,7 @@ where
                         *l = u64::MAX;
                     }
                 } else {
-                    self.forward_error(&frame);
+                    self.forward_error(frame);
                 }
                 self.on_server_error();
                 return;
@@ -855,7 +977,7 @@ where
                 })
             )
         {
-            self.on_lsn_probe_row(&frame);
+            self.on_lsn_probe_row(frame);
             return;
         }
         let head = match self.pending.front() {
@@ -873,27 +995,27 @@ where
                     self.statement_done(t);
                 }
                 if tag == be::READY_FOR_QUERY {
-                    self.tx_status = protocol::body(&frame).first().copied().unwrap_or(b'I');
+                    self.tx_status = protocol::body(frame).first().copied().unwrap_or(b'I');
                 }
                 if forward && tag == be::READY_FOR_QUERY && self.deferred_begin.is_some() {
                     // The client is in a transaction no server has seen yet.
                     let status = self.client_status();
                     protocol::ready_for_query(&mut self.client_out, status);
                 } else if forward {
-                    self.client_out.extend_from_slice(&frame);
+                    self.client_out.extend_from_slice(frame);
                 }
                 self.emit_synthetic();
             }
             Some((_, forward)) => {
                 if forward {
-                    self.client_out.extend_from_slice(&frame);
+                    self.client_out.extend_from_slice(frame);
                 }
             }
             None => {
                 // Nothing was asked: a server bug or a message we do not
                 // model. Forwarding keeps the client informed.
                 tracing::warn!(client = self.client_id, tag = %(tag as char), "unexpected message from server");
-                self.client_out.extend_from_slice(&frame);
+                self.client_out.extend_from_slice(frame);
             }
         }
     }
@@ -1018,6 +1140,7 @@ where
             };
             tracing::warn!(
                 target: "shardwire::slow",
+                client = self.client_id,
                 duration_ms = took.as_secs_f64() * 1000.0,
                 shards = %shards.join(","),
                 kind = kind.name(),
@@ -1399,7 +1522,7 @@ where
             config.databases.get(&self.setup_database),
             config.users.get(&self.setup_user),
         ) else {
-            tracing::warn!(user = %self.setup_user, database = %self.setup_database,
+            tracing::warn!(client = self.client_id, user = %self.setup_user, database = %self.setup_database,
                 "the reloaded config no longer has this session's user or database; the session keeps the old config");
             return;
         };
@@ -1520,10 +1643,16 @@ where
             }
             return None;
         }
-        let stmt = self.statements.get(client_name)?.clone();
-        if !self.server_mut().prepared.contains(&stmt.server_name) {
-            self.prepare_on_server(&stmt, false);
+        let stmt = self.statements.get(client_name)?;
+        let server = self
+            .server
+            .as_deref_mut()
+            .expect("callers check ensure_server first");
+        if server.prepared.contains(&stmt.server_name) {
+            return Some(stmt.server_name.clone());
         }
+        let stmt = stmt.clone();
+        self.prepare_on_server(&stmt, false);
         Some(stmt.server_name.clone())
     }
 
@@ -2389,12 +2518,8 @@ where
 
     fn attach(&mut self, conn: PooledConn) {
         self.on_replica = !self.pools.iter().any(|p| Arc::ptr_eq(p, conn.pool()));
-        self.cancel.set(
-            conn.target.host.clone(),
-            conn.target.port,
-            conn.backend_pid,
-            conn.backend_secret,
-        );
+        self.cancel
+            .set(&conn.target, conn.backend_pid, conn.backend_secret);
         self.server = Some(conn);
     }
 
