@@ -17,8 +17,8 @@ pub mod mover;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::conn::{ServerConn, ServerTarget};
-use crate::config::{Config, Role};
+use crate::backend::conn::ServerConn;
+use crate::config::Config;
 use crate::frontend::Proxy;
 use crate::protocol::{sqlstate, PgError};
 use crate::router::{KeyType, Placement};
@@ -138,23 +138,12 @@ async fn estimate(
     shard: usize,
     m: &PlannedMove,
 ) -> Result<i64, String> {
-    let (db, user) = config
-        .health
-        .login
-        .clone()
-        .ok_or("no user and database to reach the shards with")?;
-    let s = &config.shards[shard];
-    let server = &s.servers[proxy.health.primary_index(config, shard)];
-    let user = &config.users[&user];
-    let target = ServerTarget {
-        shard: s.name.clone(),
-        host: server.host.clone(),
-        port: server.port,
-        role: Role::Primary,
-        database: config.databases[&db].server_database.clone(),
-        user: user.server_user.clone(),
-        password: user.server_password.clone(),
-    };
+    let target = crate::topology::health_login_target(
+        config,
+        shard,
+        proxy.health.primary_index(config, shard),
+    )
+    .ok_or("no user and database to reach the shards with")?;
     let describe = target.describe();
     let mut conn = ServerConn::connect(Arc::new(target), QUERY_TIMEOUT)
         .await

@@ -41,15 +41,18 @@ use crate::protocol::quote_literal as literal;
 /// The catalog's server: the first shard's primary, as the proxy's health
 /// login (user and database) sees it.
 fn catalog_target(config: &Config, primary: usize) -> Result<ServerTarget, String> {
-    let (db, user) = config
-        .health
-        .login
-        .clone()
-        .ok_or("no user and database to reach the catalog with")?;
-    let shard = &config.shards[0];
-    let server = &shard.servers[primary];
+    health_login_target(config, 0, primary)
+        .ok_or_else(|| "no user and database to reach the catalog with".to_string())
+}
+
+/// Server `server` of shard `shard`, as a primary, logged in to as the
+/// proxy's health login (user and database); None without one.
+pub fn health_login_target(config: &Config, shard: usize, server: usize) -> Option<ServerTarget> {
+    let (db, user) = config.health.login.clone()?;
+    let shard = &config.shards[shard];
+    let server = &shard.servers[server];
     let user = &config.users[&user];
-    Ok(ServerTarget {
+    Some(ServerTarget {
         shard: shard.name.clone(),
         host: server.host.clone(),
         port: server.port,
