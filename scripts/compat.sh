@@ -201,9 +201,11 @@ CONFIG="$CLUSTER_DIR/shardwire.toml"
 # prepared_reuse step holds one transaction open on a second session while
 # the first runs, so the pool needs more than one connection per driver
 # running at once, or those steps would wait for each other; long waits
-# rather than errors when nine drivers share it.
+# rather than errors when nine drivers share it. Sticky servers are off:
+# with them a session keeps its server while the pool has others to give,
+# so those steps would never see a second server connection.
 POOL_SIZE=10
-sed -i -e "s/^max_size = .*/max_size = $POOL_SIZE/" -e 's/^checkout_timeout = .*/checkout_timeout = "30s"/' \
+sed -i -e "s/^max_size = .*/max_size = $POOL_SIZE\nsticky_servers = false/" -e 's/^checkout_timeout = .*/checkout_timeout = "30s"/' \
     -e 's/^connect_timeout = .*/connect_timeout = "20s"/' \
     -e 's/^default_shard = .*/&\nshutdown_timeout = "2s"/' "$CONFIG"
 {

@@ -668,7 +668,7 @@ fn show_pools(proxy: &Proxy) -> Table {
         "queue_full",
     ]);
     for p in pools {
-        let checkouts = p.stats.checkouts.load(Ordering::Relaxed);
+        let checkouts = p.checkouts();
         let wait = p.stats.wait_micros.load(Ordering::Relaxed);
         t.row(vec![
             v(&p.target.shard),

@@ -338,7 +338,7 @@ pub fn render_metrics(proxy: &Proxy) -> String {
             "shardwire_pool_checkouts_total",
             "counter",
             "Connections handed to clients.",
-            |p| p.stats.checkouts.load(Ordering::Relaxed) as f64,
+            |p| p.checkouts() as f64,
         ),
         (
             "shardwire_pool_checkout_wait_seconds_total",

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use conn::{BackendError, ServerConn, ServerTarget};
-pub use pool::{CheckoutError, Pool, PooledConn};
+pub use pool::{CheckoutError, ParkSlot, Pool, PooledConn};
 
 use crate::config::{Config, Database, User};
 

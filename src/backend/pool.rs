@@ -11,9 +11,17 @@
 //! A reload may change the settings of a live pool: a larger `max_size`
 //! adds permits at once; a smaller one retires permits as connections come
 //! back (`permit_debt`), so no running transaction is disturbed.
+//!
+//! In transaction pooling a session keeps its connection between
+//! transactions in a [`ParkSlot`] while no checkout is waiting: its next
+//! transaction takes it back without going through the semaphore and the
+//! idle list, which every session shares. A parked connection is idle, and
+//! anyone may take it: a checkout that would wait steals one, the reaper
+//! takes back those not used for a whole period, and a reload that shrinks
+//! the pool takes back all of them.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -90,6 +98,8 @@ pub struct Pool {
     /// `settings.max_lifetime` in nanoseconds, checked at every checkout
     /// and checkin without taking the lock all sessions share.
     max_lifetime_nanos: AtomicU64,
+    /// `settings.sticky_servers`, read at every park.
+    sticky: AtomicBool,
     /// Boxed: a connection changes hands (pool, session, pool) twice per
     /// transaction, and moving the box is cheaper than moving the struct.
     #[allow(clippy::vec_box)]
@@ -107,15 +117,86 @@ pub struct Pool {
     /// ParameterStatus values of the first connection made, sent to clients
     /// at login so they see the server's version, encoding and so on.
     server_params: Mutex<Option<ServerParams>>,
+    /// The park slots of live sessions (dead ones are pruned as met).
+    park_slots: Mutex<Vec<Weak<ParkSlot>>>,
     pub stats: PoolStats,
 }
 
+/// A session's place for the connection it keeps between transactions
+/// (see the module comment). Only its session parks in it and takes back
+/// from it, so its lock is uncontended but for the rare steal.
+pub struct ParkSlot {
+    pool: Arc<Pool>,
+    conn: Mutex<Option<PooledConn>>,
+    /// Set at each park and take back, cleared by the reaper: a
+    /// connection that stayed parked a whole reaper period goes back to
+    /// the pool.
+    used: AtomicBool,
+    /// Take backs so far: checkouts that did not go through the pool,
+    /// counted here rather than in a counter every session shares.
+    reuses: AtomicU64,
+}
+
+impl Drop for ParkSlot {
+    fn drop(&mut self) {
+        let reuses = *self.reuses.get_mut();
+        self.pool
+            .stats
+            .checkouts
+            .fetch_add(reuses, Ordering::Relaxed);
+    }
+}
+
+impl ParkSlot {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<PooledConn>> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep `conn` (of this slot's pool, idle and clean) here. Returns it
+    /// when a checkout waits for a connection: the caller releases it, so
+    /// the waiter gets it through the semaphore.
+    pub fn park(&self, conn: PooledConn) -> Option<PooledConn> {
+        let waiting = &self.pool.waiting;
+        if waiting.load(Ordering::Relaxed) > 0 {
+            return Some(conn);
+        }
+        *self.lock() = Some(conn);
+        self.used.store(true, Ordering::Relaxed);
+        // A checkout joins `waiting` before it looks through the slots,
+        // and both sides pass through this slot's lock: either it saw the
+        // connection parked, or this load sees it waiting.
+        if waiting.load(Ordering::SeqCst) > 0 {
+            return self.take();
+        }
+        None
+    }
+
+    /// The connection parked here, if nobody took it and it still works.
+    pub fn unpark(&self) -> Option<PooledConn> {
+        let mut conn = self.take()?;
+        self.used.store(true, Ordering::Relaxed);
+        self.reuses.fetch_add(1, Ordering::Relaxed);
+        // As at checkout: a server that closed meanwhile, or a connection
+        // past its lifetime, is closed here.
+        (!self.pool.expired(&conn, Instant::now()) && !conn.is_broken()).then_some(conn)
+    }
+
+    /// The connection parked here, as it is.
+    pub fn take(&self) -> Option<PooledConn> {
+        self.lock().take()
+    }
+}
 impl Pool {
     pub fn new(target: ServerTarget, settings: RawPool) -> Arc<Self> {
         Arc::new(Pool {
             target: Arc::new(target),
             permits: Arc::new(Semaphore::new(settings.max_size as usize)),
             max_lifetime_nanos: AtomicU64::new(nanos(settings.max_lifetime)),
+            sticky: AtomicBool::new(settings.sticky_servers),
             settings: RwLock::new(settings),
             permit_debt: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
@@ -123,8 +204,92 @@ impl Pool {
             health: RwLock::new(None),
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
+            park_slots: Mutex::new(Vec::new()),
             stats: PoolStats::default(),
         })
+    }
+
+    /// Whether sessions keep their connections between transactions.
+    pub fn sticky(&self) -> bool {
+        self.sticky.load(Ordering::Relaxed)
+    }
+
+    /// A new slot for one session to park this pool's connections in.
+    pub fn park_slot(self: &Arc<Self>) -> Arc<ParkSlot> {
+        let slot = Arc::new(ParkSlot {
+            pool: self.clone(),
+            conn: Mutex::new(None),
+            used: AtomicBool::new(false),
+            reuses: AtomicU64::new(0),
+        });
+        let mut slots = self.park_slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() >= 16 && slots.len().is_power_of_two() {
+            slots.retain(|s| s.strong_count() > 0);
+        }
+        slots.push(Arc::downgrade(&slot));
+        slot
+    }
+
+    /// The live park slots (pruning the dead ones).
+    fn live_park_slots(&self) -> Vec<Arc<ParkSlot>> {
+        let mut slots = self.park_slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| s.strong_count() > 0);
+        slots.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Connections parked by sessions right now.
+    pub fn parked_count(&self) -> usize {
+        self.live_park_slots()
+            .iter()
+            .filter(|s| s.lock().is_some())
+            .count()
+    }
+
+    /// Checkouts so far, parked connections taken back included.
+    pub fn checkouts(&self) -> u64 {
+        // The pool's count first: a slot that ends in between is missed
+        // this once, not counted twice (the counter never goes down).
+        let pooled = self.stats.checkouts.load(Ordering::Relaxed);
+        let reused: u64 = self
+            .live_park_slots()
+            .iter()
+            .map(|s| s.reuses.load(Ordering::Relaxed))
+            .sum();
+        pooled + reused
+    }
+
+    /// A parked connection for a checkout that found no permit; called
+    /// only while counted in `waiting` (see [`ParkSlot::park`]).
+    fn steal_parked(&self) -> Option<PooledConn> {
+        for slot in self.live_park_slots() {
+            let Some(mut conn) = slot.take() else {
+                continue;
+            };
+            if !self.expired(&conn, Instant::now()) && !conn.is_broken() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Put parked connections back in the pool: all of them, or those not
+    /// used since the last call and those past their lifetime.
+    fn reclaim_parked(&self, all: bool) {
+        let now = Instant::now();
+        for slot in self.live_park_slots() {
+            let mut parked = slot.lock();
+            let Some(conn) = parked.as_ref() else {
+                continue;
+            };
+            let used = slot.used.swap(false, Ordering::Relaxed);
+            if all || !used || self.expired(conn, now) {
+                let conn = parked.take();
+                drop(parked);
+                if let Some(conn) = conn {
+                    conn.release();
+                }
+            }
+        }
     }
 
     pub fn settings(&self) -> RawPool {
@@ -142,8 +307,12 @@ impl Pool {
             *s = new.clone();
             self.max_lifetime_nanos
                 .store(nanos(new.max_lifetime), Ordering::Relaxed);
+            self.sticky.store(new.sticky_servers, Ordering::Relaxed);
             old
         };
+        if !new.sticky_servers {
+            self.reclaim_parked(true);
+        }
         let new_max = new.max_size as usize;
         if new_max > old_max {
             let grow = new_max - old_max;
@@ -157,6 +326,9 @@ impl Pool {
             let grow = grow - owed.min(grow);
             self.permits.add_permits(grow);
         } else if new_max < old_max {
+            // Parked connections hold permits: back to the pool, so the
+            // retirements owed below happen now, not at the sessions' leisure.
+            self.reclaim_parked(true);
             let shrink = old_max - new_max;
             let retired = self.permits.forget_permits(shrink);
             self.permit_debt
@@ -174,12 +346,22 @@ impl Pool {
         self.health.read().ok().and_then(|h| h.clone())
     }
 
+    /// Idle connections: in the pool, or parked by a session.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+        self.idle.lock().map(|v| v.len()).unwrap_or(0) + self.parked_count()
     }
 
-    /// Connections checked out right now.
+    /// Connections running something right now (checked out, not parked).
     pub fn in_use(&self) -> usize {
+        // Read before the parked ones: a connection parked in between is
+        // counted as idle, not twice.
+        let checked_out = self.checked_out();
+        checked_out.saturating_sub(self.parked_count())
+    }
+
+    /// Connections checked out right now, parked ones included: one
+    /// atomic load, for choosing between pools at every read.
+    pub fn checked_out(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
 
@@ -248,14 +430,24 @@ impl Pool {
             // inline would cost every checkout, waiting or not.
             Err(_) => {
                 let start = Instant::now();
-                (Box::pin(self.wait_for_permit()).await?, Some(start))
+                match Box::pin(self.wait_for_permit()).await? {
+                    Ok(p) => (p, Some(start)),
+                    Err(mut stolen) => {
+                        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+                        stolen.last_used = Instant::now();
+                        return Ok(stolen);
+                    }
+                }
             }
         };
         self.checkout_with(permit, start).await
     }
 
-    /// Queue for a permit, up to `checkout_timeout`.
-    async fn wait_for_permit(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, CheckoutError> {
+    /// Queue for a permit, up to `checkout_timeout`; or take a connection
+    /// a session parked (`Err` of the inner result).
+    async fn wait_for_permit(
+        self: &Arc<Self>,
+    ) -> Result<Result<OwnedSemaphorePermit, PooledConn>, CheckoutError> {
         let settings = self.settings();
         // Join the queue only if it has room (one atomic step).
         let joined = self
@@ -270,6 +462,10 @@ impl Pool {
                 max_waiting: settings.max_waiting,
             });
         }
+        if let Some(conn) = self.steal_parked() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Ok(Err(conn));
+        }
         self.stats.waited.fetch_add(1, Ordering::Relaxed);
         let acquired = tokio::time::timeout(
             settings.checkout_timeout,
@@ -278,7 +474,7 @@ impl Pool {
         .await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         match acquired {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => Ok(Ok(p)),
             _ => {
                 self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(CheckoutError::Timeout {
@@ -379,6 +575,7 @@ impl Pool {
     /// Close idle connections past their idle timeout or lifetime, and open
     /// connections up to `min_size`. Called periodically by [`Pool::maintain`].
     pub async fn reap_and_fill(self: &Arc<Self>) {
+        self.reclaim_parked(false);
         let settings = self.settings();
         let min = settings.min_size as usize;
         let max = settings.max_size as usize;
@@ -386,7 +583,7 @@ impl Pool {
             let Ok(mut idle) = self.idle.lock() else {
                 return;
             };
-            let total = idle.len() + self.in_use();
+            let total = idle.len() + self.checked_out();
             let mut keep = Vec::with_capacity(idle.len());
             let mut closed = Vec::new();
             let mut remaining = total;
@@ -410,7 +607,7 @@ impl Pool {
         loop {
             let total = {
                 let Ok(idle) = self.idle.lock() else { return };
-                idle.len() + self.in_use()
+                idle.len() + self.checked_out()
             };
             if total >= min {
                 break;

@@ -208,6 +208,16 @@ pub struct RawPool {
     /// next one gets 53300 at once instead of joining an ever longer queue.
     #[serde(default = "default_max_waiting")]
     pub max_waiting: u32,
+    /// Transaction pooling: a session keeps its server between
+    /// transactions while no other client waits for one (it skips the
+    /// shared pool at each transaction); false: every transaction goes
+    /// back to the pool and may land on any server.
+    #[serde(default = "default_sticky_servers")]
+    pub sticky_servers: bool,
+}
+
+fn default_sticky_servers() -> bool {
+    true
 }
 
 /// Protection of the proxy and the servers from too many or too greedy
@@ -543,6 +553,7 @@ impl Default for RawPool {
             max_lifetime: default_max_lifetime(),
             max_prepared_statements: default_max_prepared(),
             max_waiting: default_max_waiting(),
+            sticky_servers: default_sticky_servers(),
         }
     }
 }

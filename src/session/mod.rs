@@ -45,7 +45,7 @@ use tracing::Instrument;
 use crate::admin::clients::{Admission, ClientState, Registration};
 use crate::admin::metrics::{RouteKind, RouteStats};
 use crate::backend::conn::{InternalError, ParamSet};
-use crate::backend::{Pool, PooledConn, ServerConn};
+use crate::backend::{ParkSlot, Pool, PooledConn, ServerConn};
 use crate::config::{Config, PoolMode};
 use crate::frontend::cancel::CancelSlot;
 use crate::frontend::Proxy;
@@ -312,6 +312,9 @@ pub struct Session<R, W> {
     client_unflushed: bool,
 
     server: Option<PooledConn>,
+    /// Where the server of the last transaction waits for the next one
+    /// (transaction pooling; see backend::pool).
+    park: Option<Arc<ParkSlot>>,
     /// Bytes on their way to the server; only `..server_flush_upto` is
     /// written (a batch is held until it is complete).
     server_out: BytesMut,
@@ -409,6 +412,7 @@ where
             client_out: BytesMut::with_capacity(16 * 1024),
             client_unflushed: false,
             server: None,
+            park: None,
             server_out: BytesMut::with_capacity(4 * 1024),
             server_flush_upto: 0,
             pending: VecDeque::new(),
@@ -454,6 +458,7 @@ where
                 conn.release();
             }
         }
+        self.release_parked();
         self.client.info.set_state(ClientState::Idle);
         end
     }
@@ -1517,6 +1522,10 @@ where
             return;
         }
         self.config_generation = generation;
+        // Pools may have changed (or their server been banned): the next
+        // transaction checks out afresh.
+        self.release_parked();
+        self.park = None;
         let config = self.proxy.config();
         let (Some(db), Some(user)) = (
             config.databases.get(&self.setup_database),
@@ -1986,6 +1995,19 @@ where
             let waited = Box::pin(self.wait_while_paused()).await;
             self.paused_now = *self.paused.borrow_and_update();
             waited?;
+        }
+        if self.next_read.is_none() {
+            if let Some(mut conn) = self.unpark(shard) {
+                if align_params(&mut conn, &mut self.wanted_params)
+                    .await
+                    .is_ok()
+                {
+                    self.client.info.set_state(ClientState::Active);
+                    return Ok(conn);
+                }
+            }
+        } else {
+            self.release_parked();
         }
         self.client.info.set_state(ClientState::Waiting);
         if let Some(target) = self.next_read.take() {
@@ -2541,12 +2563,49 @@ where
 
     fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
-        self.on_replica = false;
+        let on_replica = std::mem::take(&mut self.on_replica);
         self.replica_read = None;
         self.client.info.set_shard(None);
         if std::mem::take(&mut self.discard_server) {
             drop(conn); // closes it
+        } else if on_replica || !conn.pool().sticky() {
+            conn.release();
         } else {
+            self.park_conn(conn);
+        }
+    }
+
+    /// Keep a primary's connection for the next transaction (see
+    /// backend::pool), unless a checkout waits for one.
+    fn park_conn(&mut self, conn: PooledConn) {
+        if !self
+            .park
+            .as_ref()
+            .is_some_and(|slot| Arc::ptr_eq(slot.pool(), conn.pool()))
+        {
+            self.release_parked();
+            self.park = Some(conn.pool().park_slot());
+        }
+        if let Some(conn) = self.park.as_ref().and_then(|slot| slot.park(conn)) {
+            conn.release();
+        }
+    }
+
+    /// The parked connection, if it is `shard`'s primary and still there;
+    /// one of another pool goes back to it.
+    fn unpark(&mut self, shard: usize) -> Option<PooledConn> {
+        let slot = self.park.as_ref()?;
+        if Arc::ptr_eq(slot.pool(), &self.pools[shard]) {
+            slot.unpark()
+        } else {
+            self.release_parked();
+            None
+        }
+    }
+
+    /// Give the parked connection (if any) back to its pool.
+    fn release_parked(&mut self) {
+        if let Some(conn) = self.park.as_ref().and_then(|slot| slot.take()) {
             conn.release();
         }
     }

@@ -103,7 +103,8 @@ where
             self.count_read(shard, ReadDecision::NoReplica);
             return None;
         }
-        if target == ReadFrom::Any && self.pools[shard].in_use() < candidates[0].in_use() {
+        if target == ReadFrom::Any && self.pools[shard].checked_out() < candidates[0].checked_out()
+        {
             self.count_read(shard, ReadDecision::Primary);
             return None;
         }
@@ -202,7 +203,7 @@ where
         usable.rotate_left(turn % n);
         match reads.load_balance {
             LoadBalance::RoundRobin => {}
-            LoadBalance::LeastOutstanding => usable.sort_by_key(|r| r.pool.in_use()),
+            LoadBalance::LeastOutstanding => usable.sort_by_key(|r| r.pool.checked_out()),
             LoadBalance::Weighted => {
                 // One weighted draw picks the first; the rest follow as
                 // fallbacks.

@@ -201,6 +201,12 @@ fn pause_holds_new_transactions_until_resume() {
             took >= Duration::from_millis(900),
             "PAUSE returned before COMMIT: {took:?}"
         );
+        // After COMMIT the session keeps its server parked (idle): PAUSE
+        // does not wait for it (shutdown_timeout is 30 s).
+        assert!(
+            took < Duration::from_secs(10),
+            "PAUSE waited for an idle session's parked server: {took:?}"
+        );
         assert!(!held.is_finished(), "a new transaction ran while paused");
         let clients = proxy.admin("SHOW CLIENTS");
         assert!(

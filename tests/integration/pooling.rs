@@ -562,6 +562,85 @@ fn checkout_timeout_when_pool_is_busy() {
     });
 }
 
+/// Between transactions a session keeps its backend (parked) while nobody
+/// waits for one, and hands it over at once when somebody does.
+#[test]
+fn parked_backends_stay_with_their_session_until_another_needs_one() {
+    let proxy = TestProxy::start(|c| {
+        set(c, "pool.max_size", 2);
+        set(c, "pool.checkout_timeout", "10s");
+    });
+    let url = proxy.url();
+    block_on(Duration::from_secs(60), async move {
+        let (a, _ca) = connect_url(&url).await;
+        let (b, _cb) = connect_url(&url).await;
+        let (mut seen_a, mut seen_b) = (HashSet::new(), HashSet::new());
+        for _ in 0..5 {
+            seen_a.insert(backend_pid(&a).await);
+            seen_b.insert(backend_pid(&b).await);
+        }
+        assert_eq!(seen_a.len(), 1, "client a changed backends: {seen_a:?}");
+        assert_eq!(seen_b.len(), 1, "client b changed backends: {seen_b:?}");
+        assert_ne!(
+            seen_a, seen_b,
+            "two clients shared a backend with one to spare"
+        );
+    });
+}
+
+/// Two clients on a one-connection pool take turns without waiting out
+/// checkout_timeout, and SHOW POOLS counts a parked backend as idle.
+#[test]
+fn a_parked_backend_goes_to_a_waiting_client() {
+    let proxy = TestProxy::start(|c| {
+        set(c, "pool.max_size", 1);
+        set(c, "pool.checkout_timeout", "10s");
+    });
+    let url = proxy.url();
+    block_on(Duration::from_secs(60), async {
+        let (a, _ca) = connect_url(&url).await;
+        let (b, _cb) = connect_url(&url).await;
+        let start = std::time::Instant::now();
+        let mut pids = HashSet::new();
+        for i in 0..10 {
+            for c in [&a, &b] {
+                let r = c
+                    .query_one("select pg_backend_pid(), $1::int", &[&i])
+                    .await
+                    .expect("a turn on the only backend");
+                assert_eq!(r.get::<_, i32>(1), i);
+                pids.insert(r.get::<_, i32>(0));
+            }
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "20 turns on one backend took {took:?}: a parked backend was not handed over"
+        );
+        assert_eq!(pids.len(), 1, "one backend for both: {pids:?}");
+        // Both idle now: one of them has the backend parked, shown as idle.
+        let pools = proxy.admin("SHOW POOLS");
+        let r = pools
+            .iter()
+            .find(|r| r[2] == "app" && r[3] == "app")
+            .expect("the app pool in SHOW POOLS");
+        assert_eq!(
+            (r[4].as_str(), r[5].as_str(), r[6].as_str()),
+            ("0", "1", "0"),
+            "active, idle, waiting: {r:?}"
+        );
+        let checkouts: u32 = r[8].parse().expect("checkouts");
+        assert!(checkouts >= 20, "every turn is a checkout: {r:?}");
+    });
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("select pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
 /// A pooled backend that dies while idle is replaced, invisibly to clients.
 #[test]
 fn idle_backend_killed_is_replaced() {
