@@ -111,6 +111,8 @@ pub struct Pool {
     in_use: AtomicUsize,
     /// Checkouts waiting for a permit now.
     waiting: AtomicUsize,
+    /// Connections parked in sessions' slots now.
+    parked: AtomicUsize,
     /// The server's health: a banned server fails checkouts at once, and
     /// a failed connection attempt bans it.
     health: RwLock<Option<Arc<ServerHealth>>>,
@@ -144,6 +146,11 @@ impl Drop for ParkSlot {
             .stats
             .checkouts
             .fetch_add(reuses, Ordering::Relaxed);
+        // A session that ended without giving its connection back (a
+        // parked connection is idle and clean).
+        if let Some(conn) = self.take() {
+            conn.release();
+        }
     }
 }
 
@@ -160,16 +167,14 @@ impl ParkSlot {
     /// when a checkout waits for a connection: the caller releases it, so
     /// the waiter gets it through the semaphore.
     pub fn park(&self, conn: PooledConn) -> Option<PooledConn> {
-        let waiting = &self.pool.waiting;
-        if waiting.load(Ordering::Relaxed) > 0 {
-            return Some(conn);
-        }
         *self.lock() = Some(conn);
         self.used.store(true, Ordering::Relaxed);
-        // A checkout joins `waiting` before it looks through the slots,
-        // and both sides pass through this slot's lock: either it saw the
-        // connection parked, or this load sees it waiting.
-        if waiting.load(Ordering::SeqCst) > 0 {
+        // A checkout joins `waiting` before it reads `parked`; this counts
+        // itself in `parked` before it reads `waiting` (all SeqCst): either
+        // the checkout sees a connection parked and looks for it, or this
+        // sees the checkout waiting.
+        self.pool.parked.fetch_add(1, Ordering::SeqCst);
+        if self.pool.waiting.load(Ordering::SeqCst) > 0 {
             return self.take();
         }
         None
@@ -187,7 +192,18 @@ impl ParkSlot {
 
     /// The connection parked here, as it is.
     pub fn take(&self) -> Option<PooledConn> {
-        self.lock().take()
+        self.take_if(|_| true)
+    }
+
+    /// The connection parked here, if `wanted` says so.
+    fn take_if(&self, wanted: impl FnOnce(&PooledConn) -> bool) -> Option<PooledConn> {
+        let mut parked = self.lock();
+        let conn = parked.take_if(|c| wanted(c));
+        drop(parked);
+        if conn.is_some() {
+            self.pool.parked.fetch_sub(1, Ordering::AcqRel);
+        }
+        conn
     }
 }
 impl Pool {
@@ -201,6 +217,7 @@ impl Pool {
             permit_debt: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
             health: RwLock::new(None),
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
@@ -209,9 +226,15 @@ impl Pool {
         })
     }
 
-    /// Whether sessions keep their connections between transactions.
-    pub fn sticky(&self) -> bool {
+    /// Whether a session may keep its connection for its next
+    /// transaction: sticky servers are on, no checkout waits, and the pool
+    /// has room for another connection. A full pool hands connections over
+    /// in turn instead (a connection storm): stealing parked ones there
+    /// would cost every waiter a look through the slots.
+    pub fn may_park(&self) -> bool {
         self.sticky.load(Ordering::Relaxed)
+            && self.waiting.load(Ordering::Relaxed) == 0
+            && self.permits.available_permits() > 0
     }
 
     /// A new slot for one session to park this pool's connections in.
@@ -239,10 +262,7 @@ impl Pool {
 
     /// Connections parked by sessions right now.
     pub fn parked_count(&self) -> usize {
-        self.live_park_slots()
-            .iter()
-            .filter(|s| s.lock().is_some())
-            .count()
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// Checkouts so far, parked connections taken back included.
@@ -261,6 +281,9 @@ impl Pool {
     /// A parked connection for a checkout that found no permit; called
     /// only while counted in `waiting` (see [`ParkSlot::park`]).
     fn steal_parked(&self) -> Option<PooledConn> {
+        if self.parked.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
         for slot in self.live_park_slots() {
             let Some(mut conn) = slot.take() else {
                 continue;
@@ -277,17 +300,12 @@ impl Pool {
     fn reclaim_parked(&self, all: bool) {
         let now = Instant::now();
         for slot in self.live_park_slots() {
-            let mut parked = slot.lock();
-            let Some(conn) = parked.as_ref() else {
-                continue;
-            };
-            let used = slot.used.swap(false, Ordering::Relaxed);
-            if all || !used || self.expired(conn, now) {
-                let conn = parked.take();
-                drop(parked);
-                if let Some(conn) = conn {
-                    conn.release();
-                }
+            let reclaimed = slot.take_if(|conn| {
+                let used = slot.used.swap(false, Ordering::Relaxed);
+                all || !used || self.expired(conn, now)
+            });
+            if let Some(conn) = reclaimed {
+                conn.release();
             }
         }
     }
@@ -452,7 +470,7 @@ impl Pool {
         // Join the queue only if it has room (one atomic step).
         let joined = self
             .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 (w < settings.max_waiting as usize).then_some(w + 1)
             });
         if joined.is_err() {

@@ -2568,7 +2568,7 @@ where
         self.client.info.set_shard(None);
         if std::mem::take(&mut self.discard_server) {
             drop(conn); // closes it
-        } else if on_replica || !conn.pool().sticky() {
+        } else if on_replica || !conn.pool().may_park() {
             conn.release();
         } else {
             self.park_conn(conn);
@@ -2576,7 +2576,7 @@ where
     }
 
     /// Keep a primary's connection for the next transaction (see
-    /// backend::pool), unless a checkout waits for one.
+    /// backend::pool); it goes back at once if a checkout came to wait.
     fn park_conn(&mut self, conn: PooledConn) {
         if !self
             .park

@@ -588,37 +588,45 @@ fn parked_backends_stay_with_their_session_until_another_needs_one() {
     });
 }
 
-/// Two clients on a one-connection pool take turns without waiting out
-/// checkout_timeout, and SHOW POOLS counts a parked backend as idle.
+/// A parked backend goes at once to a client that would otherwise wait
+/// for one, and SHOW POOLS counts parked backends as idle.
 #[test]
 fn a_parked_backend_goes_to_a_waiting_client() {
     let proxy = TestProxy::start(|c| {
-        set(c, "pool.max_size", 1);
+        set(c, "pool.max_size", 2);
         set(c, "pool.checkout_timeout", "10s");
     });
     let url = proxy.url();
     block_on(Duration::from_secs(60), async {
         let (a, _ca) = connect_url(&url).await;
-        let (b, _cb) = connect_url(&url).await;
+        let (mut b, _cb) = connect_url(&url).await;
+        let (c, _cc) = connect_url(&url).await;
+        // a parks its backend (the pool has room for another).
+        let pid_a = backend_pid(&a).await;
+        // b takes the other one and keeps it.
+        let tx = b.transaction().await.expect("begin");
+        let pid_b: i32 = tx
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("hold the second backend")
+            .get(0);
+        assert_ne!(pid_a, pid_b);
+        // c finds the pool full: it gets a's parked backend, not a wait.
         let start = std::time::Instant::now();
-        let mut pids = HashSet::new();
-        for i in 0..10 {
-            for c in [&a, &b] {
-                let r = c
-                    .query_one("select pg_backend_pid(), $1::int", &[&i])
-                    .await
-                    .expect("a turn on the only backend");
-                assert_eq!(r.get::<_, i32>(1), i);
-                pids.insert(r.get::<_, i32>(0));
-            }
-        }
+        let pid_c = backend_pid(&c).await;
         let took = start.elapsed();
         assert!(
-            took < Duration::from_secs(5),
-            "20 turns on one backend took {took:?}: a parked backend was not handed over"
+            took < Duration::from_secs(3),
+            "c waited {took:?} while a backend sat parked"
         );
-        assert_eq!(pids.len(), 1, "one backend for both: {pids:?}");
-        // Both idle now: one of them has the backend parked, shown as idle.
+        assert_eq!(pid_c, pid_a, "c did not get a's parked backend");
+        tx.commit().await.expect("commit");
+        // a, whose backend went to c, gets one again.
+        let again = backend_pid(&a).await;
+        assert!(
+            again == pid_a || again == pid_b,
+            "{again} is a third backend"
+        );
         let pools = proxy.admin("SHOW POOLS");
         let r = pools
             .iter()
@@ -626,11 +634,11 @@ fn a_parked_backend_goes_to_a_waiting_client() {
             .expect("the app pool in SHOW POOLS");
         assert_eq!(
             (r[4].as_str(), r[5].as_str(), r[6].as_str()),
-            ("0", "1", "0"),
+            ("0", "2", "0"),
             "active, idle, waiting: {r:?}"
         );
         let checkouts: u32 = r[8].parse().expect("checkouts");
-        assert!(checkouts >= 20, "every turn is a checkout: {r:?}");
+        assert!(checkouts >= 4, "every transaction is a checkout: {r:?}");
     });
 }
 
