@@ -13,12 +13,13 @@
 //! back (`permit_debt`), so no running transaction is disturbed.
 //!
 //! In transaction pooling a session keeps its connection between
-//! transactions in a [`ParkSlot`] while no checkout is waiting: its next
-//! transaction takes it back without going through the semaphore and the
-//! idle list, which every session shares. A parked connection is idle, and
-//! anyone may take it: a checkout that would wait steals one, the reaper
-//! takes back those not used for a whole period, and a reload that shrinks
-//! the pool takes back all of them.
+//! transactions in a [`ParkSlot`] while the pool has room and no checkout
+//! is waiting ([`Pool::may_park`]): its next transaction takes it back
+//! without going through the semaphore and the idle list, which every
+//! session shares. A parked connection is idle, and anyone may take it: a
+//! checkout that would wait steals one, the reaper takes back those not
+//! used for a whole period, and a reload that shrinks the pool takes back
+//! all of them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -185,9 +186,9 @@ impl ParkSlot {
         let mut conn = self.take()?;
         self.used.store(true, Ordering::Relaxed);
         self.reuses.fetch_add(1, Ordering::Relaxed);
-        // As at checkout: a server that closed meanwhile, or a connection
-        // past its lifetime, is closed here.
-        (!self.pool.expired(&conn, Instant::now()) && !conn.is_broken()).then_some(conn)
+        self.pool
+            .reusable(&mut conn, Instant::now())
+            .then_some(conn)
     }
 
     /// The connection parked here, as it is.
@@ -288,7 +289,7 @@ impl Pool {
             let Some(mut conn) = slot.take() else {
                 continue;
             };
-            if !self.expired(&conn, Instant::now()) && !conn.is_broken() {
+            if self.reusable(&mut conn, Instant::now()) {
                 return Some(conn);
             }
         }
@@ -526,7 +527,7 @@ impl Pool {
         };
         while let Some(mut c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             let now = Instant::now();
-            if self.expired(&c, now) || c.is_broken() {
+            if !self.reusable(&mut c, now) {
                 continue; // dropped: closes the socket
             }
             c.last_used = now;
@@ -574,6 +575,12 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// Whether an idle connection (pooled or parked) may serve again: not
+    /// past its lifetime, and not closed or spoken to by its server since.
+    fn reusable(&self, c: &mut ServerConn, now: Instant) -> bool {
+        !self.expired(c, now) && !c.is_broken()
     }
 
     fn expired(&self, c: &ServerConn, now: Instant) -> bool {

@@ -209,9 +209,9 @@ pub struct RawPool {
     #[serde(default = "default_max_waiting")]
     pub max_waiting: u32,
     /// Transaction pooling: a session keeps its server between
-    /// transactions while no other client waits for one (it skips the
-    /// shared pool at each transaction); false: every transaction goes
-    /// back to the pool and may land on any server.
+    /// transactions while its pool has room and no other client waits (it
+    /// skips the shared pool at each transaction); false: every
+    /// transaction goes back to the pool and may land on any server.
     #[serde(default = "default_sticky_servers")]
     pub sticky_servers: bool,
 }
