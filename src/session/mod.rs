@@ -1996,33 +1996,27 @@ where
             self.paused_now = *self.paused.borrow_and_update();
             waited?;
         }
-        if self.next_read.is_none() {
-            if let Some(mut conn) = self.unpark(shard) {
-                if align_params(&mut conn, &mut self.wanted_params)
-                    .await
-                    .is_ok()
-                {
-                    self.client.info.set_state(ClientState::Active);
-                    return Ok(conn);
-                }
+        // Before the primary's pool: the server this session parked, or a
+        // replica for a read. One that fails here costs the statement
+        // nothing: the pool's primary follows.
+        let candidate = match self.next_read.take() {
+            None => self.unpark(shard),
+            Some(target) => {
+                self.release_parked();
+                self.client.info.set_state(ClientState::Waiting);
+                Box::pin(self.read_checkout(shard, target)).await
             }
-        } else {
-            self.release_parked();
+        };
+        if let Some(mut conn) = candidate {
+            if align_params(&mut conn, &mut self.wanted_params)
+                .await
+                .is_ok()
+            {
+                self.client.info.set_state(ClientState::Active);
+                return Ok(conn);
+            }
         }
         self.client.info.set_state(ClientState::Waiting);
-        if let Some(target) = self.next_read.take() {
-            if let Some(mut conn) = Box::pin(self.read_checkout(shard, target)).await {
-                // A replica that fails here costs the read nothing: it
-                // goes to the primary.
-                if align_params(&mut conn, &mut self.wanted_params)
-                    .await
-                    .is_ok()
-                {
-                    self.client.info.set_state(ClientState::Active);
-                    return Ok(conn);
-                }
-            }
-        }
         let result = match self.pools[shard].checkout().await {
             Ok(mut conn) => match align_params(&mut conn, &mut self.wanted_params).await {
                 Ok(()) => Ok(conn),
