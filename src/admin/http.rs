@@ -309,7 +309,7 @@ pub fn render_metrics(proxy: &Proxy) -> String {
     // Pools.
     let pools = proxy.backends.all();
     type PoolGauge = fn(&crate::backend::Pool) -> f64;
-    let pool_families: [(&str, &str, &str, PoolGauge); 10] = [
+    let pool_families: [(&str, &str, &str, PoolGauge); 11] = [
         (
             "shardwire_pool_active_connections",
             "gauge",
@@ -363,6 +363,12 @@ pub fn render_metrics(proxy: &Proxy) -> String {
             "counter",
             "Server connections opened.",
             |p| p.stats.connects.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "shardwire_pool_lane_batches_total",
+            "counter",
+            "Batches of short reads that ran on a lane (a server shared by sessions).",
+            |p| p.stats.lane_batches.load(Ordering::Relaxed) as f64,
         ),
         (
             "shardwire_pool_server_connect_errors_total",

@@ -622,3 +622,106 @@ impl Collected {
         protocol::first_text_value(row)
     }
 }
+
+/// How long the proxy's own statements on a server (parameter alignment,
+/// DISCARD ALL) may take.
+pub const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bring a server's session parameters in line with what the client wants,
+/// in one round trip, and adopt the server's canonical spelling of each
+/// value (so "ISO" becomes "ISO, MDY" and is not set again next time).
+///
+/// This runs at every checkout, and almost always finds nothing to do: a
+/// server remembers the set it was last aligned to, so that case costs a
+/// pointer comparison (or one map comparison, after which the client shares
+/// the server's copy and the next time is a pointer comparison again).
+pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
+    if params_aligned(conn, wanted) {
+        return Ok(());
+    }
+    let mut sql = String::new();
+    for (k, v) in wanted.iter() {
+        if conn.params.get(k) != Some(v) {
+            sql.push_str(&format!(
+                "SET {} = {};",
+                protocol::quote_ident(k),
+                protocol::quote_literal(v)
+            ));
+        }
+    }
+    // Settings another client asked for that this one did not: back to defaults.
+    let (keep, reset): (Vec<String>, Vec<String>) = std::mem::take(&mut conn.custom_params)
+        .into_iter()
+        .partition(|k| wanted.contains_key(k));
+    conn.custom_params = keep;
+    for k in reset {
+        sql.push_str(&format!("RESET {};", protocol::quote_ident(&k)));
+        conn.params.remove(&k);
+    }
+    if sql.is_empty() {
+        conn.aligned_to = Some(wanted.clone());
+        return Ok(());
+    }
+    let timeout = INTERNAL_TIMEOUT;
+    match conn.run_internal(&sql, timeout).await {
+        Ok(()) => {
+            // Copied only when the server spelled a value its own way.
+            let canonical = wanted
+                .iter()
+                .any(|(k, v)| conn.params.get(k).is_some_and(|r| r != v));
+            if canonical {
+                for (k, v) in Arc::make_mut(wanted).iter_mut() {
+                    if let Some(reported) = conn.params.get(k) {
+                        *v = reported.clone();
+                    }
+                }
+            }
+            for (k, v) in wanted.iter() {
+                // Not reported by the server (not GUC_REPORT): we know it now.
+                if !conn.params.contains_key(k) {
+                    conn.params.insert(k.clone(), v.clone());
+                    if !conn.custom_params.contains(k) {
+                        conn.custom_params.push(k.clone());
+                    }
+                }
+            }
+            conn.aligned_to = Some(wanted.clone());
+            Ok(())
+        }
+        Err(InternalError::Sql(fields)) => {
+            let msg = fields
+                .iter()
+                .find(|(c, _)| *c == b'M')
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
+            Err(PgError::error(
+                "22023",
+                format!("invalid session parameter: {msg}"),
+            ))
+        }
+        Err(InternalError::Backend(e)) => Err(e.to_pg()),
+    }
+}
+
+/// Whether the server's parameters already are the client's; then the
+/// client shares the server's copy of the set, so that next time a pointer
+/// comparison tells.
+fn params_aligned(conn: &ServerConn, wanted: &mut ParamSet) -> bool {
+    match &conn.aligned_to {
+        Some(aligned) if Arc::ptr_eq(aligned, wanted) => true,
+        Some(aligned) if **aligned == **wanted => {
+            *wanted = aligned.clone();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`sync_params`] for the checkout of every transaction: the usual case,
+/// nothing to do, is decided before building (and copying) its future.
+pub async fn align_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
+    if params_aligned(conn, wanted) {
+        return Ok(());
+    }
+    Box::pin(sync_params(conn, wanted)).await
+}

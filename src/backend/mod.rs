@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod health;
+pub mod lane;
 pub mod pool;
 
 use std::collections::HashMap;

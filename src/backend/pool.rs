@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conn::{BackendError, ServerConn, ServerTarget};
+use tokio::sync::watch;
+
+use super::conn::{BackendError, ParamSet, ServerConn, ServerTarget};
 use super::health::ServerHealth;
+use super::lane::Lane;
 use crate::config::RawPool;
 use crate::protocol::{sqlstate, PgError};
 
@@ -82,6 +85,8 @@ pub struct PoolStats {
     pub wait_micros: AtomicU64,
     /// Checkouts that had to wait for a permit.
     pub waited: AtomicU64,
+    /// Batches run on lanes (backend::lane).
+    pub lane_batches: AtomicU64,
 }
 
 /// A duration in nanoseconds, saturated (past 500 years: never).
@@ -122,7 +127,22 @@ pub struct Pool {
     server_params: Mutex<Option<ServerParams>>,
     /// The park slots of live sessions (dead ones are pruned as met).
     park_slots: Mutex<Vec<Weak<ParkSlot>>>,
+    /// Lanes per set of session parameters (see [`Pool::lane`]).
+    lanes_per_params: AtomicUsize,
+    /// The open lanes (closed ones are pruned as met).
+    lanes: Mutex<Vec<Arc<Lane>>>,
     pub stats: PoolStats,
+}
+
+/// `pool.pipeline_lanes`, within [`max_lanes`].
+fn lanes_per_params(settings: &RawPool) -> usize {
+    (settings.pipeline_lanes as usize).min(max_lanes(settings))
+}
+
+/// Lanes of one pool, whatever their parameters: at most half of
+/// `max_size`, so most connections stay for transactions.
+fn max_lanes(settings: &RawPool) -> usize {
+    settings.max_size as usize / 2
 }
 
 /// A session's place for the connection it keeps between transactions
@@ -209,6 +229,7 @@ impl ParkSlot {
 }
 impl Pool {
     pub fn new(target: ServerTarget, settings: RawPool) -> Arc<Self> {
+        let per_params = lanes_per_params(&settings);
         Arc::new(Pool {
             target: Arc::new(target),
             permits: Arc::new(Semaphore::new(settings.max_size as usize)),
@@ -223,6 +244,8 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
             park_slots: Mutex::new(Vec::new()),
+            lanes_per_params: AtomicUsize::new(per_params),
+            lanes: Mutex::new(Vec::new()),
             stats: PoolStats::default(),
         })
     }
@@ -252,6 +275,36 @@ impl Pool {
         }
         slots.push(Arc::downgrade(&slot));
         slot
+    }
+
+    /// A lane for a session with `params` (see backend::lane): one of up
+    /// to `pipeline_lanes` for that parameter set, chosen by `pick`; a new
+    /// one opens while there are fewer. None when lanes are off.
+    pub fn lane(
+        self: &Arc<Self>,
+        params: &ParamSet,
+        pick: u64,
+        max_prepared: usize,
+        paused: &watch::Receiver<bool>,
+    ) -> Option<Arc<Lane>> {
+        let per_params = self.lanes_per_params.load(Ordering::Relaxed);
+        if per_params == 0 {
+            return None;
+        }
+        let max = max_lanes(&self.settings());
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.retain(|l| !l.is_closed());
+        let serving: Vec<&Arc<Lane>> = lanes.iter().filter(|l| l.serves(params)).collect();
+        if serving.len() >= per_params || (lanes.len() >= max && !serving.is_empty()) {
+            let i = usize::try_from(pick % serving.len() as u64).unwrap_or(0);
+            return Some(serving[i].clone());
+        }
+        if lanes.len() >= max {
+            return None; // other parameter sets have them all
+        }
+        let lane = Lane::open(self.clone(), params.clone(), max_prepared, paused.clone());
+        lanes.push(lane.clone());
+        Some(lane)
     }
 
     /// The live park slots (pruning the dead ones).
@@ -327,6 +380,8 @@ impl Pool {
             self.max_lifetime_nanos
                 .store(nanos(new.max_lifetime), Ordering::Relaxed);
             self.sticky.store(new.sticky_servers, Ordering::Relaxed);
+            self.lanes_per_params
+                .store(lanes_per_params(&new), Ordering::Relaxed);
             old
         };
         if !new.sticky_servers {

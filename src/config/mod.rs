@@ -214,10 +214,20 @@ pub struct RawPool {
     /// transaction goes back to the pool and may land on any server.
     #[serde(default = "default_sticky_servers")]
     pub sticky_servers: bool,
+    /// Transaction pooling: server connections per pool (and set of
+    /// session parameters) that short reads of many sessions share,
+    /// written back to back (see backend::lane); at most half of
+    /// `max_size` are used; 0 turns lanes off.
+    #[serde(default = "default_pipeline_lanes")]
+    pub pipeline_lanes: u32,
 }
 
 fn default_sticky_servers() -> bool {
     true
+}
+
+fn default_pipeline_lanes() -> u32 {
+    1
 }
 
 /// Protection of the proxy and the servers from too many or too greedy
@@ -554,6 +564,7 @@ impl Default for RawPool {
             max_prepared_statements: default_max_prepared(),
             max_waiting: default_max_waiting(),
             sticky_servers: default_sticky_servers(),
+            pipeline_lanes: default_pipeline_lanes(),
         }
     }
 }

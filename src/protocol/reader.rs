@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncRead;
 
 /// Initial read buffer; grows to fit a large frame, then is reused.
@@ -154,6 +154,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Bytes read but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The bytes read but not yet returned as frames, to look ahead at.
+    pub fn peek(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drop the first `n` bytes, whole frames the caller took via `peek`.
+    pub fn consume(&mut self, n: usize) {
+        self.buf.advance(n.min(self.buf.len()));
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod copysplit;
 mod fence;
+mod lanes;
 mod multi;
 mod multiext;
 mod multitx;
@@ -44,7 +45,8 @@ use tracing::Instrument;
 
 use crate::admin::clients::{Admission, ClientState, Registration};
 use crate::admin::metrics::{RouteKind, RouteStats};
-use crate::backend::conn::{InternalError, ParamSet};
+pub use crate::backend::conn::sync_params;
+use crate::backend::conn::{align_params, ParamSet, INTERNAL_TIMEOUT};
 use crate::backend::{ParkSlot, Pool, PooledConn, ServerConn};
 use crate::config::{Config, PoolMode};
 use crate::frontend::cancel::CancelSlot;
@@ -162,6 +164,8 @@ enum Pending {
 struct Timing {
     started: Instant,
     sql: Option<Arc<str>>,
+    /// The statement may go to lanes if this run is fast (lanes.rs).
+    lane_trial: Option<Arc<statements::Statement>>,
 }
 
 /// What the session's deadline timer is waiting for.
@@ -233,6 +237,10 @@ pub struct Session<R, W> {
     request_failed: bool,
     /// SQL of the statement of the last Bind (the slow log of Executes).
     bound_sql: Option<Arc<str>>,
+    /// The statement of the last Bind, while it is on trial for lanes.
+    lane_trial: Option<Arc<statements::Statement>>,
+    /// The lane this session's lane batches go to (lanes.rs).
+    lane: Option<Arc<crate::backend::lane::Lane>>,
     /// Fires at the next deadline (statement or idle-in-transaction
     /// timeout); armed only when one applies.
     timer: Pin<Box<tokio::time::Sleep>>,
@@ -386,6 +394,8 @@ where
             route_stats: vec![Default::default(); shards],
             request_failed: false,
             bound_sql: None,
+            lane_trial: None,
+            lane: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
             cancelled_at: None,
@@ -1110,8 +1120,11 @@ where
 
     /// A client statement finished (its completion, or its error and the
     /// end of its batch): metrics and the slow log.
-    fn statement_done(&mut self, t: Timing) {
+    fn statement_done(&mut self, mut t: Timing) {
         let failed = std::mem::take(&mut self.request_failed);
+        if let Some(stmt) = t.lane_trial.take() {
+            Self::lane_trial_done(&stmt, t.started.elapsed(), failed);
+        }
         self.cancelled_at = None;
         let (shard, kind) = (self.server_shard, self.route_kind);
         self.record_statement(&[shard], kind, t, failed);
@@ -1173,7 +1186,7 @@ where
     }
 
     /// The timing of a client statement about to be sent, if `frame` is one.
-    fn timing_for(&self, frame: &[u8], forward: bool) -> Option<Timing> {
+    fn timing_for(&mut self, frame: &[u8], forward: bool) -> Option<Timing> {
         if !forward {
             return None;
         }
@@ -1189,9 +1202,15 @@ where
             fe::EXECUTE => self.bound_sql.clone(),
             _ => return None,
         };
+        let lane_trial = if frame[0] == fe::EXECUTE {
+            self.lane_trial.take()
+        } else {
+            None
+        };
         Some(Timing {
             started: Instant::now(),
             sql,
+            lane_trial,
         })
     }
 
@@ -1363,6 +1382,9 @@ where
         }
         if self.server.is_none() && self.multi.is_none() && self.held.is_empty() {
             self.follow_config();
+        }
+        if tag == fe::BIND && self.try_lane(&frame).await? {
+            return Ok(());
         }
         if self.multi.is_some() {
             match tag {
@@ -1680,6 +1702,9 @@ where
             } else {
                 self.statements.get(stmt).map(|s| s.sql.clone())
             };
+        }
+        if self.lanes_apply() {
+            self.lane_trial = self.lane_candidate(stmt);
         }
         if !self.ensure_server(false).await {
             return Ok(());
@@ -2605,109 +2630,10 @@ where
     }
 }
 
-/// Bring a server's session parameters in line with what the client wants,
-/// in one round trip, and adopt the server's canonical spelling of each
-/// value (so "ISO" becomes "ISO, MDY" and is not set again next time).
-///
-/// This runs at every checkout, and almost always finds nothing to do: a
-/// server remembers the set it was last aligned to, so that case costs a
-/// pointer comparison (or one map comparison, after which the client shares
-/// the server's copy and the next time is a pointer comparison again).
-pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
-    if params_aligned(conn, wanted) {
-        return Ok(());
-    }
-    let mut sql = String::new();
-    for (k, v) in wanted.iter() {
-        if conn.params.get(k) != Some(v) {
-            sql.push_str(&format!(
-                "SET {} = {};",
-                protocol::quote_ident(k),
-                protocol::quote_literal(v)
-            ));
-        }
-    }
-    // Settings another client asked for that this one did not: back to defaults.
-    let (keep, reset): (Vec<String>, Vec<String>) = std::mem::take(&mut conn.custom_params)
-        .into_iter()
-        .partition(|k| wanted.contains_key(k));
-    conn.custom_params = keep;
-    for k in reset {
-        sql.push_str(&format!("RESET {};", protocol::quote_ident(&k)));
-        conn.params.remove(&k);
-    }
-    if sql.is_empty() {
-        conn.aligned_to = Some(wanted.clone());
-        return Ok(());
-    }
-    let timeout = conn_timeout();
-    match conn.run_internal(&sql, timeout).await {
-        Ok(()) => {
-            // Copied only when the server spelled a value its own way.
-            let canonical = wanted
-                .iter()
-                .any(|(k, v)| conn.params.get(k).is_some_and(|r| r != v));
-            if canonical {
-                for (k, v) in Arc::make_mut(wanted).iter_mut() {
-                    if let Some(reported) = conn.params.get(k) {
-                        *v = reported.clone();
-                    }
-                }
-            }
-            for (k, v) in wanted.iter() {
-                // Not reported by the server (not GUC_REPORT): we know it now.
-                if !conn.params.contains_key(k) {
-                    conn.params.insert(k.clone(), v.clone());
-                    if !conn.custom_params.contains(k) {
-                        conn.custom_params.push(k.clone());
-                    }
-                }
-            }
-            conn.aligned_to = Some(wanted.clone());
-            Ok(())
-        }
-        Err(InternalError::Sql(fields)) => {
-            let msg = fields
-                .iter()
-                .find(|(c, _)| *c == b'M')
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default();
-            Err(PgError::error(
-                "22023",
-                format!("invalid session parameter: {msg}"),
-            ))
-        }
-        Err(InternalError::Backend(e)) => Err(e.to_pg()),
-    }
-}
-
-/// Whether the server's parameters already are the client's; then the
-/// client shares the server's copy of the set, so that next time a pointer
-/// comparison tells.
-fn params_aligned(conn: &ServerConn, wanted: &mut ParamSet) -> bool {
-    match &conn.aligned_to {
-        Some(aligned) if Arc::ptr_eq(aligned, wanted) => true,
-        Some(aligned) if **aligned == **wanted => {
-            *wanted = aligned.clone();
-            true
-        }
-        _ => false,
-    }
-}
-
-/// [`sync_params`] for the checkout of every transaction: the usual case,
-/// nothing to do, is decided before building (and copying) its future.
-async fn align_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result<(), PgError> {
-    if params_aligned(conn, wanted) {
-        return Ok(());
-    }
-    Box::pin(sync_params(conn, wanted)).await
-}
-
 /// Reset a session-pooled server for its next client: DISCARD ALL drops
 /// prepared statements, temporary tables, settings and advisory locks.
 async fn discard_session(conn: &mut ServerConn) -> bool {
-    match conn.run_internal("DISCARD ALL", conn_timeout()).await {
+    match conn.run_internal("DISCARD ALL", INTERNAL_TIMEOUT).await {
         Ok(()) => {
             conn.prepared.clear();
             conn.unnamed = None;
@@ -2728,10 +2654,6 @@ fn route_kind(r: &Route) -> RouteKind {
     } else {
         RouteKind::Default
     }
-}
-
-fn conn_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// What a simple query resets on the server that the proxy tracks.

@@ -2,6 +2,7 @@
 //! transaction pooling: each is stored as the Parse frame that creates it on
 //! any backend, under a proxy-chosen name derived from its content.
 
+use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,6 +22,8 @@ pub struct Statement {
     pub parse_frame: Bytes,
     /// The statement's SQL text (for routing its Binds).
     pub sql: Arc<str>,
+    /// Whether its batches may run on a lane (see session::lanes).
+    pub lane: AtomicU8,
 }
 
 /// The client's statements by the client's own names (looked up at every
@@ -52,6 +55,7 @@ impl Statements {
             server_name: name.into(),
             parse_frame: frame.freeze(),
             sql: parse_sql(parse_body_after_name).into(),
+            lane: AtomicU8::new(0),
         });
         self.by_client_name
             .insert(client_name.to_string(), stmt.clone());

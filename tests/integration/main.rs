@@ -15,6 +15,7 @@ mod check;
 mod concurrency;
 mod differential;
 mod failover;
+mod lanes;
 mod limits;
 mod metrics;
 mod multishard;
