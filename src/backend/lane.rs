@@ -379,10 +379,7 @@ impl LaneTask {
             creates = Some(batch.statement);
         }
         self.out.extend_from_slice(&batch.frames);
-        self.pool
-            .stats
-            .lane_batches
-            .fetch_add(1, Ordering::Relaxed);
+        self.pool.stats.lane_batches.fetch_add(1, Ordering::Relaxed);
         if self.in_flight.is_empty() {
             self.lane.mark_head(Some(Instant::now()));
         }

@@ -4,8 +4,8 @@
 //! A lane shares one server among many sessions, so only a batch that
 //! cannot leave anything behind on it may go there, and only from a
 //! session that holds nothing: no server, no transaction, nothing in
-//! flight or held back, no routing to decide (no sharded tables, reads on
-//! primaries), no statement timeout to enforce (cancelling a shared
+//! flight or held back, reads on primaries (a batch on a sharded table
+//! goes to the shard its key routes it to), no statement timeout to enforce (cancelling a shared
 //! server's statement could hit another session's), and no rate limit.
 //!
 //! The batch must be a Bind of a named statement followed, all already
@@ -26,10 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::statements::{rebuild, Statement};
-use super::{Session, SessionEnd, Timing};
+use super::{routing, Session, SessionEnd, Timing};
 use crate::admin::metrics::RouteKind;
 use crate::backend::lane::{Answer, Batch};
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ReadFrom};
 use crate::protocol::{self, fe, sqlstate, BodyReader, PgError};
 use crate::router::Kind;
 
@@ -55,15 +55,17 @@ const LANE_FUNCTIONS: &[&str] = &[
     "upper",
 ];
 
-/// `Statement::lane` states. Between them, the number of times the
-/// statement ran slower than [`FAST`] on the ordinary path.
+/// `Statement::lane` states. A candidate's next ordinary run is its
+/// trial; from CANDIDATE + n, n more ordinary runs come first (a statement
+/// that was slow on a lane waits [`COOLDOWN`] runs before another trial).
 const UNCHECKED: u8 = 0;
 const CANDIDATE: u8 = 1;
-const LANE: u8 = 100;
-const NEVER: u8 = 200;
-/// Ordinary runs slower than [`FAST`] before a candidate is given up.
-const TRIES: u8 = 8;
-/// A candidate that ran this fast on the ordinary path may use lanes.
+const COOLDOWN: u8 = 32;
+/// Not a plain read: never on a lane.
+const NEVER: u8 = 254;
+const LANE: u8 = 255;
+/// A trial this fast (the ordinary way, queueing for a server included)
+/// puts the statement on lanes.
 const FAST: Duration = Duration::from_millis(2);
 
 /// The length of what follows a lane batch's Bind at the start of `buf`:
@@ -99,7 +101,7 @@ where
     pub(super) fn lanes_apply(&self) -> bool {
         self.config.pool.pipeline_lanes > 0
             && self.pool_mode == PoolMode::Transaction
-            && !self.routing
+            && self.read_from == ReadFrom::Primary
             && self.config.limits.statement_timeout.is_zero()
             && self.client.bucket.is_none()
     }
@@ -117,7 +119,7 @@ where
             };
             stmt.lane.store(state, Ordering::Relaxed);
         }
-        (CANDIDATE..CANDIDATE + TRIES)
+        (CANDIDATE..=CANDIDATE + COOLDOWN)
             .contains(&state)
             .then(|| stmt.clone())
     }
@@ -125,14 +127,39 @@ where
     /// A candidate's Execute finished on the ordinary path.
     pub(super) fn lane_trial_done(stmt: &Statement, took: Duration, failed: bool) {
         let state = stmt.lane.load(Ordering::Relaxed);
-        let next = if !failed && took < FAST {
+        if !(CANDIDATE..=CANDIDATE + COOLDOWN).contains(&state) {
+            return;
+        }
+        let next = if state > CANDIDATE {
+            state - 1
+        } else if !failed && took < FAST {
             LANE
-        } else if state + 1 >= CANDIDATE + TRIES {
-            NEVER
         } else {
-            state + 1
+            CANDIDATE
         };
         stmt.lane.store(next, Ordering::Relaxed);
+    }
+
+    /// The one shard a lane batch runs on: the default shard, or with
+    /// sharded tables, where its Bind's key routes it (on the primary;
+    /// None for anything else, which the ordinary path handles).
+    fn lane_shard(&self, bind: &[u8], stmt: &Statement) -> Option<(usize, RouteKind)> {
+        if !self.routing {
+            return Some((self.default_shard, RouteKind::Default));
+        }
+        let (_, params) = routing::bind_params(protocol::body(bind)).ok()?;
+        let analysis = self.router.analysis(&stmt.sql);
+        let route = self
+            .router
+            .route_analyzed(&stmt.sql, &analysis, &params, &self.hints)
+            .ok()?;
+        let [shard] = route.shards[..] else {
+            return None;
+        };
+        if route.role.is_some_and(|r| r != ReadFrom::Primary) || shard >= self.pools.len() {
+            return None;
+        }
+        Some((shard, super::route_kind(&route)))
     }
 
     fn lane_safe(&self, sql: &str) -> bool {
@@ -181,7 +208,9 @@ where
         let Some(rest_len) = batch_rest_len(self.client_rd.peek()) else {
             return Ok(false);
         };
-        let shard = self.default_shard;
+        let Some((shard, kind)) = self.lane_shard(bind, &stmt) else {
+            return Ok(false);
+        };
         let lane = match &self.lane {
             Some(l)
                 if !l.is_closed()
@@ -247,7 +276,7 @@ where
         });
         self.client_out.extend_from_slice(&answer.out);
         if answer.slow {
-            stmt.lane.store(NEVER, Ordering::Relaxed);
+            stmt.lane.store(CANDIDATE + COOLDOWN, Ordering::Relaxed);
         }
         let sql = (!self.config.log.slow_statement.is_zero()).then(|| stmt.sql.clone());
         let timing = Timing {
@@ -255,7 +284,7 @@ where
             sql,
             lane_trial: None,
         };
-        self.record_statement(&[shard], RouteKind::Default, timing, answer.failed);
+        self.record_statement(&[shard], kind, timing, answer.failed);
         Ok(true)
     }
 }
