@@ -18,8 +18,9 @@
 //! with its own Sync, so it is an implicit transaction of its own: an error
 //! skips only to that batch's Sync, and the next session's batch runs as if
 //! alone. The lane checks what the server says: every ReadyForQuery must
-//! be idle and no setting may change; otherwise it drops the connection
-//! and fails whatever is still in flight on it.
+//! be idle, or it drops the connection and fails whatever is still in
+//! flight on it; a setting that changes retires the lane (its connection
+//! is closed once what is in flight is answered).
 //!
 //! A statement that runs long holds up the batches queued behind it on the
 //! same server. Sessions therefore stay out of a lane whose oldest batch has
@@ -127,6 +128,7 @@ impl Lane {
             paused,
             in_flight: VecDeque::new(),
             out: BytesMut::new(),
+            retire: false,
         };
         tokio::spawn(task.run());
         lane
@@ -194,6 +196,8 @@ struct LaneTask {
     in_flight: VecDeque<InFlight>,
     /// Bytes on their way to the server.
     out: BytesMut,
+    /// The server's settings changed: close the lane and its connection.
+    retire: bool,
 }
 
 /// Why a lane stops.
@@ -217,6 +221,7 @@ impl LaneTask {
         let stop = self.serve(&mut conn).await;
         match stop {
             // Only stops with nothing in flight and the queue closed.
+            Stop::Done if self.retire => drop(conn), // closes it
             Stop::Done => conn.release(),
             Stop::Lost(cause) => {
                 tracing::warn!(server = %self.pool.target.describe(), cause = %cause, "lane lost its server connection");
@@ -284,6 +289,10 @@ impl LaneTask {
             }
             if let Err(cause) = self.drain_answers(conn) {
                 return Stop::Lost(cause);
+            }
+            if self.retire && !closing {
+                closing = true;
+                self.close();
             }
             if closing && self.in_flight.is_empty() && self.out.is_empty() {
                 // The queue is closed: what is left in it still runs.
@@ -411,6 +420,15 @@ impl LaneTask {
         while let Some(len) = frame_len(buf, max_frame).map_err(|e| e.to_string())? {
             let frame = &buf[..len];
             let tag = frame[0];
+            if tag == be::PARAMETER_STATUS {
+                // A setting changed (the server reloaded its config, or a
+                // statement set one): the server no longer has the lane's
+                // parameters. What is in flight runs; then the lane closes
+                // and the connection with it.
+                self.retire = true;
+                buf.advance(len);
+                continue;
+            }
             let Some(head) = self.in_flight.front_mut() else {
                 return Err(format!(
                     "the server sent a message ({}) with nothing in flight: {}",
@@ -438,9 +456,6 @@ impl LaneTask {
                         }
                     }
                     head.failed = true;
-                }
-                be::PARAMETER_STATUS => {
-                    return Err("a statement changed a session setting on a shared server".into())
                 }
                 be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
                     return Err("a statement started COPY on a shared server".into())
@@ -483,7 +498,7 @@ impl LaneTask {
     }
 }
 
-fn lost_error(cause: &str) -> PgError {
+pub fn lost_error(cause: &str) -> PgError {
     PgError::error(
         sqlstate::CONNECTION_FAILURE,
         format!("the server connection this statement shared with other sessions failed: {cause}"),
@@ -493,7 +508,7 @@ fn lost_error(cause: &str) -> PgError {
 
 /// An answer that is an error, as the client sees it: the error, then
 /// ReadyForQuery (the batch ended with Sync).
-fn failure(err: &PgError) -> Answer {
+pub fn failure(err: &PgError) -> Answer {
     let mut out = BytesMut::new();
     err.encode(&mut out);
     protocol::ready_for_query(&mut out, b'I');

@@ -28,9 +28,9 @@ use tokio::sync::oneshot;
 use super::statements::{rebuild, Statement};
 use super::{routing, Session, SessionEnd, Timing};
 use crate::admin::metrics::RouteKind;
-use crate::backend::lane::{Answer, Batch};
+use crate::backend::lane::{self, Batch};
 use crate::config::{PoolMode, ReadFrom};
-use crate::protocol::{self, fe, sqlstate, BodyReader, PgError};
+use crate::protocol::{self, fe, BodyReader};
 use crate::router::Kind;
 
 /// Functions a statement on a lane may call: built-ins that change no
@@ -259,21 +259,10 @@ where
             parse: stmt.parse_frame.clone(),
             answer: tx,
         });
-        let answer = rx.await.unwrap_or_else(|_| {
-            let err = PgError::error(
-                sqlstate::CONNECTION_FAILURE,
-                "the server connection this statement shared with other sessions went away",
-            )
-            .with_hint("the statement only read, so it is safe to retry");
-            let mut out = BytesMut::new();
-            err.encode(&mut out);
-            protocol::ready_for_query(&mut out, b'I');
-            Answer {
-                out,
-                failed: true,
-                slow: false,
-            }
-        });
+        // A lane answers every batch it took, unless its task ended.
+        let answer = rx
+            .await
+            .unwrap_or_else(|_| lane::failure(&lane::lost_error("the lane went away")));
         self.client_out.extend_from_slice(&answer.out);
         if answer.slow {
             stmt.lane.store(CANDIDATE + COOLDOWN, Ordering::Relaxed);
