@@ -662,8 +662,7 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
         conn.aligned_to = Some(wanted.clone());
         return Ok(());
     }
-    let timeout = INTERNAL_TIMEOUT;
-    match conn.run_internal(&sql, timeout).await {
+    match conn.run_internal(&sql, INTERNAL_TIMEOUT).await {
         Ok(()) => {
             // Copied only when the server spelled a value its own way.
             let canonical = wanted

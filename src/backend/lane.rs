@@ -374,11 +374,7 @@ impl LaneTask {
         if !conn.prepared.contains(&batch.statement) {
             if conn.prepared.len() >= self.max_prepared {
                 if let Some(victim) = conn.prepared.evict_lru() {
-                    let at = protocol::begin_frame(&mut self.out, fe::CLOSE);
-                    self.out.extend_from_slice(b"S");
-                    self.out.extend_from_slice(victim.as_bytes());
-                    self.out.extend_from_slice(b"\0");
-                    protocol::finish_frame(&mut self.out, at);
+                    protocol::rebuild(fe::CLOSE, b"S", &victim, b"", &mut self.out);
                     swallow += 1;
                 }
             }

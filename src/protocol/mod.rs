@@ -184,6 +184,18 @@ pub fn finish_frame(out: &mut BytesMut, len_at: usize) {
     out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Rebuild a frame of type `tag` whose body is `prefix` + `name\0` + `rest`
+/// (a client's message with a statement's name changed, or one the proxy
+/// makes for a named statement).
+pub fn rebuild(tag: u8, prefix: &[u8], name: &str, rest: &[u8], out: &mut BytesMut) {
+    let at = begin_frame(out, tag);
+    out.put_slice(prefix);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(rest);
+    finish_frame(out, at);
+}
+
 /// Encode any pgwire message into `out`. Encoding our own well-formed values
 /// cannot fail except for absurd sizes, which we treat as a bug and drop.
 pub fn encode<M: Message>(out: &mut BytesMut, msg: &M) {

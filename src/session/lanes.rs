@@ -4,9 +4,10 @@
 //! A lane shares one server among many sessions, so only a batch that
 //! cannot leave anything behind on it may go there, and only from a
 //! session that holds nothing: no server, no transaction, nothing in
-//! flight or held back, reads on primaries (a batch on a sharded table
-//! goes to the shard its key routes it to), no statement timeout to enforce (cancelling a shared
-//! server's statement could hit another session's), and no rate limit.
+//! flight or held back. Reads must go to primaries (a batch on a sharded
+//! table goes to the lane of the shard its key routes it to), and no
+//! statement timeout (cancelling a shared server's statement could hit
+//! another session's) or rate limit may apply.
 //!
 //! The batch must be a Bind of a named statement followed, all already
 //! read, by Describe or Close of a portal, one Execute, and Sync. Its
@@ -25,7 +26,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::statements::{rebuild, Statement};
+use super::statements::{rename_bind, Statement};
 use super::{routing, Session, SessionEnd, Timing};
 use crate::admin::metrics::RouteKind;
 use crate::backend::lane::{self, Batch};
@@ -242,10 +243,7 @@ where
         };
         // Committed: the batch is the lane's now.
         let mut frames = BytesMut::with_capacity(bind.len() + 40 + rest_len);
-        let mut prefix = Vec::with_capacity(portal.len() + 1);
-        prefix.extend_from_slice(portal);
-        prefix.push(0);
-        rebuild(fe::BIND, &prefix, &stmt.server_name, rest, &mut frames);
+        rename_bind(portal, &stmt.server_name, rest, &mut frames);
         frames.extend_from_slice(&self.client_rd.peek()[..rest_len]);
         self.client_rd.consume(rest_len);
         self.client.info.queries.fetch_add(1, Ordering::Relaxed);

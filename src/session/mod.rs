@@ -55,7 +55,7 @@ use crate::protocol::reader::{frame_len, FrameError};
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::router::{Route, Router, SessionHints};
 use routing::{HintVar, ProxyCommand, TxControl};
-use statements::{rebuild, split_name, Statements};
+use statements::{rebuild, rename_bind, split_name, Statements};
 
 /// Bytes buffered toward one side before the proxy stops reading the other
 /// side (backpressure), and the point at which a partial batch (COPY data)
@@ -1711,17 +1711,9 @@ where
         }
         match self.statement_on_server(stmt) {
             Some(server_name) => {
-                // The unnamed portal (what drivers use) needs no allocation.
-                let named;
-                let prefix: &[u8] = if portal.is_empty() {
-                    b"\0"
-                } else {
-                    named = [portal, b"\0"].concat();
-                    &named
-                };
                 let mut scratch = std::mem::take(&mut self.scratch);
                 scratch.clear();
-                rebuild(fe::BIND, prefix, &server_name, rest, &mut scratch);
+                rename_bind(portal, &server_name, rest, &mut scratch);
                 self.send(&scratch, Expect::BindComplete, true, None);
                 self.scratch = scratch;
             }

@@ -100,11 +100,15 @@ pub fn split_name<'a>(
     Ok((name, r.remaining()))
 }
 
-/// Rebuild a frame of type `tag` whose body is `prefix` + `name\0` + `rest`.
-pub fn rebuild(tag: u8, prefix: &[u8], name: &str, rest: &[u8], out: &mut BytesMut) {
-    let at = protocol::begin_frame(out, tag);
-    out.put_slice(prefix);
-    out.put_slice(name.as_bytes());
+pub use crate::protocol::rebuild;
+
+/// A client's Bind of `portal`, with its statement renamed to the server's
+/// name; `rest` is the Bind's body after the statement name.
+pub fn rename_bind(portal: &[u8], server_name: &str, rest: &[u8], out: &mut BytesMut) {
+    let at = protocol::begin_frame(out, fe::BIND);
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(server_name.as_bytes());
     out.put_u8(0);
     out.put_slice(rest);
     protocol::finish_frame(out, at);
@@ -139,5 +143,11 @@ mod tests {
         let mut out = BytesMut::new();
         rebuild(b'B', b"portal\0", "sw_x", b"\0\0\0\0\0\0", &mut out);
         assert_eq!(&out[5..], b"portal\0sw_x\0\0\0\0\0\0\0");
+        let mut renamed = BytesMut::new();
+        rename_bind(b"portal", "sw_x", b"\0\0\0\0\0\0", &mut renamed);
+        assert_eq!(renamed, out);
+        renamed.clear();
+        rename_bind(b"", "sw_x", b"", &mut renamed);
+        assert_eq!(&renamed[..], b"B\0\0\0\x0a\0sw_x\0");
     }
 }
