@@ -20,16 +20,19 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    visit_expressions, visit_relations, visit_statements, AssignmentTarget, BinaryOperator,
-    CopySource, CopyTarget, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments,
-    Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+    visit_expressions, visit_relations, visit_statements, Assignment, AssignmentTarget,
+    BinaryOperator, CopySource, CopyTarget, Expr, FromTable, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Ident, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query,
+    SelectItem, SetExpr, Statement, TableFactor, TableObject, UnaryOperator, Value, Visit,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use serde::Serialize;
 
+use super::fallback;
+use super::occurrences::{footprint, query_footprint, Footprint};
+pub use super::occurrences::{key_expr, last_ident};
 use super::{Placement, TableRule};
 
 /// Where a key value comes from.
@@ -78,6 +81,13 @@ pub enum Target {
         table: Arc<TableRule>,
         rows: Vec<KeyExpr>,
     },
+    /// INSERT into a sharded table without a column list: each row's values
+    /// (as key values where they are literals or parameters), the key's
+    /// position known from the catalog at routing time.
+    InsertPositional {
+        table: Arc<TableRule>,
+        rows: Vec<Vec<Option<KeyExpr>>>,
+    },
     /// COPY ... FROM STDIN into a sharded table.
     CopyIn {
         table: Arc<TableRule>,
@@ -116,6 +126,9 @@ pub struct StatementPlan {
     /// Why the answers cannot be merged, when there is a more precise
     /// reason than "cross-shard queries of this shape are not supported".
     pub merge_refusal: Option<Refusal>,
+    /// An unsharded table the statement reads or writes: it runs on the
+    /// default shard, where that table's rows are, or not at all.
+    pub unsharded: Option<String>,
 }
 
 /// How a cross-shard SELECT's per-shard answers are merged.
@@ -277,64 +290,44 @@ pub type Tables = HashMap<String, Arc<TableRule>>;
 
 /// Analyze SQL text against the configured tables.
 pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(stmts) => Analysis {
-            statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
+    if let Some(statements) = parse_and_plan(sql, tables) {
+        return Analysis {
+            statements,
             fallback: false,
-        },
-        Err(_) => match lenient_copy(sql)
-            .and_then(|s| Parser::parse_sql(&PostgreSqlDialect {}, &s).ok())
-        {
-            Some(stmts) => Analysis {
-                statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
-                fallback: false,
-            },
-            None => Analysis {
-                statements: vec![classify_keywords(sql, tables)],
-                fallback: true,
-            },
-        },
+        };
     }
-}
-
-/// COPY option spellings sqlparser does not take (`FREEZE ON`, as pgbench
-/// sends it) rewritten to ones it does, for analysis only; None when there
-/// is nothing to rewrite.
-pub fn lenient_copy(sql: &str) -> Option<String> {
-    let lower = sql.to_ascii_lowercase();
-    if !lower.trim_start().starts_with("copy") {
-        return None;
-    }
-    let words: Vec<&str> = sql.split_whitespace().collect();
-    let mut out = Vec::with_capacity(words.len());
-    let mut changed = false;
-    let mut i = 0;
-    while i < words.len() {
-        let w = words[i];
-        let next = words.get(i + 1).map(|n| n.to_ascii_lowercase());
-        if w.eq_ignore_ascii_case("freeze") || w.eq_ignore_ascii_case("(freeze") {
-            if let Some(n) = next {
-                let (value, tail) = n.split_at(n.find([',', ')']).unwrap_or(n.len()));
-                let flag = match value {
-                    "on" | "true" | "1" => Some(""),
-                    "off" | "false" | "0" => Some(" false"),
-                    _ => None,
-                };
-                if let Some(flag) = flag {
-                    out.push(format!("{w}{flag}{tail}"));
-                    changed = true;
-                    i += 2;
-                    continue;
-                }
+    // sqlparser cannot read the whole string: analyze it statement by
+    // statement, so that one statement it cannot read does not decide for
+    // the others (a BEGIN before it, say); that one is classified by its
+    // keywords, which refuses it if it names a configured table.
+    let mut statements = Vec::new();
+    let mut fallback = false;
+    for piece in fallback::split_statements(sql) {
+        match parse_and_plan(piece, tables) {
+            Some(plans) => statements.extend(plans),
+            None => {
+                fallback = true;
+                statements.push(fallback::classify_keywords(piece, tables));
             }
         }
-        out.push(w.to_string());
-        i += 1;
     }
-    changed.then(|| out.join(" "))
+    Analysis {
+        statements,
+        fallback,
+    }
 }
 
-fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
+/// The plans of the statements of `sql`, if sqlparser reads it (with
+/// COPY options it does not take rewritten).
+fn parse_and_plan(sql: &str, tables: &Tables) -> Option<Vec<StatementPlan>> {
+    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(stmts) => stmts,
+        Err(_) => Parser::parse_sql(&PostgreSqlDialect {}, &fallback::lenient_copy(sql)?).ok()?,
+    };
+    Some(stmts.iter().map(|s| plan_statement(s, tables)).collect())
+}
+
+pub(super) fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
     StatementPlan {
         kind,
         writes,
@@ -342,10 +335,11 @@ fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
         target,
         merge: None,
         merge_refusal: None,
+        unsharded: None,
     }
 }
 
-fn refuse(code: &'static str, message: String, hint: Option<&str>) -> Target {
+pub(super) fn refuse(code: &'static str, message: String, hint: Option<&str>) -> Target {
     Target::Refused(Refusal {
         code,
         message,
@@ -353,7 +347,7 @@ fn refuse(code: &'static str, message: String, hint: Option<&str>) -> Target {
     })
 }
 
-const NOT_SUPPORTED: &str = "0A000";
+pub(super) const NOT_SUPPORTED: &str = "0A000";
 pub const HINT_ADD_KEY: &str =
     "add a condition on the shard key, or a routing hint such as /* shardwire: shard_key=... */";
 
@@ -371,44 +365,157 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
             })
             .is_break();
             let writes = !q.locks.is_empty() || into || modifies;
-            let target = plan_query(q, tables);
-            let (merge, merge_refusal) = match &target {
-                Target::Keyed(conds) if conds.len() == 1 => {
-                    match merge_kind(q, &conds[0].table, tables) {
-                        Ok(m) => (Some(m), None),
-                        Err(r) => (None, r),
-                    }
+            let fp = footprint(stmt, tables);
+            let mut target = footprint_target(&fp, stmt, tables, Target::AnyShard);
+            if into {
+                if let Some(t) = fp.sharded.first() {
+                    target = refuse(
+                        NOT_SUPPORTED,
+                        format!(
+                            "SELECT INTO from sharded table \"{}\" is not supported: the new table would hold one shard's rows",
+                            t.table.name
+                        ),
+                        Some("create the table, then INSERT the rows through shardwire"),
+                    );
                 }
+            }
+            // Merged across shards: one sharded table, read once, in the
+            // top-level FROM, with nothing that lives on one shard only.
+            let mergeable =
+                fp.sharded.len() == 1 && fp.sharded_top_level == 1 && fp.unsharded.is_none();
+            let (merge, merge_refusal) = match &target {
+                Target::Keyed(conds) if mergeable => match merge_kind(q, &conds[0].table, tables) {
+                    Ok(m) => (Some(m), None),
+                    Err(r) => (None, r),
+                },
                 _ => (None, None),
             };
+            let mut functions = called_functions(q);
+            for f in fp.functions {
+                if !functions.contains(&f) {
+                    functions.push(f);
+                }
+            }
             StatementPlan {
                 merge,
                 merge_refusal,
-                functions: called_functions(q),
+                functions,
+                unsharded: fp.unsharded,
                 ..plan(Kind::Select, writes, target)
             }
         }
-        Statement::Insert(ins) => plan(Kind::Insert, true, plan_insert(ins, tables)),
-        Statement::Update(upd) => plan(Kind::Update, true, plan_update(upd, tables)),
+        Statement::Insert(ins) => {
+            let fp = footprint(stmt, tables);
+            let target = plan_insert(ins, stmt, &fp, tables);
+            StatementPlan {
+                unsharded: fp.unsharded,
+                ..plan(Kind::Insert, true, target)
+            }
+        }
+        Statement::Update(upd) => {
+            let fp = footprint(stmt, tables);
+            let target = plan_update(upd, stmt, &fp, tables);
+            StatementPlan {
+                unsharded: fp.unsharded,
+                ..plan(Kind::Update, true, target)
+            }
+        }
         Statement::Delete(del) => {
+            let fp = footprint(stmt, tables);
             let from = match &del.from {
                 FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
             };
-            let target = plan_tables_where(stmt, from, del.selection.as_ref(), tables, true);
-            plan(Kind::Delete, true, target)
+            let target = plan_write(stmt, from.first().map(|t| &t.relation), &fp, tables);
+            StatementPlan {
+                unsharded: fp.unsharded,
+                ..plan(Kind::Delete, true, target)
+            }
         }
         Statement::Copy {
             source, to, target, ..
-        } => plan(
-            Kind::Copy,
-            !to,
-            plan_copy(stmt, source, *to, target, tables),
-        ),
-        Statement::CreateTable(_)
-        | Statement::CreateIndex(_)
+        } => {
+            let (t, unsharded) = plan_copy(stmt, source, *to, target, tables);
+            StatementPlan {
+                unsharded,
+                ..plan(Kind::Copy, !to, t)
+            }
+        }
+        Statement::CreateTable(ct) => {
+            let target = match ct.query.as_deref().map(|q| query_footprint(q, tables)) {
+                Some(fp) if !fp.sharded.is_empty() => refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "CREATE TABLE ... AS from sharded table \"{}\" is not supported: every shard would fill the new table with its own rows",
+                        fp.sharded[0].table.name
+                    ),
+                    Some("create the table, then INSERT the rows through shardwire"),
+                ),
+                _ => Target::AllShards,
+            };
+            plan(Kind::Ddl, true, target)
+        }
+        Statement::CreateView(cv) => {
+            let fp = query_footprint(&cv.query, tables);
+            let target = match fp.sharded.first() {
+                Some(c) => refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "a view over sharded table \"{}\" is not supported: each shard's view would see that shard's rows only",
+                        c.table.name
+                    ),
+                    Some("query the table itself through shardwire"),
+                ),
+                None => Target::AllShards,
+            };
+            plan(Kind::Ddl, true, target)
+        }
+        // What changes the database's shape or rights reaches every shard,
+        // all or nothing.
+        Statement::CreateIndex(_)
         | Statement::AlterTable(_)
         | Statement::Drop { .. }
-        | Statement::Truncate(_) => plan(Kind::Ddl, true, Target::AllShards),
+        | Statement::Truncate(_)
+        | Statement::CreateSchema { .. }
+        | Statement::AlterSchema(_)
+        | Statement::CreateType { .. }
+        | Statement::AlterType(_)
+        | Statement::CreateDomain(_)
+        | Statement::DropDomain(_)
+        | Statement::CreateFunction(_)
+        | Statement::AlterFunction(_)
+        | Statement::DropFunction(_)
+        | Statement::CreateProcedure { .. }
+        | Statement::DropProcedure { .. }
+        | Statement::CreateExtension(_)
+        | Statement::DropExtension(_)
+        | Statement::CreateSequence { .. }
+        | Statement::CreateTrigger(_)
+        | Statement::DropTrigger(_)
+        | Statement::CreatePolicy(_)
+        | Statement::AlterPolicy(_)
+        | Statement::DropPolicy(_)
+        | Statement::CreateRole(_)
+        | Statement::AlterRole { .. }
+        | Statement::CreateUser(_)
+        | Statement::AlterUser(_)
+        | Statement::CreateOperator(_)
+        | Statement::CreateOperatorFamily(_)
+        | Statement::CreateOperatorClass(_)
+        | Statement::AlterOperator(_)
+        | Statement::AlterOperatorFamily(_)
+        | Statement::AlterOperatorClass(_)
+        | Statement::DropOperator(_)
+        | Statement::DropOperatorFamily(_)
+        | Statement::DropOperatorClass(_)
+        | Statement::CreateCollation(_)
+        | Statement::AlterCollation(_)
+        | Statement::CreateTextSearch(_)
+        | Statement::AlterTextSearch(_)
+        | Statement::AlterView { .. }
+        | Statement::AlterIndex { .. }
+        | Statement::Grant(_)
+        | Statement::Revoke(_)
+        | Statement::Comment { .. } => plan(Kind::Ddl, true, Target::AllShards),
         Statement::Vacuum(_) | Statement::Analyze(_) => {
             plan(Kind::Maintenance, true, Target::AllShards)
         }
@@ -420,22 +527,71 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
         Statement::Set(_) | Statement::ShowVariable { .. } => {
             plan(Kind::Set, false, Target::Default)
         }
-        // Anything else (CREATE FUNCTION, GRANT, EXPLAIN, ...) goes to the
-        // default shard, unless it names a sharded table.
+        Statement::Explain {
+            statement, analyze, ..
+        } => plan_explain(statement, *analyze, tables),
+        // Anything else (CALL, LISTEN, ...) goes to the default shard,
+        // unless it names a configured table.
         other => {
             let target = match sharded_tables_in(other, tables).first() {
                 Some(t) => refuse(
                     NOT_SUPPORTED,
-                    format!(
-                        "this statement on sharded table \"{}\" cannot be routed",
-                        t.name
-                    ),
+                    format!("this statement on table \"{}\" cannot be routed", t.name),
                     Some("use a routing hint such as /* shardwire: shard=s0 */ to pick the shard"),
                 ),
                 None => Target::Default,
             };
             plan(Kind::Other, true, target)
         }
+    }
+}
+
+/// EXPLAIN goes where the statement it explains would go, when that is
+/// one shard: its answer is a plan, which no merge could combine.
+fn plan_explain(inner: &Statement, analyze: bool, tables: &Tables) -> StatementPlan {
+    if !matches!(
+        inner,
+        Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
+    ) {
+        return match sharded_tables_in(inner, tables).first() {
+            Some(t) => plan(
+                Kind::Other,
+                true,
+                refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "EXPLAIN of this statement on table \"{}\" cannot be routed",
+                        t.name
+                    ),
+                    None,
+                ),
+            ),
+            None => plan(Kind::Other, analyze, Target::Default),
+        };
+    }
+    let p = plan_statement(inner, tables);
+    let target = match p.target {
+        Target::Insert { table, rows } => Target::Keyed(vec![KeyCondition {
+            table,
+            alternatives: Some(rows),
+        }]),
+        // Without ANALYZE nothing is written: any copy explains it.
+        Target::AllShards if !analyze => Target::AnyShard,
+        Target::AllShards | Target::InsertPositional { .. } | Target::CopyIn { .. } => refuse(
+            NOT_SUPPORTED,
+            "EXPLAIN of this statement cannot be routed to one shard".into(),
+            Some("route it with /* shardwire: shard=... */"),
+        ),
+        t => t,
+    };
+    StatementPlan {
+        kind: Kind::Other,
+        writes: analyze && p.writes,
+        functions: p.functions,
+        target,
+        merge: None,
+        merge_refusal: None,
+        unsharded: p.unsharded,
     }
 }
 
@@ -456,6 +612,10 @@ fn called_functions(q: &Query) -> Vec<String> {
     names
 }
 
+fn lookup_name_matches(name: &ObjectName, t: &TableRule) -> bool {
+    last_ident(name).as_deref() == Some(t.name.as_str())
+}
+
 /// Every configured table the statement mentions anywhere (FROM, joins,
 /// subqueries, CTE bodies), in order of first mention.
 fn sharded_tables_in<V: sqlparser::ast::Visit>(v: &V, tables: &Tables) -> Vec<Arc<TableRule>> {
@@ -474,7 +634,7 @@ fn sharded_tables_in<V: sqlparser::ast::Visit>(v: &V, tables: &Tables) -> Vec<Ar
 /// The configured table for a (possibly schema-qualified) name. Only the
 /// last part is compared: shardwire shards tables by name, whatever the
 /// schema (the default `public` in practice).
-fn lookup(name: &ObjectName, tables: &Tables) -> Option<Arc<TableRule>> {
+pub(super) fn lookup(name: &ObjectName, tables: &Tables) -> Option<Arc<TableRule>> {
     let last = name.0.last()?;
     let ident = match last {
         ObjectNamePart::Identifier(i) => i,
@@ -486,48 +646,12 @@ fn lookup(name: &ObjectName, tables: &Tables) -> Option<Arc<TableRule>> {
 }
 
 /// PostgreSQL folds unquoted identifiers to lower case.
-fn normalize_ident(value: &str, quote: Option<char>) -> String {
+pub(super) fn normalize_ident(value: &str, quote: Option<char>) -> String {
     if quote.is_some() {
         value.to_string()
     } else {
         value.to_lowercase()
     }
-}
-
-/// The sharded (not reference) tables a statement mentions. When there are
-/// none, the statement's target instead: the default shard when no
-/// configured table is mentioned, else `reference_only`.
-fn sharded_tables_or<V: sqlparser::ast::Visit>(
-    v: &V,
-    tables: &Tables,
-    reference_only: Target,
-) -> Result<Vec<Arc<TableRule>>, Target> {
-    let found = sharded_tables_in(v, tables);
-    if found.is_empty() {
-        return Err(Target::Default);
-    }
-    let sharded: Vec<_> = found
-        .iter()
-        .filter(|t| !t.is_reference())
-        .cloned()
-        .collect();
-    if sharded.is_empty() {
-        return Err(reference_only);
-    }
-    Ok(sharded)
-}
-
-fn plan_query(q: &Query, tables: &Tables) -> Target {
-    let sharded = match sharded_tables_or(q, tables, Target::AnyShard) {
-        Ok(sharded) => sharded,
-        Err(target) => return target,
-    };
-    // Key conditions come from the top-level SELECT's WHERE and JOIN ... ON.
-    let (from, selection) = match q.body.as_ref() {
-        SetExpr::Select(s) => (&s.from[..], s.selection.as_ref()),
-        _ => (&[][..], None),
-    };
-    key_conditions(&sharded, from, selection)
 }
 
 /// Aggregates that combine across shards without knowing more than each
@@ -1710,337 +1834,128 @@ fn mergeable_aggregate(e: &Expr, key: Option<&KeyRef>) -> Option<Agg> {
     }
 }
 
-/// Key conditions for each sharded table from the conjuncts of `selection`
-/// and of every JOIN ... ON. Tables equated on their keys (`a.k = b.k`)
-/// share conditions when they are placed alike.
-fn key_conditions(
-    sharded: &[Arc<TableRule>],
-    from: &[TableWithJoins],
-    selection: Option<&Expr>,
+/// The table a write names, as a footprint relation.
+fn written_relation(name: &ObjectName, tables: &Tables) -> Option<Arc<TableRule>> {
+    lookup(name, tables)
+}
+
+/// Where a statement that reads (or writes a table that is not a reference
+/// table) goes, from its footprint: a statement touching a configured
+/// table whose references were not all understood is refused.
+fn footprint_target<V: Visit>(
+    fp: &Footprint,
+    stmt: &V,
+    tables: &Tables,
+    reference_only: Target,
 ) -> Target {
-    // Aliases and names by which each sharded table can be referred to.
-    let mut names: Vec<(String, Arc<TableRule>)> = Vec::new();
-    let mut conjuncts: Vec<&Expr> = Vec::new();
-    if let Some(e) = selection {
-        split_and(e, &mut conjuncts);
-    }
-    for twj in from {
-        note_factor(&twj.relation, sharded, &mut names);
-        for j in &twj.joins {
-            note_factor(&j.relation, sharded, &mut names);
-            if let Some(JoinConstraint::On(e)) = join_constraint(&j.join_operator) {
-                split_and(e, &mut conjuncts);
-            }
-        }
-    }
-    let single = sharded.len() == 1;
-    let resolve = |parts: &[String]| -> Option<Arc<TableRule>> {
-        match parts {
-            [col] if single && *col == sharded[0].key => Some(sharded[0].clone()),
-            [col] => {
-                // Unqualified: the one sharded table whose key it is.
-                let mut m = sharded.iter().filter(|t| t.key == *col);
-                let first = m.next()?;
-                m.next().is_none().then(|| first.clone())
-            }
-            [.., qual, col] => names
-                .iter()
-                .find(|(n, t)| n == qual && t.key == *col)
-                .map(|(_, t)| t.clone()),
-            [] => None,
-        }
-    };
-    let mut conds: Vec<KeyCondition> = sharded
-        .iter()
-        .map(|t| KeyCondition {
-            table: t.clone(),
-            alternatives: None,
-        })
-        .collect();
-    let mut equated: Vec<(Arc<TableRule>, Arc<TableRule>)> = Vec::new();
-    for c in conjuncts {
-        match key_predicate(c) {
-            Some(KeyPredicate::Values(col, values)) => {
-                if let Some(t) = resolve(&col) {
-                    let slot = conds
-                        .iter_mut()
-                        .find(|k| Arc::ptr_eq(&k.table, &t))
-                        .expect("resolved tables are in sharded");
-                    slot.alternatives = Some(match slot.alternatives.take() {
-                        // Two conditions on the same key: both must hold; keep
-                        // the narrower (a single value beats a list).
-                        Some(prev) if prev.len() <= values.len() => prev,
-                        _ => values,
-                    });
-                }
-            }
-            Some(KeyPredicate::Equated(a, b)) => {
-                if let (Some(ta), Some(tb)) = (resolve(&a), resolve(&b)) {
-                    equated.push((ta, tb));
-                }
-            }
-            None => {}
-        }
-    }
-    // Propagate through key equalities between co-located tables.
-    for _ in 0..conds.len() {
-        for (a, b) in &equated {
-            if a.placement_id() != b.placement_id() {
-                continue;
-            }
-            let va = conds
-                .iter()
-                .find(|k| Arc::ptr_eq(&k.table, a))
-                .and_then(|k| k.alternatives.clone());
-            let vb = conds
-                .iter()
-                .find(|k| Arc::ptr_eq(&k.table, b))
-                .and_then(|k| k.alternatives.clone());
-            for (t, v) in [(b, va), (a, vb)] {
-                if let Some(v) = v {
-                    if let Some(k) = conds.iter_mut().find(|k| Arc::ptr_eq(&k.table, t)) {
-                        if k.alternatives.is_none() {
-                            k.alternatives = Some(v);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Target::Keyed(conds)
-}
-
-fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
-    match op {
-        JoinOperator::Join(c)
-        | JoinOperator::Inner(c)
-        | JoinOperator::Left(c)
-        | JoinOperator::LeftOuter(c)
-        | JoinOperator::Right(c)
-        | JoinOperator::RightOuter(c)
-        | JoinOperator::FullOuter(c)
-        | JoinOperator::Semi(c)
-        | JoinOperator::LeftSemi(c)
-        | JoinOperator::RightSemi(c)
-        | JoinOperator::Anti(c)
-        | JoinOperator::LeftAnti(c)
-        | JoinOperator::RightAnti(c) => Some(c),
-        _ => None,
-    }
-}
-
-fn note_factor(
-    f: &TableFactor,
-    sharded: &[Arc<TableRule>],
-    names: &mut Vec<(String, Arc<TableRule>)>,
-) {
-    if let TableFactor::Table { name, alias, .. } = f {
-        let Some(t) = sharded.iter().find(|t| lookup_name_matches(name, t)) else {
-            return;
-        };
-        names.push((t.name.clone(), t.clone()));
-        if let Some(a) = alias {
-            names.push((
-                normalize_ident(&a.name.value, a.name.quote_style),
-                t.clone(),
-            ));
-        }
-    }
-}
-
-fn lookup_name_matches(name: &ObjectName, t: &TableRule) -> bool {
-    match name.0.last() {
-        Some(ObjectNamePart::Identifier(i)) => normalize_ident(&i.value, i.quote_style) == t.name,
-        _ => false,
-    }
-}
-
-fn split_and<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
-    match e {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            split_and(left, out);
-            split_and(right, out);
-        }
-        Expr::Nested(inner) => split_and(inner, out),
-        other => out.push(other),
-    }
-}
-
-enum KeyPredicate {
-    /// `col = v`, `col IN (...)`, `col = ANY($n)`: the column (as written,
-    /// normalized parts) and the values.
-    Values(Vec<String>, Vec<KeyExpr>),
-    /// `a.col = b.col`
-    Equated(Vec<String>, Vec<String>),
-}
-
-fn column_parts(e: &Expr) -> Option<Vec<String>> {
-    match e {
-        Expr::Identifier(i) => Some(vec![normalize_ident(&i.value, i.quote_style)]),
-        Expr::CompoundIdentifier(parts) => Some(
-            parts
-                .iter()
-                .map(|i| normalize_ident(&i.value, i.quote_style))
-                .collect(),
-        ),
-        Expr::Nested(inner) => column_parts(inner),
-        // `key::text = '42'` and the like still name the key.
-        Expr::Cast { expr, .. } => column_parts(expr),
-        _ => None,
-    }
-}
-
-fn key_predicate(e: &Expr) -> Option<KeyPredicate> {
-    match e {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Eq,
-            right,
-        } => {
-            if let (Some(a), Some(b)) = (column_parts(left), column_parts(right)) {
-                return Some(KeyPredicate::Equated(a, b));
-            }
-            if let (Some(col), Some(v)) = (column_parts(left), key_expr(right)) {
-                return Some(KeyPredicate::Values(col, vec![v]));
-            }
-            if let (Some(col), Some(v)) = (column_parts(right), key_expr(left)) {
-                return Some(KeyPredicate::Values(col, vec![v]));
-            }
-            None
-        }
-        Expr::InList {
-            expr,
-            list,
-            negated: false,
-        } => {
-            let col = column_parts(expr)?;
-            let values: Option<Vec<KeyExpr>> = list.iter().map(key_expr).collect();
-            Some(KeyPredicate::Values(col, values?))
-        }
-        Expr::AnyOp {
-            left,
-            compare_op: BinaryOperator::Eq,
-            right,
-            ..
-        } => {
-            let col = column_parts(left)?;
-            match strip_casts(right) {
-                Expr::Value(v) => match &v.value {
-                    Value::Placeholder(p) => Some(KeyPredicate::Values(
-                        col,
-                        vec![KeyExpr::AnyParam(param_index(p)?)],
-                    )),
-                    _ => None,
-                },
-                Expr::Array(arr) => {
-                    let values: Option<Vec<KeyExpr>> = arr.elem.iter().map(key_expr).collect();
-                    Some(KeyPredicate::Values(col, values?))
-                }
-                _ => None,
-            }
-        }
-        Expr::Nested(inner) => key_predicate(inner),
-        _ => None,
-    }
-}
-
-fn strip_casts(e: &Expr) -> &Expr {
-    match e {
-        Expr::Cast { expr, .. } => strip_casts(expr),
-        Expr::Nested(inner) => strip_casts(inner),
-        other => other,
-    }
-}
-
-/// A key value expression: a literal, a `$n` parameter or NULL (through casts).
-pub fn key_expr(e: &Expr) -> Option<KeyExpr> {
-    match strip_casts(e) {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => Some(KeyExpr::Number(n.to_string())),
-            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
-                Some(KeyExpr::String(s.clone()))
-            }
-            Value::DollarQuotedString(s) => Some(KeyExpr::String(s.value.clone())),
-            Value::Placeholder(p) => Some(KeyExpr::Param(param_index(p)?)),
-            Value::Null => Some(KeyExpr::Null),
-            _ => None,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match strip_casts(expr) {
-            Expr::Value(v) => match &v.value {
-                Value::Number(n, _) => Some(KeyExpr::Number(format!("-{n}"))),
-                _ => None,
-            },
-            _ => None,
-        },
-        Expr::TypedString(ts) => match &ts.value.value {
-            Value::SingleQuotedString(s) => Some(KeyExpr::String(s.clone())),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `$3` -> 2.
-fn param_index(p: &str) -> Option<usize> {
-    p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)
-}
-
-fn plan_insert(ins: &sqlparser::ast::Insert, tables: &Tables) -> Target {
-    let TableObject::TableName(name) = &ins.table else {
-        return Target::Default;
-    };
-    let Some(table) = lookup(name, tables) else {
-        // Inserting into an unsharded table: fine unless the SELECT part
-        // reads sharded tables.
-        return match ins.source.as_ref().map(|q| sharded_tables_in(q.as_ref(), tables)) {
-            Some(found) if found.iter().any(|t| !t.is_reference()) => refuse(
+    if let Some(why) = &fp.not_understood {
+        if let Some(t) = sharded_tables_in(stmt, tables).first() {
+            return refuse(
                 NOT_SUPPORTED,
                 format!(
-                    "INSERT ... SELECT from sharded table \"{}\" into an unsharded table is not supported",
-                    found[0].name
+                    "shardwire cannot tell which shards this statement on table \"{}\" needs: it has {why}",
+                    t.name
                 ),
-                None,
+                Some("rewrite it with plain FROM items, or route it with /* shardwire: shard=... */"),
+            );
+        }
+    }
+    if !fp.sharded.is_empty() {
+        return Target::Keyed(fp.sharded.clone());
+    }
+    if fp.unsharded.is_some() || !fp.reference {
+        Target::Default
+    } else {
+        reference_only
+    }
+}
+
+/// A write to reference table `table`: every shard runs it, so every
+/// shard must compute the same rows; it may read reference tables only.
+fn reference_write<V: Visit>(
+    table: &TableRule,
+    fp: &Footprint,
+    stmt: &V,
+    tables: &Tables,
+) -> Target {
+    let other = fp
+        .sharded
+        .first()
+        .map(|c| format!("sharded table \"{}\"", c.table.name))
+        .or_else(|| {
+            fp.unsharded
+                .as_ref()
+                .map(|u| format!("unsharded table \"{u}\""))
+        });
+    if let Some(other) = other {
+        return refuse(
+            NOT_SUPPORTED,
+            format!(
+                "writing reference table \"{}\" from {other} is not supported: every shard writes its own copy and must compute the same rows",
+                table.name
             ),
-            _ => Target::Default,
-        };
+            Some("read the values first and write them as literals"),
+        );
+    }
+    match footprint_target(fp, stmt, tables, Target::AllShards) {
+        Target::Refused(r) => Target::Refused(r),
+        _ => Target::AllShards,
+    }
+}
+
+fn plan_insert(
+    ins: &sqlparser::ast::Insert,
+    stmt: &Statement,
+    fp: &Footprint,
+    tables: &Tables,
+) -> Target {
+    let TableObject::TableName(name) = &ins.table else {
+        return footprint_target(fp, stmt, tables, Target::Default);
+    };
+    let Some(table) = written_relation(name, tables) else {
+        // An unsharded table (on the default shard): its sources decide.
+        return footprint_target(fp, stmt, tables, Target::Default);
     };
     if table.is_reference() {
-        return Target::AllShards;
+        return reference_write(&table, fp, stmt, tables);
     }
-    let columns: Vec<String> = ins
-        .columns
-        .iter()
-        .filter_map(|c| match c.0.last() {
-            Some(ObjectNamePart::Identifier(i)) => Some(normalize_ident(&i.value, i.quote_style)),
-            _ => None,
-        })
-        .collect();
-    let Some(key_pos) = columns.iter().position(|c| *c == table.key) else {
+    if let Target::Refused(r) = footprint_target(fp, stmt, tables, Target::Default) {
+        return Target::Refused(r);
+    }
+    if let Some(other) = fp.sharded.get(1) {
+        return refuse(
+            NOT_SUPPORTED,
+            format!(
+                "INSERT into sharded table \"{}\" that also reads sharded table \"{}\" is not supported",
+                table.name, other.table.name
+            ),
+            Some("read the values first, then insert them with VALUES"),
+        );
+    }
+    if let Some(OnInsert::OnConflict(oc)) = &ins.on {
+        if let OnConflictAction::DoUpdate(du) = &oc.action {
+            if assigns_key(&du.assignments, &table) {
+                return refuse(
+                    NOT_SUPPORTED,
+                    format!(
+                        "INSERT ... ON CONFLICT DO UPDATE of the shard key \"{}\" of table \"{}\" is not supported: it could move the row to another shard",
+                        table.key, table.name
+                    ),
+                    Some("DELETE the row and INSERT it with the new key"),
+                );
+            }
+        }
+    }
+    let columns: Vec<String> = ins.columns.iter().filter_map(last_ident).collect();
+    let Some(source) = &ins.source else {
         return refuse(
             "23502",
-            if columns.is_empty() {
-                format!(
-                    "INSERT into sharded table \"{}\" must list its columns, including the shard key \"{}\"",
-                    table.name, table.key
-                )
-            } else {
-                format!(
-                    "INSERT into sharded table \"{}\" does not set the shard key \"{}\"",
-                    table.name, table.key
-                )
-            },
-            Some("name the columns and give the shard key a value"),
+            format!(
+                "INSERT into sharded table \"{}\" does not set the shard key \"{}\"",
+                table.name, table.key
+            ),
+            Some("give the shard key a value"),
         );
-    };
-    let Some(source) = &ins.source else {
-        return refuse(NOT_SUPPORTED, "INSERT without VALUES".into(), None);
     };
     let SetExpr::Values(values) = source.body.as_ref() else {
         return refuse(
@@ -2052,35 +1967,83 @@ fn plan_insert(ins: &sqlparser::ast::Insert, tables: &Tables) -> Target {
             Some("insert the rows with VALUES, or route with /* shardwire: shard=... */"),
         );
     };
+    let literal_key = || {
+        refuse(
+            NOT_SUPPORTED,
+            format!(
+                "the shard key \"{}\" of table \"{}\" must be a literal or a parameter in INSERT",
+                table.key, table.name
+            ),
+            Some("compute the key in the application, or route with /* shardwire: shard=... */"),
+        )
+    };
+    if columns.is_empty() {
+        // No column list: the key's position comes from the catalog, at
+        // routing time (the router's column cache).
+        let rows = values
+            .rows
+            .iter()
+            .map(|row| row.content.iter().map(key_expr).collect())
+            .collect();
+        return Target::InsertPositional { table, rows };
+    }
+    let Some(key_pos) = columns.iter().position(|c| *c == table.key) else {
+        return refuse(
+            "23502",
+            format!(
+                "INSERT into sharded table \"{}\" does not set the shard key \"{}\"",
+                table.name, table.key
+            ),
+            Some("name the columns and give the shard key a value"),
+        );
+    };
     let mut rows = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         match row.content.get(key_pos).and_then(key_expr) {
             Some(k) => rows.push(k),
-            None => {
-                return refuse(
-                    NOT_SUPPORTED,
-                    format!(
-                        "the shard key \"{}\" of table \"{}\" must be a literal or a parameter in INSERT",
-                        table.key, table.name
-                    ),
-                    Some("compute the key in the application, or route with /* shardwire: shard=... */"),
-                )
-            }
+            None => return literal_key(),
         }
     }
     Target::Insert { table, rows }
 }
 
-fn plan_update(upd: &sqlparser::ast::Update, tables: &Tables) -> Target {
+/// Whether assignments set the table's shard key.
+fn assigns_key(assignments: &[Assignment], t: &TableRule) -> bool {
+    assignments.iter().any(|a| match &a.target {
+        AssignmentTarget::ColumnName(c) => last_ident(c).as_deref() == Some(t.key.as_str()),
+        AssignmentTarget::Tuple(cs) => cs
+            .iter()
+            .any(|c| last_ident(c).as_deref() == Some(t.key.as_str())),
+    })
+}
+
+/// UPDATE and DELETE: a reference table is written on every shard; any
+/// other write goes where its footprint says.
+fn plan_write(
+    stmt: &Statement,
+    written: Option<&TableFactor>,
+    fp: &Footprint,
+    tables: &Tables,
+) -> Target {
+    let table = match written {
+        Some(TableFactor::Table { name, .. }) => written_relation(name, tables),
+        _ => None,
+    };
+    match table {
+        Some(t) if t.is_reference() => reference_write(&t, fp, stmt, tables),
+        _ => footprint_target(fp, stmt, tables, Target::AllShards),
+    }
+}
+
+fn plan_update(
+    upd: &sqlparser::ast::Update,
+    stmt: &Statement,
+    fp: &Footprint,
+    tables: &Tables,
+) -> Target {
     if let TableFactor::Table { name, .. } = &upd.table.relation {
         if let Some(t) = lookup(name, tables) {
-            let sets_key = upd.assignments.iter().any(|a| match &a.target {
-                AssignmentTarget::ColumnName(c) => last_ident(c).as_deref() == Some(t.key.as_str()),
-                AssignmentTarget::Tuple(cs) => cs
-                    .iter()
-                    .any(|c| last_ident(c).as_deref() == Some(t.key.as_str())),
-            });
-            if sets_key && !t.is_reference() {
+            if !t.is_reference() && assigns_key(&upd.assignments, &t) {
                 return refuse(
                     NOT_SUPPORTED,
                     format!(
@@ -2092,50 +2055,7 @@ fn plan_update(upd: &sqlparser::ast::Update, tables: &Tables) -> Target {
             }
         }
     }
-    let stmt_tables = std::slice::from_ref(&upd.table);
-    plan_tables_where(upd, stmt_tables, upd.selection.as_ref(), tables, true)
-}
-
-fn last_ident(n: &ObjectName) -> Option<String> {
-    match n.0.last() {
-        Some(ObjectNamePart::Identifier(i)) => Some(normalize_ident(&i.value, i.quote_style)),
-        _ => None,
-    }
-}
-
-/// UPDATE and DELETE: reference tables are written everywhere; sharded
-/// ones need key conditions.
-fn plan_tables_where<V: sqlparser::ast::Visit>(
-    stmt: &V,
-    from: &[TableWithJoins],
-    selection: Option<&Expr>,
-    tables: &Tables,
-    writes: bool,
-) -> Target {
-    let reference_only = if writes {
-        Target::AllShards
-    } else {
-        Target::AnyShard
-    };
-    let sharded = match sharded_tables_or(stmt, tables, reference_only) {
-        Ok(x) => x,
-        Err(target) => return target,
-    };
-    let written = from.first().and_then(|t| match &t.relation {
-        TableFactor::Table { name, .. } => lookup(name, tables),
-        _ => None,
-    });
-    if let Some(reference) = written.filter(|t| t.is_reference()) {
-        return refuse(
-            NOT_SUPPORTED,
-            format!(
-                "writing reference table \"{}\" from sharded table \"{}\" is not supported",
-                reference.name, sharded[0].name
-            ),
-            None,
-        );
-    }
-    key_conditions(&sharded, from, selection)
+    plan_write(stmt, Some(&upd.table.relation), fp, tables)
 }
 
 fn plan_copy(
@@ -2144,40 +2064,46 @@ fn plan_copy(
     to: bool,
     target: &CopyTarget,
     tables: &Tables,
-) -> Target {
+) -> (Target, Option<String>) {
     match source {
         CopySource::Table {
             table_name,
             columns,
         } => {
             let Some(table) = lookup(table_name, tables) else {
-                return Target::Default;
+                return (Target::Default, None);
             };
             if to {
-                return if table.is_reference() {
-                    Target::AnyShard
-                } else {
-                    refuse(
-                        NOT_SUPPORTED,
-                        format!(
-                            "COPY {} TO is not supported yet for sharded tables",
-                            table.name
-                        ),
-                        Some(
-                            "use COPY (SELECT ... WHERE <shard key> = ...) TO STDOUT for one shard",
-                        ),
-                    )
-                };
+                return (
+                    if table.is_reference() {
+                        Target::AnyShard
+                    } else {
+                        refuse(
+                            NOT_SUPPORTED,
+                            format!(
+                                "COPY {} TO is not supported yet for sharded tables",
+                                table.name
+                            ),
+                            Some(
+                                "use COPY (SELECT ... WHERE <shard key> = ...) TO STDOUT for one shard",
+                            ),
+                        )
+                    },
+                    None,
+                );
             }
             if !matches!(target, CopyTarget::Stdin) {
-                return refuse(
-                    NOT_SUPPORTED,
-                    "COPY into a sharded table must read FROM STDIN".into(),
+                return (
+                    refuse(
+                        NOT_SUPPORTED,
+                        "COPY into a sharded table must read FROM STDIN".into(),
+                        None,
+                    ),
                     None,
                 );
             }
             if table.is_reference() {
-                return Target::AllShards;
+                return (Target::AllShards, None);
             }
             let key_column = if columns.is_empty() {
                 None
@@ -2187,101 +2113,27 @@ fn plan_copy(
                     .position(|c| normalize_ident(&c.value, c.quote_style) == table.key)
                 {
                     Some(p) => Some(p),
-                    None => {
-                        return refuse(
+                    None => return (
+                        refuse(
                             "23502",
                             format!(
                                 "COPY into sharded table \"{}\" must include the shard key \"{}\"",
                                 table.name, table.key
                             ),
                             None,
-                        )
-                    }
+                        ),
+                        None,
+                    ),
                 }
             };
-            Target::CopyIn { table, key_column }
+            (Target::CopyIn { table, key_column }, None)
         }
         CopySource::Query(q) => {
-            let _ = stmt;
-            plan_query(q, tables)
-        }
-    }
-}
-
-/// The keyword fallback for statements sqlparser cannot parse.
-fn classify_keywords(sql: &str, tables: &Tables) -> StatementPlan {
-    let words: Vec<String> = strip_comments(sql)
-        .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
-        .filter(|w| !w.is_empty())
-        .take(3)
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let first = words.first().map(String::as_str).unwrap_or("");
-    let second = words.get(1).map(String::as_str).unwrap_or("");
-    match (first, second) {
-        ("vacuum" | "analyze" | "analyse" | "cluster" | "reindex", _) => {
-            plan(Kind::Maintenance, true, Target::AllShards)
-        }
-        ("create" | "alter" | "drop", "table" | "index" | "unique") | ("truncate", _) => {
-            plan(Kind::Ddl, true, Target::AllShards)
-        }
-        (
-            "begin" | "start" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release"
-            | "prepare",
-            _,
-        ) if first != "prepare" || second == "transaction" => {
-            plan(Kind::Transaction, false, Target::Default)
-        }
-        ("set" | "reset" | "show", _) => plan(Kind::Set, false, Target::Default),
-        _ => {
-            // Anything else: the default shard, unless a sharded table is named.
-            let lower = sql.to_ascii_lowercase();
-            let named = tables.values().find(|t| {
-                !t.is_reference()
-                    && lower
-                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                        .any(|w| w == t.name)
-            });
-            match named {
-                Some(t) => plan(
-                    Kind::Other,
-                    true,
-                    refuse(
-                        NOT_SUPPORTED,
-                        format!(
-                            "shardwire could not parse this statement, and it names sharded table \"{}\"",
-                            t.name
-                        ),
-                        Some("route it with /* shardwire: shard=... */ or /* shardwire: shard_key=... */"),
-                    ),
-                ),
-                None => plan(Kind::Other, true, Target::Default),
-            }
-        }
-    }
-}
-
-fn strip_comments(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut rest = sql;
-    loop {
-        let block = rest.find("/*");
-        let line = rest.find("--");
-        match (block, line) {
-            (Some(b), l) if l.is_none_or(|l| b < l) => {
-                out.push_str(&rest[..b]);
-                rest = rest[b + 2..].split_once("*/").map(|(_, r)| r).unwrap_or("");
-                out.push(' ');
-            }
-            (_, Some(l)) => {
-                out.push_str(&rest[..l]);
-                rest = rest[l..].split_once('\n').map(|(_, r)| r).unwrap_or("");
-                out.push(' ');
-            }
-            _ => {
-                out.push_str(rest);
-                return out;
-            }
+            let fp = query_footprint(q, tables);
+            (
+                footprint_target(&fp, stmt, tables, Target::AnyShard),
+                fp.unsharded,
+            )
         }
     }
 }

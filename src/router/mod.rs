@@ -7,7 +7,10 @@
 //! No I/O happens here.
 
 pub mod analyze;
+pub mod columns;
+pub mod fallback;
 pub mod hints;
+pub mod occurrences;
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
@@ -447,6 +450,8 @@ pub struct Router {
     shard_names: Vec<String>,
     default_shard: usize,
     cache: Mutex<lru::LruCache<String, Arc<Analysis>>>,
+    /// Column order of tables INSERTed without a column list.
+    pub columns: columns::ColumnCache,
 }
 
 impl std::fmt::Debug for Router {
@@ -475,6 +480,7 @@ impl Router {
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(PARSE_CACHE_SIZE).expect("nonzero"),
             )),
+            columns: columns::ColumnCache::default(),
         }
     }
 
@@ -673,8 +679,17 @@ impl Router {
                 return Err(refusal_error(r));
             }
             Target::Keyed(conds) => {
+                // Every occurrence without a key condition makes the
+                // statement need all of its table's shards: possible for
+                // a merged SELECT or an UPDATE/DELETE of one table, each
+                // shard changing its own rows, and nothing else.
+                let everywhere = conds.len() == 1
+                    && stmt.unsharded.is_none()
+                    && (stmt.merge.is_some() || matches!(stmt.kind, Kind::Update | Kind::Delete));
                 let mut shards: Option<BTreeSet<usize>> = None;
                 for c in conds {
+                    route.table.get_or_insert_with(|| c.table.name.clone());
+                    route.strategy.get_or_insert(c.table.strategy());
                     let set: BTreeSet<usize> = match (&c.alternatives, key_hint) {
                         (_, Some(k)) => {
                             let v = parse_key(c.table.key_type, k).map_err(|m| {
@@ -698,42 +713,57 @@ impl Router {
                                     );
                                 }
                             }
+                            if set.is_empty() {
+                                // `key = ANY('{}')`: no row of this
+                                // occurrence qualifies, on any shard.
+                                continue;
+                            }
                             set
                         }
-                        (None, None) if stmt.merge.is_some() => {
-                            c.table.shards(self.shard_names.len()).into_iter().collect()
-                        }
-                        // An UPDATE or DELETE of one sharded table runs on
-                        // every shard (each changes its own rows; the
-                        // session sums the counts).
-                        (None, None)
-                            if matches!(stmt.kind, Kind::Update | Kind::Delete)
-                                && conds.len() == 1 =>
-                        {
+                        (None, None) if everywhere => {
                             c.table.shards(self.shard_names.len()).into_iter().collect()
                         }
                         (None, None) => {
-                            if let Some(r) = &stmt.merge_refusal {
+                            if let Some(r) =
+                                stmt.merge_refusal.as_ref().filter(|_| conds.len() == 1)
+                            {
                                 return Err(refusal_error(r));
                             }
                             return Err(PgError::error(
                                 "0A000",
                                 format!(
-                                    "this statement needs every shard of table \"{}\" (no condition on its shard key \"{}\"); cross-shard queries are not supported yet",
-                                    c.table.name, c.table.key
+                                    "this statement needs every shard of table \"{}\" (no condition on its shard key \"{}\"{}); cross-shard queries of this shape are not supported yet",
+                                    c.table.name,
+                                    c.table.key,
+                                    if conds.len() > 1 {
+                                        format!(" in one of its {} references to sharded tables", conds.len())
+                                    } else {
+                                        String::new()
+                                    }
                                 ),
                             )
                             .with_hint(analyze::HINT_ADD_KEY));
                         }
                     };
-                    route.table.get_or_insert_with(|| c.table.name.clone());
-                    route.strategy.get_or_insert(c.table.strategy());
                     shards = Some(match shards {
                         None => set,
                         Some(prev) => prev.intersection(&set).copied().collect(),
                     });
                 }
-                let shards = shards.unwrap_or_default();
+                let shards = match shards {
+                    Some(s) => s,
+                    // Every key condition matches no row: one shard
+                    // answers that as well as all of them.
+                    None => {
+                        let held = conds[0].table.shards(self.shard_names.len());
+                        let one = if held.contains(&self.default_shard) {
+                            self.default_shard
+                        } else {
+                            held.first().copied().unwrap_or(self.default_shard)
+                        };
+                        [one].into()
+                    }
+                };
                 if shards.is_empty() {
                     return Err(PgError::error(
                         "0A000",
@@ -741,6 +771,7 @@ impl Router {
                     )
                     .with_hint("join sharded tables only on co-located keys"));
                 }
+                let shards = self.with_unsharded(stmt, shards, route.table.as_deref())?;
                 route.shards = shards.into_iter().collect();
                 route.reason = format!(
                     "{} key of \"{}\"",
@@ -798,35 +829,11 @@ impl Router {
                 }
             }
             Target::Insert { table, rows } => {
-                let mut row_shards = Vec::with_capacity(rows.len());
-                if let Some(k) = key_hint {
-                    let v = parse_key(table.key_type, k).map_err(|m| {
-                        PgError::error("22P02", format!("routing hint shard_key: {m}"))
-                    })?;
-                    let s = table
-                        .shard_for(&v)
-                        .map_err(|m| PgError::error("22023", m))?;
-                    route.keys.push(display_key(&v));
-                    row_shards.resize(rows.len(), s);
-                } else {
-                    for r in rows {
-                        let vs = table.key_value(r, params)?;
-                        let v = vs
-                            .first()
-                            .ok_or_else(|| PgError::error("22P02", "empty key"))?;
-                        route.keys.push(display_key(v));
-                        row_shards
-                            .push(table.shard_for(v).map_err(|m| PgError::error("22023", m))?);
-                    }
-                }
-                let set: BTreeSet<usize> = row_shards.iter().copied().collect();
-                route.shards = set.into_iter().collect();
-                route.table = Some(table.name.clone());
-                route.strategy = Some(table.strategy());
-                route.reason = format!("{} key of \"{}\" in INSERT", table.strategy(), table.name);
-                if route.shards.len() > 1 {
-                    route.row_shards = Some(row_shards);
-                }
+                self.route_insert(stmt, table, rows, params, key_hint, &mut route)?;
+            }
+            Target::InsertPositional { table, rows } => {
+                let rows = self.positional_keys(table, rows)?;
+                self.route_insert(stmt, table, &rows, params, key_hint, &mut route)?;
             }
             Target::CopyIn { table, key_column } => {
                 route.shards = self.all();
@@ -842,6 +849,148 @@ impl Router {
         Ok(route)
     }
 
+    /// An INSERT's rows: which shard each goes to.
+    fn route_insert(
+        &self,
+        stmt: &analyze::StatementPlan,
+        table: &Arc<TableRule>,
+        rows: &[KeyExpr],
+        params: &[Param<'_>],
+        key_hint: Option<&str>,
+        route: &mut Route,
+    ) -> Result<(), PgError> {
+        let mut row_shards = Vec::with_capacity(rows.len());
+        if let Some(k) = key_hint {
+            let v = parse_key(table.key_type, k)
+                .map_err(|m| PgError::error("22P02", format!("routing hint shard_key: {m}")))?;
+            let s = table
+                .shard_for(&v)
+                .map_err(|m| PgError::error("22023", m))?;
+            route.keys.push(display_key(&v));
+            row_shards.resize(rows.len(), s);
+        } else {
+            for r in rows {
+                let vs = table.key_value(r, params)?;
+                let v = vs
+                    .first()
+                    .ok_or_else(|| PgError::error("22P02", "empty key"))?;
+                route.keys.push(display_key(v));
+                row_shards.push(table.shard_for(v).map_err(|m| PgError::error("22023", m))?);
+            }
+        }
+        let set: BTreeSet<usize> = row_shards.iter().copied().collect();
+        let set = self.with_unsharded(stmt, set, Some(&table.name))?;
+        route.shards = set.into_iter().collect();
+        route.table = Some(table.name.clone());
+        route.strategy = Some(table.strategy());
+        route.reason = format!("{} key of \"{}\" in INSERT", table.strategy(), table.name);
+        if route.shards.len() > 1 {
+            route.row_shards = Some(row_shards);
+        }
+        Ok(())
+    }
+
+    /// The key of each row of an INSERT without a column list, by the
+    /// key's position among the table's columns (the column cache).
+    fn positional_keys(
+        &self,
+        table: &TableRule,
+        rows: &[Vec<Option<KeyExpr>>],
+    ) -> Result<Vec<KeyExpr>, PgError> {
+        let columns = self.columns.get(&table.name).ok_or_else(|| {
+            PgError::error(
+                "0A000",
+                format!(
+                    "the column order of table \"{}\" is not known here, so an INSERT without a column list cannot be routed",
+                    table.name
+                ),
+            )
+            .with_hint("list the columns: INSERT INTO t (col, ...) VALUES ...")
+        })?;
+        let pos = columns
+            .iter()
+            .position(|c| *c == table.key)
+            .ok_or_else(|| {
+                PgError::error(
+                    "42703",
+                    format!(
+                        "table \"{}\" has no column \"{}\", its configured shard key",
+                        table.name, table.key
+                    ),
+                )
+            })?;
+        rows.iter()
+            .map(|row| match row.get(pos) {
+                Some(Some(k)) => Ok(k.clone()),
+                Some(None) => Err(PgError::error(
+                    "0A000",
+                    format!(
+                        "the shard key \"{}\" of table \"{}\" must be a literal or a parameter in INSERT",
+                        table.key, table.name
+                    ),
+                )
+                .with_hint("compute the key in the application, or route with /* shardwire: shard=... */")),
+                None => Err(PgError::error(
+                    "23502",
+                    format!(
+                        "INSERT into sharded table \"{}\" does not set the shard key \"{}\" (column {} of the table)",
+                        table.name,
+                        table.key,
+                        pos + 1
+                    ),
+                )
+                .with_hint("give the shard key a value")),
+            })
+            .collect()
+    }
+
+    /// A statement that names an unsharded table runs on the default
+    /// shard, where that table's rows are, or is refused.
+    fn with_unsharded(
+        &self,
+        stmt: &analyze::StatementPlan,
+        shards: BTreeSet<usize>,
+        sharded: Option<&str>,
+    ) -> Result<BTreeSet<usize>, PgError> {
+        let Some(unsharded) = &stmt.unsharded else {
+            return Ok(shards);
+        };
+        if shards.len() == 1 && shards.contains(&self.default_shard) {
+            return Ok(shards);
+        }
+        let names: Vec<&str> = shards
+            .iter()
+            .map(|&s| self.shard_names[s].as_str())
+            .collect();
+        Err(PgError::error(
+            "0A000",
+            format!(
+                "this statement reads unsharded table \"{unsharded}\", which lives on the default shard \"{}\", and sharded table \"{}\" on shard(s) {}",
+                self.shard_names[self.default_shard],
+                sharded.unwrap_or(""),
+                names.join(", ")
+            ),
+        )
+        .with_hint("query the unsharded table separately, or make it a reference table ([[tables]] strategy = \"reference\")"))
+    }
+
+    /// Tables of INSERTs without a column list in `analysis` whose column
+    /// order the router does not know (the session reads it first).
+    pub fn missing_columns(&self, analysis: &Analysis) -> Vec<Arc<TableRule>> {
+        analysis
+            .statements
+            .iter()
+            .filter_map(|s| match &s.target {
+                Target::InsertPositional { table, .. }
+                    if self.columns.get(&table.name).is_none() =>
+                {
+                    Some(table.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn route_by_key_hint(
         &self,
         stmt: &analyze::StatementPlan,
@@ -851,7 +1000,9 @@ impl Router {
         // The first sharded table of the statement decides.
         let table = match &stmt.target {
             Target::Keyed(c) => c.first().map(|c| c.table.clone()),
-            Target::Insert { table, .. } | Target::CopyIn { table, .. } => Some(table.clone()),
+            Target::Insert { table, .. }
+            | Target::InsertPositional { table, .. }
+            | Target::CopyIn { table, .. } => Some(table.clone()),
             _ => None,
         }
         .or_else(|| {
@@ -882,11 +1033,14 @@ impl Router {
 }
 
 #[cfg(test)]
+mod invariant_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::sharding::{RangeBound, RangeSpec};
 
-    fn router() -> Router {
+    pub(super) fn router() -> Router {
         let shards = ["s0", "s1"];
         let ring = || HashRing::new(&shards, 64).unwrap();
         let tables = vec![
@@ -942,7 +1096,7 @@ mod tests {
         router().route(sql, &[], &SessionHints::default())
     }
 
-    fn shard_of(aid: i64) -> usize {
+    pub(super) fn shard_of(aid: i64) -> usize {
         HashRing::new(&["s0", "s1"], 64)
             .unwrap()
             .shard_for(&KeyValue::Int(aid))
@@ -1382,8 +1536,62 @@ mod tests {
         let e = route("insert into accounts (abalance) values (1)").unwrap_err();
         assert_eq!(e.code, "23502");
         assert!(e.message.contains("\"aid\""));
-        let e = route("insert into accounts values (1, 2)").unwrap_err();
-        assert!(e.message.contains("must list its columns"));
+        // Without a column list, the key's position comes from the
+        // column cache the session fills from the catalog.
+        let r = router();
+        let e = r
+            .route(
+                "insert into accounts values (1, 2)",
+                &[],
+                &SessionHints::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "0A000");
+        assert!(e.message.contains("column order"), "{}", e.message);
+        assert_eq!(
+            r.missing_columns(&r.analysis("insert into accounts values (1, 2)"))
+                .len(),
+            1
+        );
+        r.columns.put(
+            "accounts",
+            vec!["bid".into(), "aid".into(), "abalance".into()],
+        );
+        let one = r
+            .route(
+                "insert into accounts values (10, 7, 0)",
+                &[],
+                &SessionHints::default(),
+            )
+            .unwrap();
+        assert_eq!(one.shards, vec![shard_of(7)]);
+        let two = r
+            .route(
+                "insert into accounts values (10, 7, 0), (10, $1, 0)",
+                &[Param {
+                    value: Some(b"8"),
+                    binary: false,
+                }],
+                &SessionHints::default(),
+            )
+            .unwrap();
+        assert_eq!(two.keys, vec!["7", "8"]);
+        let e = r
+            .route(
+                "insert into accounts values (10)",
+                &[],
+                &SessionHints::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "23502");
+        let e = r
+            .route(
+                "insert into accounts values (10, 3 + 4)",
+                &[],
+                &SessionHints::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "0A000");
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl CopyFormat {
     /// The format of a `COPY ... FROM STDIN` statement; binary is refused.
     pub fn from_sql(sql: &str) -> Result<Self, String> {
         let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-            .or_else(|e| match crate::router::analyze::lenient_copy(sql) {
+            .or_else(|e| match crate::router::fallback::lenient_copy(sql) {
                 Some(s) => Parser::parse_sql(&PostgreSqlDialect {}, &s),
                 None => Err(e),
             })
@@ -340,7 +340,7 @@ mod tests {
         let f = CopyFormat::from_sql("copy pgbench_accounts from stdin with (freeze on)").unwrap();
         assert!(!f.csv);
         assert_eq!(
-            crate::router::analyze::lenient_copy("copy t from stdin with (freeze on, format csv)")
+            crate::router::fallback::lenient_copy("copy t from stdin with (freeze on, format csv)")
                 .as_deref(),
             Some("copy t from stdin with (freeze, format csv)")
         );

@@ -19,6 +19,7 @@
 //! - `wanted_params`: the client's session parameters (client_encoding,
 //!   DateStyle, application_name, ...) applied to each server at checkout.
 
+mod catalog;
 mod copysplit;
 mod fence;
 mod lanes;
@@ -2199,6 +2200,10 @@ where
             return self.timed_multi_query(&frame, &sql).await;
         }
         let analysis = self.router.analysis(&sql);
+        if let Err(e) = self.learn_columns(&analysis).await {
+            self.refuse(e, true);
+            return Ok(());
+        }
         let synthetic = |s: &mut Self, tag: &str| {
             let mut buf = BytesMut::new();
             protocol::command_complete(&mut buf, tag);
@@ -2318,6 +2323,10 @@ where
                         return Ok(());
                     }
                     let analysis = self.router.analysis(&sql);
+                    if let Err(e) = self.learn_columns(&analysis).await {
+                        self.refuse(e, false);
+                        return Ok(());
+                    }
                     if routing::is_neutral(&analysis) {
                         None
                     } else {

@@ -127,7 +127,13 @@ where
     async fn broadcast(&mut self, sql: &str, route: &Route, analysis: &Analysis) {
         let atomic = !needs_no_transaction(sql, analysis);
         let work = query_work(&route.shards, sql);
-        match self.run_on_shards(&work, atomic).await {
+        let result = self.run_on_shards(&work, atomic).await;
+        if analysis.statements.iter().any(|s| s.kind == Kind::Ddl) {
+            // A migration changed tables: INSERTs without a column list
+            // read their column order again.
+            self.router.columns.clear();
+        }
+        match result {
             Ok(results) => {
                 let mut out = BytesMut::new();
                 if let Some(first) = results.first() {
@@ -207,7 +213,7 @@ where
         // The key's position among the copied columns.
         let key_column = match split.key_column {
             Some(k) => Ok(k),
-            None => key_position(&mut conns[0], &table).await,
+            None => super::catalog::key_position(&mut conns[0], &table).await,
         };
         let key_column = match key_column {
             Ok(k) => k,
@@ -776,54 +782,6 @@ async fn start_copy(
             _ => {}
         }
     }
-}
-
-/// The position of the table's shard key among all its columns (a COPY
-/// without a column list copies them all), asked of the shard's catalog.
-pub(super) async fn key_position(
-    conn: &mut PooledConn,
-    table: &TableRule,
-) -> Result<usize, PgError> {
-    let name = protocol::quote_literal(&protocol::quote_ident(&table.name));
-    let key = protocol::quote_literal(&table.key);
-    let sql = format!(
-        "select (select count(*) from pg_attribute b where b.attrelid = a.attrelid and b.attnum > 0 \
-         and not b.attisdropped and b.attnum < a.attnum) from pg_attribute a \
-         where a.attrelid = to_regclass({name}) and a.attname = {key} and not a.attisdropped"
-    );
-    let c = conn
-        .run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024)
-        .await
-        .map_err(|e| e.to_pg())?;
-    if let Some(e) = c.error {
-        let fields = protocol::error_fields(protocol::body(&e));
-        let m = fields
-            .iter()
-            .find(|(c, _)| *c == b'M')
-            .map(|(_, m)| m.clone())
-            .unwrap_or_default();
-        return Err(PgError::error(
-            sqlstate::INTERNAL_ERROR,
-            format!("cannot find the shard key column: {m}"),
-        ));
-    }
-    let value = c.frames.iter().find(|f| f[0] == b'D').and_then(|f| {
-        let mut r = BodyReader::new(protocol::body(f), "DataRow");
-        let _n = r.i16().ok()?;
-        let len = r.i32().ok()?;
-        let v = r.bytes(usize::try_from(len).ok()?).ok()?;
-        std::str::from_utf8(v).ok()?.parse::<usize>().ok()
-    });
-    value.ok_or_else(|| {
-        PgError::error(
-            "42703",
-            format!(
-                "COPY into sharded table \"{}\": cannot find its shard key column \"{}\"",
-                table.name, table.key
-            ),
-        )
-        .with_hint("list the columns: COPY table (col, ...) FROM STDIN")
-    })
 }
 
 /// The shard of one COPY row.

@@ -120,6 +120,10 @@ where
                     return Ok(());
                 };
                 let analysis = self.router.analysis(&sql);
+                if let Err(e) = self.learn_columns(&analysis).await {
+                    self.multi_extended_fail(e);
+                    return Ok(());
+                }
                 let ends = match routing::tx_control(&sql, &analysis) {
                     Some(TxControl::End(tag)) => Some(tag == "COMMIT"),
                     _ => None,

@@ -30,6 +30,8 @@ pub(super) struct MultiTx {
     /// The implicit transaction of one extended batch (multiext.rs): the
     /// client's Sync commits it.
     pub(super) implicit: bool,
+    /// A statement of the transaction was DDL (see `multi_finish`).
+    pub(super) ran_ddl: bool,
 }
 
 const OUTCOME: &str = "; the transaction is aborted on every shard";
@@ -80,6 +82,7 @@ where
             begin,
             failed: false,
             implicit: false,
+            ran_ddl: false,
         });
     }
 
@@ -105,6 +108,10 @@ where
     /// A simple query in a multi-shard transaction.
     pub(super) async fn multi_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
         let analysis = self.router.analysis(sql);
+        if let Err(e) = self.learn_columns(&analysis).await {
+            self.multi_fail(e);
+            return Ok(());
+        }
         match routing::tx_control(sql, &analysis) {
             Some(TxControl::Begin) => {
                 let mut out = BytesMut::new();
@@ -137,6 +144,11 @@ where
                 "savepoints and transaction control inside a query string are not supported in a transaction over several shards",
             ));
             return Ok(());
+        }
+        if analysis.statements.iter().any(|s| s.kind == Kind::Ddl) {
+            if let Some(m) = self.multi.as_mut() {
+                m.ran_ddl = true;
+            }
         }
         let held: Vec<usize> = self.multi_shards();
         if routing::is_neutral(&analysis) {
@@ -371,7 +383,7 @@ where
             .collect();
         let key_column = match split.key_column {
             Some(k) => Ok(k),
-            None => super::multi::key_position(&mut conns[0], &table).await,
+            None => super::catalog::key_position(&mut conns[0], &table).await,
         };
         let mut clean = vec![true; conns.len()];
         let result = match key_column {
@@ -427,6 +439,7 @@ where
     pub(super) async fn multi_finish(&mut self, commit: bool) -> Option<BytesMut> {
         let m = self.multi.take()?;
         let commit = commit && !m.failed;
+        let ran_ddl = m.ran_ddl;
         let mut conns = Vec::new();
         let mut names = Vec::new();
         let mut shards = Vec::new();
@@ -454,6 +467,11 @@ where
             }
         }
         self.tx_status = b'I';
+        if commit && ran_ddl {
+            // A migration changed tables: INSERTs without a column list
+            // read their column order again.
+            self.router.columns.clear();
+        }
         failure.filter(|_| commit)
     }
 }
