@@ -61,7 +61,8 @@ pub fn classify_keywords(sql: &str, tables: &Tables) -> StatementPlan {
         ("prepare", "transaction") | ("commit" | "rollback", "prepared") => {
             plan(Kind::Transaction, false, Target::Default)
         }
-        ("set" | "reset" | "show", _) if named().is_none() => plan(Kind::Set, false, Target::Default),
+        // A setting's value may spell a table's name; it reads no table.
+        ("set" | "reset" | "show", _) => plan(Kind::Set, false, Target::Default),
         _ => match named() {
             // Anything else naming a configured table: where it would have
             // to go (which shards, every copy of a reference table) is not
