@@ -1952,6 +1952,29 @@ where
                 Err(_) => return self.lose_server("no answer to earlier statements".into()),
             }
             self.drain_server_frames()?;
+            // Answers beyond HIGH_WATER wait in the server's buffer until
+            // the client takes what is due: give it now, or the next read
+            // would wait for data the server already sent.
+            while self.client_out.len() >= HIGH_WATER {
+                let (wr, out) = (&mut self.client_wr, &self.client_out);
+                let written = async {
+                    wr.write_all(out).await?;
+                    wr.flush().await
+                };
+                match tokio::time::timeout_at(deadline, written).await {
+                    Ok(Ok(())) => {
+                        self.client_out.clear();
+                        self.client_unflushed = false;
+                    }
+                    Ok(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
+                    Err(_) => {
+                        return Err(SessionEnd::ClientGone(
+                            "the client took no data while earlier answers were due".into(),
+                        ))
+                    }
+                }
+                self.drain_server_frames()?;
+            }
             if release && !self.pending.iter().any(is_request) {
                 self.maybe_release();
             }
