@@ -1380,7 +1380,11 @@ where
         if self.portal.is_some() && self.portal_frame(&frame).await? {
             return Ok(());
         }
-        if self.server.is_none() && self.multi.is_none() && self.held.is_empty() {
+        if self.server.is_none()
+            && self.multi.is_none()
+            && self.held.is_empty()
+            && self.deferred_begin.is_none()
+        {
             self.follow_config();
         }
         if tag == fe::BIND && self.try_lane(&frame).await? {
