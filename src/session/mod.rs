@@ -2233,16 +2233,21 @@ where
             s.pending.push_back(Pending::SyntheticReady);
             s.emit_synthetic();
         };
+        // PostgreSQL's tag for START TRANSACTION is its own.
+        let begin_tag = match sql.trim_start().get(..5) {
+            Some(w) if w.eq_ignore_ascii_case("start") => "START TRANSACTION",
+            _ => "BEGIN",
+        };
         match routing::tx_control(&sql, &analysis) {
             Some(TxControl::Begin) if self.deferred_begin.is_some() => {
                 return {
-                    synthetic(self, "BEGIN");
+                    synthetic(self, begin_tag);
                     Ok(())
                 }
             }
             Some(TxControl::Begin) if self.server.is_none() || self.tx_status == b'I' => {
                 self.deferred_begin = Some(frame.freeze());
-                synthetic(self, "BEGIN");
+                synthetic(self, begin_tag);
                 return Ok(());
             }
             Some(TxControl::End(tag)) if self.deferred_begin.is_some() => {
