@@ -37,3 +37,4 @@ mod shutdown;
 mod tls;
 mod topology;
 mod twophase;
+mod txabort;
