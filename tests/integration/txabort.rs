@@ -992,3 +992,88 @@ fn pipelined_statements_after_a_refusal() {
         drop_tables(&shards, settings, sharded).await;
     });
 }
+
+/// The proxy's other refusals abort a transaction too: a statement over
+/// the user's rate limit, and a server that could not be checked out for
+/// a deferred transaction's first statement.
+#[test]
+fn rate_limit_and_checkout_failures_abort_the_transaction() {
+    let (settings, sharded) = ("txr_settings", "txr_acc");
+    let proxy = TestProxy::start(|c| {
+        set_tables(c, &tables_toml(&[sharded]));
+        add_user(
+            c,
+            "name = \"rl\"\npassword = \"rl\"\nauth = \"md5\"\nserver_user = \"app\"\nserver_password = \"app\"\nrate_limit = 1.0\nrate_limit_burst = 4.0\nrate_limit_action = \"error\"",
+        );
+        set(c, "pool.max_size", 1);
+        set(c, "pool.checkout_timeout", "1s");
+    });
+    block_on(Duration::from_secs(300), async {
+        let shards = create_tables(settings, sharded).await;
+        let left = || async {
+            query_count(
+                &shards[0],
+                &format!("select count(*) from {settings} where k = 'rl'"),
+            )
+            .await
+        };
+
+        // Rate limit: BEGIN and the INSERT take two of the four tokens;
+        // of the statements pipelined behind them some are refused (53400),
+        // and from the first refusal on the transaction is aborted.
+        let (c, _task) = connect(&proxy.pg_config("rl", "rl")).await;
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query(&format!("insert into {settings} values ('rl', 'v')"))
+            .await
+            .expect("insert");
+        let results =
+            futures_util::future::join_all((0..8).map(|_| c.simple_query("select 1"))).await;
+        let first_error = results
+            .iter()
+            .position(Result::is_err)
+            .expect("a statement over the rate limit");
+        assert_eq!(
+            sqlstate(results[first_error].as_ref().expect_err("error")),
+            "53400"
+        );
+        for r in &results[first_error..] {
+            let code = sqlstate(r.as_ref().expect_err("after the refusal"));
+            assert!(code == "53400" || code == "25P02", "{code}");
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let e = c.simple_query("select 1").await.expect_err("aborted");
+        assert_eq!(sqlstate(&e), "25P02", "{e}");
+        c.simple_query("commit").await.expect("commit");
+        assert_eq!(left().await, 0);
+        drop(c);
+
+        // A checkout timeout for the first statement of a deferred
+        // transaction: the one server of s0 is busy in A's transaction.
+        let (a, _ta) = connect_url(&proxy.url()).await;
+        a.simple_query("begin; select 1")
+            .await
+            .expect("A's transaction");
+        let mut b = Raw::connect(proxy.port).await;
+        assert_eq!(b.simple("begin").await.status, 'T');
+        let insert = format!("insert into {settings} values ('b', 'v')");
+        let o = b.simple(&insert).await;
+        assert_eq!((o.codes.len(), o.status), (1, 'E'), "{o:?}");
+        // Anything but COMMIT/ROLLBACK needs the failed transaction on a
+        // server: no server yet, so the same error.
+        let o = b.simple("select 1").await;
+        assert_eq!((o.codes.len(), o.status), (1, 'E'), "{o:?}");
+        a.simple_query("commit").await.expect("A's commit");
+        let o = b.simple("select 1").await;
+        assert_eq!(o.codes, ["25P02"], "{o:?}");
+        assert_eq!(o.status, 'E');
+        let o = b.simple("commit").await;
+        assert_eq!(
+            (o.tags.as_slice(), o.status),
+            (&["ROLLBACK".to_string()][..], 'I')
+        );
+        let o = b.simple("select 1").await;
+        assert_eq!((o.codes.len(), o.status), (0, 'I'), "{o:?}");
+        drop(a);
+        drop_tables(&shards, settings, sharded).await;
+    });
+}
