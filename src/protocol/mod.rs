@@ -285,6 +285,7 @@ pub mod sqlstate {
     pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const T_R_SERIALIZATION_FAILURE: &str = "40001";
     pub const OBJECT_IN_USE: &str = "55006";

@@ -93,6 +93,16 @@ const SLOW_LOG_SQL_MAX: usize = 2000;
 /// server's unnamed statement is still the one this client created.
 static NEXT_UNNAMED_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Where `failed_tx_gate` sends a client message.
+enum FailedTx {
+    /// Routed as usual: no transaction has failed.
+    Route,
+    /// To the held server as it is: its transaction has failed.
+    AsIs,
+    /// Answered already (or skipped).
+    Answered,
+}
+
 /// What a server response ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -154,9 +164,11 @@ enum Pending {
     /// The answer to `SHOW shardwire.causal_token`, rendered when it
     /// reaches the head (after any LSN probe sent before it).
     CausalToken,
-    /// A Parse of invalid SQL the proxy sent to make the server fail the
-    /// batch (rolling back its implicit transaction) after the proxy
-    /// refused a statement in it; its ErrorResponse is swallowed.
+    /// A statement of invalid SQL the proxy sent to make the server fail
+    /// as the client's statement would have, after the proxy refused that
+    /// statement (see `refuse`): a Parse fails the extended batch (and its
+    /// transaction), a Query the transaction block. Its ErrorResponse is
+    /// swallowed.
     Abort,
 }
 
@@ -301,6 +313,15 @@ pub struct Session<R, W> {
     /// A BEGIN the client sent that no shard has seen yet: it goes to the
     /// shard of the transaction's first statement.
     deferred_begin: Option<Bytes>,
+    /// A statement of the deferred transaction failed before any server
+    /// saw the BEGIN (the proxy refused it): the client's transaction is
+    /// aborted with no server holding it (see `failed_tx_gate`).
+    deferred_failed: bool,
+    /// The proxy sent the held server a statement that fails on purpose
+    /// (`abort_server_tx`, `Pending::Abort`) and has maybe not seen its
+    /// ReadyForQuery yet, so `tx_status` may be stale: the next routed
+    /// statement first waits for the server's answers.
+    abort_in_flight: bool,
     /// Extended-protocol messages held until their batch is routed (only
     /// while no server is held).
     held: Vec<BytesMut>,
@@ -411,6 +432,8 @@ where
             router: setup.router,
             hints: SessionHints::default(),
             deferred_begin: None,
+            deferred_failed: false,
+            abort_in_flight: false,
             held: Vec::new(),
             unnamed_sql: None,
             pool_mode: setup.pool_mode,
@@ -1315,10 +1338,15 @@ where
         }
     }
 
-    /// The transaction status the client sees: a deferred BEGIN counts.
+    /// The transaction status the client sees: a deferred BEGIN counts,
+    /// failed or not.
     fn client_status(&self) -> u8 {
         if self.deferred_begin.is_some() && self.tx_status == b'I' {
-            b'T'
+            if self.deferred_failed {
+                b'E'
+            } else {
+                b'T'
+            }
         } else {
             self.tx_status
         }
@@ -1381,7 +1409,11 @@ where
         if self.portal.is_some() && self.portal_frame(&frame).await? {
             return Ok(());
         }
-        if self.server.is_none() && self.multi.is_none() && self.held.is_empty() {
+        if self.server.is_none()
+            && self.multi.is_none()
+            && self.held.is_empty()
+            && self.deferred_begin.is_none()
+        {
             self.follow_config();
         }
         if tag == fe::BIND && self.try_lane(&frame).await? {
@@ -1404,7 +1436,15 @@ where
                 _ => {}
             }
         }
-        if self.routing {
+        let mut route = self.routing;
+        if route && (self.tx_status == b'E' || self.deferred_failed || self.abort_in_flight) {
+            match self.failed_tx_gate(&frame).await? {
+                FailedTx::Answered => return Ok(()),
+                FailedTx::AsIs => route = false,
+                FailedTx::Route => {}
+            }
+        }
+        if route {
             if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) && self.only_lsn_probe_pending() {
                 // The statement may need several shards (no held server).
                 self.settle_held_server().await?;
@@ -1493,6 +1533,92 @@ where
             }
         }
         Ok(())
+    }
+
+    /// A client message while its transaction has failed, or may have
+    /// (rare: `on_client_frame` calls this only then). PostgreSQL answers
+    /// every statement of a failed transaction with 25P02 until it ends
+    /// (COMMIT answering ROLLBACK); ROLLBACK TO SAVEPOINT may revive it.
+    /// Routing such a statement could answer another error, or send it to
+    /// another shard, so it goes as is to the server that holds the failed
+    /// transaction, which answers as PostgreSQL does. A failed deferred
+    /// transaction (no server has it) ends here at a lone COMMIT or
+    /// ROLLBACK; anything else first makes a server hold it, failed.
+    async fn failed_tx_gate(&mut self, frame: &[u8]) -> Result<FailedTx, SessionEnd> {
+        let tag = frame[0];
+        if self.multi.is_some() {
+            return Ok(FailedTx::Route); // multitx.rs has its own failed flag
+        }
+        if self.deferred_failed {
+            // Sync (ReadyForQuery says 'E'), Flush, and Close (which works
+            // the same in a failed transaction) need no server.
+            if !matches!(
+                tag,
+                fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::FUNCTION_CALL
+            ) {
+                return Ok(FailedTx::Route);
+            }
+            if tag == fe::QUERY {
+                let body = protocol::body(frame);
+                let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
+                let analysis = self.router.analysis(&sql);
+                if let Some(TxControl::End(_)) = routing::tx_control(&sql, &analysis) {
+                    // No server has the transaction: end it here.
+                    self.deferred_begin = None;
+                    self.deferred_failed = false;
+                    let mut out = BytesMut::new();
+                    protocol::command_complete(&mut out, "ROLLBACK");
+                    self.pending
+                        .push_back(Pending::SyntheticFrame(out.freeze()));
+                    self.pending.push_back(Pending::SyntheticReady);
+                    self.emit_synthetic();
+                    return Ok(FailedTx::Answered);
+                }
+            }
+            // The BEGIN and a failing statement go first (`ensure_shard`);
+            // then the server answers this message as PostgreSQL would.
+            let shard = self.server_shard_or_default();
+            let simple = matches!(tag, fe::QUERY | fe::FUNCTION_CALL);
+            if self.ensure_shard(shard, simple, true).await {
+                // Messages held for routing go first, in order.
+                self.replay_held().await?;
+                return Ok(FailedTx::AsIs);
+            }
+            return Ok(FailedTx::Answered); // the client has the checkout's error
+        }
+        if self.server.is_none() {
+            self.abort_in_flight = false; // the server answered and went
+            return Ok(FailedTx::Route);
+        }
+        // Only a Query or a Bind is routed while a server is held.
+        if self.copy_open || !matches!(tag, fe::QUERY | fe::BIND) {
+            return Ok(FailedTx::Route);
+        }
+        let owes = self
+            .pending
+            .iter()
+            .any(|p| matches!(p, Pending::Request { .. }));
+        if owes {
+            // What the server still owes may change its status (the
+            // proxy's abort, a pipelined ROLLBACK): learn it first. A
+            // Flush makes it answer the current batch so far, too.
+            let mut flush = BytesMut::new();
+            let at = protocol::begin_frame(&mut flush, fe::FLUSH);
+            protocol::finish_frame(&mut flush, at);
+            self.server_out.extend_from_slice(&flush);
+            self.flush_point();
+            self.drain_requests(false).await?;
+        }
+        self.abort_in_flight = false;
+        if self.skip_until_sync {
+            // The server failed this batch meanwhile: this message is
+            // skipped, as the server would skip it.
+            return Ok(FailedTx::Answered);
+        }
+        if self.server.is_some() && self.tx_status == b'E' {
+            return Ok(FailedTx::AsIs);
+        }
+        Ok(FailedTx::Route)
     }
 
     /// Wait for (or be refused) a token of the user's query rate limit.
@@ -1844,6 +1970,12 @@ where
         if start_tx {
             if let Some(begin) = self.deferred_begin.take() {
                 self.send(&begin, Expect::Ready, false, None);
+                if std::mem::take(&mut self.deferred_failed) {
+                    // A statement of this transaction was refused before
+                    // any server saw it: the server's transaction starts
+                    // failed, and answers what follows as PostgreSQL.
+                    self.abort_server_tx(false);
+                }
             }
         }
         true
@@ -1953,6 +2085,29 @@ where
                 Err(_) => return self.lose_server("no answer to earlier statements".into()),
             }
             self.drain_server_frames()?;
+            // Answers beyond HIGH_WATER wait in the server's buffer until
+            // the client takes what is due: give it now, or the next read
+            // would wait for data the server already sent.
+            while self.client_out.len() >= HIGH_WATER {
+                let (wr, out) = (&mut self.client_wr, &self.client_out);
+                let written = async {
+                    wr.write_all(out).await?;
+                    wr.flush().await
+                };
+                match tokio::time::timeout_at(deadline, written).await {
+                    Ok(Ok(())) => {
+                        self.client_out.clear();
+                        self.client_unflushed = false;
+                    }
+                    Ok(Err(e)) => return Err(SessionEnd::ClientGone(e.to_string())),
+                    Err(_) => {
+                        return Err(SessionEnd::ClientGone(
+                            "the client took no data while earlier answers were due".into(),
+                        ))
+                    }
+                }
+                self.drain_server_frames()?;
+            }
             if release && !self.pending.iter().any(is_request) {
                 self.maybe_release();
             }
@@ -2089,23 +2244,57 @@ where
     /// Answer the client with an error instead of the server: then
     /// ReadyForQuery for a simple query, or skip the rest of the extended
     /// batch up to Sync.
+    ///
+    /// The statement failed, so its transaction fails too, exactly as a
+    /// server's error would fail it (DESIGN §3): later statements get
+    /// `25P02` and COMMIT answers ROLLBACK. Where that transaction lives
+    /// decides how:
+    /// - on the held server: the server is made to fail too
+    ///   (`abort_server_tx`, or a Parse of invalid SQL in the extended
+    ///   protocol), so from then on the server itself answers as
+    ///   PostgreSQL does (25P02, ROLLBACK TO SAVEPOINT, COMMIT's ROLLBACK);
+    ///   `failed_tx_gate` sends it the client's statements as they are;
+    /// - in a deferred BEGIN no server has seen: `deferred_failed`;
+    /// - over several shards: `MultiTx::failed`.
+    ///
+    /// Outside a transaction nothing else changes.
     fn refuse(&mut self, err: PgError, simple: bool) {
         self.proxy.metrics.error(err.code);
+        // The server may still owe answers that change its status (a
+        // pipelined "BEGIN; ..." string), so only an idle server outside a
+        // transaction is known to need no abort.
+        let server_busy = self.tx_status != b'I' || !self.pending.is_empty();
         let mut buf = BytesMut::new();
         err.encode(&mut buf);
         self.pending
             .push_back(Pending::SyntheticFrame(buf.freeze()));
+        if let Some(m) = self.multi.as_mut() {
+            m.failed = true;
+            self.tx_status = b'E';
+        } else if self.deferred_begin.is_some() {
+            self.deferred_failed = true;
+        }
+        // A server in COPY FROM STDIN takes no statements.
+        let server_tx = self.server.is_some() && !self.copy_open;
         if simple {
-            self.pending.push_back(Pending::SyntheticReady);
+            if server_tx && server_busy {
+                // The server's ReadyForQuery ('E' in a transaction block)
+                // is the client's.
+                self.abort_server_tx(true);
+            } else {
+                self.pending.push_back(Pending::SyntheticReady);
+            }
         } else {
             self.skip_until_sync = true;
             self.held.clear();
             self.held_read = None;
             self.held_mixed = false;
-            if self.server.is_some() && self.tx_status == b'I' && !self.copy_open {
+            if server_tx {
                 // Earlier statements of this batch run in its implicit
-                // transaction: PostgreSQL would roll them back with the
-                // failed statement, so make the server fail too.
+                // transaction, or in the client's transaction block:
+                // PostgreSQL would roll back the one and fail the other
+                // with the failed statement, so make the server fail too.
+                // The client's Sync brings the server's ReadyForQuery.
                 let mut parse = BytesMut::new();
                 rebuild(
                     fe::PARSE,
@@ -2116,12 +2305,38 @@ where
                 );
                 self.server_out.extend_from_slice(&parse);
                 self.pending.push_back(Pending::Abort);
+                self.abort_in_flight = true;
                 if let Some(s) = self.server.as_deref_mut() {
                     s.unnamed = None;
                 }
             }
         }
         self.emit_synthetic();
+    }
+
+    /// Fail the held server's transaction block (if it is in one) with a
+    /// Query of invalid SQL, whose error is swallowed; its ReadyForQuery
+    /// goes to the client when `forward`. Outside a transaction block it
+    /// changes nothing (the Query's implicit transaction holds nothing).
+    fn abort_server_tx(&mut self, forward: bool) {
+        let mut query = BytesMut::new();
+        protocol::query_frame(&mut query, "SHARDWIRE ABORT TRANSACTION");
+        self.server_out.extend_from_slice(&query);
+        self.pending.push_back(Pending::Abort);
+        // Not `send`: this is no client statement to time or count.
+        self.pending.push_back(Pending::Request {
+            expect: Expect::Ready,
+            forward,
+            creates: None,
+            timing: None,
+            lsn_probe: false,
+        });
+        // A simple Query drops the server's unnamed statement.
+        if let Some(s) = self.server.as_deref_mut() {
+            s.unnamed = None;
+        }
+        self.abort_in_flight = true;
+        self.flush_point();
     }
 
     fn shard_name(&self, shard: usize) -> &str {
@@ -2186,6 +2401,10 @@ where
     async fn routed_query(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
         let body = protocol::body(&frame);
         let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
+        if self.multi.as_ref().is_some_and(|m| m.failed) {
+            // Even `SET shardwire.*` gets 25P02 in a failed transaction.
+            return self.timed_multi_query(&frame, &sql).await;
+        }
         if let Some(cmd) = routing::proxy_command(&sql) {
             if matches!(cmd, Ok(ProxyCommand::Show(HintVar::CausalToken))) {
                 if let Err(e) = self.resolve_written_lsns().await {
@@ -2211,16 +2430,21 @@ where
             s.pending.push_back(Pending::SyntheticReady);
             s.emit_synthetic();
         };
+        // PostgreSQL's tag for START TRANSACTION is its own.
+        let begin_tag = match sql.trim_start().get(..5) {
+            Some(w) if w.eq_ignore_ascii_case("start") => "START TRANSACTION",
+            _ => "BEGIN",
+        };
         match routing::tx_control(&sql, &analysis) {
             Some(TxControl::Begin) if self.deferred_begin.is_some() => {
                 return {
-                    synthetic(self, "BEGIN");
+                    synthetic(self, begin_tag);
                     Ok(())
                 }
             }
             Some(TxControl::Begin) if self.server.is_none() || self.tx_status == b'I' => {
                 self.deferred_begin = Some(frame.freeze());
-                synthetic(self, "BEGIN");
+                synthetic(self, begin_tag);
                 return Ok(());
             }
             Some(TxControl::End(tag)) if self.deferred_begin.is_some() => {
@@ -2583,6 +2807,7 @@ where
 
     fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
+        self.abort_in_flight = false;
         let on_replica = std::mem::take(&mut self.on_replica);
         self.replica_read = None;
         self.client.info.set_shard(None);

@@ -99,6 +99,19 @@ where
         let body = protocol::body(&frame);
         match frame[0] {
             fe::PARSE => {
+                // In a failed transaction PostgreSQL refuses to parse
+                // anything but COMMIT/ROLLBACK (and so keeps no statement).
+                if self.multi.as_ref().is_some_and(|m| m.failed) {
+                    let (_, rest) = match split_name(body, "Parse") {
+                        Ok(x) => x,
+                        Err(e) => return Err(self.client_protocol_error(e.to_string())),
+                    };
+                    let sql = statements::parse_sql(rest);
+                    if !ends_transaction(&sql, &self.router.analysis(&sql)) {
+                        self.multi_extended_fail(in_failed_transaction());
+                        return Ok(());
+                    }
+                }
                 self.note_parse(&frame)?;
                 self.pending
                     .push_back(Pending::Synthetic(be::PARSE_COMPLETE));
@@ -128,6 +141,10 @@ where
                     Some(TxControl::End(tag)) => Some(tag == "COMMIT"),
                     _ => None,
                 };
+                if ends.is_none() && self.multi.as_ref().is_some_and(|m| m.failed) {
+                    self.multi_extended_fail(in_failed_transaction());
+                    return Ok(());
+                }
                 let route = if ends.is_some() {
                     Ok(Route::simple(vec![], false, "transaction control".into()))
                 } else if analysis
@@ -304,10 +321,7 @@ where
             return;
         }
         if self.multi.as_ref().is_some_and(|m| m.failed) {
-            return self.multi_extended_fail(PgError::error(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
+            return self.multi_extended_fail(in_failed_transaction());
         }
         let analysis = self.router.analysis(&p.sql);
         let merge = p.route.merge.clone().filter(|_| p.route.shards.len() > 1);
@@ -445,4 +459,17 @@ where
             None => Some(results),
         }
     }
+}
+
+/// PostgreSQL's answer to a statement in a failed transaction.
+pub(super) fn in_failed_transaction() -> PgError {
+    PgError::error(
+        sqlstate::IN_FAILED_SQL_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+/// COMMIT/END/ROLLBACK/ABORT: what a failed transaction still takes.
+fn ends_transaction(sql: &str, analysis: &crate::router::Analysis) -> bool {
+    matches!(routing::tx_control(sql, analysis), Some(TxControl::End(_)))
 }

@@ -76,11 +76,14 @@ where
             self.cancel.clear();
             conns[self.server_shard] = Some(conn);
         }
-        self.tx_status = b'T';
+        // A deferred transaction that failed stays failed (the session
+        // routes nothing of it, see failed_tx_gate; this is for safety).
+        let failed = std::mem::take(&mut self.deferred_failed);
+        self.tx_status = if failed { b'E' } else { b'T' };
         self.multi = Some(MultiTx {
             conns,
             begin,
-            failed: false,
+            failed,
             implicit: false,
             ran_ddl: false,
         });
@@ -108,12 +111,9 @@ where
     /// A simple query in a multi-shard transaction.
     pub(super) async fn multi_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
         let analysis = self.router.analysis(sql);
-        if let Err(e) = self.learn_columns(&analysis).await {
-            self.multi_fail(e);
-            return Ok(());
-        }
+        let failed = self.multi.as_ref().is_some_and(|m| m.failed);
         match routing::tx_control(sql, &analysis) {
-            Some(TxControl::Begin) => {
+            Some(TxControl::Begin) if !failed => {
                 let mut out = BytesMut::new();
                 crate::protocol::command_complete(&mut out, "BEGIN");
                 self.answer(out);
@@ -123,16 +123,16 @@ where
                 self.multi_end(tag == "COMMIT").await;
                 return Ok(());
             }
-            None => {}
+            _ => {}
         }
-        if self.multi.as_ref().is_some_and(|m| m.failed) {
-            return {
-                self.multi_fail(PgError::error(
-                    "25P02",
-                    "current transaction is aborted, commands ignored until end of transaction block",
-                ));
-                Ok(())
-            };
+        if failed {
+            // As PostgreSQL: everything but COMMIT/ROLLBACK (BEGIN too).
+            self.multi_fail(super::multiext::in_failed_transaction());
+            return Ok(());
+        }
+        if let Err(e) = self.learn_columns(&analysis).await {
+            self.multi_fail(e);
+            return Ok(());
         }
         if analysis
             .statements

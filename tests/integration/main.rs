@@ -38,3 +38,4 @@ mod shutdown;
 mod tls;
 mod topology;
 mod twophase;
+mod txabort;
