@@ -10,6 +10,7 @@ pub mod analyze;
 pub mod columns;
 pub mod fallback;
 pub mod hints;
+pub mod mergeable;
 pub mod occurrences;
 
 use std::collections::BTreeSet;
@@ -729,17 +730,20 @@ impl Router {
                             {
                                 return Err(refusal_error(r));
                             }
+                            let why = if conds.len() > 1 {
+                                format!(
+                                    "one of its {} references to sharded tables has no condition on the shard key \"{}\"",
+                                    conds.len(),
+                                    c.table.key
+                                )
+                            } else {
+                                format!("no condition on its shard key \"{}\"", c.table.key)
+                            };
                             return Err(PgError::error(
                                 "0A000",
                                 format!(
-                                    "this statement needs every shard of table \"{}\" (no condition on its shard key \"{}\"{}); cross-shard queries of this shape are not supported yet",
+                                    "this statement needs every shard of table \"{}\" ({why}); cross-shard queries of this shape are not supported yet",
                                     c.table.name,
-                                    c.table.key,
-                                    if conds.len() > 1 {
-                                        format!(" in one of its {} references to sharded tables", conds.len())
-                                    } else {
-                                        String::new()
-                                    }
                                 ),
                             )
                             .with_hint(analyze::HINT_ADD_KEY));
@@ -774,9 +778,13 @@ impl Router {
                 let shards = self.with_unsharded(stmt, shards, route.table.as_deref())?;
                 route.shards = shards.into_iter().collect();
                 route.reason = format!(
-                    "{} key of \"{}\"",
+                    "{} key of \"{}\"{}",
                     route.strategy.unwrap_or(""),
-                    route.table.as_deref().unwrap_or("")
+                    route.table.as_deref().unwrap_or(""),
+                    match &stmt.unsharded {
+                        Some(u) => format!(", with unsharded \"{u}\" on the default shard"),
+                        None => String::new(),
+                    }
                 );
                 if route.shards.len() > 1 && stmt.merge.is_some() {
                     route.merge = stmt.merge.clone();
