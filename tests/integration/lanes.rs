@@ -140,6 +140,9 @@ fn statements_that_could_leave_state_or_run_long_stay_off_lanes() {
         let statements = [
             // Sets a session parameter on whichever server runs it.
             "SELECT set_config('application_name', 'lane-' || $1::text, false)".to_string(),
+            // The same, called in FROM.
+            "SELECT * FROM set_config('application_name', 'lane-from-' || $1::text, false)"
+                .to_string(),
             // Takes a lock.
             format!("SELECT v FROM {TABLE} WHERE k::text = $1 FOR UPDATE"),
             // Reads 300k rows: slow every time.
