@@ -245,7 +245,11 @@ impl<'a> Gen<'a> {
         let n = self.rng.gen_range(2..=4);
         let mut stmts: Vec<Stmt> = (0..n)
             .map(|_| {
-                if self.p(0.5) {
+                if self.p(0.08) {
+                    // Text the router's parser cannot read makes the whole
+                    // string unreadable to it.
+                    self.odd_syntax()
+                } else if self.p(0.5) {
                     Stmt::Select(self.select_stmt(0))
                 } else {
                     self.write_stmt()

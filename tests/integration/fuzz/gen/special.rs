@@ -100,6 +100,8 @@ impl<'a> Gen<'a> {
         let key = t.key_col().expect("key");
         let kv = schema::pool_literal(&mut self.rng, key.pool, false);
         let k2 = schema::pool_literal(&mut self.rng, key.pool, false);
+        // VALUES of quoted literals are text: uuid keys need a cast.
+        let cast = if key.ty == Ty::Uuid { "::uuid" } else { "" };
         let other = t.cols.iter().find(|c| c.name != key.name).expect("2 cols");
         let (n, k, o, tn) = (t.name, key.name, other.name, t.name);
         let pk =
@@ -117,7 +119,10 @@ impl<'a> Gen<'a> {
             ("contradiction", format!("select a.{k} from {tn} a where a.{k} = {kv} and a.{k} = {k2}")),
             ("or-with-non-key", format!("select a.{k}, a.{o} from {tn} a where a.{k} = {kv} or a.{o} is null")),
             ("not-not-equal", format!("select a.{k} from {tn} a where not (a.{k} <> {kv})")),
-            ("in-values", format!("select a.{k} from {tn} a where a.{k} in (values ({kv}), ({k2}))")),
+            ("in-values", format!("select a.{k} from {tn} a where a.{k} in (values ({kv}{cast}), ({k2}{cast}))")),
+            // Writes sqlparser cannot read (OPERATOR syntax).
+            ("update-operator-syntax", format!("update {tn} set {o} = {o} where {k} operator(pg_catalog.=) {kv}")),
+            ("delete-operator-syntax", format!("delete from {tn} where {k} operator(pg_catalog.=) {kv}")),
             ("only", format!("select a.{k} from only {tn} a where a.{k} = {kv}")),
             ("is-not-distinct", format!("select a.{k} from {tn} a where a.{k} is not distinct from {kv}")),
             ("comment-first", format!("/* note */ select a.{k}, a.{o} from {tn} a where a.{k} = {kv}")),
@@ -142,7 +147,10 @@ impl<'a> Gen<'a> {
         self.tag(format!("odd:{name}"));
         Stmt::Raw {
             sql,
-            writes: name == "for-no-key-update",
+            writes: matches!(
+                name,
+                "for-no-key-update" | "update-operator-syntax" | "delete-operator-syntax"
+            ),
         }
     }
 
