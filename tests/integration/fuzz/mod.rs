@@ -110,7 +110,8 @@ fn seeded_run_matches_one_database() {
         shrink_total: 150,
         shrink_share: None,
     });
-    let text = report.render(30);
+    // Every difference in detail: the list is the point of a failure.
+    let text = report.render(usize::MAX);
     eprintln!("{}", report.headline());
     assert!(
         report.diffs.is_empty() && report.aborted.is_none(),
@@ -354,7 +355,19 @@ impl Fuzzer<'_> {
             {
                 break;
             }
-            let unit = gen.unit();
+            // A generator bug must not lose the report of a long run.
+            let unit = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gen.unit())) {
+                Ok(u) => u,
+                Err(e) => {
+                    let what = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    report.aborted = Some(format!("the generator panicked: {what}"));
+                    break;
+                }
+            };
             report.units += 1;
             report.statements += unit.statements() as u64;
             let before = self.snapshot.clone();

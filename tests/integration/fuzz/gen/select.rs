@@ -112,7 +112,12 @@ impl<'a> Gen<'a> {
         } else {
             pairs
         };
-        let (oa, oc, ic, _) = pool.choose(&mut self.rng).expect("a join pair").clone();
+        let Some((oa, oc, ic, _)) = pool.choose(&mut self.rng).cloned() else {
+            // No comparable columns (a CTE of uuids joined to a table
+            // without one): a cross join.
+            self.tag("join:cross");
+            return lit("true");
+        };
         let on = bin(col(&oa, &oc), "=", col(&rel.alias, &ic));
         if self.p(0.15) {
             let extra = self.cmp_pred(std::slice::from_ref(rel));
