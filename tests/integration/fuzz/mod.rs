@@ -242,6 +242,11 @@ struct Fuzzer<'a> {
 /// What running a unit produced.
 struct UnitRun {
     problems: Vec<Problem>,
+    /// Errors of class 42 (syntax, undefined or ambiguous names, type
+    /// mismatches) on either side: the generator writes valid SQL, so a
+    /// shrunk candidate with more of them than the original is broken SQL,
+    /// not a smaller reproduction.
+    invalid: usize,
     transcript: String,
     /// The proxy's answers, for the metamorphic checks.
     answers: Vec<Outcome>,
@@ -392,7 +397,9 @@ impl Fuzzer<'_> {
             if shrink_left > 0 && share_left && class != Class::Hang && unit.check == Check::None {
                 let t0 = Instant::now();
                 let budget = s.shrink_per_diff.min(shrink_left);
-                diff.shrunk = self.shrink(&unit, &before, class, budget).await;
+                diff.shrunk = self
+                    .shrink(&unit, &before, class, budget, run.invalid)
+                    .await;
                 shrink_left -= diff.shrunk.as_ref().map_or(budget, |x| x.attempts);
                 report.shrink_time += t0.elapsed();
             }
@@ -452,6 +459,7 @@ impl Fuzzer<'_> {
     async fn run_unit(&mut self, u: &Unit) -> UnitRun {
         let mut run = UnitRun {
             problems: Vec::new(),
+            invalid: 0,
             transcript: String::new(),
             answers: Vec::new(),
         };
@@ -459,6 +467,7 @@ impl Fuzzer<'_> {
         for (i, step) in u.steps.iter().enumerate() {
             let n = i + 1;
             let p = exec::run_step(&self.proxy, step).await;
+            run.invalid += invalid(&p);
             let tx = step.tx();
             let _ = writeln!(run.transcript, "  step {n}: {}", step.describe());
             let refusal = p.err().filter(|e| compare::is_refusal(e)).cloned();
@@ -468,6 +477,7 @@ impl Fuzzer<'_> {
                 if !step.writes() && tx.is_none() {
                     // A read: does one database refuse it too?
                     let o = exec::run_step(&self.oracle, step).await;
+                    run.invalid += invalid(&o);
                     if o.err().map(|x| &x.code) == Some(&e.code) {
                         note = "failed on both sides with the same SQLSTATE";
                     } else {
@@ -502,6 +512,7 @@ impl Fuzzer<'_> {
                 }
             } else {
                 let o = exec::run_step(&self.oracle, step).await;
+                run.invalid += invalid(&o);
                 let _ = writeln!(
                     run.transcript,
                     "      proxy:  {}\n      oracle: {}",
@@ -546,6 +557,7 @@ impl Fuzzer<'_> {
         before: &Snapshot,
         class: Class,
         budget: usize,
+        invalid_before: usize,
     ) -> Option<Shrunk> {
         let mut cur = unit.clone();
         let mut found: Option<Vec<Problem>> = None;
@@ -570,7 +582,7 @@ impl Fuzzer<'_> {
                 if cand.writes() {
                     self.check_effects(&mut run.problems).await;
                 }
-                if run.problems.iter().any(|p| p.class == class) {
+                if run.invalid <= invalid_before && run.problems.iter().any(|p| p.class == class) {
                     cur = cand;
                     found = Some(run.problems);
                     continue 'outer;
@@ -585,6 +597,10 @@ impl Fuzzer<'_> {
             attempts,
         })
     }
+}
+
+fn invalid(o: &Outcome) -> usize {
+    o.err().is_some_and(|e| e.code.starts_with("42")) as usize
 }
 
 /// Runs `sql` for its side effect on the session, ignoring the answer.

@@ -95,16 +95,6 @@ fn select(q: &Select) -> Vec<Select> {
         }
     };
     push(&|c| c.set_op = None);
-    for i in 0..q.ctes.len() {
-        push(&|c| {
-            c.ctes.remove(i);
-        });
-    }
-    for i in 1..q.from.len() {
-        push(&|c| {
-            c.from.remove(i);
-        });
-    }
     push(&|c| c.limit = None);
     push(&|c| c.offset = None);
     if q.limit.is_none() && q.offset.is_none() {
@@ -124,6 +114,23 @@ fn select(q: &Select) -> Vec<Select> {
                     _ => true,
                 });
             });
+        }
+    }
+    // A CTE or a joined relation goes only when nothing else names it: a
+    // statement the proxy refuses for naming a missing table would still
+    // "reproduce" a refusal-related difference, as a useless repro.
+    for i in 0..q.ctes.len() {
+        let mut c = q.clone();
+        let cte = c.ctes.remove(i);
+        if !mentions(&Render::new(true).select(&c), &cte.name) {
+            out.push(c);
+        }
+    }
+    for i in 1..q.from.len() {
+        let mut c = q.clone();
+        let f = c.from.remove(i);
+        if !mentions(&Render::new(true).select(&c), &f.alias) {
+            out.push(c);
         }
     }
     for w in where_variants(&q.where_) {
@@ -343,4 +350,25 @@ fn delete(d: &Delete) -> Vec<Delete> {
         out.push(c);
     }
     out
+}
+
+/// Whether `sql` names `name` as a whole word.
+fn mentions(sql: &str, name: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    sql.match_indices(name).any(|(i, _)| {
+        let before = sql[..i].chars().next_back();
+        let after = sql[i + name.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mentions_whole_words_only() {
+        assert!(super::mentions("select c5.x from cte2 c5", "c5"));
+        assert!(super::mentions("select c5.x from cte2 c5", "cte2"));
+        assert!(!super::mentions("select src5.x from t src5", "c5"));
+        assert!(!super::mentions("select x from cte21 c", "cte2"));
+    }
 }
