@@ -17,7 +17,12 @@
 //!   unsharded tables on the default shard, and that the union equals the
 //!   oracle; after a difference it restores both sides from the last
 //!   agreed snapshot, so one bug is reported once.
-//! - `shrink` makes a smaller reproduction of each difference.
+//! - `shrink` makes a smaller reproduction of each difference (in fresh
+//!   sessions; with the unit before when the difference came from what
+//!   that unit left in the session).
+//!
+//! Units run one after another in the same two sessions (the proxy's and
+//! the oracle's) until a difference, after which both start afresh.
 //!
 //! `seeded_run_matches_one_database` is the fixed-seed run of the test
 //! suite; `long_run` (ignored; `scripts/fuzz-sql.sh --minutes N [--seed S]`)
@@ -45,7 +50,7 @@ use effects::Snapshot;
 use exec::Outcome;
 use gen::{Check, Gen, Unit};
 use schema::Table;
-use sql::TxCmd;
+use sql::{Stmt, TxCmd};
 
 /// How long and how hard to fuzz.
 struct Settings {
@@ -79,8 +84,11 @@ struct Difference {
 
 struct Shrunk {
     unit: Unit,
+    /// Empty when nothing reproduced the difference.
     problems: Vec<Problem>,
     attempts: usize,
+    /// How the shrinking started (or why it could not).
+    note: &'static str,
 }
 
 struct Report {
@@ -106,8 +114,8 @@ fn seeded_run_matches_one_database() {
         units: Some(SEED_UNITS),
         time: None,
         check_every: 20,
-        shrink_per_diff: 25,
-        shrink_total: 150,
+        shrink_per_diff: 20,
+        shrink_total: 300,
         shrink_share: None,
     });
     // Every difference in detail: the list is the point of a failure.
@@ -354,6 +362,9 @@ impl Fuzzer<'_> {
         };
         let started = Instant::now();
         let mut shrink_left = s.shrink_total;
+        // The unit before (and the contents before it), when the current
+        // unit runs in the session it left: a difference may need both.
+        let mut prev: Option<(Unit, Snapshot)> = None;
         loop {
             if s.units.is_some_and(|n| report.units >= n)
                 || s.time.is_some_and(|t| started.elapsed() >= t)
@@ -381,6 +392,8 @@ impl Fuzzer<'_> {
                 self.check_effects(&mut run.problems).await;
             }
             if run.problems.is_empty() {
+                // The next unit continues this session.
+                prev = Some((unit, before));
                 continue;
             }
             let mut diff = Difference {
@@ -397,13 +410,17 @@ impl Fuzzer<'_> {
             if shrink_left > 0 && share_left && class != Class::Hang && unit.check == Check::None {
                 let t0 = Instant::now();
                 let budget = s.shrink_per_diff.min(shrink_left);
+                let prev = prev.as_ref().map(|(u, b)| (u, b));
                 diff.shrunk = self
-                    .shrink(&unit, &before, class, budget, run.invalid)
+                    .shrink(&unit, &before, prev, class, budget, run.invalid)
                     .await;
-                shrink_left -= diff.shrunk.as_ref().map_or(budget, |x| x.attempts);
+                let used = diff.shrunk.as_ref().map_or(budget, |x| x.attempts);
+                shrink_left = shrink_left.saturating_sub(used);
                 report.shrink_time += t0.elapsed();
             }
             report.diffs.push(diff);
+            // Fresh sessions from here on.
+            prev = None;
             if let Err(e) = self.resync(&before).await {
                 // One more try after a pause (a hung statement may still
                 // hold locks), then give up on this run.
@@ -493,7 +510,30 @@ impl Fuzzer<'_> {
                         compare::summary(&o)
                     );
                 } else {
-                    self.refused(compare::reason(&e));
+                    // A write: would one database fail the same way? Ask it
+                    // inside a transaction (or savepoint) that is rolled
+                    // back, so its data stays as the proxy's. Not for a
+                    // string with its own BEGIN/COMMIT, which would commit.
+                    let probe = !step.stmts.iter().any(|s| matches!(s, Stmt::Tx(..)));
+                    let mut same = false;
+                    let mut oracle = "not run".to_string();
+                    if probe {
+                        let (open, close) = if in_tx {
+                            ("savepoint fuzz_probe", "rollback to savepoint fuzz_probe")
+                        } else {
+                            ("begin", "rollback")
+                        };
+                        quietly(&self.oracle, open).await;
+                        let o = exec::run_step(&self.oracle, step).await;
+                        quietly(&self.oracle, close).await;
+                        same = o.err().map(|x| &x.code) == Some(&e.code);
+                        oracle = format!("{}, rolled back", compare::summary(&o));
+                    }
+                    if same {
+                        note = "failed on both sides with the same SQLSTATE";
+                    } else {
+                        self.refused(compare::reason(&e));
+                    }
                     match tx {
                         Some(TxCmd::Commit | TxCmd::Rollback) => {
                             quietly(&self.oracle, "rollback").await;
@@ -506,7 +546,7 @@ impl Fuzzer<'_> {
                     }
                     let _ = writeln!(
                         run.transcript,
-                        "      proxy:  {}\n      oracle: not run ({note})",
+                        "      proxy:  {}\n      oracle: {oracle} ({note})",
                         compare::summary(&p)
                     );
                 }
@@ -551,51 +591,94 @@ impl Fuzzer<'_> {
 
     /// Greedy shrinking: take the first smaller variant that still shows a
     /// problem of the same class, until none does or the budget is spent.
+    /// It starts from the unit alone in fresh sessions; when that does not
+    /// reproduce (the unit failed because of what the session carried
+    /// over), from the unit before and this one together.
     async fn shrink(
         &mut self,
         unit: &Unit,
         before: &Snapshot,
+        prev: Option<(&Unit, &Snapshot)>,
         class: Class,
         budget: usize,
         invalid_before: usize,
     ) -> Option<Shrunk> {
-        let mut cur = unit.clone();
-        let mut found: Option<Vec<Problem>> = None;
-        let mut attempts = 0;
         self.counting = false;
+        let mut attempts = 1;
+        let mut start = None;
+        if let Some(p) = self.reproduce(unit, before, class, invalid_before).await {
+            start = Some((unit.clone(), before.clone(), p, "from the unit alone"));
+        } else if let Some((pu, pb)) = prev {
+            attempts += 1;
+            let both = Unit {
+                kind: unit.kind,
+                steps: pu.steps.iter().chain(&unit.steps).cloned().collect(),
+                tags: pu.tags.union(&unit.tags).cloned().collect(),
+                check: Check::None,
+            };
+            if let Some(p) = self.reproduce(&both, pb, class, invalid_before).await {
+                start = Some((
+                    both,
+                    pb.clone(),
+                    p,
+                    "only together with the unit before it, whose session it continued",
+                ));
+            }
+        }
+        let Some((mut cur, base, mut found, note)) = start else {
+            self.counting = true;
+            return Some(Shrunk {
+                unit: unit.clone(),
+                problems: Vec::new(),
+                attempts,
+                note: "did not reproduce in fresh sessions (with or without the unit before it)",
+            });
+        };
         'outer: loop {
             for cand in shrink::candidates(&cur) {
                 if attempts >= budget {
                     break 'outer;
                 }
                 attempts += 1;
-                // A read-only unit changed nothing: fresh sessions suffice.
-                let ready = if unit.writes() {
-                    self.resync(before).await
-                } else {
-                    self.reconnect().await
-                };
-                if ready.is_err() {
-                    break 'outer;
-                }
-                let mut run = self.run_unit(&cand).await;
-                if cand.writes() {
-                    self.check_effects(&mut run.problems).await;
-                }
-                if run.invalid <= invalid_before && run.problems.iter().any(|p| p.class == class) {
+                if let Some(p) = self.reproduce(&cand, &base, class, invalid_before).await {
                     cur = cand;
-                    found = Some(run.problems);
+                    found = p;
                     continue 'outer;
                 }
             }
             break;
         }
         self.counting = true;
-        found.map(|problems| Shrunk {
+        Some(Shrunk {
             unit: cur,
-            problems,
+            problems: found,
             attempts,
+            note,
         })
+    }
+
+    /// Runs `u` in fresh sessions from `before`; its problems when one has
+    /// `class` (and the SQL is no more broken than the original's).
+    async fn reproduce(
+        &mut self,
+        u: &Unit,
+        before: &Snapshot,
+        class: Class,
+        invalid_before: usize,
+    ) -> Option<Vec<Problem>> {
+        // A read-only unit changed nothing: fresh sessions suffice.
+        let ready = if u.writes() {
+            self.resync(before).await
+        } else {
+            self.reconnect().await
+        };
+        ready.ok()?;
+        let mut run = self.run_unit(u).await;
+        if u.writes() {
+            self.check_effects(&mut run.problems).await;
+        }
+        (run.invalid <= invalid_before && run.problems.iter().any(|p| p.class == class))
+            .then_some(run.problems)
     }
 }
 
@@ -711,8 +794,15 @@ impl Report {
             for p in &d.problems {
                 let _ = writeln!(s, "  PROBLEM ({}): {}", p.class.name(), p.text);
             }
-            if let Some(sh) = &d.shrunk {
-                let _ = writeln!(s, "  SHRUNK ({} attempts) to:", sh.attempts);
+            if let Some(sh) = d.shrunk.as_ref().filter(|sh| sh.problems.is_empty()) {
+                let _ = writeln!(s, "  NOT SHRUNK: {} ({} attempts)", sh.note, sh.attempts);
+            }
+            if let Some(sh) = d.shrunk.as_ref().filter(|sh| !sh.problems.is_empty()) {
+                let _ = writeln!(
+                    s,
+                    "  SHRUNK ({} attempts; reproduced {}) to:",
+                    sh.attempts, sh.note
+                );
                 for (k, step) in sh.unit.steps.iter().enumerate() {
                     let _ = writeln!(s, "    step {}: {}", k + 1, step.describe());
                 }
