@@ -35,7 +35,27 @@ impl Class {
 #[derive(Clone, Debug)]
 pub struct Problem {
     pub class: Class,
+    /// What kind of disagreement, finer than the class (for an error
+    /// mismatch the two outcomes, `25P02/ok`): shrinking keeps it, so it
+    /// does not drift to another bug of the same class.
+    pub shape: String,
     pub text: String,
+}
+
+impl Problem {
+    pub fn new(class: Class, text: String) -> Problem {
+        let shape = format!("{class:?}");
+        Problem { class, shape, text }
+    }
+}
+
+fn kind_of(o: &Outcome) -> String {
+    match o {
+        Outcome::Ok(_) => "ok".into(),
+        Outcome::Err(e) => e.code.clone(),
+        Outcome::Timeout => "timeout".into(),
+        Outcome::Lost(_) => "lost".into(),
+    }
 }
 
 /// An error the proxy raised itself because it cannot (or will not) run
@@ -212,7 +232,13 @@ fn compare_out(i: usize, ordered: bool, p: &StmtOut, o: &StmtOut) -> Option<Stri
 
 /// Compares one step's outcomes; `None` when they agree.
 pub fn compare(step: &Step, p: &Outcome, o: &Outcome) -> Option<Problem> {
-    let problem = |class, text: String| Some(Problem { class, text });
+    let problem = |class, text: String| {
+        let mut pr = Problem::new(class, text);
+        if class == Class::Error {
+            pr.shape = format!("{}/{}", kind_of(p), kind_of(o));
+        }
+        Some(pr)
+    };
     match (p, o) {
         (Outcome::Ok(ps), Outcome::Ok(os)) => {
             if ps.len() != os.len() {

@@ -37,7 +37,7 @@ mod schema;
 mod shrink;
 mod sql;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,9 @@ struct Report {
     /// Set when the run had to stop early (the proxy went away).
     aborted: Option<String>,
 }
+
+/// Units before a difference replayed when it does not reproduce alone.
+const HISTORY: usize = 8;
 
 /// Units run in the test suite's seeded run. About 1.7 statements a unit.
 const SEED_UNITS: u64 = 1600;
@@ -362,9 +365,10 @@ impl Fuzzer<'_> {
         };
         let started = Instant::now();
         let mut shrink_left = s.shrink_total;
-        // The unit before (and the contents before it), when the current
-        // unit runs in the session it left: a difference may need both.
-        let mut prev: Option<(Unit, Snapshot)> = None;
+        // The units before (each with the contents before it) that ran in
+        // the sessions the current unit runs in: a difference may need
+        // what they left there. The last HISTORY of them.
+        let mut history: VecDeque<(Unit, Snapshot)> = VecDeque::new();
         loop {
             if s.units.is_some_and(|n| report.units >= n)
                 || s.time.is_some_and(|t| started.elapsed() >= t)
@@ -392,8 +396,11 @@ impl Fuzzer<'_> {
                 self.check_effects(&mut run.problems).await;
             }
             if run.problems.is_empty() {
-                // The next unit continues this session.
-                prev = Some((unit, before));
+                // The next unit continues these sessions.
+                history.push_back((unit, before));
+                if history.len() > HISTORY {
+                    history.pop_front();
+                }
                 continue;
             }
             let mut diff = Difference {
@@ -404,15 +411,15 @@ impl Fuzzer<'_> {
                 shrunk: None,
             };
             let class = diff.problems[0].class;
+            let shape = diff.problems[0].shape.clone();
             let share_left = s.shrink_share.is_none_or(|f| {
                 report.shrink_time.as_secs_f64() <= f * started.elapsed().as_secs_f64()
             });
             if shrink_left > 0 && share_left && class != Class::Hang && unit.check == Check::None {
                 let t0 = Instant::now();
                 let budget = s.shrink_per_diff.min(shrink_left);
-                let prev = prev.as_ref().map(|(u, b)| (u, b));
                 diff.shrunk = self
-                    .shrink(&unit, &before, prev, class, budget, run.invalid)
+                    .shrink(&unit, &before, &history, &shape, budget, run.invalid)
                     .await;
                 let used = diff.shrunk.as_ref().map_or(budget, |x| x.attempts);
                 shrink_left = shrink_left.saturating_sub(used);
@@ -420,7 +427,7 @@ impl Fuzzer<'_> {
             }
             report.diffs.push(diff);
             // Fresh sessions from here on.
-            prev = None;
+            history.clear();
             if let Err(e) = self.resync(&before).await {
                 // One more try after a pause (a hung statement may still
                 // hold locks), then give up on this run.
@@ -456,14 +463,13 @@ impl Fuzzer<'_> {
     async fn check_effects(&mut self, problems: &mut Vec<Problem>) {
         match self.effects().await {
             Ok((snap, p)) if p.is_empty() => self.snapshot = snap,
-            Ok((_, p)) => problems.extend(p.into_iter().map(|text| Problem {
-                class: Class::Effects,
-                text,
-            })),
-            Err(e) => problems.push(Problem {
-                class: Class::Hang,
-                text: format!("cannot read the shards or the oracle: {e}"),
-            }),
+            Ok((_, p)) => {
+                problems.extend(p.into_iter().map(|text| Problem::new(Class::Effects, text)))
+            }
+            Err(e) => problems.push(Problem::new(
+                Class::Hang,
+                format!("cannot read the shards or the oracle: {e}"),
+            )),
         }
     }
 
@@ -481,6 +487,7 @@ impl Fuzzer<'_> {
             answers: Vec::new(),
         };
         let mut in_tx = false;
+        let mut loose_tx = false;
         for (i, step) in u.steps.iter().enumerate() {
             let n = i + 1;
             let p = exec::run_step(&self.proxy, step).await;
@@ -564,10 +571,26 @@ impl Fuzzer<'_> {
                     run.problems.push(pr);
                 }
             }
-            match tx {
-                Some(TxCmd::Begin) if !refused => in_tx = true,
-                Some(TxCmd::Commit | TxCmd::Rollback) => in_tx = false,
-                _ => {}
+            let begins = step
+                .stmts
+                .iter()
+                .any(|s| matches!(s, Stmt::Tx(TxCmd::Begin, _)));
+            if begins && p.err().is_some() {
+                // `BEGIN; ...; COMMIT` in one string that failed half-way
+                // leaves its transaction open (aborted) on the server.
+                loose_tx = true;
+            }
+            if !refused {
+                // BEGIN and COMMIT may also sit inside a query string.
+                for s in &step.stmts {
+                    match s {
+                        Stmt::Tx(TxCmd::Begin, _) => in_tx = true,
+                        Stmt::Tx(TxCmd::Commit | TxCmd::Rollback, _) => in_tx = false,
+                        _ => {}
+                    }
+                }
+            } else if matches!(tx, Some(TxCmd::Commit | TxCmd::Rollback)) {
+                in_tx = false;
             }
             let broken = matches!(p, Outcome::Timeout | Outcome::Lost(_));
             run.answers.push(p);
@@ -575,7 +598,7 @@ impl Fuzzer<'_> {
                 break;
             }
         }
-        if in_tx {
+        if in_tx || loose_tx {
             // A unit cut short (or shrunk) inside a transaction: end it on
             // both sides, so the next unit starts outside one.
             quietly(&self.proxy, "rollback").await;
@@ -592,37 +615,54 @@ impl Fuzzer<'_> {
     /// Greedy shrinking: take the first smaller variant that still shows a
     /// problem of the same class, until none does or the budget is spent.
     /// It starts from the unit alone in fresh sessions; when that does not
-    /// reproduce (the unit failed because of what the session carried
-    /// over), from the unit before and this one together.
+    /// reproduce (the unit failed because of what the sessions carried
+    /// over), from the unit before and this one together, then from all
+    /// units of `history` and this one.
     async fn shrink(
         &mut self,
         unit: &Unit,
         before: &Snapshot,
-        prev: Option<(&Unit, &Snapshot)>,
-        class: Class,
+        history: &VecDeque<(Unit, Snapshot)>,
+        shape: &str,
         budget: usize,
         invalid_before: usize,
     ) -> Option<Shrunk> {
         self.counting = false;
         let mut attempts = 1;
         let mut start = None;
-        if let Some(p) = self.reproduce(unit, before, class, invalid_before).await {
+        if let Some(p) = self.reproduce(unit, before, shape, invalid_before).await {
             start = Some((unit.clone(), before.clone(), p, "from the unit alone"));
-        } else if let Some((pu, pb)) = prev {
+        }
+        let windows = [
+            (
+                1,
+                "only together with the unit before it, whose sessions it continued",
+            ),
+            (
+                HISTORY,
+                "only together with the units before it, whose sessions it continued",
+            ),
+        ];
+        for (n, note) in windows {
+            if start.is_some() || attempts >= budget || history.len() < n.min(2) {
+                break;
+            }
+            let from = history.len().saturating_sub(n);
             attempts += 1;
-            let both = Unit {
+            let mut joined = Unit {
                 kind: unit.kind,
-                steps: pu.steps.iter().chain(&unit.steps).cloned().collect(),
-                tags: pu.tags.union(&unit.tags).cloned().collect(),
+                steps: Vec::new(),
+                tags: unit.tags.clone(),
                 check: Check::None,
             };
-            if let Some(p) = self.reproduce(&both, pb, class, invalid_before).await {
-                start = Some((
-                    both,
-                    pb.clone(),
-                    p,
-                    "only together with the unit before it, whose session it continued",
-                ));
+            for (u, _) in history.iter().skip(from) {
+                joined.steps.extend(u.steps.iter().cloned());
+                joined.tags.extend(u.tags.iter().cloned());
+            }
+            joined.steps.extend(unit.steps.iter().cloned());
+            let base = &history[from].1;
+            if let Some(p) = self.reproduce(&joined, base, shape, invalid_before).await {
+                start = Some((joined, base.clone(), p, note));
             }
         }
         let Some((mut cur, base, mut found, note)) = start else {
@@ -631,7 +671,7 @@ impl Fuzzer<'_> {
                 unit: unit.clone(),
                 problems: Vec::new(),
                 attempts,
-                note: "did not reproduce in fresh sessions (with or without the unit before it)",
+                note: "did not reproduce in fresh sessions, alone or after the units before it",
             });
         };
         'outer: loop {
@@ -640,7 +680,7 @@ impl Fuzzer<'_> {
                     break 'outer;
                 }
                 attempts += 1;
-                if let Some(p) = self.reproduce(&cand, &base, class, invalid_before).await {
+                if let Some(p) = self.reproduce(&cand, &base, shape, invalid_before).await {
                     cur = cand;
                     found = p;
                     continue 'outer;
@@ -658,12 +698,12 @@ impl Fuzzer<'_> {
     }
 
     /// Runs `u` in fresh sessions from `before`; its problems when one has
-    /// `class` (and the SQL is no more broken than the original's).
+    /// `shape` (and the SQL is no more broken than the original's).
     async fn reproduce(
         &mut self,
         u: &Unit,
         before: &Snapshot,
-        class: Class,
+        shape: &str,
         invalid_before: usize,
     ) -> Option<Vec<Problem>> {
         // A read-only unit changed nothing: fresh sessions suffice.
@@ -677,7 +717,7 @@ impl Fuzzer<'_> {
         if u.writes() {
             self.check_effects(&mut run.problems).await;
         }
-        (run.invalid <= invalid_before && run.problems.iter().any(|p| p.class == class))
+        (run.invalid <= invalid_before && run.problems.iter().any(|p| p.shape == shape))
             .then_some(run.problems)
     }
 }
@@ -708,9 +748,7 @@ fn metamorphic(u: &Unit, answers: &[Outcome]) -> Option<Problem> {
                 .flat_map(|r| r.clone().expect("checked"))
                 .collect();
             parts.sort();
-            (all != parts).then(|| Problem {
-                class: Class::Metamorphic,
-                text: format!(
+            (all != parts).then(|| Problem::new(Class::Metamorphic, format!(
                     "TLP through the proxy: step 1 has {} rows, steps 2-4 together {}: {} vs {} + {} + {}",
                     all.len(),
                     parts.len(),
@@ -718,16 +756,12 @@ fn metamorphic(u: &Unit, answers: &[Outcome]) -> Option<Problem> {
                     compare::describe_rows(&answers[1]),
                     compare::describe_rows(&answers[2]),
                     compare::describe_rows(&answers[3]),
-                ),
-            })
+                )))
         }
         Check::NoRec => {
             let a = answers.first().and_then(compare::number_of)?;
             let b = answers.get(1).and_then(compare::number_of)?;
-            (a != b).then(|| Problem {
-                class: Class::Metamorphic,
-                text: format!("NoREC through the proxy: count(*) where P = {a}, sum(case when P then 1 else 0 end) = {b}"),
-            })
+            (a != b).then(|| Problem::new(Class::Metamorphic, format!("NoREC through the proxy: count(*) where P = {a}, sum(case when P then 1 else 0 end) = {b}")))
         }
     }
 }

@@ -47,7 +47,9 @@ pub fn candidates(u: &Unit) -> Vec<Unit> {
             out.push(with_steps(steps));
         }
         if step.stmts.len() > 1 {
-            for j in 0..step.stmts.len() {
+            // Not BEGIN/COMMIT inside a string: a transaction left open
+            // would be a different test.
+            for j in (0..step.stmts.len()).filter(|&j| !matches!(step.stmts[j], Stmt::Tx(..))) {
                 let mut steps = u.steps.clone();
                 steps[i].stmts.remove(j);
                 out.push(with_steps(steps));
