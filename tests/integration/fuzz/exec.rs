@@ -16,7 +16,7 @@ use postgres_protocol::types as pgt;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::sql::{PType, PValue, Param, Proto, Step};
+use super::sql::{PType, PValue, Param, Proto, Render, Step, Stmt};
 
 /// How long one step may take before it counts as hung.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -194,6 +194,25 @@ fn simple_outs(msgs: &[SimpleQueryMessage]) -> Vec<StmtOut> {
     outs
 }
 
+/// Whether PostgreSQL accepts each statement of `step` (parse analysis
+/// only: Parse and Describe, nothing runs): `false` on a class-42 error
+/// (syntax, undefined or ambiguous names, types).
+pub async fn valid(client: &Client, step: &Step) -> bool {
+    for stmt in &step.stmts {
+        if matches!(stmt, Stmt::Tx(..) | Stmt::Raw { .. }) {
+            continue;
+        }
+        let mut r = Render::new(false);
+        let sql = r.stmt(stmt);
+        let types: Vec<Type> = r.params.iter().map(declared_type).collect();
+        match tokio::time::timeout(STEP_TIMEOUT, client.prepare_typed(&sql, &types)).await {
+            Ok(Err(e)) if e.code().is_some_and(|c| c.code().starts_with("42")) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 // ---------------------------------------------------------------------------
 // Values out: raw bytes of any type
 
@@ -302,7 +321,7 @@ fn decode_numeric(b: &[u8]) -> Option<String> {
 // ---------------------------------------------------------------------------
 // Values in: parameters in the format the generator chose
 
-fn declared_type(p: &Param) -> Type {
+pub fn declared_type(p: &Param) -> Type {
     if !p.declared {
         return Type::UNKNOWN;
     }

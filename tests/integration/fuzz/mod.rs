@@ -50,7 +50,7 @@ use effects::Snapshot;
 use exec::Outcome;
 use gen::{Check, Gen, Unit};
 use schema::Table;
-use sql::{Stmt, TxCmd};
+use sql::{Step, Stmt, TxCmd};
 
 /// How long and how hard to fuzz.
 struct Settings {
@@ -99,6 +99,8 @@ struct Report {
     fuzz_time: Duration,
     shrink_time: Duration,
     refusals: Refusals,
+    invalid_sql: Refusals,
+    invalid_example: BTreeMap<String, String>,
     diffs: Vec<Difference>,
     /// Set when the run had to stop early (the proxy went away).
     aborted: Option<String>,
@@ -214,6 +216,8 @@ fn fuzz(settings: Settings) -> Report {
             },
             snapshot: Snapshot::default(),
             refusals: Refusals::new(),
+            invalid_sql: Refusals::new(),
+            invalid_example: BTreeMap::new(),
             counting: true,
         };
         f.setup(settings.seed).await;
@@ -246,6 +250,11 @@ struct Fuzzer<'a> {
     /// The contents every side agrees on (checked last).
     snapshot: Snapshot,
     refusals: Refusals,
+    /// Statements the oracle rejected as invalid SQL (class 42), by
+    /// reason: the generator's mistakes, which make a run weaker.
+    invalid_sql: Refusals,
+    /// The first statement of each of those reasons.
+    invalid_example: BTreeMap<String, String>,
     /// Refusals are counted only while fuzzing, not while shrinking.
     counting: bool,
 }
@@ -360,6 +369,8 @@ impl Fuzzer<'_> {
             fuzz_time: Duration::ZERO,
             shrink_time: Duration::ZERO,
             refusals: Refusals::new(),
+            invalid_sql: Refusals::new(),
+            invalid_example: BTreeMap::new(),
             diffs: Vec::new(),
             aborted: None,
         };
@@ -457,6 +468,8 @@ impl Fuzzer<'_> {
         }
         report.fuzz_time = started.elapsed().saturating_sub(report.shrink_time);
         report.refusals = std::mem::take(&mut self.refusals);
+        report.invalid_sql = std::mem::take(&mut self.invalid_sql);
+        report.invalid_example = std::mem::take(&mut self.invalid_example);
         report
     }
 
@@ -470,6 +483,19 @@ impl Fuzzer<'_> {
                 Class::Hang,
                 format!("cannot read the shards or the oracle: {e}"),
             )),
+        }
+    }
+
+    fn note_invalid(&mut self, o: &Outcome, step: &Step) {
+        if let Some(e) = o
+            .err()
+            .filter(|e| e.code.starts_with("42") && self.counting)
+        {
+            let reason = compare::reason(e);
+            self.invalid_example
+                .entry(reason.clone())
+                .or_insert_with(|| step.describe());
+            *self.invalid_sql.entry(reason).or_default() += 1;
         }
     }
 
@@ -502,6 +528,7 @@ impl Fuzzer<'_> {
                     // A read: does one database refuse it too?
                     let o = exec::run_step(&self.oracle, step).await;
                     run.invalid += invalid(&o);
+                    self.note_invalid(&o, step);
                     if o.err().map(|x| &x.code) == Some(&e.code) {
                         note = "failed on both sides with the same SQLSTATE";
                     } else {
@@ -560,6 +587,7 @@ impl Fuzzer<'_> {
             } else {
                 let o = exec::run_step(&self.oracle, step).await;
                 run.invalid += invalid(&o);
+                self.note_invalid(&o, step);
                 let _ = writeln!(
                     run.transcript,
                     "      proxy:  {}\n      oracle: {}",
@@ -706,6 +734,13 @@ impl Fuzzer<'_> {
         shape: &str,
         invalid_before: usize,
     ) -> Option<Vec<Problem>> {
+        // Broken SQL is no smaller reproduction (inside an aborted
+        // transaction the oracle would not even say so).
+        for step in &u.steps {
+            if !exec::valid(&self.reader, step).await {
+                return None;
+            }
+        }
         // A read-only unit changed nothing: fresh sessions suffice.
         let ready = if u.writes() {
             self.resync(before).await
@@ -795,6 +830,18 @@ impl Report {
         let _ = writeln!(s, "\nrefusals by reason (count  SQLSTATE: message):");
         for (r, n) in refusals {
             let _ = writeln!(s, "  {n:6}  {r}");
+        }
+        if !self.invalid_sql.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nstatements the oracle rejected as invalid SQL (generator mistakes):"
+            );
+            for (r, n) in &self.invalid_sql {
+                let _ = writeln!(s, "  {n:6}  {r}");
+                if let Some(x) = self.invalid_example.get(r) {
+                    let _ = writeln!(s, "          e.g. {}", shorten(x, 600));
+                }
+            }
         }
         let mut by_class: BTreeMap<&str, usize> = BTreeMap::new();
         for d in &self.diffs {

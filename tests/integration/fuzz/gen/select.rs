@@ -445,7 +445,15 @@ impl<'a> Gen<'a> {
         // Name the inner items c1..cn so the outer query can refer to them.
         let mut inner = inner;
         inner.suffix = None;
+        let n = inner.items.len();
         inner.items.retain(|(e, _)| !matches!(e, Expr::Scalar(_)));
+        if inner.items.len() < n {
+            // Its ORDER BY positions (and the LIMIT they made
+            // deterministic) were for the longer list.
+            inner.order_by.clear();
+            inner.limit = None;
+            inner.offset = None;
+        }
         if inner.items.is_empty() {
             return self.plain_select(1);
         }

@@ -132,7 +132,7 @@ impl<'a> Gen<'a> {
             ("fetch-first", format!("select {pk} from {tn} a order by {pk} fetch first 3 rows only")),
             ("for-no-key-update", format!("select a.{k} from {tn} a where a.{k} = {kv} for no key update")),
             ("values-only", "values (1, 'a'), (2, 'b')".to_string()),
-            ("cast-key", format!("select a.{k} from {tn} a where a.{k}::text = {kv}::text")),
+            ("cast-key", format!("select a.{k} from {tn} a where a.{k}::text = ({kv})::text")),
             ("string-literal-key", format!("select a.{k} from {tn} a where a.{k} = '{}'", kv.trim_matches('\''))),
             ("arith-key", match key.ty {
                 Ty::Int4 | Ty::Int8 => format!("select a.{k} from {tn} a where a.{k} = 2 + 3"),

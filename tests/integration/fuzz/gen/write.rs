@@ -84,7 +84,7 @@ impl<'a> Gen<'a> {
             };
             InsertSource::Values((0..n).map(|_| self.row(t, &cols)).collect())
         };
-        let returning = self.returning(t);
+        let returning = self.returning(t, "");
         Insert {
             table: t.name.into(),
             cols: list.map(|l| l.iter().map(|s| s.to_string()).collect()),
@@ -146,10 +146,12 @@ impl<'a> Gen<'a> {
         InsertSource::Select(Box::new(q))
     }
 
-    pub(super) fn returning(&mut self, t: &Table) -> Vec<Expr> {
+    /// RETURNING columns, qualified by `alias` (UPDATE ... FROM and
+    /// DELETE ... USING bring a second table that may share names).
+    pub(super) fn returning(&mut self, t: &Table, alias: &str) -> Vec<Expr> {
         if self.p(0.3) {
             self.tag("returning");
-            let mut cols: Vec<Expr> = t.cols.iter().map(|c| col("", c.name)).collect();
+            let mut cols: Vec<Expr> = t.cols.iter().map(|c| col(alias, c.name)).collect();
             cols.shuffle(&mut self.rng);
             cols.truncate(self.rng.gen_range(1..=t.cols.len()));
             cols
@@ -263,13 +265,14 @@ impl<'a> Gen<'a> {
                     Some(prev) => and(prev, e),
                 });
             }
+            let returning = self.returning(t, &alias);
             return Update {
                 table: t.name.into(),
                 alias,
                 sets: vec![(key.name.clone(), fresh)],
                 from: None,
                 where_: w,
-                returning: self.returning(t),
+                returning,
             };
         }
         let settable: Vec<RCol> = rel
@@ -286,7 +289,7 @@ impl<'a> Gen<'a> {
             let e = match self.rng.gen_range(0..100) {
                 0..=29 if c.ty.is_int() => Expr::Func(
                     "coalesce".into(),
-                    vec![bin(col("", &c.name), "+", lit("1")), lit("0")],
+                    vec![bin(col(&alias, &c.name), "+", lit("1")), lit("0")],
                 ),
                 30..=37 if c.ty.is_int() && t.name == "fz_acct" => {
                     self.tag("update:correlated-subquery");
@@ -328,13 +331,14 @@ impl<'a> Gen<'a> {
                 None => j,
             });
         }
+        let returning = self.returning(t, &alias);
         Update {
             table: t.name.into(),
             alias,
             sets,
             from,
             where_,
-            returning: self.returning(t),
+            returning,
         }
     }
 
@@ -361,12 +365,13 @@ impl<'a> Gen<'a> {
                 None => j,
             });
         }
+        let returning = self.returning(t, &alias);
         Delete {
             table: t.name.into(),
             alias,
             using,
             where_,
-            returning: self.returning(t),
+            returning,
         }
     }
 
@@ -382,11 +387,10 @@ impl<'a> Gen<'a> {
         };
         let t = self.table(&table);
         let key = t.key.unwrap_or(t.pk[0]);
-        let ret = vec![col("", key)];
         match &mut w {
-            Stmt::Insert(i) => i.returning = ret,
-            Stmt::Update(u) => u.returning = ret,
-            Stmt::Delete(d) => d.returning = ret,
+            Stmt::Insert(i) => i.returning = vec![col("", key)],
+            Stmt::Update(u) => u.returning = vec![col(&u.alias, key)],
+            Stmt::Delete(d) => d.returning = vec![col(&d.alias, key)],
             _ => {}
         }
         let name = self.next_alias("wcte");
