@@ -15,6 +15,7 @@ mod check;
 mod concurrency;
 mod differential;
 mod failover;
+mod fuzz;
 mod invariant;
 mod lanes;
 mod limits;
