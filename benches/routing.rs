@@ -64,10 +64,7 @@ fn router() -> Arc<Router> {
 }
 
 fn text(v: &[u8]) -> [Param<'_>; 1] {
-    [Param {
-        value: Some(v),
-        binary: false,
-    }]
+    [Param::text(v)]
 }
 
 fn bench_routing(c: &mut Criterion) {

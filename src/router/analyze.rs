@@ -271,6 +271,9 @@ pub struct Analysis {
     /// Set when sqlparser could not parse the text and the keyword
     /// classifier decided instead.
     pub fallback: bool,
+    /// The types casts in the SQL give its parameters (for parameters the
+    /// client leaves untyped).
+    pub param_casts: super::ParamCasts,
 }
 
 pub type Tables = HashMap<String, Arc<TableRule>>;
@@ -281,6 +284,7 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
         Ok(stmts) => Analysis {
             statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
             fallback: false,
+            param_casts: super::ParamCasts::collect(&stmts),
         },
         Err(_) => match lenient_copy(sql)
             .and_then(|s| Parser::parse_sql(&PostgreSqlDialect {}, &s).ok())
@@ -288,10 +292,12 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
             Some(stmts) => Analysis {
                 statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
                 fallback: false,
+                param_casts: super::ParamCasts::collect(&stmts),
             },
             None => Analysis {
                 statements: vec![classify_keywords(sql, tables)],
                 fallback: true,
+                param_casts: Default::default(),
             },
         },
     }
