@@ -19,6 +19,7 @@ mod lanes;
 mod limits;
 mod metrics;
 mod multishard;
+mod params;
 mod pgbench;
 mod pool_sizing;
 mod pooling;
