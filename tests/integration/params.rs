@@ -190,7 +190,7 @@ fn float8_keys_land_on_their_integer_shard_and_are_found_by_any_type() {
     let proxy = TestProxy::start(|c| set_tables(c, TABLES));
     block_on(Duration::from_secs(300), async {
         let shards = connect_shards(SETUP_ACC).await;
-        let (c, _task) = connect_url(&proxy.url()).await;
+        let (mut c, _task) = connect_url(&proxy.url()).await;
 
         // Twenty rows keyed by binary float8 values, as psycopg sends
         // Python floats: the type is declared in Parse.
@@ -207,9 +207,19 @@ fn float8_keys_land_on_their_integer_shard_and_are_found_by_any_type() {
                 .unwrap_or_else(|e| panic!("insert {aid}: {e}"));
         }
 
+        // Ten more in one transaction, which spans both shards (the
+        // proxy's transaction over several shards reads its Binds too).
+        let tx = c.transaction().await.expect("begin");
+        for aid in 21..=30i64 {
+            tx.execute(&insert, &[&(aid as f64), &format!("n{aid}")])
+                .await
+                .unwrap_or_else(|e| panic!("insert {aid} in a transaction: {e}"));
+        }
+        tx.commit().await.expect("commit");
+
         // Each row on the shard `shardwire route` names for its integer key.
         let mut per_shard = [0; 2];
-        for aid in 1..=20i64 {
+        for aid in 1..=30i64 {
             let want = routed(
                 &proxy,
                 "select * from pt_acc where aid = $1",
@@ -302,7 +312,7 @@ fn float8_keys_land_on_their_integer_shard_and_are_found_by_any_type() {
         }
 
         // Every key at once, as a binary float8[] (element OID 701).
-        let all: Vec<f64> = (1..=20).map(|k| k as f64).collect();
+        let all: Vec<f64> = (1..=30).map(|k| k as f64).collect();
         let any = c
             .prepare_typed(
                 "select count(*) from pt_acc where aid = any($1)",
@@ -315,7 +325,7 @@ fn float8_keys_land_on_their_integer_shard_and_are_found_by_any_type() {
             .await
             .expect("any(float8[])")
             .get(0);
-        assert_eq!(n, 20);
+        assert_eq!(n, 30);
     });
 }
 

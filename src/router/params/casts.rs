@@ -75,6 +75,10 @@ impl ParamCasts {
         for st in statements {
             let _ = sqlparser::ast::visit_expressions(st, &mut visit);
         }
+        if seen.iter().all(|(_, casts, _)| *casts == 0) {
+            // Nothing cast (most statements): nothing to look at per Bind.
+            return ParamCasts::default();
+        }
         ParamCasts(
             seen.into_iter()
                 .map(|(uses, casts, t)| match (uses, casts) {
@@ -91,10 +95,6 @@ impl ParamCasts {
     /// The cast type of parameter `i` (zero-based), or 0.
     pub fn get(&self, i: usize) -> u32 {
         self.0.get(i).copied().unwrap_or(oid::UNSPECIFIED)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|t| *t == oid::UNSPECIFIED)
     }
 
     /// `params` with each unspecified type taken from its cast; `None`
