@@ -13,6 +13,8 @@ use super::{malformed, not_integral, utf8, BadParam, INVALID_TEXT, NOT_SUPPORTED
 const FLOAT8_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
 const FLOAT4_EXACT: f64 = 16_777_216.0; // 2^24
 
+/// int2recv/int4recv/int8recv: exactly the type's width, big-endian (a
+/// value of another length is the client's mistake, as on the server).
 pub(super) fn int_binary(t: u32, width: usize, b: &[u8]) -> Result<i64, BadParam> {
     match (width, b) {
         (2, &[a, b0]) => Ok(i16::from_be_bytes([a, b0]) as i64),
