@@ -64,9 +64,15 @@ fn router() -> Arc<Router> {
 }
 
 fn text(v: &[u8]) -> [Param<'_>; 1] {
+    [Param::text(v)]
+}
+
+/// A binary float8 parameter declared as such in Parse.
+fn float_param(v: &[u8; 8]) -> [Param<'_>; 1] {
     [Param {
-        value: Some(v),
-        binary: false,
+        value: Some(&v[..]),
+        binary: true,
+        type_oid: shardwire::router::params::oid::FLOAT8,
     }]
 }
 
@@ -81,6 +87,24 @@ fn bench_routing(c: &mut Criterion) {
         b.iter(|| {
             router
                 .route(black_box(SELECT), &text(black_box(b"42")), &hints)
+                .unwrap()
+        })
+    });
+
+    // 1b. The same with a binary float8 key declared in Parse (psycopg's
+    // Python floats): decoded by its type, the key 42.
+    let float_key = 42f64.to_be_bytes();
+    router
+        .route(SELECT, &float_param(&float_key), &hints)
+        .unwrap();
+    c.bench_function("route/cached_select_float8_param", |b| {
+        b.iter(|| {
+            router
+                .route(
+                    black_box(SELECT),
+                    &float_param(black_box(&float_key)),
+                    &hints,
+                )
                 .unwrap()
         })
     });

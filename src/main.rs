@@ -164,13 +164,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let params: Vec<Param<'_>> = params
-                .iter()
-                .map(|p| Param {
-                    value: Some(p.as_bytes()),
-                    binary: false,
-                })
-                .collect();
+            let params: Vec<Param<'_>> = params.iter().map(|p| Param::text(p.as_bytes())).collect();
             let hints = SessionHints { shard, shard_key };
             let names = config.router.shard_names();
             let out = match config.router.route(&sql, &params, &hints) {

@@ -131,16 +131,20 @@ pub struct Analysis {
     /// Set when sqlparser could not parse the text and the keyword
     /// classifier decided instead.
     pub fallback: bool,
+    /// The types casts in the SQL give its parameters (for parameters the
+    /// client leaves untyped).
+    pub param_casts: super::ParamCasts,
 }
 
 pub type Tables = HashMap<String, Arc<TableRule>>;
 
 /// Analyze SQL text against the configured tables.
 pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
-    if let Some(statements) = parse_and_plan(sql, tables) {
+    if let Some(stmts) = parse(sql) {
         return Analysis {
-            statements,
+            statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
             fallback: false,
+            param_casts: super::ParamCasts::collect(&stmts),
         };
     }
     // sqlparser cannot read the whole string: analyze it statement by
@@ -148,10 +152,14 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
     // the others (a BEGIN before it, say); that one is classified by its
     // keywords, which refuses it if it names a configured table.
     let mut statements = Vec::new();
+    let mut parsed = Vec::new();
     let mut fallback = false;
     for piece in fallback::split_statements(sql) {
-        match parse_and_plan(piece, tables) {
-            Some(plans) => statements.extend(plans),
+        match parse(piece) {
+            Some(stmts) => {
+                statements.extend(stmts.iter().map(|s| plan_statement(s, tables)));
+                parsed.extend(stmts);
+            }
             None => {
                 fallback = true;
                 statements.push(fallback::classify_keywords(piece, tables));
@@ -161,17 +169,19 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
     Analysis {
         statements,
         fallback,
+        // Casts in a statement that could not be parsed are not seen: such
+        // a parameter keeps the type the client or the server gave.
+        param_casts: super::ParamCasts::collect(&parsed),
     }
 }
 
-/// The plans of the statements of `sql`, if sqlparser reads it (with
-/// COPY options it does not take rewritten).
-fn parse_and_plan(sql: &str, tables: &Tables) -> Option<Vec<StatementPlan>> {
-    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(stmts) => stmts,
-        Err(_) => Parser::parse_sql(&PostgreSqlDialect {}, &fallback::lenient_copy(sql)?).ok()?,
-    };
-    Some(stmts.iter().map(|s| plan_statement(s, tables)).collect())
+/// The statements of `sql`, if sqlparser reads it (with COPY options it
+/// does not take rewritten).
+fn parse(sql: &str) -> Option<Vec<Statement>> {
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(stmts) => Some(stmts),
+        Err(_) => Parser::parse_sql(&PostgreSqlDialect {}, &fallback::lenient_copy(sql)?).ok(),
+    }
 }
 
 pub(super) fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {

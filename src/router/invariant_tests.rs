@@ -273,14 +273,7 @@ fn empty_any_arrays_match_no_row_on_one_shard() {
     ] {
         for value in [b"{}".as_slice(), b"{NULL}".as_slice()] {
             let r = router()
-                .route(
-                    sql,
-                    &[Param {
-                        value: Some(value),
-                        binary: false,
-                    }],
-                    &SessionHints::default(),
-                )
+                .route(sql, &[Param::text(value)], &SessionHints::default())
                 .unwrap_or_else(|e| panic!("{sql}: {}", e.message));
             assert_eq!(r.shards.len(), 1, "{sql}");
         }

@@ -12,6 +12,7 @@ pub mod fallback;
 pub mod hints;
 pub mod mergeable;
 pub mod occurrences;
+pub mod params;
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
@@ -27,6 +28,7 @@ pub use analyze::{
     Target,
 };
 pub use hints::Hint;
+pub use params::{Param, ParamCasts};
 
 /// Statements whose analysis is kept. Applications repeat a small set of
 /// statements; a bound keeps ad-hoc SQL from growing memory.
@@ -142,13 +144,13 @@ impl TableRule {
                             self.key, self.name
                         ),
                     )),
-                    Some(bytes) if p.binary => {
-                        Ok(vec![decode_binary_key(self.key_type, bytes).map_err(bad)?])
-                    }
-                    Some(bytes) => {
-                        let s = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
-                        Ok(vec![parse_key(self.key_type, s).map_err(bad)?])
-                    }
+                    Some(bytes) => Ok(vec![params::decode(
+                        self.key_type,
+                        p.type_oid,
+                        p.binary,
+                        bytes,
+                    )
+                    .map_err(|e| self.bad_param(*i, p, e))?]),
                 }
             }
             KeyExpr::AnyParam(i) => {
@@ -158,27 +160,29 @@ impl TableRule {
                 let Some(bytes) = p.value else {
                     return Ok(vec![]);
                 };
-                if p.binary {
-                    decode_binary_array(self.key_type, bytes).map_err(bad)
-                } else {
-                    let s = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
-                    parse_text_array(s)
-                        .map_err(bad)?
-                        .into_iter()
-                        .flatten()
-                        .map(|e| parse_key(self.key_type, &e).map_err(bad))
-                        .collect()
-                }
+                params::decode_array(self.key_type, p.type_oid, p.binary, bytes)
+                    .map_err(|e| self.bad_param(*i, p, e))
             }
         }
     }
-}
 
-/// A Bind parameter as routing sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Param<'a> {
-    pub value: Option<&'a [u8]>,
-    pub binary: bool,
+    /// The client's error for key parameter `i` that cannot be routed:
+    /// the table, column, parameter, type and value, and a hint.
+    fn bad_param(&self, i: usize, p: &Param<'_>, e: params::BadParam) -> PgError {
+        PgError::error(
+            e.code,
+            format!(
+                "invalid shard key for table \"{}\" (column \"{}\"): parameter ${} (type {}) is {}: {}",
+                self.name,
+                self.key,
+                i + 1,
+                params::type_name(p.type_oid),
+                e.value,
+                e.reason
+            ),
+        )
+        .with_hint(e.hint)
+    }
 }
 
 pub fn parse_key(t: KeyType, s: &str) -> Result<KeyValue, String> {
@@ -190,105 +194,6 @@ pub fn parse_key(t: KeyType, s: &str) -> Result<KeyValue, String> {
             .map_err(|_| format!("\"{s}\" is not an integer")),
         KeyType::Text => Ok(KeyValue::Text(s.to_string())),
         KeyType::Uuid => parse_uuid(s).map(KeyValue::Uuid),
-    }
-}
-
-fn decode_binary_key(t: KeyType, b: &[u8]) -> Result<KeyValue, String> {
-    match t {
-        KeyType::Int => match b.len() {
-            2 => Ok(KeyValue::Int(i16::from_be_bytes([b[0], b[1]]) as i64)),
-            4 => Ok(KeyValue::Int(
-                i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64
-            )),
-            8 => Ok(KeyValue::Int(i64::from_be_bytes(
-                b.try_into().unwrap_or([0; 8]),
-            ))),
-            n => Err(format!("binary integer of {n} bytes")),
-        },
-        KeyType::Text => std::str::from_utf8(b)
-            .map(|s| KeyValue::Text(s.to_string()))
-            .map_err(|_| "not UTF-8".to_string()),
-        KeyType::Uuid => b
-            .try_into()
-            .map(KeyValue::Uuid)
-            .map_err(|_| format!("binary uuid of {} bytes", b.len())),
-    }
-}
-
-/// A one-dimensional array in PostgreSQL's binary format.
-fn decode_binary_array(t: KeyType, b: &[u8]) -> Result<Vec<KeyValue>, String> {
-    let mut r = crate::protocol::BodyReader::new(b, "array");
-    let e = |m: crate::protocol::Malformed| m.to_string();
-    let ndim = r.i32().map_err(e)?;
-    let _has_nulls = r.i32().map_err(e)?;
-    let _elem_oid = r.i32().map_err(e)?;
-    if ndim == 0 {
-        return Ok(vec![]);
-    }
-    if ndim != 1 {
-        return Err(format!("{ndim}-dimensional array"));
-    }
-    let n = r.i32().map_err(e)?;
-    let _lower = r.i32().map_err(e)?;
-    let mut out = Vec::with_capacity(n.clamp(0, 1024) as usize);
-    for _ in 0..n.max(0) {
-        let len = r.i32().map_err(e)?;
-        if len < 0 {
-            continue; // NULL element matches no row
-        }
-        out.push(decode_binary_key(t, r.bytes(len as usize).map_err(e)?)?);
-    }
-    Ok(out)
-}
-
-/// `{1,2,"a b",NULL}` -> elements (None for NULL).
-fn parse_text_array(s: &str) -> Result<Vec<Option<String>>, String> {
-    let inner = s
-        .trim()
-        .strip_prefix('{')
-        .and_then(|x| x.strip_suffix('}'))
-        .ok_or_else(|| format!("\"{s}\" is not an array literal"))?;
-    let mut out = Vec::new();
-    if inner.trim().is_empty() {
-        return Ok(out);
-    }
-    let mut chars = inner.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut cur = String::new();
-        let quoted = chars.peek() == Some(&'"');
-        if quoted {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => cur.extend(chars.next()),
-                    '"' => break,
-                    c => cur.push(c),
-                }
-            }
-            while chars.peek().is_some_and(|c| *c != ',') {
-                chars.next();
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                cur.push(c);
-                chars.next();
-            }
-            cur = cur.trim().to_string();
-        }
-        out.push(if !quoted && cur.eq_ignore_ascii_case("null") {
-            None
-        } else {
-            Some(cur)
-        });
-        if chars.next().is_none() {
-            return Ok(out);
-        }
     }
 }
 
@@ -577,6 +482,10 @@ impl Router {
             })
             .or_else(|| session.shard_key.clone());
 
+        // A parameter the client left untyped takes the type of a cast on
+        // it in the SQL, as on the server.
+        let with_casts = analysis.param_casts.apply(params);
+        let params = with_casts.as_deref().unwrap_or(params);
         let role = comment_hints.iter().find_map(|h| match h {
             Hint::Role(r) => Some(*r),
             _ => None,
@@ -1119,10 +1028,7 @@ mod tests {
         let r = router()
             .route(
                 "select abalance from accounts where aid = $1",
-                &[Param {
-                    value: Some(text),
-                    binary: false,
-                }],
+                &[Param::text(text)],
                 &SessionHints::default(),
             )
             .unwrap();
@@ -1134,6 +1040,7 @@ mod tests {
                 &[Param {
                     value: Some(&bin),
                     binary: true,
+                    type_oid: 0,
                 }],
                 &SessionHints::default(),
             )
@@ -1172,10 +1079,7 @@ mod tests {
         let r = router()
             .route(
                 "select * from accounts where aid = any($1)",
-                &[Param {
-                    value: Some(arr.as_bytes()),
-                    binary: false,
-                }],
+                &[Param::text(arr.as_bytes())],
                 &SessionHints::default(),
             )
             .unwrap();
@@ -1576,10 +1480,7 @@ mod tests {
         let two = r
             .route(
                 "insert into accounts values (10, 7, 0), (10, $1, 0)",
-                &[Param {
-                    value: Some(b"8"),
-                    binary: false,
-                }],
+                &[Param::text(b"8")],
                 &SessionHints::default(),
             )
             .unwrap();
@@ -1786,7 +1687,7 @@ mod tests {
         );
         assert!(parse_uuid("nope").is_err());
         assert_eq!(
-            parse_text_array("{1, 2,\"a,b\",NULL}").unwrap(),
+            params::parse_text_array("{1, 2,\"a,b\",NULL}").unwrap(),
             vec![Some("1".into()), Some("2".into()), Some("a,b".into()), None]
         );
     }

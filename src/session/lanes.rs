@@ -26,8 +26,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
+use super::bind::Bind;
 use super::statements::{rename_bind, Statement};
-use super::{routing, Session, SessionEnd, Timing};
+use super::{Session, SessionEnd, Timing};
 use crate::admin::metrics::RouteKind;
 use crate::backend::lane::{self, Batch};
 use crate::config::{PoolMode, ReadFrom};
@@ -148,7 +149,9 @@ where
         if !self.routing {
             return Some((self.default_shard, RouteKind::Default));
         }
-        let (_, params) = routing::bind_params(protocol::body(bind)).ok()?;
+        let params = Bind::decode(protocol::body(bind))
+            .ok()?
+            .params(Some(&stmt.types));
         let analysis = self.router.analysis(&stmt.sql);
         let route = self
             .router

@@ -19,6 +19,7 @@
 //! - `wanted_params`: the client's session parameters (client_encoding,
 //!   DateStyle, application_name, ...) applied to each server at checkout.
 
+mod bind;
 mod catalog;
 mod copysplit;
 mod fence;
@@ -56,7 +57,7 @@ use crate::protocol::reader::{frame_len, FrameError};
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::router::{Route, Router, SessionHints};
 use routing::{HintVar, ProxyCommand, TxControl};
-use statements::{rebuild, rename_bind, split_name, Statements};
+use statements::{rebuild, rename_bind, split_name, ParamTypes, Statements};
 
 /// Bytes buffered toward one side before the proxy stops reading the other
 /// side (backpressure), and the point at which a partial batch (COPY data)
@@ -154,6 +155,9 @@ enum Pending {
         /// The proxy's `pg_current_wal_insert_lsn()` after a write: its
         /// DataRow is read-your-writes' position (see reads.rs).
         lsn_probe: bool,
+        /// A Describe of a client statement: its ParameterDescription tells
+        /// the statement's parameter types (for routing its Binds).
+        describes: Option<Arc<ParamTypes>>,
     },
     /// A response the proxy makes itself, emitted when it reaches the head.
     Synthetic(u8),
@@ -327,6 +331,8 @@ pub struct Session<R, W> {
     held: Vec<BytesMut>,
     /// The SQL of the client's unnamed statement.
     unnamed_sql: Option<Arc<str>>,
+    /// The parameter types of the client's unnamed statement.
+    unnamed_types: Option<Arc<ParamTypes>>,
     pool_mode: PoolMode,
     max_prepared_per_server: usize,
     cancel: Arc<CancelSlot>,
@@ -436,6 +442,7 @@ where
             abort_in_flight: false,
             held: Vec::new(),
             unnamed_sql: None,
+            unnamed_types: None,
             pool_mode: setup.pool_mode,
             max_prepared_per_server: setup.max_prepared_per_server,
             cancel: setup.cancel,
@@ -1006,6 +1013,15 @@ where
                 self.copy_open = false;
             }
             _ => {}
+        }
+        if tag == be::PARAMETER_DESCRIPTION {
+            if let Some(Pending::Request {
+                describes: Some(types),
+                ..
+            }) = self.pending.front()
+            {
+                types.describe(frame);
+            }
         }
         if tag == be::DATA_ROW
             && matches!(
@@ -1742,6 +1758,7 @@ where
         };
         if name.is_empty() {
             self.unnamed_sql = Some(statements::parse_sql(rest).into());
+            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
             let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
             let frame = frame.freeze();
             self.unnamed = Some((id, frame.clone()));
@@ -1860,20 +1877,36 @@ where
             return Ok(());
         }
         match kind {
-            Some(b'S') => match self.statement_on_server(name) {
-                Some(server_name) => {
-                    let mut scratch = std::mem::take(&mut self.scratch);
-                    scratch.clear();
-                    rebuild(fe::DESCRIBE, b"S", &server_name, b"", &mut scratch);
-                    self.send(&scratch, Expect::Description, true, None);
-                    self.scratch = scratch;
+            Some(b'S') => {
+                let types = self.statement_types(name);
+                match self.statement_on_server(name) {
+                    Some(server_name) => {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        scratch.clear();
+                        rebuild(fe::DESCRIBE, b"S", &server_name, b"", &mut scratch);
+                        self.send(&scratch, Expect::Description, true, None);
+                        self.scratch = scratch;
+                    }
+                    None => self.send(&frame, Expect::Description, true, None),
                 }
-                None => self.send(&frame, Expect::Description, true, None),
-            },
+                if let Some(Pending::Request { describes, .. }) = self.pending.back_mut() {
+                    *describes = types;
+                }
+            }
             // Portals (and invalid kinds, which the server rejects) as is.
             _ => self.send(&frame, Expect::Description, true, None),
         }
         Ok(())
+    }
+
+    /// The parameter types of the client's statement `name` ("" for the
+    /// unnamed one).
+    fn statement_types(&self, name: &str) -> Option<Arc<ParamTypes>> {
+        if name.is_empty() {
+            self.unnamed_types.clone()
+        } else {
+            self.statements.get(name).map(|s| s.types.clone())
+        }
     }
 
     async fn on_close(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
@@ -1895,6 +1928,7 @@ where
         if kind == Some(b'S') {
             self.unnamed = None;
             self.unnamed_sql = None;
+            self.unnamed_types = None;
         }
         if self.ensure_server(false).await {
             if kind == Some(b'S') {
@@ -1915,6 +1949,7 @@ where
             creates,
             timing,
             lsn_probe: false,
+            describes: None,
         });
         if self.server_out.len() >= HIGH_WATER {
             self.flush_point();
@@ -2330,6 +2365,7 @@ where
             creates: None,
             timing: None,
             lsn_probe: false,
+            describes: None,
         });
         // A simple Query drops the server's unnamed statement.
         if let Some(s) = self.server.as_deref_mut() {
@@ -2382,6 +2418,7 @@ where
         };
         if name.is_empty() {
             self.unnamed_sql = Some(statements::parse_sql(rest).into());
+            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
             let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
             self.unnamed = Some((id, Bytes::copy_from_slice(frame)));
         } else {
@@ -2529,15 +2566,20 @@ where
 
     async fn routed_bind(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
         let routed = {
-            let (stmt, params) = match routing::bind_params(protocol::body(&frame)) {
+            let bind = match bind::Bind::decode(protocol::body(&frame)) {
                 Ok(x) => x,
                 Err(e) => return Err(self.client_protocol_error(e.to_string())),
             };
-            let sql = if stmt.is_empty() {
-                self.unnamed_sql.clone()
+            let stmt = bind.statement;
+            let (sql, types) = if stmt.is_empty() {
+                (self.unnamed_sql.clone(), self.unnamed_types.as_deref())
             } else {
-                self.statements.get(stmt).map(|s| s.sql.clone())
+                match self.statements.get(stmt) {
+                    Some(s) => (Some(s.sql.clone()), Some(&*s.types)),
+                    None => (None, None),
+                }
             };
+            let params = bind.params(types);
             match sql {
                 // An unknown statement: the server reports it.
                 None => Some(Ok((self.server_shard_or_default(), self.route_kind, None))),

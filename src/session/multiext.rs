@@ -15,10 +15,9 @@
 //! commit when several wrote), or rolls it back after an error; COMMIT
 //! and ROLLBACK as statements end an explicit one.
 
+use super::bind::Bind;
 use super::multi::{lost_error, multi_write_tag, shard_error, write_answer, MAX_COLLECT};
-use super::portal::{
-    describe_request, descriptions, extended_answer, parse_bind, parse_frame, portal_request,
-};
+use super::portal::{describe_request, descriptions, extended_answer, parse_frame, portal_request};
 use super::*;
 use crate::backend::conn::Collected;
 use crate::router::Merge;
@@ -117,9 +116,10 @@ where
                     .push_back(Pending::Synthetic(be::PARSE_COMPLETE));
             }
             fe::BIND => {
-                let Ok((_, stmt, params, result_formats)) = parse_bind(body) else {
+                let Ok(bind) = Bind::decode(body) else {
                     return Err(self.client_protocol_error("malformed Bind message".into()));
                 };
+                let stmt = bind.statement;
                 let sql = if stmt.is_empty() {
                     self.unnamed_sql.clone()
                 } else {
@@ -157,10 +157,8 @@ where
                         "savepoints and nested transaction control are not supported in a transaction over several shards",
                     ))
                 } else {
-                    let (_, bound) = match routing::bind_params(body) {
-                        Ok(x) => x,
-                        Err(e) => return Err(self.client_protocol_error(e.to_string())),
-                    };
+                    let types = self.statement_types(stmt);
+                    let bound = bind.params(types.as_deref());
                     self.router.route(&sql, &bound, &self.hints)
                 };
                 match route {
@@ -170,8 +168,8 @@ where
                             route,
                             sql,
                             param_types,
-                            params: Bytes::copy_from_slice(params),
-                            result_formats,
+                            params: Bytes::copy_from_slice(bind.params_part),
+                            result_formats: bind.result_formats(),
                             described: false,
                             ends,
                         });
@@ -291,6 +289,7 @@ where
             .unwrap_or(self.default_shard);
         let request = describe_request(&sql, &types);
         if let Some(results) = self.multi_requests(&[(shard, request)]).await {
+            self.note_description(name, &results);
             self.pending
                 .push_back(Pending::SyntheticFrame(descriptions(&results).freeze()));
         }

@@ -14,6 +14,7 @@
 //! gets that many rows and PortalSuspended; the rest of the merged answer
 //! waits in the proxy for the next Execute (until Sync).
 
+use super::bind::Bind;
 use super::multi::{multi_write_tag, write_answer};
 use super::*;
 use crate::backend::conn::Collected;
@@ -106,10 +107,10 @@ where
             return Ok(());
         }
         let body = protocol::body(&frame);
-        let parsed = parse_bind(body);
-        let Ok((portal, stmt, params, result_formats)) = parsed else {
+        let Ok(bind) = Bind::decode(body) else {
             return Err(self.client_protocol_error("malformed Bind message".into()));
         };
+        let stmt = bind.statement;
         let Some(param_types) = self.statement_param_types(stmt) else {
             let e = PgError::error(
                 "26000",
@@ -154,14 +155,14 @@ where
             None => sql.clone(),
         };
         self.portal = Some(ScatterPortal {
-            name: portal.to_vec(),
+            name: bind.portal.to_vec(),
             sql,
             shard_sql,
             route,
             what,
             param_types,
-            params: Bytes::copy_from_slice(params),
-            result_formats,
+            params: Bytes::copy_from_slice(bind.params_part),
+            result_formats: bind.result_formats(),
             described: false,
             suspended: None,
         });
@@ -363,7 +364,7 @@ where
             false,
         );
         let shard = portal.route.shards[0];
-        self.describe_on(shard, request).await;
+        self.describe_on(shard, request, None).await;
     }
 
     /// Answer a Describe of statement `name` (ParameterDescription, then
@@ -385,14 +386,40 @@ where
             );
             return false;
         };
-        self.describe_on(shard, describe_request(&sql, &types))
+        self.describe_on(shard, describe_request(&sql, &types), Some(name))
             .await
     }
 
-    /// Run a describing request on `shard` and pass its descriptions on.
-    async fn describe_on(&mut self, shard: usize, request: BytesMut) -> bool {
+    /// Note the ParameterDescription in `results` (a shard's answer to a
+    /// Describe of the client's statement `name`) as the statement's
+    /// parameter types.
+    pub(super) fn note_description(&self, name: &str, results: &[Collected]) {
+        let Some(types) = self.statement_types(name) else {
+            return;
+        };
+        if let Some(f) = results
+            .iter()
+            .flat_map(|r| r.frames.iter())
+            .find(|f| f[0] == be::PARAMETER_DESCRIPTION)
+        {
+            types.describe(f);
+        }
+    }
+
+    /// Run a describing request on `shard` and pass its descriptions on;
+    /// for a Describe of the client's statement `statement`, note its
+    /// parameter types.
+    async fn describe_on(
+        &mut self,
+        shard: usize,
+        request: BytesMut,
+        statement: Option<&str>,
+    ) -> bool {
         match self.run_on_shards(&[(shard, request)], false).await {
             Ok(results) => {
+                if let Some(name) = statement {
+                    self.note_description(name, &results);
+                }
                 self.pending
                     .push_back(Pending::SyntheticFrame(descriptions(&results).freeze()));
                 self.emit_synthetic();
@@ -440,35 +467,6 @@ fn scatter_kind(route: &Route, analysis: &Analysis, sql: &str) -> Option<Scatter
             .iter()
             .all(|s| !matches!(s.kind, Kind::Copy | Kind::Transaction));
     everywhere.then_some(Scatter::Everywhere)
-}
-
-/// A Bind body: portal, statement, the parameter part (formats and
-/// values) and the result format codes.
-pub(super) type BindParts<'a> = (&'a [u8], &'a str, &'a [u8], Vec<i16>);
-
-pub(super) fn parse_bind(body: &[u8]) -> Result<BindParts<'_>, protocol::Malformed> {
-    let mut r = BodyReader::new(body, "Bind");
-    let portal = r.cstr_bytes()?;
-    let stmt = r.cstr()?;
-    let start = body.len() - r.remaining().len();
-    let nformats = r.i16()?.max(0);
-    for _ in 0..nformats {
-        r.i16()?;
-    }
-    let nparams = r.i16()?.max(0);
-    for _ in 0..nparams {
-        let len = r.i32()?;
-        if len > 0 {
-            r.bytes(len as usize)?;
-        }
-    }
-    let end = body.len() - r.remaining().len();
-    let nresults = r.i16()?.max(0);
-    let mut formats = Vec::with_capacity(nresults.min(1024) as usize);
-    for _ in 0..nresults {
-        formats.push(r.i16()?);
-    }
-    Ok((portal, stmt, &body[start..end], formats))
 }
 
 pub(super) fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {
@@ -588,24 +586,6 @@ pub(super) fn extended_answer(frames: &[u8], described: bool) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bind_splits_into_params_and_result_formats() {
-        // portal "p", statement "s", one text parameter "42", results: binary.
-        let mut body = b"p\0s\0".to_vec();
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&1i16.to_be_bytes());
-        body.extend_from_slice(&2i32.to_be_bytes());
-        body.extend_from_slice(b"42");
-        body.extend_from_slice(&1i16.to_be_bytes());
-        body.extend_from_slice(&1i16.to_be_bytes());
-        let (portal, stmt, params, formats) = parse_bind(&body).unwrap();
-        assert_eq!(portal, b"p");
-        assert_eq!(stmt, "s");
-        assert_eq!(params.len(), 2 + 2 + 4 + 2);
-        assert_eq!(formats, [1]);
-        assert!(parse_bind(&body[..body.len() - 1]).is_err());
-    }
 
     #[test]
     fn answer_keeps_the_description_only_when_asked() {

@@ -267,6 +267,7 @@ where
                     creates: None,
                     timing: None,
                     lsn_probe: true,
+                    describes: None,
                 });
                 self.flush_point();
                 true

@@ -1,40 +1,8 @@
-//! What the session needs to route statements: Bind parameter decoding,
-//! the proxy's own `SET shardwire.*` commands, and transaction control.
+//! What the session needs to route statements: the proxy's own
+//! `SET shardwire.*` commands, and transaction control. (Bind parameters
+//! are decoded in bind.rs.)
 
-use crate::protocol::{BodyReader, Malformed};
-use crate::router::{Analysis, Kind, Param};
-
-/// The statement name and parameter values of a Bind body.
-pub fn bind_params(body: &[u8]) -> Result<(&str, Vec<Param<'_>>), Malformed> {
-    let mut r = BodyReader::new(body, "Bind");
-    let _portal = r.cstr_bytes()?;
-    let stmt = r.cstr()?;
-    let nformats = r.i16()?.max(0) as usize;
-    let mut formats = Vec::with_capacity(nformats.min(1024));
-    for _ in 0..nformats {
-        formats.push(r.i16()?);
-    }
-    let nparams = r.i16()?.max(0) as usize;
-    let mut params = Vec::with_capacity(nparams.min(1024));
-    for i in 0..nparams {
-        let format = match formats.len() {
-            0 => 0,
-            1 => formats[0],
-            _ => formats.get(i).copied().unwrap_or(0),
-        };
-        let len = r.i32()?;
-        let value = if len < 0 {
-            None
-        } else {
-            Some(r.bytes(len as usize)?)
-        };
-        params.push(Param {
-            value,
-            binary: format == 1,
-        });
-    }
-    Ok((stmt, params))
-}
+use crate::router::{Analysis, Kind};
 
 /// Statements that go wherever the rest of the transaction goes:
 /// transaction control and SET.
@@ -193,42 +161,6 @@ fn split_word(s: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decodes_bind() {
-        // portal "", stmt "s", 1 format (binary), 2 params: int4 7, NULL, 0 result formats
-        let mut b = Vec::new();
-        b.extend_from_slice(b"\0s\0");
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&2i16.to_be_bytes());
-        b.extend_from_slice(&4i32.to_be_bytes());
-        b.extend_from_slice(&7i32.to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        let (stmt, params) = bind_params(&b).unwrap();
-        assert_eq!(stmt, "s");
-        assert_eq!(params.len(), 2);
-        assert!(params[0].binary);
-        assert_eq!(params[0].value, Some(&7i32.to_be_bytes()[..]));
-        assert!(params[1].value.is_none());
-        // per-parameter formats
-        let mut b = Vec::new();
-        b.extend_from_slice(b"p\0\0");
-        b.extend_from_slice(&2i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&2i16.to_be_bytes());
-        b.extend_from_slice(&2i32.to_be_bytes());
-        b.extend_from_slice(b"42");
-        b.extend_from_slice(&0i32.to_be_bytes());
-        let (stmt, params) = bind_params(&b).unwrap();
-        assert_eq!(stmt, "");
-        assert!(!params[0].binary && params[1].binary);
-        assert_eq!(params[0].value, Some(&b"42"[..]));
-        assert_eq!(params[1].value, Some(&b""[..]));
-        assert!(bind_params(b"\0s\0\0").is_err());
-    }
 
     #[test]
     fn transaction_control() {

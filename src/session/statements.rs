@@ -3,7 +3,7 @@
 //! any backend, under a proxy-chosen name derived from its content.
 
 use std::sync::atomic::AtomicU8;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use foldhash::HashMap;
@@ -22,6 +22,8 @@ pub struct Statement {
     pub parse_frame: Bytes,
     /// The statement's SQL text (for routing its Binds).
     pub sql: Arc<str>,
+    /// Its parameters' types (for decoding the keys of its Binds).
+    pub types: Arc<ParamTypes>,
     /// Whether its batches may run on a lane (see session::lanes).
     pub lane: AtomicU8,
 }
@@ -55,6 +57,7 @@ impl Statements {
             server_name: name.into(),
             parse_frame: frame.freeze(),
             sql: parse_sql(parse_body_after_name).into(),
+            types: Arc::new(ParamTypes::from_parse(parse_body_after_name)),
             lane: AtomicU8::new(0),
         });
         self.by_client_name
@@ -80,6 +83,63 @@ impl Statements {
 
     pub fn is_empty(&self) -> bool {
         self.by_client_name.is_empty()
+    }
+}
+
+/// What the proxy knows of a statement's parameter types: routing decodes
+/// a key parameter by its type (router::params), and a binary float8 is
+/// not an int8 of the same length.
+#[derive(Debug, Default)]
+pub struct ParamTypes {
+    /// The OIDs the client's Parse declared (0: left to the server).
+    declared: Box<[u32]>,
+    /// The server's ParameterDescription, once it answered a Describe of
+    /// the statement the client sent. Set once: a statement's parameter
+    /// types do not change while it exists (a client re-preparing a name
+    /// gets a new `ParamTypes`).
+    described: OnceLock<Box<[u32]>>,
+}
+
+impl ParamTypes {
+    /// From a Parse body after the statement name: the SQL, the count of
+    /// parameter types and the OIDs (what is malformed counts as 0).
+    pub fn from_parse(parse_body_after_name: &[u8]) -> ParamTypes {
+        let mut r = BodyReader::new(parse_body_after_name, "Parse");
+        let declared = match (r.cstr_bytes(), r.i16()) {
+            (Ok(_), Ok(n)) => (0..n.max(0))
+                .map_while(|_| r.i32().ok().map(|t| t as u32))
+                .collect(),
+            _ => Box::default(),
+        };
+        ParamTypes {
+            declared,
+            described: OnceLock::new(),
+        }
+    }
+
+    /// The type of parameter `i` (zero-based): declared, else described,
+    /// else 0.
+    pub fn of(&self, i: usize) -> u32 {
+        match self.declared.get(i) {
+            Some(&t) if t != 0 => t,
+            _ => self
+                .described
+                .get()
+                .and_then(|d| d.get(i).copied())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Note the server's ParameterDescription (`frame`, the whole message).
+    pub fn describe(&self, frame: &[u8]) {
+        let mut r = BodyReader::new(protocol::body(frame), "ParameterDescription");
+        let Ok(n) = r.i16() else {
+            return;
+        };
+        let types: Box<[u32]> = (0..n.max(0))
+            .map_while(|_| r.i32().ok().map(|t| t as u32))
+            .collect();
+        let _ = self.described.set(types);
     }
 }
 

@@ -21,6 +21,7 @@ mod lanes;
 mod limits;
 mod metrics;
 mod multishard;
+mod params;
 mod pgbench;
 mod pool_sizing;
 mod pooling;
