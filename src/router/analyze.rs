@@ -533,6 +533,15 @@ fn footprint_target<V: Visit>(
             );
         }
     }
+    if let Some(t) = &fp.nested_reference_write {
+        return refuse(
+            NOT_SUPPORTED,
+            format!(
+                "a data-modifying WITH that writes reference table \"{t}\" is not supported: every shard's copy must be written"
+            ),
+            Some("write the reference table with a statement of its own"),
+        );
+    }
     if !fp.sharded.is_empty() {
         return Target::Keyed(fp.sharded.clone());
     }

@@ -339,6 +339,12 @@ fn reference_writes_read_only_reference_tables() {
     refused("delete from countries using accounts where accounts.bid = 1");
     let r = route("insert into countries select * from countries").unwrap();
     assert!(r.all_shards);
+    // A data-modifying CTE would write one shard's copy.
+    refused("with w as (update countries set code = code returning code) select * from w");
+    refused(
+        "with w as (insert into countries values ('x') returning code) select * from countries",
+    );
+    refused("with w as (delete from countries returning code) delete from accounts where aid = 1");
 }
 
 #[test]
@@ -352,4 +358,25 @@ fn explain_goes_where_its_statement_goes() {
     refused("explain analyze insert into countries values ('x')");
     let r = route("explain insert into countries values ('x')").unwrap();
     assert_eq!(r.shards.len(), 1);
+}
+
+#[test]
+fn merges_need_every_row_to_have_a_sharded_row() {
+    // The preserved side of an outer join keeps its rows where the sharded
+    // table has no match: every shard would answer them.
+    refused("select c.code, a.aid from countries c left join accounts a on a.bid = c.code");
+    refused("select count(*) from countries c left join accounts a on a.bid = c.code");
+    refused("select g, a.aid from generate_series(1, 3) g left join accounts a on a.aid = g");
+    refused("select a.aid from accounts a right join countries c on a.bid = c.code");
+    refused("select a.aid from accounts a full join countries c on a.bid = c.code");
+    for sql in [
+        "select a.aid, c.code from accounts a left join countries c on a.bid = c.code",
+        "select count(*) from countries c join accounts a on a.bid = c.code",
+        "select g, a.aid from generate_series(1, 3) g join accounts a on a.aid = g",
+        "select a.aid from countries c right join accounts a on a.bid = c.code",
+    ] {
+        let r = route(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.message));
+        assert_eq!(r.shards.len(), 2, "{sql}");
+        assert!(r.merge.is_some(), "{sql}");
+    }
 }

@@ -64,6 +64,9 @@ struct Occurrence {
     alternatives: Option<Vec<KeyExpr>>,
     /// In the FROM of the statement's top-level SELECT.
     top_level: bool,
+    /// On the nullable side of an outer join of its block: rows of the
+    /// other side appear whether or not it has a match.
+    nullable: bool,
 }
 
 /// What a statement touches, for routing.
@@ -71,7 +74,11 @@ struct Occurrence {
 pub struct Footprint {
     /// One entry per occurrence of a sharded table, with its key values.
     pub sharded: Vec<KeyCondition>,
-    /// How many of `sharded` are in the FROM of the top-level SELECT.
+    /// How many of `sharded` are in the FROM of the top-level SELECT and
+    /// not on the nullable side of an outer join there: the answer of
+    /// such a query is the union of every shard's answer only when each of
+    /// its rows has a row of that table (else the rows of the preserved
+    /// side without a match would come from every shard).
     pub sharded_top_level: usize,
     /// A reference table is read or written.
     pub reference: bool,
@@ -81,6 +88,9 @@ pub struct Footprint {
     pub functions: Vec<String>,
     /// Why some table reference was not understood.
     pub not_understood: Option<String>,
+    /// A reference table written by a data-modifying CTE (every shard
+    /// needs that write, and the statement runs on one).
+    pub nested_reference_write: Option<String>,
 }
 
 /// The footprint of a whole statement.
@@ -131,6 +141,7 @@ struct Walker<'t> {
     relations: usize,
     functions: Vec<String>,
     unknown: Option<String>,
+    nested_reference_write: Option<String>,
 }
 
 impl<'t> Walker<'t> {
@@ -144,6 +155,7 @@ impl<'t> Walker<'t> {
             relations: 0,
             functions: Vec::new(),
             unknown: None,
+            nested_reference_write: None,
         }
     }
 
@@ -161,12 +173,13 @@ impl<'t> Walker<'t> {
         let mut fp = Footprint {
             functions: self.functions,
             not_understood: self.unknown,
+            nested_reference_write: self.nested_reference_write,
             ..Default::default()
         };
         for o in self.occ {
             match o.relation {
                 Relation::Sharded(table) => {
-                    if o.top_level {
+                    if o.top_level && !o.nullable {
                         fp.sharded_top_level += 1;
                     }
                     fp.sharded.push(KeyCondition {
@@ -216,9 +229,9 @@ impl<'t> Walker<'t> {
     fn statement(&mut self, st: &Statement, top: bool) {
         match st {
             Statement::Query(q) => self.query(q, top),
-            Statement::Insert(ins) => self.insert(ins),
-            Statement::Update(u) => self.update(u),
-            Statement::Delete(d) => self.delete(d),
+            Statement::Insert(ins) => self.insert(ins, !top),
+            Statement::Update(u) => self.update(u, !top),
+            Statement::Delete(d) => self.delete(d, !top),
             _ => self.not_modelled("a statement of this kind inside a query"),
         }
     }
@@ -313,7 +326,8 @@ impl<'t> Walker<'t> {
         self.scopes.pop();
     }
 
-    fn insert(&mut self, ins: &Insert) {
+    /// An INSERT (`nested`: in a CTE of another statement).
+    fn insert(&mut self, ins: &Insert, nested: bool) {
         let TableObject::TableName(name) = &ins.table else {
             return self.not_modelled("INSERT INTO a table function");
         };
@@ -329,6 +343,9 @@ impl<'t> Walker<'t> {
         }
         self.scopes.push(Scope::default());
         let target = self.add_occurrence(relation, false, item);
+        if nested {
+            self.note_nested_write(target);
+        }
         self.block_mut().items.push(("excluded".into(), None));
         if let Relation::Sharded(t) = &self.occ[target].relation {
             self.occ[target].alternatives = insert_keys(ins, t);
@@ -350,9 +367,13 @@ impl<'t> Walker<'t> {
         self.scopes.pop();
     }
 
-    fn update(&mut self, u: &Update) {
+    fn update(&mut self, u: &Update, nested: bool) {
         self.scopes.push(Scope::default());
+        let first = self.occ.len();
         self.table_with_joins(&u.table, false);
+        if nested {
+            self.note_nested_write(first);
+        }
         if let Some(from) = &u.from {
             let (UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = from;
             for twj in f {
@@ -371,11 +392,15 @@ impl<'t> Walker<'t> {
         self.scopes.pop();
     }
 
-    fn delete(&mut self, d: &Delete) {
+    fn delete(&mut self, d: &Delete, nested: bool) {
         self.scopes.push(Scope::default());
         let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+        let first = self.occ.len();
         for twj in from {
             self.table_with_joins(twj, false);
+        }
+        if nested {
+            self.note_nested_write(first);
         }
         if let Some(using) = &d.using {
             for twj in using {
@@ -420,6 +445,15 @@ impl<'t> Walker<'t> {
                     continue;
                 }
             };
+            let nullable: &[usize] = match &j.join_operator {
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => &right,
+                JoinOperator::Right(_) | JoinOperator::RightOuter(_) => &left,
+                JoinOperator::FullOuter(_) => &both(),
+                _ => &[],
+            };
+            for &o in nullable {
+                self.occ[o].nullable = true;
+            }
             match constraint {
                 JoinConstraint::On(e) => {
                     self.conjuncts(e, &restricted);
@@ -511,6 +545,17 @@ impl<'t> Walker<'t> {
         }
     }
 
+    /// Occurrence `o` is written by a statement nested in another one (a
+    /// data-modifying CTE): a reference table written there would be
+    /// written on the one shard the statement runs on.
+    fn note_nested_write(&mut self, o: usize) {
+        if let Some(Relation::Reference(t)) = self.occ.get(o).map(|x| &x.relation) {
+            if self.nested_reference_write.is_none() {
+                self.nested_reference_write = Some(t.name.clone());
+            }
+        }
+    }
+
     fn alias_item(&mut self, alias: Option<&sqlparser::ast::TableAlias>) {
         if let Some(a) = alias {
             let n = normalize_ident(&a.name.value, a.name.quote_style);
@@ -524,6 +569,7 @@ impl<'t> Walker<'t> {
             relation,
             alternatives: None,
             top_level: top,
+            nullable: false,
         });
         let block = self.block_mut();
         block.items.push((item, Some(idx)));

@@ -106,7 +106,18 @@ where
                         Err(e) => return Err(self.client_protocol_error(e.to_string())),
                     };
                     let sql = statements::parse_sql(rest);
-                    if !ends_transaction(&sql, &self.router.analysis(&sql)) {
+                    let analysis = self.router.analysis(&sql);
+                    if matches!(
+                        routing::tx_control(&sql, &analysis),
+                        Some(TxControl::RollbackToSavepoint)
+                    ) {
+                        self.multi_extended_fail(PgError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "ROLLBACK TO SAVEPOINT is not supported in a transaction over several shards",
+                        ));
+                        return Ok(());
+                    }
+                    if !ends_transaction(&sql, &analysis) {
                         self.multi_extended_fail(in_failed_transaction());
                         return Ok(());
                     }
@@ -282,6 +293,22 @@ where
                 format!("prepared statement \"{name}\" does not exist"),
             ));
         };
+        if self.multi.as_ref().is_some_and(|m| m.failed) {
+            // The shards' transactions failed: they would describe only
+            // COMMIT or ROLLBACK, which take no parameters and return no
+            // rows, and end their Sync in 'E'.
+            if !ends_transaction(&sql, &self.router.analysis(&sql)) {
+                return self.multi_extended_fail(in_failed_transaction());
+            }
+            let mut out = BytesMut::new();
+            let at = protocol::begin_frame(&mut out, be::PARAMETER_DESCRIPTION);
+            out.extend_from_slice(&0i16.to_be_bytes());
+            protocol::finish_frame(&mut out, at);
+            out.extend_from_slice(&protocol::empty_frame(be::NO_DATA));
+            self.pending
+                .push_back(Pending::SyntheticFrame(out.freeze()));
+            return;
+        }
         let shard = self
             .multi
             .as_ref()

@@ -126,8 +126,18 @@ where
             _ => {}
         }
         if failed {
-            // As PostgreSQL: everything but COMMIT/ROLLBACK (BEGIN too).
-            self.multi_fail(super::multiext::in_failed_transaction());
+            // As PostgreSQL: everything but COMMIT/ROLLBACK (BEGIN too),
+            // except ROLLBACK TO SAVEPOINT, which PostgreSQL allows and
+            // the shards cannot do together: refused as unsupported.
+            let e = match routing::tx_control(sql, &analysis) {
+                Some(TxControl::RollbackToSavepoint) => PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "ROLLBACK TO SAVEPOINT is not supported in a transaction over several shards",
+                )
+                .with_hint("roll back the whole transaction and run it again"),
+                _ => super::multiext::in_failed_transaction(),
+            };
+            self.multi_fail(e);
             return Ok(());
         }
         if let Err(e) = self.learn_columns(&analysis).await {

@@ -19,6 +19,8 @@ pub enum TxControl {
     Begin,
     /// COMMIT / END (tag "COMMIT") or ROLLBACK / ABORT (tag "ROLLBACK").
     End(&'static str),
+    /// ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name.
+    RollbackToSavepoint,
 }
 
 fn words(sql: &str) -> Vec<String> {
@@ -42,6 +44,9 @@ pub fn tx_control(sql: &str, a: &Analysis) -> Option<TxControl> {
         "start" if w.get(1).map(String::as_str) == Some("transaction") => Some(TxControl::Begin),
         "commit" | "end" if plain_tail => Some(TxControl::End("COMMIT")),
         "rollback" | "abort" if plain_tail => Some(TxControl::End("ROLLBACK")),
+        "rollback" | "abort" if w.iter().skip(1).take(2).any(|x| x == "to") && w.len() <= 5 => {
+            Some(TxControl::RollbackToSavepoint)
+        }
         _ => None,
     }
 }
@@ -176,7 +181,14 @@ mod tests {
         assert_eq!(tx("END WORK;"), Some(TxControl::End("COMMIT")));
         assert_eq!(tx("rollback"), Some(TxControl::End("ROLLBACK")));
         assert_eq!(tx("abort"), Some(TxControl::End("ROLLBACK")));
-        assert_eq!(tx("rollback to savepoint a"), None);
+        assert_eq!(
+            tx("rollback to savepoint a"),
+            Some(TxControl::RollbackToSavepoint)
+        );
+        assert_eq!(
+            tx("ROLLBACK WORK TO a"),
+            Some(TxControl::RollbackToSavepoint)
+        );
         assert_eq!(tx("commit prepared 'x'"), None);
         assert_eq!(tx("begin; select 1"), None);
         assert_eq!(tx("select 1"), None);
