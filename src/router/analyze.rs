@@ -14,9 +14,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    visit_expressions, visit_relations, visit_statements, Assignment, AssignmentTarget, CopySource,
-    CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query,
-    SetExpr, Statement, TableFactor, TableObject, Visit,
+    visit_expressions, visit_relations, visit_statements, CopySource, CopyTarget, Expr, FromTable,
+    ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, TableObject, Visit,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -533,6 +532,16 @@ fn footprint_target<V: Visit>(
             );
         }
     }
+    if let Some((table, key, upsert)) = &fp.moves_key {
+        return refuse(
+            NOT_SUPPORTED,
+            format!(
+                "{} of the shard key \"{key}\" of table \"{table}\" is not supported: it could move the row to another shard",
+                if *upsert { "INSERT ... ON CONFLICT DO UPDATE" } else { "UPDATE" }
+            ),
+            Some("DELETE the row and INSERT it with the new key"),
+        );
+    }
     if let Some(t) = &fp.nested_reference_write {
         return refuse(
             NOT_SUPPORTED,
@@ -614,20 +623,6 @@ fn plan_insert(
             Some("read the values first, then insert them with VALUES"),
         );
     }
-    if let Some(OnInsert::OnConflict(oc)) = &ins.on {
-        if let OnConflictAction::DoUpdate(du) = &oc.action {
-            if assigns_key(&du.assignments, &table) {
-                return refuse(
-                    NOT_SUPPORTED,
-                    format!(
-                        "INSERT ... ON CONFLICT DO UPDATE of the shard key \"{}\" of table \"{}\" is not supported: it could move the row to another shard",
-                        table.key, table.name
-                    ),
-                    Some("DELETE the row and INSERT it with the new key"),
-                );
-            }
-        }
-    }
     let columns: Vec<String> = ins.columns.iter().filter_map(last_ident).collect();
     let Some(source) = &ins.source else {
         return refuse(
@@ -689,16 +684,6 @@ fn plan_insert(
     Target::Insert { table, rows }
 }
 
-/// Whether assignments set the table's shard key.
-fn assigns_key(assignments: &[Assignment], t: &TableRule) -> bool {
-    assignments.iter().any(|a| match &a.target {
-        AssignmentTarget::ColumnName(c) => last_ident(c).as_deref() == Some(t.key.as_str()),
-        AssignmentTarget::Tuple(cs) => cs
-            .iter()
-            .any(|c| last_ident(c).as_deref() == Some(t.key.as_str())),
-    })
-}
-
 /// UPDATE and DELETE: a reference table is written on every shard; any
 /// other write goes where its footprint says.
 fn plan_write(
@@ -723,20 +708,6 @@ fn plan_update(
     fp: &Footprint,
     tables: &Tables,
 ) -> Target {
-    if let TableFactor::Table { name, .. } = &upd.table.relation {
-        if let Some(t) = lookup(name, tables) {
-            if !t.is_reference() && assigns_key(&upd.assignments, &t) {
-                return refuse(
-                    NOT_SUPPORTED,
-                    format!(
-                        "UPDATE of the shard key \"{}\" of table \"{}\" is not supported: it could move the row to another shard",
-                        t.key, t.name
-                    ),
-                    Some("DELETE the row and INSERT it with the new key"),
-                );
-            }
-        }
-    }
     plan_write(stmt, Some(&upd.table.relation), fp, tables)
 }
 

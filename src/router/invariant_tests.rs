@@ -380,3 +380,26 @@ fn merges_need_every_row_to_have_a_sharded_row() {
         assert!(r.merge.is_some(), "{sql}");
     }
 }
+
+#[test]
+fn every_occurrence_needs_all_the_shards_its_keys_are_on() {
+    let (a, b) = keys_apart();
+    // One occurrence on a's shard, the other on a's and b's: both shards
+    // are needed, not the one they share.
+    refused(&format!(
+        "select aid from accounts where aid = {a} union all select aid from history where aid in ({a}, {b})"
+    ));
+    refused(&format!(
+        "select * from accounts x where x.aid = {a} and exists (select 1 from history h where h.aid in ({a}, {b}))"
+    ));
+    refused(&format!(
+        "select aid from accounts where aid in ({a}, {b}) except select aid from history where aid = {b}"
+    ));
+    // Assigning the key in a data-modifying CTE, or its upsert, moves it too.
+    refused(&format!(
+        "with w as (update accounts set aid = 20372 where aid = {a} returning aid) select count(*) from w"
+    ));
+    refused(&format!(
+        "with w as (insert into accounts (aid) values ({a}) on conflict (aid) do update set aid = 7 returning aid) select * from w"
+    ));
+}

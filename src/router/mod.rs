@@ -658,9 +658,13 @@ impl Router {
                             .with_hint(analyze::HINT_ADD_KEY));
                         }
                     };
+                    // Every shard any occurrence's rows may be on: one
+                    // shard answers only when that is a single one (an
+                    // IN list over two shards needs both, whatever the
+                    // other occurrences need).
                     shards = Some(match shards {
                         None => set,
-                        Some(prev) => prev.intersection(&set).copied().collect(),
+                        Some(prev) => prev.union(&set).copied().collect(),
                     });
                 }
                 let shards = match shards {
@@ -677,12 +681,21 @@ impl Router {
                         [one].into()
                     }
                 };
-                if shards.is_empty() {
+                if shards.len() > 1 && conds.len() > 1 {
+                    let names: Vec<&str> = shards
+                        .iter()
+                        .map(|&s| self.shard_names[s].as_str())
+                        .collect();
                     return Err(PgError::error(
                         "0A000",
-                        "the tables of this statement are on different shards for the given keys",
+                        format!(
+                            "the {} references to sharded tables in this statement need rows of shards {} ({}); cross-shard statements of this shape are not supported yet",
+                            conds.len(),
+                            names.join(", "),
+                            route.keys.join(", ")
+                        ),
                     )
-                    .with_hint("join sharded tables only on co-located keys"));
+                    .with_hint("join sharded tables only on co-located keys, and give each the same key"));
                 }
                 let shards = self.with_unsharded(stmt, shards, route.table.as_deref())?;
                 route.shards = shards.into_iter().collect();

@@ -33,10 +33,10 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    visit_relations, BinaryOperator, Delete, Expr, FromTable, Insert, JoinConstraint, JoinOperator,
-    ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query, Select, SetExpr, Statement,
-    TableFactor, TableObject, TableWithJoins, UnaryOperator, Update, UpdateTableFromKind, Value,
-    Visit, Visitor,
+    visit_relations, Assignment, AssignmentTarget, BinaryOperator, Delete, Expr, FromTable, Insert,
+    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query,
+    Select, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Update,
+    UpdateTableFromKind, Value, Visit, Visitor,
 };
 
 use super::analyze::{lookup, normalize_ident, KeyCondition, KeyExpr, Tables};
@@ -91,6 +91,10 @@ pub struct Footprint {
     /// A reference table written by a data-modifying CTE (every shard
     /// needs that write, and the statement runs on one).
     pub nested_reference_write: Option<String>,
+    /// An UPDATE (or, `true`, an upsert's DO UPDATE), anywhere in the
+    /// statement, that assigns a sharded table's key (table, key): the row
+    /// would stay on the shard of its old key.
+    pub moves_key: Option<(String, String, bool)>,
 }
 
 /// The footprint of a whole statement.
@@ -142,6 +146,7 @@ struct Walker<'t> {
     functions: Vec<String>,
     unknown: Option<String>,
     nested_reference_write: Option<String>,
+    moves_key: Option<(String, String, bool)>,
 }
 
 impl<'t> Walker<'t> {
@@ -156,6 +161,7 @@ impl<'t> Walker<'t> {
             functions: Vec::new(),
             unknown: None,
             nested_reference_write: None,
+            moves_key: None,
         }
     }
 
@@ -174,6 +180,7 @@ impl<'t> Walker<'t> {
             functions: self.functions,
             not_understood: self.unknown,
             nested_reference_write: self.nested_reference_write,
+            moves_key: self.moves_key,
             ..Default::default()
         };
         for o in self.occ {
@@ -355,6 +362,7 @@ impl<'t> Walker<'t> {
             match on {
                 OnInsert::OnConflict(oc) => {
                     if let OnConflictAction::DoUpdate(du) = &oc.action {
+                        self.note_assignments(target, &du.assignments, true);
                         self.children(&du.assignments);
                         self.children(&du.selection);
                     }
@@ -374,6 +382,7 @@ impl<'t> Walker<'t> {
         if nested {
             self.note_nested_write(first);
         }
+        self.note_assignments(first, &u.assignments, false);
         if let Some(from) = &u.from {
             let (UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = from;
             for twj in f {
@@ -553,6 +562,22 @@ impl<'t> Walker<'t> {
             if self.nested_reference_write.is_none() {
                 self.nested_reference_write = Some(t.name.clone());
             }
+        }
+    }
+
+    /// Assignments to written occurrence `o`: one that sets a sharded
+    /// table's key would leave the row on the shard of its old key.
+    fn note_assignments(&mut self, o: usize, assignments: &[Assignment], upsert: bool) {
+        let Some(Relation::Sharded(t)) = self.occ.get(o).map(|x| &x.relation) else {
+            return;
+        };
+        let is_key = |c: &ObjectName| last_ident(c).as_deref() == Some(t.key.as_str());
+        let sets_key = assignments.iter().any(|a| match &a.target {
+            AssignmentTarget::ColumnName(c) => is_key(c),
+            AssignmentTarget::Tuple(cs) => cs.iter().any(is_key),
+        });
+        if sets_key && self.moves_key.is_none() {
+            self.moves_key = Some((t.name.clone(), t.key.clone(), upsert));
         }
     }
 

@@ -288,11 +288,32 @@ fn statements_answer_as_one_database_or_are_refused() {
         same(&c, &one, &format!("select a.id, o.id from iv_acc a left join iv_orders o on o.customer_id = a.id where a.id = {cust1}"), &mut diffs).await;
         // Found by the differential fuzzer (scripts/fuzz-sql.sh):
         // the preserved side of an outer join answered once per shard,
-        refused(&c, "select g.x, a.id from generate_series(1, 3) g(x) left join iv_acc a on a.id = g.x", &mut diffs).await;
-        refused(&c, "select count(*) from iv_ref r left join iv_acc a on a.grp = r.code", &mut diffs).await;
-        same(&c, &one, "select g.x, a.id from generate_series(1, 3) g(x) join iv_acc a on a.id = g.x", &mut diffs).await;
+        refused(
+            &c,
+            "select g.x, a.id from generate_series(1, 3) g(x) left join iv_acc a on a.id = g.x",
+            &mut diffs,
+        )
+        .await;
+        refused(
+            &c,
+            "select count(*) from iv_ref r left join iv_acc a on a.grp = r.code",
+            &mut diffs,
+        )
+        .await;
+        same(
+            &c,
+            &one,
+            "select g.x, a.id from generate_series(1, 3) g(x) join iv_acc a on a.id = g.x",
+            &mut diffs,
+        )
+        .await;
         // a reference table written in a CTE on one shard only,
-        refused(&c, "with w as (update iv_ref set label = 'z' returning code) select code from w", &mut diffs).await;
+        refused(
+            &c,
+            "with w as (update iv_ref set label = 'z' returning code) select code from w",
+            &mut diffs,
+        )
+        .await;
         // and COMMIT of a failed transaction over several shards, sent in
         // the extended protocol, answered XX000 instead of ROLLBACK.
         for db in [&c, &one] {
@@ -300,17 +321,26 @@ fn statements_answer_as_one_database_or_are_refused() {
             db.simple_query("insert into iv_acc (id, grp, bal) values (300, 0, 0)")
                 .await
                 .expect("insert");
-            let dup = format!("insert into iv_acc (id, grp, bal) values ({k0}, 0, 0), ({k1}, 0, 0)");
+            let dup =
+                format!("insert into iv_acc (id, grp, bal) values ({k0}, 0, 0), ({k1}, 0, 0)");
             let e = db.simple_query(&dup).await.expect_err("duplicate keys");
             assert_eq!(sqlstate(&e), "23505");
-            db.execute("commit", &[]).await.expect("commit of a failed transaction");
+            db.execute("commit", &[])
+                .await
+                .expect("commit of a failed transaction");
         }
         // ROLLBACK TO SAVEPOINT cannot be done across shards: refused, and
         // the transaction stays failed until ROLLBACK.
         c.batch_execute("begin; savepoint a").await.expect("begin");
         let dup = format!("insert into iv_acc (id, grp, bal) values ({k0}, 0, 0), ({k1}, 0, 0)");
-        assert_eq!(sqlstate(&c.simple_query(&dup).await.expect_err("dup")), "23505");
-        let e = c.simple_query("rollback to savepoint a").await.expect_err("refused");
+        assert_eq!(
+            sqlstate(&c.simple_query(&dup).await.expect_err("dup")),
+            "23505"
+        );
+        let e = c
+            .simple_query("rollback to savepoint a")
+            .await
+            .expect_err("refused");
         assert_eq!(sqlstate(&e), "0A000", "{e:?}");
         let e = c.simple_query("select 1").await.expect_err("still failed");
         assert_eq!(sqlstate(&e), "25P02");
