@@ -14,7 +14,8 @@ use shardwire::config::Config;
 use shardwire::router::{analyze, Param, Router, SessionHints};
 use shardwire::sharding::{pghash, HashRing, KeyValue, DEFAULT_VNODES, SEED};
 
-/// Two shards; a hash table (pgbench_accounts, default vnodes), a range
+/// Two shards; hash tables (pgbench_accounts, default vnodes, and
+/// pgbench_history, co-located with it), a range
 /// table, a geo table and a reference table.
 const CONFIG: &str = r#"
 [[users]]
@@ -53,6 +54,11 @@ default_shard = "s0"
 [[tables]]
 name = "pgbench_branches"
 strategy = "reference"
+
+[[tables]]
+name = "pgbench_history"
+key = "aid"
+strategy = "hash"
 "#;
 
 const SELECT: &str = "select abalance from pgbench_accounts where aid = $1";
@@ -131,6 +137,25 @@ fn bench_routing(c: &mut Criterion) {
         .collect();
     c.bench_function("analyze/select_param", |b| {
         b.iter(|| analyze::analyze(black_box(SELECT), &tables))
+    });
+
+    // 2c. A new text with a join, a correlated subquery and a CTE: every
+    // table reference is walked and pinned (the routing invariant).
+    let mut j: u64 = 0;
+    c.bench_function("route/uncached_join_subquery_cte", |b| {
+        b.iter_batched(
+            || {
+                j += 1;
+                format!(
+                    "with recent as (select aid, max(delta) d from pgbench_history where aid = {j} group by aid) \
+                     select a.abalance, r.d, b.bbalance from pgbench_accounts a \
+                     join recent r on r.aid = a.aid join pgbench_branches b on b.bid = a.bid \
+                     where a.aid = {j} and exists (select 1 from pgbench_history h where h.aid = a.aid)"
+                )
+            },
+            |sql| router.route(&sql, &[], &hints).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
 
     // 4. A 10-row INSERT, uncached (rows on both shards).
