@@ -952,3 +952,53 @@ pub fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
         })
         .collect()
 }
+
+/// PostgreSQL's binary numeric (numeric_send): ndigits, weight, sign,
+/// dscale, then base-10000 digits, for a plain decimal like `-12.50`
+/// (tokio-postgres has no numeric type of its own).
+pub fn numeric_send(s: &str) -> Result<Vec<u8>, String> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("not a decimal: {s}"));
+    }
+    let dscale = frac.len() as i16;
+    let int = int.trim_start_matches('0');
+    let pad_int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
+    let pad_frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
+    let mut digits: Vec<i16> = Vec::new();
+    for chunk in pad_int
+        .as_bytes()
+        .chunks(4)
+        .chain(pad_frac.as_bytes().chunks(4))
+    {
+        let chunk = std::str::from_utf8(chunk).map_err(|e| e.to_string())?;
+        digits.push(chunk.parse().map_err(|e| format!("{chunk}: {e}"))?);
+    }
+    let mut weight = (pad_int.len() / 4) as i16 - 1;
+    while digits.first() == Some(&0) {
+        digits.remove(0);
+        weight -= 1;
+    }
+    while digits.last() == Some(&0) {
+        digits.pop();
+    }
+    if digits.is_empty() {
+        weight = 0;
+    }
+    let mut out = Vec::with_capacity(8 + 2 * digits.len());
+    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    let sign: u16 = if neg && !digits.is_empty() { 0x4000 } else { 0 };
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&dscale.to_be_bytes());
+    for d in digits {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    Ok(out)
+}

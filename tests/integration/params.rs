@@ -55,38 +55,7 @@ struct Numeric(&'static str);
 
 impl ToSql for Numeric {
     fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        let (negative, text) = match self.0.strip_prefix('-') {
-            Some(t) => (true, t),
-            None => (false, self.0),
-        };
-        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-        // Base-10000 groups aligned on the decimal point.
-        let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
-        let frac_padded = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
-        let mut groups: Vec<u16> = int
-            .as_bytes()
-            .chunks(4)
-            .chain(frac_padded.as_bytes().chunks(4))
-            .map(|c| std::str::from_utf8(c).unwrap().parse().unwrap())
-            .collect();
-        let mut weight = (int.len() / 4) as i16 - 1;
-        while groups.first() == Some(&0) {
-            groups.remove(0);
-            weight -= 1;
-        }
-        while groups.last() == Some(&0) {
-            groups.pop();
-        }
-        if groups.is_empty() {
-            weight = 0;
-        }
-        out.put_i16(groups.len() as i16);
-        out.put_i16(weight);
-        out.put_u16(if negative { 0x4000 } else { 0 });
-        out.put_i16(frac.len() as i16);
-        for g in groups {
-            out.put_u16(g);
-        }
+        out.put_slice(&numeric_send(self.0)?);
         Ok(IsNull::No)
     }
 
@@ -126,15 +95,7 @@ impl Uuid {
     }
 
     fn text(&self) -> String {
-        let h: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        shardwire::router::display_key(&shardwire::sharding::KeyValue::Uuid(self.0))
     }
 }
 

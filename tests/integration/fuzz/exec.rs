@@ -17,6 +17,7 @@ use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::sql::{PType, PValue, Param, Proto, Render, Step, Stmt};
+use crate::common::numeric_send;
 
 /// How long one step may take before it counts as hung.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -253,17 +254,10 @@ pub fn show(oid: u32, v: &Value) -> String {
         20 => be(8).map(|n| n.to_string()).unwrap_or_else(|| hex(b)),
         701 if b.len() == 8 => f64::from_be_bytes(b[..8].try_into().expect("8 bytes")).to_string(),
         1700 => decode_numeric(b).unwrap_or_else(|| hex(b)),
-        2950 if b.len() == 16 => {
-            let h = hex(b);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[0..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..32]
-            )
-        }
+        2950 => match <[u8; 16]>::try_from(b.as_slice()) {
+            Ok(u) => shardwire::router::display_key(&shardwire::sharding::KeyValue::Uuid(u)),
+            Err(_) => hex(b),
+        },
         _ => format!("<oid {oid}> {}", hex(b)),
     }
 }
@@ -411,7 +405,7 @@ fn encode_scalar(ty: PType, s: &str, out: &mut BytesMut) -> Result<(), BoxErr> {
         PType::Int4 => out.put_i32(s.parse()?),
         PType::Int8 => out.put_i64(s.parse()?),
         PType::Float8 => out.put_f64(s.parse()?),
-        PType::Numeric => out.put_slice(&encode_numeric(s)?),
+        PType::Numeric => out.put_slice(&numeric_send(s)?),
         PType::Text => out.put_slice(s.as_bytes()),
         PType::Uuid => {
             let h: String = s.chars().filter(|c| *c != '-').collect();
@@ -427,54 +421,6 @@ fn encode_scalar(ty: PType, s: &str, out: &mut BytesMut) -> Result<(), BoxErr> {
     Ok(())
 }
 
-/// PostgreSQL's binary numeric: ndigits, weight, sign, dscale, then
-/// base-10000 digits, for a plain decimal like `-12.50`.
-pub fn encode_numeric(s: &str) -> Result<Vec<u8>, BoxErr> {
-    let (neg, body) = match s.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, s),
-    };
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    if int.is_empty() && frac.is_empty()
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
-        return Err(format!("not a decimal: {s}").into());
-    }
-    let dscale = frac.len() as i16;
-    let int = int.trim_start_matches('0');
-    let pad_int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
-    let pad_frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
-    let mut digits: Vec<i16> = Vec::new();
-    for chunk in pad_int
-        .as_bytes()
-        .chunks(4)
-        .chain(pad_frac.as_bytes().chunks(4))
-    {
-        digits.push(std::str::from_utf8(chunk)?.parse()?);
-    }
-    let mut weight = (pad_int.len() / 4) as i16 - 1;
-    while digits.first() == Some(&0) {
-        digits.remove(0);
-        weight -= 1;
-    }
-    while digits.last() == Some(&0) {
-        digits.pop();
-    }
-    if digits.is_empty() {
-        weight = 0;
-    }
-    let mut out = Vec::with_capacity(8 + 2 * digits.len());
-    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
-    out.extend_from_slice(&weight.to_be_bytes());
-    let sign: u16 = if neg && !digits.is_empty() { 0x4000 } else { 0 };
-    out.extend_from_slice(&sign.to_be_bytes());
-    out.extend_from_slice(&dscale.to_be_bytes());
-    for d in digits {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,7 +430,7 @@ mod tests {
         for s in [
             "0", "7", "-7", "7.0", "12345.5", "0.05", "-12.50", "10000", "140.5",
         ] {
-            let b = encode_numeric(s).expect(s);
+            let b = numeric_send(s).expect(s);
             assert_eq!(decode_numeric(&b).as_deref(), Some(s), "{s}");
         }
     }
