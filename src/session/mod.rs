@@ -1616,14 +1616,9 @@ where
             .any(|p| matches!(p, Pending::Request { .. }));
         if owes {
             // What the server still owes may change its status (the
-            // proxy's abort, a pipelined ROLLBACK): learn it first. A
-            // Flush makes it answer the current batch so far, too.
-            let mut flush = BytesMut::new();
-            let at = protocol::begin_frame(&mut flush, fe::FLUSH);
-            protocol::finish_frame(&mut flush, at);
-            self.server_out.extend_from_slice(&flush);
-            self.flush_point();
-            self.drain_requests(false).await?;
+            // proxy's abort, a pipelined ROLLBACK): learn it first,
+            // including the current batch's answers so far.
+            self.flush_and_drain().await?;
         }
         self.abort_in_flight = false;
         if self.skip_until_sync {
@@ -2148,6 +2143,18 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Have the held server answer everything sent so far, without ending
+    /// the batch (a Flush of the proxy's own), and wait for those answers,
+    /// which reach the client in order. The server stays held.
+    async fn flush_and_drain(&mut self) -> Result<(), SessionEnd> {
+        let mut flush = BytesMut::new();
+        let at = protocol::begin_frame(&mut flush, fe::FLUSH);
+        protocol::finish_frame(&mut flush, at);
+        self.server_out.extend_from_slice(&flush);
+        self.flush_point();
+        self.drain_requests(false).await
     }
 
     /// The held server owes nothing but the LSN probe of the last write.

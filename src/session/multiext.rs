@@ -75,14 +75,9 @@ where
             self.server_mut().unnamed = None;
         }
         // The server answers what it was sent so far (a Parse of this
-        // batch, say) without waiting for the batch's Sync.
-        let mut flush = BytesMut::new();
-        let at = protocol::begin_frame(&mut flush, fe::FLUSH);
-        protocol::finish_frame(&mut flush, at);
-        self.server_out.extend_from_slice(&flush);
-        self.flush_point();
-        // Everything the server owes reaches the client first, in order.
-        self.drain_requests(false).await?;
+        // batch, say) without waiting for the batch's Sync; everything it
+        // owes reaches the client first, in order.
+        self.flush_and_drain().await?;
         if self.skip_until_sync || self.server.is_none() {
             return Ok(false);
         }
