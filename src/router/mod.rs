@@ -1481,6 +1481,7 @@ mod tests {
         r.columns.put(
             "accounts",
             vec!["bid".into(), "aid".into(), "abalance".into()],
+            r.columns.generation(),
         );
         let one = r
             .route(

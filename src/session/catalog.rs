@@ -21,12 +21,13 @@ where
         if missing.is_empty() {
             return Ok(());
         }
+        let generation = self.router.columns.generation();
         let pool = self.pools[self.default_shard].clone();
         let mut conn = pool.checkout().await.map_err(|e| e.to_pg())?;
         align_params(&mut conn, &mut self.wanted_params).await?;
         for table in missing {
             let columns = table_columns(&mut conn, &table).await?;
-            self.router.columns.put(&table.name, columns);
+            self.router.columns.put(&table.name, columns, generation);
         }
         conn.release();
         Ok(())

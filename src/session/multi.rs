@@ -127,10 +127,14 @@ where
     async fn broadcast(&mut self, sql: &str, route: &Route, analysis: &Analysis) {
         let atomic = !needs_no_transaction(sql, analysis);
         let work = query_work(&route.shards, sql);
+        // A migration may change tables: INSERTs without a column list
+        // read their column order again (router::columns).
+        let ddl = analysis.statements.iter().any(|s| s.kind == Kind::Ddl);
+        if ddl {
+            self.router.columns.clear();
+        }
         let result = self.run_on_shards(&work, atomic).await;
-        if analysis.statements.iter().any(|s| s.kind == Kind::Ddl) {
-            // A migration changed tables: INSERTs without a column list
-            // read their column order again.
+        if ddl {
             self.router.columns.clear();
         }
         match result {

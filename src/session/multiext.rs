@@ -344,6 +344,13 @@ where
         if self.multi.as_ref().is_some_and(|m| m.failed) {
             return self.multi_extended_fail(in_failed_transaction());
         }
+        if p.route.all_shards {
+            // Maybe DDL: the column cache is cleared now and at COMMIT.
+            if let Some(m) = self.multi.as_mut() {
+                m.ran_ddl = true;
+            }
+            self.router.columns.clear();
+        }
         let analysis = self.router.analysis(&p.sql);
         let merge = p.route.merge.clone().filter(|_| p.route.shards.len() > 1);
         let write_tag = multi_write_tag(&p.route, &analysis);

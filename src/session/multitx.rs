@@ -159,6 +159,8 @@ where
             if let Some(m) = self.multi.as_mut() {
                 m.ran_ddl = true;
             }
+            // Cleared again at COMMIT (router::columns).
+            self.router.columns.clear();
         }
         let held: Vec<usize> = self.multi_shards();
         if routing::is_neutral(&analysis) {

@@ -301,7 +301,16 @@ where
             .map(|&s| (s, request.clone()))
             .collect();
         let atomic = portal.what != Scatter::Read;
-        let answer = match self.run_on_shards(&work, atomic).await {
+        // A statement on every shard may be DDL that changes a table's
+        // columns (router::columns: cleared before and after it runs).
+        if portal.route.all_shards {
+            self.router.columns.clear();
+        }
+        let result = self.run_on_shards(&work, atomic).await;
+        if portal.route.all_shards {
+            self.router.columns.clear();
+        }
+        let answer = match result {
             Err(frame) => Err(frame),
             Ok(results) => {
                 let merged = match (portal.what, &merge) {
