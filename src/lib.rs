@@ -16,6 +16,7 @@ pub mod config;
 pub mod execute;
 pub mod frontend;
 pub mod protocol;
+pub mod proxy;
 pub mod rebalance;
 pub mod router;
 pub mod session;

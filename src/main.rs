@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shardwire::config::Config;
-use shardwire::frontend::{self, Proxy};
+use shardwire::frontend;
+use shardwire::proxy::{self, Proxy};
 use shardwire::router::{Param, SessionHints};
 
 #[derive(Parser)]
@@ -229,7 +230,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     let config = shardwire::topology::load_at_start(config).await?;
-    frontend::check_servable(&config).map_err(|e| e.to_string())?;
+    proxy::check_servable(&config).map_err(|e| e.to_string())?;
     let listen = config.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

@@ -17,8 +17,8 @@ use super::clients::Registration;
 use super::metrics::LATENCY_BUCKETS;
 use crate::backend::health::{observed_role, ServerHealth};
 use crate::config::Server;
-use crate::frontend::Proxy;
 use crate::protocol::{self, fe, sqlstate, FrameReader, PgError};
+use crate::proxy::Proxy;
 
 /// The commands, as `SHOW HELP` lists them.
 const HELP: &[(&str, &str)] = &[

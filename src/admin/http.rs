@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::metrics::Exposition;
 use crate::backend::health::{observed_role, ServerState};
-use crate::frontend::Proxy;
+use crate::proxy::Proxy;
 use crate::router::{PARSE_CACHE_HITS, PARSE_CACHE_MISSES};
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -23,8 +23,8 @@ use std::collections::HashMap;
 
 use crate::backend::{BackendError, Pool, PooledConn, ServerConn, ServerTarget};
 use crate::config::{Config, Database, User};
-use crate::frontend::Proxy;
 use crate::protocol::{self, quote_literal, sqlstate, PgError};
+use crate::proxy::Proxy;
 
 /// Prefix of the global transaction ids shardwire prepares.
 pub const GID_PREFIX: &str = "sw_";

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use crate::backend::conn::ServerConn;
 use crate::config::Config;
-use crate::frontend::Proxy;
 use crate::protocol::{sqlstate, PgError};
+use crate::proxy::Proxy;
 use crate::router::{KeyType, Placement};
 use crate::sharding::ring::moved_arcs;
 use crate::sharding::{HashRing, KeyKind, DEFAULT_VNODES};

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::journal::{self, literal, status, Rebalance, Step};
 use crate::backend::conn::{ServerConn, ServerTarget};
 use crate::config::{Config, Role};
-use crate::frontend::Proxy;
+use crate::proxy::Proxy;
 use crate::topology;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

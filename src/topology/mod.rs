@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::backend::conn::{ServerConn, ServerTarget};
 use crate::config::{Config, Role, TopologySource};
-use crate::frontend::Proxy;
+use crate::proxy::Proxy;
 
 /// The LISTEN/NOTIFY channel; the payload is `name:version`.
 pub const CHANNEL: &str = "shardwire_topology";
