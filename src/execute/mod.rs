@@ -4,11 +4,14 @@
 //!
 //! - `merge`: ORDER BY as a k-way merge of the shards' sorted rows, then
 //!   OFFSET and LIMIT.
+//! - `fanout`: sending one request to each of several servers and reading
+//!   every answer, the shards working in parallel.
 //! - `binary`: reading sort keys from, and writing merged values in, the
 //!   binary format.
 //! - `twophase`: two-phase commit of transactions that wrote on several
 //!   shards, and the recovery of those a crash left in doubt.
 
 pub mod binary;
+pub mod fanout;
 pub mod merge;
 pub mod twophase;

@@ -21,8 +21,9 @@ use sqlparser::parser::Parser;
 
 use super::copysplit::{self, CopyFormat, RowSplitter};
 use super::*;
-use crate::backend::conn::Collected;
+use crate::backend::conn::{Collected, ServerConn};
 use crate::backend::BackendError;
+use crate::execute::fanout::{self, Exchange};
 use crate::router::{parse_key, CopySplit, TableRule};
 use crate::router::{Analysis, Kind};
 
@@ -616,51 +617,32 @@ where
         let mut results = Vec::with_capacity(n);
         if failure.is_none() {
             let timeout = self.multi_statement_timeout();
-            let deadline = tokio::time::Instant::now() + timeout;
-            // Sent: the shards whose answer must be read (or whose
-            // connection must be dropped).
-            let mut sent = vec![false; n];
-            for i in 0..n {
-                match conns[i].send_frames(&work[i].1, timeout).await {
-                    Ok(()) => sent[i] = true,
-                    Err(e) => {
-                        clean[i] = false;
-                        failure = Some(lost_error(&e, &names[i], outcome));
-                        break;
-                    }
-                }
-            }
+            let requests: Vec<&[u8]> = work.iter().map(|(_, r)| &r[..]).collect();
+            let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+            let answers = fanout::exchange(&mut servers, &requests, timeout, MAX_COLLECT).await;
             let expected = if atomic { b'T' } else { b'I' };
-            for i in (0..n).filter(|&i| sent[i]) {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match conns[i].collect_within(left, MAX_COLLECT).await {
-                    Ok(mut c) => {
+            for (i, answer) in answers.into_iter().enumerate() {
+                let trouble = match answer {
+                    Exchange::Answered(mut c) => {
                         if c.error.is_some() || c.status != expected {
                             clean[i] = c.status == expected;
-                            if failure.is_none() {
-                                failure = Some(shard_error(c.error.take(), &names[i], outcome));
-                            }
-                        } else if c.overflow && failure.is_none() {
-                            let mut out = BytesMut::new();
-                            PgError::error(
-                                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                                format!(
-                                    "the answer of shard \"{}\" to a multi-shard statement exceeds {} bytes",
-                                    names[i], MAX_COLLECT
-                                ),
-                            )
-                            .with_detail(format!("shardwire: limit reached{outcome}"))
-                            .encode(&mut out);
-                            failure = Some(out);
+                            Some(shard_error(c.error.take(), &names[i], outcome))
+                        } else if c.overflow {
+                            results.push(c);
+                            Some(overflow_error(&names[i], outcome))
+                        } else {
+                            results.push(c);
+                            None
                         }
-                        results.push(c);
                     }
-                    Err(e) => {
+                    Exchange::Lost(e) => {
                         clean[i] = false;
-                        if failure.is_none() {
-                            failure = Some(lost_error(&e, &names[i], outcome));
-                        }
+                        Some(lost_error(&e, &names[i], outcome))
                     }
+                    Exchange::NotSent => None,
+                };
+                if failure.is_none() {
+                    failure = trouble;
                 }
             }
         }
@@ -875,6 +857,19 @@ pub(super) fn lost_error(e: &BackendError, shard: &str, outcome: &str) -> BytesM
     e.to_pg()
         .with_detail(format!("shardwire: failed on shard \"{shard}\"{outcome}"))
         .encode(&mut out);
+    out
+}
+
+/// The client's ErrorResponse when a shard answered more than the proxy
+/// keeps of one answer to merge it.
+pub(super) fn overflow_error(shard: &str, outcome: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    PgError::error(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        format!("the answer of shard \"{shard}\" to a multi-shard statement exceeds {MAX_COLLECT} bytes"),
+    )
+    .with_detail(format!("shardwire: limit reached{outcome}"))
+    .encode(&mut out);
     out
 }
 

@@ -16,7 +16,7 @@
 //! and ROLLBACK as statements end an explicit one.
 
 use super::bind::Bind;
-use super::multi::{lost_error, multi_write_tag, shard_error, write_answer, MAX_COLLECT};
+use super::multi::{multi_write_tag, write_answer};
 use super::portal::{describe_request, descriptions, extended_answer, parse_frame, portal_request};
 use super::*;
 use crate::backend::conn::Collected;
@@ -33,8 +33,6 @@ pub(super) struct MultiPortal {
     /// COMMIT (true) or ROLLBACK (false) sent as a statement.
     ends: Option<bool>,
 }
-
-const OUTCOME: &str = "; the transaction is aborted on every shard";
 
 impl<R, W> Session<R, W>
 where
@@ -431,60 +429,12 @@ where
     /// transaction, then read the answers. None when one failed (the
     /// client has the error and the transaction is aborted).
     async fn multi_requests(&mut self, work: &[(usize, BytesMut)]) -> Option<Vec<Collected>> {
-        for (shard, _) in work {
-            if let Err(f) = self.multi_conn(*shard).await {
-                self.multi_extended_failed_with(f);
-                return None;
-            }
-        }
-        let timeout = self.multi_statement_timeout();
-        for (shard, request) in work {
-            let name = self.shard_name(*shard).to_string();
-            let conn = self.multi.as_mut()?.conns[*shard].as_mut()?;
-            if let Err(e) = conn.send_frames(request, timeout).await {
-                if let Some(m) = self.multi.as_mut() {
-                    m.conns[*shard] = None;
-                }
-                self.multi_extended_failed_with(lost_error(&e, &name, OUTCOME));
-                return None;
-            }
-        }
-        let mut results = Vec::with_capacity(work.len());
-        let mut failure = None;
-        for (shard, _) in work {
-            let name = self.shard_name(*shard).to_string();
-            let conn = self.multi.as_mut()?.conns[*shard].as_mut()?;
-            match conn.collect_within(timeout, MAX_COLLECT).await {
-                Ok(c) if c.error.is_none() && c.status == b'T' && !c.overflow => results.push(c),
-                Ok(mut c) => {
-                    if failure.is_none() {
-                        failure = Some(if c.overflow {
-                            let mut out = BytesMut::new();
-                            PgError::error(
-                                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                                format!("the answer of shard \"{name}\" exceeds {MAX_COLLECT} bytes in a transaction over several shards"),
-                            )
-                            .encode(&mut out);
-                            out
-                        } else {
-                            shard_error(c.error.take(), &name, OUTCOME)
-                        });
-                    }
-                }
-                Err(e) => {
-                    if let Some(m) = self.multi.as_mut() {
-                        m.conns[*shard] = None;
-                    }
-                    failure.get_or_insert(lost_error(&e, &name, OUTCOME));
-                }
-            }
-        }
-        match failure {
-            Some(f) => {
+        match self.multi_exchange(work).await {
+            Ok(results) => Some(results),
+            Err(f) => {
                 self.multi_extended_failed_with(f);
                 None
             }
-            None => Some(results),
         }
     }
 }

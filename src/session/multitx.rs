@@ -13,10 +13,12 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    finish_atomic, lost_error, multi_write_tag, shard_error, split_insert, CONTROL_TIMEOUT,
-    MAX_COLLECT,
+    finish_atomic, lost_error, multi_write_tag, overflow_error, shard_error, split_insert,
+    CONTROL_TIMEOUT, MAX_COLLECT,
 };
 use super::*;
+use crate::backend::conn::{Collected, ServerConn};
+use crate::execute::fanout::{self, Exchange};
 use crate::router::Kind;
 
 /// The connections of a transaction over several shards.
@@ -288,6 +290,63 @@ where
         }
     }
 
+    /// Send each request to its shard's connection in the transaction
+    /// (checked out and begun at first use) and read every answer, the
+    /// shards working in parallel (execute/fanout.rs). Err is the client's
+    /// ErrorResponse when any shard failed; a lost connection is dropped.
+    pub(super) async fn multi_exchange(
+        &mut self,
+        work: &[(usize, BytesMut)],
+    ) -> Result<Vec<Collected>, BytesMut> {
+        for (shard, _) in work {
+            self.multi_conn(*shard).await?;
+        }
+        let timeout = self.multi_statement_timeout();
+        let names: Vec<String> = work
+            .iter()
+            .map(|(s, _)| self.shard_name(*s).to_string())
+            .collect();
+        let Some(m) = self.multi.as_mut() else {
+            return Err(BytesMut::new());
+        };
+        let mut by_shard: Vec<Option<&mut PooledConn>> =
+            m.conns.iter_mut().map(|c| c.as_mut()).collect();
+        let mut servers: Vec<&mut ServerConn> = Vec::with_capacity(work.len());
+        for (shard, _) in work {
+            match by_shard.get_mut(*shard).and_then(|c| c.take()) {
+                Some(c) => servers.push(&mut **c),
+                // Each shard once; a repeated shard is a caller's bug.
+                None => return Err(BytesMut::new()),
+            }
+        }
+        let requests: Vec<&[u8]> = work.iter().map(|(_, r)| &r[..]).collect();
+        let answers = fanout::exchange(&mut servers, &requests, timeout, MAX_COLLECT).await;
+        let mut results = Vec::with_capacity(work.len());
+        let mut failure = None;
+        for (i, answer) in answers.into_iter().enumerate() {
+            let trouble = match answer {
+                Exchange::Answered(c) if c.error.is_none() && c.status == b'T' && !c.overflow => {
+                    results.push(c);
+                    None
+                }
+                Exchange::Answered(c) if c.overflow => Some(overflow_error(&names[i], OUTCOME)),
+                Exchange::Answered(c) => Some(shard_error(c.error, &names[i], OUTCOME)),
+                Exchange::Lost(e) => {
+                    m.conns[work[i].0] = None; // closes it
+                    Some(lost_error(&e, &names[i], OUTCOME))
+                }
+                Exchange::NotSent => None,
+            };
+            if failure.is_none() {
+                failure = trouble;
+            }
+        }
+        match failure {
+            Some(f) => Err(f),
+            None => Ok(results),
+        }
+    }
+
     /// Run `work` on the transaction's shards; answer with the first shard's
     /// frames, or (`write_tag`) the rows of all with a summed count.
     async fn multi_run(
@@ -296,46 +355,18 @@ where
         write_tag: Option<&str>,
         merge: Option<&crate::router::Merge>,
     ) {
-        for (shard, _) in &work {
-            if let Err(f) = self.multi_conn(*shard).await {
-                self.multi_failed_with(f);
-                return;
-            }
-        }
-        let mut results = Vec::with_capacity(work.len());
-        let timeout = self.multi_statement_timeout();
-        for (shard, sql) in &work {
-            let name = self.shard_name(*shard).to_string();
-            let Some(conn) = self.multi.as_mut().and_then(|m| m.conns[*shard].as_mut()) else {
-                return;
-            };
-            match conn.run_collect(sql, timeout, MAX_COLLECT).await {
-                Ok(c) if c.error.is_none() && c.status == b'T' && !c.overflow => results.push(c),
-                Ok(c) if c.overflow => {
-                    let mut out = BytesMut::new();
-                    PgError::error(
-                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                        format!(
-                            "the answer of shard \"{name}\" exceeds {MAX_COLLECT} bytes in a transaction over several shards"
-                        ),
-                    )
-                    .encode(&mut out);
-                    self.multi_failed_with(out);
-                    return;
-                }
-                Ok(c) => {
-                    self.multi_failed_with(shard_error(c.error, &name, OUTCOME));
-                    return;
-                }
-                Err(e) => {
-                    if let Some(m) = self.multi.as_mut() {
-                        m.conns[*shard] = None; // closes it
-                    }
-                    self.multi_failed_with(lost_error(&e, &name, OUTCOME));
-                    return;
-                }
-            }
-        }
+        let requests: Vec<(usize, BytesMut)> = work
+            .iter()
+            .map(|(shard, sql)| {
+                let mut frame = BytesMut::new();
+                crate::protocol::query_frame(&mut frame, sql);
+                (*shard, frame)
+            })
+            .collect();
+        let results = match self.multi_exchange(&requests).await {
+            Ok(results) => results,
+            Err(f) => return self.multi_failed_with(f),
+        };
         let mut out = BytesMut::new();
         if let Some(m) = merge {
             match super::scatter::merge_answers(m, &results) {

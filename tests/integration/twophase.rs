@@ -274,3 +274,60 @@ fn tpcb_across_shards_keeps_the_books_balanced() {
         none_prepared(&shards).await;
     });
 }
+
+/// A statement over both shards inside a transaction that spans them goes
+/// to both at once (execute/fanout.rs): each shard sleeps `NAP` seconds
+/// per row and holds one row, so one after the other would take twice
+/// `NAP`. Both protocols.
+#[test]
+fn a_scatter_inside_a_transaction_runs_on_both_shards_at_once() {
+    const NAP: f64 = 0.6;
+    let proxy = TestProxy::start(sharded("tp_par", "1s"));
+    let (k0, k1) = keys(&proxy, "tp_par");
+    block_on(Duration::from_secs(60), async {
+        let _shards =
+            connect_shards("drop table if exists tp_par; create table tp_par (id int primary key)")
+                .await;
+        let c = proxy.app_client().await;
+        let mut statements = tx("tp_par", &[k0, k1], "SELECT 1");
+        statements.pop();
+        run_each(&c, &statements)
+            .await
+            .expect("a transaction on two shards");
+        let sequential = Duration::from_secs_f64(2.0 * NAP);
+
+        let started = Instant::now();
+        let simple = c
+            .simple_query(&format!(
+                "select count(*) from tp_par where pg_sleep({NAP}) is not null"
+            ))
+            .await
+            .expect("scatter in the transaction (simple)");
+        let took = started.elapsed();
+        let count = simple.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(count.as_deref(), Some("2"));
+        assert!(
+            took < sequential,
+            "simple protocol: {took:?}, the shards ran one after the other"
+        );
+
+        let started = Instant::now();
+        let row = c
+            .query_one(
+                "select count(*) from tp_par where pg_sleep($1) is not null",
+                &[&NAP],
+            )
+            .await
+            .expect("scatter in the transaction (extended)");
+        let took = started.elapsed();
+        assert_eq!(row.get::<_, i64>(0), 2);
+        assert!(
+            took < sequential,
+            "extended protocol: {took:?}, the shards ran one after the other"
+        );
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+    });
+}
