@@ -17,6 +17,7 @@ use super::clients::Registration;
 use super::metrics::LATENCY_BUCKETS;
 use crate::backend::health::{observed_role, ServerHealth};
 use crate::config::Server;
+use crate::protocol::TxStatus;
 use crate::protocol::{self, fe, sqlstate, FrameReader, PgError};
 use crate::proxy::Proxy;
 
@@ -107,7 +108,7 @@ pub fn greet(out: &mut BytesMut) {
         protocol::parameter_status(out, k, v);
     }
     protocol::backend_key_data(out, 0, 0);
-    protocol::ready_for_query(out, b'I');
+    protocol::ready_for_query(out, TxStatus::Idle);
 }
 
 /// Serve one admin session until the client leaves or the proxy shuts down.
@@ -145,12 +146,12 @@ pub async fn run<R, W>(
                 let body = protocol::body(&frame);
                 let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
                 run_query(&proxy, &sql, &mut out).await;
-                protocol::ready_for_query(&mut out, b'I');
+                protocol::ready_for_query(&mut out, TxStatus::Idle);
             }
             fe::TERMINATE => return,
             fe::SYNC => {
                 failed_extended = false;
-                protocol::ready_for_query(&mut out, b'I');
+                protocol::ready_for_query(&mut out, TxStatus::Idle);
             }
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH => {
                 // One error per batch; the rest up to Sync is ignored.

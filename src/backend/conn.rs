@@ -14,6 +14,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::protocol::reader::FrameError;
+use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, BodyReader, FrameReader, PgError, PROTOCOL_3_0};
 
 /// Session parameters a client wants on its servers, by name. Shared
@@ -465,10 +466,10 @@ impl ServerConn {
                     error = Some(protocol::error_fields(protocol::body(&frame)));
                 }
                 be::READY_FOR_QUERY => {
-                    let status = protocol::body(&frame).first().copied().unwrap_or(b'I');
+                    let status = TxStatus::of_ready(&frame);
                     return match error {
                         Some(fields) => Err(InternalError::Sql(fields)),
-                        None if status != b'I' => Err(InternalError::Backend(
+                        None if status != TxStatus::Idle => Err(InternalError::Backend(
                             self.protocol_error("internal query left a transaction open"),
                         )),
                         None => Ok(()),
@@ -531,7 +532,7 @@ impl ServerConn {
                     }
                 }
                 be::READY_FOR_QUERY => {
-                    c.status = protocol::body(&frame).first().copied().unwrap_or(b'I');
+                    c.status = TxStatus::of_ready(&frame);
                     return Ok(c);
                 }
                 be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
@@ -610,7 +611,7 @@ pub struct Collected {
     /// The first ErrorResponse frame.
     pub error: Option<BytesMut>,
     /// Transaction status of the final ReadyForQuery.
-    pub status: u8,
+    pub status: TxStatus,
     /// More than the limit was answered; frames past it were dropped.
     pub overflow: bool,
 }

@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::conn::{align_params, ParamSet};
 use super::{Pool, PooledConn};
 use crate::protocol::reader::{frame_len, FrameError};
+use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, PgError};
 
 /// Batches waiting for a lane to take them; a full queue sends sessions
@@ -459,7 +460,7 @@ impl LaneTask {
                 _ => {}
             }
             head.out.extend_from_slice(frame);
-            let idle = tag == be::READY_FOR_QUERY && protocol::body(frame).first() == Some(&b'I');
+            let idle = tag == be::READY_FOR_QUERY && TxStatus::of_ready(frame) == TxStatus::Idle;
             buf.advance(len);
             if tag != be::READY_FOR_QUERY {
                 continue;
@@ -507,7 +508,7 @@ pub fn lost_error(cause: &str) -> PgError {
 pub fn failure(err: &PgError) -> Answer {
     let mut out = BytesMut::new();
     err.encode(&mut out);
-    protocol::ready_for_query(&mut out, b'I');
+    protocol::ready_for_query(&mut out, TxStatus::Idle);
     Answer {
         out,
         failed: true,

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 
 use crate::backend::{BackendError, Pool, PooledConn, ServerConn, ServerTarget};
 use crate::config::{Config, Database, User};
+use crate::protocol::TxStatus;
 use crate::protocol::{self, quote_literal, sqlstate, PgError};
 use crate::proxy::Proxy;
 
@@ -194,9 +195,11 @@ pub async fn commit(
             )
             .await
         {
-            Ok(c) if c.error.is_none() && c.status == b'I' && !is_rollback(&c) => prepared.push(i),
+            Ok(c) if c.error.is_none() && c.status == TxStatus::Idle && !is_rollback(&c) => {
+                prepared.push(i)
+            }
             Ok(c) => {
-                clean[i] = c.status == b'I';
+                clean[i] = c.status == TxStatus::Idle;
                 let why = c
                     .error
                     .map(|e| protocol::describe_error(protocol::body(&e)))
@@ -294,7 +297,7 @@ pub async fn commit(
             Ok(c) if c.error.is_none() => {}
             Ok(c) => {
                 all_committed = false;
-                clean[i] = c.status == b'I';
+                clean[i] = c.status == TxStatus::Idle;
                 tracing::warn!(%gid, shard = %names[i], error = %c.error.map(|e| protocol::describe_error(protocol::body(&e))).unwrap_or_default(), "COMMIT PREPARED failed; recovery will finish it");
             }
             Err(e) => {
@@ -345,7 +348,7 @@ async fn abort(
             "ROLLBACK".to_string()
         };
         match conns[i].run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024).await {
-            Ok(c) => clean[i] = c.status == b'I',
+            Ok(c) => clean[i] = c.status == TxStatus::Idle,
             Err(_) => clean[i] = false,
         }
     }

@@ -30,6 +30,7 @@ use crate::admin::clients::Registration;
 use crate::admin::metrics::Rejection;
 use crate::backend::CheckoutError;
 use crate::config::{AuthMethod, PoolMode, User, ADMIN_DATABASE};
+use crate::protocol::TxStatus;
 use crate::protocol::{
     self, fe, sqlstate, BodyReader, FrameReader, PgError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE,
     MAX_STARTUP_PACKET, SSL_REQUEST_CODE,
@@ -548,7 +549,7 @@ where
     }
     let cancel = proxy.cancels.register();
     protocol::backend_key_data(out, cancel.pid, cancel.secret);
-    protocol::ready_for_query(out, b'I');
+    protocol::ready_for_query(out, TxStatus::Idle);
     let setup = SessionSetup {
         proxy: proxy.clone(),
         config: config.clone(),

@@ -327,11 +327,41 @@ pub fn describe_error(body: &[u8]) -> String {
     format!("{} {}: {}", get(b'S'), get(b'C'), get(b'M'))
 }
 
-pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+/// A connection's transaction status, as ReadyForQuery reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxStatus {
+    /// 'I': not in a transaction block.
+    #[default]
+    Idle,
+    /// 'T': in a transaction block.
+    InBlock,
+    /// 'E': in a failed transaction block; statements are refused until
+    /// it ends.
+    Failed,
+}
+
+impl TxStatus {
+    /// From ReadyForQuery's status byte; anything unknown is taken as
+    /// idle, as the server only ever sends the three.
+    pub fn from_byte(b: u8) -> Self {
+        match b {
+            b'T' => TxStatus::InBlock,
+            b'E' => TxStatus::Failed,
+            _ => TxStatus::Idle,
+        }
+    }
+
+    /// The status of a ReadyForQuery frame (`Idle` when it has none).
+    pub fn of_ready(frame: &[u8]) -> Self {
+        Self::from_byte(body(frame).first().copied().unwrap_or(b'I'))
+    }
+}
+
+pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
     let status = match status {
-        b'T' => TransactionStatus::Transaction,
-        b'E' => TransactionStatus::Error,
-        _ => TransactionStatus::Idle,
+        TxStatus::InBlock => TransactionStatus::Transaction,
+        TxStatus::Failed => TransactionStatus::Error,
+        TxStatus::Idle => TransactionStatus::Idle,
     };
     encode(out, &ReadyForQuery::new(status));
 }

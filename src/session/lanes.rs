@@ -18,6 +18,7 @@
 //! in order, so a slow statement would hold up every session queued
 //! behind it.
 
+use crate::protocol::TxStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -189,7 +190,7 @@ where
             || self.multi.is_some()
             || self.portal.is_some()
             || self.deferred_begin.is_some()
-            || self.tx_status != b'I'
+            || self.tx_status != TxStatus::Idle
             || self.replaying
             || !self.lanes_apply()
             || self.is_paused()

@@ -53,6 +53,7 @@ use crate::backend::{ParkSlot, Pool, PooledConn, ServerConn};
 use crate::config::{Config, PoolMode};
 use crate::frontend::cancel::CancelSlot;
 use crate::protocol::reader::{frame_len, FrameError};
+use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::proxy::Proxy;
 use crate::router::{Route, Router, SessionHints};
@@ -360,7 +361,7 @@ pub struct Session<R, W> {
     /// dropped (the server would discard them anyway).
     skip_until_sync: bool,
     /// Last transaction status reported to the client.
-    tx_status: u8,
+    tx_status: TxStatus,
     /// The client is streaming COPY data.
     copy_in: bool,
     /// The server is in COPY FROM STDIN and the client has not sent CopyDone
@@ -458,7 +459,7 @@ where
             server_flush_upto: 0,
             pending: VecDeque::new(),
             skip_until_sync: false,
-            tx_status: b'I',
+            tx_status: TxStatus::Idle,
             copy_in: false,
             copy_open: false,
             statements: Statements::default(),
@@ -560,7 +561,7 @@ where
     fn is_idle(&self) -> bool {
         self.pending.is_empty()
             && self.server_out.is_empty()
-            && self.tx_status == b'I'
+            && self.tx_status == TxStatus::Idle
             && !self.copy_in
             && !self.skip_until_sync
     }
@@ -794,7 +795,7 @@ where
                 return Some((started + limits.statement_timeout, Deadline::Statement));
             }
         }
-        let in_transaction = self.tx_status != b'I' || self.multi.is_some();
+        let in_transaction = self.tx_status != TxStatus::Idle || self.multi.is_some();
         if !limits.idle_in_transaction_timeout.is_zero()
             && in_transaction
             && self.pending.is_empty()
@@ -1050,7 +1051,7 @@ where
                     self.statement_done(t);
                 }
                 if tag == be::READY_FOR_QUERY {
-                    self.tx_status = protocol::body(frame).first().copied().unwrap_or(b'I');
+                    self.tx_status = TxStatus::of_ready(frame);
                 }
                 if forward && tag == be::READY_FOR_QUERY && self.deferred_begin.is_some() {
                     // The client is in a transaction no server has seen yet.
@@ -1356,12 +1357,12 @@ where
 
     /// The transaction status the client sees: a deferred BEGIN counts,
     /// failed or not.
-    fn client_status(&self) -> u8 {
-        if self.deferred_begin.is_some() && self.tx_status == b'I' {
+    fn client_status(&self) -> TxStatus {
+        if self.deferred_begin.is_some() && self.tx_status == TxStatus::Idle {
             if self.deferred_failed {
-                b'E'
+                TxStatus::Failed
             } else {
-                b'T'
+                TxStatus::InBlock
             }
         } else {
             self.tx_status
@@ -1453,7 +1454,9 @@ where
             }
         }
         let mut route = self.routing;
-        if route && (self.tx_status == b'E' || self.deferred_failed || self.abort_in_flight) {
+        if route
+            && (self.tx_status == TxStatus::Failed || self.deferred_failed || self.abort_in_flight)
+        {
             match self.failed_tx_gate(&frame).await? {
                 FailedTx::Answered => return Ok(()),
                 FailedTx::AsIs => route = false,
@@ -1626,7 +1629,7 @@ where
             // skipped, as the server would skip it.
             return Ok(FailedTx::Answered);
         }
-        if self.server.is_some() && self.tx_status == b'E' {
+        if self.server.is_some() && self.tx_status == TxStatus::Failed {
             return Ok(FailedTx::AsIs);
         }
         Ok(FailedTx::Route)
@@ -2039,7 +2042,7 @@ where
     async fn settle_held_server(&mut self) -> Result<(), SessionEnd> {
         if self.server.is_none()
             || self.pool_mode != PoolMode::Transaction
-            || self.tx_status != b'I'
+            || self.tx_status != TxStatus::Idle
             || self.deferred_begin.is_some()
             || self.multi.is_some()
             || self.copy_in
@@ -2305,14 +2308,14 @@ where
         // The server may still owe answers that change its status (a
         // pipelined "BEGIN; ..." string), so only an idle server outside a
         // transaction is known to need no abort.
-        let server_busy = self.tx_status != b'I' || !self.pending.is_empty();
+        let server_busy = self.tx_status != TxStatus::Idle || !self.pending.is_empty();
         let mut buf = BytesMut::new();
         err.encode(&mut buf);
         self.pending
             .push_back(Pending::SyntheticFrame(buf.freeze()));
         if let Some(m) = self.multi.as_mut() {
             m.failed = true;
-            self.tx_status = b'E';
+            self.tx_status = TxStatus::Failed;
         } else if self.deferred_begin.is_some() {
             self.deferred_failed = true;
         }
@@ -2486,7 +2489,7 @@ where
                     Ok(())
                 }
             }
-            Some(TxControl::Begin) if self.server.is_none() || self.tx_status == b'I' => {
+            Some(TxControl::Begin) if self.server.is_none() || self.tx_status == TxStatus::Idle => {
                 self.deferred_begin = Some(frame.freeze());
                 synthetic(self, begin_tag);
                 return Ok(());
@@ -2552,7 +2555,7 @@ where
         let read = target != crate::config::ReadFrom::Primary
             && self.server.is_none()
             && self.deferred_begin.is_none()
-            && self.tx_status == b'I'
+            && self.tx_status == TxStatus::Idle
             && self.router.is_read(&analysis);
         if read {
             self.next_read = Some(target);
@@ -2647,7 +2650,7 @@ where
                                 && target != crate::config::ReadFrom::Primary
                                 && self.server.is_none()
                                 && self.deferred_begin.is_none()
-                                && self.tx_status == b'I';
+                                && self.tx_status == TxStatus::Idle;
                             Ok((
                                 self.single_shard(&r)?,
                                 route_kind(&r),

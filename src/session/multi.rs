@@ -57,7 +57,7 @@ where
         if route.shards.len() < 2
             || self.server.is_some()
             || self.deferred_begin.is_some()
-            || self.tx_status != b'I'
+            || self.tx_status != TxStatus::Idle
             || analysis
                 .statements
                 .iter()
@@ -303,7 +303,7 @@ where
                     }
                 }
                 Ok(Err(c)) => {
-                    clean[i] = c.status == b'E' || c.status == b'T';
+                    clean[i] = c.status == TxStatus::Failed || c.status == TxStatus::InBlock;
                     failure = Some(shard_error(c.error, &names[i], outcome));
                     break;
                 }
@@ -339,7 +339,7 @@ where
                             })
                         });
                         match answer {
-                            Ok(c) if c.error.is_none() && c.status == b'T' => {
+                            Ok(c) if c.error.is_none() && c.status == TxStatus::InBlock => {
                                 total += c
                                     .frames
                                     .iter()
@@ -620,7 +620,11 @@ where
             let requests: Vec<&[u8]> = work.iter().map(|(_, r)| &r[..]).collect();
             let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
             let answers = fanout::exchange(&mut servers, &requests, timeout, MAX_COLLECT).await;
-            let expected = if atomic { b'T' } else { b'I' };
+            let expected = if atomic {
+                TxStatus::InBlock
+            } else {
+                TxStatus::Idle
+            };
             for (i, answer) in answers.into_iter().enumerate() {
                 let trouble = match answer {
                     Exchange::Answered(mut c) => {
@@ -710,13 +714,17 @@ pub(super) async fn finish_atomic(
         let commit = failure.is_none();
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
         match conns[i].run_collect(verb, CONTROL_TIMEOUT, 64 * 1024).await {
-            Ok(c) if c.error.is_none() && c.status == b'I' && !(commit && is_rollback(&c)) => {
+            Ok(c)
+                if c.error.is_none()
+                    && c.status == TxStatus::Idle
+                    && !(commit && is_rollback(&c)) =>
+            {
                 if commit {
                     committed.push(&names[i]);
                 }
             }
             Ok(c) => {
-                clean[i] = c.status == b'I';
+                clean[i] = c.status == TxStatus::Idle;
                 if commit {
                     failure = Some(commit_error(c.error, None, &names[i], &committed));
                 }
@@ -761,7 +769,7 @@ async fn start_copy(
             be::READY_FOR_QUERY => {
                 return Ok(Err(Collected {
                     error,
-                    status: protocol::body(&f).first().copied().unwrap_or(b'I'),
+                    status: TxStatus::of_ready(&f),
                     ..Default::default()
                 }))
             }
@@ -906,9 +914,9 @@ pub(super) async fn begin_all(
 ) -> Option<BytesMut> {
     for (i, conn) in conns.iter_mut().enumerate() {
         match conn.run_collect("BEGIN", CONTROL_TIMEOUT, 64 * 1024).await {
-            Ok(c) if c.error.is_none() && c.status == b'T' => begun[i] = true,
+            Ok(c) if c.error.is_none() && c.status == TxStatus::InBlock => begun[i] = true,
             Ok(c) => {
-                clean[i] = c.status == b'I';
+                clean[i] = c.status == TxStatus::Idle;
                 return Some(shard_error(c.error, &names[i], outcome));
             }
             Err(e) => {

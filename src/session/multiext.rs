@@ -53,7 +53,7 @@ where
         {
             return Ok(false);
         }
-        let implicit = self.tx_status == b'I';
+        let implicit = self.tx_status == TxStatus::Idle;
         if implicit {
             // BEGIN inside an implicit transaction block turns it into a
             // regular one; its answers are the proxy's own.
@@ -264,7 +264,7 @@ where
             m.failed = true;
         }
         self.multi_portal = None;
-        self.tx_status = b'E';
+        self.tx_status = TxStatus::Failed;
         self.note_errors(&frame);
         self.pending
             .push_back(Pending::SyntheticFrame(frame.freeze()));

@@ -46,8 +46,8 @@ where
     /// Whether a statement routed to `route` inside a transaction should
     /// turn it into a multi-shard transaction.
     pub(super) fn wants_multi_tx(&self, route: &Route) -> bool {
-        let in_tx =
-            self.deferred_begin.is_some() || (self.server.is_some() && self.tx_status == b'T');
+        let in_tx = self.deferred_begin.is_some()
+            || (self.server.is_some() && self.tx_status == TxStatus::InBlock);
         let other_shard = match (&self.server, route.shards.as_slice()) {
             (_, s) if s.len() > 1 => true,
             (Some(_), [one]) => *one != self.server_shard,
@@ -81,7 +81,11 @@ where
         // A deferred transaction that failed stays failed (the session
         // routes nothing of it, see failed_tx_gate; this is for safety).
         let failed = std::mem::take(&mut self.deferred_failed);
-        self.tx_status = if failed { b'E' } else { b'T' };
+        self.tx_status = if failed {
+            TxStatus::Failed
+        } else {
+            TxStatus::InBlock
+        };
         self.multi = Some(MultiTx {
             conns,
             begin,
@@ -96,7 +100,7 @@ where
         if let Some(m) = self.multi.as_mut() {
             m.failed = true;
         }
-        self.tx_status = b'E';
+        self.tx_status = TxStatus::Failed;
         if self.skip_until_sync {
             return;
         }
@@ -256,7 +260,7 @@ where
         if let Some(m) = self.multi.as_mut() {
             m.failed = true;
         }
-        self.tx_status = b'E';
+        self.tx_status = TxStatus::Failed;
         self.answer(frame);
     }
 
@@ -274,14 +278,14 @@ where
         let mut conn = conns.pop().expect("one connection");
         let name = self.shard_name(shard).to_string();
         match conn.run_collect(&begin, CONTROL_TIMEOUT, 64 * 1024).await {
-            Ok(c) if c.error.is_none() && c.status == b'T' => {
+            Ok(c) if c.error.is_none() && c.status == TxStatus::InBlock => {
                 if let Some(m) = self.multi.as_mut() {
                     m.conns[shard] = Some(conn);
                 }
                 Ok(())
             }
             Ok(c) => {
-                if c.status == b'I' {
+                if c.status == TxStatus::Idle {
                     conn.release();
                 }
                 Err(shard_error(c.error, &name, OUTCOME))
@@ -325,7 +329,9 @@ where
         let mut failure = None;
         for (i, answer) in answers.into_iter().enumerate() {
             let trouble = match answer {
-                Exchange::Answered(c) if c.error.is_none() && c.status == b'T' && !c.overflow => {
+                Exchange::Answered(c)
+                    if c.error.is_none() && c.status == TxStatus::InBlock && !c.overflow =>
+                {
                     results.push(c);
                     None
                 }
@@ -509,7 +515,7 @@ where
                 c.release();
             }
         }
-        self.tx_status = b'I';
+        self.tx_status = TxStatus::Idle;
         if commit && ran_ddl {
             // A migration changed tables: INSERTs without a column list
             // read their column order again.

@@ -88,7 +88,7 @@ where
         }
         if self.server.is_some()
             || self.deferred_begin.is_some()
-            || self.tx_status != b'I'
+            || self.tx_status != TxStatus::Idle
             || self.multi.is_some()
             || self.held_read.is_some()
             || self.held_mixed

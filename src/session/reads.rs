@@ -12,6 +12,7 @@
 //! token (`SHOW`/`SET shardwire.causal_token`), so another connection,
 //! through any proxy of the same shards, reads at least as fresh.
 
+use crate::protocol::TxStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -323,7 +324,7 @@ where
                         )
                         .await;
                     let lsn = match &c {
-                        Ok(c) if c.status == b'I' && c.error.is_none() => {
+                        Ok(c) if c.status == TxStatus::Idle && c.error.is_none() => {
                             c.first_value().and_then(|v| parse_lsn(&v))
                         }
                         _ => None,
@@ -367,7 +368,7 @@ where
                 .await
                 .map_err(|e| e.to_pg())?;
             let lsn = c.first_value().and_then(|v| parse_lsn(&v));
-            if c.status == b'I' && c.error.is_none() {
+            if c.status == TxStatus::Idle && c.error.is_none() {
                 conn.release();
             }
             if let Some(lsn) = lsn {

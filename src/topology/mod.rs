@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::backend::conn::{ServerConn, ServerTarget};
 use crate::config::{Config, Role, TopologySource};
+use crate::protocol::TxStatus;
 use crate::proxy::Proxy;
 
 /// The LISTEN/NOTIFY channel; the payload is `name:version`.
@@ -89,7 +90,7 @@ pub(crate) async fn run_within(
         .map_err(|e| e.to_string())?;
     if let Some(e) = &c.error {
         let message = crate::protocol::describe_error(crate::protocol::body(e));
-        if c.status != b'I' {
+        if c.status != TxStatus::Idle {
             // A BEGIN in `sql` left the connection in the failed block.
             conn.run_collect("ROLLBACK", timeout, 1024)
                 .await
