@@ -1988,7 +1988,7 @@ where
                 let err = PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
-                        "this transaction already runs on shard \"{}\"; statement needs shard \"{}\"; cross-shard transactions are not supported yet",
+                        "this transaction already runs on shard \"{}\"; statement needs shard \"{}\", and a transaction cannot take in another shard inside one pipelined batch or a pinned session",
                         self.shard_name(self.server_shard),
                         self.shard_name(shard)
                     ),
@@ -2412,7 +2412,7 @@ where
         Err(PgError::error(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!(
-                "statement needs shards {} ({}); multi-shard execution is not supported yet",
+                "statement needs shards {} ({}) and cannot run on several shards in this form",
                 names.join(", "),
                 r.reason
             ),

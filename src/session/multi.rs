@@ -706,7 +706,8 @@ pub(super) async fn finish_atomic(
             .await
             .err();
     }
-    let mut committed: Vec<&str> = Vec::new();
+    // At most one participant is left here (several commit in two
+    // phases above), so a failed COMMIT has committed nothing anywhere.
     for i in 0..conns.len() {
         if !begun[i] || !clean[i] {
             continue;
@@ -717,28 +718,25 @@ pub(super) async fn finish_atomic(
             Ok(c)
                 if c.error.is_none()
                     && c.status == TxStatus::Idle
-                    && !(commit && is_rollback(&c)) =>
-            {
-                if commit {
-                    committed.push(&names[i]);
-                }
-            }
+                    && !(commit && is_rollback(&c)) => {}
             Ok(c) => {
                 clean[i] = c.status == TxStatus::Idle;
                 if commit {
-                    failure = Some(commit_error(c.error, None, &names[i], &committed));
+                    failure = Some(shard_error(c.error, &names[i], ROLLED_BACK));
                 }
             }
             Err(e) => {
                 clean[i] = false;
                 if commit {
-                    failure = Some(commit_error(None, Some(&e), &names[i], &committed));
+                    failure = Some(lost_error(&e, &names[i], ROLLED_BACK));
                 }
             }
         }
     }
     failure
 }
+
+const ROLLED_BACK: &str = "; the statement was rolled back on every shard";
 
 /// COMMIT of a failed transaction answers "ROLLBACK" without an error.
 fn is_rollback(c: &Collected) -> bool {
@@ -879,27 +877,6 @@ pub(super) fn overflow_error(shard: &str, outcome: &str) -> BytesMut {
     .with_detail(format!("shardwire: limit reached{outcome}"))
     .encode(&mut out);
     out
-}
-
-/// A COMMIT failed on `shard`; `committed` already committed.
-fn commit_error(
-    frame: Option<BytesMut>,
-    lost: Option<&BackendError>,
-    shard: &str,
-    committed: &[&str],
-) -> BytesMut {
-    let outcome = if committed.is_empty() {
-        "; the statement was rolled back on every shard".to_string()
-    } else {
-        format!(
-            "; COMMIT had already succeeded on shard(s) {}: the transaction is committed on some shards only (no two-phase commit yet)",
-            committed.join(", ")
-        )
-    };
-    match lost {
-        Some(e) => lost_error(e, shard, &outcome),
-        None => shard_error(frame, shard, &outcome),
-    }
 }
 
 /// The row count of an `INSERT oid rows` CommandComplete.
