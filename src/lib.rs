@@ -21,6 +21,7 @@ pub mod rebalance;
 pub mod router;
 pub mod session;
 pub mod sharding;
+pub mod stats;
 pub mod topology;
 
 /// The version reported by `shardwire --version` and the admin console.

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
-use crate::admin::clients::ClientRegistry;
-use crate::admin::metrics::Metrics;
 use crate::backend::health::HealthMonitor;
 use crate::backend::{Backends, ReplicaPool};
 use crate::config::{Config, ConfigError, PoolMode, User};
 use crate::frontend::auth::ScramVerifier;
 use crate::frontend::cancel::CancelRegistry;
+use crate::stats::clients::ClientRegistry;
+use crate::stats::metrics::Metrics;
 
 /// Shared state of the running proxy.
 pub struct Proxy {

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::clients::Registration;
-use super::metrics::LATENCY_BUCKETS;
 use crate::backend::health::{observed_role, ServerHealth};
 use crate::config::Server;
 use crate::protocol::TxStatus;
 use crate::protocol::{self, fe, sqlstate, FrameReader, PgError};
 use crate::proxy::Proxy;
+use crate::stats::clients::Registration;
+use crate::stats::metrics::LATENCY_BUCKETS;
 
 /// The commands, as `SHOW HELP` lists them.
 const HELP: &[(&str, &str)] = &[

@@ -14,10 +14,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::metrics::Exposition;
 use crate::backend::health::{observed_role, ServerState};
 use crate::proxy::Proxy;
 use crate::router::{PARSE_CACHE_HITS, PARSE_CACHE_MISSES};
+use crate::stats::metrics::Exposition;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

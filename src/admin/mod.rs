@@ -1,11 +1,9 @@
 //! Operating the proxy: the admin console (database `shardwire` on the
-//! Postgres port), the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`),
-//! the metrics registry they read, and the registry of connected clients.
+//! Postgres port) and the HTTP endpoints (`/metrics`, `/healthz`,
+//! `/readyz`). What they show is counted in stats/.
 
-pub mod clients;
 pub mod console;
 pub mod http;
-pub mod metrics;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -26,8 +26,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use crate::admin::clients::Registration;
-use crate::admin::metrics::Rejection;
 use crate::backend::CheckoutError;
 use crate::config::{AuthMethod, PoolMode, User, ADMIN_DATABASE};
 use crate::protocol::TxStatus;
@@ -37,6 +35,8 @@ use crate::protocol::{
 };
 use crate::proxy::{Proxy, SessionPools, SessionSlot};
 use crate::session::{self, Session, SessionSetup};
+use crate::stats::clients::Registration;
+use crate::stats::metrics::Rejection;
 use auth::{ScramError, ScramServer, StoredSecret};
 use stream::ClientStream;
 

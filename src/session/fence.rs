@@ -16,9 +16,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Session;
-use crate::admin::clients::ClientState;
 use crate::protocol::{sqlstate, PgError};
 use crate::router::{Analysis, Param};
+use crate::stats::clients::ClientState;
 
 impl<R, W> Session<R, W>
 where

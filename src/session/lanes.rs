@@ -30,11 +30,11 @@ use tokio::sync::oneshot;
 use super::bind::Bind;
 use super::statements::{rename_bind, Statement};
 use super::{Session, SessionEnd, Timing};
-use crate::admin::metrics::RouteKind;
 use crate::backend::lane::{self, Batch};
 use crate::config::{PoolMode, ReadFrom};
 use crate::protocol::{self, fe, BodyReader};
 use crate::router::Kind;
+use crate::stats::metrics::RouteKind;
 
 /// Functions a statement on a lane may call: built-ins that change no
 /// session state.

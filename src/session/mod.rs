@@ -45,8 +45,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::admin::clients::{Admission, ClientState, Registration};
-use crate::admin::metrics::{RouteKind, RouteStats};
 pub use crate::backend::conn::sync_params;
 use crate::backend::conn::{align_params, ParamSet, INTERNAL_TIMEOUT};
 use crate::backend::{ParkSlot, Pool, PooledConn, ServerConn};
@@ -57,6 +55,8 @@ use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::proxy::Proxy;
 use crate::router::{Route, Router, SessionHints};
+use crate::stats::clients::{Admission, ClientState, Registration};
+use crate::stats::metrics::{RouteKind, RouteStats};
 use routing::{HintVar, ProxyCommand, TxControl};
 use statements::{rebuild, rename_bind, split_name, ParamTypes, Statements};
 

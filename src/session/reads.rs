@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Expect, Pending, Session};
-use crate::admin::metrics::ReadDecision;
 use crate::backend::health::{format_lsn, parse_lsn};
 use crate::backend::{Pool, PooledConn, ReplicaPool};
 use crate::config::{LoadBalance, ReadFrom, ReadYourWrites, Reads};
 use crate::protocol::{self, PgError};
+use crate::stats::metrics::ReadDecision;
 
 /// Prefix (and version) of causal tokens.
 const TOKEN_PREFIX: &str = "sw1:";
