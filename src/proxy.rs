@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
+use crate::backend::cancel::CancelRegistry;
 use crate::backend::health::HealthMonitor;
 use crate::backend::{Backends, ReplicaPool};
+use crate::config::secret::ScramVerifier;
 use crate::config::{Config, ConfigError, PoolMode, User};
-use crate::frontend::auth::ScramVerifier;
-use crate::frontend::cancel::CancelRegistry;
 use crate::stats::clients::ClientRegistry;
 use crate::stats::metrics::Metrics;
 
@@ -76,7 +76,7 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let tls = match &config.tls {
             Some(t) => Some(
-                crate::frontend::tls::load_server_config(&t.cert, &t.key)
+                crate::config::tls::load_server_config(&t.cert, &t.key)
                     .map_err(|(k, r)| format!("tls.{k}: {r}"))?,
             ),
             None => None,

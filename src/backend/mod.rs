@@ -1,6 +1,7 @@
 //! The server side of the wire: connections to PostgreSQL servers and the
 //! pools that hold them, one pool per (server, database, user).
 
+pub mod cancel;
 pub mod conn;
 pub mod health;
 pub mod lane;

@@ -7,6 +7,8 @@
 //! error names the file, the key and the reason.
 
 mod duration;
+pub mod secret;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -20,7 +22,7 @@ use crate::router::{KeyType, Placement, Router, TableRule};
 use crate::sharding::{GeoMap, HashRing, RangeBound, RangeMap, RangeSpec, DEFAULT_VNODES};
 use std::sync::Arc;
 
-use crate::frontend::auth::StoredSecret;
+use secret::StoredSecret;
 
 pub use duration::parse_duration;
 
@@ -390,18 +392,9 @@ fn default_recovery_interval() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Where reads may go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadFrom {
-    /// Every statement to the primary (the default: no replica staleness
-    /// for anyone).
-    Primary,
-    /// Reads to a replica when one is fresh enough, else the primary.
-    Replica,
-    /// Reads to the primary or a replica, balanced.
-    Any,
-}
+/// Where reads may go (`read_from`); a routing notion, so the router
+/// (a `/* shardwire: role=... */` hint) and the config share it.
+pub use crate::router::ReadFrom;
 
 /// How a session sees its own writes on replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -1279,7 +1272,7 @@ impl Config {
                 let base = path.parent().unwrap_or(Path::new("."));
                 let cert = base.join(&t.cert);
                 let key = base.join(&t.key);
-                crate::frontend::tls::load_server_config(&cert, &key)
+                tls::load_server_config(&cert, &key)
                     .map_err(|(which, r)| err(&format!("tls.{which}"), r))?;
                 Some(TlsConfig {
                     cert,

@@ -10,9 +10,8 @@
 //! 4. run the session (`session::Session`) until the client leaves.
 
 pub mod auth;
-pub mod cancel;
+
 pub mod stream;
-pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::backend::CheckoutError;
+use crate::config::secret::StoredSecret;
 use crate::config::{AuthMethod, PoolMode, User, ADMIN_DATABASE};
 use crate::protocol::TxStatus;
 use crate::protocol::{
@@ -37,7 +37,7 @@ use crate::proxy::{Proxy, SessionPools, SessionSlot};
 use crate::session::{self, Session, SessionSetup};
 use crate::stats::clients::Registration;
 use crate::stats::metrics::Rejection;
-use auth::{ScramError, ScramServer, StoredSecret};
+use auth::{ScramError, ScramServer};
 use stream::ClientStream;
 
 /// Time a client has to negotiate and authenticate (PostgreSQL's

@@ -4,6 +4,21 @@
 //! statements the parser cannot route (INSERT ... SELECT, functions) or to
 //! pin a statement to a shard.
 
+use serde::{Deserialize, Serialize};
+
+/// Where reads may go: `read_from` in the config, `role=` in a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Every statement to the primary (the default: no replica staleness
+    /// for anyone).
+    Primary,
+    /// Reads to a replica when one is fresh enough, else the primary.
+    Replica,
+    /// Reads to the primary or a replica, balanced.
+    Any,
+}
+
 /// A hint found in a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
@@ -12,7 +27,7 @@ pub enum Hint {
     /// Route to this shard by name.
     Shard(String),
     /// `role=primary` or `role=replica`: where a read may go.
-    Role(crate::config::ReadFrom),
+    Role(ReadFrom),
 }
 
 /// Hints in the comments of `sql`, in order. Unknown keys in a shardwire
@@ -41,9 +56,9 @@ pub fn parse_hints(sql: &str) -> Result<Vec<Hint>, String> {
                 "shard_key" => hints.push(Hint::ShardKey(v)),
                 "shard" => hints.push(Hint::Shard(v)),
                 "role" => hints.push(Hint::Role(match v.as_str() {
-                    "primary" => crate::config::ReadFrom::Primary,
-                    "replica" => crate::config::ReadFrom::Replica,
-                    "any" => crate::config::ReadFrom::Any,
+                    "primary" => ReadFrom::Primary,
+                    "replica" => ReadFrom::Replica,
+                    "any" => ReadFrom::Any,
                     _ => {
                         return Err(format!(
                             "shardwire hint role=\"{v}\" must be primary, replica or any"
@@ -85,7 +100,7 @@ mod tests {
         assert!(parse_hints("/* shardwire: shrad=s1 */").is_err());
         assert_eq!(
             parse_hints("/* shardwire: role=primary */ select 1").unwrap(),
-            vec![Hint::Role(crate::config::ReadFrom::Primary)]
+            vec![Hint::Role(ReadFrom::Primary)]
         );
         assert!(parse_hints("/* shardwire: role=master */").is_err());
         assert!(parse_hints("/* unterminated").unwrap().is_empty());

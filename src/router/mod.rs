@@ -27,7 +27,7 @@ pub use analyze::{
     Agg, Analysis, CmpOp, Having, KeyExpr, Kind, Merge, Operand, Refusal, SortColumn, SortKey,
     Target,
 };
-pub use hints::Hint;
+pub use hints::{Hint, ReadFrom};
 pub use params::{Param, ParamCasts};
 
 /// Statements whose analysis is kept. Applications repeat a small set of
@@ -265,7 +265,7 @@ pub struct Route {
     /// A routing hint chose the shard (`shard=` or `shard_key=`).
     pub hinted: bool,
     /// `/* shardwire: role=... */`: where this statement may read from.
-    pub role: Option<crate::config::ReadFrom>,
+    pub role: Option<ReadFrom>,
 }
 
 impl Route {

@@ -45,11 +45,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::backend::cancel::CancelSlot;
 pub use crate::backend::conn::sync_params;
 use crate::backend::conn::{align_params, ParamSet, INTERNAL_TIMEOUT};
 use crate::backend::{ParkSlot, Pool, PooledConn, ServerConn};
 use crate::config::{Config, PoolMode};
-use crate::frontend::cancel::CancelSlot;
 use crate::protocol::reader::{frame_len, FrameError};
 use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
