@@ -413,7 +413,7 @@ fn notice(out: &mut BytesMut, message: &str) {
         vec![
             (b'S', "NOTICE".into()),
             (b'V', "NOTICE".into()),
-            (b'C', "00000".into()),
+            (b'C', sqlstate::SUCCESSFUL_COMPLETION.into()),
             (b'M', message.into()),
         ],
     );

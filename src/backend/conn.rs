@@ -14,6 +14,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::protocol::reader::FrameError;
+use crate::protocol::sqlstate;
 use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, BodyReader, FrameReader, PgError, PROTOCOL_3_0};
 
@@ -73,7 +74,9 @@ impl BackendError {
     /// of failure that bans a server.
     pub fn is_server_failure(&self) -> bool {
         match self {
-            BackendError::Rejected { code, .. } => code.starts_with("57P") || code == "53300",
+            BackendError::Rejected { code, .. } => {
+                code.starts_with("57P") || code == sqlstate::TOO_MANY_CONNECTIONS
+            }
             _ => true,
         }
     }
@@ -81,14 +84,19 @@ impl BackendError {
     /// The error as a client sees it.
     pub fn to_pg(&self) -> PgError {
         match self {
-            BackendError::Rejected { code, .. } if code.starts_with("28") => {
-                PgError::error("08004", self.to_string()).with_hint(
-                    "check server_user and server_password for this user in the shardwire config",
+            BackendError::Rejected { code, .. } if code.starts_with("28") => PgError::error(
+                sqlstate::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+                self.to_string(),
+            )
+            .with_hint(
+                "check server_user and server_password for this user in the shardwire config",
+            ),
+            BackendError::Rejected { code, .. } if code == sqlstate::INVALID_CATALOG_NAME => {
+                PgError::error(
+                    sqlstate::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+                    self.to_string(),
                 )
-            }
-            BackendError::Rejected { code, .. } if code == "3D000" => {
-                PgError::error("08004", self.to_string())
-                    .with_hint("check server_database for this database in the shardwire config")
+                .with_hint("check server_database for this database in the shardwire config")
             }
             BackendError::Connect { .. } | BackendError::ConnectTimeout { .. } => {
                 PgError::error(protocol::sqlstate::CONNECTION_FAILURE, self.to_string())
@@ -401,7 +409,7 @@ impl ServerConn {
                     "the server asks for a password for user \"{}\" but none is configured",
                     self.target.user
                 ),
-                code: "28P01".into(),
+                code: sqlstate::INVALID_PASSWORD.into(),
             })
     }
 
@@ -695,7 +703,7 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
                 .map(|(_, m)| m.clone())
                 .unwrap_or_default();
             Err(PgError::error(
-                "22023",
+                sqlstate::INVALID_PARAMETER_VALUE,
                 format!("invalid session parameter: {msg}"),
             ))
         }

@@ -132,10 +132,12 @@ async fn decide(
             Ok(_) => break,
             // The catalog does not exist yet: create it once.
             Err(QueryError::Sql { code, .. })
-                if attempt == 0 && (code == "42P01" || code == "3F000") =>
+                if attempt == 0
+                    && (code == sqlstate::UNDEFINED_TABLE
+                        || code == sqlstate::INVALID_SCHEMA_NAME) =>
             {
                 ensure_catalog(catalog).await.map_err(|m| QueryError::Sql {
-                    code: "XX000".into(),
+                    code: sqlstate::INTERNAL_ERROR.into(),
                     message: m,
                 })?;
             }
@@ -145,7 +147,7 @@ async fn decide(
     query_value(catalog, &select)
         .await?
         .ok_or_else(|| QueryError::Sql {
-            code: "XX000".into(),
+            code: sqlstate::INTERNAL_ERROR.into(),
             message: format!("no decision recorded for {gid}"),
         })
 }
@@ -252,7 +254,7 @@ pub async fn commit(
                 d
             }
             Err(e) => Err(QueryError::Sql {
-                code: "08006".into(),
+                code: sqlstate::CONNECTION_FAILURE.into(),
                 message: e.to_string(),
             }),
         },
@@ -517,7 +519,7 @@ async fn recover_database(
         let done = match query_value(conn, &format!("{verb} {}", quote_literal(&gid))).await {
             Ok(_) => Ok(()),
             // Finished meanwhile by someone else.
-            Err(QueryError::Sql { code, .. }) if code == "42704" => Ok(()),
+            Err(QueryError::Sql { code, .. }) if code == sqlstate::UNDEFINED_OBJECT => Ok(()),
             Err(e) => Err(e),
         };
         match done {
@@ -548,7 +550,11 @@ async fn recover_database(
     let catalog = kept(conns, &catalog_target).await?;
     match query_value(catalog, &forget).await {
         Ok(_) => Ok(()),
-        Err(QueryError::Sql { code, .. }) if code == "42P01" || code == "3F000" => Ok(()),
+        Err(QueryError::Sql { code, .. })
+            if code == sqlstate::UNDEFINED_TABLE || code == sqlstate::INVALID_SCHEMA_NAME =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -589,7 +589,7 @@ fn client_session_params(params: &[(String, String)]) -> Result<Vec<(String, Str
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         {
             return Err(PgError::fatal(
-                "42704",
+                sqlstate::UNDEFINED_OBJECT,
                 format!("invalid configuration parameter name \"{k}\""),
             ));
         }

@@ -266,7 +266,9 @@ impl std::fmt::Display for PgError {
     }
 }
 
-/// SQLSTATE codes the proxy itself raises.
+/// SQLSTATE codes the proxy raises or looks for in a server's errors,
+/// named as in PostgreSQL's errcodes.txt. Code outside this module names
+/// them, never spells them (tests assert the literal codes clients see).
 pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const CONNECTION_FAILURE: &str = "08006";
@@ -290,6 +292,22 @@ pub mod sqlstate {
     pub const T_R_SERIALIZATION_FAILURE: &str = "40001";
     pub const OBJECT_IN_USE: &str = "55006";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const NOT_NULL_VIOLATION: &str = "23502";
+    pub const UNDEFINED_TABLE: &str = "42P01";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    pub const SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION: &str = "08004";
+    pub const UNDEFINED_COLUMN: &str = "42703";
+    pub const INVALID_SCHEMA_NAME: &str = "3F000";
+    pub const SUCCESSFUL_COMPLETION: &str = "00000";
+    pub const WRONG_OBJECT_TYPE: &str = "42809";
+    pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub const INVALID_CURSOR_NAME: &str = "34000";
+    pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
+    pub const DUPLICATE_OBJECT: &str = "42710";
 }
 
 /// An ErrorResponse with these fields (code, value).

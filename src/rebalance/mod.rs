@@ -461,23 +461,28 @@ async fn split_range(
     at: &str,
     shard: &str,
 ) -> Result<(Vec<PlannedMove>, serde_json::Value), PgError> {
-    let rule = config
-        .router
-        .table(&table.to_lowercase())
-        .ok_or_else(|| refuse("42P01", format!("table \"{table}\" has no table rule")))?;
+    let rule = config.router.table(&table.to_lowercase()).ok_or_else(|| {
+        refuse(
+            sqlstate::UNDEFINED_TABLE,
+            format!("table \"{table}\" has no table rule"),
+        )
+    })?;
     if !matches!(rule.placement, Placement::Range(_)) {
         return Err(refuse(
-            "42809",
+            sqlstate::WRONG_OBJECT_TYPE,
             format!("table \"{table}\" is not range-sharded"),
         ));
     }
     if !config.shards.iter().any(|s| s.name == shard) {
-        return Err(refuse("42704", format!("shard \"{shard}\" does not exist")));
+        return Err(refuse(
+            sqlstate::UNDEFINED_OBJECT,
+            format!("shard \"{shard}\" does not exist"),
+        ));
     }
     let at_bound = match rule.key_type {
         KeyType::Int => RangeBound::Int(at.parse().map_err(|_| {
             refuse(
-                "22P02",
+                sqlstate::INVALID_TEXT_REPRESENTATION,
                 format!("\"{at}\" is not an integer (the key of \"{table}\" is)"),
             )
         })?),
@@ -504,10 +509,12 @@ async fn split_range(
             .is_none_or(|t| bound_cmp(&t, &at_bound) == Some(std::cmp::Ordering::Greater));
         from_ok && to_ok
     };
-    let index = ranges
-        .iter()
-        .position(contains)
-        .ok_or_else(|| refuse("22023", format!("no range of \"{table}\" contains {at}")))?;
+    let index = ranges.iter().position(contains).ok_or_else(|| {
+        refuse(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("no range of \"{table}\" contains {at}"),
+        )
+    })?;
     let old = ranges[index].clone();
     let source = old
         .get("shard")
@@ -516,7 +523,7 @@ async fn split_range(
         .to_string();
     if source == shard {
         return Err(refuse(
-            "22023",
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!("{at} of \"{table}\" is on shard {shard} already"),
         ));
     }
@@ -559,7 +566,10 @@ async fn move_region(
     shard: &str,
 ) -> Result<(Vec<PlannedMove>, serde_json::Value), PgError> {
     if !config.shards.iter().any(|s| s.name == shard) {
-        return Err(refuse("42704", format!("shard \"{shard}\" does not exist")));
+        return Err(refuse(
+            sqlstate::UNDEFINED_OBJECT,
+            format!("shard \"{shard}\" does not exist"),
+        ));
     }
     let folded = region.to_ascii_lowercase();
     let mut map = (*config.topology_map).clone();
@@ -632,7 +642,12 @@ async fn drain(
         .shards
         .iter()
         .position(|s| s.name == shard)
-        .ok_or_else(|| refuse("42704", format!("shard \"{shard}\" does not exist")))?;
+        .ok_or_else(|| {
+            refuse(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("shard \"{shard}\" does not exist"),
+            )
+        })?;
     let pinned: Vec<&str> = config
         .router
         .tables()

@@ -26,6 +26,7 @@ pub use super::mergeable::{Agg, CmpOp, Having, Merge, Operand, SortColumn, SortK
 use super::occurrences::{footprint, query_footprint, Footprint};
 pub use super::occurrences::{key_expr, last_ident};
 use super::{Placement, TableRule};
+use crate::protocol::sqlstate;
 
 /// Where a key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +204,7 @@ pub(super) fn refuse(code: &'static str, message: String, hint: Option<&str>) ->
     })
 }
 
-pub(super) const NOT_SUPPORTED: &str = "0A000";
+pub(super) const NOT_SUPPORTED: &str = sqlstate::FEATURE_NOT_SUPPORTED;
 pub const HINT_ADD_KEY: &str =
     "add a condition on the shard key, or a routing hint such as /* shardwire: shard_key=... */";
 
@@ -626,7 +627,7 @@ fn plan_insert(
     let columns: Vec<String> = ins.columns.iter().filter_map(last_ident).collect();
     let Some(source) = &ins.source else {
         return refuse(
-            "23502",
+            sqlstate::NOT_NULL_VIOLATION,
             format!(
                 "INSERT into sharded table \"{}\" does not set the shard key \"{}\"",
                 table.name, table.key
@@ -666,7 +667,7 @@ fn plan_insert(
     }
     let Some(key_pos) = columns.iter().position(|c| *c == table.key) else {
         return refuse(
-            "23502",
+            sqlstate::NOT_NULL_VIOLATION,
             format!(
                 "INSERT into sharded table \"{}\" does not set the shard key \"{}\"",
                 table.name, table.key
@@ -769,7 +770,7 @@ fn plan_copy(
                     None => {
                         return (
                             refuse(
-                                "23502",
+                                sqlstate::NOT_NULL_VIOLATION,
                                 format!(
                                 "COPY into sharded table \"{}\" must include the shard key \"{}\"",
                                 table.name, table.key

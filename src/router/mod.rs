@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use crate::sharding::{GeoMap, HashRing, KeyValue, RangeMap};
 pub use analyze::{
@@ -114,7 +115,7 @@ impl TableRule {
     pub fn key_value(&self, k: &KeyExpr, params: &[Param<'_>]) -> Result<Vec<KeyValue>, PgError> {
         let bad = |what: String| {
             PgError::error(
-                "22P02",
+                sqlstate::INVALID_TEXT_REPRESENTATION,
                 format!(
                     "invalid shard key for table \"{}\" (column \"{}\"): {what}",
                     self.name, self.key
@@ -123,7 +124,7 @@ impl TableRule {
         };
         match k {
             KeyExpr::Null => Err(PgError::error(
-                "23502",
+                sqlstate::NOT_NULL_VIOLATION,
                 format!(
                     "the shard key \"{}\" of table \"{}\" must not be NULL",
                     self.key, self.name
@@ -138,7 +139,7 @@ impl TableRule {
                     .ok_or_else(|| bad(format!("parameter ${} has no value", i + 1)))?;
                 match p.value {
                     None => Err(PgError::error(
-                        "23502",
+                        sqlstate::NOT_NULL_VIOLATION,
                         format!(
                             "the shard key \"{}\" of table \"{}\" must not be NULL",
                             self.key, self.name
@@ -437,8 +438,11 @@ impl Router {
             .iter()
             .position(|s| s == name)
             .ok_or_else(|| {
-                PgError::error("22023", format!("unknown shard \"{name}\" in routing hint"))
-                    .with_hint(format!("shards: {}", self.shard_names.join(", ")))
+                PgError::error(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("unknown shard \"{name}\" in routing hint"),
+                )
+                .with_hint(format!("shards: {}", self.shard_names.join(", ")))
             })
     }
 
@@ -463,7 +467,8 @@ impl Router {
         session: &SessionHints,
     ) -> Result<Route, PgError> {
         let comment_hints = if sql.contains("/*") {
-            hints::parse_hints(sql).map_err(|m| PgError::error("22023", m))?
+            hints::parse_hints(sql)
+                .map_err(|m| PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m))?
         } else {
             Vec::new()
         };
@@ -532,7 +537,7 @@ impl Router {
             let r = self.route_statement(stmt, params, key_hint.as_deref())?;
             if r.merge.is_some() && analysis.statements.len() > 1 {
                 return Err(PgError::error(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     "a cross-shard SELECT must be the only statement of its query string",
                 )
                 .with_hint("send it as a separate query"));
@@ -542,7 +547,7 @@ impl Router {
                 Some(prev) if prev.shards == r.shards && prev.all_shards == r.all_shards => prev,
                 Some(_) => {
                     return Err(PgError::error(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         "the statements of this query string go to different shards",
                     )
                     .with_hint("send them as separate queries"))
@@ -603,12 +608,15 @@ impl Router {
                     let set: BTreeSet<usize> = match (&c.alternatives, key_hint) {
                         (_, Some(k)) => {
                             let v = parse_key(c.table.key_type, k).map_err(|m| {
-                                PgError::error("22P02", format!("routing hint shard_key: {m}"))
+                                PgError::error(
+                                    sqlstate::INVALID_TEXT_REPRESENTATION,
+                                    format!("routing hint shard_key: {m}"),
+                                )
                             })?;
                             route.keys.push(display_key(&v));
-                            [c.table
-                                .shard_for(&v)
-                                .map_err(|m| PgError::error("22023", m))?]
+                            [c.table.shard_for(&v).map_err(|m| {
+                                PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m)
+                            })?]
                             .into()
                         }
                         (Some(alts), None) => {
@@ -616,11 +624,9 @@ impl Router {
                             for a in alts {
                                 for v in c.table.key_value(a, params)? {
                                     route.keys.push(display_key(&v));
-                                    set.insert(
-                                        c.table
-                                            .shard_for(&v)
-                                            .map_err(|m| PgError::error("22023", m))?,
-                                    );
+                                    set.insert(c.table.shard_for(&v).map_err(|m| {
+                                        PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m)
+                                    })?);
                                 }
                             }
                             if set.is_empty() {
@@ -649,7 +655,7 @@ impl Router {
                                 format!("no condition on its shard key \"{}\"", c.table.key)
                             };
                             return Err(PgError::error(
-                                "0A000",
+                                sqlstate::FEATURE_NOT_SUPPORTED,
                                 format!(
                                     "this statement needs every shard of table \"{}\" ({why}); cross-shard queries of this shape are not supported yet",
                                     c.table.name,
@@ -687,7 +693,7 @@ impl Router {
                         .map(|&s| self.shard_names[s].as_str())
                         .collect();
                     return Err(PgError::error(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "the {} references to sharded tables in this statement need rows of shards {} ({}); cross-shard statements of this shape are not supported yet",
                             conds.len(),
@@ -747,7 +753,7 @@ impl Router {
                         return Err(refusal_error(r));
                     }
                     return Err(PgError::error(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "the keys of this statement ({}) are on {} shards of table \"{}\"; cross-shard statements are not supported yet",
                             route.keys.join(", "),
@@ -791,21 +797,29 @@ impl Router {
     ) -> Result<(), PgError> {
         let mut row_shards = Vec::with_capacity(rows.len());
         if let Some(k) = key_hint {
-            let v = parse_key(table.key_type, k)
-                .map_err(|m| PgError::error("22P02", format!("routing hint shard_key: {m}")))?;
+            let v = parse_key(table.key_type, k).map_err(|m| {
+                PgError::error(
+                    sqlstate::INVALID_TEXT_REPRESENTATION,
+                    format!("routing hint shard_key: {m}"),
+                )
+            })?;
             let s = table
                 .shard_for(&v)
-                .map_err(|m| PgError::error("22023", m))?;
+                .map_err(|m| PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m))?;
             route.keys.push(display_key(&v));
             row_shards.resize(rows.len(), s);
         } else {
             for r in rows {
                 let vs = table.key_value(r, params)?;
-                let v = vs
-                    .first()
-                    .ok_or_else(|| PgError::error("22P02", "empty key"))?;
+                let v = vs.first().ok_or_else(|| {
+                    PgError::error(sqlstate::INVALID_TEXT_REPRESENTATION, "empty key")
+                })?;
                 route.keys.push(display_key(v));
-                row_shards.push(table.shard_for(v).map_err(|m| PgError::error("22023", m))?);
+                row_shards.push(
+                    table
+                        .shard_for(v)
+                        .map_err(|m| PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m))?,
+                );
             }
         }
         let set: BTreeSet<usize> = row_shards.iter().copied().collect();
@@ -829,7 +843,7 @@ impl Router {
     ) -> Result<Vec<KeyExpr>, PgError> {
         let columns = self.columns.get(&table.name).ok_or_else(|| {
             PgError::error(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
                     "the column order of table \"{}\" is not known here, so an INSERT without a column list cannot be routed",
                     table.name
@@ -842,7 +856,7 @@ impl Router {
             .position(|c| *c == table.key)
             .ok_or_else(|| {
                 PgError::error(
-                    "42703",
+                    sqlstate::UNDEFINED_COLUMN,
                     format!(
                         "table \"{}\" has no column \"{}\", its configured shard key",
                         table.name, table.key
@@ -853,7 +867,7 @@ impl Router {
             .map(|row| match row.get(pos) {
                 Some(Some(k)) => Ok(k.clone()),
                 Some(None) => Err(PgError::error(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
                         "the shard key \"{}\" of table \"{}\" must be a literal or a parameter in INSERT",
                         table.key, table.name
@@ -861,7 +875,7 @@ impl Router {
                 )
                 .with_hint("compute the key in the application, or route with /* shardwire: shard=... */")),
                 None => Err(PgError::error(
-                    "23502",
+                    sqlstate::NOT_NULL_VIOLATION,
                     format!(
                         "INSERT into sharded table \"{}\" does not set the shard key \"{}\" (column {} of the table)",
                         table.name,
@@ -893,7 +907,7 @@ impl Router {
             .map(|&s| self.shard_names[s].as_str())
             .collect();
         Err(PgError::error(
-            "0A000",
+            sqlstate::FEATURE_NOT_SUPPORTED,
             format!(
                 "this statement reads unsharded table \"{unsharded}\", which lives on the default shard \"{}\", and sharded table \"{}\" on shard(s) {}",
                 self.shard_names[self.default_shard],
@@ -943,16 +957,20 @@ impl Router {
         })
         .ok_or_else(|| {
             PgError::error(
-                "22023",
+                sqlstate::INVALID_PARAMETER_VALUE,
                 "the routing hint shard_key does not say which table's key it is",
             )
             .with_hint("use /* shardwire: shard=<name> */ for this statement")
         })?;
-        let v = parse_key(table.key_type, k)
-            .map_err(|m| PgError::error("22P02", format!("routing hint shard_key: {m}")))?;
+        let v = parse_key(table.key_type, k).map_err(|m| {
+            PgError::error(
+                sqlstate::INVALID_TEXT_REPRESENTATION,
+                format!("routing hint shard_key: {m}"),
+            )
+        })?;
         route.shards = vec![table
             .shard_for(&v)
-            .map_err(|m| PgError::error("22023", m))?];
+            .map_err(|m| PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m))?];
         route.keys = vec![display_key(&v)];
         route.table = Some(table.name.clone());
         route.strategy = Some(table.strategy());

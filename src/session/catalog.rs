@@ -63,7 +63,7 @@ pub(super) async fn table_columns(
         .and_then(|json| serde_json::from_str(&json).ok());
     columns.ok_or_else(|| {
         PgError::error(
-            "42P01",
+            sqlstate::UNDEFINED_TABLE,
             format!("relation \"{}\" does not exist", table.name),
         )
     })
@@ -78,7 +78,7 @@ pub(super) async fn key_position(
     let columns = table_columns(conn, table).await?;
     columns.iter().position(|c| *c == table.key).ok_or_else(|| {
         PgError::error(
-            "42703",
+            sqlstate::UNDEFINED_COLUMN,
             format!(
                 "COPY into sharded table \"{}\": cannot find its shard key column \"{}\"",
                 table.name, table.key

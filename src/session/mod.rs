@@ -1097,7 +1097,7 @@ where
             .iter()
             .find(|(k, _)| *k == b'C')
             .map(|(_, v)| v.as_str())
-            .unwrap_or("XX000");
+            .unwrap_or(sqlstate::INTERNAL_ERROR);
         self.request_failed = true;
         if self.cancelled_at.take().is_some() && code == sqlstate::QUERY_CANCELED {
             let e = PgError::error(
@@ -2773,7 +2773,7 @@ where
         let mut buf = BytesMut::new();
         match cmd {
             Err(m) => {
-                self.refuse(PgError::error("42704", m), true);
+                self.refuse(PgError::error(sqlstate::UNDEFINED_OBJECT, m), true);
                 return;
             }
             Ok(ProxyCommand::Show(HintVar::CausalToken)) => {
@@ -2790,7 +2790,7 @@ where
             }) => {
                 if let Err(m) = value.as_deref().map_or(Ok(()), |t| self.adopt_token(t)) {
                     let err = PgError::error(
-                        "22023",
+                        sqlstate::INVALID_PARAMETER_VALUE,
                         format!("invalid value for parameter \"shardwire.causal_token\": {m}"),
                     )
                     .with_hint("pass the exact string SHOW shardwire.causal_token returned");
@@ -2813,7 +2813,7 @@ where
                 if let (HintVar::Shard, Some(v)) = (var, &value) {
                     if !self.router.shard_names().iter().any(|s| s == v) {
                         let err = PgError::error(
-                            "22023",
+                            sqlstate::INVALID_PARAMETER_VALUE,
                             format!("invalid value for parameter \"shardwire.shard\": \"{v}\""),
                         )
                         .with_hint(format!("shards: {}", self.router.shard_names().join(", ")));

@@ -428,7 +428,7 @@ where
                         Ok(Err(e)) => return Err(self.client_protocol_error(e.to_string())),
                         Err(_) => {
                             return Ok(Err(bad(
-                                "57014",
+                                sqlstate::QUERY_CANCELED,
                                 format!(
                                     "no COPY data from the client within {COPY_IDLE_TIMEOUT:?}"
                                 ),
@@ -489,7 +489,10 @@ where
                 fe::COPY_FAIL => {
                     let mut r = BodyReader::new(protocol::body(&frame), "CopyFail");
                     let msg = r.cstr().unwrap_or("").to_string();
-                    return Ok(Err(bad("57014", format!("COPY from stdin failed: {msg}"))));
+                    return Ok(Err(bad(
+                        sqlstate::QUERY_CANCELED,
+                        format!("COPY from stdin failed: {msg}"),
+                    )));
                 }
                 fe::FLUSH | fe::SYNC => {}
                 other => {
@@ -783,10 +786,11 @@ fn row_shard(
     key_column: usize,
     row: &[u8],
 ) -> Result<usize, (&'static str, String)> {
-    let v = copysplit::field(fmt, row, key_column).map_err(|m| ("22P04", m))?;
+    let v =
+        copysplit::field(fmt, row, key_column).map_err(|m| (sqlstate::BAD_COPY_FILE_FORMAT, m))?;
     let Some(v) = v else {
         return Err((
-            "23502",
+            sqlstate::NOT_NULL_VIOLATION,
             format!(
                 "the shard key \"{}\" of table \"{}\" must not be NULL (COPY row: {})",
                 table.key,
@@ -798,14 +802,16 @@ fn row_shard(
     let s = String::from_utf8_lossy(&v);
     let key = parse_key(table.key_type, &s).map_err(|m| {
         (
-            "22P02",
+            sqlstate::INVALID_TEXT_REPRESENTATION,
             format!(
                 "invalid shard key for table \"{}\" in COPY: {m}",
                 table.name
             ),
         )
     })?;
-    table.shard_for(&key).map_err(|m| ("22023", m))
+    table
+        .shard_for(&key)
+        .map_err(|m| (sqlstate::INVALID_PARAMETER_VALUE, m))
 }
 
 /// Statements PostgreSQL refuses inside a transaction block.

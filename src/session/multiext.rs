@@ -131,7 +131,7 @@ where
                 };
                 let (Some(sql), Some(param_types)) = (sql, self.statement_param_types(stmt)) else {
                     self.multi_extended_fail(PgError::error(
-                        "26000",
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
                         format!("prepared statement \"{stmt}\" does not exist"),
                     ));
                     return Ok(());
@@ -202,7 +202,7 @@ where
                     .map_or(0, |b| i32::from_be_bytes(b.try_into().unwrap()));
                 match self.multi_portal.take() {
                     None => self.multi_extended_fail(PgError::error(
-                        "34000",
+                        sqlstate::INVALID_CURSOR_NAME,
                         "portal does not exist (a transaction over several shards keeps only the last bound portal)",
                     )),
                     Some(p) => self.multi_execute(p, max_rows).await,
@@ -282,7 +282,7 @@ where
         };
         let (Some(sql), Some(types)) = (sql, self.statement_param_types(name)) else {
             return self.multi_extended_fail(PgError::error(
-                "26000",
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
                 format!("prepared statement \"{name}\" does not exist"),
             ));
         };

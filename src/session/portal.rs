@@ -113,7 +113,7 @@ where
         let stmt = bind.statement;
         let Some(param_types) = self.statement_param_types(stmt) else {
             let e = PgError::error(
-                "26000",
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
                 format!("prepared statement \"{stmt}\" does not exist"),
             );
             self.refuse(e, false);
@@ -388,7 +388,7 @@ where
         let (Some(sql), Some(types)) = (sql, self.statement_param_types(name)) else {
             self.refuse(
                 PgError::error(
-                    "26000",
+                    sqlstate::INVALID_SQL_STATEMENT_NAME,
                     format!("prepared statement \"{name}\" does not exist"),
                 ),
                 false,

@@ -327,7 +327,7 @@ pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> PgError 
 fn parse_addr(addr: &str) -> Result<(String, u16), PgError> {
     let bad = || {
         refuse(
-            "22023",
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!("\"{addr}\" is not host:port (for example '10.0.0.5:5432')"),
         )
     };
@@ -347,7 +347,7 @@ fn parse_addr(addr: &str) -> Result<(String, u16), PgError> {
 pub(crate) fn catalog_only(config: &Config, command: &str) -> Result<(), PgError> {
     if config.topology.source != TopologySource::Catalog {
         return Err(refuse(
-            "55000",
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{command} works on the shard map in the catalog, and here the map comes from the config file"),
         )
         .with_hint("set [topology] source = \"catalog\" so the map is versioned in the catalog and every proxy follows it"));
@@ -365,7 +365,7 @@ async fn publish_next(
     let next = config.topology_version + 1;
     Config::load_with_map(&config.file, Some((next, &map))).map_err(|e| {
         refuse(
-            "22023",
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!("the new shard map would not be valid: {e}"),
         )
     })?;
@@ -379,7 +379,7 @@ async fn publish_next(
         .map_or(0, |(v, _)| v);
     if newest != config.topology_version {
         return Err(refuse(
-            "40001",
+            sqlstate::T_R_SERIALIZATION_FAILURE,
             format!(
                 "the shard map changed meanwhile (version {newest} in the catalog, {} here); nothing was changed",
                 config.topology_version
@@ -391,7 +391,7 @@ async fn publish_next(
         .await
         .map_err(|e| {
             refuse(
-                "40001",
+                sqlstate::T_R_SERIALIZATION_FAILURE,
                 format!("publishing version {next} failed (another proxy may have published it first): {e}"),
             )
         })?;
@@ -416,7 +416,10 @@ pub async fn add_shard(
     let config = proxy.config();
     catalog_only(&config, "ADD SHARD")?;
     if config.shards.iter().any(|s| s.name == name) {
-        return Err(refuse("42710", format!("shard \"{name}\" already exists")));
+        return Err(refuse(
+            sqlstate::DUPLICATE_OBJECT,
+            format!("shard \"{name}\" already exists"),
+        ));
     }
     let (host, port) = parse_addr(primary)?;
     let mut servers = vec![serde_json::json!({ "host": host, "port": port, "role": "primary" })];
@@ -425,7 +428,8 @@ pub async fn add_shard(
         servers.push(serde_json::json!({ "host": h, "port": p, "role": "replica" }));
     }
     // The new primary must answer as a primary, with the proxy's login.
-    let mut probe = catalog_target(&config, 0).map_err(|e| refuse("55000", e))?;
+    let mut probe = catalog_target(&config, 0)
+        .map_err(|e| refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, e))?;
     probe.shard = name.to_string();
     probe.host = host.clone();
     probe.port = port;
@@ -444,7 +448,7 @@ pub async fn add_shard(
         .map_err(|e| refuse(sqlstate::CONNECTION_FAILURE, e))?;
     if rows.first().and_then(|r| r[0].as_deref()) != Some("f") {
         return Err(refuse(
-            "55000",
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{host}:{port} is in recovery (a replica), not a primary; nothing was changed"),
         ));
     }
@@ -488,18 +492,21 @@ pub async fn remove_shard(proxy: &Arc<Proxy>, name: &str) -> Result<u64, PgError
     let config = proxy.config();
     catalog_only(&config, "REMOVE SHARD")?;
     let Some(index) = config.shards.iter().position(|s| s.name == name) else {
-        return Err(refuse("42704", format!("shard \"{name}\" does not exist")));
+        return Err(refuse(
+            sqlstate::UNDEFINED_OBJECT,
+            format!("shard \"{name}\" does not exist"),
+        ));
     };
     if index == config.default_shard {
         return Err(refuse(
-            "55006",
+            sqlstate::OBJECT_IN_USE,
             format!("shard \"{name}\" is the default shard (unsharded tables live there)"),
         ));
     }
     let using = tables_on_shard(&config, index);
     if !using.is_empty() {
         return Err(refuse(
-            "55006",
+            sqlstate::OBJECT_IN_USE,
             format!(
                 "shard \"{name}\" still holds rows of {}; nothing was changed",
                 using.join(", ")

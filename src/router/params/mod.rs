@@ -37,6 +37,7 @@ use numbers::{decimal_text, float_key, float_value, int_binary, int_text, numeri
 pub use oid::type_name;
 
 use super::{display_key, parse_key, parse_uuid, KeyType};
+use crate::protocol::sqlstate;
 use crate::sharding::KeyValue;
 
 /// A Bind parameter as routing sees it.
@@ -75,10 +76,10 @@ pub struct BadParam {
 }
 
 /// SQLSTATEs of refusals (PostgreSQL's own for the same faults).
-const INVALID_TEXT: &str = "22P02";
-const INVALID_BINARY: &str = "22P03";
-const OUT_OF_RANGE: &str = "22003";
-const NOT_SUPPORTED: &str = "0A000";
+const INVALID_TEXT: &str = sqlstate::INVALID_TEXT_REPRESENTATION;
+const INVALID_BINARY: &str = sqlstate::INVALID_BINARY_REPRESENTATION;
+const OUT_OF_RANGE: &str = sqlstate::NUMERIC_VALUE_OUT_OF_RANGE;
+const NOT_SUPPORTED: &str = sqlstate::FEATURE_NOT_SUPPORTED;
 
 /// How the router reads a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
