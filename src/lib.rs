@@ -1,13 +1,17 @@
 //! shardwire: a PostgreSQL-wire-compatible sharding proxy.
 //!
-//! Data flows downward through the modules: `frontend` accepts clients and
-//! runs a `session` per client, which forwards frames to servers held in
-//! `backend` pools. `config` is the validated configuration everything else
-//! reads; `protocol` is the wire format shared by both sides. `admin` is
-//! how operators see and steer it: the admin console, HTTP metrics and
-//! health, and the client registry. `topology` keeps the shard map
-//! versioned in the catalog when configured so. `cli` holds the subcommands
-//! that drive a running proxy (`shardwire rebalance`).
+//! Data flows downward (DESIGN §2; `tests/module_layers.rs` checks the
+//! directions): `frontend` accepts and authenticates a client and runs a
+//! `session` for it; the session asks the `router` where each statement
+//! goes (every table reference it makes, by the `sharding` functions) and
+//! forwards it to servers held in `backend` pools, or hands statements
+//! that need several shards to `execute` (fan-out, merges, two-phase
+//! commit). `proxy` is the shared runtime state every task holds: the
+//! `config` in force, pools, health, `stats`. `protocol` is the wire format
+//! shared by both sides. `topology` keeps the shard map versioned in the
+//! catalog; `rebalance` moves data between shards online; `admin` is the
+//! console and HTTP endpoints; `cli` holds the subcommands that drive a
+//! running proxy.
 
 pub mod admin;
 pub mod backend;
