@@ -8,6 +8,7 @@
 
 pub mod analyze;
 pub mod columns;
+pub mod control;
 pub mod fallback;
 pub mod hints;
 pub mod mergeable;

@@ -49,7 +49,7 @@ where
                 return Ok(waited);
             }
             let analysis: Arc<Analysis> = self.router.analysis(sql);
-            if self.router.is_read(&analysis) || super::routing::is_neutral(&analysis) {
+            if self.router.is_read(&analysis) || crate::router::control::is_neutral(&analysis) {
                 return Ok(waited);
             }
             let now = self

@@ -29,7 +29,6 @@ mod multiext;
 mod multitx;
 mod portal;
 mod reads;
-pub mod routing;
 mod scatter;
 pub mod statements;
 
@@ -54,10 +53,10 @@ use crate::protocol::reader::{frame_len, FrameError};
 use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::proxy::Proxy;
+use crate::router::control::{self, server_state_reset, HintVar, ProxyCommand, TxControl};
 use crate::router::{Route, Router, SessionHints};
 use crate::stats::clients::{Admission, ClientState, Registration};
 use crate::stats::metrics::{RouteKind, RouteStats};
-use routing::{HintVar, ProxyCommand, TxControl};
 use statements::{rebuild, rename_bind, split_name, ParamTypes, Statements};
 
 /// Bytes buffered toward one side before the proxy stops reading the other
@@ -1581,7 +1580,7 @@ where
                 let body = protocol::body(frame);
                 let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
                 let analysis = self.router.analysis(&sql);
-                if let Some(TxControl::End(_)) = routing::tx_control(&sql, &analysis) {
+                if let Some(TxControl::End(_)) = control::tx_control(&sql, &analysis) {
                     // No server has the transaction: end it here.
                     self.deferred_begin = None;
                     self.deferred_failed = false;
@@ -2452,7 +2451,7 @@ where
             // Even `SET shardwire.*` gets 25P02 in a failed transaction.
             return self.timed_multi_query(&frame, &sql).await;
         }
-        if let Some(cmd) = routing::proxy_command(&sql) {
+        if let Some(cmd) = control::proxy_command(&sql) {
             if matches!(cmd, Ok(ProxyCommand::Show(HintVar::CausalToken))) {
                 if let Err(e) = self.resolve_written_lsns().await {
                     self.refuse(e, true);
@@ -2482,7 +2481,7 @@ where
             Some(w) if w.eq_ignore_ascii_case("start") => "START TRANSACTION",
             _ => "BEGIN",
         };
-        match routing::tx_control(&sql, &analysis) {
+        match control::tx_control(&sql, &analysis) {
             Some(TxControl::Begin) if self.deferred_begin.is_some() => {
                 return {
                     synthetic(self, begin_tag);
@@ -2501,7 +2500,7 @@ where
             }
             _ => {}
         }
-        if routing::is_neutral(&analysis) && self.server.is_some() {
+        if control::is_neutral(&analysis) && self.server.is_some() {
             // Transaction control and SET stay with the held server.
             self.send_query(frame);
             return Ok(());
@@ -2559,7 +2558,7 @@ where
             && self.router.is_read(&analysis);
         if read {
             self.next_read = Some(target);
-        } else if !routing::is_neutral(&analysis) {
+        } else if !control::is_neutral(&analysis) {
             self.tx_wrote = true;
         }
         if self.ensure_shard(shard, true, true).await {
@@ -2603,7 +2602,7 @@ where
                         self.refuse(e, false);
                         return Ok(());
                     }
-                    if routing::is_neutral(&analysis) {
+                    if control::is_neutral(&analysis) {
                         None
                     } else {
                         let read = self.router.is_read(&analysis);
@@ -2741,7 +2740,7 @@ where
                         continue;
                     };
                     let sql = statements::parse_sql(rest);
-                    if !routing::is_neutral(&self.router.analysis(&sql)) {
+                    if !control::is_neutral(&self.router.analysis(&sql)) {
                         let routed = self
                             .router
                             .route(&sql, &[], &self.hints)
@@ -2934,68 +2933,9 @@ fn route_kind(r: &Route) -> RouteKind {
     }
 }
 
-/// What a simple query resets on the server that the proxy tracks.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Resets {
-    /// DISCARD ALL, DEALLOCATE [PREPARE] ALL: every prepared statement.
-    statements: bool,
-    /// DISCARD ALL, RESET ALL: every setting.
-    settings: bool,
-}
-
-fn server_state_reset(body: &[u8]) -> Resets {
-    let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
-    let words: Vec<&str> = sql
-        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let mut r = Resets::default();
-    for (i, w) in words.iter().enumerate() {
-        let next = |n: usize| words.get(i + n).copied();
-        match *w {
-            "discard" if next(1) == Some("all") => {
-                r.statements = true;
-                r.settings = true;
-            }
-            "deallocate"
-                if next(1) == Some("all")
-                    || (next(1) == Some("prepare") && next(2) == Some("all")) =>
-            {
-                r.statements = true
-            }
-            "reset" if next(1) == Some("all") => r.settings = true,
-            _ => {}
-        }
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn detects_discard_all() {
-        let both = Resets {
-            statements: true,
-            settings: true,
-        };
-        let stmts = Resets {
-            statements: true,
-            settings: false,
-        };
-        assert_eq!(server_state_reset(b"DISCARD ALL\0"), both);
-        assert_eq!(server_state_reset(b"deallocate   all;\0"), stmts);
-        assert_eq!(server_state_reset(b"select 1; discard all\0"), both);
-        assert_eq!(server_state_reset(b"DEALLOCATE PREPARE ALL\0"), stmts);
-        assert!(server_state_reset(b"RESET ALL\0").settings);
-        assert_eq!(server_state_reset(b"deallocate foo\0"), Resets::default());
-        assert_eq!(
-            server_state_reset(b"deallocate prepare foo\0"),
-            Resets::default()
-        );
-        assert_eq!(server_state_reset(b"select 'discard'\0"), Resets::default());
-    }
 
     #[test]
     fn expect_terminals() {

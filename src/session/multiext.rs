@@ -101,7 +101,7 @@ where
                     let sql = statements::parse_sql(rest);
                     let analysis = self.router.analysis(&sql);
                     if matches!(
-                        routing::tx_control(&sql, &analysis),
+                        control::tx_control(&sql, &analysis),
                         Some(TxControl::RollbackToSavepoint)
                     ) {
                         self.multi_extended_fail(PgError::error(
@@ -141,7 +141,7 @@ where
                     self.multi_extended_fail(e);
                     return Ok(());
                 }
-                let ends = match routing::tx_control(&sql, &analysis) {
+                let ends = match control::tx_control(&sql, &analysis) {
                     Some(TxControl::End(tag)) => Some(tag == "COMMIT"),
                     _ => None,
                 };
@@ -449,5 +449,5 @@ pub(super) fn in_failed_transaction() -> PgError {
 
 /// COMMIT/END/ROLLBACK/ABORT: what a failed transaction still takes.
 fn ends_transaction(sql: &str, analysis: &crate::router::Analysis) -> bool {
-    matches!(routing::tx_control(sql, analysis), Some(TxControl::End(_)))
+    matches!(control::tx_control(sql, analysis), Some(TxControl::End(_)))
 }

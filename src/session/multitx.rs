@@ -118,7 +118,7 @@ where
     pub(super) async fn multi_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
         let analysis = self.router.analysis(sql);
         let failed = self.multi.as_ref().is_some_and(|m| m.failed);
-        match routing::tx_control(sql, &analysis) {
+        match control::tx_control(sql, &analysis) {
             Some(TxControl::Begin) if !failed => {
                 let mut out = BytesMut::new();
                 crate::protocol::command_complete(&mut out, "BEGIN");
@@ -135,7 +135,7 @@ where
             // As PostgreSQL: everything but COMMIT/ROLLBACK (BEGIN too),
             // except ROLLBACK TO SAVEPOINT, which PostgreSQL allows and
             // the shards cannot do together: refused as unsupported.
-            let e = match routing::tx_control(sql, &analysis) {
+            let e = match control::tx_control(sql, &analysis) {
                 Some(TxControl::RollbackToSavepoint) => PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     "ROLLBACK TO SAVEPOINT is not supported in a transaction over several shards",
@@ -169,7 +169,7 @@ where
             self.router.columns.clear();
         }
         let held: Vec<usize> = self.multi_shards();
-        if routing::is_neutral(&analysis) {
+        if control::is_neutral(&analysis) {
             // SET and the like: on every shard the transaction holds.
             let work: Vec<(usize, String)> = held.iter().map(|&s| (s, sql.to_string())).collect();
             return {

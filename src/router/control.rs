@@ -1,6 +1,8 @@
-//! What the session needs to route statements: the proxy's own
-//! `SET shardwire.*` commands, and transaction control. (Bind parameters
-//! are decoded in bind.rs.)
+//! Statements a session handles itself rather than route by table:
+//! transaction control (BEGIN, COMMIT, ROLLBACK TO SAVEPOINT), the proxy's
+//! own `SET/RESET/SHOW shardwire.*` commands, statements that go wherever
+//! the transaction goes, and the statements that reset server state the
+//! session tracks (DISCARD ALL, DEALLOCATE ALL, RESET ALL).
 
 use crate::router::{Analysis, Kind};
 
@@ -163,6 +165,42 @@ fn split_word(s: &str) -> (&str, &str) {
     (&s[..end], s[end..].trim_start())
 }
 
+/// What a simple query resets on the server that the proxy tracks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resets {
+    /// DISCARD ALL, DEALLOCATE [PREPARE] ALL: every prepared statement.
+    pub statements: bool,
+    /// DISCARD ALL, RESET ALL: every setting.
+    pub settings: bool,
+}
+
+pub fn server_state_reset(body: &[u8]) -> Resets {
+    let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut r = Resets::default();
+    for (i, w) in words.iter().enumerate() {
+        let next = |n: usize| words.get(i + n).copied();
+        match *w {
+            "discard" if next(1) == Some("all") => {
+                r.statements = true;
+                r.settings = true;
+            }
+            "deallocate"
+                if next(1) == Some("all")
+                    || (next(1) == Some("prepare") && next(2) == Some("all")) =>
+            {
+                r.statements = true
+            }
+            "reset" if next(1) == Some("all") => r.settings = true,
+            _ => {}
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +292,28 @@ mod tests {
             .is_err());
         assert!(proxy_command("set search_path = x").is_none());
         assert!(proxy_command("select 1").is_none());
+    }
+
+    #[test]
+    fn detects_discard_all() {
+        let both = Resets {
+            statements: true,
+            settings: true,
+        };
+        let stmts = Resets {
+            statements: true,
+            settings: false,
+        };
+        assert_eq!(server_state_reset(b"DISCARD ALL\0"), both);
+        assert_eq!(server_state_reset(b"deallocate   all;\0"), stmts);
+        assert_eq!(server_state_reset(b"select 1; discard all\0"), both);
+        assert_eq!(server_state_reset(b"DEALLOCATE PREPARE ALL\0"), stmts);
+        assert!(server_state_reset(b"RESET ALL\0").settings);
+        assert_eq!(server_state_reset(b"deallocate foo\0"), Resets::default());
+        assert_eq!(
+            server_state_reset(b"deallocate prepare foo\0"),
+            Resets::default()
+        );
+        assert_eq!(server_state_reset(b"select 'discard'\0"), Resets::default());
     }
 }
