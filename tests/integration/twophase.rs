@@ -309,6 +309,9 @@ fn a_scatter_inside_a_transaction_runs_on_both_shards_at_once() {
             _ => None,
         });
         assert_eq!(count.as_deref(), Some("2"));
+        eprintln!(
+            "scatter in a two-shard transaction, simple protocol: {took:?} (two {NAP}s shards)"
+        );
         assert!(
             took < sequential,
             "simple protocol: {took:?}, the shards ran one after the other"
@@ -324,6 +327,9 @@ fn a_scatter_inside_a_transaction_runs_on_both_shards_at_once() {
             .expect("scatter in the transaction (extended)");
         let took = started.elapsed();
         assert_eq!(row.get::<_, i64>(0), 2);
+        eprintln!(
+            "scatter in a two-shard transaction, extended protocol: {took:?} (two {NAP}s shards)"
+        );
         assert!(
             took < sequential,
             "extended protocol: {took:?}, the shards ran one after the other"
