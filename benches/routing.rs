@@ -97,6 +97,29 @@ fn bench_routing(c: &mut Criterion) {
         })
     });
 
+    // 1a. The same from two threads at once (the machine's two cores), as
+    // sessions on different workers route concurrently: the time is per
+    // route, so with no contention it is half the single-thread time.
+    c.bench_function("route/cached_select_param_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let started = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters / 2 {
+                            black_box(
+                                router
+                                    .route(black_box(SELECT), &text(black_box(b"42")), &hints)
+                                    .unwrap(),
+                            );
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
+    });
+
     // 1b. The same with a binary float8 key declared in Parse (psycopg's
     // Python floats): decoded by its type, the key 42.
     let float_key = 42f64.to_be_bytes();
