@@ -350,6 +350,38 @@ pub const WRITE_FUNCTIONS: &[&str] = &[
     "pg_drop_replication_slot",
 ];
 
+/// The parse cache every session of a router shares, split in stripes
+/// by a hash of the text so that sessions on different workers rarely
+/// wait on the same lock (one global lock was taken on every statement).
+/// Each stripe is its own LRU of an equal share of the capacity.
+struct ParseCache {
+    stripes: Box<[Mutex<lru::LruCache<String, Arc<Analysis>>>]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// Enough stripes that two cores (or sixteen) seldom meet on one.
+const PARSE_CACHE_STRIPES: usize = 16;
+
+impl ParseCache {
+    fn new(capacity: usize) -> Self {
+        let each = NonZeroUsize::new(capacity.div_ceil(PARSE_CACHE_STRIPES).max(1))
+            .expect("at least one entry per stripe");
+        ParseCache {
+            stripes: (0..PARSE_CACHE_STRIPES)
+                .map(|_| Mutex::new(lru::LruCache::new(each)))
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn stripe(&self, sql: &str) -> &Mutex<lru::LruCache<String, Arc<Analysis>>> {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(sql);
+        // The high bits: the stripes' own maps use the low ones.
+        &self.stripes[(h >> 58) as usize % PARSE_CACHE_STRIPES]
+    }
+}
+
 /// Every configured table and the parse cache.
 pub struct Router {
     tables: analyze::Tables,
@@ -357,7 +389,7 @@ pub struct Router {
     write_functions: Vec<String>,
     shard_names: Vec<String>,
     default_shard: usize,
-    cache: Mutex<lru::LruCache<String, Arc<Analysis>>>,
+    cache: ParseCache,
     /// Column order of tables INSERTed without a column list.
     pub columns: columns::ColumnCache,
 }
@@ -385,9 +417,7 @@ impl Router {
             shard_names,
             default_shard,
             write_functions: Vec::new(),
-            cache: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(PARSE_CACHE_SIZE).expect("nonzero"),
-            )),
+            cache: ParseCache::new(PARSE_CACHE_SIZE),
             columns: columns::ColumnCache::default(),
         }
     }
@@ -422,13 +452,16 @@ impl Router {
 
     /// The analysis of `sql`, from the cache when possible.
     pub fn analysis(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(a) = self.cache.lock().ok().and_then(|mut c| c.get(sql).cloned()) {
+        let stripe = self.cache.stripe(sql);
+        if let Some(a) = stripe.lock().ok().and_then(|mut c| c.get(sql).cloned()) {
             PARSE_CACHE_HITS.fetch_add(1, Ordering::Relaxed);
             return a;
         }
         PARSE_CACHE_MISSES.fetch_add(1, Ordering::Relaxed);
+        // Parsed outside the lock: another session may parse the same text
+        // meanwhile, and the later insert simply wins.
         let a = Arc::new(analyze::analyze(sql, &self.tables));
-        if let Ok(mut c) = self.cache.lock() {
+        if let Ok(mut c) = stripe.lock() {
             c.put(sql.to_string(), a.clone());
         }
         a
