@@ -355,9 +355,11 @@ pub const WRITE_FUNCTIONS: &[&str] = &[
 /// wait on the same lock (one global lock was taken on every statement).
 /// Each stripe is its own LRU of an equal share of the capacity.
 struct ParseCache {
-    stripes: Box<[Mutex<lru::LruCache<String, Arc<Analysis>>>]>,
+    stripes: Box<[Mutex<CacheStripe>]>,
     hasher: foldhash::fast::RandomState,
 }
+
+type CacheStripe = lru::LruCache<String, Arc<Analysis>>;
 
 /// Enough stripes that two cores (or sixteen) seldom meet on one.
 const PARSE_CACHE_STRIPES: usize = 16;
@@ -374,7 +376,7 @@ impl ParseCache {
         }
     }
 
-    fn stripe(&self, sql: &str) -> &Mutex<lru::LruCache<String, Arc<Analysis>>> {
+    fn stripe(&self, sql: &str) -> &Mutex<CacheStripe> {
         use std::hash::BuildHasher;
         let h = self.hasher.hash_one(sql);
         // The high bits: the stripes' own maps use the low ones.
