@@ -164,7 +164,7 @@ where
         if route.role.is_some_and(|r| r != ReadFrom::Primary) || shard >= self.pools.len() {
             return None;
         }
-        Some((shard, super::route_kind(&route)))
+        Some((shard, super::routed::route_kind(&route)))
     }
 
     fn lane_safe(&self, sql: &str) -> bool {

@@ -1,0 +1,283 @@
+//! The extended query protocol on the held server: Parse, Bind, Describe,
+//! Close and Execute, with client statement names mapped to the names the
+//! server holds them under, and what each message expects back.
+
+use super::*;
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// An extended-protocol message for the held (or default) server.
+    pub(super) async fn extended(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        match frame[0] {
+            fe::PARSE => self.on_parse(frame).await?,
+            fe::BIND => self.on_bind(frame).await?,
+            fe::DESCRIBE => self.on_describe(frame).await?,
+            fe::EXECUTE => {
+                if self.ensure_server(false).await {
+                    self.send(&frame, Expect::ExecuteDone, true, None);
+                }
+            }
+            _ => self.on_close(frame).await?,
+        }
+        Ok(())
+    }
+
+    /// Send a simple Query to the held server.
+    pub(super) fn send_query(&mut self, frame: BytesMut) {
+        let resets = server_state_reset(protocol::body(&frame));
+        let s = self.server_mut();
+        s.unnamed = None;
+        if resets.statements {
+            s.prepared.clear();
+        }
+        if resets.settings {
+            // Reported parameters come back as ParameterStatus; the
+            // unreported ones we set are simply gone.
+            s.forget_custom_params();
+        }
+        self.send(&frame, Expect::Ready, true, None);
+        self.flush_point();
+    }
+
+    pub(super) async fn on_parse(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let (name, rest) = match split_name(protocol::body(&frame), "Parse") {
+            Ok(x) => x,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if name.is_empty() {
+            self.unnamed_sql = Some(statements::parse_sql(rest).into());
+            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
+            let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
+            let frame = frame.freeze();
+            self.unnamed = Some((id, frame.clone()));
+            if self.ensure_server(false).await {
+                self.server_mut().unnamed = Some(id);
+                self.send(&frame, Expect::ParseComplete, true, Some(Creates::Unnamed));
+            }
+            return Ok(());
+        }
+        let stmt = self.statements.define(name, rest);
+        if !self.ensure_server(false).await {
+            return Ok(());
+        }
+        if self.server_mut().prepared.contains(&stmt.server_name) {
+            self.pending
+                .push_back(Pending::Synthetic(be::PARSE_COMPLETE));
+            self.emit_synthetic();
+        } else {
+            self.prepare_on_server(&stmt, true);
+        }
+        Ok(())
+    }
+
+    /// Send a statement's Parse to the held server, evicting the least
+    /// recently used statement there if the server holds too many.
+    pub(super) fn prepare_on_server(&mut self, stmt: &statements::Statement, forward: bool) {
+        let max = self.max_prepared_per_server;
+        let s = self.server_mut();
+        let evicted = if s.prepared.len() >= max {
+            s.prepared.evict_lru()
+        } else {
+            None
+        };
+        s.prepared.insert(stmt.server_name.clone());
+        if let Some(victim) = evicted {
+            let mut close = BytesMut::new();
+            rebuild(fe::CLOSE, b"S", &victim, b"", &mut close);
+            self.send(&close, Expect::CloseComplete, false, None);
+        }
+        self.send(
+            &stmt.parse_frame,
+            Expect::ParseComplete,
+            forward,
+            Some(Creates::Named(stmt.server_name.clone())),
+        );
+    }
+
+    /// Make sure the statement a Bind or Describe names exists on the held
+    /// server, and return the name to use there.
+    pub(super) fn statement_on_server(&mut self, client_name: &str) -> Option<Arc<str>> {
+        if client_name.is_empty() {
+            if let Some((id, frame)) = self.unnamed.clone() {
+                if self.server_mut().unnamed != Some(id) {
+                    self.server_mut().unnamed = Some(id);
+                    self.send(&frame, Expect::ParseComplete, false, Some(Creates::Unnamed));
+                }
+            }
+            return None;
+        }
+        let stmt = self.statements.get(client_name)?;
+        let server = self
+            .server
+            .as_deref_mut()
+            .expect("callers check ensure_server first");
+        if server.prepared.contains(&stmt.server_name) {
+            return Some(stmt.server_name.clone());
+        }
+        let stmt = stmt.clone();
+        self.prepare_on_server(&stmt, false);
+        Some(stmt.server_name.clone())
+    }
+
+    pub(super) async fn on_bind(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let mut r = BodyReader::new(protocol::body(&frame), "Bind");
+        let parsed = r
+            .cstr_bytes()
+            .and_then(|portal| Ok((portal, r.cstr()?, r.remaining())));
+        let (portal, stmt, rest) = match parsed {
+            Ok(x) => x,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if !self.config.log.slow_statement.is_zero() {
+            self.bound_sql = if stmt.is_empty() {
+                self.unnamed_sql.clone()
+            } else {
+                self.statements.get(stmt).map(|s| s.sql.clone())
+            };
+        }
+        if self.lanes_apply() {
+            self.lane_trial = self.lane_candidate(stmt);
+        }
+        if !self.ensure_server(false).await {
+            return Ok(());
+        }
+        match self.statement_on_server(stmt) {
+            Some(server_name) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                rename_bind(portal, &server_name, rest, &mut scratch);
+                self.send(&scratch, Expect::BindComplete, true, None);
+                self.scratch = scratch;
+            }
+            None => self.send(&frame, Expect::BindComplete, true, None),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_describe(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let body = protocol::body(&frame);
+        let kind = body.first().copied();
+        let name = match split_name(body.get(1..).unwrap_or(b""), "Describe") {
+            Ok((n, _)) => n,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if !self.ensure_server(false).await {
+            return Ok(());
+        }
+        match kind {
+            Some(b'S') => {
+                let types = self.statement_types(name);
+                match self.statement_on_server(name) {
+                    Some(server_name) => {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        scratch.clear();
+                        rebuild(fe::DESCRIBE, b"S", &server_name, b"", &mut scratch);
+                        self.send(&scratch, Expect::Description, true, None);
+                        self.scratch = scratch;
+                    }
+                    None => self.send(&frame, Expect::Description, true, None),
+                }
+                if let Some(Pending::Request { describes, .. }) = self.pending.back_mut() {
+                    *describes = types;
+                }
+            }
+            // Portals (and invalid kinds, which the server rejects) as is.
+            _ => self.send(&frame, Expect::Description, true, None),
+        }
+        Ok(())
+    }
+
+    /// The parameter types of the client's statement `name` ("" for the
+    /// unnamed one).
+    pub(super) fn statement_types(&self, name: &str) -> Option<Arc<ParamTypes>> {
+        if name.is_empty() {
+            self.unnamed_types.clone()
+        } else {
+            self.statements.get(name).map(|s| s.types.clone())
+        }
+    }
+
+    pub(super) async fn on_close(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
+        let body = protocol::body(&frame);
+        let kind = body.first().copied();
+        let name = match split_name(body.get(1..).unwrap_or(b""), "Close") {
+            Ok((n, _)) => n,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if kind == Some(b'S') && !name.is_empty() {
+            // The server-side copy may serve other clients; only this
+            // client's name goes away.
+            self.statements.remove(name);
+            self.pending
+                .push_back(Pending::Synthetic(be::CLOSE_COMPLETE));
+            self.emit_synthetic();
+            return Ok(());
+        }
+        if kind == Some(b'S') {
+            self.unnamed = None;
+            self.unnamed_sql = None;
+            self.unnamed_types = None;
+        }
+        if self.ensure_server(false).await {
+            if kind == Some(b'S') {
+                self.server_mut().unnamed = None;
+            }
+            self.send(&frame, Expect::CloseComplete, true, None);
+        }
+        Ok(())
+    }
+
+    /// Queue a frame for the server and remember what it owes us.
+    pub(super) fn send(
+        &mut self,
+        frame: &[u8],
+        expect: Expect,
+        forward: bool,
+        creates: Option<Creates>,
+    ) {
+        self.server_out.extend_from_slice(frame);
+        let timing = self.timing_for(frame, forward);
+        self.pending.push_back(Pending::Request {
+            expect,
+            forward,
+            creates,
+            timing,
+            lsn_probe: false,
+            describes: None,
+        });
+        if self.server_out.len() >= HIGH_WATER {
+            self.flush_point();
+        }
+    }
+
+    /// Everything queued for the server so far may be written.
+    pub(super) fn flush_point(&mut self) {
+        self.server_flush_upto = self.server_out.len();
+    }
+
+    pub(super) fn server_mut(&mut self) -> &mut ServerConn {
+        self.server
+            .as_deref_mut()
+            .expect("callers check ensure_server first")
+    }
+
+    /// Record a held Parse's statement, so a Bind can be routed by its SQL.
+    pub(super) fn note_parse(&mut self, frame: &[u8]) -> Result<(), SessionEnd> {
+        let (name, rest) = match split_name(protocol::body(frame), "Parse") {
+            Ok(x) => x,
+            Err(e) => return Err(self.client_protocol_error(e.to_string())),
+        };
+        if name.is_empty() {
+            self.unnamed_sql = Some(statements::parse_sql(rest).into());
+            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
+            let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
+            self.unnamed = Some((id, Bytes::copy_from_slice(frame)));
+        } else {
+            self.statements.define(name, rest);
+        }
+        Ok(())
+    }
+}
