@@ -248,7 +248,7 @@ where
         // Before the primary's pool: the server this session parked, or a
         // replica for a read. One that fails here costs the statement
         // nothing: the pool's primary follows.
-        let candidate = match self.next_read.take() {
+        let candidate = match self.replica.next.take() {
             None => self.unpark(shard),
             Some(target) => {
                 self.release_parked();
@@ -318,7 +318,7 @@ where
     }
 
     pub(super) fn attach(&mut self, conn: PooledConn) {
-        self.on_replica = !self.pools.iter().any(|p| Arc::ptr_eq(p, conn.pool()));
+        self.replica.held_on = !self.pools.iter().any(|p| Arc::ptr_eq(p, conn.pool()));
         self.cancel
             .set(&conn.target, conn.backend_pid, conn.backend_secret);
         self.server = Some(conn);
@@ -326,7 +326,8 @@ where
 
     pub(super) fn maybe_release(&mut self) {
         if self.pool_mode == PoolMode::Transaction && self.server.is_some() && self.is_idle() {
-            if std::mem::take(&mut self.tx_wrote) && !self.on_replica && self.after_write() {
+            if std::mem::take(&mut self.writes.in_tx) && !self.replica.held_on && self.after_write()
+            {
                 return; // released once the LSN probe answers
             }
             if let Some(conn) = self.server.take() {
@@ -343,8 +344,8 @@ where
     pub(super) fn release_conn(&mut self, conn: PooledConn) {
         self.cancel.clear();
         self.abort_in_flight = false;
-        let on_replica = std::mem::take(&mut self.on_replica);
-        self.replica_read = None;
+        let on_replica = std::mem::take(&mut self.replica.held_on);
+        self.replica.running = None;
         self.client.info.set_shard(None);
         if std::mem::take(&mut self.discard_server) {
             drop(conn); // closes it

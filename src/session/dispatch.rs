@@ -24,7 +24,9 @@ where
                     ..
                 })
             );
-            if ((self.on_replica && !self.pending.is_empty()) || probing) && self.server.is_some() {
+            if ((self.replica.held_on && !self.pending.is_empty()) || probing)
+                && self.server.is_some()
+            {
                 return Ok(());
             }
             let frame = match self.client_rd.try_frame() {
@@ -54,7 +56,7 @@ where
             }
             return Ok(());
         }
-        if (tag == fe::QUERY || tag == fe::EXECUTE) && !self.replaying {
+        if (tag == fe::QUERY || tag == fe::EXECUTE) && !self.replica.replaying {
             self.client.info.queries.fetch_add(1, Ordering::Relaxed);
             if !self.take_rate_token(tag == fe::QUERY).await {
                 return Ok(());
@@ -122,9 +124,9 @@ where
                         frames
                     });
                     self.route_held_batch(tag == fe::SYNC).await?;
-                    if self.on_replica {
-                        self.replica_read = batch;
-                        self.replica_answered = false;
+                    if self.replica.held_on {
+                        self.replica.running = batch;
+                        self.replica.answered = false;
                     }
                 }
                 _ => {}
@@ -340,9 +342,9 @@ where
         self.replicas = pools.replicas;
         self.read_from = config.read_from(db, user);
         let shards = self.pools.len();
-        self.written_lsn.resize(shards, 0);
-        self.written_at.resize(shards, None);
-        self.unresolved_writes.resize(shards, false);
+        self.writes.lsn.resize(shards, 0);
+        self.writes.at.resize(shards, None);
+        self.writes.unresolved.resize(shards, false);
         self.router = config.router.clone();
         self.routing = self.router.tables().next().is_some()
             || self.read_from != crate::config::ReadFrom::Primary;

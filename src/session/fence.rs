@@ -38,7 +38,7 @@ where
         // The read-your-writes probe of the previous statement may have
         // kept the server past the point where the session follows a new
         // config; a write must be routed on the newest map.
-        if self.server.is_none() && self.multi.is_none() && self.held_read.is_none() {
+        if self.server.is_none() && self.multi.is_none() && self.replica.batch.is_none() {
             self.follow_config();
         }
         loop {

@@ -164,7 +164,7 @@ where
                         wrote = true;
                     }
                     Err(cause) => {
-                        // A lost replica read is run again (retry_read):
+                        // A lost replica read is run again (replica.retry):
                         // nothing more to write now either way.
                         self.lose_server(cause)?;
                         return Ok(false);
@@ -240,10 +240,10 @@ where
     /// not answered anything yet is retried elsewhere (the replica is
     /// banned); anything else ends the session.
     pub(super) fn lose_server(&mut self, cause: String) -> Result<(), SessionEnd> {
-        if !self.on_replica || self.replica_answered {
+        if !self.replica.held_on || self.replica.answered {
             return Err(self.server_lost(cause));
         }
-        let Some(read) = self.replica_read.take() else {
+        let Some(read) = self.replica.running.take() else {
             return Err(self.server_lost(cause));
         };
         if let Some(conn) = self.server.take() {
@@ -259,10 +259,10 @@ where
         self.pending.clear();
         self.server_out.clear();
         self.server_flush_upto = 0;
-        self.replica_hold.clear();
+        self.replica.hold.clear();
         self.cancel.clear();
-        self.on_replica = false;
-        self.retry_read = Some(read);
+        self.replica.held_on = false;
+        self.replica.retry = Some(read);
         Ok(())
     }
 

@@ -191,7 +191,7 @@ where
             || self.portal.is_some()
             || self.deferred_begin.is_some()
             || self.tx_status != TxStatus::Idle
-            || self.replaying
+            || self.replica.replaying
             || !self.lanes_apply()
             || self.is_paused()
         {

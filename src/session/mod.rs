@@ -291,36 +291,11 @@ pub struct Session<R, W> {
     /// Replica pools by shard (reads.rs).
     replicas: Vec<Vec<crate::backend::ReplicaPool>>,
     read_from: crate::config::ReadFrom,
-    /// Per shard: WAL position of the session's last write (0: none).
-    written_lsn: Vec<u64>,
-    /// Per shard: when the session last wrote (primary_after_write).
-    written_at: Vec<Option<Instant>>,
-    /// Per shard: a write whose position is not known yet (resolved when
-    /// the causal token is asked for).
-    unresolved_writes: Vec<bool>,
-    /// The transaction on the held primary wrote (or may have).
-    tx_wrote: bool,
-    /// The next checkout is for a read that may go to a replica.
-    next_read: Option<crate::config::ReadFrom>,
-    /// The held server is not its shard's primary (a read runs on it).
-    on_replica: bool,
+    /// Where the session's writes are, per shard (read-your-writes).
+    writes: reads::Writes,
     read_stats: Vec<reads::ReadStats>,
-    /// The frames of the read a replica is running (a Query, or an
-    /// extended batch through its Sync), to run again elsewhere if the
-    /// replica dies before answering.
-    replica_read: Option<Vec<BytesMut>>,
-    replica_answered: bool,
-    /// A read to run again (see `lose_server`).
-    retry_read: Option<Vec<BytesMut>>,
-    /// The replica's answer so far, not yet given to the client.
-    replica_hold: BytesMut,
-    /// The held extended batch so far is made of reads of this shard that
-    /// may go to a replica (decided at its Sync).
-    held_read: Option<(usize, RouteKind, crate::config::ReadFrom)>,
-    /// The held batch has something that is not such a read.
-    held_mixed: bool,
-    /// Frames being run again after a replica was lost: not counted twice.
-    replaying: bool,
+    /// A read on, or headed for, a replica.
+    replica: reads::ReplicaRead,
     setup_user: String,
     setup_database: String,
     client_id: u64,
@@ -416,20 +391,9 @@ where
         let mut s = Session {
             replicas: setup.replicas,
             read_from: setup.read_from,
-            written_lsn: vec![0; shards],
-            written_at: vec![None; shards],
-            unresolved_writes: vec![false; shards],
-            tx_wrote: false,
-            next_read: None,
-            on_replica: false,
+            writes: reads::Writes::new(shards),
             read_stats: vec![Default::default(); shards],
-            replica_read: None,
-            replica_answered: false,
-            retry_read: None,
-            replica_hold: BytesMut::new(),
-            held_read: None,
-            held_mixed: false,
-            replaying: false,
+            replica: reads::ReplicaRead::default(),
             config_generation: setup.proxy.topology_generation(),
             paused: setup.proxy.paused(),
             paused_now: false,
@@ -534,14 +498,14 @@ where
             }
             self.maybe_release();
             // A read whose replica died before answering: run it again.
-            if let Some(frames) = self.retry_read.take() {
-                self.replaying = true;
+            if let Some(frames) = self.replica.retry.take() {
+                self.replica.replaying = true;
                 for f in frames {
                     if let Err(end) = self.on_client_frame(f).await {
                         return end;
                     }
                 }
-                self.replaying = false;
+                self.replica.replaying = false;
             }
             // 2. Everything the client already sent.
             if let Err(end) = self.drain_client_frames().await {
@@ -557,7 +521,7 @@ where
                 Ok(true) if self.frames_waiting() => continue,
                 Ok(_) => {}
             }
-            if self.retry_read.is_some() {
+            if self.replica.retry.is_some() {
                 continue; // the write found the replica gone: run the read again
             }
             // 5. A pending shutdown ends the session once it is idle.

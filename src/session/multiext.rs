@@ -49,7 +49,7 @@ where
             || self.pool_mode != PoolMode::Transaction
             || self.copy_in
             || self.copy_open
-            || self.on_replica
+            || self.replica.held_on
         {
             return Ok(false);
         }

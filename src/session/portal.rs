@@ -78,8 +78,8 @@ where
             // The first statement of a transaction: it spans shards from
             // the start (multiext.rs).
             let held = std::mem::take(&mut self.held);
-            self.held_read = None;
-            self.held_mixed = false;
+            self.replica.batch = None;
+            self.replica.batch_mixed = false;
             self.enter_multi_tx();
             for f in held {
                 self.multi_extended(f).await?;
@@ -90,8 +90,8 @@ where
             || self.deferred_begin.is_some()
             || self.tx_status != TxStatus::Idle
             || self.multi.is_some()
-            || self.held_read.is_some()
-            || self.held_mixed
+            || self.replica.batch.is_some()
+            || self.replica.batch_mixed
         {
             let names: Vec<&str> = route.shards.iter().map(|&i| self.shard_name(i)).collect();
             let e = PgError::error(

@@ -2,7 +2,7 @@
 //!
 //! A read (a query string the router calls a read, outside any transaction)
 //! may go to a replica of its shard. The session remembers, per shard, the
-//! WAL position of its last write there (`written_lsn`): after a write
+//! WAL position of its last write there (`writes.lsn`): after a write
 //! commits, the proxy asks the same primary connection for
 //! `pg_current_wal_insert_lsn()` before the connection goes back to the
 //! pool, while the client already has its answer. A later read goes only to
@@ -12,19 +12,19 @@
 //! token (`SHOW`/`SET shardwire.causal_token`), so another connection,
 //! through any proxy of the same shards, reads at least as fresh.
 
-use crate::protocol::TxStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Expect, Pending, Session};
 use crate::backend::health::{format_lsn, parse_lsn};
 use crate::backend::{Pool, PooledConn, ReplicaPool};
 use crate::config::{LoadBalance, ReadFrom, ReadYourWrites, Reads};
-use crate::protocol::{self, PgError};
-use crate::stats::metrics::ReadDecision;
+use crate::protocol::{self, PgError, TxStatus};
+use crate::stats::metrics::{ReadDecision, RouteKind};
 
 /// Prefix (and version) of causal tokens.
 const TOKEN_PREFIX: &str = "sw1:";
@@ -66,6 +66,57 @@ pub fn parse_token(token: &str, shards: &[String]) -> Result<Vec<u64>, String> {
     Ok(out)
 }
 
+/// Where the session's writes are, per shard: what a read must wait for
+/// on a replica to see them (read-your-writes).
+pub(super) struct Writes {
+    /// WAL position of the session's last write (0: none).
+    pub(super) lsn: Vec<u64>,
+    /// When the session last wrote (primary_after_write).
+    pub(super) at: Vec<Option<Instant>>,
+    /// A write whose position is not known yet (resolved when the causal
+    /// token is asked for).
+    pub(super) unresolved: Vec<bool>,
+    /// The transaction on the held primary wrote (or may have).
+    pub(super) in_tx: bool,
+}
+
+impl Writes {
+    pub(super) fn new(shards: usize) -> Self {
+        Writes {
+            lsn: vec![0; shards],
+            at: vec![None; shards],
+            unresolved: vec![false; shards],
+            in_tx: false,
+        }
+    }
+}
+
+/// A read on, or headed for, a replica, and what it takes to run it again
+/// elsewhere when the replica dies before answering.
+#[derive(Default)]
+pub(super) struct ReplicaRead {
+    /// The next checkout is for a read that may go to a replica.
+    pub(super) next: Option<ReadFrom>,
+    /// The held server is not its shard's primary (a read runs on it).
+    pub(super) held_on: bool,
+    /// The frames of the read a replica is running (a Query, or an
+    /// extended batch through its Sync).
+    pub(super) running: Option<Vec<BytesMut>>,
+    /// The replica has started answering it.
+    pub(super) answered: bool,
+    /// A read to run again (see `lose_server`).
+    pub(super) retry: Option<Vec<BytesMut>>,
+    /// The replica's answer so far, not yet given to the client.
+    pub(super) hold: BytesMut,
+    /// The held extended batch so far is made of reads of this shard that
+    /// may go to a replica (decided at its Sync).
+    pub(super) batch: Option<(usize, RouteKind, ReadFrom)>,
+    /// The held batch has something that is not such a read.
+    pub(super) batch_mixed: bool,
+    /// Frames being run again after a replica was lost: not counted twice.
+    pub(super) replaying: bool,
+}
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin,
@@ -85,12 +136,13 @@ where
     ) -> Option<PooledConn> {
         let reads = self.config.reads.clone();
         let required = match reads.read_your_writes {
-            ReadYourWrites::Lsn => self.written_lsn.get(shard).copied().unwrap_or(0),
+            ReadYourWrites::Lsn => self.writes.lsn.get(shard).copied().unwrap_or(0),
             _ => 0,
         };
         if reads.read_your_writes == ReadYourWrites::PrimaryAfterWrite
             && self
-                .written_at
+                .writes
+                .at
                 .get(shard)
                 .copied()
                 .flatten()
@@ -253,7 +305,7 @@ where
         match self.config.reads.read_your_writes {
             ReadYourWrites::Off => false,
             ReadYourWrites::PrimaryAfterWrite => {
-                if let Some(t) = self.written_at.get_mut(shard) {
+                if let Some(t) = self.writes.at.get_mut(shard) {
                     *t = Some(Instant::now());
                 }
                 false
@@ -275,7 +327,7 @@ where
             }
             // Only a causal token can need it: resolved when asked for.
             ReadYourWrites::Lsn => {
-                if let Some(d) = self.unresolved_writes.get_mut(shard) {
+                if let Some(d) = self.writes.unresolved.get_mut(shard) {
                     *d = true;
                 }
                 false
@@ -286,7 +338,7 @@ where
     /// The DataRow answering an LSN probe.
     pub(super) fn on_lsn_probe_row(&mut self, frame: &[u8]) {
         let lsn = protocol::first_text_value(frame).and_then(|v| parse_lsn(&v));
-        if let (Some(lsn), Some(slot)) = (lsn, self.written_lsn.get_mut(self.server_shard)) {
+        if let (Some(lsn), Some(slot)) = (lsn, self.writes.lsn.get_mut(self.server_shard)) {
             *slot = (*slot).max(lsn);
         }
     }
@@ -306,7 +358,7 @@ where
             ReadYourWrites::Off => {}
             ReadYourWrites::PrimaryAfterWrite => {
                 for &s in shards {
-                    if let Some(t) = self.written_at.get_mut(s) {
+                    if let Some(t) = self.writes.at.get_mut(s) {
                         *t = Some(Instant::now());
                     }
                 }
@@ -329,12 +381,12 @@ where
                         }
                         _ => None,
                     };
-                    match (lsn, self.written_lsn.get_mut(shards[i])) {
+                    match (lsn, self.writes.lsn.get_mut(shards[i])) {
                         (Some(lsn), Some(slot)) => *slot = (*slot).max(lsn),
                         _ => {
                             clean[i] = false;
                             // Unknown position: fall back to asking when needed.
-                            if let Some(d) = self.unresolved_writes.get_mut(shards[i]) {
+                            if let Some(d) = self.writes.unresolved.get_mut(shards[i]) {
                                 *d = true;
                             }
                         }
@@ -343,7 +395,7 @@ where
             }
             ReadYourWrites::Lsn => {
                 for &s in shards {
-                    if let Some(d) = self.unresolved_writes.get_mut(s) {
+                    if let Some(d) = self.writes.unresolved.get_mut(s) {
                         *d = true;
                     }
                 }
@@ -354,8 +406,8 @@ where
     /// Writes whose position nobody asked for yet (read_from = primary):
     /// the primary's current position covers them.
     pub(super) async fn resolve_written_lsns(&mut self) -> Result<(), PgError> {
-        for shard in 0..self.unresolved_writes.len() {
-            if !self.unresolved_writes[shard] {
+        for shard in 0..self.writes.unresolved.len() {
+            if !self.writes.unresolved[shard] {
                 continue;
             }
             let mut conn = self.pools[shard].checkout().await.map_err(|e| e.to_pg())?;
@@ -372,22 +424,22 @@ where
                 conn.release();
             }
             if let Some(lsn) = lsn {
-                self.written_lsn[shard] = self.written_lsn[shard].max(lsn);
+                self.writes.lsn[shard] = self.writes.lsn[shard].max(lsn);
             }
-            self.unresolved_writes[shard] = false;
+            self.writes.unresolved[shard] = false;
         }
         Ok(())
     }
 
     /// The session's causal token.
     pub(super) fn causal_token(&self) -> String {
-        format_token(self.router.shard_names(), &self.written_lsn)
+        format_token(self.router.shard_names(), &self.writes.lsn)
     }
 
     /// Adopt a causal token: reads become at least as fresh as its positions.
     pub(super) fn adopt_token(&mut self, token: &str) -> Result<(), String> {
         let lsns = parse_token(token, self.router.shard_names())?;
-        for (mine, theirs) in self.written_lsn.iter_mut().zip(lsns) {
+        for (mine, theirs) in self.writes.lsn.iter_mut().zip(lsns) {
             *mine = (*mine).max(theirs);
         }
         Ok(())

@@ -54,8 +54,8 @@ where
         } else {
             self.skip_until_sync = true;
             self.held.clear();
-            self.held_read = None;
-            self.held_mixed = false;
+            self.replica.batch = None;
+            self.replica.batch_mixed = false;
             if server_tx {
                 // Earlier statements of this batch run in its implicit
                 // transaction, or in the client's transaction block:

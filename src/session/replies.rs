@@ -43,7 +43,7 @@ where
             // A replica shutting down tells its sessions with a FATAL
             // (57P01, ...) before closing: for a read it had not answered
             // yet, that is a lost server, not the client's error.
-            if frame[0] == be::ERROR_RESPONSE && self.on_replica && !self.replica_answered {
+            if frame[0] == be::ERROR_RESPONSE && self.replica.held_on && !self.replica.answered {
                 let fields = protocol::error_fields(protocol::body(frame));
                 if fields.iter().any(|(k, v)| *k == b'V' && v == "FATAL") {
                     return self.lose_server(protocol::describe_error(protocol::body(frame)));
@@ -57,13 +57,13 @@ where
             let before = self.client_out.len();
             self.on_server_frame(frame);
             buf.advance(len);
-            if self.on_replica && !self.replica_answered && self.client_out.len() != before {
+            if self.replica.held_on && !self.replica.answered && self.client_out.len() != before {
                 let answer = self.client_out.split_off(before);
-                self.replica_hold.extend_from_slice(&answer);
-                if tag == be::READY_FOR_QUERY || self.replica_hold.len() >= HIGH_WATER {
-                    let held = std::mem::take(&mut self.replica_hold);
+                self.replica.hold.extend_from_slice(&answer);
+                if tag == be::READY_FOR_QUERY || self.replica.hold.len() >= HIGH_WATER {
+                    let held = std::mem::take(&mut self.replica.hold);
                     self.client_out.extend_from_slice(&held);
-                    self.replica_answered = true;
+                    self.replica.answered = true;
                 }
             }
         }
@@ -94,7 +94,7 @@ where
                     // The proxy's own query; its ReadyForQuery still comes.
                     // The position is unknown now, so reads of this shard
                     // stay on the primary rather than risk a stale answer.
-                    if let Some(l) = self.written_lsn.get_mut(self.server_shard) {
+                    if let Some(l) = self.writes.lsn.get_mut(self.server_shard) {
                         *l = u64::MAX;
                     }
                 } else {

@@ -162,19 +162,19 @@ where
             && self.tx_status == TxStatus::Idle
             && self.router.is_read(&analysis);
         if read {
-            self.next_read = Some(target);
+            self.replica.next = Some(target);
         } else if !control::is_neutral(&analysis) {
-            self.tx_wrote = true;
+            self.writes.in_tx = true;
         }
         if self.ensure_shard(shard, true, true).await {
             self.route_kind = route_kind(&route);
-            if self.on_replica {
-                self.replica_read = Some(vec![frame.clone()]);
-                self.replica_answered = false;
+            if self.replica.held_on {
+                self.replica.running = Some(vec![frame.clone()]);
+                self.replica.answered = false;
             }
             self.send_query(frame);
         }
-        self.next_read = None;
+        self.replica.next = None;
         Ok(())
     }
 
@@ -246,7 +246,7 @@ where
                             }
                         }
                         if !read {
-                            self.tx_wrote = true;
+                            self.writes.in_tx = true;
                         }
                         Some(route.and_then(|r| {
                             let target = r.role.unwrap_or(self.read_from);
@@ -268,7 +268,7 @@ where
         match routed {
             // Transaction control and SET: with the rest of the batch.
             None if self.server.is_none() => {
-                self.held_mixed = true;
+                self.replica.batch_mixed = true;
                 self.held.push(frame)
             }
             None => self.on_bind(frame).await?,
@@ -278,17 +278,17 @@ where
                 // if the whole batch is such reads of one shard (bounded).
                 let held_bytes: usize = self.held.iter().map(|f| f.len()).sum();
                 if let Some(target) = read {
-                    if !self.held_mixed
-                        && self.held_read.is_none_or(|(s, ..)| s == shard)
+                    if !self.replica.batch_mixed
+                        && self.replica.batch.is_none_or(|(s, ..)| s == shard)
                         && held_bytes < HIGH_WATER
                     {
-                        self.held_read = Some((shard, kind, target));
+                        self.replica.batch = Some((shard, kind, target));
                         self.held.push(frame);
                         return Ok(());
                     }
                 }
                 // Held reads go first, to their shard's primary.
-                if let Some((held_shard, held_kind, _)) = self.held_read.take() {
+                if let Some((held_shard, held_kind, _)) = self.replica.batch.take() {
                     if self.ensure_shard(held_shard, false, true).await {
                         self.route_kind = held_kind;
                         self.replay_held().await?;
@@ -296,7 +296,7 @@ where
                         return Ok(());
                     }
                 }
-                self.held_mixed = false;
+                self.replica.batch_mixed = false;
                 if self.ensure_shard(shard, false, true).await {
                     self.route_kind = kind;
                     self.replay_held().await?;
@@ -319,15 +319,15 @@ where
     /// transaction control): route it by its SQL if that names one shard,
     /// else to the default shard (describing is the same everywhere).
     pub(super) async fn route_held_batch(&mut self, at_sync: bool) -> Result<(), SessionEnd> {
-        let mixed = std::mem::take(&mut self.held_mixed);
-        if let Some((shard, kind, target)) = self.held_read.take() {
+        let mixed = std::mem::take(&mut self.replica.batch_mixed);
+        if let Some((shard, kind, target)) = self.replica.batch.take() {
             // Only a batch that ends here, with nothing but reads, may go
             // to a replica: after a Flush more may follow on this server.
             if at_sync && !mixed {
-                self.next_read = Some(target);
+                self.replica.next = Some(target);
             }
             let ok = self.ensure_shard(shard, false, true).await;
-            self.next_read = None;
+            self.replica.next = None;
             if ok {
                 self.route_kind = kind;
                 self.replay_held().await?;
