@@ -250,8 +250,15 @@ where
             }
         }
         let catalog = self.pools[0].clone();
-        let failure =
-            finish_atomic(&mut conns, &begun, &mut clean, failure, &names, &catalog).await;
+        let failure = finish_atomic(
+            &mut conns,
+            &begun,
+            &mut clean,
+            End::after(failure),
+            &names,
+            &catalog,
+        )
+        .await;
         if failure.is_none() {
             self.note_multi_writes(&mut conns, &route.shards, &mut clean)
                 .await;
@@ -655,8 +662,15 @@ where
         }
         if atomic {
             let catalog = self.pools[0].clone();
-            failure =
-                finish_atomic(&mut conns, &begun, &mut clean, failure, &names, &catalog).await;
+            failure = finish_atomic(
+                &mut conns,
+                &begun,
+                &mut clean,
+                End::after(failure),
+                &names,
+                &catalog,
+            )
+            .await;
             if failure.is_none() {
                 self.note_multi_writes(&mut conns, &shards, &mut clean)
                     .await;
@@ -682,8 +696,27 @@ pub(super) fn query_work(shards: &[usize], sql: &str) -> Vec<(usize, BytesMut)> 
     shards.iter().map(|&s| (s, frame.clone())).collect()
 }
 
-/// End the transaction on every shard that began one: COMMIT when there is
-/// no failure yet, else ROLLBACK. Returns the failure for the client.
+/// How `finish_atomic` ends the shards' transactions.
+pub(super) enum End {
+    Commit,
+    /// Roll back; with the client's error when a failure is the reason
+    /// (None when the client asked for it).
+    RollBack(Option<BytesMut>),
+}
+
+impl End {
+    /// Commit unless something already failed (the failure, for the client).
+    pub(super) fn after(failure: Option<BytesMut>) -> End {
+        match failure {
+            None => End::Commit,
+            Some(f) => End::RollBack(Some(f)),
+        }
+    }
+}
+
+/// End the transaction on every shard that began one, as `end` says.
+/// Returns the error for the client: the reason of a rollback, or why a
+/// COMMIT failed (then everything rolled back).
 ///
 /// Several shards commit with two-phase commit (execute/twophase.rs);
 /// one commits (or anything rolls back) in one step.
@@ -691,12 +724,16 @@ pub(super) async fn finish_atomic(
     conns: &mut [PooledConn],
     begun: &[bool],
     clean: &mut [bool],
-    mut failure: Option<BytesMut>,
+    end: End,
     names: &[String],
     catalog: &Arc<Pool>,
 ) -> Option<BytesMut> {
+    let (mut commit, mut failure) = match end {
+        End::Commit => (true, None),
+        End::RollBack(why) => (false, why),
+    };
     let participants: Vec<usize> = (0..conns.len()).filter(|&i| begun[i] && clean[i]).collect();
-    if failure.is_none() && participants.len() > 1 {
+    if commit && participants.len() > 1 {
         let on_catalog = participants
             .iter()
             .copied()
@@ -715,7 +752,6 @@ pub(super) async fn finish_atomic(
         if !begun[i] || !clean[i] {
             continue;
         }
-        let commit = failure.is_none();
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
         match conns[i].run_collect(verb, CONTROL_TIMEOUT, 64 * 1024).await {
             Ok(c)
@@ -726,12 +762,14 @@ pub(super) async fn finish_atomic(
                 clean[i] = c.status == TxStatus::Idle;
                 if commit {
                     failure = Some(shard_error(c.error, &names[i], ROLLED_BACK));
+                    commit = false;
                 }
             }
             Err(e) => {
                 clean[i] = false;
                 if commit {
                     failure = Some(lost_error(&e, &names[i], ROLLED_BACK));
+                    commit = false;
                 }
             }
         }

@@ -13,7 +13,7 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    finish_atomic, lost_error, multi_write_tag, overflow_error, shard_error, split_insert,
+    finish_atomic, lost_error, multi_write_tag, overflow_error, shard_error, split_insert, End,
     CONTROL_TIMEOUT, MAX_COLLECT,
 };
 use super::*;
@@ -501,11 +501,13 @@ where
         }
         let begun = vec![true; conns.len()];
         let mut clean = vec![true; conns.len()];
-        // finish_atomic commits while it has no failure; a placeholder
-        // failure makes it roll back.
-        let start = if commit { None } else { Some(BytesMut::new()) };
+        let end = if commit {
+            End::Commit
+        } else {
+            End::RollBack(None)
+        };
         let catalog = self.pools[0].clone();
-        let failure = finish_atomic(&mut conns, &begun, &mut clean, start, &names, &catalog).await;
+        let failure = finish_atomic(&mut conns, &begun, &mut clean, end, &names, &catalog).await;
         if commit && failure.is_none() {
             self.note_multi_writes(&mut conns, &shards, &mut clean)
                 .await;
@@ -521,6 +523,6 @@ where
             // read their column order again.
             self.router.columns.clear();
         }
-        failure.filter(|_| commit)
+        failure
     }
 }
