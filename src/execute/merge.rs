@@ -486,7 +486,10 @@ impl Ord for Head<'_> {
     }
 }
 
-fn key_values<'a>(keys: &[Resolved], row: &'a [u8]) -> Result<Vec<Option<Val<'a>>>, PgError> {
+pub(crate) fn key_values<'a>(
+    keys: &[Resolved],
+    row: &'a [u8],
+) -> Result<Vec<Option<Val<'a>>>, PgError> {
     let f = fields(row)?;
     keys.iter()
         .map(|k| match f.get(k.column) {
@@ -498,6 +501,17 @@ fn key_values<'a>(keys: &[Resolved], row: &'a [u8]) -> Result<Vec<Option<Val<'a>
             Some(Some(v)) => parse_value(k.sort, v).map(Some).map_err(bad),
         })
         .collect()
+}
+
+/// Shard `shard`'s rows (counted from 0) are not sorted as the merge
+/// compares them.
+pub(crate) fn out_of_order(shard: usize) -> PgError {
+    bad(format!(
+        "the rows of shard #{} are not in the order the proxy merges by",
+        shard + 1
+    ))
+    .with_detail("text is merged in byte order (the C collation); the shard sorted by another collation")
+    .with_hint("order text columns across shards with COLLATE \"C\" (in the query or the column definition)")
 }
 
 /// Merge the shards' answers (frames of each shard, in shard order; each
@@ -550,12 +564,7 @@ pub fn merge_sorted(
         if let Some(next) = rows[head.shard].get(head.row + 1) {
             let vals = key_values(&resolved, next)?;
             if compare_keys(&resolved, &vals, &head.vals) == Ordering::Less {
-                return Err(bad(format!(
-                    "the rows of shard #{} are not in the order the proxy merges by",
-                    head.shard + 1
-                ))
-                .with_detail("text is merged in byte order (the C collation); the shard sorted by another collation")
-                .with_hint("order text columns across shards with COLLATE \"C\" (in the query or the column definition)"));
+                return Err(out_of_order(head.shard));
             }
             heap.push(Head {
                 keys: &resolved,

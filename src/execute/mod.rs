@@ -6,6 +6,8 @@
 //!   OFFSET and LIMIT.
 //! - `fanout`: sending one request to each of several servers and reading
 //!   every answer, the shards working in parallel.
+//! - `stream`: concatenation and the ORDER BY merge as streams from the
+//!   servers to the client, with bounded memory.
 //! - `binary`: reading sort keys from, and writing merged values in, the
 //!   binary format.
 //! - `twophase`: two-phase commit of transactions that wrote on several
@@ -14,4 +16,5 @@
 pub mod binary;
 pub mod fanout;
 pub mod merge;
+pub mod stream;
 pub mod twophase;

@@ -27,7 +27,8 @@
 //! refusal.rs (refused statements abort transactions), commands.rs (SET
 //! shardwire.*); reads.rs, fence.rs and lanes.rs (replicas, rebalance
 //! fences, lanes); multi.rs, multitx.rs, multiext.rs, portal.rs,
-//! scatter.rs and copysplit.rs (statements over several shards).
+//! scatter.rs, streamed.rs and copysplit.rs (statements over several
+//! shards).
 
 mod bind;
 mod catalog;
@@ -50,6 +51,7 @@ mod replies;
 mod routed;
 mod scatter;
 pub mod statements;
+mod streamed;
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -66,6 +66,10 @@ where
             return Ok(false);
         }
         if let Some(merge) = &route.merge {
+            if self.pending.is_empty() && super::streamed::streams(merge) {
+                self.stream_scatter(merge, sql, &route.shards).await?;
+                return Ok(true);
+            }
             let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
             let out = match self.run_on_shards(&work, false).await {
                 Ok(results) => super::scatter::merge_answers(merge, &results).unwrap_or_else(|e| {

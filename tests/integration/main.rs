@@ -34,6 +34,7 @@ mod routing;
 mod scatter_aggregate;
 mod scatter_extended;
 mod scatter_order;
+mod scatter_stream;
 mod session_mode;
 mod session_params;
 mod shutdown;

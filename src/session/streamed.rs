@@ -1,0 +1,161 @@
+//! Cross-shard SELECTs whose answer streams to the client (plain rows
+//! concatenated, rows merged by ORDER BY/LIMIT; execute::stream), in the
+//! simple protocol outside a transaction. The session's part: check out a
+//! connection per shard, send the query to all of them, give the merge
+//! the client's socket as its sink, then settle the connections: an
+//! answer read to its end goes back to its pool, one cut short (an error
+//! on another shard, a LIMIT reached, a lost client) is drained a little
+//! or closed.
+//!
+//! Rows already sent stay sent when a shard fails later: the client sees
+//! them followed by the error, as PostgreSQL sends the rows of a scan
+//! before an error in it. Every client takes the statement as failed.
+
+use tokio::time::Instant as Deadline;
+
+use super::multi::{lost_error, shard_error};
+use super::*;
+use crate::execute::stream::{self, FrameSink, ServerAnswer, SinkClosed, StreamError};
+use crate::router::Merge;
+
+/// The client's buffer is written out once it holds this much.
+const FLUSH_AT: usize = 64 * 1024;
+/// What the proxy reads and drops of an answer cut short before it rather
+/// closes the connection (a new one costs less than a long drain).
+const DRAIN_BUDGET: usize = 256 * 1024;
+
+/// Whether `merge` can stream (the others need every shard's whole answer).
+pub(super) fn streams(merge: &Merge) -> bool {
+    matches!(merge, Merge::Concat | Merge::Sorted { .. })
+}
+
+/// The client's socket as a stream's sink: frames gather in the session's
+/// client buffer, which is written out whenever it is large, all by the
+/// statement's deadline.
+struct ClientSink<'a, W> {
+    wr: &'a mut W,
+    out: &'a mut BytesMut,
+    deadline: Deadline,
+}
+
+impl<W: AsyncWrite + Unpin> FrameSink for ClientSink<'_, W> {
+    async fn send(&mut self, frame: &[u8]) -> Result<(), SinkClosed> {
+        self.out.extend_from_slice(frame);
+        if self.out.len() < FLUSH_AT {
+            return Ok(());
+        }
+        let write = async {
+            self.wr.write_all(self.out).await?;
+            self.wr.flush().await
+        };
+        match tokio::time::timeout_at(self.deadline, write).await {
+            Ok(Ok(())) => {
+                self.out.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(SinkClosed(e.to_string())),
+            Err(_) => Err(SinkClosed(
+                "the client took no rows before the statement's deadline".into(),
+            )),
+        }
+    }
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Answer a cross-shard SELECT that `streams` by streaming it.
+    pub(super) async fn stream_scatter(
+        &mut self,
+        merge: &Merge,
+        sql: &str,
+        shards: &[usize],
+    ) -> Result<(), SessionEnd> {
+        let mut conns = match self.checkout_all(shards).await {
+            Ok(c) => c,
+            Err(frame) => {
+                self.answer(frame);
+                return Ok(());
+            }
+        };
+        let names: Vec<String> = shards
+            .iter()
+            .map(|s| self.shard_name(*s).to_string())
+            .collect();
+        let deadline = Deadline::now() + self.multi_statement_timeout();
+        let mut request = BytesMut::new();
+        protocol::query_frame(&mut request, merge.shard_sql().unwrap_or(sql));
+
+        // Every shard gets the query before any answer is read.
+        let mut sent = 0;
+        let mut failure = None;
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let left = deadline.saturating_duration_since(Deadline::now());
+            match conn.send_frames(&request, left).await {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    failure = Some((i, lost_error(&e, &names[i], "")));
+                    break;
+                }
+            }
+        }
+        let mut lost: Option<usize> = failure.as_ref().map(|(i, _)| *i);
+        let mut client_gone = None;
+        let mut sources: Vec<ServerAnswer> = conns[..sent]
+            .iter_mut()
+            .map(|c| ServerAnswer::new(c, deadline))
+            .collect();
+        if failure.is_none() {
+            let mut sink = ClientSink {
+                wr: &mut self.client_wr,
+                out: &mut self.client_out,
+                deadline,
+            };
+            let streamed = match merge {
+                Merge::Sorted {
+                    keys,
+                    limit,
+                    offset,
+                    ..
+                } => stream::merge_sorted(keys, *limit, *offset, &mut sources, &mut sink).await,
+                _ => stream::concat(&mut sources, &mut sink).await,
+            };
+            match streamed {
+                Ok(_) => {}
+                Err(StreamError::Shard { shard, error }) => {
+                    failure = Some((shard, shard_error(Some(error), &names[shard], "")));
+                }
+                Err(StreamError::Lost { shard, error }) => {
+                    lost = Some(shard);
+                    failure = Some((shard, lost_error(&error, &names[shard], "")));
+                }
+                Err(StreamError::Merge(e)) => {
+                    let mut out = BytesMut::new();
+                    e.encode(&mut out);
+                    failure = Some((0, out));
+                }
+                Err(StreamError::Client(e)) => client_gone = Some(e.0),
+            }
+        }
+        if let Some(cause) = client_gone {
+            // The connections close with the session's end; their servers
+            // stop at their next write.
+            return Err(SessionEnd::ClientGone(cause));
+        }
+        // An answer read to its end (or drained) goes back to its pool.
+        let mut reusable = Vec::with_capacity(sources.len());
+        for (i, source) in sources.iter_mut().enumerate() {
+            reusable.push(lost != Some(i) && source.drain(DRAIN_BUDGET).await);
+        }
+        drop(sources);
+        for (i, conn) in conns.into_iter().enumerate() {
+            if reusable.get(i).copied().unwrap_or(lost != Some(i)) {
+                conn.release();
+            }
+        }
+        self.answer(failure.map(|(_, f)| f).unwrap_or_default());
+        Ok(())
+    }
+}
