@@ -136,10 +136,10 @@ pub fn encode_text(type_oid: i32, text: &str) -> Result<Vec<u8>, String> {
             .map_err(|_| bad("int8"))?
             .to_be_bytes()
             .to_vec(),
-        oid::FLOAT4 => parse_float(text)
+        oid::FLOAT4 => super::merge::parse_float(text)
             .map(|f| (f as f32).to_be_bytes().to_vec())
             .ok_or_else(|| bad("float4"))?,
-        oid::FLOAT8 => parse_float(text)
+        oid::FLOAT8 => super::merge::parse_float(text)
             .map(|f| f.to_be_bytes().to_vec())
             .ok_or_else(|| bad("float8"))?,
         oid::NUMERIC => encode_numeric(text).ok_or_else(|| bad("numeric"))?,
@@ -191,15 +191,6 @@ pub fn encode_text(type_oid: i32, text: &str) -> Result<Vec<u8>, String> {
             ))
         }
     })
-}
-
-fn parse_float(s: &str) -> Option<f64> {
-    match s {
-        "NaN" => Some(f64::NAN),
-        "Infinity" => Some(f64::INFINITY),
-        "-Infinity" => Some(f64::NEG_INFINITY),
-        _ => s.parse().ok(),
-    }
 }
 
 /// Text numeric (`-12.340`, `NaN`, `Infinity`) to PostgreSQL's binary form.

@@ -246,7 +246,9 @@ pub fn parse_value(t: SortType, v: &[u8]) -> Result<Val<'_>, String> {
     })
 }
 
-fn parse_float(s: &str) -> Option<f64> {
+/// A float as PostgreSQL prints it (`1.5`, `-2e-07`, `NaN`, `Infinity`,
+/// `-Infinity`); anything else is None, not a guess.
+pub fn parse_float(s: &str) -> Option<f64> {
     match s {
         "NaN" => Some(f64::NAN),
         "Infinity" => Some(f64::INFINITY),

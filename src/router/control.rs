@@ -15,6 +15,25 @@ pub fn is_neutral(a: &Analysis) -> bool {
             .all(|s| matches!(s.kind, Kind::Transaction | Kind::Set))
 }
 
+/// Statements PostgreSQL refuses inside a transaction block (VACUUM and
+/// other maintenance, anything CONCURRENTLY): a broadcast of one runs on
+/// each shard on its own, not all or nothing. A word `concurrently` in a
+/// literal errs on the side of running without a transaction, which the
+/// shards then refuse or accept as one database would.
+pub fn needs_no_transaction(sql: &str, analysis: &Analysis) -> bool {
+    if analysis
+        .statements
+        .iter()
+        .any(|s| s.kind == Kind::Maintenance)
+    {
+        return true;
+    }
+    let lower = sql.to_ascii_lowercase();
+    lower
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| w == "concurrently")
+}
+
 /// A lone transaction-control statement the proxy may answer itself.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TxControl {
@@ -203,6 +222,18 @@ pub fn server_state_reset(body: &[u8]) -> Resets {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statements_that_run_outside_a_transaction() {
+        use super::needs_no_transaction;
+        let tables = Default::default();
+        let a = |s: &str| crate::router::analyze::analyze(s, &tables);
+        assert!(needs_no_transaction("vacuum t", &a("vacuum t")));
+        let ci = "create index concurrently i on t (x)";
+        assert!(needs_no_transaction(ci, &a(ci)));
+        let ct = "create table t (x int)";
+        assert!(!needs_no_transaction(ct, &a(ct)));
+    }
+
     use super::*;
 
     #[test]

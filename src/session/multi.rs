@@ -130,7 +130,7 @@ where
     /// The same statement on every shard; the client sees the first shard's
     /// answer.
     async fn broadcast(&mut self, sql: &str, route: &Route, analysis: &Analysis) {
-        let atomic = !needs_no_transaction(sql, analysis);
+        let atomic = !control::needs_no_transaction(sql, analysis);
         let work = query_work(&route.shards, sql);
         // A migration may change tables: INSERTs without a column list
         // read their column order again (router::columns).
@@ -856,21 +856,6 @@ fn row_shard(
         .map_err(|m| (sqlstate::INVALID_PARAMETER_VALUE, m))
 }
 
-/// Statements PostgreSQL refuses inside a transaction block.
-pub(super) fn needs_no_transaction(sql: &str, analysis: &Analysis) -> bool {
-    if analysis
-        .statements
-        .iter()
-        .any(|s| s.kind == Kind::Maintenance)
-    {
-        return true;
-    }
-    let lower = sql.to_ascii_lowercase();
-    lower
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .any(|w| w == "concurrently")
-}
-
 /// The client's ErrorResponse for a shard's error (or a missing one, when
 /// the server ended in an unexpected transaction state).
 pub(super) fn shard_error(frame: Option<BytesMut>, shard: &str, outcome: &str) -> BytesMut {
@@ -1045,16 +1030,9 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_transaction_needs() {
+    fn counts() {
         let mut f = BytesMut::new();
         crate::protocol::command_complete(&mut f, "INSERT 0 42");
         assert_eq!(tag_count(&f), 42);
-        let tables = Default::default();
-        let a = |s: &str| crate::router::analyze::analyze(s, &tables);
-        assert!(needs_no_transaction("vacuum t", &a("vacuum t")));
-        let ci = "create index concurrently i on t (x)";
-        assert!(needs_no_transaction(ci, &a(ci)));
-        let ct = "create table t (x int)";
-        assert!(!needs_no_transaction(ct, &a(ct)));
     }
 }

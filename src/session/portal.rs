@@ -470,7 +470,7 @@ fn scatter_kind(route: &Route, analysis: &Analysis, sql: &str) -> Option<Scatter
     let everywhere = route.all_shards
         && route.row_shards.is_none()
         && route.copy_split.is_none()
-        && !super::multi::needs_no_transaction(sql, analysis)
+        && !control::needs_no_transaction(sql, analysis)
         && analysis
             .statements
             .iter()

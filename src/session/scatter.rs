@@ -21,7 +21,7 @@ use std::cmp::Ordering;
 use bytes::{BufMut, BytesMut};
 
 use crate::backend::conn::Collected;
-use crate::execute::merge::{bad, columns, malformed};
+use crate::execute::merge::{bad, columns, float_cmp, malformed};
 use crate::protocol::{self, be, PgError};
 use crate::router::{Agg, CmpOp, Having, Merge, Operand};
 
@@ -902,19 +902,7 @@ fn combine(agg: Agg, t: i32, a: String, b: String) -> Result<String, PgError> {
 }
 
 fn parse_float(v: &str) -> Result<f64, PgError> {
-    v.trim()
-        .parse::<f64>()
-        .map_err(|_| bad(format!("float \"{v}\"")))
-}
-
-/// PostgreSQL orders NaN above every other float.
-fn float_cmp(a: f64, b: f64) -> Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Greater,
-        (false, true) => Ordering::Less,
-        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
-    }
+    crate::execute::merge::parse_float(v).ok_or_else(|| bad(format!("float \"{v}\"")))
 }
 
 /// A finite decimal in text: sign, integer digits, fraction digits.
