@@ -6,6 +6,8 @@
 //!   OFFSET and LIMIT.
 //! - `fanout`: sending one request to each of several servers and reading
 //!   every answer, the shards working in parallel.
+//! - `scatter`: whole answers combined: concatenated, aggregated,
+//!   grouped, merged in order, writes summed (`shape`).
 //! - `stream`: concatenation and the ORDER BY merge as streams from the
 //!   servers to the client, with bounded memory.
 //! - `binary`: reading sort keys from, and writing merged values in, the
@@ -16,5 +18,6 @@
 pub mod binary;
 pub mod fanout;
 pub mod merge;
+pub mod scatter;
 pub mod stream;
 pub mod twophase;

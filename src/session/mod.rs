@@ -27,7 +27,7 @@
 //! refusal.rs (refused statements abort transactions), commands.rs (SET
 //! shardwire.*); reads.rs, fence.rs and lanes.rs (replicas, rebalance
 //! fences, lanes); multi.rs, multitx.rs, multiext.rs, portal.rs,
-//! scatter.rs, streamed.rs and copysplit.rs (statements over several
+//! streamed.rs and copysplit.rs (statements over several
 //! shards).
 
 mod bind;
@@ -49,7 +49,6 @@ mod reads;
 mod refusal;
 mod replies;
 mod routed;
-mod scatter;
 pub mod statements;
 mod streamed;
 

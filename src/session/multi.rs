@@ -1,5 +1,6 @@
 //! Multi-shard execution of simple queries outside a transaction:
-//! cross-shard SELECTs merged by `scatter`,
+//! cross-shard SELECTs (streamed by execute::stream or merged whole by
+//! execute::scatter),
 //! broadcast statements (DDL, maintenance, reference-table writes) and
 //! multi-row INSERTs whose rows live on several shards.
 //!
@@ -24,6 +25,7 @@ use super::*;
 use crate::backend::conn::{Collected, ServerConn};
 use crate::backend::BackendError;
 use crate::execute::fanout::{self, Exchange};
+use crate::execute::scatter::{shape, tag_count, Shape};
 use crate::router::{parse_key, CopySplit, TableRule};
 use crate::router::{Analysis, Kind};
 
@@ -72,11 +74,7 @@ where
             }
             let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
             let out = match self.run_on_shards(&work, false).await {
-                Ok(results) => super::scatter::merge_answers(merge, &results).unwrap_or_else(|e| {
-                    let mut out = BytesMut::new();
-                    e.encode(&mut out);
-                    out
-                }),
+                Ok(results) => shaped(Shape::Merged(merge, None), &results),
                 Err(frame) => frame,
             };
             self.answer(out);
@@ -85,7 +83,7 @@ where
         if let Some(tag) = multi_write_tag(route, analysis) {
             let work = query_work(&route.shards, sql);
             let out = match self.run_on_shards(&work, true).await {
-                Ok(results) => write_answer(&results, tag),
+                Ok(results) => shaped(Shape::SummedWrite(tag), &results),
                 Err(frame) => frame,
             };
             self.answer(out);
@@ -144,12 +142,7 @@ where
         }
         match result {
             Ok(results) => {
-                let mut out = BytesMut::new();
-                if let Some(first) = results.first() {
-                    for f in &first.frames {
-                        out.extend_from_slice(f);
-                    }
-                }
+                let out = shaped(Shape::First, &results);
                 self.answer(out);
             }
             Err(frame) => self.answer(frame),
@@ -164,7 +157,7 @@ where
             .collect();
         match self.run_on_shards(&work, true).await {
             Ok(results) => {
-                let out = write_answer(&results, "INSERT 0");
+                let out = shaped(Shape::SummedWrite("INSERT 0"), &results);
                 self.answer(out);
             }
             Err(frame) => self.answer(frame),
@@ -938,16 +931,14 @@ pub(super) async fn begin_all(
     None
 }
 
-/// The answer to an INSERT split over shards, as one server would give it:
-/// one RowDescription (RETURNING), every shard's rows in shard order, the
-/// first shard's notices, and the rows counted over all shards.
-/// One answer for a write run on several shards: every shard's RETURNING
-/// rows in shard order, and the summed row count after `tag` ("INSERT 0",
-/// "UPDATE", "DELETE").
-pub(super) fn write_answer(results: &[Collected], tag: &str) -> BytesMut {
-    let (mut out, _, rows) = super::scatter::concat_rows(results);
-    crate::protocol::command_complete(&mut out, &format!("{tag} {rows}"));
-    out
+/// The client's frames for the shards' answers, or the error why they
+/// cannot be combined.
+pub(super) fn shaped(how: Shape, results: &[Collected]) -> BytesMut {
+    shape(how, results).unwrap_or_else(|e| {
+        let mut out = BytesMut::new();
+        e.encode(&mut out);
+        out
+    })
 }
 
 /// The command tag of an UPDATE or DELETE (one statement) whose rows may be
@@ -961,16 +952,6 @@ pub(super) fn multi_write_tag(route: &Route, analysis: &Analysis) -> Option<&'st
         [one] if one.kind == Kind::Delete => Some("DELETE"),
         _ => None,
     }
-}
-
-/// The row count at the end of a CommandComplete tag (`INSERT 0 5`, `SELECT 5`).
-pub(super) fn tag_count(frame: &[u8]) -> u64 {
-    let body = protocol::body(frame);
-    let tag = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
-    tag.rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The INSERT for each shard with only that shard's rows (`row_shards`: row
@@ -1027,12 +1008,5 @@ mod tests {
         assert_eq!(w[1].1, "INSERT INTO t (id, v) VALUES (2, 'b') RETURNING id");
         assert!(split_insert("insert into t (id) select 1", &[0], &[0]).is_err());
         assert!(split_insert("insert into t (id) values (1)", &[0, 1], &[0, 1]).is_err());
-    }
-
-    #[test]
-    fn counts() {
-        let mut f = BytesMut::new();
-        crate::protocol::command_complete(&mut f, "INSERT 0 42");
-        assert_eq!(tag_count(&f), 42);
     }
 }

@@ -10,16 +10,17 @@
 //! proxy answers Parse, Bind, Close and Describe of a portal itself; each
 //! Execute runs Parse/Bind/Describe/Execute/Sync on its shards' connections
 //! (Sync does not end an explicit transaction) and passes the answer on,
-//! merged as in scatter.rs when the statement spans shards. The client's
+//! merged by execute::scatter when the statement spans shards. The client's
 //! Sync of an implicit transaction commits it on every shard (two-phase
 //! commit when several wrote), or rolls it back after an error; COMMIT
 //! and ROLLBACK as statements end an explicit one.
 
 use super::bind::Bind;
-use super::multi::{multi_write_tag, write_answer};
+use super::multi::multi_write_tag;
 use super::portal::{describe_request, descriptions, extended_answer, parse_frame, portal_request};
 use super::*;
 use crate::backend::conn::Collected;
+use crate::execute::scatter::{shape, Shape};
 use crate::router::Merge;
 
 /// A portal bound in a transaction over several shards.
@@ -382,25 +383,12 @@ where
         let Some(results) = self.multi_requests(&work).await else {
             return;
         };
-        let answer = match (&merge, write_tag) {
-            (Some(m), _) => super::scatter::merge_answers(m, &results).and_then(|out| {
-                if merged_in_text {
-                    super::scatter::in_formats(&out, &p.result_formats)
-                } else {
-                    Ok(out)
-                }
-            }),
-            (None, Some(tag)) if results.len() > 1 => Ok(write_answer(&results, tag)),
-            _ => Ok(results
-                .first()
-                .map(|r| {
-                    r.frames.iter().fold(BytesMut::new(), |mut o, f| {
-                        o.extend_from_slice(f);
-                        o
-                    })
-                })
-                .unwrap_or_default()),
+        let how = match (&merge, write_tag) {
+            (Some(m), _) => Shape::Merged(m, merged_in_text.then_some(&p.result_formats[..])),
+            (None, Some(tag)) if results.len() > 1 => Shape::SummedWrite(tag),
+            _ => Shape::First,
         };
+        let answer = shape(how, &results);
         match answer {
             Ok(frames) => {
                 let rows = results

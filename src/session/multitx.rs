@@ -19,6 +19,7 @@ use super::multi::{
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
 use crate::execute::fanout::{self, Exchange};
+use crate::execute::scatter::{shape, Shape};
 use crate::router::Kind;
 
 /// The connections of a transaction over several shards.
@@ -373,19 +374,16 @@ where
             Ok(results) => results,
             Err(f) => return self.multi_failed_with(f),
         };
-        let mut out = BytesMut::new();
-        if let Some(m) = merge {
-            match super::scatter::merge_answers(m, &results) {
-                Ok(frames) => out = frames,
-                Err(e) => return self.multi_fail(e),
-            }
-        } else if let Some(tag) = write_tag {
-            out = super::multi::write_answer(&results, tag);
-        } else if let Some(first) = results.first() {
-            for f in &first.frames {
-                out.extend_from_slice(f);
-            }
-        } else {
+        let how = match (merge, write_tag) {
+            (Some(m), _) => Shape::Merged(m, None),
+            (None, Some(tag)) => Shape::SummedWrite(tag),
+            _ => Shape::First,
+        };
+        let mut out = match shape(how, &results) {
+            Ok(frames) => frames,
+            Err(e) => return self.multi_fail(e),
+        };
+        if results.is_empty() && merge.is_none() && write_tag.is_none() {
             // SET with no shard held yet: nothing ran.
             crate::protocol::command_complete(&mut out, "SET");
         }

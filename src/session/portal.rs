@@ -4,7 +4,7 @@
 //! client asked to Describe the portal, and at the portal's Execute runs
 //! Parse/Bind/Describe/Execute/Sync on one connection per shard at once
 //! (multi.rs `run_on_shards`), then merges the answers as for a simple
-//! query (scatter.rs) and sends them in the client's result formats.
+//! query (execute::scatter) and sends them in the client's result formats.
 //!
 //! What runs this way: merged SELECTs, UPDATE/DELETE on several shards
 //! and statements on every shard (reference-table writes, DDL), the writes
@@ -15,9 +15,10 @@
 //! waits in the proxy for the next Execute (until Sync).
 
 use super::bind::Bind;
-use super::multi::{multi_write_tag, write_answer};
+use super::multi::multi_write_tag;
 use super::*;
 use crate::backend::conn::Collected;
+use crate::execute::scatter::{shape, Shape};
 use crate::router::{Analysis, Kind, Merge};
 
 /// A portal bound to a statement that runs on several shards.
@@ -313,26 +314,14 @@ where
         let answer = match result {
             Err(frame) => Err(frame),
             Ok(results) => {
-                let merged = match (portal.what, &merge) {
-                    (Scatter::Read, Some(m)) => super::scatter::merge_answers(m, &results)
-                        .and_then(|out| {
-                            if merged_in_text {
-                                super::scatter::in_formats(&out, &portal.result_formats)
-                            } else {
-                                Ok(out)
-                            }
-                        }),
-                    (Scatter::Write(tag), _) => Ok(write_answer(&results, tag)),
-                    _ => Ok(results
-                        .first()
-                        .map(|r| {
-                            r.frames.iter().fold(BytesMut::new(), |mut o, f| {
-                                o.extend_from_slice(f);
-                                o
-                            })
-                        })
-                        .unwrap_or_default()),
+                let how = match (portal.what, &merge) {
+                    (Scatter::Read, Some(m)) => {
+                        Shape::Merged(m, merged_in_text.then_some(&portal.result_formats[..]))
+                    }
+                    (Scatter::Write(tag), _) => Shape::SummedWrite(tag),
+                    _ => Shape::First,
                 };
+                let merged = shape(how, &results);
                 merged.map_err(|e| {
                     let mut out = BytesMut::new();
                     e.encode(&mut out);

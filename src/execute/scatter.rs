@@ -29,8 +29,56 @@ use crate::execute::merge::oid::{
     DATE, FLOAT4, FLOAT8, INT2, INT4, INT8, NUMERIC, TIMESTAMP, TIMESTAMPTZ,
 };
 
+/// What the client sees of several shards' whole answers to one
+/// statement, in the one place that decides it for both protocols,
+/// inside and outside transactions.
+pub enum Shape<'a> {
+    /// A cross-shard read, merged; with the client's result formats when
+    /// the shards answered in text for the merge.
+    Merged(&'a Merge, Option<&'a [i16]>),
+    /// One write run on several shards: every shard's RETURNING rows in
+    /// shard order and the rows counted over all shards after this tag
+    /// ("INSERT 0", "UPDATE", "DELETE").
+    SummedWrite(&'a str),
+    /// The first shard's answer as it is (a broadcast: every shard ran the
+    /// same statement).
+    First,
+}
+
 /// The client's frames (without ReadyForQuery) for the shards' answers.
-pub(super) fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<BytesMut, PgError> {
+pub fn shape(shape: Shape, results: &[Collected]) -> Result<BytesMut, PgError> {
+    match shape {
+        Shape::Merged(merge, None) => merge_answers(merge, results),
+        Shape::Merged(merge, Some(formats)) => in_formats(&merge_answers(merge, results)?, formats),
+        Shape::SummedWrite(tag) => {
+            let (mut out, _, rows) = concat_rows(results);
+            protocol::command_complete(&mut out, &format!("{tag} {rows}"));
+            Ok(out)
+        }
+        Shape::First => Ok(results
+            .first()
+            .map(|r| {
+                r.frames.iter().fold(BytesMut::new(), |mut o, f| {
+                    o.extend_from_slice(f);
+                    o
+                })
+            })
+            .unwrap_or_default()),
+    }
+}
+
+/// The row count at the end of a CommandComplete tag (`INSERT 0 5`, `SELECT 5`).
+pub fn tag_count(frame: &[u8]) -> u64 {
+    let body = protocol::body(frame);
+    let tag = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The client's frames (without ReadyForQuery) for the shards' answers.
+pub fn merge_answers(merge: &Merge, results: &[Collected]) -> Result<BytesMut, PgError> {
     match merge {
         Merge::Concat => Ok(concat(results)),
         Merge::Aggregate { aggs, .. } => aggregate(aggs, results),
@@ -80,7 +128,7 @@ fn concat(results: &[Collected]) -> BytesMut {
 /// shard order, the first shard's notices. Returns them with the number of
 /// rows and the sum of the shards' CommandComplete counts; the caller adds
 /// the CommandComplete it means (SELECT n, INSERT 0 n).
-pub(super) fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
+pub fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
     let mut out = BytesMut::new();
     let mut described = false;
     let (mut rows, mut counted) = (0u64, 0u64);
@@ -95,7 +143,7 @@ pub(super) fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
                     rows += 1;
                     out.extend_from_slice(f);
                 }
-                be::COMMAND_COMPLETE => counted += super::multi::tag_count(f),
+                be::COMMAND_COMPLETE => counted += tag_count(f),
                 be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
                 _ => {}
             }
@@ -107,7 +155,7 @@ pub(super) fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
 /// Merged frames (text format) in the client's result formats (Bind's
 /// codes: none for all text, one for all columns, or one per column):
 /// binary columns are written by `execute::binary`.
-pub(super) fn in_formats(frames: &[u8], formats: &[i16]) -> Result<BytesMut, PgError> {
+pub fn in_formats(frames: &[u8], formats: &[i16]) -> Result<BytesMut, PgError> {
     if formats.iter().all(|f| *f == 0) {
         return Ok(BytesMut::from(frames));
     }
@@ -1040,6 +1088,13 @@ impl std::fmt::Display for Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_at_the_end_of_a_tag() {
+        let mut f = BytesMut::new();
+        crate::protocol::command_complete(&mut f, "INSERT 0 42");
+        assert_eq!(tag_count(&f), 42);
+    }
 
     fn add(a: &str, b: &str) -> String {
         Decimal::parse(a)
