@@ -35,6 +35,10 @@
 # from a session-mode pool of the same size (one server per client: its best
 # case). Everything else uses its transaction pool.
 #
+# A second shardwire binary (SHARDWIRE_BASELINE_BIN, target `baseline`)
+# runs beside the first in the same rounds, on the same one-shard config:
+# before/after comparisons of a change, measured side by side.
+#
 # Output: the table on stdout, and in --out (default docs/): bench.md (the
 # table as markdown, with the command line) and bench.svg (a TPS chart).
 # Raw pgbench output and logs stay in the work dir with --keep.
@@ -84,14 +88,16 @@ cluster it starts and stops itself, round by round, and prints a table.
   --pool N           backend pool size of PgBouncer and shardwire (default $POOL)
   --scale N          pgbench scale factor (default $SCALE; 1 = 100k accounts)
   --workloads LIST   comma separated, from: $ALL_WORKLOADS
-  --targets LIST     comma separated, from: direct,pgbouncer,shardwire
+  --targets LIST     comma separated, from: direct,pgbouncer,shardwire,baseline
   --sampling-rate R  log only this fraction of transactions (pgbench --sampling-rate)
-  --port BASE        first port (default $BASE_PORT; uses BASE..BASE+8)
+  --port BASE        first port (default $BASE_PORT; uses BASE..BASE+10)
   --out DIR          where bench.md and bench.svg go (default docs/)
   --dir DIR          work dir (default: a new temporary dir, removed at exit)
   --keep             keep the work dir (pgbench logs, server logs)
 
-Environment: SHARDWIRE_BIN (else cargo build --release), CARGO_TARGET_DIR.
+Environment: SHARDWIRE_BIN (else cargo build --release), CARGO_TARGET_DIR,
+SHARDWIRE_BASELINE_BIN (the binary of target baseline; added to the
+targets when set).
 EOF
 }
 
@@ -133,16 +139,20 @@ IFS=',' read -r -a WL <<<"$WORKLOADS"
 for w in "${WL[@]}"; do
     [[ ",$ALL_WORKLOADS," == *",$w,"* ]] || die "unknown workload '$w' (from: $ALL_WORKLOADS)"
 done
+if [[ -n "${SHARDWIRE_BASELINE_BIN:-}" && ",$TARGETS," != *",baseline,"* ]]; then
+    TARGETS="$TARGETS,baseline"
+fi
 IFS=',' read -r -a TG <<<"$TARGETS"
 for t in "${TG[@]}"; do
-    [[ ",direct,pgbouncer,shardwire," == *",$t,"* ]] || die "unknown target '$t'"
+    [[ ",direct,pgbouncer,shardwire,baseline," == *",$t,"* ]] || die "unknown target '$t'"
 done
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
 
 # Ports: the cluster's 2 primaries on BASE, BASE+1; PgBouncer BASE+4;
-# shardwire BASE+5 (HTTP +6); shardwire-2s BASE+7 (HTTP +8).
+# shardwire BASE+5 (HTTP +6); shardwire-2s BASE+7 (HTTP +8); baseline
+# BASE+9 (HTTP +10).
 readonly PG0_PORT=$BASE_PORT PGB_PORT=$((BASE_PORT + 4))
-readonly SW_PORT=$((BASE_PORT + 5)) SW2_PORT=$((BASE_PORT + 7))
+readonly SW_PORT=$((BASE_PORT + 5)) SW2_PORT=$((BASE_PORT + 7)) SWB_PORT=$((BASE_PORT + 9))
 
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSFILE PGSERVICE PGOPTIONS PGSSLMODE
 export PGPASSWORD=app
@@ -175,6 +185,10 @@ else
     SW_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwire"
     [[ "$SW_BIN" = /* ]] || SW_BIN="$REPO_ROOT/$SW_BIN"
     [[ -x "$SW_BIN" ]] || die "built, but $SW_BIN is missing"
+fi
+
+if has_target baseline; then
+    [[ -x "${SHARDWIRE_BASELINE_BIN:-}" ]] || die "target baseline needs SHARDWIRE_BASELINE_BIN, an executable shardwire"
 fi
 
 # Servers and PgBouncer refuse to run as root; they run as `postgres` then.
@@ -308,10 +322,10 @@ EOF
         done
     fi
 }
-start_shardwire() {   # name port shards tables
+start_shardwire() {   # name port shards tables [binary]
     local name="$1" port="$2" pid
     sw_config "$port" "$3" "$4" >"$DIR/$name.toml"
-    "$SW_BIN" serve --config "$DIR/$name.toml" </dev/null >"$DIR/$name.log" 2>&1 &
+    "${5:-$SW_BIN}" serve --config "$DIR/$name.toml" </dev/null >"$DIR/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_port "$port" "$pid" "$name" "$DIR/$name.log"
@@ -325,6 +339,10 @@ done
 
 say "starting shardwire ($SW_BIN, pool $POOL)"
 start_shardwire shardwire "$SW_PORT" 1 0
+if has_target baseline; then
+    say "starting baseline ($SHARDWIRE_BASELINE_BIN, pool $POOL)"
+    start_shardwire baseline "$SWB_PORT" 1 0 "$SHARDWIRE_BASELINE_BIN"
+fi
 if (( need_2s )); then
     start_shardwire shardwire-2s "$SW2_PORT" 2 1
     say "loading pgbench scale $SCALE through shardwire-2s (split over s0 and s1)"
@@ -391,6 +409,9 @@ targets_of() {
     if has_target shardwire; then
         if [[ "$w" == select-2shard ]]; then echo "shardwire $SW2_PORT app"
         else echo "shardwire $SW_PORT app"; fi
+    fi
+    if has_target baseline && [[ "$w" != select-2shard ]]; then
+        echo "baseline $SWB_PORT app"
     fi
     return 0
 }
@@ -541,6 +562,9 @@ def ratio(a, b):
 
 header = ["workload", "target", "TPS (median)", "TPS min-max", "p50 ms", "p99 ms",
           "TPS / direct", "TPS / pgbouncer", "p99 / pgbouncer", "errors"]
+with_baseline = any(k[1] == "baseline" for k in order)
+if with_baseline:
+    header.insert(-1, "TPS / baseline")
 rows = []
 for key in order:
     w, label = key
@@ -562,6 +586,9 @@ for key in order:
         "-" if label == "pgbouncer" else ratio(s["p99"], b.get("p99")),
         str(s["errors"]),
     ])
+    if with_baseline:
+        base = summary.get((w, "baseline"), {})
+        rows[-1].insert(-1, ratio(s["tps"], base.get("tps")) if label == "shardwire" else "-")
 
 widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
           for i in range(len(header))]
@@ -592,9 +619,10 @@ open(os.path.join(out_dir, "bench.md"), "w").write("\n".join(md) + "\n")
 
 # SVG: one group of bars per workload, TPS relative to direct (or absolute
 # TPS for shardwire-only workloads, labelled).
-colors = {"direct": "#7f8c8d", "pgbouncer": "#2e86c1", "shardwire": "#e67e22"}
+colors = {"direct": "#7f8c8d", "pgbouncer": "#2e86c1", "shardwire": "#e67e22",
+          "baseline": "#a04000"}
 workloads = list(dict.fromkeys(k[0] for k in order))
-labels = ["direct", "pgbouncer", "shardwire"]
+labels = ["direct", "pgbouncer", "shardwire", "baseline"]
 bar_h, gap, group_gap = 16, 3, 18
 left, right, top = 330, 140, 50
 maxtps = max([s["tps"] or 0 for s in summary.values()] + [1])

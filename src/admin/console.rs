@@ -303,7 +303,7 @@ async fn run_command(proxy: &Arc<Proxy>, command: &str, out: &mut BytesMut) -> R
             let mut t = Table::new(&crate::rebalance::STATUS_COLUMNS);
             for r in crate::rebalance::status(proxy).await? {
                 t.row(vec![
-                    v(r.rebalance),
+                    r.rebalance.map(|n| n.to_string()),
                     v(&r.move_no),
                     v(&r.table),
                     v(&r.source),

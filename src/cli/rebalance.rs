@@ -20,6 +20,8 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::DbError;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
+use crate::rebalance::StatusRow;
+
 /// Covers TCP connect and login: a proxy that accepts but never answers
 /// must not hold a script forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -562,77 +564,6 @@ pub fn format_table(set: &ResultSet) -> String {
     out
 }
 
-/// One row of REBALANCE STATUS: the overall state (move "all") or one
-/// move. Numbers the proxy left empty or wrote oddly are None rather than
-/// an error: a status display should not fail on one field.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatusRow {
-    pub rebalance: String,
-    pub move_id: String,
-    pub table: String,
-    pub source: String,
-    pub target: String,
-    pub state: String,
-    pub rows_copied: Option<u64>,
-    pub rows_total: Option<u64>,
-    pub percent: Option<f64>,
-    pub lag_bytes: Option<u64>,
-    pub eta: String,
-    pub detail: String,
-}
-
-impl StatusRow {
-    /// Columns are found by name, so an added column or a new order does
-    /// not break older CLIs.
-    pub fn from_columns(columns: &[String], values: &[Option<String>]) -> StatusRow {
-        let get = |name: &str| -> String {
-            columns
-                .iter()
-                .position(|c| c == name)
-                .and_then(|i| values.get(i).cloned().flatten())
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        };
-        let count = |name: &str| -> Option<u64> {
-            let v = get(name);
-            v.parse::<u64>().ok().or_else(|| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .map(|f| f as u64)
-            })
-        };
-        StatusRow {
-            rebalance: get("rebalance"),
-            move_id: get("move"),
-            table: get("table_name"),
-            source: get("source"),
-            target: get("target"),
-            state: get("state"),
-            rows_copied: count("rows_copied"),
-            rows_total: count("rows_total"),
-            percent: get("percent")
-                .trim_end_matches('%')
-                .parse::<f64>()
-                .ok()
-                .filter(|p| p.is_finite()),
-            lag_bytes: count("lag_bytes"),
-            eta: get("eta"),
-            detail: get("detail"),
-        }
-    }
-
-    /// The proxy's percentage, or one from the row counts; within 0-100.
-    fn progress(&self) -> Option<f64> {
-        let p = self.percent.or(match (self.rows_copied, self.rows_total) {
-            (Some(c), Some(t)) if t > 0 => Some(c as f64 * 100.0 / t as f64),
-            _ => None,
-        })?;
-        Some(p.clamp(0.0, 100.0))
-    }
-}
-
 /// REBALANCE STATUS, parsed: the overall row and the moves.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
@@ -663,7 +594,7 @@ pub fn parse_status(set: &ResultSet) -> Result<Option<Status>, String> {
     let mut moves = Vec::new();
     for values in &set.rows {
         let row = StatusRow::from_columns(&set.columns, values);
-        if row.move_id == "all" && overall.is_none() {
+        if row.move_no == "all" && overall.is_none() {
             overall = Some(row);
         } else {
             moves.push(row);
@@ -727,15 +658,19 @@ pub fn human_bytes(n: u64) -> String {
 fn tail(row: &StatusRow, with_eta: bool) -> Vec<String> {
     let mut parts = Vec::new();
     match (row.rows_copied, row.rows_total) {
-        (Some(c), Some(t)) => parts.push(format!("{}/{} rows", thousands(c), thousands(t))),
-        (Some(c), None) => parts.push(format!("{} rows", thousands(c))),
+        (Some(c), Some(t)) => parts.push(format!(
+            "{}/{} rows",
+            thousands(c.max(0) as u64),
+            thousands(t.max(0) as u64)
+        )),
+        (Some(c), None) => parts.push(format!("{} rows", thousands(c.max(0) as u64))),
         _ => {}
     }
     if let Some(lag) = row.lag_bytes {
-        parts.push(format!("lag {}", human_bytes(lag)));
+        parts.push(format!("lag {}", human_bytes(lag.max(0) as u64)));
     }
-    if with_eta && !row.eta.is_empty() {
-        parts.push(format!("ETA {}", row.eta));
+    if let Some(eta) = row.eta.as_ref().filter(|_| with_eta) {
+        parts.push(format!("ETA {eta}"));
     }
     if !row.detail.is_empty() {
         parts.push(row.detail.clone());
@@ -751,11 +686,7 @@ pub fn render_status(status: &Status) -> Vec<String> {
     let progress = o.progress();
     let mut first = format!(
         "rebalance {}: {}  {} {}",
-        if o.rebalance.is_empty() {
-            "?"
-        } else {
-            &o.rebalance
-        },
+        o.rebalance.map_or("?".to_string(), |n| n.to_string()),
         o.state,
         bar(progress),
         percent_text(progress)
@@ -773,7 +704,7 @@ pub fn render_status(status: &Status) -> Vec<String> {
     }
     let mut lines = vec![first];
     let w = |f: &dyn Fn(&StatusRow) -> usize| status.moves.iter().map(f).max().unwrap_or(0);
-    let id_w = w(&|m| m.move_id.chars().count());
+    let id_w = w(&|m| m.move_no.chars().count());
     let table_w = w(&|m| m.table.chars().count());
     let route = |m: &StatusRow| format!("{} -> {}", m.source, m.target);
     let route_w = w(&|m| route(m).chars().count());
@@ -782,7 +713,7 @@ pub fn render_status(status: &Status) -> Vec<String> {
         let p = m.progress();
         let mut line = format!(
             "  {:>id_w$}  {:<table_w$}  {:<route_w$}  {:<state_w$}  {} {}",
-            m.move_id,
+            m.move_no,
             m.table,
             route(m),
             m.state,
@@ -857,7 +788,10 @@ async fn follow(
             if state == "done" {
                 return Ok(ExitCode::SUCCESS);
             }
-            let id = &status.overall.rebalance;
+            let id = status
+                .overall
+                .rebalance
+                .map_or("?".to_string(), |n| n.to_string());
             let why = if status.overall.detail.is_empty() {
                 String::new()
             } else {
@@ -1031,7 +965,7 @@ mod tests {
             ],
         );
         assert_eq!(row.state, "done");
-        assert_eq!(row.move_id, "all");
+        assert_eq!(row.move_no, "all");
         assert_eq!(row.percent, Some(99.5));
         assert_eq!(row.rows_copied, None);
         assert_eq!(row.table, "");

@@ -768,9 +768,12 @@ pub const STATUS_COLUMNS: [&str; 12] = [
     "detail",
 ];
 
-/// One row of `REBALANCE STATUS`.
+/// One row of `REBALANCE STATUS`: the overall state (move "all") or one
+/// move. The proxy builds it (`status`) and the CLI reads it back from
+/// the console's answer (`from_columns`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusRow {
-    pub rebalance: i64,
+    pub rebalance: Option<i64>,
     pub move_no: String,
     pub table: String,
     pub source: String,
@@ -782,6 +785,64 @@ pub struct StatusRow {
     pub lag_bytes: Option<i64>,
     pub eta: Option<String>,
     pub detail: String,
+}
+
+impl StatusRow {
+    /// A row of the console's answer, columns found by name, so an added
+    /// column or a new order does not break older CLIs. Numbers the proxy
+    /// left empty or wrote oddly are None rather than an error: a status
+    /// display should not fail on one field.
+    pub fn from_columns(columns: &[String], values: &[Option<String>]) -> StatusRow {
+        let get = |name: &str| -> String {
+            columns
+                .iter()
+                .position(|c| c == name)
+                .and_then(|i| values.get(i).cloned().flatten())
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let count = |name: &str| -> Option<i64> {
+            let v = get(name);
+            v.parse::<i64>()
+                .ok()
+                .or_else(|| {
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite())
+                        .map(|f| f as i64)
+                })
+                .filter(|n| *n >= 0)
+        };
+        let eta = get("eta");
+        StatusRow {
+            rebalance: get("rebalance").parse().ok(),
+            move_no: get("move"),
+            table: get("table_name"),
+            source: get("source"),
+            target: get("target"),
+            state: get("state"),
+            rows_copied: count("rows_copied"),
+            rows_total: count("rows_total"),
+            percent: get("percent")
+                .trim_end_matches('%')
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite()),
+            lag_bytes: count("lag_bytes"),
+            eta: (!eta.is_empty()).then_some(eta),
+            detail: get("detail"),
+        }
+    }
+
+    /// The percentage done, or one from the row counts; within 0-100.
+    pub fn progress(&self) -> Option<f64> {
+        let p = self.percent.or(match (self.rows_copied, self.rows_total) {
+            (Some(c), Some(t)) if t > 0 => Some(c as f64 * 100.0 / t as f64),
+            _ => None,
+        })?;
+        Some(p.clamp(0.0, 100.0))
+    }
 }
 
 /// The newest rebalance: an overall row, then one per move.
@@ -829,7 +890,7 @@ pub async fn status(proxy: &Arc<Proxy>) -> Result<Vec<StatusRow>, PgError> {
             format!("{:.0}s", (total - copied).max(0) as f64 / rate)
         });
     let mut rows = vec![StatusRow {
-        rebalance: r.id,
+        rebalance: Some(r.id),
         move_no: "all".into(),
         table: String::new(),
         source: String::new(),
@@ -852,7 +913,7 @@ pub async fn status(proxy: &Arc<Proxy>) -> Result<Vec<StatusRow>, PgError> {
             _ => 100.0,
         };
         rows.push(StatusRow {
-            rebalance: r.id,
+            rebalance: Some(r.id),
             move_no: m.no.to_string(),
             table: m.table.clone(),
             source: m.source.clone(),
