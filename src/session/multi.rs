@@ -246,25 +246,16 @@ where
                 }
             }
         }
-        let catalog = self.pools[0].clone();
-        let failure = finish_atomic(
-            &mut conns,
-            &begun,
-            &mut clean,
-            End::after(failure),
-            &names,
-            &catalog,
-        )
-        .await;
-        if failure.is_none() {
-            self.note_multi_writes(&mut conns, &route.shards, &mut clean)
-                .await;
-        }
-        for (i, c) in conns.into_iter().enumerate() {
-            if clean[i] {
-                c.release();
-            }
-        }
+        let failure = self
+            .end_multi(
+                conns,
+                &begun,
+                clean,
+                End::after(failure),
+                &names,
+                &route.shards,
+            )
+            .await;
         match failure {
             Some(f) => self.answer(f),
             None => {
@@ -658,26 +649,12 @@ where
             }
         }
         if atomic {
-            let catalog = self.pools[0].clone();
-            failure = finish_atomic(
-                &mut conns,
-                &begun,
-                &mut clean,
-                End::after(failure),
-                &names,
-                &catalog,
-            )
-            .await;
-            if failure.is_none() {
-                self.note_multi_writes(&mut conns, &shards, &mut clean)
-                    .await;
-            }
-        }
-        for (i, c) in conns.into_iter().enumerate() {
-            if clean[i] {
-                c.release();
-            }
-            // Otherwise dropped: the connection closes.
+            let end = End::after(failure);
+            failure = self
+                .end_multi(conns, &begun, clean, end, &names, &shards)
+                .await;
+        } else {
+            release_clean(conns, &clean);
         }
         match failure {
             Some(f) => Err(f),
@@ -691,6 +668,45 @@ pub(super) fn query_work(shards: &[usize], sql: &str) -> Vec<(usize, BytesMut)> 
     let mut frame = BytesMut::new();
     protocol::query_frame(&mut frame, sql);
     shards.iter().map(|&s| (s, frame.clone())).collect()
+}
+
+/// Each connection back to its pool when `clean`; the others are dropped,
+/// which closes them.
+pub(super) fn release_clean(conns: Vec<PooledConn>, clean: &[bool]) {
+    for (i, c) in conns.into_iter().enumerate() {
+        if clean[i] {
+            c.release();
+        }
+    }
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// The end of a statement or transaction on several shards: end their
+    /// transactions as `end` says (`finish_atomic`), note the committed
+    /// writes for read-your-writes, and give back the connections. The
+    /// client's error, if any.
+    pub(super) async fn end_multi(
+        &mut self,
+        mut conns: Vec<PooledConn>,
+        begun: &[bool],
+        mut clean: Vec<bool>,
+        end: End,
+        names: &[String],
+        shards: &[usize],
+    ) -> Option<BytesMut> {
+        let commit = matches!(end, End::Commit);
+        let catalog = self.pools[0].clone();
+        let failure = finish_atomic(&mut conns, begun, &mut clean, end, names, &catalog).await;
+        if commit && failure.is_none() {
+            self.note_multi_writes(&mut conns, shards, &mut clean).await;
+        }
+        release_clean(conns, &clean);
+        failure
+    }
 }
 
 /// How `finish_atomic` ends the shards' transactions.
@@ -717,7 +733,7 @@ impl End {
 ///
 /// Several shards commit with two-phase commit (execute/twophase.rs);
 /// one commits (or anything rolls back) in one step.
-pub(super) async fn finish_atomic(
+async fn finish_atomic(
     conns: &mut [PooledConn],
     begun: &[bool],
     clean: &mut [bool],

@@ -13,8 +13,8 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    finish_atomic, lost_error, multi_write_tag, overflow_error, shard_error, split_insert, End,
-    CONTROL_TIMEOUT, MAX_COLLECT,
+    lost_error, multi_write_tag, overflow_error, shard_error, split_insert, End, CONTROL_TIMEOUT,
+    MAX_COLLECT,
 };
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
@@ -498,23 +498,15 @@ where
             }
         }
         let begun = vec![true; conns.len()];
-        let mut clean = vec![true; conns.len()];
+        let clean = vec![true; conns.len()];
         let end = if commit {
             End::Commit
         } else {
             End::RollBack(None)
         };
-        let catalog = self.pools[0].clone();
-        let failure = finish_atomic(&mut conns, &begun, &mut clean, end, &names, &catalog).await;
-        if commit && failure.is_none() {
-            self.note_multi_writes(&mut conns, &shards, &mut clean)
-                .await;
-        }
-        for (i, c) in conns.into_iter().enumerate() {
-            if clean[i] {
-                c.release();
-            }
-        }
+        let failure = self
+            .end_multi(conns, &begun, clean, end, &names, &shards)
+            .await;
         self.tx_status = TxStatus::Idle;
         if commit && ran_ddl {
             // A migration changed tables: INSERTs without a column list

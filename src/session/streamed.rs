@@ -13,7 +13,7 @@
 
 use tokio::time::Instant as Deadline;
 
-use super::multi::{lost_error, shard_error};
+use super::multi::{lost_error, release_clean, shard_error};
 use super::*;
 use crate::execute::stream::{self, FrameSink, ServerAnswer, SinkClosed, StreamError};
 use crate::router::Merge;
@@ -144,17 +144,14 @@ where
             // stop at their next write.
             return Err(SessionEnd::ClientGone(cause));
         }
-        // An answer read to its end (or drained) goes back to its pool.
-        let mut reusable = Vec::with_capacity(sources.len());
+        // An answer read to its end (or drained) goes back to its pool, as
+        // does a connection that was sent nothing.
+        let mut clean: Vec<bool> = (0..shards.len()).map(|i| lost != Some(i)).collect();
         for (i, source) in sources.iter_mut().enumerate() {
-            reusable.push(lost != Some(i) && source.drain(DRAIN_BUDGET).await);
+            clean[i] = clean[i] && source.drain(DRAIN_BUDGET).await;
         }
         drop(sources);
-        for (i, conn) in conns.into_iter().enumerate() {
-            if reusable.get(i).copied().unwrap_or(lost != Some(i)) {
-                conn.release();
-            }
-        }
+        release_clean(conns, &clean);
         self.answer(failure.map(|(_, f)| f).unwrap_or_default());
         Ok(())
     }
