@@ -48,11 +48,10 @@ where
             Err(e) => return Err(self.client_protocol_error(e.to_string())),
         };
         if name.is_empty() {
-            self.unnamed_sql = Some(statements::parse_sql(rest).into());
-            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
-            let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
+            // The body after the name is the frame's tail (no copy).
+            let rest_len = rest.len();
             let frame = frame.freeze();
-            self.unnamed = Some((id, frame.clone()));
+            let id = self.define_unnamed(&frame[frame.len() - rest_len..], frame.clone());
             if self.ensure_server(false).await {
                 self.server_mut().unnamed = Some(id);
                 self.send(&frame, Expect::ParseComplete, true, Some(Creates::Unnamed));
@@ -264,6 +263,16 @@ where
             .expect("callers check ensure_server first")
     }
 
+    /// The client's unnamed statement is now this Parse (`rest`: its body
+    /// after the name); returns the identity it has on servers.
+    fn define_unnamed(&mut self, rest: &[u8], frame: Bytes) -> u64 {
+        self.unnamed_sql = Some(statements::parse_sql(rest).into());
+        self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
+        let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
+        self.unnamed = Some((id, frame));
+        id
+    }
+
     /// Record a held Parse's statement, so a Bind can be routed by its SQL.
     pub(super) fn note_parse(&mut self, frame: &[u8]) -> Result<(), SessionEnd> {
         let (name, rest) = match split_name(protocol::body(frame), "Parse") {
@@ -271,10 +280,7 @@ where
             Err(e) => return Err(self.client_protocol_error(e.to_string())),
         };
         if name.is_empty() {
-            self.unnamed_sql = Some(statements::parse_sql(rest).into());
-            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
-            let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
-            self.unnamed = Some((id, Bytes::copy_from_slice(frame)));
+            self.define_unnamed(rest, Bytes::copy_from_slice(frame));
         } else {
             self.statements.define(name, rest);
         }
