@@ -10,12 +10,15 @@
 //!   grouped, merged in order, writes summed (`shape`).
 //! - `stream`: concatenation and the ORDER BY merge as streams from the
 //!   servers to the client, with bounded memory.
+//! - `copysplit`: cutting COPY FROM STDIN data into rows and reading
+//!   each row's key field, so each row goes to its shard.
 //! - `binary`: reading sort keys from, and writing merged values in, the
 //!   binary format.
 //! - `twophase`: two-phase commit of transactions that wrote on several
 //!   shards, and the recovery of those a crash left in doubt.
 
 pub mod binary;
+pub mod copysplit;
 pub mod fanout;
 pub mod merge;
 pub mod scatter;

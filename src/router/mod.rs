@@ -14,6 +14,7 @@ pub mod hints;
 pub mod mergeable;
 pub mod occurrences;
 pub mod params;
+pub mod rewrite;
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;

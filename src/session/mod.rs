@@ -26,15 +26,14 @@
 //! (timeouts and timing), routed.rs (statements routed to a shard),
 //! refusal.rs (refused statements abort transactions), commands.rs (SET
 //! shardwire.*); reads.rs, fence.rs and lanes.rs (replicas, rebalance
-//! fences, lanes); multi.rs, multitx.rs, multiext.rs, portal.rs,
-//! streamed.rs and copysplit.rs (statements over several
-//! shards).
+//! fences, lanes); multi.rs, multitx.rs, multiext.rs, portal.rs and
+//! streamed.rs (statements over several shards, on execute/'s fan-out,
+//! merges and COPY splitting).
 
 mod bind;
 mod catalog;
 mod checkout;
 mod commands;
-mod copysplit;
 mod deadlines;
 mod dispatch;
 mod extended;

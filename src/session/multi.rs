@@ -16,16 +16,13 @@
 //! transactions over several shards (multitx.rs) run on `run_on_shards`
 //! too.
 
-use sqlparser::ast::{SetExpr, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-
-use super::copysplit::{self, CopyFormat, RowSplitter};
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
 use crate::backend::BackendError;
+use crate::execute::copysplit::{self, RowSplitter};
 use crate::execute::fanout::{self, Exchange};
 use crate::execute::scatter::{shape, tag_count, Shape};
+use crate::router::rewrite::{split_insert, CopyFormat};
 use crate::router::{parse_key, CopySplit, TableRule};
 use crate::router::{Analysis, Kind};
 
@@ -967,62 +964,5 @@ pub(super) fn multi_write_tag(route: &Route, analysis: &Analysis) -> Option<&'st
         [one] if one.kind == Kind::Update => Some("UPDATE"),
         [one] if one.kind == Kind::Delete => Some("DELETE"),
         _ => None,
-    }
-}
-
-/// The INSERT for each shard with only that shard's rows (`row_shards`: row
-/// index -> shard, from the router's analysis of the same text).
-pub(super) fn split_insert(
-    sql: &str,
-    row_shards: &[usize],
-    shards: &[usize],
-) -> Result<Vec<(usize, String)>, String> {
-    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
-    let [Statement::Insert(ins)] = &parsed[..] else {
-        return Err("not a single INSERT statement".into());
-    };
-    let rows = match ins.source.as_deref().map(|q| q.body.as_ref()) {
-        Some(SetExpr::Values(v)) => &v.rows,
-        _ => return Err("only INSERT ... VALUES can be split".into()),
-    };
-    if rows.len() != row_shards.len() {
-        return Err("the rows do not match the routing analysis".into());
-    }
-    let mut out = Vec::with_capacity(shards.len());
-    for &shard in shards {
-        let mut one = ins.clone();
-        if let Some(SetExpr::Values(v)) = one.source.as_deref_mut().map(|q| q.body.as_mut()) {
-            v.rows = rows
-                .iter()
-                .zip(row_shards)
-                .filter(|(_, s)| **s == shard)
-                .map(|(r, _)| r.clone())
-                .collect();
-        }
-        out.push((shard, Statement::Insert(one).to_string()));
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_insert_rows_by_shard() {
-        let w = split_insert(
-            "insert into t (id, v) values (1, 'a'), (2, 'b'), (3, 'c') returning id",
-            &[0, 1, 0],
-            &[0, 1],
-        )
-        .unwrap();
-        assert_eq!(w.len(), 2);
-        assert_eq!(
-            w[0].1,
-            "INSERT INTO t (id, v) VALUES (1, 'a'), (3, 'c') RETURNING id"
-        );
-        assert_eq!(w[1].1, "INSERT INTO t (id, v) VALUES (2, 'b') RETURNING id");
-        assert!(split_insert("insert into t (id) select 1", &[0], &[0]).is_err());
-        assert!(split_insert("insert into t (id) values (1)", &[0, 1], &[0, 1]).is_err());
     }
 }

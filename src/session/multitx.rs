@@ -13,8 +13,7 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    lost_error, multi_write_tag, overflow_error, shard_error, split_insert, End, CONTROL_TIMEOUT,
-    MAX_COLLECT,
+    lost_error, multi_write_tag, overflow_error, shard_error, End, CONTROL_TIMEOUT, MAX_COLLECT,
 };
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
@@ -189,7 +188,7 @@ where
             return self.multi_copy(sql, &route, split).await;
         }
         if let Some(rows) = &route.row_shards {
-            match split_insert(sql, rows, &route.shards) {
+            match crate::router::rewrite::split_insert(sql, rows, &route.shards) {
                 Ok(work) => self.multi_run(work, Some("INSERT 0"), None).await,
                 Err(m) => self.multi_fail(PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -401,7 +400,7 @@ where
             self.multi_fail(PgError::error(sqlstate::INTERNAL_ERROR, "no table rule"));
             return Ok(());
         };
-        let fmt = match super::copysplit::CopyFormat::from_sql(sql) {
+        let fmt = match crate::router::rewrite::CopyFormat::from_sql(sql) {
             Ok(f) => f,
             Err(m) => {
                 self.multi_fail(PgError::error(

@@ -1,101 +1,12 @@
 //! Splitting a COPY FROM STDIN data stream (text or CSV) into rows, and
 //! finding a row's key field, so each row can go to its shard. Rows are
-//! forwarded byte for byte; only the key field is decoded.
+//! forwarded byte for byte; only the key field is decoded. The format
+//! comes from the COPY statement (router::rewrite::CopyFormat).
 
-use sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use crate::router::rewrite::CopyFormat;
 
 /// A row longer than this is refused (memory bound per session).
 pub const MAX_ROW: usize = 16 * 1024 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyFormat {
-    pub csv: bool,
-    pub delimiter: u8,
-    pub quote: u8,
-    pub escape: u8,
-    pub null: Vec<u8>,
-    /// The first line is a header (CSV).
-    pub header: bool,
-}
-
-impl CopyFormat {
-    /// The format of a `COPY ... FROM STDIN` statement; binary is refused.
-    pub fn from_sql(sql: &str) -> Result<Self, String> {
-        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-            .or_else(|e| match crate::router::fallback::lenient_copy(sql) {
-                Some(s) => Parser::parse_sql(&PostgreSqlDialect {}, &s),
-                None => Err(e),
-            })
-            .map_err(|e| e.to_string())?;
-        let [Statement::Copy {
-            options,
-            legacy_options,
-            ..
-        }] = &parsed[..]
-        else {
-            return Err("not a single COPY statement".into());
-        };
-        let mut csv = false;
-        let mut delimiter = None;
-        let mut quote = b'"';
-        let mut escape = None;
-        let mut null = None;
-        let mut header = false;
-        let byte = |c: char| -> Result<u8, String> {
-            if c.is_ascii() {
-                Ok(c as u8)
-            } else {
-                Err(format!("non-ASCII COPY option character {c:?}"))
-            }
-        };
-        for o in options {
-            match o {
-                CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
-                    "csv" => csv = true,
-                    "text" => csv = false,
-                    other => return Err(format!("COPY format \"{other}\" cannot be split by key")),
-                },
-                CopyOption::Delimiter(c) => delimiter = Some(byte(*c)?),
-                CopyOption::Null(s) => null = Some(s.as_bytes().to_vec()),
-                CopyOption::Header(h) => header = *h,
-                CopyOption::Quote(c) => quote = byte(*c)?,
-                CopyOption::Escape(c) => escape = Some(byte(*c)?),
-                _ => {}
-            }
-        }
-        for o in legacy_options {
-            match o {
-                CopyLegacyOption::Binary => {
-                    return Err("COPY format \"binary\" cannot be split by key".into())
-                }
-                CopyLegacyOption::Delimiter(c) => delimiter = Some(byte(*c)?),
-                CopyLegacyOption::Null(s) => null = Some(s.as_bytes().to_vec()),
-                CopyLegacyOption::Csv(opts) => {
-                    csv = true;
-                    for c in opts {
-                        match c {
-                            CopyLegacyCsvOption::Header => header = true,
-                            CopyLegacyCsvOption::Quote(q) => quote = byte(*q)?,
-                            CopyLegacyCsvOption::Escape(e) => escape = Some(byte(*e)?),
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(CopyFormat {
-            csv,
-            delimiter: delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
-            quote,
-            escape: escape.unwrap_or(quote),
-            null: null.unwrap_or_else(|| if csv { Vec::new() } else { b"\\N".to_vec() }),
-            header,
-        })
-    }
-}
 
 /// Cuts a byte stream into rows (each with its line end).
 #[derive(Debug)]
@@ -326,24 +237,6 @@ mod tests {
         }
         out.extend(s.finish());
         out
-    }
-
-    #[test]
-    fn formats_from_sql() {
-        let f = CopyFormat::from_sql("copy t from stdin").unwrap();
-        assert!(!f.csv && f.delimiter == b'\t' && f.null == b"\\N");
-        let f = CopyFormat::from_sql("COPY t (a, b) FROM STDIN WITH (FORMAT csv, HEADER)").unwrap();
-        assert!(f.csv && f.header && f.delimiter == b',' && f.null.is_empty());
-        let f = CopyFormat::from_sql("copy t from stdin csv header delimiter ';'").unwrap();
-        assert!(f.csv && f.header && f.delimiter == b';');
-        assert!(CopyFormat::from_sql("copy t from stdin (format binary)").is_err());
-        let f = CopyFormat::from_sql("copy pgbench_accounts from stdin with (freeze on)").unwrap();
-        assert!(!f.csv);
-        assert_eq!(
-            crate::router::fallback::lenient_copy("copy t from stdin with (freeze on, format csv)")
-                .as_deref(),
-            Some("copy t from stdin with (freeze, format csv)")
-        );
     }
 
     #[test]
