@@ -91,17 +91,19 @@ where
         // Every shard gets the query before any answer is read.
         let mut sent = 0;
         let mut failure = None;
+        // The connection that failed: it is dropped, not pooled.
+        let mut lost = None;
         for (i, conn) in conns.iter_mut().enumerate() {
             let left = deadline.saturating_duration_since(Deadline::now());
             match conn.send_frames(&request, left).await {
                 Ok(()) => sent += 1,
                 Err(e) => {
-                    failure = Some((i, lost_error(&e, &names[i], "")));
+                    failure = Some(lost_error(&e, &names[i], ""));
+                    lost = Some(i);
                     break;
                 }
             }
         }
-        let mut lost: Option<usize> = failure.as_ref().map(|(i, _)| *i);
         let mut client_gone = None;
         let mut sources: Vec<ServerAnswer> = conns[..sent]
             .iter_mut()
@@ -125,16 +127,16 @@ where
             match streamed {
                 Ok(_) => {}
                 Err(StreamError::Shard { shard, error }) => {
-                    failure = Some((shard, shard_error(Some(error), &names[shard], "")));
+                    failure = Some(shard_error(Some(error), &names[shard], ""));
                 }
                 Err(StreamError::Lost { shard, error }) => {
                     lost = Some(shard);
-                    failure = Some((shard, lost_error(&error, &names[shard], "")));
+                    failure = Some(lost_error(&error, &names[shard], ""));
                 }
                 Err(StreamError::Merge(e)) => {
                     let mut out = BytesMut::new();
                     e.encode(&mut out);
-                    failure = Some((0, out));
+                    failure = Some(out);
                 }
                 Err(StreamError::Client(e)) => client_gone = Some(e.0),
             }
@@ -152,7 +154,7 @@ where
         }
         drop(sources);
         release_clean(conns, &clean);
-        self.answer(failure.map(|(_, f)| f).unwrap_or_default());
+        self.answer(failure.unwrap_or_default());
         Ok(())
     }
 }
