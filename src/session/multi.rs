@@ -614,7 +614,9 @@ where
             let timeout = self.multi_statement_timeout();
             let requests: Vec<&[u8]> = work.iter().map(|(_, r)| &r[..]).collect();
             let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+            let started = Instant::now();
             let answers = fanout::exchange(&mut servers, &requests, timeout, MAX_COLLECT).await;
+            let timed_out = (started.elapsed() >= timeout).then_some(timeout);
             let expected = if atomic {
                 TxStatus::InBlock
             } else {
@@ -636,7 +638,13 @@ where
                     }
                     Exchange::Lost(e) => {
                         clean[i] = false;
-                        Some(lost_error(&e, &names[i], outcome))
+                        Some(failed_error(
+                            &e,
+                            &names[i],
+                            outcome,
+                            timed_out,
+                            &self.proxy.metrics,
+                        ))
                     }
                     Exchange::NotSent => None,
                 };
@@ -902,6 +910,36 @@ pub(super) fn lost_error(e: &BackendError, shard: &str, outcome: &str) -> BytesM
     e.to_pg()
         .with_detail(format!("shardwire: failed on shard \"{shard}\"{outcome}"))
         .encode(&mut out);
+    out
+}
+
+/// The client's error for a shard whose connection failed during a
+/// statement over several shards: when the statement's time (`timeout`,
+/// from `multi_statement_timeout`) had run out, 57014 as for a statement
+/// cancelled by limits.statement_timeout (and counted as one); else the
+/// lost connection. Either way the connection is closed, not pooled.
+pub(super) fn failed_error(
+    e: &BackendError,
+    shard: &str,
+    outcome: &str,
+    timed_out: Option<Duration>,
+    metrics: &crate::stats::metrics::Metrics,
+) -> BytesMut {
+    let Some(timeout) = timed_out else {
+        return lost_error(e, shard, outcome);
+    };
+    metrics.statement_timeouts.fetch_add(1, Ordering::Relaxed);
+    let mut out = BytesMut::new();
+    PgError::error(
+        sqlstate::QUERY_CANCELED,
+        "canceling statement due to statement timeout",
+    )
+    .with_detail(format!(
+        "shardwire: shard \"{shard}\" had not answered within {timeout:?} \
+         (limits.statement_timeout; statements over several shards get at most \
+         {STATEMENT_TIMEOUT:?}){outcome}"
+    ))
+    .encode(&mut out);
     out
 }
 

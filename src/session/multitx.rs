@@ -13,7 +13,8 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    lost_error, multi_write_tag, overflow_error, shard_error, End, CONTROL_TIMEOUT, MAX_COLLECT,
+    failed_error, lost_error, multi_write_tag, overflow_error, shard_error, End, CONTROL_TIMEOUT,
+    MAX_COLLECT,
 };
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
@@ -310,6 +311,7 @@ where
             .iter()
             .map(|(s, _)| self.shard_name(*s).to_string())
             .collect();
+        let proxy = self.proxy.clone();
         let Some(m) = self.multi.as_mut() else {
             return Err(BytesMut::new());
         };
@@ -324,7 +326,9 @@ where
             }
         }
         let requests: Vec<&[u8]> = work.iter().map(|(_, r)| &r[..]).collect();
+        let started = Instant::now();
         let answers = fanout::exchange(&mut servers, &requests, timeout, MAX_COLLECT).await;
+        let timed_out = (started.elapsed() >= timeout).then_some(timeout);
         let mut results = Vec::with_capacity(work.len());
         let mut failure = None;
         for (i, answer) in answers.into_iter().enumerate() {
@@ -339,7 +343,13 @@ where
                 Exchange::Answered(c) => Some(shard_error(c.error, &names[i], OUTCOME)),
                 Exchange::Lost(e) => {
                     m.conns[work[i].0] = None; // closes it
-                    Some(lost_error(&e, &names[i], OUTCOME))
+                    Some(failed_error(
+                        &e,
+                        &names[i],
+                        OUTCOME,
+                        timed_out,
+                        &proxy.metrics,
+                    ))
                 }
                 Exchange::NotSent => None,
             };

@@ -13,7 +13,7 @@
 
 use tokio::time::Instant as Deadline;
 
-use super::multi::{lost_error, release_clean, shard_error};
+use super::multi::{failed_error, lost_error, release_clean, shard_error};
 use super::*;
 use crate::execute::stream::{self, FrameSink, ServerAnswer, SinkClosed, StreamError};
 use crate::router::Merge;
@@ -84,7 +84,8 @@ where
             .iter()
             .map(|s| self.shard_name(*s).to_string())
             .collect();
-        let deadline = Deadline::now() + self.multi_statement_timeout();
+        let timeout = self.multi_statement_timeout();
+        let deadline = Deadline::now() + timeout;
         let mut request = BytesMut::new();
         protocol::query_frame(&mut request, merge.shard_sql().unwrap_or(sql));
 
@@ -131,7 +132,14 @@ where
                 }
                 Err(StreamError::Lost { shard, error }) => {
                     lost = Some(shard);
-                    failure = Some(lost_error(&error, &names[shard], ""));
+                    let timed_out = (Deadline::now() >= deadline).then_some(timeout);
+                    failure = Some(failed_error(
+                        &error,
+                        &names[shard],
+                        "",
+                        timed_out,
+                        &self.proxy.metrics,
+                    ));
                 }
                 Err(StreamError::Merge(e)) => {
                     let mut out = BytesMut::new();

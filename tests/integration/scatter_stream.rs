@@ -160,3 +160,84 @@ async fn leave_mid_answer(proxy: &TestProxy) {
     task.abort();
     let _ = query.await;
 }
+
+const SLOW_TABLES: &str = r#"
+[[tables]]
+name = "ss_slow"
+key = "id"
+strategy = "hash"
+"#;
+
+/// A statement over several shards that runs past limits.statement_timeout
+/// is cancelled with 57014, as a single-shard one is, whether it streams,
+/// is merged whole, or runs inside a transaction over several shards; the
+/// session goes on.
+#[test]
+fn statements_over_several_shards_past_the_statement_timeout_get_57014() {
+    let proxy = TestProxy::start(|c| {
+        set_tables(c, SLOW_TABLES);
+        set(c, "limits.statement_timeout", "1s");
+    });
+    block_on(Duration::from_secs(120), async {
+        let shards = connect_shards("drop table if exists ss_slow").await;
+        let (c, _task) = connect_url(&proxy.url()).await;
+        c.simple_query("create table ss_slow (id int primary key, v int)")
+            .await
+            .expect("create");
+        c.simple_query("insert into ss_slow values (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)")
+            .await
+            .expect("insert");
+        for s in &shards {
+            assert!(query_count(s, "select count(*) from ss_slow").await > 0);
+        }
+        let slow = "pg_sleep(case when id = 5 then 4 else 0 end)";
+        let statements = [
+            // Streamed (concatenation).
+            format!("select id from ss_slow where {slow} is not null"),
+            // Merged whole (an aggregate).
+            format!("select count(*) from ss_slow where {slow} is not null"),
+        ];
+        for sql in &statements {
+            let started = std::time::Instant::now();
+            let e = c.simple_query(sql).await.expect_err(sql);
+            let took = started.elapsed();
+            assert_eq!(sqlstate(&e), "57014", "{sql}: {e:?}");
+            assert!(took < Duration::from_secs(3), "{sql}: took {took:?}");
+            assert_eq!(query_count(&c, "select count(*) from ss_slow").await, 6);
+        }
+        // Inside a transaction over both shards.
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("update ss_slow set v = v + 1")
+            .await
+            .expect("update everywhere");
+        let e = c
+            .simple_query(&statements[1])
+            .await
+            .expect_err("slow count in the transaction");
+        assert_eq!(sqlstate(&e), "57014", "{e:?}");
+        let e = c
+            .simple_query("select count(*) from ss_slow")
+            .await
+            .expect_err("the transaction failed");
+        assert_eq!(sqlstate(&e), "25P02", "{e:?}");
+        c.simple_query("rollback").await.expect("rollback");
+        let rows = simple_rows(
+            &c.simple_query("select sum(v) from ss_slow")
+                .await
+                .expect("sum"),
+        );
+        assert_eq!(
+            rows,
+            [[Some("21".to_string())]],
+            "the update was rolled back"
+        );
+        shards[0]
+            .batch_execute("drop table ss_slow")
+            .await
+            .expect("drop");
+        shards[1]
+            .batch_execute("drop table ss_slow")
+            .await
+            .expect("drop");
+    });
+}
