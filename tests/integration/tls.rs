@@ -185,3 +185,76 @@ fn without_tls_require_fails_and_prefer_works() {
     assert!(!out.stdout.contains("SSL connection"), "{}", out.stdout);
     assert!(out.stdout.ends_with("plain\n"), "{}", out.stdout);
 }
+
+/// A cross-shard answer streamed to a TLS client (execute::stream writes
+/// it out in 64 KB pieces, each flushed through TLS records), after a COPY
+/// split by key over TLS too.
+#[test]
+fn streamed_cross_shard_answers_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = self_signed(dir.path());
+    let t = table_name("tls_sharded");
+    let tables = format!("[[tables]]\nname = \"{t}\"\nkey = \"id\"\nstrategy = \"hash\"\n");
+    let proxy = TestProxy::start(|c| {
+        with_tls(c, &cert, &key, true);
+        set_tables(c, &tables);
+    });
+    let rows: String = (1..=20_000)
+        .map(|i| format!("{i}\t{}\n", "w".repeat(150 + i % 50)))
+        .collect();
+    let script = format!(
+        "create table {t} (id int primary key, v text);\n\\copy {t} from stdin\n{rows}\\.\n"
+    );
+    psql(
+        &conninfo(proxy.port, "require"),
+        "app",
+        true,
+        &["-qAt", "-f", "-"],
+        Some(&script),
+    )
+    .ok("copy into a sharded table over tls");
+    let expected_len: usize = (1..=20_000).map(|i| 150 + i % 50).sum();
+
+    let out = psql(
+        &conninfo(proxy.port, "require"),
+        "app",
+        true,
+        &["-qAt", "-c", &format!("select id, v from {t}")],
+        None,
+    )
+    .ok("concatenation over tls");
+    let mut ids: Vec<usize> = Vec::new();
+    let mut total = 0;
+    for line in out.stdout.lines() {
+        let (id, v) = line.split_once('|').expect("id|v");
+        ids.push(id.parse().expect("id"));
+        total += v.len();
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=20_000).collect::<Vec<_>>());
+    assert_eq!(total, expected_len);
+
+    let out = psql(
+        &conninfo(proxy.port, "require"),
+        "app",
+        true,
+        &[
+            "-qAt",
+            "-c",
+            &format!("select id from {t} order by id desc"),
+        ],
+        None,
+    )
+    .ok("ordered over tls");
+    let ids: Vec<usize> = out.stdout.lines().map(|l| l.parse().expect("id")).collect();
+    assert_eq!(ids, (1..=20_000).rev().collect::<Vec<_>>());
+
+    psql(
+        &conninfo(proxy.port, "require"),
+        "app",
+        true,
+        &["-qAt", "-c", &format!("drop table {t}")],
+        None,
+    )
+    .ok("drop");
+}
