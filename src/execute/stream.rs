@@ -74,19 +74,11 @@ pub async fn concat<S: FrameSource, K: FrameSink>(
     let mut described = false;
     let mut rows = 0u64;
     for (shard, source) in sources.iter_mut().enumerate() {
-        while let Some(frame) = next(source, shard).await? {
-            match frame[0] {
-                be::ROW_DESCRIPTION if !described => {
-                    described = true;
-                    sink.send(&frame).await?;
-                }
-                be::DATA_ROW => {
-                    rows += 1;
-                    sink.send(&frame).await?;
-                }
-                be::NOTICE_RESPONSE if shard == 0 => sink.send(&frame).await?,
-                _ => {}
+        while let Some(frame) = next_row(source, shard, &mut described, sink).await? {
+            if frame[0] == be::DATA_ROW {
+                rows += 1;
             }
+            sink.send(&frame).await?;
         }
     }
     complete(sink, rows).await?;
@@ -106,11 +98,20 @@ pub async fn merge_sorted<S: FrameSource, K: FrameSink>(
 ) -> Result<u64, StreamError> {
     let end = limit.map(|l| offset.saturating_add(l));
     // Every shard's first row (and the description) before any row is out.
+    let mut described = false;
     let mut resolved: Option<Vec<Resolved>> = None;
     let mut heads: Vec<Option<BytesMut>> = Vec::with_capacity(sources.len());
     for (shard, source) in sources.iter_mut().enumerate() {
-        let row = first_row(source, shard, &mut resolved, keys, sink).await?;
-        heads.push(row);
+        let head = loop {
+            match next_row(source, shard, &mut described, sink).await? {
+                Some(d) if d[0] == be::ROW_DESCRIPTION => {
+                    resolved = Some(resolve(keys, &d).map_err(StreamError::Merge)?);
+                    sink.send(&d).await?;
+                }
+                row => break row,
+            }
+        };
+        heads.push(head);
     }
     let Some(resolved) = resolved else {
         return Err(StreamError::Merge(super::merge::bad("no row description")));
@@ -129,17 +130,18 @@ pub async fn merge_sorted<S: FrameSource, K: FrameSink>(
         if end.is_some_and(|e| taken >= e) {
             break;
         }
-        let next_row = next_data_row(&mut sources[shard], shard, sink).await?;
-        if let Some(next_row) = &next_row {
+        // The description came already: only rows follow.
+        let following = next_row(&mut sources[shard], shard, &mut described, sink).await?;
+        if let Some(following) = &following {
             let (now, before) = (
-                key_values(&resolved, next_row).map_err(StreamError::Merge)?,
+                key_values(&resolved, following).map_err(StreamError::Merge)?,
                 key_values(&resolved, &row).map_err(StreamError::Merge)?,
             );
             if compare_keys(&resolved, &now, &before) == Ordering::Less {
                 return Err(StreamError::Merge(super::merge::out_of_order(shard)));
             }
         }
-        heads[shard] = next_row;
+        heads[shard] = following;
     }
     complete(sink, sent).await?;
     Ok(sent)
@@ -162,39 +164,23 @@ fn least(keys: &[Resolved], heads: &[Option<BytesMut>]) -> Result<Option<usize>,
     Ok(best.map(|(s, _)| s))
 }
 
-/// Source `shard`'s first DataRow, passing on what comes before it: the
-/// first RowDescription of all (resolving the sort keys against it) and
-/// shard 0's notices.
-async fn first_row<S: FrameSource, K: FrameSink>(
+/// Source `shard`'s next frame that matters to a merge: a DataRow, or the
+/// first RowDescription of all the sources (`described`: one came
+/// already; the other shards' copies are dropped). None at the end of its
+/// answer. Shard 0's notices on the way are passed on; the rest
+/// (CommandComplete, ...) is dropped: the merge writes its own.
+async fn next_row<S: FrameSource, K: FrameSink>(
     source: &mut S,
     shard: usize,
-    resolved: &mut Option<Vec<Resolved>>,
-    keys: &[SortKey],
+    described: &mut bool,
     sink: &mut K,
 ) -> Result<Option<BytesMut>, StreamError> {
     while let Some(frame) = next(source, shard).await? {
         match frame[0] {
-            be::ROW_DESCRIPTION if resolved.is_none() => {
-                *resolved = Some(resolve(keys, &frame).map_err(StreamError::Merge)?);
-                sink.send(&frame).await?;
+            be::ROW_DESCRIPTION if !*described => {
+                *described = true;
+                return Ok(Some(frame));
             }
-            be::DATA_ROW => return Ok(Some(frame)),
-            be::NOTICE_RESPONSE if shard == 0 => sink.send(&frame).await?,
-            _ => {}
-        }
-    }
-    Ok(None)
-}
-
-/// Source `shard`'s next DataRow (None at the end of its answer); shard
-/// 0's notices on the way are passed on.
-async fn next_data_row<S: FrameSource, K: FrameSink>(
-    source: &mut S,
-    shard: usize,
-    sink: &mut K,
-) -> Result<Option<BytesMut>, StreamError> {
-    while let Some(frame) = next(source, shard).await? {
-        match frame[0] {
             be::DATA_ROW => return Ok(Some(frame)),
             be::NOTICE_RESPONSE if shard == 0 => sink.send(&frame).await?,
             _ => {}
@@ -395,6 +381,23 @@ mod tests {
         }]
     }
 
+    /// A merge ordered by the first column, run to its end.
+    fn sorted(
+        descending: bool,
+        limit: Option<u64>,
+        offset: u64,
+        sources: &mut [Fake],
+        sink: &mut Sink,
+    ) -> Result<u64, StreamError> {
+        run(merge_sorted(
+            &by_first(descending),
+            limit,
+            offset,
+            sources,
+            sink,
+        ))
+    }
+
     fn run<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -424,14 +427,7 @@ mod tests {
     fn sorted_merge_interleaves_and_limits_without_reading_everything() {
         let mut sources = vec![int_shard(&[1, 4, 5, 9, 10, 11]), int_shard(&[2, 3, 8, 12])];
         let mut sink = Sink::default();
-        let n = run(merge_sorted(
-            &by_first(false),
-            Some(3),
-            1,
-            &mut sources,
-            &mut sink,
-        ))
-        .unwrap();
+        let n = sorted(false, Some(3), 1, &mut sources, &mut sink).unwrap();
         assert_eq!(n, 3);
         assert_eq!(
             sink.rows(),
@@ -445,14 +441,7 @@ mod tests {
     fn sorted_merge_descending_and_ties_go_to_the_lower_shard() {
         let mut sources = vec![int_shard(&[9, 5, 5]), int_shard(&[7, 5, 1])];
         let mut sink = Sink::default();
-        run(merge_sorted(
-            &by_first(true),
-            None,
-            0,
-            &mut sources,
-            &mut sink,
-        ))
-        .unwrap();
+        sorted(true, None, 0, &mut sources, &mut sink).unwrap();
         let (rows, tag) = sink.rows();
         assert_eq!(rows, ["9", "7", "5", "5", "5", "1"]);
         assert_eq!(tag, "SELECT 6");
@@ -462,14 +451,7 @@ mod tests {
     fn a_shard_out_of_order_is_refused_not_merged() {
         let mut sources = vec![int_shard(&[1, 3, 2]), int_shard(&[10])];
         let mut sink = Sink::default();
-        let e = run(merge_sorted(
-            &by_first(false),
-            None,
-            0,
-            &mut sources,
-            &mut sink,
-        ))
-        .unwrap_err();
+        let e = sorted(false, None, 0, &mut sources, &mut sink).unwrap_err();
         assert!(
             matches!(e, StreamError::Merge(ref p) if p.code == "0A000"),
             "{e:?}"
@@ -502,14 +484,7 @@ mod tests {
         empty.frames.push_back(f);
         let mut sources = vec![empty];
         let mut sink = Sink::default();
-        let e = run(merge_sorted(
-            &by_first(false),
-            None,
-            0,
-            &mut sources,
-            &mut sink,
-        ))
-        .unwrap_err();
+        let e = sorted(false, None, 0, &mut sources, &mut sink).unwrap_err();
         assert!(matches!(e, StreamError::Merge(_)), "{e:?}");
     }
 }
