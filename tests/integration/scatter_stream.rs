@@ -29,6 +29,18 @@ fn peak_rss_kib(pid: i32) -> u64 {
         .expect("VmHWM")
 }
 
+/// The first column of every row, as integers.
+fn first_ints(rows: &[Vec<Option<String>>]) -> Vec<i32> {
+    rows.iter()
+        .map(|r| {
+            r[0].as_deref()
+                .expect("not null")
+                .parse()
+                .expect("an integer")
+        })
+        .collect()
+}
+
 #[test]
 fn large_cross_shard_answers_stream_in_order_with_bounded_memory() {
     let proxy = TestProxy::start(|c| set_tables(c, TABLES));
@@ -67,10 +79,7 @@ fn large_cross_shard_answers_stream_in_order_with_bounded_memory() {
                 .expect("concat"),
         );
         assert_eq!(rows.len(), ROWS as usize);
-        let mut ids: Vec<i32> = rows
-            .iter()
-            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
-            .collect();
+        let mut ids = first_ints(&rows);
         ids.sort_unstable();
         assert_eq!(ids, (1..=ROWS).collect::<Vec<_>>());
         assert!(rows
@@ -83,10 +92,7 @@ fn large_cross_shard_answers_stream_in_order_with_bounded_memory() {
                 .await
                 .expect("order by"),
         );
-        let ids: Vec<i32> = rows
-            .iter()
-            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
-            .collect();
+        let ids = first_ints(&rows);
         assert_eq!(ids, (1..=ROWS).rev().collect::<Vec<_>>());
 
         // ORDER BY ... LIMIT ... OFFSET.

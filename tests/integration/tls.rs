@@ -199,33 +199,33 @@ fn streamed_cross_shard_answers_over_tls() {
         with_tls(c, &cert, &key, true);
         set_tables(c, &tables);
     });
+    // psql over TLS (sslmode=require), -qAt: `sql` as -c, or a script.
+    let over_tls = |sql: Option<&str>, script: Option<&str>, what: &str| {
+        let args = match sql {
+            Some(sql) => vec!["-qAt", "-c", sql],
+            None => vec!["-qAt", "-f", "-"],
+        };
+        psql(&conninfo(proxy.port, "require"), "app", true, &args, script)
+            .ok(what)
+            .stdout
+    };
     let rows: String = (1..=20_000)
         .map(|i| format!("{i}\t{}\n", "w".repeat(150 + i % 50)))
         .collect();
     let script = format!(
         "create table {t} (id int primary key, v text);\n\\copy {t} from stdin\n{rows}\\.\n"
     );
-    psql(
-        &conninfo(proxy.port, "require"),
-        "app",
-        true,
-        &["-qAt", "-f", "-"],
-        Some(&script),
-    )
-    .ok("copy into a sharded table over tls");
+    over_tls(None, Some(&script), "copy into a sharded table over tls");
     let expected_len: usize = (1..=20_000).map(|i| 150 + i % 50).sum();
 
-    let out = psql(
-        &conninfo(proxy.port, "require"),
-        "app",
-        true,
-        &["-qAt", "-c", &format!("select id, v from {t}")],
+    let out = over_tls(
+        Some(&format!("select id, v from {t}")),
         None,
-    )
-    .ok("concatenation over tls");
+        "concatenation over tls",
+    );
     let mut ids: Vec<usize> = Vec::new();
     let mut total = 0;
-    for line in out.stdout.lines() {
+    for line in out.lines() {
         let (id, v) = line.split_once('|').expect("id|v");
         ids.push(id.parse().expect("id"));
         total += v.len();
@@ -234,27 +234,13 @@ fn streamed_cross_shard_answers_over_tls() {
     assert_eq!(ids, (1..=20_000).collect::<Vec<_>>());
     assert_eq!(total, expected_len);
 
-    let out = psql(
-        &conninfo(proxy.port, "require"),
-        "app",
-        true,
-        &[
-            "-qAt",
-            "-c",
-            &format!("select id from {t} order by id desc"),
-        ],
+    let out = over_tls(
+        Some(&format!("select id from {t} order by id desc")),
         None,
-    )
-    .ok("ordered over tls");
-    let ids: Vec<usize> = out.stdout.lines().map(|l| l.parse().expect("id")).collect();
+        "ordered over tls",
+    );
+    let ids: Vec<usize> = out.lines().map(|l| l.parse().expect("id")).collect();
     assert_eq!(ids, (1..=20_000).rev().collect::<Vec<_>>());
 
-    psql(
-        &conninfo(proxy.port, "require"),
-        "app",
-        true,
-        &["-qAt", "-c", &format!("drop table {t}")],
-        None,
-    )
-    .ok("drop");
+    over_tls(Some(&format!("drop table {t}")), None, "drop");
 }
