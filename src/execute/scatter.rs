@@ -230,10 +230,17 @@ fn row_values(frame: &[u8]) -> Result<Vec<Option<String>>, PgError> {
 }
 
 /// The shard columns of each aggregate: `avg` is two (sum and count).
-fn widths(aggs: &[Agg]) -> Vec<usize> {
-    aggs.iter()
-        .map(|a| if *a == Agg::Avg { 2 } else { 1 })
-        .collect()
+/// Where each result column starts among the shards' columns (an avg is
+/// two there: sum and count, a plain column or another aggregate one),
+/// and how many columns the shards answer.
+fn shard_columns(items: impl Iterator<Item = Option<Agg>>) -> (Vec<usize>, usize) {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for item in items {
+        starts.push(at);
+        at += if item == Some(Agg::Avg) { 2 } else { 1 };
+    }
+    (starts, at)
 }
 
 /// A RowDescription's fields, each as its raw bytes (name to format code).
@@ -287,17 +294,7 @@ fn client_description(aggs: &[Option<Agg>], frame: &[u8]) -> Result<BytesMut, Pg
 }
 
 fn aggregate(aggs: &[Agg], results: &[Collected]) -> Result<BytesMut, PgError> {
-    let width = widths(aggs);
-    let ncols: usize = width.iter().sum();
-    // The first shard column of each aggregate.
-    let start: Vec<usize> = width
-        .iter()
-        .scan(0, |at, w| {
-            let s = *at;
-            *at += w;
-            Some(s)
-        })
-        .collect();
+    let (start, ncols) = shard_columns(aggs.iter().map(|a| Some(*a)));
     let mut out = BytesMut::new();
     let mut types: Option<Vec<i32>> = None;
     let mut merged: Vec<Option<String>> = vec![None; aggs.len()];
@@ -413,21 +410,7 @@ fn grouped(
     results: &[Collected],
 ) -> Result<BytesMut, PgError> {
     use crate::execute::merge::{compare_keys, parse_value, resolve, Resolved, SortType};
-    let start: Vec<usize> = items
-        .iter()
-        .scan(0, |at, a| {
-            let s = *at;
-            *at += if *a == Some(Agg::Avg) { 2 } else { 1 };
-            Some(s)
-        })
-        .collect();
-    let ncols = start.last().map_or(0, |s| {
-        s + if items.last() == Some(&Some(Agg::Avg)) {
-            2
-        } else {
-            1
-        }
-    });
+    let (start, ncols) = shard_columns(items.iter().copied());
     let mut out = BytesMut::new();
     let mut description = None;
     let mut types: Vec<i32> = vec![];
