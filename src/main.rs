@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shardwire::config::Config;
 use shardwire::frontend;
 use shardwire::proxy::{self, Proxy};
-use shardwire::router::{Param, SessionHints};
+use shardwire::router::{Param, Plan, SessionHints};
 
 #[derive(Parser)]
 #[command(
@@ -172,15 +172,22 @@ fn main() -> ExitCode {
                 Ok(r) => serde_json::json!({
                     "ok": true,
                     "shards": r.shards.iter().map(|i| names[*i].clone()).collect::<Vec<_>>(),
-                    "all_shards": r.all_shards,
+                    "plan": r.plan.name(),
+                    "all_shards": r.is_broadcast(),
                     "role": "primary",
                     "writes": r.writes,
                     "table": r.table,
                     "strategy": r.strategy,
                     "keys": r.keys,
-                    "row_shards": r.row_shards.map(|rs| rs.iter().map(|i| names[*i].clone()).collect::<Vec<_>>()),
-                    "copy_split": r.copy_split,
-                    "merge": r.merge,
+                    "row_shards": match &r.plan {
+                        Plan::SplitInsert(rs) => Some(rs.iter().map(|i| names[*i].clone()).collect::<Vec<_>>()),
+                        _ => None,
+                    },
+                    "copy_split": match &r.plan {
+                        Plan::SplitCopy(c) => Some(c),
+                        _ => None,
+                    },
+                    "merge": r.merge(),
                     "reason": r.reason,
                 }),
                 Err(e) => serde_json::json!({

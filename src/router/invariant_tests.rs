@@ -28,7 +28,7 @@ fn refused(sql: &str) -> PgError {
 
 fn one_shard(sql: &str) -> usize {
     match route(sql) {
-        Ok(r) if r.shards.len() == 1 && r.merge.is_none() => r.shards[0],
+        Ok(r) if r.shards.len() == 1 && r.merge().cloned().is_none() => r.shards[0],
         Ok(r) => panic!("{sql}\nwent to {:?} ({})", r.shards, r.reason),
         Err(e) => panic!("{sql}\nwas refused: {}", e.message),
     }
@@ -140,7 +140,10 @@ fn correlated_subqueries_follow_key_equalities() {
         "select * from accounts x where exists (select 1 from countries c where x.aid = {a})"
     ))
     .unwrap();
-    assert_eq!((r.shards.len(), r.merge), (2, Some(Merge::Concat)));
+    assert_eq!(
+        (r.shards.len(), r.merge().cloned()),
+        (2, Some(Merge::Concat))
+    );
     // An unqualified column belongs to its own block: here history's.
     refused(&format!(
         "select * from accounts x where x.bid in (select bid from history where aid = {a})"
@@ -244,7 +247,7 @@ fn unreadable_statements_in_a_string_are_refused_not_neutral() {
     // Unreadable DDL reaches every shard.
     let r =
         route("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO app2").unwrap();
-    assert!(r.all_shards, "{}", r.reason);
+    assert!(r.is_broadcast(), "{}", r.reason);
 }
 
 #[test]
@@ -317,18 +320,16 @@ fn schema_wide_ddl_reaches_every_shard() {
         "alter table accounts add column x int",
     ] {
         let r = route(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.message));
-        assert!(r.all_shards, "{sql}: {}", r.reason);
+        assert!(r.is_broadcast(), "{sql}: {}", r.reason);
         assert_eq!(r.shards, vec![0, 1], "{sql}");
     }
     // A view or table made from one shard's rows: refused.
     refused("create view v as select * from accounts");
     refused("create table t2 as select * from accounts");
     refused("select * into t2 from accounts where aid = 1");
-    assert!(
-        route("create table t3 as select * from countries")
-            .unwrap()
-            .all_shards
-    );
+    assert!(route("create table t3 as select * from countries")
+        .unwrap()
+        .is_broadcast());
 }
 
 #[test]
@@ -338,7 +339,7 @@ fn reference_writes_read_only_reference_tables() {
     refused("update countries set code = (select max(k) from settings)");
     refused("delete from countries using accounts where accounts.bid = 1");
     let r = route("insert into countries select * from countries").unwrap();
-    assert!(r.all_shards);
+    assert!(r.is_broadcast());
     // A data-modifying CTE would write one shard's copy.
     refused("with w as (update countries set code = code returning code) select * from w");
     refused(
@@ -377,7 +378,7 @@ fn merges_need_every_row_to_have_a_sharded_row() {
     ] {
         let r = route(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.message));
         assert_eq!(r.shards.len(), 2, "{sql}");
-        assert!(r.merge.is_some(), "{sql}");
+        assert!(r.merge().cloned().is_some(), "{sql}");
     }
 }
 

@@ -14,6 +14,7 @@ pub mod hints;
 pub mod mergeable;
 pub mod occurrences;
 pub mod params;
+pub mod plan;
 pub mod rewrite;
 
 use std::collections::BTreeSet;
@@ -32,6 +33,7 @@ pub use analyze::{
 };
 pub use hints::{Hint, ReadFrom};
 pub use params::{Param, ParamCasts};
+pub use plan::{CopySplit, Plan, Route};
 
 /// Statements whose analysis is kept. Applications repeat a small set of
 /// statements; a bound keeps ad-hoc SQL from growing memory.
@@ -237,71 +239,18 @@ pub fn display_key(k: &KeyValue) -> String {
     }
 }
 
+/// Whether a plan may share its query string with other statements: the
+/// same statement text runs on each of its shards.
+fn combines(plan: &Plan) -> bool {
+    matches!(plan, Plan::Single | Plan::Broadcast { .. })
+}
+
 fn refusal_error(r: &Refusal) -> PgError {
     let e = PgError::error(r.code, r.message.clone());
     match &r.hint {
         Some(h) => e.with_hint(h.clone()),
         None => e,
     }
-}
-
-/// Where a statement goes.
-#[derive(Debug, Clone, Serialize)]
-pub struct Route {
-    /// Shard indexes, sorted and distinct.
-    pub shards: Vec<usize>,
-    /// The statement must run on every shard (DDL, reference-table writes).
-    pub all_shards: bool,
-    pub writes: bool,
-    /// For INSERT spanning shards: which row goes where (row index -> shard).
-    pub row_shards: Option<Vec<usize>>,
-    /// COPY FROM STDIN into a sharded table: the rows are split by key.
-    pub copy_split: Option<CopySplit>,
-    /// A SELECT run on several shards: how their answers merge.
-    pub merge: Option<Merge>,
-    pub table: Option<String>,
-    pub strategy: Option<&'static str>,
-    /// The key values that decided, as text.
-    pub keys: Vec<String>,
-    /// Why, in words (for `shardwire route` and logs).
-    pub reason: String,
-    /// A routing hint chose the shard (`shard=` or `shard_key=`).
-    pub hinted: bool,
-    /// `/* shardwire: role=... */`: where this statement may read from.
-    pub role: Option<ReadFrom>,
-}
-
-impl Route {
-    /// A route to `shards` with nothing else to it (no merge, split or
-    /// hint).
-    pub fn simple(shards: Vec<usize>, writes: bool, reason: String) -> Route {
-        Route {
-            shards,
-            all_shards: false,
-            writes,
-            row_shards: None,
-            copy_split: None,
-            merge: None,
-            table: None,
-            strategy: None,
-            keys: vec![],
-            reason,
-            hinted: false,
-            role: None,
-        }
-    }
-
-    /// The shard was chosen for this statement (by its key or a hint), not
-    /// defaulted: what the metrics call a "single" route.
-    pub fn is_keyed(&self) -> bool {
-        self.hinted || !self.keys.is_empty()
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CopySplit {
-    pub table: String,
-    pub key_column: Option<usize>,
 }
 
 /// What the session knows that routing needs besides the SQL.
@@ -546,7 +495,55 @@ impl Router {
             self.route_with(analysis, params, shard_hint, key_hint)?
         };
         route.role = role;
+        self.finish(route, sql, analysis)
+    }
+
+    /// The last word on a route: a broadcast runs in a transaction unless a
+    /// statement of the string cannot, and a statement over several shards
+    /// with no plan to run it there is refused now, before anything runs.
+    fn finish(&self, mut route: Route, sql: &str, analysis: &Analysis) -> Result<Route, PgError> {
+        let several = route.shards.len() > 1;
+        match &mut route.plan {
+            Plan::Broadcast { atomic } => {
+                if several && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
+                    return Err(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "COPY into a reference table is not supported yet",
+                    )
+                    .with_hint("insert the rows with INSERT, which writes every shard"));
+                }
+                *atomic = !control::needs_no_transaction(sql, analysis);
+            }
+            Plan::Single if several => return Err(self.several_shards_error(&route)),
+            _ => {}
+        }
         Ok(route)
+    }
+
+    /// The 0A000 for a statement that needs several shards in a form no plan
+    /// runs there.
+    pub fn several_shards_error(&self, r: &Route) -> PgError {
+        let names: Vec<&str> = r
+            .shards
+            .iter()
+            .map(|&i| self.shard_names.get(i).map(String::as_str).unwrap_or("?"))
+            .collect();
+        let hint = match r.plan {
+            Plan::SplitInsert(_) => "insert the rows of each shard with a separate statement",
+            Plan::SplitCopy(_) => {
+                "copy the rows of each shard separately, pinned with /* shardwire: shard=NAME */"
+            }
+            _ => "run it on each shard, pinned with /* shardwire: shard=NAME */ or SET shardwire.shard",
+        };
+        PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "statement needs shards {} ({}) and cannot run on several shards in this form",
+                names.join(", "),
+                r.reason
+            ),
+        )
+        .with_hint(hint)
     }
 
     fn route_with(
@@ -572,16 +569,24 @@ impl Router {
                 continue;
             }
             let r = self.route_statement(stmt, params, key_hint.as_deref())?;
-            if r.merge.is_some() && analysis.statements.len() > 1 {
+            // A merge, split or sum reads or rewrites the answer of its one
+            // statement: another in the string (even a SET) would be lost
+            // or run on every shard unnoticed.
+            if !combines(&r.plan) && analysis.statements.len() > 1 {
+                let what = if r.merge().is_some() {
+                    "a cross-shard SELECT".to_string()
+                } else {
+                    format!("a statement over several shards ({})", r.reason)
+                };
                 return Err(PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
-                    "a cross-shard SELECT must be the only statement of its query string",
+                    format!("{what} must be the only statement of its query string"),
                 )
                 .with_hint("send it as a separate query"));
             }
             combined = Some(match combined {
                 None => r,
-                Some(prev) if prev.shards == r.shards && prev.all_shards == r.all_shards => prev,
+                Some(prev) if prev.shards == r.shards && prev.plan == r.plan => prev,
                 Some(_) => {
                     return Err(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -616,7 +621,9 @@ impl Router {
             Target::AnyShard => route.reason = "reference tables only: any shard".into(),
             Target::AllShards => {
                 route.shards = self.all();
-                route.all_shards = true;
+                // Whether it may run in a transaction is decided with the
+                // whole query string (Router::finish).
+                route.plan = Plan::Broadcast { atomic: true };
                 route.reason = match stmt.kind {
                     Kind::Ddl => "DDL: every shard".into(),
                     Kind::Maintenance => "maintenance: every shard".into(),
@@ -751,8 +758,8 @@ impl Router {
                         None => String::new(),
                     }
                 );
-                if route.shards.len() > 1 && stmt.merge.is_some() {
-                    route.merge = stmt.merge.clone();
+                if let Some(merge) = stmt.merge.as_ref().filter(|_| route.shards.len() > 1) {
+                    route.plan = Plan::Scatter(merge.clone());
                     route.reason = format!(
                         "{} of \"{}\" on {} shards: {}",
                         if route.keys.is_empty() {
@@ -775,6 +782,11 @@ impl Router {
                     && matches!(stmt.kind, Kind::Update | Kind::Delete)
                     && conds.len() == 1
                 {
+                    route.plan = Plan::SumWrites(if stmt.kind == Kind::Update {
+                        "UPDATE"
+                    } else {
+                        "DELETE"
+                    });
                     route.reason = format!(
                         "{} of \"{}\" on {} shards: each changes its own rows",
                         if route.keys.is_empty() {
@@ -812,7 +824,7 @@ impl Router {
                 route.shards = self.all();
                 route.table = Some(table.name.clone());
                 route.strategy = Some(table.strategy());
-                route.copy_split = Some(CopySplit {
+                route.plan = Plan::SplitCopy(CopySplit {
                     table: table.name.clone(),
                     key_column: *key_column,
                 });
@@ -866,7 +878,7 @@ impl Router {
         route.strategy = Some(table.strategy());
         route.reason = format!("{} key of \"{}\" in INSERT", table.strategy(), table.name);
         if route.shards.len() > 1 {
-            route.row_shards = Some(row_shards);
+            route.plan = Plan::SplitInsert(row_shards);
         }
         Ok(())
     }
@@ -1131,7 +1143,7 @@ mod tests {
         let (a, b) = (a.unwrap(), b.unwrap());
         let r = route(&format!("select * from accounts where aid in ({a}, {b})")).unwrap();
         assert_eq!(r.shards, vec![0, 1]);
-        assert_eq!(r.merge, Some(Merge::Concat));
+        assert_eq!(r.merge().cloned(), Some(Merge::Concat));
         let e = route(&format!(
             "select * from accounts where aid in ({a}, {b}) order by aid + 1"
         ))
@@ -1152,14 +1164,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.shards, vec![0, 1]);
-        assert_eq!(r.merge, Some(Merge::Concat));
+        assert_eq!(r.merge().cloned(), Some(Merge::Concat));
         // A write whose keys span shards runs on each (the session sums).
         let r = route(&format!(
             "update accounts set abalance = 0 where aid in ({a}, {b})"
         ))
         .unwrap();
         assert_eq!(r.shards, vec![0, 1]);
-        assert_eq!(r.merge, None);
+        assert_eq!(r.merge().cloned(), None);
     }
 
     #[test]
@@ -1167,7 +1179,7 @@ mod tests {
         let r = route("select count(*), count(abalance) n, sum(abalance), min(aid), max(aid) from accounts a join countries c on c.code = a.country where abalance > 0").unwrap();
         assert_eq!(r.shards, vec![0, 1]);
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::Aggregate {
                 aggs: vec![Agg::Count, Agg::Count, Agg::Sum, Agg::Min, Agg::Max],
                 shard_sql: None,
@@ -1175,15 +1187,15 @@ mod tests {
         );
         let json = serde_json::to_string(&r).unwrap();
         assert!(
-            json.contains("\"merge\":{\"aggregate\":{\"aggs\":[\"count\""),
+            json.contains("\"plan\":{\"scatter\":{\"aggregate\":{\"aggs\":[\"count\""),
             "{json}"
         );
         let r = route("select aid, abalance from accounts where filler like 'x%'").unwrap();
-        assert_eq!(r.merge, Some(Merge::Concat));
+        assert_eq!(r.merge().cloned(), Some(Merge::Concat));
         // avg runs on the shards as sum and count, named as the client's column.
         let r = route("select count(*), avg(abalance) as \"Mean\", pg_catalog.avg(aid) from accounts where abalance > 0").unwrap();
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::Aggregate {
                 aggs: vec![Agg::Count, Agg::Avg, Agg::Avg],
                 shard_sql: Some("SELECT count(*), sum(abalance) AS \"Mean\", count(abalance), sum(aid) AS \"avg\", count(aid) FROM accounts WHERE abalance > 0".into()),
@@ -1192,7 +1204,7 @@ mod tests {
         // GROUP BY select-list columns: partials per group, positions named.
         let r = route("select avg(abalance), aid, count(*) from accounts group by 2 order by 3 desc, aid limit 5").unwrap();
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::Grouped {
                 items: vec![Some(Agg::Avg), None, Some(Agg::Count)],
                 keys: vec![
@@ -1211,7 +1223,7 @@ mod tests {
         // the select list might be a user-defined aggregate: refused.
         let r =
             route("select lower(filler), aid from accounts where upper(filler) like 'X%'").unwrap();
-        assert_eq!(r.merge, Some(Merge::Concat));
+        assert_eq!(r.merge().cloned(), Some(Merge::Concat));
         let e = route("select my_sum(abalance) from accounts").unwrap_err();
         assert_eq!(e.code, "0A000");
         let e = route("select aid, my_fn(abalance) from accounts").unwrap_err();
@@ -1265,7 +1277,7 @@ mod tests {
         let r =
             route("select distinct abalance, aid from accounts order by 1 desc limit 3").unwrap();
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::Grouped {
                 items: vec![None, None],
                 keys: vec![SortKey {
@@ -1287,7 +1299,7 @@ mod tests {
         // is refused, saying why.
         let r = route("select count(distinct a.aid), count(*) from accounts a").unwrap();
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::Aggregate {
                 aggs: vec![Agg::Count, Agg::Count],
                 shard_sql: None
@@ -1306,7 +1318,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::CountDistinct {
                 items: vec![None, Some("n".into())],
                 keys: vec![SortKey {
@@ -1327,7 +1339,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            r.merge,
+            r.merge().cloned(),
             Some(Merge::Grouped {
                 items: vec![None, Some(Agg::Count), Some(Agg::Avg)],
                 keys: vec![],
@@ -1348,7 +1360,7 @@ mod tests {
     }
 
     fn sorted(sql: &str) -> (Vec<SortKey>, Option<u64>, u64, Option<String>) {
-        match route(sql).unwrap().merge {
+        match route(sql).unwrap().merge().cloned() {
             Some(Merge::Sorted {
                 keys,
                 limit,
@@ -1438,7 +1450,7 @@ mod tests {
             "select aid from accounts where aid = 1 order by abalance collate \"de_DE\" limit $1",
         )
         .unwrap();
-        assert!(r.merge.is_none());
+        assert!(r.merge().cloned().is_none());
 
         for (sql, why) in [
             ("select aid from accounts order by abalance", "select list"),
@@ -1496,7 +1508,7 @@ mod tests {
     fn inserts_split_by_row() {
         let r = route("insert into accounts (aid, abalance) values (1, 0)").unwrap();
         assert_eq!(r.shards, vec![shard_of(1)]);
-        assert!(r.row_shards.is_none());
+        assert_eq!(r.plan, Plan::Single);
         let sql = format!(
             "insert into accounts (aid) values {}",
             (1..20)
@@ -1506,7 +1518,9 @@ mod tests {
         );
         let r = route(&sql).unwrap();
         assert_eq!(r.shards, vec![0, 1]);
-        let rows = r.row_shards.unwrap();
+        let Plan::SplitInsert(rows) = r.plan else {
+            panic!("not split: {:?}", r.plan)
+        };
         assert_eq!(rows.len(), 19);
         for (i, s) in rows.iter().enumerate() {
             assert_eq!(*s, shard_of(i as i64 + 1));
@@ -1639,9 +1653,9 @@ mod tests {
     #[test]
     fn reference_tables() {
         let r = route("select * from countries").unwrap();
-        assert!(!r.all_shards);
+        assert!(!r.is_broadcast());
         let r = route("insert into countries (code) values ('de')").unwrap();
-        assert!(r.all_shards);
+        assert!(r.is_broadcast());
         assert_eq!(r.shards, vec![0, 1]);
         // join of a sharded table with a reference table stays on the key's shard
         let r = route(
@@ -1683,7 +1697,7 @@ mod tests {
             "analyze",
         ] {
             let r = route(sql).unwrap();
-            assert!(r.all_shards, "{sql}");
+            assert!(r.is_broadcast(), "{sql}");
         }
     }
 
@@ -1718,7 +1732,7 @@ mod tests {
             assert!(
                 r.route(sql, &[], &SessionHints::default())
                     .unwrap()
-                    .all_shards,
+                    .is_broadcast(),
                 "{sql}"
             );
         }
@@ -1736,7 +1750,9 @@ mod tests {
     #[test]
     fn copy_in_splits() {
         let r = route("copy accounts (aid, abalance) from stdin").unwrap();
-        let split = r.copy_split.unwrap();
+        let Plan::SplitCopy(split) = r.plan else {
+            panic!("not a COPY split: {:?}", r.plan)
+        };
         assert_eq!(split.key_column, Some(0));
         assert!(route("copy accounts (abalance) from stdin").is_err());
         assert!(route("copy accounts to stdout").is_err());

@@ -73,7 +73,7 @@ use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::proxy::Proxy;
 use crate::router::control::{self, server_state_reset, HintVar, ProxyCommand, TxControl};
-use crate::router::{Route, Router, SessionHints};
+use crate::router::{Plan, Route, Router, SessionHints};
 use crate::stats::clients::{Admission, ClientState, Registration};
 use crate::stats::metrics::{RouteKind, RouteStats};
 use statements::{rebuild, rename_bind, split_name, ParamTypes, Statements};

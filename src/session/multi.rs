@@ -64,45 +64,29 @@ where
         {
             return Ok(false);
         }
-        if let Some(merge) = &route.merge {
-            if self.pending.is_empty() && super::streamed::streams(merge) {
-                self.stream_scatter(merge, sql, &route.shards).await?;
-                return Ok(true);
+        match &route.plan {
+            Plan::Scatter(merge) => {
+                if self.pending.is_empty() && super::streamed::streams(merge) {
+                    self.stream_scatter(merge, sql, &route.shards).await?;
+                    return Ok(true);
+                }
+                let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
+                let out = match self.run_on_shards(&work, false).await {
+                    Ok(results) => shaped(Shape::Merged(merge, None), &results),
+                    Err(frame) => frame,
+                };
+                self.answer(out);
             }
-            let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
-            let out = match self.run_on_shards(&work, false).await {
-                Ok(results) => shaped(Shape::Merged(merge, None), &results),
-                Err(frame) => frame,
-            };
-            self.answer(out);
-            return Ok(true);
-        }
-        if let Some(tag) = multi_write_tag(route, analysis) {
-            let work = query_work(&route.shards, sql);
-            let out = match self.run_on_shards(&work, true).await {
-                Ok(results) => shaped(Shape::SummedWrite(tag), &results),
-                Err(frame) => frame,
-            };
-            self.answer(out);
-            return Ok(true);
-        }
-        if route.all_shards && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
-            self.refuse(
-                PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "COPY into a reference table is not supported yet",
-                )
-                .with_hint("insert the rows with INSERT, which writes every shard"),
-                true,
-            );
-            return Ok(true);
-        }
-        if route.all_shards {
-            self.broadcast(sql, route, analysis).await;
-            return Ok(true);
-        }
-        if let Some(rows) = &route.row_shards {
-            match split_insert(sql, rows, &route.shards) {
+            Plan::SumWrites(tag) => {
+                let work = query_work(&route.shards, sql);
+                let out = match self.run_on_shards(&work, true).await {
+                    Ok(results) => shaped(Shape::SummedWrite(tag), &results),
+                    Err(frame) => frame,
+                };
+                self.answer(out);
+            }
+            Plan::Broadcast { atomic } => self.broadcast(sql, route, *atomic, analysis).await,
+            Plan::SplitInsert(rows) => match split_insert(sql, rows, &route.shards) {
                 Ok(work) => self.insert_split(work).await,
                 Err(m) => self.refuse(
                     PgError::error(
@@ -112,20 +96,17 @@ where
                     .with_hint("insert the rows of each shard with a separate statement"),
                     true,
                 ),
-            }
-            return Ok(true);
+            },
+            Plan::SplitCopy(split) => self.copy_split(sql, route, split).await?,
+            // The router gives several shards only with a plan for them.
+            Plan::Single => return Ok(false),
         }
-        if let Some(split) = &route.copy_split {
-            self.copy_split(sql, route, split).await?;
-            return Ok(true);
-        }
-        Ok(false)
+        Ok(true)
     }
 
     /// The same statement on every shard; the client sees the first shard's
     /// answer.
-    async fn broadcast(&mut self, sql: &str, route: &Route, analysis: &Analysis) {
-        let atomic = !control::needs_no_transaction(sql, analysis);
+    async fn broadcast(&mut self, sql: &str, route: &Route, atomic: bool, analysis: &Analysis) {
         let work = query_work(&route.shards, sql);
         // A migration may change tables: INSERTs without a column list
         // read their column order again (router::columns).
@@ -990,17 +971,4 @@ pub(super) fn shaped(how: Shape, results: &[Collected]) -> BytesMut {
         e.encode(&mut out);
         out
     })
-}
-
-/// The command tag of an UPDATE or DELETE (one statement) whose rows may be
-/// on several shards: it runs on each of them, answers summed.
-pub(super) fn multi_write_tag(route: &Route, analysis: &Analysis) -> Option<&'static str> {
-    if route.shards.len() < 2 || route.all_shards {
-        return None;
-    }
-    match analysis.statements.as_slice() {
-        [one] if one.kind == Kind::Update => Some("UPDATE"),
-        [one] if one.kind == Kind::Delete => Some("DELETE"),
-        _ => None,
-    }
 }

@@ -16,7 +16,6 @@
 //! and ROLLBACK as statements end an explicit one.
 
 use super::bind::Bind;
-use super::multi::multi_write_tag;
 use super::portal::{describe_request, descriptions, extended_answer, parse_frame, portal_request};
 use super::*;
 use crate::backend::conn::Collected;
@@ -343,16 +342,14 @@ where
         if self.multi.as_ref().is_some_and(|m| m.failed) {
             return self.multi_extended_fail(in_failed_transaction());
         }
-        if p.route.all_shards {
+        if p.route.is_broadcast() {
             // Maybe DDL: the column cache is cleared now and at COMMIT.
             if let Some(m) = self.multi.as_mut() {
                 m.ran_ddl = true;
             }
             self.router.columns.clear();
         }
-        let analysis = self.router.analysis(&p.sql);
-        let merge = p.route.merge.clone().filter(|_| p.route.shards.len() > 1);
-        let write_tag = multi_write_tag(&p.route, &analysis);
+        let merge = p.route.merge().cloned();
         let merged_in_text = matches!(
             merge,
             Some(Merge::Aggregate { .. } | Merge::Grouped { .. } | Merge::CountDistinct { .. })
@@ -373,19 +370,24 @@ where
         } else {
             p.route.shards.clone()
         };
-        if shards.len() > 1 && merge.is_none() && write_tag.is_none() && !p.route.all_shards {
+        if matches!(p.route.plan, Plan::SplitInsert(_) | Plan::SplitCopy(_)) {
             return self.multi_extended_fail(PgError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("statement needs shards {shards:?} and cannot be merged"),
-            ));
+                format!(
+                    "statement needs shards {} ({}) and cannot be split over them in the extended query protocol",
+                    shards.iter().map(|&s| self.shard_name(s)).collect::<Vec<_>>().join(", "),
+                    p.route.reason
+                ),
+            )
+            .with_hint("insert the rows of each shard with a separate statement"));
         }
         let work: Vec<(usize, BytesMut)> = shards.iter().map(|&s| (s, request.clone())).collect();
         let Some(results) = self.multi_requests(&work).await else {
             return;
         };
-        let how = match (&merge, write_tag) {
-            (Some(m), _) => Shape::Merged(m, merged_in_text.then_some(&p.result_formats[..])),
-            (None, Some(tag)) if results.len() > 1 => Shape::SummedWrite(tag),
+        let how = match &p.route.plan {
+            Plan::Scatter(m) => Shape::Merged(m, merged_in_text.then_some(&p.result_formats[..])),
+            Plan::SumWrites(tag) => Shape::SummedWrite(tag),
             _ => Shape::First,
         };
         let answer = shape(how, &results);

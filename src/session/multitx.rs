@@ -13,8 +13,7 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    failed_error, lost_error, multi_write_tag, overflow_error, shard_error, End, CONTROL_TIMEOUT,
-    MAX_COLLECT,
+    failed_error, lost_error, overflow_error, shard_error, End, CONTROL_TIMEOUT, MAX_COLLECT,
 };
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
@@ -185,54 +184,29 @@ where
                 return Ok(());
             }
         };
-        if let Some(split) = &route.copy_split {
-            return self.multi_copy(sql, &route, split).await;
-        }
-        if let Some(rows) = &route.row_shards {
-            match crate::router::rewrite::split_insert(sql, rows, &route.shards) {
-                Ok(work) => self.multi_run(work, Some("INSERT 0"), None).await,
-                Err(m) => self.multi_fail(PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("cannot split this INSERT across shards: {m}"),
-                )),
+        let work = |sql: &str| -> Vec<(usize, String)> {
+            route.shards.iter().map(|&s| (s, sql.to_string())).collect()
+        };
+        match &route.plan {
+            Plan::SplitCopy(split) => return self.multi_copy(sql, &route, split).await,
+            Plan::SplitInsert(rows) => {
+                match crate::router::rewrite::split_insert(sql, rows, &route.shards) {
+                    Ok(work) => self.multi_run(work, Some("INSERT 0"), None).await,
+                    Err(m) => self.multi_fail(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("cannot split this INSERT across shards: {m}"),
+                    )),
+                }
             }
-            return Ok(());
+            // A merged SELECT may run a rewritten statement on the shards
+            // (LIMIT offset+limit, no OFFSET).
+            Plan::Scatter(merge) => {
+                let work = work(merge.shard_sql().unwrap_or(sql));
+                self.multi_run(work, None, Some(merge)).await
+            }
+            Plan::SumWrites(tag) => self.multi_run(work(sql), Some(tag), None).await,
+            Plan::Broadcast { .. } | Plan::Single => self.multi_run(work(sql), None, None).await,
         }
-        if route.all_shards && analysis.statements.iter().any(|s| s.kind == Kind::Copy) {
-            self.multi_fail(PgError::error(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "COPY into a reference table is not supported yet",
-            ));
-            return Ok(());
-        }
-        // A merged SELECT may run a rewritten statement on the shards
-        // (LIMIT offset+limit, no OFFSET).
-        let shard_sql = route
-            .merge
-            .as_ref()
-            .and_then(|m| m.shard_sql())
-            .unwrap_or(sql);
-        let work: Vec<(usize, String)> = route
-            .shards
-            .iter()
-            .map(|&s| (s, shard_sql.to_string()))
-            .collect();
-        if let Some(merge) = &route.merge {
-            self.multi_run(work, None, Some(merge)).await;
-            return Ok(());
-        }
-        if let Some(tag) = multi_write_tag(&route, &analysis) {
-            self.multi_run(work, Some(tag), None).await;
-            return Ok(());
-        }
-        if work.len() > 1 && !route.all_shards {
-            let e = self.single_shard(&route).err().unwrap_or_else(|| {
-                PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, "multi-shard statement")
-            });
-            self.multi_fail(e);
-            return Ok(());
-        }
-        self.multi_run(work, None, None).await;
         Ok(())
     }
 

@@ -15,7 +15,6 @@
 //! waits in the proxy for the next Execute (until Sync).
 
 use super::bind::Bind;
-use super::multi::multi_write_tag;
 use super::*;
 use crate::backend::conn::Collected;
 use crate::execute::scatter::{shape, Shape};
@@ -28,8 +27,9 @@ pub(super) struct ScatterPortal {
     /// The client's SQL (describing) and the shards' (running).
     sql: Arc<str>,
     shard_sql: Arc<str>,
+    /// Its plan is a scatter, a summed write or an atomic broadcast
+    /// (`runs_as_portal`).
     route: Route,
-    what: Scatter,
     /// The client's Parse after the SQL: parameter type count and OIDs.
     param_types: Bytes,
     /// The client's Bind after the statement name, without the result
@@ -40,16 +40,6 @@ pub(super) struct ScatterPortal {
     /// The rows not fetched yet by an Execute with a row limit, and the
     /// frames after them (CommandComplete, notices).
     suspended: Option<(std::collections::VecDeque<Bytes>, Bytes)>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Scatter {
-    /// A SELECT whose answers merge.
-    Read,
-    /// UPDATE/DELETE: rows counted over the shards.
-    Write(&'static str),
-    /// The same statement on every shard; the first shard's answer.
-    Everywhere,
 }
 
 impl<R, W> Session<R, W>
@@ -66,11 +56,11 @@ where
         sql: Arc<str>,
     ) -> Result<(), SessionEnd> {
         let analysis = self.router.analysis(&sql);
-        let Some(what) = scatter_kind(&route, &analysis, &sql) else {
-            let e = self.single_shard(&route).unwrap_err();
+        if !runs_as_portal(&route, &analysis) {
+            let e = self.router.several_shards_error(&route);
             self.refuse(e, false);
             return Ok(());
-        };
+        }
         if self.server.is_none()
             && self.deferred_begin.is_some()
             && self.multi.is_none()
@@ -151,7 +141,7 @@ where
                 }
             }
         }
-        let shard_sql: Arc<str> = match route.merge.as_ref().and_then(Merge::shard_sql) {
+        let shard_sql: Arc<str> = match route.merge().and_then(Merge::shard_sql) {
             Some(s) => s.into(),
             None => sql.clone(),
         };
@@ -160,7 +150,6 @@ where
             sql,
             shard_sql,
             route,
-            what,
             param_types,
             params: Bytes::copy_from_slice(bind.params_part),
             result_formats: bind.result_formats(),
@@ -273,10 +262,7 @@ where
         portal: &ScatterPortal,
     ) -> Option<BytesMut> {
         let timing = self.timing_for(frame, true);
-        let merge = match portal.what {
-            Scatter::Read => portal.route.merge.clone(),
-            _ => None,
-        };
+        let merge = portal.route.merge().cloned();
         // Aggregates and groups are merged in text and written back in the
         // client's formats; passed-through rows come in them already.
         let merged_in_text = matches!(
@@ -301,24 +287,24 @@ where
             .iter()
             .map(|&s| (s, request.clone()))
             .collect();
-        let atomic = portal.what != Scatter::Read;
+        let atomic = merge.is_none();
         // A statement on every shard may be DDL that changes a table's
         // columns (router::columns: cleared before and after it runs).
-        if portal.route.all_shards {
+        if portal.route.is_broadcast() {
             self.router.columns.clear();
         }
         let result = self.run_on_shards(&work, atomic).await;
-        if portal.route.all_shards {
+        if portal.route.is_broadcast() {
             self.router.columns.clear();
         }
         let answer = match result {
             Err(frame) => Err(frame),
             Ok(results) => {
-                let how = match (portal.what, &merge) {
-                    (Scatter::Read, Some(m)) => {
+                let how = match &portal.route.plan {
+                    Plan::Scatter(m) => {
                         Shape::Merged(m, merged_in_text.then_some(&portal.result_formats[..]))
                     }
-                    (Scatter::Write(tag), _) => Shape::SummedWrite(tag),
+                    Plan::SumWrites(tag) => Shape::SummedWrite(tag),
                     _ => Shape::First,
                 };
                 let merged = shape(how, &results);
@@ -331,7 +317,7 @@ where
         };
         let failed = answer.is_err();
         if let Some(t) = timing {
-            let kind = if portal.route.all_shards {
+            let kind = if portal.route.is_broadcast() {
                 RouteKind::Broadcast
             } else {
                 RouteKind::Scatter
@@ -448,23 +434,21 @@ where
     }
 }
 
-/// How a multi-shard statement runs in the extended protocol, if it can.
-fn scatter_kind(route: &Route, analysis: &Analysis, sql: &str) -> Option<Scatter> {
-    if route.merge.is_some() {
-        return Some(Scatter::Read);
+/// Whether a multi-shard statement runs as a portal in the extended
+/// protocol: merged reads, summed writes and broadcasts that run in a
+/// transaction, alone in their string.
+fn runs_as_portal(route: &Route, analysis: &Analysis) -> bool {
+    match route.plan {
+        Plan::Scatter(_) | Plan::SumWrites(_) => true,
+        Plan::Broadcast { atomic } => {
+            atomic
+                && analysis
+                    .statements
+                    .iter()
+                    .all(|s| !matches!(s.kind, Kind::Copy | Kind::Transaction))
+        }
+        Plan::Single | Plan::SplitInsert(_) | Plan::SplitCopy(_) => false,
     }
-    if let Some(tag) = multi_write_tag(route, analysis) {
-        return Some(Scatter::Write(tag));
-    }
-    let everywhere = route.all_shards
-        && route.row_shards.is_none()
-        && route.copy_split.is_none()
-        && !control::needs_no_transaction(sql, analysis)
-        && analysis
-            .statements
-            .iter()
-            .all(|s| !matches!(s.kind, Kind::Copy | Kind::Transaction));
-    everywhere.then_some(Scatter::Everywhere)
 }
 
 pub(super) fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {

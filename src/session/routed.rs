@@ -17,28 +17,13 @@ where
             .unwrap_or("?")
     }
 
-    /// The one shard a route goes to, or the 0A000 for a multi-shard one.
+    /// The one shard a route goes to, or the 0A000 for a multi-shard one
+    /// that cannot run as such here.
     pub(super) fn single_shard(&self, r: &Route) -> Result<usize, PgError> {
-        if let [one] = r.shards[..] {
-            return Ok(one);
+        match r.shards[..] {
+            [one] => Ok(one),
+            _ => Err(self.router.several_shards_error(r)),
         }
-        let names: Vec<&str> = r.shards.iter().map(|&i| self.shard_name(i)).collect();
-        let hint = if r.row_shards.is_some() {
-            "insert the rows of each shard with a separate statement"
-        } else if r.copy_split.is_some() {
-            "copy the rows of each shard separately, pinned with /* shardwire: shard=NAME */"
-        } else {
-            "run it on each shard, pinned with /* shardwire: shard=NAME */ or SET shardwire.shard"
-        };
-        Err(PgError::error(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!(
-                "statement needs shards {} ({}) and cannot run on several shards in this form",
-                names.join(", "),
-                r.reason
-            ),
-        )
-        .with_hint(hint))
     }
 
     /// Send the held messages of this batch to the server now held.
@@ -131,7 +116,7 @@ where
         self.settle_for(&route.shards).await?;
         if route.shards.len() > 1 {
             let timing = self.timing_for(&frame, true);
-            let kind = if route.all_shards {
+            let kind = if route.is_broadcast() {
                 RouteKind::Broadcast
             } else {
                 RouteKind::Scatter
