@@ -438,6 +438,29 @@ impl ServerConn {
 
     /// The settings the proxy made that the server does not report are
     /// gone (RESET ALL, DISCARD ALL): forget them.
+    /// What a read-back of this session's settings found after a client
+    /// changed them (session::settings): `now` is every setting the session
+    /// holds beyond the pool's defaults, `client` the client's whole set,
+    /// which the connection now agrees with. Each of `now` is reset for a
+    /// next client that does not want it; what is not in `now` any more
+    /// (RESET) is forgotten.
+    pub fn note_session_settings(
+        &mut self,
+        now: &std::collections::BTreeMap<String, String>,
+        client: &ParamSet,
+    ) {
+        for k in std::mem::take(&mut self.custom_params) {
+            if !now.contains_key(&k) {
+                self.params.remove(&k);
+            }
+        }
+        for (k, v) in now {
+            self.params.insert(k.clone(), v.clone());
+            self.custom_params.push(k.clone());
+        }
+        self.aligned_to = Some(client.clone());
+    }
+
     pub fn forget_custom_params(&mut self) {
         self.aligned_to = None;
         for k in std::mem::take(&mut self.custom_params) {
@@ -648,17 +671,9 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
     if params_aligned(conn, wanted) {
         return Ok(());
     }
+    // Settings another client asked for that this one did not: back to
+    // defaults, first (RESET role would undo a role set below).
     let mut sql = String::new();
-    for (k, v) in wanted.iter() {
-        if conn.params.get(k) != Some(v) {
-            sql.push_str(&format!(
-                "SET {} = {};",
-                protocol::quote_ident(k),
-                protocol::quote_literal(v)
-            ));
-        }
-    }
-    // Settings another client asked for that this one did not: back to defaults.
     let (keep, reset): (Vec<String>, Vec<String>) = std::mem::take(&mut conn.custom_params)
         .into_iter()
         .partition(|k| wanted.contains_key(k));
@@ -666,6 +681,23 @@ pub async fn sync_params(conn: &mut ServerConn, wanted: &mut ParamSet) -> Result
     for k in reset {
         sql.push_str(&format!("RESET {};", protocol::quote_ident(&k)));
         conn.params.remove(&k);
+    }
+    // set_config takes a value as SHOW prints it: a list (search_path
+    // "a, b") stays a list, where SET with one quoted literal would make it
+    // one quoted name.
+    let mut sets = Vec::new();
+    for (k, v) in wanted.iter() {
+        if conn.params.get(k) != Some(v) {
+            sets.push(format!(
+                "pg_catalog.set_config({}, {}, false)",
+                protocol::quote_literal(k),
+                protocol::quote_literal(v)
+            ));
+        }
+    }
+    if !sets.is_empty() {
+        sql.push_str("SELECT ");
+        sql.push_str(&sets.join(", "));
     }
     if sql.is_empty() {
         conn.aligned_to = Some(wanted.clone());

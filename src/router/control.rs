@@ -34,6 +34,119 @@ pub fn needs_no_transaction(sql: &str, analysis: &Analysis) -> bool {
         .any(|w| w == "concurrently")
 }
 
+/// What a statement may do to the settings of the server session it runs
+/// on, as far as a proxy that must carry them to other servers can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsEffect {
+    /// Leaves them as they were (SHOW, SET LOCAL, SET TRANSACTION, and
+    /// every statement that does not start with SET, RESET, DISCARD, DO or
+    /// CALL and calls no `set_config`).
+    None,
+    /// May change them: the session reads them back afterwards.
+    Changes,
+    /// Changes what the proxy cannot carry to another server (the session
+    /// user): refused where servers are shared.
+    Unfollowable(&'static str),
+}
+
+/// Whether `sql` may change session settings. A word scan, not a parse:
+/// it errs toward `Changes` (which costs one read-back), never toward
+/// `None`. A statement starts at the beginning or after a `;`, past
+/// comments. Functions that SET inside their body (not via `set_config`)
+/// are the one thing it cannot see; the README says so.
+pub fn settings_effect(sql: &[u8]) -> SettingsEffect {
+    if contains_ignore_case(sql, b"set_config") {
+        return SettingsEffect::Changes;
+    }
+    let mut effect = SettingsEffect::None;
+    for piece in sql.split(|b| *b == b';') {
+        let mut words = StatementWords::new(piece);
+        let first = words.next();
+        let second = words.next();
+        let third = words.next();
+        let is =
+            |w: Option<&[u8]>, kw: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(kw.as_bytes()));
+        if is(first, "set") && is(second, "session") && is(third, "authorization") {
+            return SettingsEffect::Unfollowable(
+                "SET SESSION AUTHORIZATION changes the session user, which cannot follow a client to another server",
+            );
+        }
+        let changes = (is(first, "set") && !is(second, "local") && !is(second, "transaction"))
+            || is(first, "reset")
+            || is(first, "discard")
+            || is(first, "do")
+            || is(first, "call");
+        if changes {
+            effect = SettingsEffect::Changes;
+        }
+    }
+    effect
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The first words of one statement, past leading whitespace and comments.
+struct StatementWords<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> StatementWords<'a> {
+    fn new(piece: &'a [u8]) -> Self {
+        StatementWords { rest: piece }
+    }
+}
+
+impl<'a> Iterator for StatementWords<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            let s = self.rest;
+            let start = s.iter().position(|b| !b.is_ascii_whitespace() && *b != 0)?;
+            let s = &s[start..];
+            if s.starts_with(b"--") {
+                let end = s.iter().position(|b| *b == b'\n').unwrap_or(s.len());
+                self.rest = &s[end..];
+            } else if s.starts_with(b"/*") {
+                // Nested comments end where the outermost one does.
+                let mut depth = 0usize;
+                let mut i = 0;
+                while i + 1 < s.len() {
+                    if &s[i..i + 2] == b"/*" {
+                        depth += 1;
+                        i += 2;
+                    } else if &s[i..i + 2] == b"*/" {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                self.rest = if depth == 0 { &s[i..] } else { &[] };
+            } else {
+                let end = s
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .unwrap_or(s.len());
+                if end == 0 {
+                    // Punctuation (a parenthesis, a quote): no keyword here.
+                    self.rest = &[];
+                    return Some(&s[..1]);
+                }
+                self.rest = &s[end..];
+                return Some(&s[..end]);
+            }
+        }
+    }
+}
+
 /// A lone transaction-control statement the proxy may answer itself.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TxControl {
@@ -235,6 +348,45 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn statements_that_may_change_settings() {
+        use SettingsEffect::*;
+        let e = |s: &str| settings_effect(s.as_bytes());
+        for sql in [
+            "SET search_path = a, b",
+            "set session work_mem to '3MB'",
+            "reset all",
+            "RESET search_path",
+            "discard all",
+            "select 1; set statement_timeout = 5",
+            "/* app */ SET role x",
+            "-- hi\n set x.y = 1",
+            "select pg_catalog.SET_CONFIG('search_path', 'x', false)",
+            "do $$ begin perform 1; end $$",
+            "call p()",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SET TIME ZONE 'UTC'",
+        ] {
+            assert_eq!(e(sql), Changes, "{sql}");
+        }
+        for sql in [
+            "select 1",
+            "update t set x = 1",
+            "SET LOCAL search_path = a",
+            "set transaction isolation level serializable",
+            "show search_path",
+            "select 'set x = 1'",
+            "alter role r set search_path = a",
+            "create function f() returns int language sql set search_path = a as 'select 1'",
+        ] {
+            assert_eq!(e(sql), None, "{sql}");
+        }
+        assert!(matches!(
+            e("set session authorization bob"),
+            Unfollowable(_)
+        ));
+    }
 
     #[test]
     fn transaction_control() {

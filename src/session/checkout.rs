@@ -206,19 +206,15 @@ where
         self.drain_requests(false).await
     }
 
-    /// The held server owes nothing but the LSN probe of the last write.
-    pub(super) fn only_lsn_probe_pending(&self) -> bool {
+    /// The held server owes nothing but the proxy's probes (the LSN of the
+    /// last write, the settings after a SET).
+    pub(super) fn only_probes_pending(&self) -> bool {
         self.server.is_some()
             && !self.pending.is_empty()
-            && self.pending.iter().all(|p| {
-                matches!(
-                    p,
-                    Pending::Request {
-                        lsn_probe: true,
-                        ..
-                    }
-                )
-            })
+            && self
+                .pending
+                .iter()
+                .all(|p| matches!(p, Pending::Request { probe: Some(_), .. }))
     }
 
     /// Before routing a statement to `shards`: a held server of another
@@ -325,6 +321,9 @@ where
     }
 
     pub(super) fn maybe_release(&mut self) {
+        if self.probe_settings() {
+            return; // released once the settings are read back
+        }
         if self.pool_mode == PoolMode::Transaction && self.server.is_some() && self.is_idle() {
             if std::mem::take(&mut self.writes.in_tx) && !self.replica.held_on && self.after_write()
             {

@@ -19,10 +19,7 @@ where
             // server is released (it may be a write, or for another shard).
             let probing = matches!(
                 self.pending.front(),
-                Some(Pending::Request {
-                    lsn_probe: true,
-                    ..
-                })
+                Some(Pending::Request { probe: Some(_), .. })
             );
             if ((self.replica.held_on && !self.pending.is_empty()) || probing)
                 && self.server.is_some()
@@ -50,6 +47,9 @@ where
 
     pub(super) async fn on_client_frame(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {
         let tag = frame[0];
+        if self.settings_lost {
+            return Err(self.settings_lost_end());
+        }
         if self.skip_until_sync && tag != fe::SYNC {
             if tag == fe::TERMINATE {
                 return Err(SessionEnd::ClientTerminated);
@@ -102,8 +102,15 @@ where
                 FailedTx::Route => {}
             }
         }
+        if tag == fe::QUERY {
+            let effect = control::settings_effect(protocol::body(&frame));
+            if let Some(e) = self.settings_refusal(effect) {
+                self.refuse(e, true);
+                return Ok(());
+            }
+        }
         if route {
-            if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) && self.only_lsn_probe_pending() {
+            if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND) && self.only_probes_pending() {
                 // The statement may need several shards (no held server).
                 self.settle_held_server().await?;
             }
@@ -165,6 +172,8 @@ where
                 }
             }
             fe::FUNCTION_CALL => {
+                // It may call set_config.
+                self.settings_changed = true;
                 if self.ensure_server(true).await {
                     self.send(&frame, Expect::Ready, true, None);
                     self.flush_point();

@@ -27,6 +27,10 @@ where
 
     /// Send a simple Query to the held server.
     pub(super) fn send_query(&mut self, frame: BytesMut) {
+        if control::settings_effect(protocol::body(&frame)) != control::SettingsEffect::None {
+            // Refused before this point where it cannot follow the client.
+            self.settings_changed = true;
+        }
         let resets = server_state_reset(protocol::body(&frame));
         let s = self.server_mut();
         s.unnamed = None;
@@ -140,6 +144,17 @@ where
         if self.lanes_apply() {
             self.lane_trial = self.lane_candidate(stmt);
         }
+        let effect = if stmt.is_empty() {
+            self.unnamed_settings
+        } else {
+            self.statements
+                .get(stmt)
+                .map_or(control::SettingsEffect::None, |s| s.settings)
+        };
+        if let Err(e) = self.note_settings_effect(effect) {
+            self.refuse(e, false);
+            return Ok(());
+        }
         if !self.ensure_server(false).await {
             return Ok(());
         }
@@ -244,7 +259,7 @@ where
             forward,
             creates,
             timing,
-            lsn_probe: false,
+            probe: None,
             describes: None,
         });
         if self.server_out.len() >= HIGH_WATER {
@@ -266,7 +281,9 @@ where
     /// The client's unnamed statement is now this Parse (`rest`: its body
     /// after the name); returns the identity it has on servers.
     fn define_unnamed(&mut self, rest: &[u8], frame: Bytes) -> u64 {
-        self.unnamed_sql = Some(statements::parse_sql(rest).into());
+        let sql = statements::parse_sql(rest);
+        self.unnamed_settings = control::settings_effect(sql.as_bytes());
+        self.unnamed_sql = Some(sql.into());
         self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
         let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
         self.unnamed = Some((id, frame));

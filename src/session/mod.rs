@@ -48,6 +48,7 @@ mod reads;
 mod refusal;
 mod replies;
 mod routed;
+mod settings;
 pub mod statements;
 mod streamed;
 
@@ -123,6 +124,18 @@ enum FailedTx {
     Answered,
 }
 
+/// A query the proxy sends on the held server after a client's statement
+/// and answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// `pg_current_wal_insert_lsn()` after a write: read-your-writes'
+    /// position (reads.rs).
+    Lsn,
+    /// The session's settings after a statement that may have changed them
+    /// (settings.rs).
+    Settings,
+}
+
 /// What a server response ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -171,9 +184,8 @@ enum Pending {
         /// A client statement (Query or Execute): when it was sent, and its
         /// SQL when the slow-statement log is on.
         timing: Option<Timing>,
-        /// The proxy's `pg_current_wal_insert_lsn()` after a write: its
-        /// DataRow is read-your-writes' position (see reads.rs).
-        lsn_probe: bool,
+        /// A query of the proxy's own whose rows it reads (see `Probe`).
+        probe: Option<Probe>,
         /// A Describe of a client statement: its ParameterDescription tells
         /// the statement's parameter types (for routing its Binds).
         describes: Option<Arc<ParamTypes>>,
@@ -374,6 +386,15 @@ pub struct Session<R, W> {
     portal: Option<portal::ScatterPortal>,
     /// The bound portal of a transaction over several shards (multiext.rs).
     multi_portal: Option<multiext::MultiPortal>,
+    /// A statement that may have changed settings ran on the held server
+    /// since they were last read back (settings.rs).
+    settings_changed: bool,
+    /// The settings probe's rows so far.
+    settings_rows: Option<Vec<(String, String)>>,
+    /// The settings probe failed: the session ends (settings.rs).
+    settings_lost: bool,
+    /// What the unnamed statement may do to settings.
+    unnamed_settings: control::SettingsEffect,
 }
 
 impl<R, W> Session<R, W>
@@ -451,6 +472,10 @@ where
             multi: None,
             portal: None,
             multi_portal: None,
+            settings_changed: false,
+            settings_rows: None,
+            settings_lost: false,
+            unnamed_settings: control::SettingsEffect::None,
         };
         s.paused_now = *s.paused.borrow_and_update();
         if let Some(conn) = server {
@@ -475,8 +500,10 @@ where
             self.cancel.clear();
             // Only a server with nothing in flight goes back to the pool; in
             // session pooling, only after the session's state is discarded.
+            // A SET not read back yet would go to the next client unseen.
             if self.is_idle()
                 && !self.discard_server
+                && !self.settings_changed
                 && (self.pool_mode == PoolMode::Transaction
                     || checkout::discard_session(&mut conn).await)
             {

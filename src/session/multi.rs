@@ -64,6 +64,10 @@ where
         {
             return Ok(false);
         }
+        if let Some(e) = self.multi_shard_settings_error(sql.as_bytes()) {
+            self.refuse(e, true);
+            return Ok(true);
+        }
         match &route.plan {
             Plan::Scatter(merge) => {
                 if self.pending.is_empty() && super::streamed::streams(merge) {

@@ -44,7 +44,9 @@ where
     /// shard. False when it cannot be (the caller refuses as before) or the
     /// batch failed meanwhile (then it is being skipped up to Sync).
     pub(super) async fn enter_multi_extended(&mut self) -> Result<bool, SessionEnd> {
+        // A SET in this transaction ran on its one server only.
         if self.server.is_none()
+            || self.settings_changed
             || self.multi.is_some()
             || self.pool_mode != PoolMode::Transaction
             || self.copy_in
@@ -149,8 +151,11 @@ where
                     self.multi_extended_fail(in_failed_transaction());
                     return Ok(());
                 }
+                let settings = self.multi_shard_settings_error(sql.as_bytes());
                 let route = if ends.is_some() {
                     Ok(Route::simple(vec![], false, "transaction control".into()))
+                } else if let Some(e) = settings {
+                    Err(e)
                 } else if analysis
                     .statements
                     .iter()

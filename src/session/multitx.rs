@@ -161,6 +161,10 @@ where
             ));
             return Ok(());
         }
+        if let Some(e) = self.multi_shard_settings_error(sql.as_bytes()) {
+            self.multi_fail(e);
+            return Ok(());
+        }
         if analysis.statements.iter().any(|s| s.kind == Kind::Ddl) {
             if let Some(m) = self.multi.as_mut() {
                 m.ran_ddl = true;

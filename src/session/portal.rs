@@ -61,6 +61,10 @@ where
             self.refuse(e, false);
             return Ok(());
         }
+        if let Some(e) = self.multi_shard_settings_error(sql.as_bytes()) {
+            self.refuse(e, false);
+            return Ok(());
+        }
         if self.server.is_none()
             && self.deferred_begin.is_some()
             && self.multi.is_none()

@@ -319,7 +319,7 @@ where
                     forward: false,
                     creates: None,
                     timing: None,
-                    lsn_probe: true,
+                    probe: Some(super::Probe::Lsn),
                     describes: None,
                 });
                 self.flush_point();

@@ -96,7 +96,7 @@ where
             forward,
             creates: None,
             timing: None,
-            lsn_probe: false,
+            probe: None,
             describes: None,
         });
         // A simple Query drops the server's unnamed statement.

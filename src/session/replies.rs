@@ -84,18 +84,21 @@ where
             be::ERROR_RESPONSE => {
                 if matches!(self.pending.front(), Some(Pending::Abort)) {
                     self.pending.pop_front();
-                } else if matches!(
-                    self.pending.front(),
-                    Some(Pending::Request {
-                        lsn_probe: true,
-                        ..
-                    })
-                ) {
+                } else if let Some(Pending::Request {
+                    probe: Some(probe), ..
+                }) = self.pending.front()
+                {
                     // The proxy's own query; its ReadyForQuery still comes.
-                    // The position is unknown now, so reads of this shard
-                    // stay on the primary rather than risk a stale answer.
-                    if let Some(l) = self.writes.lsn.get_mut(self.server_shard) {
-                        *l = u64::MAX;
+                    match probe {
+                        // The position is unknown now, so reads of this
+                        // shard stay on the primary rather than risk a stale
+                        // answer.
+                        Probe::Lsn => {
+                            if let Some(l) = self.writes.lsn.get_mut(self.server_shard) {
+                                *l = u64::MAX;
+                            }
+                        }
+                        Probe::Settings => self.settings_unreadable(frame),
                     }
                 } else {
                     self.forward_error(frame);
@@ -126,17 +129,17 @@ where
                 types.describe(frame);
             }
         }
-        if tag == be::DATA_ROW
-            && matches!(
-                self.pending.front(),
-                Some(Pending::Request {
-                    lsn_probe: true,
-                    ..
-                })
-            )
-        {
-            self.on_lsn_probe_row(frame);
-            return;
+        if tag == be::DATA_ROW {
+            if let Some(Pending::Request {
+                probe: Some(probe), ..
+            }) = self.pending.front()
+            {
+                match probe {
+                    Probe::Lsn => self.on_lsn_probe_row(frame),
+                    Probe::Settings => self.on_settings_row(frame),
+                }
+                return;
+            }
         }
         let head = match self.pending.front() {
             Some(Pending::Request {
@@ -146,11 +149,15 @@ where
         };
         match head {
             Some((expect, forward)) if expect.ended_by(tag) => {
-                if let Some(Pending::Request {
-                    timing: Some(t), ..
-                }) = self.pending.pop_front()
-                {
-                    self.statement_done(t);
+                match self.pending.pop_front() {
+                    Some(Pending::Request {
+                        timing: Some(t), ..
+                    }) => self.statement_done(t),
+                    Some(Pending::Request {
+                        probe: Some(Probe::Settings),
+                        ..
+                    }) => self.settings_read(),
+                    _ => {}
                 }
                 if tag == be::READY_FOR_QUERY {
                     self.tx_status = TxStatus::of_ready(frame);

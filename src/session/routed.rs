@@ -130,6 +130,19 @@ where
             }
         }
         if self.wants_multi_tx(&route) {
+            if self.settings_changed {
+                // The SET ran on this transaction's one server; the other
+                // shards' servers would run without it.
+                self.refuse(
+                    PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "this transaction changed session settings, so it cannot go on over several shards",
+                    )
+                    .with_hint("SET before BEGIN (it then follows the session to every shard), or use SET LOCAL"),
+                    true,
+                );
+                return Ok(());
+            }
             self.enter_multi_tx();
             return self.timed_multi_query(&frame, &sql).await;
         }

@@ -10,6 +10,7 @@ use foldhash::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::protocol::{self, fe, BodyReader, Malformed};
+use crate::router::control::{self, SettingsEffect};
 
 /// A prepared statement as the proxy re-creates it on backends.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct Statement {
     pub types: Arc<ParamTypes>,
     /// Whether its batches may run on a lane (see session::lanes).
     pub lane: AtomicU8,
+    /// What running it may do to the session's settings (session::settings).
+    pub settings: SettingsEffect,
 }
 
 /// The client's statements by the client's own names (looked up at every
@@ -53,10 +56,12 @@ impl Statements {
         frame.put_u8(0);
         frame.put_slice(parse_body_after_name);
         protocol::finish_frame(&mut frame, at);
+        let sql: Arc<str> = parse_sql(parse_body_after_name).into();
         let stmt = Arc::new(Statement {
             server_name: name.into(),
             parse_frame: frame.freeze(),
-            sql: parse_sql(parse_body_after_name).into(),
+            settings: control::settings_effect(sql.as_bytes()),
+            sql,
             types: Arc::new(ParamTypes::from_parse(parse_body_after_name)),
             lane: AtomicU8::new(0),
         });

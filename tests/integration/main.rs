@@ -37,6 +37,7 @@ mod scatter_order;
 mod scatter_stream;
 mod session_mode;
 mod session_params;
+mod session_state;
 mod shutdown;
 mod tls;
 mod topology;

@@ -1,0 +1,165 @@
+//! Settings follow their client (DESIGN §3). PostgreSQL reports only a few
+//! settings (GUC_REPORT) with ParameterStatus; `search_path`,
+//! `statement_timeout`, `work_mem`, `role` and the rest change silently. So
+//! after a client's statement that may have changed settings
+//! (`router::control::settings_effect`: SET, RESET, DISCARD, `set_config`,
+//! DO, CALL), once its server is idle and before it goes to anyone else,
+//! the session asks that server for its session-level settings and makes
+//! them the client's: applied to every server the client gets next
+//! (`backend::conn::sync_params`) and reset on the server before another
+//! client gets it (the server's `custom_params`).
+//!
+//! A statement over several shards that may change settings is refused:
+//! its servers go back to their pools at once, with no one to read them
+//! back.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::router::control::SettingsEffect;
+
+/// The server's session-level settings: everything a SET, RESET or
+/// `set_config` of a session left (source `session`), every setting the
+/// proxy tracks whatever its source, and the role. The client's own
+/// statement_timeout (say 1ms) must not cancel the scan of pg_settings:
+/// its value is read first (a one-column row, cheap), then set to 0 for the
+/// rest of the string's implicit transaction only.
+const SETTINGS_QUERY: &str = "SELECT pg_catalog.current_setting('statement_timeout'); \
+     SET LOCAL statement_timeout = 0; \
+     SELECT name, current_setting(name) FROM pg_catalog.pg_settings \
+     WHERE (source = 'session' OR name IN ('application_name', 'client_encoding', 'DateStyle', \
+     'IntervalStyle', 'TimeZone', 'standard_conforming_strings', 'search_path', \
+     'default_transaction_read_only')) \
+     AND name NOT IN ('role', 'session_authorization', 'statement_timeout') \
+     UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
+     WHERE pg_catalog.current_setting('role') <> 'none'";
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// A client statement that may change settings goes to the held server:
+    /// read them back once it is idle. One that changes what cannot follow
+    /// the client is refused where servers are shared.
+    pub(super) fn note_settings_effect(&mut self, effect: SettingsEffect) -> Result<(), PgError> {
+        if let Some(e) = self.settings_refusal(effect) {
+            return Err(e);
+        }
+        if effect != SettingsEffect::None {
+            self.settings_changed = true;
+        }
+        Ok(())
+    }
+
+    /// The 0A000 for a change that cannot follow the client, where servers
+    /// are shared. In session pooling DISCARD ALL resets it before the
+    /// server is anyone else's.
+    pub(super) fn settings_refusal(&self, effect: SettingsEffect) -> Option<PgError> {
+        match effect {
+            SettingsEffect::Unfollowable(why) if self.pool_mode == PoolMode::Transaction => Some(
+                PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, why).with_hint(
+                    "use a database with pool_mode = \"session\", or SET ROLE, which follows the client",
+                ),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The 0A000 for a statement over several shards that may change
+    /// settings, if `sql` is one.
+    pub(super) fn multi_shard_settings_error(&self, sql: &[u8]) -> Option<PgError> {
+        match control::settings_effect(sql) {
+            SettingsEffect::None => None,
+            _ => Some(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "a statement that changes session settings cannot run over several shards",
+                )
+                .with_hint(
+                    "SET outside a transaction over several shards (or SET LOCAL inside one), as a query of its own",
+                ),
+            ),
+        }
+    }
+
+    /// Ask the held, idle server for its settings (see the module comment).
+    /// Returns true when the probe was sent: the server stays held until it
+    /// answers.
+    pub(super) fn probe_settings(&mut self) -> bool {
+        if !self.settings_changed || self.server.is_none() || !self.is_idle() {
+            return false;
+        }
+        self.settings_changed = false;
+        let mut q = BytesMut::new();
+        protocol::query_frame(&mut q, SETTINGS_QUERY);
+        self.server_out.extend_from_slice(&q);
+        self.pending.push_back(Pending::Request {
+            expect: Expect::Ready,
+            forward: false,
+            creates: None,
+            timing: None,
+            probe: Some(Probe::Settings),
+            describes: None,
+        });
+        self.settings_rows = Some(Vec::new());
+        self.flush_point();
+        true
+    }
+
+    /// A row of the settings probe: a name and its value.
+    pub(super) fn on_settings_row(&mut self, frame: &[u8]) {
+        let Ok(values) = protocol::data_row_values(frame) else {
+            return;
+        };
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let row = match &values[..] {
+            [Some(timeout)] => ("statement_timeout".to_string(), text(timeout)),
+            [Some(name), Some(value)] => (text(name), text(value)),
+            _ => return,
+        };
+        if let Some(rows) = self.settings_rows.as_mut() {
+            rows.push(row);
+        }
+    }
+
+    /// The probe failed: what the server's session holds is unknown, so it
+    /// is closed rather than handed to anyone, and the client, whose
+    /// settings could not follow it, is disconnected at its next message
+    /// (`settings_lost_end`) rather than run without them.
+    pub(super) fn settings_unreadable(&mut self, frame: &[u8]) {
+        let fields = protocol::error_fields(protocol::body(frame));
+        tracing::error!(client = self.client_id, error = ?fields, "could not read a server's settings back after a SET; closing that server and the session");
+        self.settings_rows = None;
+        self.discard_server = true;
+        self.settings_lost = true;
+    }
+
+    /// The end of a session whose settings could not be read back.
+    pub(super) fn settings_lost_end(&mut self) -> SessionEnd {
+        let why = "the session's settings could not be read back after a SET";
+        PgError::fatal(sqlstate::CONNECTION_FAILURE, why)
+            .with_hint("reconnect and SET again")
+            .encode(&mut self.client_out);
+        SessionEnd::ServerLost(why.into())
+    }
+
+    /// The probe answered: its settings are the client's now, and the
+    /// server knows which of them to reset for its next client.
+    pub(super) fn settings_read(&mut self) {
+        let Some(rows) = self.settings_rows.take() else {
+            return;
+        };
+        let now: BTreeMap<String, String> = rows.into_iter().collect();
+        let wanted = Arc::make_mut(&mut self.wanted_params);
+        // A setting the client RESET is gone from `now`; the tracked ones
+        // stay (their defaults are part of every client's set).
+        wanted.retain(|k, _| is_tracked(k) || now.contains_key(k));
+        for (k, v) in &now {
+            wanted.insert(k.clone(), v.clone());
+        }
+        if let Some(conn) = self.server.as_deref_mut() {
+            conn.note_session_settings(&now, &self.wanted_params);
+        }
+    }
+}

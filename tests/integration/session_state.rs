@@ -1,0 +1,323 @@
+//! Nothing one client leaves on a server reaches another client (DESIGN §3):
+//! settings a client SETs follow that client from server to server, and a
+//! server handed to another client carries none of them. PostgreSQL sends
+//! no ParameterStatus for most settings (search_path, statement_timeout,
+//! work_mem, role), so following ParameterStatus is not enough.
+//!
+//! The matrix: each way of changing a setting x transaction and session
+//! pooling x lanes on and off x simple and extended protocol. Client A
+//! changes the setting and keeps seeing it in later transactions; eight
+//! clients B connecting after it, all at once, see PostgreSQL's defaults.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::common::*;
+
+/// The setting a client changes, how, and what it reads as then.
+struct Change {
+    /// The statement(s) that change it, sent by client A.
+    sql: &'static str,
+    /// The setting to read back.
+    name: &'static str,
+    /// What A reads after `sql`.
+    value: &'static str,
+}
+
+const CHANGES: &[Change] = &[
+    Change {
+        sql: "SET search_path = tenant_a, public",
+        name: "search_path",
+        value: "tenant_a, public",
+    },
+    Change {
+        sql: "set statement_timeout to '1500ms'",
+        name: "statement_timeout",
+        value: "1500ms",
+    },
+    // Short enough to cancel the proxy's own read-back, were it not exempt.
+    Change {
+        sql: "SET statement_timeout = 1",
+        name: "statement_timeout",
+        value: "1ms",
+    },
+    Change {
+        sql: "SET SESSION work_mem = '3MB'",
+        name: "work_mem",
+        value: "3MB",
+    },
+    Change {
+        sql: "select set_config('search_path', 'tenant_a', false)",
+        name: "search_path",
+        value: "tenant_a",
+    },
+    Change {
+        sql: "SET ROLE shardwire_state_role",
+        name: "role",
+        value: "shardwire_state_role",
+    },
+    Change {
+        sql: "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        name: "default_transaction_isolation",
+        value: "serializable",
+    },
+    Change {
+        sql: "SET lock_timeout = '7s'; SET idle_in_transaction_session_timeout = 0",
+        name: "lock_timeout",
+        value: "7s",
+    },
+];
+
+/// A setting's value, read in the simple or the extended protocol.
+async fn read(client: &Client, name: &str, extended: bool) -> String {
+    let sql = format!("select current_setting('{name}')");
+    if extended {
+        let row = client.query_one(&sql, &[]).await.expect("read setting");
+        return row.get::<_, String>(0);
+    }
+    let msgs = client.simple_query(&sql).await.expect("read setting");
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// One cell of the matrix: A changes the setting; A keeps it; eight new
+/// clients see the default, also while A is still connected.
+async fn one_cell(proxy: &TestProxy, change: &Change, extended: bool, what: &str) {
+    let config = proxy.pg_config("app", "app");
+    let (fresh, _c) = connect(&config).await;
+    let default = read(&fresh, change.name, extended).await;
+    drop(fresh);
+    assert_ne!(default, change.value, "{what}: the default differs");
+
+    let (a, _ca) = connect(&config).await;
+    if extended && !change.sql.contains(';') {
+        a.execute(change.sql, &[]).await.expect(change.sql);
+    } else {
+        a.batch_execute(change.sql).await.expect(change.sql);
+    }
+    for round in 0..3 {
+        assert_eq!(
+            read(&a, change.name, extended).await,
+            change.value,
+            "{what}: client A, round {round}"
+        );
+    }
+    let mut tasks = Vec::new();
+    for b in 0..8 {
+        let config = config.clone();
+        let name = change.name;
+        tasks.push(tokio::spawn(async move {
+            let (client, _c) = connect(&config).await;
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                seen.push(read(&client, name, extended).await);
+            }
+            (b, seen)
+        }));
+    }
+    // A works meanwhile, so its server goes back to the pool between its
+    // transactions while the Bs take servers.
+    for _ in 0..10 {
+        assert_eq!(
+            read(&a, change.name, extended).await,
+            change.value,
+            "{what}: A"
+        );
+    }
+    for t in tasks {
+        let (b, seen) = t.await.expect("client B");
+        for v in seen {
+            assert_eq!(v, default, "{what}: client B{b} saw A's {}", change.name);
+        }
+    }
+    // A RESET follows the client too.
+    a.batch_execute(&format!("RESET {}", change.name))
+        .await
+        .expect("reset");
+    assert_eq!(
+        read(&a, change.name, extended).await,
+        default,
+        "{what}: after RESET"
+    );
+}
+
+fn matrix(mode: &str, lanes: bool) {
+    // The tests of this file run at once; the role is made once.
+    static ROLE: std::sync::Once = std::sync::Once::new();
+    ROLE.call_once(|| {
+        superuser_sql(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shardwire_state_role') \
+             THEN CREATE ROLE shardwire_state_role; END IF; END $$; \
+             GRANT shardwire_state_role TO app",
+        );
+    });
+    let proxy = TestProxy::start(|c| {
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), mode.into());
+        set(c, "pool.max_size", 4);
+        set(c, "pool.pipeline_lanes", if lanes { 1 } else { 0 });
+    });
+    block_on(Duration::from_secs(240), async {
+        for change in CHANGES {
+            for extended in [false, true] {
+                let what = format!(
+                    "{mode} pooling, lanes {lanes}, {} protocol, `{}`",
+                    if extended { "extended" } else { "simple" },
+                    change.sql
+                );
+                one_cell(&proxy, change, extended, &what).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn settings_follow_their_client_in_transaction_pooling_with_lanes() {
+    matrix("transaction", true);
+}
+
+#[test]
+fn settings_follow_their_client_in_transaction_pooling_without_lanes() {
+    matrix("transaction", false);
+}
+
+#[test]
+fn settings_follow_their_client_in_session_pooling() {
+    matrix("session", true);
+}
+
+/// A prepared `set_config` run again with other values, and a client that
+/// leaves right after its SET: every value reaches the client, none reaches
+/// anyone else.
+#[test]
+fn prepared_set_config_and_a_client_leaving_after_set() {
+    let proxy = TestProxy::start(|c| set(c, "pool.max_size", 1));
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (a, _ca) = connect(&config).await;
+        let set = a
+            .prepare("select set_config('search_path', $1, false)")
+            .await
+            .expect("prepare");
+        for schema in ["one", "two", "three"] {
+            a.query_one(&set, &[&schema]).await.expect("set_config");
+            let (other, _c) = connect(&config).await;
+            assert_eq!(read(&other, "search_path", true).await, "\"$user\", public");
+            assert_eq!(read(&a, "search_path", true).await, schema);
+        }
+        drop(a);
+        // A client that leaves with its SET not read back yet: its server
+        // is closed, not pooled.
+        for _ in 0..5 {
+            let (a, conn) = connect(&config).await;
+            a.simple_query("set search_path = gone").await.expect("set");
+            drop(a);
+            drop(conn);
+            let (b, _cb) = connect(&config).await;
+            assert_eq!(read(&b, "search_path", false).await, "\"$user\", public");
+        }
+    });
+}
+
+const TABLES: &str = r#"
+[[tables]]
+name = "ss_t"
+key = "id"
+strategy = "hash"
+"#;
+
+/// Settings over several shards: a SET before the statements follows the
+/// client to every shard; a SET that would run on several shards at once
+/// (or only on one shard of a transaction that then spans more) is refused
+/// before anything runs, as the servers would go back to their pools
+/// carrying it.
+#[test]
+fn settings_and_statements_over_several_shards() {
+    let proxy = TestProxy::start(|c| set_tables(c, TABLES));
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (a, _ca) = connect(&config).await;
+        a.batch_execute(
+            "drop table if exists ss_t; create table ss_t (id int primary key, v text)",
+        )
+        .await
+        .expect("create");
+        a.batch_execute("insert into ss_t values (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
+            .await
+            .expect("insert");
+        a.batch_execute("set application_name = 'ss'; set work_mem = '5MB'")
+            .await
+            .expect("set");
+        // Every shard's server runs with the client's work_mem.
+        let rows = a
+            .query(
+                "select id from ss_t where current_setting('work_mem') = '5MB'",
+                &[],
+            )
+            .await
+            .expect("scatter");
+        assert_eq!(rows.len(), 4, "a shard ran without the client's work_mem");
+        for sql in [
+            "set work_mem = '6MB'; select * from ss_t",
+            "select set_config('work_mem', '6MB', false), id from ss_t",
+            "set work_mem = '6MB'; create table ss_other (i int)",
+        ] {
+            let e = a.batch_execute(sql).await.expect_err(sql);
+            let db = e.as_db_error().expect("a server error");
+            assert_eq!(db.code().code(), "0A000", "{sql}: {db}");
+        }
+        let e = a
+            .query(
+                "select set_config('work_mem', '6MB', false), id from ss_t",
+                &[],
+            )
+            .await
+            .expect_err("extended");
+        assert_eq!(e.as_db_error().expect("db").code().code(), "0A000");
+        // Inside a transaction: SET on the first shard, then a second shard.
+        let ids: Vec<i32> = (1..=4).collect();
+        a.batch_execute(&format!(
+            "begin; set work_mem = '7MB'; update ss_t set v = 'x' where id = {}",
+            ids[0]
+        ))
+        .await
+        .expect("first shard");
+        let mut refused = false;
+        for id in &ids[1..] {
+            if let Err(e) = a
+                .batch_execute(&format!("update ss_t set v = 'x' where id = {id}"))
+                .await
+            {
+                assert_eq!(e.as_db_error().expect("db").code().code(), "0A000", "{e}");
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "a second shard was reached");
+        a.batch_execute("rollback").await.expect("rollback");
+        assert_eq!(read(&a, "work_mem", false).await, "5MB");
+        let rows = a
+            .simple_query("select count(*) from ss_t where v = 'x'")
+            .await
+            .expect("count");
+        assert!(matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0) == Some("0")));
+        // SET LOCAL inside a transaction over several shards is fine.
+        for sql in [
+            "begin",
+            "set local work_mem = '8MB'",
+            "update ss_t set v = 'y'",
+            "commit",
+        ] {
+            a.batch_execute(sql).await.expect(sql);
+        }
+        assert_eq!(read(&a, "work_mem", false).await, "5MB");
+        a.batch_execute("drop table ss_t").await.expect("drop");
+    });
+}
