@@ -109,6 +109,25 @@ impl BackendError {
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Bumped whenever a statement that may change a table's shape (CREATE,
+/// ALTER, DROP, ...) passes through the proxy, before it runs and again
+/// once it is done. It is part of the server-side name of every statement
+/// a client prepares (session::statements), so a client that prepares
+/// after a migration gets a plan of the new schema, as from PostgreSQL
+/// alone, never the plan another client's same SQL got before it; a
+/// client whose statement predates the migration gets PostgreSQL's own
+/// answer to it.
+static SCHEMA_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// A schema may have changed (see above).
+pub fn schema_changed() {
+    SCHEMA_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn schema_generation() -> u64 {
+    SCHEMA_GENERATION.load(Ordering::Relaxed)
+}
+
 /// Prepared statements a server connection holds, by proxy-chosen name, with
 /// a use counter for least-recently-used eviction.
 #[derive(Default)]
@@ -187,6 +206,7 @@ pub struct ServerConn {
     /// Identity of the client Parse that created this connection's unnamed
     /// statement, so a later Bind to "" can tell whether it is still there.
     pub unnamed: Option<u64>,
+
     pub created: Instant,
     pub last_used: Instant,
 }

@@ -49,16 +49,41 @@ pub enum SettingsEffect {
     Unfollowable(&'static str),
 }
 
-/// Whether `sql` may change session settings. A word scan, not a parse:
-/// it errs toward `Changes` (which costs one read-back), never toward
-/// `None`. A statement starts at the beginning or after a `;`, past
-/// comments. Functions that SET inside their body (not via `set_config`)
-/// are the one thing it cannot see; the README says so.
-pub fn settings_effect(sql: &[u8]) -> SettingsEffect {
+/// What a statement may do to the server session it runs on that the proxy
+/// must track, beyond the statement's own answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    pub settings: SettingsEffect,
+    /// CREATE, ALTER, DROP, COMMENT (or DO and CALL, which may run them):
+    /// statements prepared before may no longer fit their tables.
+    pub schema: bool,
+    /// DISCARD ALL, DEALLOCATE [PREPARE] ALL: the server's prepared
+    /// statements are gone.
+    pub drops_statements: bool,
+    /// DISCARD ALL, RESET ALL: every setting is back to its default.
+    pub resets_settings: bool,
+}
+
+impl Effects {
+    pub const NONE: Effects = Effects {
+        settings: SettingsEffect::None,
+        schema: false,
+        drops_statements: false,
+        resets_settings: false,
+    };
+}
+
+/// What `sql` may do (see `Effects`). A word scan of each statement's first
+/// words, not a parse: it errs toward an effect (which costs the proxy a
+/// read-back or a re-prepare), never toward none. A statement starts at
+/// the beginning or after a `;`, past comments. Functions that SET inside
+/// their body (not via `set_config`) are the one thing it cannot see; the
+/// README says so.
+pub fn effects(sql: &[u8]) -> Effects {
+    let mut e = Effects::NONE;
     if contains_ignore_case(sql, b"set_config") {
-        return SettingsEffect::Changes;
+        e.settings = SettingsEffect::Changes;
     }
-    let mut effect = SettingsEffect::None;
     for piece in sql.split(|b| *b == b';') {
         let mut words = StatementWords::new(piece);
         let first = words.next();
@@ -67,7 +92,7 @@ pub fn settings_effect(sql: &[u8]) -> SettingsEffect {
         let is =
             |w: Option<&[u8]>, kw: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(kw.as_bytes()));
         if is(first, "set") && is(second, "session") && is(third, "authorization") {
-            return SettingsEffect::Unfollowable(
+            e.settings = SettingsEffect::Unfollowable(
                 "SET SESSION AUTHORIZATION changes the session user, which cannot follow a client to another server",
             );
         }
@@ -76,11 +101,29 @@ pub fn settings_effect(sql: &[u8]) -> SettingsEffect {
             || is(first, "discard")
             || is(first, "do")
             || is(first, "call");
-        if changes {
-            effect = SettingsEffect::Changes;
+        if changes && e.settings == SettingsEffect::None {
+            e.settings = SettingsEffect::Changes;
+        }
+        if ["create", "alter", "drop", "comment", "do", "call"]
+            .iter()
+            .any(|kw| is(first, kw))
+        {
+            e.schema = true;
+        }
+        if is(first, "discard") && is(second, "all") {
+            e.drops_statements = true;
+            e.resets_settings = true;
+        }
+        if is(first, "deallocate")
+            && (is(second, "all") || (is(second, "prepare") && is(third, "all")))
+        {
+            e.drops_statements = true;
+        }
+        if is(first, "reset") && is(second, "all") {
+            e.resets_settings = true;
         }
     }
-    effect
+    e
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
@@ -297,42 +340,6 @@ fn split_word(s: &str) -> (&str, &str) {
     (&s[..end], s[end..].trim_start())
 }
 
-/// What a simple query resets on the server that the proxy tracks.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Resets {
-    /// DISCARD ALL, DEALLOCATE [PREPARE] ALL: every prepared statement.
-    pub statements: bool,
-    /// DISCARD ALL, RESET ALL: every setting.
-    pub settings: bool,
-}
-
-pub fn server_state_reset(body: &[u8]) -> Resets {
-    let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
-    let words: Vec<&str> = sql
-        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let mut r = Resets::default();
-    for (i, w) in words.iter().enumerate() {
-        let next = |n: usize| words.get(i + n).copied();
-        match *w {
-            "discard" if next(1) == Some("all") => {
-                r.statements = true;
-                r.settings = true;
-            }
-            "deallocate"
-                if next(1) == Some("all")
-                    || (next(1) == Some("prepare") && next(2) == Some("all")) =>
-            {
-                r.statements = true
-            }
-            "reset" if next(1) == Some("all") => r.settings = true,
-            _ => {}
-        }
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -352,7 +359,7 @@ mod tests {
     #[test]
     fn statements_that_may_change_settings() {
         use SettingsEffect::*;
-        let e = |s: &str| settings_effect(s.as_bytes());
+        let e = |s: &str| effects(s.as_bytes()).settings;
         for sql in [
             "SET search_path = a, b",
             "set session work_mem to '3MB'",
@@ -478,25 +485,33 @@ mod tests {
     }
 
     #[test]
-    fn detects_discard_all() {
-        let both = Resets {
-            statements: true,
-            settings: true,
+    fn detects_discard_all_and_schema_changes() {
+        let resets = |sql: &[u8]| {
+            let e = effects(sql);
+            (e.drops_statements, e.resets_settings)
         };
-        let stmts = Resets {
-            statements: true,
-            settings: false,
-        };
-        assert_eq!(server_state_reset(b"DISCARD ALL\0"), both);
-        assert_eq!(server_state_reset(b"deallocate   all;\0"), stmts);
-        assert_eq!(server_state_reset(b"select 1; discard all\0"), both);
-        assert_eq!(server_state_reset(b"DEALLOCATE PREPARE ALL\0"), stmts);
-        assert!(server_state_reset(b"RESET ALL\0").settings);
-        assert_eq!(server_state_reset(b"deallocate foo\0"), Resets::default());
-        assert_eq!(
-            server_state_reset(b"deallocate prepare foo\0"),
-            Resets::default()
-        );
-        assert_eq!(server_state_reset(b"select 'discard'\0"), Resets::default());
+        assert_eq!(resets(b"DISCARD ALL\0"), (true, true));
+        assert_eq!(resets(b"deallocate   all;\0"), (true, false));
+        assert_eq!(resets(b"select 1; discard all\0"), (true, true));
+        assert_eq!(resets(b"DEALLOCATE PREPARE ALL\0"), (true, false));
+        assert_eq!(resets(b"RESET ALL\0"), (false, true));
+        assert_eq!(resets(b"deallocate foo\0"), (false, false));
+        assert_eq!(resets(b"deallocate prepare foo\0"), (false, false));
+        assert_eq!(resets(b"select 'discard'\0"), (false, false));
+        for sql in [
+            "alter table t add column c int",
+            "select 1; DROP TABLE t",
+            "/* m */ create index i on t (x)",
+            "do $$ begin end $$",
+        ] {
+            assert!(effects(sql.as_bytes()).schema, "{sql}");
+        }
+        for sql in [
+            "select 1",
+            "insert into t values (1)",
+            "select 'alter table'",
+        ] {
+            assert!(!effects(sql.as_bytes()).schema, "{sql}");
+        }
     }
 }

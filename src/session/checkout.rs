@@ -321,6 +321,11 @@ where
     }
 
     pub(super) fn maybe_release(&mut self) {
+        if self.changed_schema && self.is_idle() {
+            // Done now: statements prepared while it ran may predate it.
+            self.changed_schema = false;
+            crate::backend::conn::schema_changed();
+        }
         if self.probe_settings() {
             return; // released once the settings are read back
         }

@@ -103,7 +103,7 @@ where
             }
         }
         if tag == fe::QUERY {
-            let effect = control::settings_effect(protocol::body(&frame));
+            let effect = control::effects(protocol::body(&frame)).settings;
             if let Some(e) = self.settings_refusal(effect) {
                 self.refuse(e, true);
                 return Ok(());

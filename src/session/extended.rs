@@ -27,21 +27,9 @@ where
 
     /// Send a simple Query to the held server.
     pub(super) fn send_query(&mut self, frame: BytesMut) {
-        if control::settings_effect(protocol::body(&frame)) != control::SettingsEffect::None {
-            // Refused before this point where it cannot follow the client.
-            self.settings_changed = true;
-        }
-        let resets = server_state_reset(protocol::body(&frame));
-        let s = self.server_mut();
-        s.unnamed = None;
-        if resets.statements {
-            s.prepared.clear();
-        }
-        if resets.settings {
-            // Reported parameters come back as ParameterStatus; the
-            // unreported ones we set are simply gone.
-            s.forget_custom_params();
-        }
+        // What cannot follow the client was refused before this point.
+        self.server_mut().unnamed = None;
+        self.note_effects(control::effects(protocol::body(&frame)));
         self.send(&frame, Expect::Ready, true, None);
         self.flush_point();
     }
@@ -144,14 +132,14 @@ where
         if self.lanes_apply() {
             self.lane_trial = self.lane_candidate(stmt);
         }
-        let effect = if stmt.is_empty() {
-            self.unnamed_settings
+        let effects = if stmt.is_empty() {
+            self.unnamed_effects
         } else {
             self.statements
                 .get(stmt)
-                .map_or(control::SettingsEffect::None, |s| s.settings)
+                .map_or(control::Effects::NONE, |s| s.effects)
         };
-        if let Err(e) = self.note_settings_effect(effect) {
+        if let Some(e) = self.settings_refusal(effects.settings) {
             self.refuse(e, false);
             return Ok(());
         }
@@ -167,6 +155,11 @@ where
                 self.scratch = scratch;
             }
             None => self.send(&frame, Expect::BindComplete, true, None),
+        }
+        // After the Bind, which may need its own statement re-made here:
+        // a DEALLOCATE ALL drops it only when it runs.
+        if effects != control::Effects::NONE {
+            self.note_effects(effects);
         }
         Ok(())
     }
@@ -282,7 +275,7 @@ where
     /// after the name); returns the identity it has on servers.
     fn define_unnamed(&mut self, rest: &[u8], frame: Bytes) -> u64 {
         let sql = statements::parse_sql(rest);
-        self.unnamed_settings = control::settings_effect(sql.as_bytes());
+        self.unnamed_effects = control::effects(sql.as_bytes());
         self.unnamed_sql = Some(sql.into());
         self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
         let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);

@@ -48,7 +48,7 @@ mod reads;
 mod refusal;
 mod replies;
 mod routed;
-mod settings;
+mod state;
 pub mod statements;
 mod streamed;
 
@@ -73,7 +73,7 @@ use crate::protocol::reader::{frame_len, FrameError};
 use crate::protocol::TxStatus;
 use crate::protocol::{self, be, fe, sqlstate, BodyReader, FrameReader, PgError};
 use crate::proxy::Proxy;
-use crate::router::control::{self, server_state_reset, HintVar, ProxyCommand, TxControl};
+use crate::router::control::{self, HintVar, ProxyCommand, TxControl};
 use crate::router::{Plan, Route, Router, SessionHints};
 use crate::stats::clients::{Admission, ClientState, Registration};
 use crate::stats::metrics::{RouteKind, RouteStats};
@@ -132,7 +132,7 @@ enum Probe {
     /// position (reads.rs).
     Lsn,
     /// The session's settings after a statement that may have changed them
-    /// (settings.rs).
+    /// (state.rs).
     Settings,
 }
 
@@ -391,10 +391,13 @@ pub struct Session<R, W> {
     settings_changed: bool,
     /// The settings probe's rows so far.
     settings_rows: Option<Vec<(String, String)>>,
-    /// The settings probe failed: the session ends (settings.rs).
+    /// The settings probe failed: the session ends (state.rs).
     settings_lost: bool,
-    /// What the unnamed statement may do to settings.
-    unnamed_settings: control::SettingsEffect,
+    /// A statement that may change tables ran since the session was last
+    /// idle: the schema generation is bumped again then (state.rs).
+    changed_schema: bool,
+    /// What the unnamed statement may do to the server session.
+    unnamed_effects: control::Effects,
 }
 
 impl<R, W> Session<R, W>
@@ -475,7 +478,8 @@ where
             settings_changed: false,
             settings_rows: None,
             settings_lost: false,
-            unnamed_settings: control::SettingsEffect::None,
+            changed_schema: false,
+            unnamed_effects: control::Effects::NONE,
         };
         s.paused_now = *s.paused.borrow_and_update();
         if let Some(conn) = server {

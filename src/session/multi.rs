@@ -116,11 +116,11 @@ where
         // read their column order again (router::columns).
         let ddl = analysis.statements.iter().any(|s| s.kind == Kind::Ddl);
         if ddl {
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         let result = self.run_on_shards(&work, atomic).await;
         if ddl {
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         match result {
             Ok(results) => {

@@ -352,7 +352,7 @@ where
             if let Some(m) = self.multi.as_mut() {
                 m.ran_ddl = true;
             }
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         let merge = p.route.merge().cloned();
         let merged_in_text = matches!(

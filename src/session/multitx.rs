@@ -170,7 +170,7 @@ where
                 m.ran_ddl = true;
             }
             // Cleared again at COMMIT (router::columns).
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         let held: Vec<usize> = self.multi_shards();
         if control::is_neutral(&analysis) {
@@ -498,7 +498,7 @@ where
         if commit && ran_ddl {
             // A migration changed tables: INSERTs without a column list
             // read their column order again.
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         failure
     }

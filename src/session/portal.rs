@@ -295,11 +295,11 @@ where
         // A statement on every shard may be DDL that changes a table's
         // columns (router::columns: cleared before and after it runs).
         if portal.route.is_broadcast() {
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         let result = self.run_on_shards(&work, atomic).await;
         if portal.route.is_broadcast() {
-            self.router.columns.clear();
+            self.schema_may_change();
         }
         let answer = match result {
             Err(frame) => Err(frame),

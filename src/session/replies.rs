@@ -208,6 +208,7 @@ where
             .map(|(_, v)| v.as_str())
             .unwrap_or(sqlstate::INTERNAL_ERROR);
         self.request_failed = true;
+        self.note_statement_error(code, &fields);
         if self.cancelled_at.take().is_some() && code == sqlstate::QUERY_CANCELED {
             let e = PgError::error(
                 sqlstate::QUERY_CANCELED,

@@ -10,12 +10,13 @@ use foldhash::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::protocol::{self, fe, BodyReader, Malformed};
-use crate::router::control::{self, SettingsEffect};
+use crate::router::control::{self, Effects};
 
 /// A prepared statement as the proxy re-creates it on backends.
 #[derive(Debug)]
 pub struct Statement {
-    /// Name on the backends: `sw_` + a hash of query and parameter types, so
+    /// Name on the backends: `sw_` + a hash of query, parameter types and
+    /// schema generation, so
     /// two clients preparing the same statement share one server-side copy,
     /// and different statements can never collide under one name.
     pub server_name: Arc<str>,
@@ -27,8 +28,8 @@ pub struct Statement {
     pub types: Arc<ParamTypes>,
     /// Whether its batches may run on a lane (see session::lanes).
     pub lane: AtomicU8,
-    /// What running it may do to the session's settings (session::settings).
-    pub settings: SettingsEffect,
+    /// What running it may do to the server session (session::state).
+    pub effects: Effects,
 }
 
 /// The client's statements by the client's own names (looked up at every
@@ -44,7 +45,14 @@ impl Statements {
     /// (PostgreSQL would raise 42P05; replacing is the lenient choice that no
     /// driver depends on either way).
     pub fn define(&mut self, client_name: &str, parse_body_after_name: &[u8]) -> Arc<Statement> {
-        let digest = Sha256::digest(parse_body_after_name);
+        // The schema generation is part of the name: a statement prepared
+        // after a migration is never served by the plan another client's
+        // same SQL got before it (backend::conn::schema_changed).
+        let generation = crate::backend::conn::schema_generation();
+        let digest = Sha256::new()
+            .chain_update(generation.to_le_bytes())
+            .chain_update(parse_body_after_name)
+            .finalize();
         let mut name = String::with_capacity(3 + 32);
         name.push_str("sw_");
         for b in &digest[..16] {
@@ -60,7 +68,7 @@ impl Statements {
         let stmt = Arc::new(Statement {
             server_name: name.into(),
             parse_frame: frame.freeze(),
-            settings: control::settings_effect(sql.as_bytes()),
+            effects: control::effects(sql.as_bytes()),
             sql,
             types: Arc::new(ParamTypes::from_parse(parse_body_after_name)),
             lane: AtomicU8::new(0),

@@ -321,3 +321,96 @@ fn settings_and_statements_over_several_shards() {
         a.batch_execute("drop table ss_t").await.expect("drop");
     });
 }
+
+/// Issue 21, case 2: after `ALTER TABLE ... ADD COLUMN` through the proxy,
+/// clients that prepare the statement then get the new columns, as from
+/// PostgreSQL alone, while a client whose statement predates the migration
+/// gets PostgreSQL's own error for it. Before, every new client failed with
+/// `0A000 cached plan must not change result type` for as long as the
+/// server connection lived (it shared the older client's server-side
+/// statement). A migration sent to the shard directly costs a new client at
+/// most one such error.
+#[test]
+fn statements_prepared_after_a_migration_see_the_new_columns() {
+    let proxy = TestProxy::start(|c| set(c, "pool.max_size", 1));
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (m, _cm) = connect(&config).await;
+        m.batch_execute(
+            "drop table if exists ps_mig; create table ps_mig (a int); insert into ps_mig values (1)",
+        )
+        .await
+        .expect("setup");
+        let (a, _ca) = connect(&config).await;
+        let old = a.prepare("select * from ps_mig").await.expect("prepare");
+        assert_eq!(a.query_one(&old, &[]).await.expect("A").len(), 1);
+
+        m.batch_execute("alter table ps_mig add column b int default 7")
+            .await
+            .expect("migration");
+        for round in 0..3 {
+            let (c, _cc) = connect(&config).await;
+            let row = c
+                .query_one("select * from ps_mig", &[])
+                .await
+                .unwrap_or_else(|e| panic!("client after the migration, round {round}: {e}"));
+            assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+        }
+        // PostgreSQL alone refuses the older client's statement.
+        let e = a.query_one(&old, &[]).await.expect_err("stale statement");
+        assert_eq!(e.as_db_error().expect("db").code().code(), "0A000", "{e}");
+
+        // The same migration sent to the shard itself, unseen by the proxy.
+        let (c, _cc) = connect(&config).await;
+        c.query_one("select * from ps_mig", &[])
+            .await
+            .expect("warm");
+        superuser_sql_on("s0", "alter table ps_mig add column c int default 8");
+        let (d, _cd) = connect(&config).await;
+        let mut errors = 0;
+        let row = loop {
+            match d.query_one("select * from ps_mig", &[]).await {
+                Ok(row) => break row,
+                Err(e) => {
+                    assert_eq!(e.as_db_error().expect("db").code().code(), "0A000", "{e}");
+                    errors += 1;
+                    assert!(errors <= 1, "more than one error after a direct migration");
+                }
+            }
+        };
+        assert_eq!(row.len(), 3);
+        m.batch_execute("drop table ps_mig").await.expect("drop");
+    });
+}
+
+/// Issue 21, case 3: `DEALLOCATE ALL` in the extended protocol drops the
+/// proxy's statements on that server too; the proxy must know, or every
+/// later client gets `26000 prepared statement "sw_..." does not exist`.
+#[test]
+fn deallocate_all_in_the_extended_protocol_is_followed() {
+    let proxy = TestProxy::start(|c| set(c, "pool.max_size", 1));
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (a, _ca) = connect(&config).await;
+        let stmt = a.prepare("select 41 + 1").await.expect("prepare");
+        assert_eq!(
+            a.query_one(&stmt, &[]).await.expect("A").get::<_, i32>(0),
+            42
+        );
+        for sql in ["DEALLOCATE ALL", "deallocate prepare all", "DISCARD ALL"] {
+            let (b, _cb) = connect(&config).await;
+            b.execute(sql, &[]).await.expect(sql);
+            let (c, _cc) = connect(&config).await;
+            let row = c
+                .query_one("select 41 + 1", &[])
+                .await
+                .unwrap_or_else(|e| panic!("a client after {sql}: {e}"));
+            assert_eq!(row.get::<_, i32>(0), 42);
+            // A's own statement is still A's, as in PostgreSQL.
+            assert_eq!(
+                a.query_one(&stmt, &[]).await.expect("A").get::<_, i32>(0),
+                42
+            );
+        }
+    });
+}

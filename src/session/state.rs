@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::router::control::SettingsEffect;
+use crate::router::control::{Effects, SettingsEffect};
 
 /// The server's session-level settings: everything a SET, RESET or
 /// `set_config` of a session left (source `session`), every setting the
@@ -39,17 +39,29 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// A client statement that may change settings goes to the held server:
-    /// read them back once it is idle. One that changes what cannot follow
-    /// the client is refused where servers are shared.
-    pub(super) fn note_settings_effect(&mut self, effect: SettingsEffect) -> Result<(), PgError> {
-        if let Some(e) = self.settings_refusal(effect) {
-            return Err(e);
-        }
-        if effect != SettingsEffect::None {
+    /// A client statement with these effects goes to the held server now
+    /// (what cannot follow the client was refused before). Settings are
+    /// read back once the server is idle; statements it drops are
+    /// forgotten; a schema change makes every server re-prepare.
+    pub(super) fn note_effects(&mut self, effects: Effects) {
+        if effects.settings != SettingsEffect::None {
             self.settings_changed = true;
         }
-        Ok(())
+        if effects.schema {
+            self.schema_may_change();
+        }
+        let Some(s) = self.server.as_deref_mut() else {
+            return;
+        };
+        if effects.drops_statements {
+            s.prepared.clear();
+            s.unnamed = None;
+        }
+        if effects.resets_settings {
+            // Reported parameters come back as ParameterStatus, the rest
+            // with the settings read-back.
+            s.forget_custom_params();
+        }
     }
 
     /// The 0A000 for a change that cannot follow the client, where servers
@@ -66,10 +78,45 @@ where
         }
     }
 
+    /// A statement that may change tables runs now: statements prepared
+    /// from now on get new server-side names (backend::conn::schema_changed),
+    /// and again once it is done (`maybe_release`), and INSERTs without a
+    /// column list read their column order again (router::columns).
+    pub(super) fn schema_may_change(&mut self) {
+        crate::backend::conn::schema_changed();
+        self.changed_schema = true;
+        self.router.columns.clear();
+    }
+
+    /// A server error that says the proxy's idea of its prepared
+    /// statements may be wrong. A plan that no longer fits its table, where
+    /// the proxy saw no schema change (DDL sent to the shard directly), may
+    /// be another client's older statement under the same name: a new
+    /// generation makes later prepares fresh, and this server, whose other
+    /// statements may be as old, is closed once released. A proxy-named
+    /// statement the server lacks (a DEALLOCATE inside a function, say):
+    /// the server is closed too, as what else it lacks is unknown.
+    pub(super) fn note_statement_error(&mut self, code: &str, fields: &[(u8, String)]) {
+        let message = || {
+            fields
+                .iter()
+                .find(|(k, _)| *k == b'M')
+                .map_or("", |(_, m)| m.as_str())
+        };
+        if code == sqlstate::FEATURE_NOT_SUPPORTED
+            && message() == "cached plan must not change result type"
+        {
+            crate::backend::conn::schema_changed();
+            self.discard_server = true;
+        } else if code == sqlstate::INVALID_SQL_STATEMENT_NAME && message().contains("\"sw_") {
+            self.discard_server = true;
+        }
+    }
+
     /// The 0A000 for a statement over several shards that may change
     /// settings, if `sql` is one.
     pub(super) fn multi_shard_settings_error(&self, sql: &[u8]) -> Option<PgError> {
-        match control::settings_effect(sql) {
+        match control::effects(sql).settings {
             SettingsEffect::None => None,
             _ => Some(
                 PgError::error(
