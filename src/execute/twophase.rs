@@ -39,6 +39,33 @@ const CATALOG_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardwire; \
        participants text[] NOT NULL DEFAULT '{}', \
        decided_at timestamptz NOT NULL DEFAULT now())";
 
+/// The catalog DDL, and grants to every configured user (`users`, the
+/// servers' role names) that exists as a role on the server (an admin-only
+/// user may not): whichever of them creates the catalog owns it, and the
+/// others record and drop decisions too. Not to PUBLIC: a role the proxy
+/// does not use could otherwise forge or drop a decision.
+fn catalog_ddl(users: &[String]) -> String {
+    let mut sql = CATALOG_DDL.to_string();
+    if !users.is_empty() {
+        let roles = users
+            .iter()
+            .map(|u| quote_literal(u))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sql.push_str(&format!(
+            "; DO $grant$ DECLARE r text; BEGIN \
+               FOREACH r IN ARRAY ARRAY[{roles}]::text[] LOOP \
+                 IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN \
+                   EXECUTE format('GRANT USAGE ON SCHEMA shardwire TO %I', r); \
+                   EXECUTE format('GRANT SELECT, INSERT, DELETE ON shardwire.tx_decisions TO %I', r); \
+                 END IF; \
+               END LOOP; \
+             END $grant$"
+        ));
+    }
+    sql
+}
+
 /// A new global transaction id.
 pub fn new_gid() -> String {
     format!("{GID_PREFIX}{:016x}", rand::random::<u64>())
@@ -46,13 +73,11 @@ pub fn new_gid() -> String {
 
 /// Create the catalog's schema and table if missing. Concurrent creators
 /// may collide on the catalog's unique indexes; a second try settles it.
-pub async fn ensure_catalog(conn: &mut ServerConn) -> Result<(), String> {
+pub async fn ensure_catalog(conn: &mut ServerConn, users: &[String]) -> Result<(), String> {
+    let ddl = catalog_ddl(users);
     let mut last = String::new();
     for _ in 0..3 {
-        match conn
-            .run_collect(CATALOG_DDL, CONTROL_TIMEOUT, 64 * 1024)
-            .await
-        {
+        match conn.run_collect(&ddl, CONTROL_TIMEOUT, 64 * 1024).await {
             Ok(c) if c.error.is_none() => return Ok(()),
             Ok(c) => {
                 last = c
@@ -111,6 +136,7 @@ async fn decide(
     gid: &str,
     decision: &str,
     participants: &[String],
+    users: &[String],
 ) -> Result<String, QueryError> {
     let list = participants
         .iter()
@@ -136,10 +162,22 @@ async fn decide(
                     && (code == sqlstate::UNDEFINED_TABLE
                         || code == sqlstate::INVALID_SCHEMA_NAME) =>
             {
-                ensure_catalog(catalog).await.map_err(|m| QueryError::Sql {
-                    code: sqlstate::INTERNAL_ERROR.into(),
-                    message: m,
-                })?;
+                ensure_catalog(catalog, users)
+                    .await
+                    .map_err(|m| QueryError::Sql {
+                        code: sqlstate::INTERNAL_ERROR.into(),
+                        message: m,
+                    })?;
+            }
+            // A catalog made before its creator granted it to the others.
+            Err(QueryError::Sql { code, message }) if code == sqlstate::INSUFFICIENT_PRIVILEGE => {
+                return Err(QueryError::Sql {
+                    code,
+                    message: format!(
+                        "{message}; as the owner of shardwire.tx_decisions run: GRANT USAGE ON SCHEMA shardwire TO {role}; GRANT SELECT, INSERT, DELETE ON shardwire.tx_decisions TO {role}",
+                        role = catalog.target.user
+                    ),
+                })
             }
             Err(e) => return Err(e),
         }
@@ -168,6 +206,8 @@ pub struct Catalog<'a> {
     pub pool: &'a Arc<Pool>,
     /// Index in `conns` of the participant on the catalog's server.
     pub participant: Option<usize>,
+    /// Every configured user's server role (see `catalog_ddl`).
+    pub users: &'a [String],
 }
 
 /// Commit, with two-phase commit, a transaction open on `conns[i]` for
@@ -239,7 +279,7 @@ pub async fn commit(
     // The decision.
     let decided = match catalog.participant.filter(|i| prepared.contains(i)) {
         Some(i) => {
-            let d = decide(&mut conns[i], &gid, "commit", &shards).await;
+            let d = decide(&mut conns[i], &gid, "commit", &shards, catalog.users).await;
             if matches!(d, Err(QueryError::Lost(_))) {
                 clean[i] = false;
             }
@@ -247,7 +287,7 @@ pub async fn commit(
         }
         None => match catalog.pool.checkout().await {
             Ok(mut c) => {
-                let d = decide(&mut c, &gid, "commit", &shards).await;
+                let d = decide(&mut c, &gid, "commit", &shards, catalog.users).await;
                 if !matches!(d, Err(QueryError::Lost(_))) {
                     c.release();
                 }
@@ -503,10 +543,17 @@ async fn recover_database(
         }
     }
     let catalog_target = primary(0);
+    let mut users: Vec<String> = config
+        .users
+        .values()
+        .map(|u| u.server_user.clone())
+        .collect();
+    users.sort();
+    users.dedup();
     for (shard, gid) in in_doubt {
         let decision = {
             let catalog = kept(conns, &catalog_target).await?;
-            decide(catalog, &gid, "abort", &[])
+            decide(catalog, &gid, "abort", &[], &users)
                 .await
                 .map_err(|e| e.to_string())?
         };

@@ -690,7 +690,25 @@ where
     ) -> Option<BytesMut> {
         let commit = matches!(end, End::Commit);
         let catalog = self.pools[0].clone();
-        let failure = finish_atomic(&mut conns, begun, &mut clean, end, names, &catalog).await;
+        // Every configured user commits across shards: each may be the
+        // one that creates the catalog, and grants it to the others.
+        let mut users: Vec<String> = self
+            .config
+            .users
+            .values()
+            .map(|u| u.server_user.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        let failure = finish_atomic(
+            &mut conns,
+            begun,
+            &mut clean,
+            end,
+            names,
+            (&catalog, &users),
+        )
+        .await;
         if commit && failure.is_none() {
             self.note_multi_writes(&mut conns, shards, &mut clean).await;
         }
@@ -729,7 +747,7 @@ async fn finish_atomic(
     clean: &mut [bool],
     end: End,
     names: &[String],
-    catalog: &Arc<Pool>,
+    (catalog, users): (&Arc<Pool>, &[String]),
 ) -> Option<BytesMut> {
     let (mut commit, mut failure) = match end {
         End::Commit => (true, None),
@@ -744,6 +762,7 @@ async fn finish_atomic(
         let catalog = crate::execute::twophase::Catalog {
             pool: catalog,
             participant: on_catalog,
+            users,
         };
         return crate::execute::twophase::commit(conns, &participants, clean, names, catalog)
             .await

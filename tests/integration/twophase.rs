@@ -337,3 +337,64 @@ fn a_scatter_inside_a_transaction_runs_on_both_shards_at_once() {
         c.batch_execute("ROLLBACK").await.expect("rollback");
     });
 }
+
+/// Issue 21, case 4: every configured user commits across shards, whichever
+/// of them created the decision catalog. Before, a second user got
+/// `42501 permission denied for schema shardwire`: the catalog belonged to
+/// the first user, with no grants. (A private cluster: the shared one's
+/// catalog may predate the grants.)
+#[test]
+fn every_configured_user_commits_across_shards() {
+    let pc = PrivateCluster::start(&[]);
+    for shard in ["s0", "s1"] {
+        pc.run(
+            "psql",
+            &[
+                "--shard",
+                shard,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "CREATE ROLE app2 LOGIN PASSWORD 'app2'; GRANT CREATE ON DATABASE app TO app2",
+            ],
+        );
+    }
+    let table = "tp_users";
+    let proxy = TestProxy::start_on(&pc.0, |c| {
+        sharded(table, "30s")(c);
+        add_user(
+            c,
+            "name = \"app2\"\npassword = \"app2\"\nserver_user = \"app2\"\nserver_password = \"app2\"",
+        );
+    });
+    let (k0, k1) = keys(&proxy, table);
+    let app2 = proxy.pg_config("app2", "app2");
+    let app = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(90), async move {
+        let (owner, _co) = connect(&app).await;
+        owner
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY); \
+                 GRANT ALL ON {table} TO app2"
+            ))
+            .await
+            .expect("create");
+        // The CREATE TABLE above committed on both shards in two phases,
+        // as app: the catalog is app's. app2 commits across shards too.
+        let (a2, _c2) = connect(&app2).await;
+        run_each(&a2, &tx(table, &[k0, k1], "COMMIT"))
+            .await
+            .expect("the second user's commit across shards");
+        run_each(&owner, &tx(table, &[k0 + 1000, k1 + 1000], "COMMIT"))
+            .await
+            .expect("the owner's commit across shards");
+        let n: i64 = owner
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 4);
+    });
+}
