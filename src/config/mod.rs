@@ -374,6 +374,21 @@ pub struct Transactions {
         with = "duration::serde_duration"
     )]
     pub recovery_interval: Duration,
+    /// The longest a commit over several shards may take from its first
+    /// PREPARE TRANSACTION to recording its decision; past it the commit
+    /// rolls back instead. Must be shorter than `in_doubt_after`, or
+    /// recovery could roll back a transaction its proxy then commits.
+    /// Default: half of `in_doubt_after`, at most 10 s.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub prepare_timeout: Option<Duration>,
+}
+
+impl Transactions {
+    /// `prepare_timeout`, or its default.
+    pub fn prepare_timeout(&self) -> Duration {
+        self.prepare_timeout
+            .unwrap_or_else(|| (self.in_doubt_after / 2).min(Duration::from_secs(10)))
+    }
 }
 
 impl Default for Transactions {
@@ -381,6 +396,7 @@ impl Default for Transactions {
         Transactions {
             in_doubt_after: default_in_doubt_after(),
             recovery_interval: default_recovery_interval(),
+            prepare_timeout: None,
         }
     }
 }
@@ -1049,6 +1065,23 @@ impl Config {
             if d.is_zero() {
                 return Err(err(k, "must be greater than zero".into()));
             }
+        }
+        let t = &raw.transactions;
+        if t.prepare_timeout.is_some_and(|p| p.is_zero()) {
+            return Err(err(
+                "transactions.prepare_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
+        if t.prepare_timeout() >= t.in_doubt_after {
+            return Err(err(
+                "transactions.prepare_timeout",
+                format!(
+                    "{:?} is not shorter than transactions.in_doubt_after ({:?}): recovery could roll back a transaction while its proxy still commits it",
+                    t.prepare_timeout(),
+                    t.in_doubt_after
+                ),
+            ));
         }
         let l = &raw.limits;
         if l.max_client_connections == 0 {
@@ -1745,6 +1778,15 @@ role = "replica"
         assert_eq!(e.key, "users[0].password");
         let e = load(&GOOD.replace("max_size = 5", "max_size = 5\nmin_size = 9")).unwrap_err();
         assert_eq!(e.key, "pool.min_size");
+        // Recovery must never act on a transaction its proxy still commits.
+        let tx = |t: &str| load(&format!("{GOOD}\n[transactions]\n{t}\n"));
+        let e = tx("in_doubt_after = \"2s\"\nprepare_timeout = \"5s\"").unwrap_err();
+        assert_eq!(e.key, "transactions.prepare_timeout");
+        assert!(e.reason.contains("in_doubt_after"), "{}", e.reason);
+        let c = tx("in_doubt_after = \"2s\"").unwrap();
+        assert_eq!(c.transactions.prepare_timeout(), Duration::from_secs(1));
+        let c = tx("").unwrap();
+        assert_eq!(c.transactions.prepare_timeout(), Duration::from_secs(10));
     }
 
     const TWO_SHARDS: &str = r#"

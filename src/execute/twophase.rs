@@ -32,6 +32,9 @@ pub const GID_PREFIX: &str = "sw_";
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long recovery keeps an abort decision (see `recover_database`).
+const ABORT_KEPT_SECS: u64 = 24 * 3600;
+
 const CATALOG_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardwire; \
      CREATE TABLE IF NOT EXISTS shardwire.tx_decisions ( \
        gid text PRIMARY KEY, \
@@ -208,6 +211,11 @@ pub struct Catalog<'a> {
     pub participant: Option<usize>,
     /// Every configured user's server role (see `catalog_ddl`).
     pub users: &'a [String],
+    /// `transactions.prepare_timeout`: from the first PREPARE to the
+    /// decision, or the commit rolls back (recovery, which acts after the
+    /// longer `in_doubt_after`, can then never have decided first and
+    /// forgotten it).
+    pub prepare_within: Duration,
 }
 
 /// Commit, with two-phase commit, a transaction open on `conns[i]` for
@@ -225,19 +233,40 @@ pub async fn commit(
     let gid_sql = quote_literal(&gid);
     let shards: Vec<String> = participants.iter().map(|&i| names[i].clone()).collect();
 
-    // Phase one.
+    // Phase one. Each shard's transaction id comes back with its PREPARE,
+    // so that a later "does not exist" can be checked (see phase two).
+    let started = std::time::Instant::now();
+    let too_slow = || {
+        client_error(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "the transaction was rolled back: preparing it on every shard took longer than transactions.prepare_timeout ({:?})",
+                catalog.prepare_within
+            ),
+            "the transaction was rolled back on every shard",
+        )
+    };
     let mut prepared: Vec<usize> = Vec::new();
+    let mut xids: Vec<Option<String>> = vec![None; conns.len()];
     let mut failure: Option<BytesMut> = None;
     for &i in participants {
+        let left = catalog.prepare_within.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            failure = Some(too_slow());
+            break;
+        }
         match conns[i]
             .run_collect(
-                &format!("PREPARE TRANSACTION {gid_sql}"),
-                CONTROL_TIMEOUT,
+                &format!(
+                    "SELECT pg_catalog.pg_current_xact_id_if_assigned(); PREPARE TRANSACTION {gid_sql}"
+                ),
+                left,
                 64 * 1024,
             )
             .await
         {
             Ok(c) if c.error.is_none() && c.status == TxStatus::Idle && !is_rollback(&c) => {
+                xids[i] = c.first_value();
                 prepared.push(i)
             }
             Ok(c) => {
@@ -275,6 +304,10 @@ pub async fn commit(
         return Err(f);
     }
     failpoint("after_prepare", &gid).await;
+    if started.elapsed() >= catalog.prepare_within {
+        abort(conns, participants, &prepared, clean, &gid_sql).await;
+        return Err(too_slow());
+    }
 
     // The decision.
     let decided = match catalog.participant.filter(|i| prepared.contains(i)) {
@@ -331,12 +364,27 @@ pub async fn commit(
     failpoint("after_decision", &gid).await;
 
     // Phase two. The transaction is committed: a shard that cannot be
-    // told now is told by recovery, which needs the decision kept.
+    // told now is told by recovery, which needs the decision kept. One
+    // whose transaction "does not exist" any more was finished by someone
+    // else: that is a success only if its transaction id says committed.
     let mut all_committed = true;
+    let mut rolled_back: Vec<&str> = Vec::new();
     for &i in &prepared {
         let sql = format!("COMMIT PREPARED {gid_sql}");
         match conns[i].run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024).await {
             Ok(c) if c.error.is_none() => {}
+            Ok(c) if error_code(&c) == Some(sqlstate::UNDEFINED_OBJECT.to_string()) => {
+                match committed_elsewhere(&mut conns[i], xids[i].as_deref()).await {
+                    Ok(true) => {}
+                    Ok(false) => rolled_back.push(&names[i]),
+                    Err(e) => {
+                        all_committed = false;
+                        clean[i] = false;
+                        tracing::error!(%gid, shard = %names[i], error = %e, "COMMIT PREPARED found no transaction and its outcome could not be read");
+                        rolled_back.push(&names[i]);
+                    }
+                }
+            }
             Ok(c) => {
                 all_committed = false;
                 clean[i] = c.status == TxStatus::Idle;
@@ -348,6 +396,20 @@ pub async fn commit(
                 tracing::warn!(%gid, shard = %names[i], error = %e, "COMMIT PREPARED failed; recovery will finish it");
             }
         }
+    }
+    if !rolled_back.is_empty() {
+        // Only a decision recorded too late can lead here, which the
+        // prepare timeout and the kept abort decisions rule out: say so
+        // rather than report a commit.
+        tracing::error!(%gid, shards = ?rolled_back, "a transaction decided commit was rolled back on some shards");
+        return Err(client_error(
+            sqlstate::INTERNAL_ERROR,
+            format!(
+                "the transaction was committed on some shards but had been rolled back on {}",
+                rolled_back.join(", ")
+            ),
+            &format!("transaction {gid}: the shards disagree; check its rows on every shard"),
+        ));
     }
     if !all_committed {
         return Ok(());
@@ -394,6 +456,33 @@ async fn abort(
             Err(_) => clean[i] = false,
         }
     }
+}
+
+/// The SQLSTATE of a collected answer's error, if any.
+fn error_code(c: &crate::backend::conn::Collected) -> Option<String> {
+    let e = c.error.as_ref()?;
+    protocol::error_fields(protocol::body(e))
+        .into_iter()
+        .find(|(k, _)| *k == b'C')
+        .map(|(_, v)| v)
+}
+
+/// Whether the transaction `xid` (from its PREPARE) committed on this
+/// server. None: it had written nothing there, so nothing was lost.
+async fn committed_elsewhere(conn: &mut ServerConn, xid: Option<&str>) -> Result<bool, String> {
+    let Some(xid) = xid else {
+        return Ok(true);
+    };
+    let status = query_value(
+        conn,
+        &format!(
+            "SELECT pg_catalog.pg_xact_status({}::xid8)",
+            quote_literal(xid)
+        ),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(status.as_deref() == Some("committed"))
 }
 
 /// COMMIT or PREPARE of an aborted transaction answers "ROLLBACK".
@@ -505,16 +594,29 @@ async fn recover_database(
     );
     // Every shard's prepared transactions (all of them: a decision may be
     // dropped only when no shard still waits for it).
+    // A shard that cannot be reached is skipped, not a reason to leave the
+    // others' in-doubt transactions holding their locks; but then no
+    // decision is dropped, as that shard may still wait for one.
     let mut in_doubt: Vec<(usize, String)> = Vec::new();
     let mut still_prepared: Vec<String> = Vec::new();
+    let mut unreachable: Vec<String> = Vec::new();
     for shard in 0..config.shards.len() {
-        let conn = kept(conns, &primary(shard))
-            .await
-            .map_err(|e| format!("cannot reach shard \"{}\": {e}", config.shards[shard].name))?;
-        let list = conn
-            .run_collect(&list_sql, CONTROL_TIMEOUT, 1024 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
+        let name = &config.shards[shard].name;
+        let list = match kept(conns, &primary(shard)).await {
+            Ok(conn) => conn
+                .run_collect(&list_sql, CONTROL_TIMEOUT, 1024 * 1024)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let list = match list {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(shard = %name, error = %e, "recovery cannot reach a shard; settling the others");
+                unreachable.push(format!("cannot reach shard \"{name}\": {e}"));
+                continue;
+            }
+        };
         for f in list
             .frames
             .iter()
@@ -551,6 +653,7 @@ async fn recover_database(
     users.sort();
     users.dedup();
     for (shard, gid) in in_doubt {
+        // Without the catalog nothing can be decided: the pass ends.
         let decision = {
             let catalog = kept(conns, &catalog_target).await?;
             decide(catalog, &gid, "abort", &[], &users)
@@ -562,12 +665,14 @@ async fn recover_database(
         } else {
             "ROLLBACK PREPARED"
         };
-        let conn = kept(conns, &primary(shard)).await?;
-        let done = match query_value(conn, &format!("{verb} {}", quote_literal(&gid))).await {
-            Ok(_) => Ok(()),
-            // Finished meanwhile by someone else.
-            Err(QueryError::Sql { code, .. }) if code == sqlstate::UNDEFINED_OBJECT => Ok(()),
+        let done = match kept(conns, &primary(shard)).await {
             Err(e) => Err(e),
+            Ok(conn) => match query_value(conn, &format!("{verb} {}", quote_literal(&gid))).await {
+                Ok(_) => Ok(()),
+                // Finished meanwhile by someone else.
+                Err(QueryError::Sql { code, .. }) if code == sqlstate::UNDEFINED_OBJECT => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
         };
         match done {
             Ok(()) => {
@@ -581,15 +686,22 @@ async fn recover_database(
             }
         }
     }
+    if let Some(e) = unreachable.into_iter().next() {
+        return Err(e);
+    }
     // Decisions nobody waits for any more (the table may not exist yet:
-    // nothing to drop then).
+    // nothing to drop then). An abort is kept for a day: a PREPARE stalled
+    // in a shard's socket may still run, and its proxy must then find the
+    // abort, not record a commit (the prepare timeout makes that proxy
+    // give up long before).
     let keep = still_prepared
         .iter()
         .map(|g| quote_literal(g))
         .collect::<Vec<_>>()
         .join(",");
     let mut forget = format!(
-        "DELETE FROM shardwire.tx_decisions WHERE decided_at < now() - interval '{grace} seconds'"
+        "DELETE FROM shardwire.tx_decisions WHERE decided_at < now() - interval '{grace} seconds' \
+         AND (decision = 'commit' OR decided_at < now() - interval '{ABORT_KEPT_SECS} seconds')"
     );
     if !keep.is_empty() {
         forget.push_str(&format!(" AND gid NOT IN ({keep})"));

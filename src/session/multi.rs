@@ -706,7 +706,7 @@ where
             &mut clean,
             end,
             names,
-            (&catalog, &users),
+            (&catalog, &users, self.config.transactions.prepare_timeout()),
         )
         .await;
         if commit && failure.is_none() {
@@ -747,7 +747,7 @@ async fn finish_atomic(
     clean: &mut [bool],
     end: End,
     names: &[String],
-    (catalog, users): (&Arc<Pool>, &[String]),
+    (catalog, users, prepare_within): (&Arc<Pool>, &[String], Duration),
 ) -> Option<BytesMut> {
     let (mut commit, mut failure) = match end {
         End::Commit => (true, None),
@@ -763,6 +763,7 @@ async fn finish_atomic(
             pool: catalog,
             participant: on_catalog,
             users,
+            prepare_within,
         };
         return crate::execute::twophase::commit(conns, &participants, clean, names, catalog)
             .await

@@ -98,7 +98,7 @@ async fn rows(shards: &[Client; 2], table: &str) -> [i64; 2] {
 #[test]
 fn a_transaction_on_two_shards_commits_on_both() {
     let _one = prepared_xacts_lock();
-    let proxy = TestProxy::start(sharded("tp_ok", "1s"));
+    let proxy = TestProxy::start(sharded("tp_ok", "3s"));
     let (k0, k1) = keys(&proxy, "tp_ok");
     block_on(Duration::from_secs(60), async {
         let shards =
@@ -282,7 +282,7 @@ fn tpcb_across_shards_keeps_the_books_balanced() {
 #[test]
 fn a_scatter_inside_a_transaction_runs_on_both_shards_at_once() {
     const NAP: f64 = 0.6;
-    let proxy = TestProxy::start(sharded("tp_par", "1s"));
+    let proxy = TestProxy::start(sharded("tp_par", "3s"));
     let (k0, k1) = keys(&proxy, "tp_par");
     block_on(Duration::from_secs(60), async {
         let _shards =
@@ -396,5 +396,85 @@ fn every_configured_user_commits_across_shards() {
             .expect("count")
             .get(0);
         assert_eq!(n, 4);
+    });
+}
+
+/// Issue 21, case 5: a shard that stalls in the middle of phase one (its
+/// backend stopped while the proxy waits for its PREPARE) must not lead to
+/// a half commit. Before, the proxy waited 30 s for that PREPARE while
+/// recovery, after `in_doubt_after`, decided abort for the other shard,
+/// rolled it back and later dropped the abort; the proxy then recorded
+/// commit, took COMMIT PREPARED's "does not exist" for success and told the
+/// client COMMIT with one shard's row missing. Now phase one ends within
+/// `transactions.prepare_timeout` (shorter than `in_doubt_after`, which
+/// the config checks), the client is told the transaction rolled back, and
+/// the stalled PREPARE, when it finally runs, is rolled back by recovery.
+#[test]
+fn a_shard_stalled_during_prepare_never_leaves_a_half_commit() {
+    let _one = prepared_xacts_lock();
+    let table = "tp_stall";
+    let proxy = TestProxy::start(sharded(table, "2s"));
+    let (k0, k1) = keys(&proxy, table);
+    block_on(Duration::from_secs(90), async {
+        let shards = connect_shards(&format!(
+            "drop table if exists {table}; create table {table} (id int primary key)"
+        ))
+        .await;
+        let c = proxy.app_client().await;
+        run_each(&c, &tx(table, &[k0, k1], "SELECT 1")[..3])
+            .await
+            .expect("begin and insert on both shards");
+        // The proxy's backend on shard 1, idle in the transaction.
+        let pid: i32 = shards[1]
+            .query_one(
+                &format!(
+                    "select pid from pg_stat_activity where state = 'idle in transaction' \
+                     and query ilike 'insert into {table}%'"
+                ),
+                &[],
+            )
+            .await
+            .expect("the transaction's backend on shard 1")
+            .get(0);
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        let started = Instant::now();
+        let commit = tokio::spawn(async move {
+            let r = c.batch_execute("COMMIT").await;
+            (r, c, started.elapsed())
+        });
+        // Longer than in_doubt_after and a recovery pass or two.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        signal("-CONT");
+        let (result, c, answered_after) = commit.await.expect("commit task");
+        let told_commit = result.is_ok();
+        if let Err(e) = &result {
+            assert_eq!(sqlstate(e), "08006", "{e}");
+            assert!(
+                answered_after < Duration::from_secs(5),
+                "the client waited {answered_after:?} for the stalled shard"
+            );
+        }
+        // Recovery settles the PREPARE that ran once the shard resumed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let prepared = prepared_like(&shards, "sw_%").await;
+            if prepared == [0, 0] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still prepared: {prepared:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let counts = rows(&shards, table).await;
+        let expected = if told_commit { [1, 1] } else { [0, 0] };
+        assert_eq!(counts, expected, "told commit: {told_commit}");
+        drop(c);
     });
 }
