@@ -257,6 +257,11 @@ pub fn render_metrics(proxy: &Proxy) -> String {
             &m.rate_limited,
         ),
         (
+            "shardwire_pins_total",
+            "Sessions in transaction pooling that kept their server to themselves for state that cannot follow them (LISTEN, temporary tables, session advisory locks, PREPARE, WITH HOLD cursors, LOAD).",
+            &m.pins,
+        ),
+        (
             "shardwire_read_retries_total",
             "Replica reads run again on another server after their replica failed before answering.",
             &m.read_retries,

@@ -307,6 +307,10 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
                     ),
                     Some("create the table, then INSERT the rows through shardwire"),
                 ),
+                // A temporary table belongs to one server session: the
+                // default shard's, where the statements naming it (an
+                // unsharded table) go; that session keeps its server.
+                _ if ct.temporary => Target::Default,
                 _ => Target::AllShards,
             };
             plan(Kind::Ddl, true, target)

@@ -62,6 +62,11 @@ pub struct Effects {
     pub drops_statements: bool,
     /// DISCARD ALL, RESET ALL: every setting is back to its default.
     pub resets_settings: bool,
+    /// State that cannot follow a client to another server and must never
+    /// reach another client: LISTEN, temporary tables, session advisory
+    /// locks, SQL-level PREPARE, WITH HOLD cursors, LOAD. What it is, for
+    /// the log and the client's errors.
+    pub pins: Option<&'static str>,
 }
 
 impl Effects {
@@ -70,6 +75,7 @@ impl Effects {
         schema: false,
         drops_statements: false,
         resets_settings: false,
+        pins: None,
     };
 }
 
@@ -83,6 +89,12 @@ pub fn effects(sql: &[u8]) -> Effects {
     let mut e = Effects::NONE;
     if contains_ignore_case(sql, b"set_config") {
         e.settings = SettingsEffect::Changes;
+    }
+    // pg_advisory_lock, pg_advisory_lock_shared, pg_try_advisory_lock...;
+    // the _xact_ ones end with their transaction.
+    if contains_ignore_case(sql, b"advisory_lock") || contains_ignore_case(sql, b"advisory_unlock")
+    {
+        e.pins = Some("a session advisory lock");
     }
     for piece in sql.split(|b| *b == b';') {
         let mut words = StatementWords::new(piece);
@@ -122,8 +134,40 @@ pub fn effects(sql: &[u8]) -> Effects {
         if is(first, "reset") && is(second, "all") {
             e.resets_settings = true;
         }
+        let temp = |w: Option<&[u8]>| is(w, "temp") || is(w, "temporary");
+        let pin = if is(first, "listen") {
+            Some("LISTEN")
+        } else if is(first, "create")
+            && (temp(second) || ((is(second, "local") || is(second, "global")) && temp(third)))
+        {
+            Some("a temporary table")
+        } else if (is(first, "select") || is(first, "with") || is(first, "create"))
+            && has_word(piece, "temp", "temporary")
+        {
+            // SELECT ... INTO TEMP, CREATE TABLE ... AS with TEMP: any
+            // such word errs toward a pin.
+            Some("a temporary table")
+        } else if is(first, "prepare") && !is(second, "transaction") {
+            Some("a prepared statement made with PREPARE")
+        } else if is(first, "declare") && has_word(piece, "hold", "hold") {
+            Some("a WITH HOLD cursor")
+        } else if is(first, "load") {
+            Some("a library loaded with LOAD")
+        } else {
+            None
+        };
+        if pin.is_some() {
+            e.pins = pin;
+        }
     }
     e
+}
+
+/// Whether `piece` has the word `a` or `b` anywhere (case-insensitive).
+fn has_word(piece: &[u8], a: &str, b: &str) -> bool {
+    piece
+        .split(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+        .any(|w| w.eq_ignore_ascii_case(a.as_bytes()) || w.eq_ignore_ascii_case(b.as_bytes()))
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
@@ -512,6 +556,28 @@ mod tests {
             "select 'alter table'",
         ] {
             assert!(!effects(sql.as_bytes()).schema, "{sql}");
+        }
+        for sql in [
+            "LISTEN ch",
+            "create temp table t (i int)",
+            "CREATE LOCAL TEMPORARY TABLE t (i int)",
+            "select 1 into temp t",
+            "select pg_advisory_lock(1)",
+            "select pg_try_advisory_lock_shared(1)",
+            "prepare p as select 1",
+            "declare c cursor with hold for select 1",
+            "load 'auto_explain'",
+        ] {
+            assert!(effects(sql.as_bytes()).pins.is_some(), "{sql}");
+        }
+        for sql in [
+            "select pg_advisory_xact_lock(1)",
+            "prepare transaction 'x'",
+            "declare c cursor for select 1",
+            "select * from temps",
+            "create table t as select 1",
+        ] {
+            assert!(effects(sql.as_bytes()).pins.is_none(), "{sql}");
         }
     }
 }

@@ -87,6 +87,7 @@ where
     /// stays there.
     pub(super) async fn settle_held_server(&mut self) -> Result<(), SessionEnd> {
         if self.server.is_none()
+            || self.pinned.is_some()
             || self.pool_mode != PoolMode::Transaction
             || self.tx_status != TxStatus::Idle
             || self.deferred_begin.is_some()
@@ -329,7 +330,11 @@ where
         if self.probe_settings() {
             return; // released once the settings are read back
         }
-        if self.pool_mode == PoolMode::Transaction && self.server.is_some() && self.is_idle() {
+        if self.pool_mode == PoolMode::Transaction
+            && self.server.is_some()
+            && self.is_idle()
+            && self.pinned.is_none()
+        {
             if std::mem::take(&mut self.writes.in_tx) && !self.replica.held_on && self.after_write()
             {
                 return; // released once the LSN probe answers

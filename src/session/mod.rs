@@ -396,6 +396,10 @@ pub struct Session<R, W> {
     /// A statement that may change tables ran since the session was last
     /// idle: the schema generation is bumped again then (state.rs).
     changed_schema: bool,
+    /// Transaction pooling: the server holds state of this client that
+    /// cannot follow it (what, for errors): it stays this client's, and is
+    /// reset with DISCARD ALL when the client leaves (state.rs).
+    pinned: Option<&'static str>,
     /// What the unnamed statement may do to the server session.
     unnamed_effects: control::Effects,
 }
@@ -479,6 +483,7 @@ where
             settings_rows: None,
             settings_lost: false,
             changed_schema: false,
+            pinned: None,
             unnamed_effects: control::Effects::NONE,
         };
         s.paused_now = *s.paused.borrow_and_update();
@@ -504,11 +509,12 @@ where
             self.cancel.clear();
             // Only a server with nothing in flight goes back to the pool; in
             // session pooling, only after the session's state is discarded.
-            // A SET not read back yet would go to the next client unseen.
+            // A SET not read back yet would go to the next client unseen;
+            // a pinned server is reset as in session pooling.
             if self.is_idle()
                 && !self.discard_server
                 && !self.settings_changed
-                && (self.pool_mode == PoolMode::Transaction
+                && ((self.pool_mode == PoolMode::Transaction && self.pinned.is_none())
                     || checkout::discard_session(&mut conn).await)
             {
                 conn.release();

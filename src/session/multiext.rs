@@ -47,6 +47,7 @@ where
         // A SET in this transaction ran on its one server only.
         if self.server.is_none()
             || self.settings_changed
+            || self.pinned.is_some()
             || self.multi.is_some()
             || self.pool_mode != PoolMode::Transaction
             || self.copy_in

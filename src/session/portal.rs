@@ -61,7 +61,10 @@ where
             self.refuse(e, false);
             return Ok(());
         }
-        if let Some(e) = self.multi_shard_settings_error(sql.as_bytes()) {
+        if let Some(e) = self
+            .pinned_error()
+            .or_else(|| self.multi_shard_settings_error(sql.as_bytes()))
+        {
             self.refuse(e, false);
             return Ok(());
         }

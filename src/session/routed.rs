@@ -115,6 +115,10 @@ where
         };
         self.settle_for(&route.shards).await?;
         if route.shards.len() > 1 {
+            if let Some(e) = self.pinned_error() {
+                self.refuse(e, true);
+                return Ok(());
+            }
             let timing = self.timing_for(&frame, true);
             let kind = if route.is_broadcast() {
                 RouteKind::Broadcast
@@ -130,6 +134,10 @@ where
             }
         }
         if self.wants_multi_tx(&route) {
+            if let Some(e) = self.pinned_error() {
+                self.refuse(e, true);
+                return Ok(());
+            }
             if self.settings_changed {
                 // The SET ran on this transaction's one server; the other
                 // shards' servers would run without it.

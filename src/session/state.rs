@@ -50,6 +50,9 @@ where
         if effects.schema {
             self.schema_may_change();
         }
+        if let Some(what) = effects.pins {
+            self.pin(what);
+        }
         let Some(s) = self.server.as_deref_mut() else {
             return;
         };
@@ -113,10 +116,52 @@ where
         }
     }
 
+    /// Keep the held server for this client: `what` lives on it and must
+    /// reach no one else (transaction pooling; in session pooling the
+    /// server is the client's anyway). Logged once per client.
+    pub(super) fn pin(&mut self, what: &'static str) {
+        if self.pool_mode != PoolMode::Transaction || self.pinned.is_some() {
+            return;
+        }
+        self.pinned = Some(what);
+        self.proxy.metrics.pins.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            client = self.client_id,
+            shard = %self.shard_name(self.server_shard),
+            "{what} pins this client's server until it disconnects (transaction pooling)"
+        );
+    }
+
+    /// The 0A000 for a statement that needs servers other than the one
+    /// this client has pinned.
+    pub(super) fn pinned_error(&self) -> Option<PgError> {
+        let what = self.pinned?;
+        Some(
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "this session keeps its server on shard \"{}\" for {what}, so a statement over several shards cannot run in it",
+                    self.shard_name(self.server_shard)
+                ),
+            )
+            .with_hint("run it from another connection, or use a database with pool_mode = \"session\""),
+        )
+    }
+
     /// The 0A000 for a statement over several shards that may change
     /// settings, if `sql` is one.
     pub(super) fn multi_shard_settings_error(&self, sql: &[u8]) -> Option<PgError> {
-        match control::effects(sql).settings {
+        let effects = control::effects(sql);
+        if let Some(what) = effects.pins {
+            return Some(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("{what} cannot be made on several shards at once"),
+                )
+                .with_hint("make it in a statement of its own that runs on one shard"),
+            );
+        }
+        match effects.settings {
             SettingsEffect::None => None,
             _ => Some(
                 PgError::error(

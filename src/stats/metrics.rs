@@ -198,6 +198,9 @@ pub struct Metrics {
     pub reload_failures: AtomicU64,
     /// Replica reads run again elsewhere after their replica died.
     pub read_retries: AtomicU64,
+    /// Sessions that pinned their server in transaction pooling (LISTEN,
+    /// temporary tables, ...: session::state).
+    pub pins: AtomicU64,
     /// Per (shard name, kind).
     routes: RwLock<HashMap<(String, RouteKind), Arc<RouteStats>>>,
     /// Errors sent to clients, by SQLSTATE class (the first two characters).
@@ -222,6 +225,7 @@ impl Default for Metrics {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             read_retries: AtomicU64::new(0),
+            pins: AtomicU64::new(0),
             routes: RwLock::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             reads: RwLock::new(HashMap::new()),

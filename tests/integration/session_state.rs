@@ -414,3 +414,108 @@ fn deallocate_all_in_the_extended_protocol_is_followed() {
         }
     });
 }
+
+/// State that cannot follow a client (DESIGN §3): the client keeps its
+/// server (a pin, counted in /metrics), so the state stays its own, and no
+/// other client ever gets that server while it is pinned. PostgreSQL's
+/// answers for the others are those of a fresh session.
+#[test]
+fn state_that_cannot_follow_pins_the_server_and_reaches_no_one_else() {
+    let proxy = TestProxy::start(|c| {
+        set(c, "pool.max_size", 3);
+        set(c, "pool.pipeline_lanes", 1);
+    });
+    let config = proxy.pg_config("app", "app");
+    // (A's statement, A's later check, another client's check: its
+    // expected text or SQLSTATE)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "create temp table pin_tt (i int); insert into pin_tt values (5)",
+            "select i::text from pin_tt",
+            "select coalesce(to_regclass('pin_tt')::text, 'none')",
+            "none",
+        ),
+        (
+            "select pg_advisory_lock(77077)",
+            "select count(*)::text from pg_locks where locktype = 'advisory' and objid = 77077 and pid = pg_backend_pid()",
+            "select pg_try_advisory_lock(77077)::text",
+            "false",
+        ),
+        (
+            "prepare pin_p as select 5",
+            "execute pin_p",
+            "execute pin_p",
+            "26000",
+        ),
+        (
+            "listen pin_channel",
+            "select count(*)::text from pg_listening_channels()",
+            "select count(*)::text from pg_listening_channels()",
+            "0",
+        ),
+        (
+            "declare pin_c cursor with hold for select 5",
+            "select count(*)::text from pg_cursors where name = 'pin_c'",
+            "fetch pin_c",
+            "34000",
+        ),
+    ];
+    block_on(Duration::from_secs(120), async {
+        for (set_up, own, other, expect) in cases {
+            let (a, _ca) = connect(&config).await;
+            a.batch_execute(set_up).await.expect(set_up);
+            for _ in 0..3 {
+                let v = first_text(&a, own).await;
+                assert!(
+                    v.as_deref() == Ok("5") || v.as_deref() == Ok("1"),
+                    "A after `{set_up}`: {v:?}"
+                );
+            }
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let config = config.clone();
+                let other = other.to_string();
+                tasks.push(tokio::spawn(async move {
+                    let (b, _cb) = connect(&config).await;
+                    let mut seen = Vec::new();
+                    for _ in 0..3 {
+                        seen.push(first_text(&b, &other).await);
+                    }
+                    seen
+                }));
+            }
+            for t in tasks {
+                for v in t.await.expect("client B") {
+                    let v = v.unwrap_or_else(|code| code);
+                    assert_eq!(&v, expect, "another client after A's `{set_up}`");
+                }
+            }
+            assert_eq!(
+                first_text(&a, own)
+                    .await
+                    .as_deref()
+                    .map(|v| v == "5" || v == "1"),
+                Ok(true)
+            );
+        }
+    });
+    let (_, m) = proxy.http_get("/metrics");
+    assert!(metric(&m, "shardwire_pins_total", &[]) >= 5.0, "{m}");
+}
+
+/// The first value of a simple query's first row as text, or its SQLSTATE.
+async fn first_text(c: &Client, sql: &str) -> Result<String, String> {
+    match c.simple_query(sql).await {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default()),
+        Err(e) => Err(e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| e.to_string())),
+    }
+}
