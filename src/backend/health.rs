@@ -513,6 +513,25 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// The end of the last WAL record at or before `insert`, a
+/// `pg_current_wal_insert_lsn()`. Right after a page header the insert
+/// position is past the header (24 bytes, 40 at a segment's start), where
+/// no record ends: a replica that replayed everything reports the page's
+/// start, and would never reach the insert position while the primary is
+/// idle, so reads would stay on the primary. No record ends 24 or 40 bytes
+/// into a page (a record is at least 24 bytes, after a header of at least
+/// 24), so those offsets are headers whatever the segment size.
+pub fn last_record_end(insert: u64) -> u64 {
+    const XLOG_BLCKSZ: u64 = 8192;
+    const SHORT_PAGE_HEADER: u64 = 24;
+    const LONG_PAGE_HEADER: u64 = 40;
+    match insert % XLOG_BLCKSZ {
+        SHORT_PAGE_HEADER => insert - SHORT_PAGE_HEADER,
+        LONG_PAGE_HEADER => insert - LONG_PAGE_HEADER,
+        _ => insert,
+    }
+}
+
 /// The role a server was configured with, or the one its checks found.
 pub fn observed_role(h: &ServerHealth) -> Role {
     match h.in_recovery() {
@@ -533,5 +552,11 @@ mod tests {
         assert_eq!(parse_lsn("x"), None);
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(parse_lsn(&format_lsn(12345)), Some(12345));
+        // An insert position right after a page header: the last record
+        // ended at the page's start.
+        assert_eq!(last_record_end(0x1_0000_2018), 0x1_0000_2000);
+        assert_eq!(last_record_end(0x1_0100_0028), 0x1_0100_0000);
+        assert_eq!(last_record_end(0x1_0000_2030), 0x1_0000_2030);
+        assert_eq!(last_record_end(0x1_0000_2000), 0x1_0000_2000);
     }
 }

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Expect, Pending, Session};
-use crate::backend::health::{format_lsn, parse_lsn};
+use crate::backend::health::{format_lsn, last_record_end, parse_lsn};
 use crate::backend::{Pool, PooledConn, ReplicaPool};
 use crate::config::{LoadBalance, ReadFrom, ReadYourWrites, Reads};
 use crate::protocol::{self, PgError, TxStatus};
@@ -337,7 +337,9 @@ where
 
     /// The DataRow answering an LSN probe.
     pub(super) fn on_lsn_probe_row(&mut self, frame: &[u8]) {
-        let lsn = protocol::first_text_value(frame).and_then(|v| parse_lsn(&v));
+        let lsn = protocol::first_text_value(frame)
+            .and_then(|v| parse_lsn(&v))
+            .map(last_record_end);
         if let (Some(lsn), Some(slot)) = (lsn, self.writes.lsn.get_mut(self.server_shard)) {
             *slot = (*slot).max(lsn);
         }
@@ -376,9 +378,10 @@ where
                         )
                         .await;
                     let lsn = match &c {
-                        Ok(c) if c.status == TxStatus::Idle && c.error.is_none() => {
-                            c.first_value().and_then(|v| parse_lsn(&v))
-                        }
+                        Ok(c) if c.status == TxStatus::Idle && c.error.is_none() => c
+                            .first_value()
+                            .and_then(|v| parse_lsn(&v))
+                            .map(last_record_end),
                         _ => None,
                     };
                     match (lsn, self.writes.lsn.get_mut(shards[i])) {
@@ -419,7 +422,10 @@ where
                 )
                 .await
                 .map_err(|e| e.to_pg())?;
-            let lsn = c.first_value().and_then(|v| parse_lsn(&v));
+            let lsn = c
+                .first_value()
+                .and_then(|v| parse_lsn(&v))
+                .map(last_record_end);
             if c.status == TxStatus::Idle && c.error.is_none() {
                 conn.release();
             }

@@ -572,3 +572,64 @@ fn lagging_replicas_take_no_reads_and_primary_after_write() {
         );
     }
 }
+
+/// After a write whose WAL position is right past a page header (here at a
+/// segment's start, after pg_switch_wal), an idle replica that replayed
+/// everything reports the page's start, never that position: read-your-
+/// writes must still let reads go back to the replica.
+#[test]
+fn a_write_position_at_a_page_header_does_not_keep_reads_on_the_primary() {
+    let private = PrivateCluster::start(&[]);
+    private.run(
+        "psql",
+        &[
+            "--shard",
+            "s0",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "GRANT EXECUTE ON FUNCTION pg_switch_wal() TO app",
+        ],
+    );
+    let (_, replica) = private.0.shard_ports(0);
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "reads.read_your_writes_max_wait", "0");
+        set(
+            cfg,
+            "reads.write_functions",
+            toml::Value::Array(vec!["pg_switch_wal".into()]),
+        );
+        set(cfg, "health.interval", "100ms");
+    });
+    wait_all_up(&proxy);
+    block_on(Duration::from_secs(60), async {
+        let client = proxy.app_client().await;
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS ph (i int); INSERT INTO ph VALUES (1)")
+            .await
+            .expect("write");
+        // A write (by write_functions) that leaves the insert position at
+        // the next segment's start, past its long page header.
+        let lsn = simple_rows(
+            &client
+                .simple_query("SELECT pg_switch_wal()::text")
+                .await
+                .expect("switch"),
+        );
+        assert!(lsn[0][0].is_some());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if port_of(&client, "SELECT inet_server_port()").await == replica {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reads stayed on the primary: the replica never reached the write's position"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
