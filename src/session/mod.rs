@@ -25,7 +25,8 @@
 //! checkout.rs (holding, settling, releasing servers), deadlines.rs
 //! (timeouts and timing), routed.rs (statements routed to a shard),
 //! refusal.rs (refused statements abort transactions), commands.rs (SET
-//! shardwire.*); reads.rs, fence.rs and lanes.rs (replicas, rebalance
+//! shardwire.*), state.rs (what a client leaves on its server: settings
+//! that follow it, prepared statements, pins); reads.rs, fence.rs and lanes.rs (replicas, rebalance
 //! fences, lanes); multi.rs, multitx.rs, multiext.rs, portal.rs and
 //! streamed.rs (statements over several shards, on execute/'s fan-out,
 //! merges and COPY splitting).

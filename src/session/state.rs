@@ -1,17 +1,24 @@
-//! Settings follow their client (DESIGN §3). PostgreSQL reports only a few
-//! settings (GUC_REPORT) with ParameterStatus; `search_path`,
-//! `statement_timeout`, `work_mem`, `role` and the rest change silently. So
-//! after a client's statement that may have changed settings
-//! (`router::control::settings_effect`: SET, RESET, DISCARD, `set_config`,
-//! DO, CALL), once its server is idle and before it goes to anyone else,
-//! the session asks that server for its session-level settings and makes
-//! them the client's: applied to every server the client gets next
-//! (`backend::conn::sync_params`) and reset on the server before another
-//! client gets it (the server's `custom_params`).
+//! What a client leaves on its server session (DESIGN §3), by the effects
+//! `router::control::effects` finds in each statement:
 //!
-//! A statement over several shards that may change settings is refused:
-//! its servers go back to their pools at once, with no one to read them
-//! back.
+//! - **Settings follow their client.** PostgreSQL reports only a few
+//!   settings (GUC_REPORT) with ParameterStatus; `search_path`,
+//!   `statement_timeout`, `work_mem`, `role` and the rest change silently.
+//!   After a statement that may have changed them (SET, RESET, DISCARD,
+//!   `set_config`, DO, CALL), once its server is idle and before it goes
+//!   to anyone else, the session reads that server's session-level
+//!   settings back and makes them the client's: applied to every server the
+//!   client gets next (`backend::conn::sync_params`) and reset on the server
+//!   before another client gets it (the server's `custom_params`).
+//! - **Prepared statements**: a DEALLOCATE ALL or DISCARD ALL is followed;
+//!   a schema change gives later prepares new server-side names
+//!   (`backend::conn::schema_changed`).
+//! - **State that cannot follow** (LISTEN, temporary tables, session
+//!   advisory locks, SQL PREPARE, WITH HOLD cursors, LOAD) pins the server
+//!   to its client until it disconnects.
+//!
+//! A statement over several shards with any of these is refused: its
+//! servers go back to their pools at once, with no one to read them back.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +49,8 @@ where
     /// A client statement with these effects goes to the held server now
     /// (what cannot follow the client was refused before). Settings are
     /// read back once the server is idle; statements it drops are
-    /// forgotten; a schema change makes every server re-prepare.
+    /// forgotten; a schema change gives later prepares new names; state
+    /// that cannot follow pins the server.
     pub(super) fn note_effects(&mut self, effects: Effects) {
         if effects.settings != SettingsEffect::None {
             self.settings_changed = true;
