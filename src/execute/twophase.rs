@@ -566,6 +566,31 @@ async fn recover_once(
     first_error.map_or(Ok(()), Err)
 }
 
+/// A decision for `gid` in any reachable shard's catalog table but the
+/// first's (where `decide` looks): the first shard by position holds the
+/// catalog, so after the shards of the config were reordered an in-doubt
+/// transaction's decision is on another one.
+async fn recorded_elsewhere(
+    conns: &mut HashMap<ServerTarget, ServerConn>,
+    primary: &impl Fn(usize) -> ServerTarget,
+    config: &Config,
+    gid: &str,
+) -> Option<String> {
+    let sql = format!(
+        "SELECT decision FROM shardwire.tx_decisions WHERE gid = {}",
+        quote_literal(gid)
+    );
+    for shard in 1..config.shards.len() {
+        let Ok(conn) = kept(conns, &primary(shard)).await else {
+            continue;
+        };
+        if let Ok(Some(d)) = query_value(conn, &sql).await {
+            return Some(d);
+        }
+    }
+    None
+}
+
 /// One recovery pass over one database.
 async fn recover_database(
     proxy: &Arc<Proxy>,
@@ -653,12 +678,17 @@ async fn recover_database(
     users.sort();
     users.dedup();
     for (shard, gid) in in_doubt {
-        // Without the catalog nothing can be decided: the pass ends.
-        let decision = {
-            let catalog = kept(conns, &catalog_target).await?;
-            decide(catalog, &gid, "abort", &[], &users)
-                .await
-                .map_err(|e| e.to_string())?
+        // A decision recorded where an earlier config had its catalog
+        // (shards reordered) counts; else the catalog decides, and without
+        // it nothing can be decided: the pass ends.
+        let decision = match recorded_elsewhere(conns, &primary, config, &gid).await {
+            Some(d) => d,
+            None => {
+                let catalog = kept(conns, &catalog_target).await?;
+                decide(catalog, &gid, "abort", &[], &users)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
         };
         let verb = if decision == "commit" {
             "COMMIT PREPARED"
@@ -706,8 +736,10 @@ async fn recover_database(
     if !keep.is_empty() {
         forget.push_str(&format!(" AND gid NOT IN ({keep})"));
     }
+    // Where an earlier config kept its catalog too (see
+    // `recorded_elsewhere`); a shard without the table has nothing to drop.
     let catalog = kept(conns, &catalog_target).await?;
-    match query_value(catalog, &forget).await {
+    let result = match query_value(catalog, &forget).await {
         Ok(_) => Ok(()),
         Err(QueryError::Sql { code, .. })
             if code == sqlstate::UNDEFINED_TABLE || code == sqlstate::INVALID_SCHEMA_NAME =>
@@ -715,5 +747,11 @@ async fn recover_database(
             Ok(())
         }
         Err(e) => Err(e.to_string()),
+    };
+    for shard in 1..config.shards.len() {
+        if let Ok(conn) = kept(conns, &primary(shard)).await {
+            let _ = query_value(conn, &forget).await;
+        }
     }
+    result
 }

@@ -134,6 +134,15 @@ fn a_transaction_on_two_shards_commits_on_both() {
 /// Kill the proxy at `failpoint` during a two-shard COMMIT; another proxy's
 /// recovery must then leave both shards agreeing, nothing prepared.
 fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
+    kill_during_commit_then(failpoint, table, |_| {})
+}
+
+/// `kill_during_commit`, the rescuing proxy's config changed by `rescue`.
+fn kill_during_commit_then(
+    failpoint: &str,
+    table: &str,
+    rescue: impl FnOnce(&mut toml::Value),
+) -> [i64; 2] {
     let _one = prepared_xacts_lock();
     // The doomed proxy's own recovery must not settle it first.
     let mut doomed = TestProxy::start_with_env(
@@ -182,7 +191,10 @@ fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
         );
 
         // A new proxy's recovery settles it.
-        let _rescuer = TestProxy::start(sharded(table, "1s"));
+        let _rescuer = TestProxy::start(|c| {
+            sharded(table, "1s")(c);
+            rescue(c);
+        });
         let deadline = Instant::now() + Duration::from_secs(20);
         while prepared_like(&shards, &gid).await != [0, 0] {
             assert!(
@@ -198,6 +210,21 @@ fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
 #[test]
 fn a_commit_decided_before_the_crash_is_finished_by_recovery() {
     assert_eq!(kill_during_commit("after_decision", "tp_commit"), [1, 1]);
+}
+
+/// Issue 21 (suspected, real): the decision lives on the first shard of
+/// the config; a proxy whose config lists the shards in another order
+/// looked only on its own first shard, found no decision and rolled back a
+/// transaction decided commit.
+#[test]
+fn recovery_finds_a_decision_after_the_shards_were_reordered() {
+    let reorder = |c: &mut toml::Value| {
+        c["shards"].as_array_mut().expect("[[shards]]").reverse();
+    };
+    assert_eq!(
+        kill_during_commit_then("after_decision", "tp_reorder", reorder),
+        [1, 1]
+    );
 }
 
 #[test]
