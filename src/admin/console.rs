@@ -38,7 +38,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "SHOW CLIENTS",
-        "client sessions: user, database, address, state, queries",
+        "client sessions: user, database, address, state, queries, what pins its server",
     ),
     (
         "SHOW STATS",
@@ -702,6 +702,7 @@ fn show_clients(proxy: &Proxy) -> Table {
         "shard",
         "queries",
         "connected_at",
+        "pinned_by",
     ]);
     for c in proxy.clients.list() {
         t.row(vec![
@@ -716,6 +717,7 @@ fn show_clients(proxy: &Proxy) -> Table {
                 .map(|s| s.name.clone()),
             v(c.queries.load(Ordering::Relaxed)),
             v(super::format_utc(c.connected_at)),
+            c.pinned_by().map(str::to_string),
         ]);
     }
     t

@@ -401,6 +401,9 @@ pub struct Session<R, W> {
     /// cannot follow it (what, for errors): it stays this client's, and is
     /// reset with DISCARD ALL when the client leaves (state.rs).
     pinned: Option<&'static str>,
+    /// The statement sent is a DISCARD ALL and nothing that pins: its
+    /// completion unpins (state.rs).
+    unpin_on_discard: bool,
     /// What the unnamed statement may do to the server session.
     unnamed_effects: control::Effects,
 }
@@ -485,6 +488,7 @@ where
             settings_lost: false,
             changed_schema: false,
             pinned: None,
+            unpin_on_discard: false,
             unnamed_effects: control::Effects::NONE,
         };
         s.paused_now = *s.paused.borrow_and_update();

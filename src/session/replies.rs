@@ -111,7 +111,12 @@ where
                 self.copy_open = true;
                 self.forget_syncs_sent_into_copy();
             }
-            be::COMMAND_COMPLETE => self.copy_in = false,
+            be::COMMAND_COMPLETE => {
+                self.copy_in = false;
+                if self.pinned.is_some() && protocol::body(frame).starts_with(b"DISCARD ALL") {
+                    self.discarded();
+                }
+            }
             // No COPY is open once the server is ready again, whatever the
             // client sent or did not send.
             be::READY_FOR_QUERY => {

@@ -61,6 +61,10 @@ where
         if let Some(what) = effects.pins {
             self.pin(what);
         }
+        // DISCARD ALL ends what pins the server once it has run (its
+        // CommandComplete: `discarded`), unless the same string makes more.
+        self.unpin_on_discard =
+            effects.drops_statements && effects.resets_settings && effects.pins.is_none();
         let Some(s) = self.server.as_deref_mut() else {
             return;
         };
@@ -132,12 +136,22 @@ where
             return;
         }
         self.pinned = Some(what);
+        self.client.info.set_pinned_by(Some(what));
         self.proxy.metrics.pins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             client = self.client_id,
             shard = %self.shard_name(self.server_shard),
             "{what} pins this client's server until it disconnects (transaction pooling)"
         );
+    }
+
+    /// The server ran a DISCARD ALL: temporary tables, LISTEN, advisory
+    /// locks, prepared statements and cursors are gone, and the server may
+    /// be shared again once idle.
+    pub(super) fn discarded(&mut self) {
+        if std::mem::take(&mut self.unpin_on_discard) && self.pinned.take().is_some() {
+            self.client.info.set_pinned_by(None);
+        }
     }
 
     /// The 0A000 for a statement that needs servers other than the one

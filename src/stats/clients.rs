@@ -60,6 +60,9 @@ pub struct ClientInfo {
     pub queries: AtomicU64,
     /// Shard index of the held server plus one; 0 when none is held.
     shard: AtomicU64,
+    /// What pins the client's server, if anything (session::state). A lock
+    /// taken only when that changes and by SHOW CLIENTS.
+    pinned_by: std::sync::Mutex<Option<&'static str>>,
     /// Wakes the session when shutdown begins (see `Proxy::begin_shutdown`).
     /// Its own waker, not a shared channel: an idle session waits on it
     /// after every transaction, and a shared one would be a lock every
@@ -81,6 +84,14 @@ impl ClientInfo {
             0 => None,
             n => Some(n as usize - 1),
         }
+    }
+
+    pub fn pinned_by(&self) -> Option<&'static str> {
+        *self.pinned_by.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_pinned_by(&self, what: Option<&'static str>) {
+        *self.pinned_by.lock().unwrap_or_else(|e| e.into_inner()) = what;
     }
 
     pub fn set_shard(&self, shard: Option<usize>) {
@@ -187,6 +198,7 @@ impl ClientRegistry {
             state: AtomicU8::new(ClientState::Idle as u8),
             queries: AtomicU64::new(0),
             shard: AtomicU64::new(0),
+            pinned_by: std::sync::Mutex::new(None),
             shutdown_waker: AtomicWaker::new(),
         });
         r.clients.insert(id, info.clone());

@@ -497,6 +497,19 @@ fn state_that_cannot_follow_pins_the_server_and_reaches_no_one_else() {
                     .map(|v| v == "5" || v == "1"),
                 Ok(true)
             );
+            // SHOW CLIENTS says what pins A's server; after A's DISCARD ALL
+            // the state is gone and so is the pin.
+            let pinned = |proxy: &TestProxy| -> Vec<String> {
+                proxy
+                    .admin("SHOW CLIENTS")
+                    .into_iter()
+                    .filter(|r| r[1] == "app" && !r[9].is_empty())
+                    .map(|r| r[9].clone())
+                    .collect()
+            };
+            assert_eq!(pinned(&proxy).len(), 1, "A's pin in SHOW CLIENTS");
+            a.batch_execute("DISCARD ALL").await.expect("discard");
+            assert!(pinned(&proxy).is_empty(), "still pinned after DISCARD ALL");
         }
     });
     let (_, m) = proxy.http_get("/metrics");
