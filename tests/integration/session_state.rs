@@ -228,7 +228,7 @@ fn prepared_set_config_and_a_client_leaving_after_set() {
 
 const TABLES: &str = r#"
 [[tables]]
-name = "ss_t"
+name = "sstate_t"
 key = "id"
 strategy = "hash"
 "#;
@@ -245,11 +245,11 @@ fn settings_and_statements_over_several_shards() {
     block_on(Duration::from_secs(60), async {
         let (a, _ca) = connect(&config).await;
         a.batch_execute(
-            "drop table if exists ss_t; create table ss_t (id int primary key, v text)",
+            "drop table if exists sstate_t; create table sstate_t (id int primary key, v text)",
         )
         .await
         .expect("create");
-        a.batch_execute("insert into ss_t values (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
+        a.batch_execute("insert into sstate_t values (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
             .await
             .expect("insert");
         a.batch_execute("set application_name = 'ss'; set work_mem = '5MB'")
@@ -258,16 +258,16 @@ fn settings_and_statements_over_several_shards() {
         // Every shard's server runs with the client's work_mem.
         let rows = a
             .query(
-                "select id from ss_t where current_setting('work_mem') = '5MB'",
+                "select id from sstate_t where current_setting('work_mem') = '5MB'",
                 &[],
             )
             .await
             .expect("scatter");
         assert_eq!(rows.len(), 4, "a shard ran without the client's work_mem");
         for sql in [
-            "set work_mem = '6MB'; select * from ss_t",
-            "select set_config('work_mem', '6MB', false), id from ss_t",
-            "set work_mem = '6MB'; create table ss_other (i int)",
+            "set work_mem = '6MB'; select * from sstate_t",
+            "select set_config('work_mem', '6MB', false), id from sstate_t",
+            "set work_mem = '6MB'; create table sstate_other (i int)",
         ] {
             let e = a.batch_execute(sql).await.expect_err(sql);
             let db = e.as_db_error().expect("a server error");
@@ -275,7 +275,7 @@ fn settings_and_statements_over_several_shards() {
         }
         let e = a
             .query(
-                "select set_config('work_mem', '6MB', false), id from ss_t",
+                "select set_config('work_mem', '6MB', false), id from sstate_t",
                 &[],
             )
             .await
@@ -284,7 +284,7 @@ fn settings_and_statements_over_several_shards() {
         // Inside a transaction: SET on the first shard, then a second shard.
         let ids: Vec<i32> = (1..=4).collect();
         a.batch_execute(&format!(
-            "begin; set work_mem = '7MB'; update ss_t set v = 'x' where id = {}",
+            "begin; set work_mem = '7MB'; update sstate_t set v = 'x' where id = {}",
             ids[0]
         ))
         .await
@@ -292,7 +292,7 @@ fn settings_and_statements_over_several_shards() {
         let mut refused = false;
         for id in &ids[1..] {
             if let Err(e) = a
-                .batch_execute(&format!("update ss_t set v = 'x' where id = {id}"))
+                .batch_execute(&format!("update sstate_t set v = 'x' where id = {id}"))
                 .await
             {
                 assert_eq!(e.as_db_error().expect("db").code().code(), "0A000", "{e}");
@@ -304,7 +304,7 @@ fn settings_and_statements_over_several_shards() {
         a.batch_execute("rollback").await.expect("rollback");
         assert_eq!(read(&a, "work_mem", false).await, "5MB");
         let rows = a
-            .simple_query("select count(*) from ss_t where v = 'x'")
+            .simple_query("select count(*) from sstate_t where v = 'x'")
             .await
             .expect("count");
         assert!(matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0) == Some("0")));
@@ -312,13 +312,13 @@ fn settings_and_statements_over_several_shards() {
         for sql in [
             "begin",
             "set local work_mem = '8MB'",
-            "update ss_t set v = 'y'",
+            "update sstate_t set v = 'y'",
             "commit",
         ] {
             a.batch_execute(sql).await.expect(sql);
         }
         assert_eq!(read(&a, "work_mem", false).await, "5MB");
-        a.batch_execute("drop table ss_t").await.expect("drop");
+        a.batch_execute("drop table sstate_t").await.expect("drop");
     });
 }
 
