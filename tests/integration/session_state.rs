@@ -419,11 +419,34 @@ fn deallocate_all_in_the_extended_protocol_is_followed() {
 /// server (a pin, counted in /metrics), so the state stays its own, and no
 /// other client ever gets that server while it is pinned. PostgreSQL's
 /// answers for the others are those of a fresh session.
+///
+/// The matrix: transaction pooling with and without lanes, and session
+/// pooling; A's statements in the simple and the extended protocol.
 #[test]
 fn state_that_cannot_follow_pins_the_server_and_reaches_no_one_else() {
+    for (mode, lanes) in [
+        ("transaction", true),
+        ("transaction", false),
+        ("session", true),
+    ] {
+        for extended in [false, true] {
+            pin_cell(mode, lanes, extended);
+        }
+    }
+}
+
+fn pin_cell(mode: &str, lanes: bool, extended: bool) {
+    let what = format!(
+        "{mode} pooling, lanes {lanes}, {} protocol",
+        if extended { "extended" } else { "simple" }
+    );
     let proxy = TestProxy::start(|c| {
-        set(c, "pool.max_size", 3);
-        set(c, "pool.pipeline_lanes", 1);
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), mode.into());
+        set(c, "pool.max_size", if mode == "session" { 12 } else { 3 });
+        set(c, "pool.pipeline_lanes", if lanes { 1 } else { 0 });
     });
     let config = proxy.pg_config("app", "app");
     // (A's statement, A's later check, another client's check: its
@@ -463,7 +486,14 @@ fn state_that_cannot_follow_pins_the_server_and_reaches_no_one_else() {
     block_on(Duration::from_secs(120), async {
         for (set_up, own, other, expect) in cases {
             let (a, _ca) = connect(&config).await;
-            a.batch_execute(set_up).await.expect(set_up);
+            for stmt in set_up.split("; ") {
+                if extended {
+                    a.execute(stmt, &[]).await.map(drop)
+                } else {
+                    a.batch_execute(stmt).await
+                }
+                .unwrap_or_else(|e| panic!("{what}: {stmt}: {e}"));
+            }
             for _ in 0..3 {
                 let v = first_text(&a, own).await;
                 assert!(
@@ -487,7 +517,7 @@ fn state_that_cannot_follow_pins_the_server_and_reaches_no_one_else() {
             for t in tasks {
                 for v in t.await.expect("client B") {
                     let v = v.unwrap_or_else(|code| code);
-                    assert_eq!(&v, expect, "another client after A's `{set_up}`");
+                    assert_eq!(&v, expect, "{what}: another client after A's `{set_up}`");
                 }
             }
             assert_eq!(
@@ -507,13 +537,24 @@ fn state_that_cannot_follow_pins_the_server_and_reaches_no_one_else() {
                     .map(|r| r[9].clone())
                     .collect()
             };
-            assert_eq!(pinned(&proxy).len(), 1, "A's pin in SHOW CLIENTS");
-            a.batch_execute("DISCARD ALL").await.expect("discard");
-            assert!(pinned(&proxy).is_empty(), "still pinned after DISCARD ALL");
+            if mode == "transaction" {
+                assert_eq!(pinned(&proxy).len(), 1, "{what}: A's pin in SHOW CLIENTS");
+                a.batch_execute("DISCARD ALL").await.expect("discard");
+                assert!(
+                    pinned(&proxy).is_empty(),
+                    "{what}: still pinned after DISCARD ALL"
+                );
+            }
         }
     });
+    // Session pooling keeps every server with its client anyway.
     let (_, m) = proxy.http_get("/metrics");
-    assert!(metric(&m, "shardwire_pins_total", &[]) >= 5.0, "{m}");
+    let pins = metric(&m, "shardwire_pins_total", &[]);
+    if mode == "transaction" {
+        assert!(pins >= 5.0, "{what}: {m}");
+    } else {
+        assert_eq!(pins, 0.0, "{what}");
+    }
 }
 
 /// The first value of a simple query's first row as text, or its SQLSTATE.
