@@ -573,3 +573,54 @@ async fn first_text(c: &Client, sql: &str) -> Result<String, String> {
             .unwrap_or_else(|| e.to_string())),
     }
 }
+
+/// SET SESSION AUTHORIZATION changes the session user, which no read-back
+/// can carry to another server: refused before it runs in transaction
+/// pooling (in a transaction too, which then fails as PostgreSQL's would);
+/// passed to the server in session pooling, where DISCARD ALL resets it.
+#[test]
+fn set_session_authorization_is_refused_where_servers_are_shared() {
+    let proxy = TestProxy::start(|_| {});
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(30), async {
+        let (a, _ca) = connect(&config).await;
+        let e = a
+            .batch_execute("SET SESSION AUTHORIZATION app")
+            .await
+            .expect_err("refused");
+        assert_eq!(sqlstate(&e), "0A000", "{e}");
+        let e = a
+            .execute("set session authorization default", &[])
+            .await
+            .expect_err("refused in the extended protocol");
+        assert_eq!(sqlstate(&e), "0A000", "{e}");
+        a.batch_execute("begin").await.expect("begin");
+        let e = a
+            .batch_execute("/* x */ set session authorization app")
+            .await
+            .expect_err("refused in a transaction");
+        assert_eq!(sqlstate(&e), "0A000", "{e}");
+        let e = a
+            .batch_execute("select 1")
+            .await
+            .expect_err("failed transaction");
+        assert_eq!(sqlstate(&e), "25P02", "{e}");
+        a.batch_execute("rollback").await.expect("rollback");
+        assert_eq!(read(&a, "session_authorization", false).await, "app");
+    });
+    let session = TestProxy::start(|c| {
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), "session".into());
+    });
+    let config = session.pg_config("app", "app");
+    block_on(Duration::from_secs(30), async {
+        let (a, _ca) = connect(&config).await;
+        // PostgreSQL lets a user set it to itself.
+        a.batch_execute("SET SESSION AUTHORIZATION app")
+            .await
+            .expect("session pooling passes it on");
+        assert_eq!(read(&a, "session_authorization", false).await, "app");
+    });
+}
