@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# upstream-psycopg.sh - run psycopg 3's own test suite directly against
+# PostgreSQL and through shardwire (transaction and session pooling), and
+# list the tests whose outcome differs.
+#
+# Usage: scripts/upstream-psycopg.sh --src DIR [--modes direct,transaction,session]
+#                                    [--pytest-args "ARGS"]
+#
+#   --pytest-args "ARGS"  what pytest runs (default: tests), e.g. one file
+#   --src DIR   a psycopg source tree (its repository: DIR/psycopg and
+#               DIR/tests); the package and its [test] extras are installed
+#               from it into target/upstream/psycopg-venv, and the pure-Python
+#               implementation runs (PSYCOPG_IMPL=python, over libpq).
+#
+# Each mode gets its own one-shard cluster (scripts/cluster.sh, free ports),
+# so the runs may not see each other's tables. Reports go to
+# target/upstream/psycopg-<mode>.log, and the failing test ids of each to
+# target/upstream/psycopg-<mode>.failed; the last lines compare each proxy
+# mode with the direct run. A full run takes about 20 minutes per mode on
+# 2 cores (the modes run one after another), which is why this is a script
+# and not part of the suite.
+set -euo pipefail
+
+PROG=$(basename "$0")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SRC=""
+MODES="direct,transaction,session"
+PYTEST_ARGS=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --src) SRC="$2"; shift 2 ;;
+        --modes) MODES="$2"; shift 2 ;;
+        --pytest-args) PYTEST_ARGS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "$PROG: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[[ -n "$SRC" && -d "$SRC/tests" && -d "$SRC/psycopg" ]] \
+    || { echo "$PROG: --src must name a psycopg source tree (with psycopg/ and tests/)" >&2; exit 2; }
+SRC=$(cd "$SRC" && pwd)
+
+OUT="$ROOT/target/upstream"
+mkdir -p "$OUT"
+VENV="$OUT/psycopg-venv"
+if [[ ! -x "$VENV/bin/pytest" ]]; then
+    echo "$PROG: installing psycopg from $SRC into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC/psycopg[test]"
+fi
+
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+run_mode() {   # mode
+    local mode=$1 dir="$OUT/psycopg-cluster-$1" base proxy dsn
+    base=$(free_port)
+    proxy=$(free_port)
+    "$ROOT/scripts/cluster.sh" up --dir "$dir" --shards 1 --replicas 0 \
+        --port "$base" --proxy-port "$proxy" --proxy >"$OUT/psycopg-$mode.cluster.log" 2>&1
+    cleanup+=("'$ROOT/scripts/cluster.sh' down --dir '$dir' --purge >/dev/null 2>&1")
+    case "$mode" in
+        direct) dsn="postgres://app:app@127.0.0.1:$base/app" ;;
+        transaction) dsn="postgres://app:app@127.0.0.1:$proxy/app" ;;
+        session)
+            # A second proxy on the same servers, the database in session
+            # pooling.
+            local sport http conf="$dir/session.toml"
+            sport=$(free_port)
+            http=$(free_port)
+            sed -e 's/^\[\[databases\]\]$/[[databases]]\npool_mode = "session"/' \
+                -e "s/^listen = .*/listen = \"127.0.0.1:$sport\"/" \
+                -e "s/^http_listen = .*/http_listen = \"127.0.0.1:$http\"/" \
+                "$dir/shardwire.toml" >"$conf"
+            "$ROOT/target/release/shardwire" serve --config "$conf" >"$OUT/psycopg-session.proxy.log" 2>&1 &
+            local pid=$!
+            cleanup+=("kill $pid")
+            for _ in $(seq 100); do
+                (exec 3<>"/dev/tcp/127.0.0.1/$sport") 2>/dev/null && break
+                sleep 0.1
+            done
+            dsn="postgres://app:app@127.0.0.1:$sport/app" ;;
+        *) echo "$PROG: unknown mode $mode" >&2; exit 2 ;;
+    esac
+    echo "$PROG: $mode: pytest against $dsn" >&2
+    # psycopg's conftest refuses to run after a run that died (its cache).
+    rm -rf -- "$OUT/psycopg-$mode.cache"
+    # shellcheck disable=SC2086
+    (cd "$SRC" && PSYCOPG_IMPL=python timeout 3600 "$VENV/bin/python" -m pytest \
+        -p no:randomly -o cache_dir="$OUT/psycopg-$mode.cache" -q --tb=line -rfE \
+        --test-dsn "$dsn" ${PYTEST_ARGS:-tests}) \
+        >"$OUT/psycopg-$mode.log" 2>&1 || true
+    grep -E '^(FAILED|ERROR) ' "$OUT/psycopg-$mode.log" | sed -E 's/^(FAILED|ERROR) ([^ ]+).*/\2/' \
+        | sort -u >"$OUT/psycopg-$mode.failed" || true
+    echo "$PROG: $mode: $(tail -1 "$OUT/psycopg-$mode.log")"
+    "$ROOT/scripts/cluster.sh" down --dir "$dir" --purge >/dev/null 2>&1 || true
+}
+
+IFS=, read -r -a modes <<<"$MODES"
+for m in "${modes[@]}"; do
+    run_mode "$m"
+done
+if [[ -f "$OUT/psycopg-direct.failed" ]]; then
+    for m in "${modes[@]}"; do
+        [[ "$m" == direct ]] && continue
+        echo "== $m: failing through shardwire, not directly:"
+        comm -13 "$OUT/psycopg-direct.failed" "$OUT/psycopg-$m.failed" || true
+        echo "== $m: failing directly, not through shardwire:"
+        comm -23 "$OUT/psycopg-direct.failed" "$OUT/psycopg-$m.failed" || true
+    done
+fi
