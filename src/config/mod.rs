@@ -812,6 +812,14 @@ pub const ADMIN_DATABASE: &str = "shardwire";
 impl Config {
     /// Where reads of `user` on `database` may go: the user's setting, else
     /// the database's, else `reads.read_from`.
+    /// Every configured user's role on the servers, once each, sorted.
+    pub fn server_roles(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self.users.values().map(|u| u.server_user.clone()).collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
     pub fn read_from(&self, database: &Database, user: &User) -> ReadFrom {
         user.read_from
             .or(database.read_from)

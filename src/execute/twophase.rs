@@ -670,13 +670,7 @@ async fn recover_database(
         }
     }
     let catalog_target = primary(0);
-    let mut users: Vec<String> = config
-        .users
-        .values()
-        .map(|u| u.server_user.clone())
-        .collect();
-    users.sort();
-    users.dedup();
+    let users = config.server_roles();
     for (shard, gid) in in_doubt {
         // A decision recorded where an earlier config had its catalog
         // (shards reordered) counts; else the catalog decides, and without

@@ -692,14 +692,7 @@ where
         let catalog = self.pools[0].clone();
         // Every configured user commits across shards: each may be the
         // one that creates the catalog, and grants it to the others.
-        let mut users: Vec<String> = self
-            .config
-            .users
-            .values()
-            .map(|u| u.server_user.clone())
-            .collect();
-        users.sort();
-        users.dedup();
+        let users = self.config.server_roles();
         let failure = finish_atomic(
             &mut conns,
             begun,
