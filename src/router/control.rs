@@ -199,24 +199,7 @@ impl<'a> Iterator for StatementWords<'a> {
                 let end = s.iter().position(|b| *b == b'\n').unwrap_or(s.len());
                 self.rest = &s[end..];
             } else if s.starts_with(b"/*") {
-                // Nested comments end where the outermost one does.
-                let mut depth = 0usize;
-                let mut i = 0;
-                while i + 1 < s.len() {
-                    if &s[i..i + 2] == b"/*" {
-                        depth += 1;
-                        i += 2;
-                    } else if &s[i..i + 2] == b"*/" {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                self.rest = if depth == 0 { &s[i..] } else { &[] };
+                self.rest = &s[super::fallback::block_comment_len(s)..];
             } else {
                 let end = s
                     .iter()

@@ -133,24 +133,7 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
                     i += 1;
                 }
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i += block_comment_len(&b[i..]),
             b'$' if i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_') => {
                 // $tag$ ... $tag$ (not a $1 parameter).
                 let tag_end = b[i + 1..]
@@ -264,6 +247,29 @@ fn strip_comments(sql: &str) -> String {
             }
         }
     }
+}
+
+/// The length of the block comment `s` starts with (`/*`), through its
+/// closing `*/`; block comments nest in PostgreSQL. An unclosed one runs
+/// to the end.
+pub(super) fn block_comment_len(s: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'/' && s.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if s[i] == b'*' && s.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
 }
 
 #[cfg(test)]

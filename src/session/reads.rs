@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Expect, Pending, Session};
+use super::Session;
 use crate::backend::health::{format_lsn, last_record_end, parse_lsn};
 use crate::backend::{Pool, PooledConn, ReplicaPool};
 use crate::config::{LoadBalance, ReadFrom, ReadYourWrites, Reads};
@@ -311,18 +311,7 @@ where
                 false
             }
             ReadYourWrites::Lsn if self.read_split() => {
-                let mut q = bytes::BytesMut::new();
-                protocol::query_frame(&mut q, "SELECT pg_current_wal_insert_lsn()");
-                self.server_out.extend_from_slice(&q);
-                self.pending.push_back(Pending::Request {
-                    expect: Expect::Ready,
-                    forward: false,
-                    creates: None,
-                    timing: None,
-                    probe: Some(super::Probe::Lsn),
-                    describes: None,
-                });
-                self.flush_point();
+                self.send_probe("SELECT pg_current_wal_insert_lsn()", super::Probe::Lsn);
                 true
             }
             // Only a causal token can need it: resolved when asked for.

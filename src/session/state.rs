@@ -205,20 +205,26 @@ where
             return false;
         }
         self.settings_changed = false;
+        self.settings_rows = Some(Vec::new());
+        self.send_probe(SETTINGS_QUERY, Probe::Settings);
+        true
+    }
+
+    /// Send a query of the proxy's own to the held server, its answer read
+    /// by the proxy (`probe`), not the client's.
+    pub(super) fn send_probe(&mut self, sql: &str, probe: Probe) {
         let mut q = BytesMut::new();
-        protocol::query_frame(&mut q, SETTINGS_QUERY);
+        protocol::query_frame(&mut q, sql);
         self.server_out.extend_from_slice(&q);
         self.pending.push_back(Pending::Request {
             expect: Expect::Ready,
             forward: false,
             creates: None,
             timing: None,
-            probe: Some(Probe::Settings),
+            probe: Some(probe),
             describes: None,
         });
-        self.settings_rows = Some(Vec::new());
         self.flush_point();
-        true
     }
 
     /// A row of the settings probe: a name and its value.
