@@ -28,7 +28,7 @@ where
             }
             let frame = match self.client_rd.try_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.client_went_quiet().await,
                 Err(e) => return Err(self.client_protocol_error(e.to_string())),
             };
             if matches!(frame[0], fe::QUERY | fe::EXECUTE)
@@ -43,6 +43,27 @@ where
                 self.on_client_frame(frame).await?;
             }
         }
+    }
+
+    /// The client sent everything it had: what it sent reaches the server
+    /// now, as PostgreSQL itself starts executing each message as it
+    /// arrives and sends an error at once, without waiting for a Sync or
+    /// Flush (libpq's pipeline mode waits for that error). Results still
+    /// wait for the client's Sync or Flush, in the server's own buffer.
+    /// A batch held for routing goes out as at a Flush once it holds an
+    /// Execute: nothing else will come to route it by.
+    async fn client_went_quiet(&mut self) -> Result<(), SessionEnd> {
+        if self.server.is_some() {
+            if !self.copy_open {
+                self.flush_point();
+            }
+        } else if self.routing
+            && self.multi.is_none()
+            && self.held.iter().any(|f| f[0] == fe::EXECUTE)
+        {
+            self.route_held_batch(false).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn on_client_frame(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {

@@ -624,3 +624,91 @@ fn extended_batches_with_begin_route_by_their_statement() {
         assert_eq!(tags, b"1tTZ", "{msgs:?}");
     });
 }
+
+/// PostgreSQL executes each extended-protocol message as it arrives and
+/// sends an error at once, without waiting for the client's Sync or Flush
+/// (libpq's pipeline mode relies on it: psycopg waits for that error before
+/// it syncs). Through the proxy the error must arrive the same way, whether
+/// the client already holds a server (in a transaction) or its batch is
+/// still waiting to be routed, and the Sync that follows ends the batch as
+/// PostgreSQL would.
+#[test]
+fn an_error_reaches_a_pipelining_client_before_its_sync() {
+    use crate::bad_input::{error_fields, frame, raw_session, read_until};
+    use tokio::io::AsyncWriteExt;
+    let proxy = TestProxy::start(|c| {
+        add_user(
+            c,
+            "name = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app\"",
+        );
+        set_tables(
+            c,
+            "[[tables]]\nname = \"rt_pipe\"\nkey = \"id\"\nstrategy = \"hash\"\n",
+        );
+    });
+    block_on(Duration::from_secs(60), async {
+        let _shards = connect_shards(
+            "drop table if exists rt_pipe; create table rt_pipe (id int primary key);
+             insert into rt_pipe values (7)",
+        )
+        .await;
+        let sync = frame(b'S', &[]);
+        let dup = "insert into rt_pipe (id) values ($1)";
+        let tags = |msgs: &[(u8, Vec<u8>)]| msgs.iter().map(|(t, _)| *t).collect::<Vec<u8>>();
+        let expect_error = |msgs: &[(u8, Vec<u8>)], code: &str| {
+            let (_, body) = msgs.last().expect("a message");
+            assert_eq!(error_fields(body).0, code, "{msgs:?}");
+        };
+        for key in ["7", "8"] {
+            // Each case on a new connection (the table has row 7 on its shard;
+            // key 8 is inserted twice in one pipeline).
+            // 1. No transaction: the batch waits to be routed by its Bind.
+            let mut s = raw_session(proxy.port).await;
+            let mut batch = Vec::new();
+            if key == "8" {
+                batch.extend(pbe(dup, &[key]));
+            }
+            batch.extend(pbe(dup, &[key]));
+            s.write_all(&batch).await.expect("write");
+            let msgs = read_until(&mut s, b'E').await;
+            expect_error(&msgs, "23505");
+            s.write_all(&sync).await.expect("sync");
+            let msgs = read_until(&mut s, b'Z').await;
+            assert_eq!(msgs.last().expect("Z").1, b"I", "{msgs:?}");
+
+            // 2. In a transaction: the client holds its server.
+            s.write_all(&frame(b'Q', b"BEGIN\0")).await.expect("begin");
+            read_until(&mut s, b'Z').await;
+            let mut batch = pbe("select count(*) from rt_pipe where id = $1", &[key]);
+            batch.extend(pbe(dup, &[key]));
+            batch.extend(pbe(dup, &[key]));
+            s.write_all(&batch).await.expect("write");
+            let msgs = read_until(&mut s, b'E').await;
+            expect_error(&msgs, "23505");
+            // What ran before the error comes with it.
+            let want: &[u8] = if key == "7" {
+                b"12DC12E"
+            } else {
+                b"12DC12C12E"
+            };
+            assert_eq!(tags(&msgs), want, "{msgs:?}");
+            s.write_all(&sync).await.expect("sync");
+            let msgs = read_until(&mut s, b'Z').await;
+            assert_eq!(msgs.last().expect("Z").1, b"E", "{msgs:?}");
+            s.write_all(&frame(b'Q', b"ROLLBACK\0"))
+                .await
+                .expect("rollback");
+            let msgs = read_until(&mut s, b'Z').await;
+            assert_eq!(msgs.last().expect("Z").1, b"I", "{msgs:?}");
+        }
+
+        // 3. A statement that touches no sharded table.
+        let mut s = raw_session(proxy.port).await;
+        s.write_all(&pbe("select 1 / 0", &[])).await.expect("write");
+        let msgs = read_until(&mut s, b'E').await;
+        expect_error(&msgs, "22012");
+        s.write_all(&sync).await.expect("sync");
+        let msgs = read_until(&mut s, b'Z').await;
+        assert_eq!(msgs.last().expect("Z").1, b"I", "{msgs:?}");
+    });
+}
