@@ -118,9 +118,12 @@ where
                 .find(|(k, _)| *k == b'M')
                 .map_or("", |(_, m)| m.as_str())
         };
-        if code == sqlstate::FEATURE_NOT_SUPPORTED
-            && message() == "cached plan must not change result type"
-        {
+        // A cached plan whose parameter or result type was dropped (an enum
+        // recreated) fails with "cache lookup failed for type N".
+        let stale_plan = (code == sqlstate::FEATURE_NOT_SUPPORTED
+            && message() == "cached plan must not change result type")
+            || (code == sqlstate::INTERNAL_ERROR && message().starts_with("cache lookup failed"));
+        if stale_plan {
             crate::backend::conn::schema_changed();
             self.discard_server = true;
         } else if code == sqlstate::INVALID_SQL_STATEMENT_NAME && message().contains("\"sw_") {

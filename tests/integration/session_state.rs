@@ -383,6 +383,80 @@ fn statements_prepared_after_a_migration_see_the_new_columns() {
     });
 }
 
+/// A statement whose parameter type was inferred from a column of an enum
+/// type, prepared by one client; the type and table are then dropped and
+/// created again (psycopg's enum tests do this). A new client preparing the
+/// same text must get a plan of the new type, as from PostgreSQL alone, not
+/// the older server-side statement (`XX000 cache lookup failed for type`).
+/// Recreated on the shard directly, unseen by the proxy, it costs a new
+/// client at most one such error.
+#[test]
+fn statements_prepared_after_a_type_is_recreated_use_the_new_type() {
+    let proxy = TestProxy::start(|c| set(c, "pool.max_size", 1));
+    let config = proxy.pg_config("app", "app");
+    let recreate = "drop table if exists ps_enum_t; drop type if exists ps_mood;
+         create type ps_mood as enum ('sad', 'ok', 'happy');
+         create table ps_enum_t (m ps_mood); insert into ps_enum_t values ('ok')";
+    /// An enum label (its binary form is its text).
+    #[derive(Debug)]
+    struct Label(&'static str);
+    impl tokio_postgres::types::ToSql for Label {
+        fn to_sql(
+            &self,
+            _: &tokio_postgres::types::Type,
+            out: &mut bytes::BytesMut,
+        ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+        {
+            out.extend_from_slice(self.0.as_bytes());
+            Ok(tokio_postgres::types::IsNull::No)
+        }
+        fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+            ty.name() == "ps_mood"
+        }
+        tokio_postgres::types::to_sql_checked!();
+    }
+    // The parameter's type is inferred from the column: the enum.
+    async fn count(c: &Client) -> Result<i64, tokio_postgres::Error> {
+        let query = "select count(*) from ps_enum_t where m = $1";
+        c.query_one(query, &[&Label("ok")])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    }
+    block_on(Duration::from_secs(60), async {
+        let (m, _cm) = connect(&config).await;
+        m.batch_execute(recreate).await.expect("setup");
+        let (a, _ca) = connect(&config).await;
+        assert_eq!(count(&a).await.expect("A"), 1);
+        m.batch_execute(recreate).await.expect("recreate");
+        for round in 0..3 {
+            let (c, _cc) = connect(&config).await;
+            let n = count(&c).await.unwrap_or_else(|e| {
+                panic!("client after the type was recreated, round {round}: {e}")
+            });
+            assert_eq!(n, 1);
+        }
+        superuser_sql_on("s0", &format!("set role app; {recreate}"));
+        let (d, _cd) = connect(&config).await;
+        let mut errors = 0;
+        let n = loop {
+            match count(&d).await {
+                Ok(n) => break n,
+                Err(e) => {
+                    errors += 1;
+                    assert!(
+                        errors <= 1,
+                        "more than one error after a direct change: {e:?}"
+                    );
+                }
+            }
+        };
+        assert_eq!(n, 1);
+        m.batch_execute("drop table ps_enum_t; drop type ps_mood")
+            .await
+            .expect("drop");
+    });
+}
+
 /// Issue 21, case 3: `DEALLOCATE ALL` in the extended protocol drops the
 /// proxy's statements on that server too; the proxy must know, or every
 /// later client gets `26000 prepared statement "sw_..." does not exist`.
