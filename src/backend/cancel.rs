@@ -88,11 +88,19 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// Issue a fresh key for a new client.
-    pub fn register(&self) -> Arc<CancelSlot> {
+    /// Issue a fresh key for a new client. A client that keeps one server
+    /// for its whole session (session pooling) is given that server's pid
+    /// (`server_pid`), so `pg_backend_pid()`, `pg_stat_activity` and the
+    /// sender of its own notifications match what it was told, as with
+    /// PostgreSQL alone; the secret is still the proxy's. Another client
+    /// holding the same pid (a server of another host) gets a made-up one.
+    pub fn register(&self, server_pid: Option<i32>) -> Arc<CancelSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted = server_pid.filter(|p| *p > 0);
         loop {
-            let pid = (rand::random::<u32>() >> 1) as i32;
+            let pid = wanted
+                .take()
+                .unwrap_or_else(|| (rand::random::<u32>() >> 1) as i32);
             if pid == 0 || slots.contains_key(&pid) {
                 continue;
             }

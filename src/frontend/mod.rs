@@ -547,7 +547,9 @@ where
             protocol::parameter_status(out, k, v);
         }
     }
-    let cancel = proxy.cancels.register();
+    let cancel = proxy
+        .cancels
+        .register(server.as_ref().map(|conn| conn.backend_pid));
     protocol::backend_key_data(out, cancel.pid, cancel.secret);
     protocol::ready_for_query(out, TxStatus::Idle);
     let setup = SessionSetup {

@@ -356,6 +356,12 @@ pub(crate) async fn read_until(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>
 
 /// A logged-in raw connection (the `raw` user has trust auth).
 pub(crate) async fn raw_session(port: u16) -> TcpStream {
+    raw_login(port).await.0
+}
+
+/// A logged-in raw connection and the messages of its login, up to the
+/// first ReadyForQuery (ParameterStatus, BackendKeyData).
+pub(crate) async fn raw_login(port: u16) -> (TcpStream, Vec<(u8, Vec<u8>)>) {
     let mut s = raw_connect(port).await;
     s.write_all(&startup_packet("raw")).await.expect("startup");
     let msgs = read_until(&mut s, b'Z').await;
@@ -364,7 +370,7 @@ pub(crate) async fn raw_session(port: u16) -> TcpStream {
         (b'R', vec![0, 0, 0, 0]),
         "expected AuthenticationOk"
     );
-    s
+    (s, msgs)
 }
 
 /// Asserts the proxy answers with one FATAL 08P01 and closes.

@@ -161,3 +161,88 @@ fn notices_and_notifications_pass_through() {
     }
     assert!(out.stdout.ends_with("done\n"), "{}", out.stdout);
 }
+
+/// A session-pooled client keeps one server, so it is told that server's
+/// pid in BackendKeyData, as PostgreSQL alone would tell it: the pid it
+/// knows matches `pg_backend_pid()` and the sender of its own
+/// notifications (psycopg's tests compare them), and a CancelRequest with
+/// it still reaches the client's server.
+#[test]
+fn a_session_pooled_client_is_told_its_servers_pid() {
+    use crate::bad_input::{frame, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let proxy = TestProxy::start(|c| {
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), "session".into());
+        add_user(
+            c,
+            "name = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app\"",
+        );
+    });
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (mut s, login) = raw_login(proxy.port).await;
+        let key = login
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .map(|(_, b)| b.clone())
+            .expect("BackendKeyData");
+        let told = i32::from_be_bytes(key[0..4].try_into().expect("pid"));
+        let secret = i32::from_be_bytes(key[4..8].try_into().expect("secret"));
+
+        s.write_all(&frame(
+            b'Q',
+            b"listen sw_pid; notify sw_pid, 'hi'; select pg_backend_pid()\0",
+        ))
+        .await
+        .expect("query");
+        let msgs = read_until(&mut s, b'Z').await;
+        let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+        let real: i32 = std::str::from_utf8(&row.1[6..])
+            .expect("text")
+            .parse()
+            .expect("a pid");
+        assert_eq!(told, real, "BackendKeyData pid is not the server's");
+        let note = msgs
+            .iter()
+            .find(|(t, _)| *t == b'A')
+            .expect("a notification");
+        let sender = i32::from_be_bytes(note.1[0..4].try_into().expect("pid"));
+        assert_eq!(
+            sender, told,
+            "the notification's sender is not the pid told"
+        );
+
+        // Cancelling with the key told stops the client's statement.
+        s.write_all(&frame(b'Q', b"select pg_sleep(30)\0"))
+            .await
+            .expect("sleep");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+            .await
+            .expect("connect");
+        let mut req = 16i32.to_be_bytes().to_vec();
+        req.extend_from_slice(&80877102i32.to_be_bytes());
+        req.extend_from_slice(&told.to_be_bytes());
+        req.extend_from_slice(&secret.to_be_bytes());
+        c.write_all(&req).await.expect("cancel");
+        let msgs = read_until(&mut s, b'Z').await;
+        let err = msgs.iter().find(|(t, _)| *t == b'E').expect("an error");
+        assert_eq!(
+            crate::bad_input::error_fields(&err.1).0,
+            "57014",
+            "{msgs:?}"
+        );
+
+        // Two sessions at once have two pids, both real.
+        let (b, _cb) = connect(&config).await;
+        let other: i32 = b
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        assert_ne!(other, told);
+    });
+}
