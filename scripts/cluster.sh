@@ -50,6 +50,7 @@ DIR=""
 SHARD_ARG=""
 SEL_DIR="" SEL_NAME="" SEL_PORT=""   # the server chosen by select_server
 REPLICA_ARG=0
+CRASH=0              # stop --crash: immediate shutdown, as a crash
 PSQL_ARGS=()
 
 BINDIR=""
@@ -71,7 +72,8 @@ Usage:
   $PROG down --dir DIR [--purge]
   $PROG status --dir DIR
   $PROG psql --dir DIR --shard sI [--replica K] [[--] psql args...]
-  $PROG stop --dir DIR --shard sI [--replica K]
+  $PROG stop --dir DIR --shard sI [--replica K] [--crash]
+  $PROG start --dir DIR --shard sI [--replica K]
   $PROG promote --dir DIR --shard sI --replica K
 
 Starts/stops a local PostgreSQL shard cluster in DIR for shardwire development
@@ -89,7 +91,10 @@ Commands:
            --replica K picks replica K (default: the primary). Other arguments
            are passed to psql.
   stop     stop one server (default: the shard's primary), to rehearse a
-           failure; 'up' starts it again.
+           failure; 'up' starts it again. --crash stops it at once, as a
+           crash (no shutdown checkpoint: it replays its WAL when started).
+  start    start one stopped server as it is (no other server is touched),
+           to rehearse a server coming back alone (say, before a promotion).
   promote  promote replica K of a shard to a primary (pg_ctl promote), to
            rehearse a failover. Stop the old primary first. The cluster no
            longer matches the layout 'up' builds: 'down --purge' it after.
@@ -180,8 +185,8 @@ parse_args() {
             *:--dir) ;;
             up:--shards|up:--replicas|up:--port|up:--proxy-port|up:--replica-delay) ;;
             psql:--shard|psql:--replica) ;;
-            stop:--shard|stop:--replica|promote:--shard|promote:--replica) ;;
-            up:--proxy|down:--purge) takes_value=0 ;;
+            stop:--shard|stop:--replica|start:--shard|start:--replica|promote:--shard|promote:--replica) ;;
+            up:--proxy|down:--purge|stop:--crash) takes_value=0 ;;
             psql:*)
                 # Anything else is for psql itself, so that
                 # `cluster.sh psql --dir D --shard s0 -c 'select 1'` works.
@@ -208,6 +213,7 @@ parse_args() {
             --replica-delay) REPLICA_DELAY_MS="$(parse_uint --replica-delay "$val")" ;;
             --proxy)         WANT_PROXY=1 ;;
             --purge)         PURGE=1 ;;
+            --crash)         CRASH=1 ;;
             --shard)         SHARD_ARG="$val" ;;
             --replica)       REPLICA_ARG="$(parse_uint --replica "$val")" ;;
         esac
@@ -965,7 +971,7 @@ select_server() {
     SEL_PORT="$(server_port "$shard" "$REPLICA_ARG")"
 }
 
-# Common start of stop and promote: DIR's recorded layout, locked.
+# Common start of stop, start and promote: DIR's recorded layout, locked.
 prepare_one_server_command() {
     [[ -d "$DIR" ]] || die "$DIR does not exist"
     absolutize_dir
@@ -983,9 +989,23 @@ cmd_stop() {
         err "$SEL_NAME is not running"
         return 0
     fi
-    as_pg "$BINDIR/pg_ctl" -D "$SEL_DIR" -m fast -w -t 60 stop >/dev/null \
+    local mode=fast
+    (( CRASH )) && mode=immediate
+    as_pg "$BINDIR/pg_ctl" -D "$SEL_DIR" -m "$mode" -w -t 60 stop >/dev/null \
         || die "$SEL_NAME failed to stop"
     printf '%s stopped\n' "$SEL_NAME"
+}
+
+cmd_start() {
+    prepare_one_server_command
+    select_server start
+    if pg_running "$SEL_DIR"; then
+        err "$SEL_NAME is running already"
+        return 0
+    fi
+    local shard=$(( 10#${SHARD_ARG#s} ))
+    pg_start "$shard" "$REPLICA_ARG"
+    printf '%s started\n' "$SEL_NAME"
 }
 
 cmd_promote() {
@@ -1003,8 +1023,8 @@ main() {
     local cmd="$1"; shift
     case "$cmd" in
         -h|--help|help) usage; exit 0 ;;
-        up|down|status|psql|stop|promote) ;;
-        *) usage_error "unknown command '$cmd' (expected up, down, status, psql, stop or promote)" ;;
+        up|down|status|psql|stop|start|promote) ;;
+        *) usage_error "unknown command '$cmd' (expected up, down, status, psql, stop, start or promote)" ;;
     esac
     parse_args "$cmd" "$@"
     case "$cmd" in
@@ -1013,6 +1033,7 @@ main() {
         status)  cmd_status ;;
         psql)    cmd_psql ;;
         stop)    cmd_stop ;;
+        start)   cmd_start ;;
         promote) cmd_promote ;;
     esac
 }

@@ -554,6 +554,7 @@ fn show_shards(proxy: &Proxy) -> Table {
         "lag_bytes",
         "default",
         "last_error",
+        "timeline",
     ]);
     for (i, shard) in config.shards.iter().enumerate() {
         for s in &shard.servers {
@@ -567,6 +568,7 @@ fn show_shards(proxy: &Proxy) -> Table {
                     .map(|l| l.to_string()),
                 v(i == config.default_shard),
                 h.and_then(|h| h.last_error()),
+                h.and_then(|h| h.timeline()).map(|t| t.to_string()),
             ]);
         }
     }

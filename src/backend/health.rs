@@ -13,7 +13,7 @@
 //! restart; every change that affects routing bumps `generation`, which
 //! sessions watch.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,41 @@ const MAX_BAN: Duration = Duration::from_secs(60);
 /// Recovery state, WAL position, and a replica's replay delay: the time
 /// since its last replayed transaction while received WAL waits for replay
 /// (0 when it has replayed all it received; before its first replayed
-/// transaction, the time since it started).
+/// transaction, the time since it started). Then the timeline (see
+/// TIMELINE_SQL) and when the server started (a restart is noticed).
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
      THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
      CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn() \
      THEN extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(), \
-     pg_postmaster_start_time())) ELSE 0 END";
+     pg_postmaster_start_time())) ELSE 0 END, \
+     CASE WHEN pg_is_in_recovery() THEN greatest(\
+     (SELECT timeline_id FROM pg_control_checkpoint()), \
+     (SELECT min_recovery_end_timeline FROM pg_control_recovery()), \
+     (SELECT received_tli FROM pg_stat_wal_receiver)) \
+     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8";
+
+/// Where a replica is, asked on each new connection to it: its replay
+/// position and when it started. A server that restarted between two
+/// checks replays its own WAL again from its last restartpoint while it
+/// already takes connections; the position the checks knew is then too
+/// high, and a read-your-writes decision on it would be wrong.
+const POSITION_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text, \
+     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8::text";
+
+// Timelines. A WAL position means something only with its timeline: after
+// a failover, a replica left on the old timeline may have replayed WAL the
+// promoted server never had, so its bare position is past writes made on
+// the new timeline that it will never have. A replica takes reads only on
+// the timeline of its shard's primary. A primary's timeline is exact (its
+// current WAL file's name). A replica's is the highest it shows an
+// unprivileged user: its last restartpoint's, its minimum recovery point's,
+// and, when the health user may read pg_stat_wal_receiver (pg_monitor),
+// the timeline it receives. Each is proof that it follows that timeline (a
+// replica past a fork cannot receive or replay the new timeline), so the
+// rule fails closed: after a failover, a replica that follows the new
+// primary takes reads again at its next restartpoint, or at once with
+// pg_monitor.
 
 /// Up or down, as the last check found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +93,10 @@ pub struct ServerHealth {
     lsn: AtomicU64,
     /// Replay delay of a replica, in microseconds (see CHECK_SQL).
     replay_delay_micros: AtomicU64,
+    /// The timeline it is on (see CHECK_SQL); 0 when unknown.
+    timeline: AtomicU32,
+    /// When the server started (microseconds since the epoch); 0 unknown.
+    started: AtomicU64,
     pub checks: AtomicU64,
     pub failures: AtomicU64,
     /// Times the server went from up (or unknown) to down.
@@ -96,6 +129,8 @@ impl ServerHealth {
             recovery: AtomicU8::new(0),
             lsn: AtomicU64::new(0),
             replay_delay_micros: AtomicU64::new(0),
+            timeline: AtomicU32::new(0),
+            started: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             went_down: AtomicU64::new(0),
@@ -133,6 +168,36 @@ impl ServerHealth {
         match self.lsn.load(Ordering::Relaxed) {
             0 => None,
             n => Some(n),
+        }
+    }
+
+    /// The timeline the last check found (None before one).
+    pub fn timeline(&self) -> Option<u32> {
+        match self.timeline.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// What a new connection to a replica found (POSITION_SQL): a server
+    /// that started since the checks last saw it has replayed only this
+    /// far, whatever they knew; otherwise positions only move forward.
+    pub fn note_connection_position(&self, lsn: Option<u64>, started: Option<u64>) {
+        let before = self.started.load(Ordering::Relaxed);
+        match (lsn, started) {
+            (Some(lsn), Some(started)) if before == 0 || before == started => {
+                self.started.store(started, Ordering::Relaxed);
+                self.observe_lsn(lsn);
+            }
+            (Some(lsn), Some(started)) => {
+                tracing::info!(server = %self.target.describe(), "server restarted since its last check; its position is read again");
+                self.started.store(started, Ordering::Relaxed);
+                self.lsn.store(lsn, Ordering::Relaxed);
+                // Its timeline too is to be found again.
+                self.timeline.store(0, Ordering::Relaxed);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            _ => self.lsn.store(0, Ordering::Relaxed),
         }
     }
 
@@ -205,7 +270,20 @@ impl ServerHealth {
             in_recovery,
             lsn,
             replay_delay,
+            timeline,
+            started,
         } = found;
+        let timeline = timeline.unwrap_or(0);
+        if self.timeline.swap(timeline, Ordering::Relaxed) != timeline {
+            // Which replicas may take reads may have changed.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(started) = started {
+            let before = self.started.swap(started, Ordering::Relaxed);
+            if before != 0 && before != started {
+                tracing::info!(server = %self.target.describe(), "server restarted");
+            }
+        }
         self.replay_delay_micros
             .store(replay_delay.as_micros() as u64, Ordering::Relaxed);
         let recovery = if in_recovery { 2 } else { 1 };
@@ -245,6 +323,9 @@ impl ServerHealth {
 
     fn record_down(&self, error: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        // Whatever it was, it is to be found again when it is back.
+        self.lsn.store(0, Ordering::Relaxed);
+        self.timeline.store(0, Ordering::Relaxed);
         self.ban();
         if self.state.swap(2, Ordering::Relaxed) != 2 {
             self.went_down.fetch_add(1, Ordering::Relaxed);
@@ -357,16 +438,37 @@ impl HealthMonitor {
         self.servers.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Replay lag of a replica behind its shard's primary, in bytes.
+    /// The primary of `shard` as the checks found it: up, not banned, not
+    /// in recovery (a primary that went down may still say so).
+    fn primary_of(&self, shard: &str) -> Option<Arc<ServerHealth>> {
+        self.servers().into_iter().find(|s| {
+            s.target.shard == shard
+                && s.in_recovery() == Some(false)
+                && s.state() == ServerState::Up
+                && !s.banned()
+        })
+    }
+
+    /// Replay lag of a replica behind its shard's primary, in bytes; None
+    /// when unknown, or when the replica is not on the primary's timeline
+    /// (positions of two timelines do not compare).
     pub fn lag_bytes(&self, replica: &ServerHealth) -> Option<u64> {
         if replica.in_recovery() != Some(true) {
             return None;
         }
-        let servers = self.servers();
-        let primary = servers
-            .iter()
-            .find(|s| s.target.shard == replica.target.shard && s.in_recovery() == Some(false))?;
+        let primary = self.primary_of(&replica.target.shard)?;
+        if !same_timeline(&primary, replica) {
+            return None;
+        }
         Some(primary.lsn()?.saturating_sub(replica.lsn()?))
+    }
+
+    /// A replica is on its shard's primary's timeline, so its position
+    /// compares with the primary's (and with positions of writes made
+    /// there). False while either is unknown.
+    pub fn follows_primary(&self, replica: &ServerHealth) -> bool {
+        self.primary_of(&replica.target.shard)
+            .is_some_and(|p| same_timeline(&p, replica))
     }
 
     /// Ready means every shard has at least one server that passed its
@@ -450,11 +552,17 @@ impl From<BackendError> for CheckError {
     }
 }
 
+fn same_timeline(primary: &ServerHealth, replica: &ServerHealth) -> bool {
+    matches!((primary.timeline(), replica.timeline()), (Some(p), Some(r)) if p == r)
+}
+
 /// What one check found.
 struct Checked {
     in_recovery: bool,
     lsn: Option<u64>,
     replay_delay: Duration,
+    timeline: Option<u32>,
+    started: Option<u64>,
 }
 
 /// One check, on the kept connection or a new one.
@@ -495,11 +603,54 @@ async fn check(
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
         .unwrap_or_default();
+    let number = |i: usize| {
+        values
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
     Ok(Checked {
         in_recovery,
         lsn,
         replay_delay,
+        timeline: number(3)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0),
+        started: number(4)
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|t| *t > 0),
     })
+}
+
+/// A replica's replay position and start time, asked on a connection
+/// (POSITION_SQL); None for what could not be read.
+pub async fn ask_position(c: &mut ServerConn, timeout: Duration) -> (Option<u64>, Option<u64>) {
+    let Ok(answer) = c.run_collect(POSITION_SQL, timeout, 4096).await else {
+        return (None, None);
+    };
+    let Some(row) = answer
+        .frames
+        .iter()
+        .find(|f| answer.error.is_none() && f[0] == protocol::be::DATA_ROW)
+    else {
+        return (None, None);
+    };
+    let Ok(values) = protocol::data_row_values(row) else {
+        return (None, None);
+    };
+    let text = |i: usize| {
+        values
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    (
+        text(0).and_then(parse_lsn),
+        text(1).and_then(|v| v.parse().ok()),
+    )
 }
 
 /// 0x16_B374D848 → "16/B374D848", as PostgreSQL writes an LSN.

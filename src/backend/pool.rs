@@ -611,7 +611,12 @@ impl Pool {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let timeout = self.settings().connect_timeout;
         match ServerConn::connect(self.target.clone(), timeout).await {
-            Ok(c) => {
+            Ok(mut c) => {
+                if let Some(h) = self.health().filter(|h| h.in_recovery() == Some(true)) {
+                    // A replica may have restarted since it was checked.
+                    let (lsn, started) = super::health::ask_position(&mut c, timeout).await;
+                    h.note_connection_position(lsn, started);
+                }
                 let known = self
                     .server_params
                     .lock()

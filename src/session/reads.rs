@@ -161,17 +161,24 @@ where
             self.count_read(shard, ReadDecision::Primary);
             return None;
         }
-        // Known fresh enough: go.
-        for pool in &candidates {
-            let fresh = required == 0
+        // Known fresh enough: go. Known again after the checkout, which
+        // may have opened a connection to a server that restarted since
+        // the checks saw it (backend::health::ask_position).
+        let fresh = |pool: &Pool| {
+            required == 0
                 || pool
                     .health()
                     .and_then(|h| h.lsn())
-                    .is_some_and(|l| l >= required);
-            if fresh {
+                    .is_some_and(|l| l >= required)
+        };
+        for pool in &candidates {
+            if fresh(pool) {
                 if let Ok(conn) = pool.checkout().await {
-                    self.count_read(shard, ReadDecision::Replica);
-                    return Some(conn);
+                    if fresh(pool) {
+                        self.count_read(shard, ReadDecision::Replica);
+                        return Some(conn);
+                    }
+                    conn.release();
                 }
             }
         }
@@ -229,6 +236,7 @@ where
                     .filter(|r| {
                         r.pool.health().is_some_and(|h| {
                             h.usable_replica()
+                                && self.proxy.health.follows_primary(&h)
                                 && (reads.max_replica_lag_bytes == 0
                                     || self
                                         .proxy

@@ -126,3 +126,124 @@ strategy = "hash"
         assert_eq!(now[2], "primary", "{shards:?}");
     });
 }
+
+/// After a failover, a replica left on the old timeline may have replayed
+/// WAL the promoted server never had: its position is past the fork, so as
+/// a bare number it looks fresher than writes made on the new timeline,
+/// though it has none of them and never will. Reads must not go there:
+/// PostgreSQL alone shows a client its own write. Here replica 1 is
+/// stopped, the primary writes a few MB that only replica 2 receives, the
+/// primary stops, replica 1 comes back and is promoted (new timeline, fork
+/// before replica 2's position), and a client writes and reads its row.
+#[test]
+fn a_replica_left_on_the_old_timeline_takes_no_reads() {
+    let private = PrivateCluster::start(&["--shards", "1", "--replicas", "2"]);
+    let base = private.0.base_port;
+    let (r1, r2) = (base + 1, base + 2);
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        for shard in cfg["shards"].as_array_mut().expect("shards") {
+            for server in shard["servers"].as_array_mut().expect("servers") {
+                server.as_table_mut().expect("server").remove("role");
+            }
+        }
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "reads.read_your_writes_max_wait", "0");
+        set(cfg, "health.interval", "200ms");
+        set(cfg, "health.timeout", "1s");
+        set(cfg, "pool.connect_timeout", "2s");
+    });
+    let direct = |port: u16| format!("postgres://app:app@127.0.0.1:{port}/app");
+    block_on(Duration::from_secs(180), async {
+        let client = proxy.app_client().await;
+        client
+            .batch_execute(
+                "CREATE TABLE fork_t (id int); CREATE TABLE fork_fill (id int, pad text)",
+            )
+            .await
+            .expect("tables");
+        // Both replicas have the tables.
+        for port in [r1, r2] {
+            let (c, _conn) = connect_url(&direct(port)).await;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.simple_query("select 1 from fork_fill").await.is_err() {
+                assert!(Instant::now() < deadline, "replica {port} lacks the tables");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        private.run("stop", &["--shard", "s0", "--replica", "1"]);
+        // WAL that only replica 2 receives.
+        client
+            .batch_execute(
+                "INSERT INTO fork_fill SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g",
+            )
+            .await
+            .expect("fill");
+        let (p, _pc) = connect_url(&direct(base)).await;
+        let end = first(&p, "select pg_current_wal_lsn()::text").await;
+        let (c2, _c2) = connect_url(&direct(r2)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let caught_up = first(
+                &c2,
+                &format!("select (pg_last_wal_replay_lsn() >= '{end}')::text"),
+            )
+            .await;
+            if caught_up == "true" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica 2 did not replay the fill"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        private.run("stop", &["--shard", "s0"]);
+        private.run("start", &["--shard", "s0", "--replica", "1"]);
+        private.run("promote", &["--shard", "s0", "--replica", "1"]);
+
+        // Writes reach the promoted replica 1.
+        let promoted = Instant::now();
+        loop {
+            match client.batch_execute("INSERT INTO fork_t VALUES (42)").await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(
+                        promoted.elapsed() < Duration::from_secs(15),
+                        "writes not restored after the promotion: {e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        // Replica 2 is past the fork, and stuck there.
+        let (c1, _c1) = connect_url(&direct(r1)).await;
+        let written = first(&c1, "select pg_current_wal_lsn()::text").await;
+        let past = first(
+            &c2,
+            &format!("select (pg_last_wal_replay_lsn() > '{written}')::text"),
+        )
+        .await;
+        assert_eq!(past, "true", "the scenario needs replica 2 past the fork");
+        for round in 0..20 {
+            let rows = simple_rows(
+                &client
+                    .simple_query("SELECT count(*), inet_server_port() FROM fork_t WHERE id = 42")
+                    .await
+                    .expect("read"),
+            );
+            assert_eq!(
+                rows[0][0].as_deref(),
+                Some("1"),
+                "round {round}: the client's own write is missing (read on port {:?}; replica 2 is {r2})",
+                rows[0][1]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+async fn first(c: &tokio_postgres::Client, sql: &str) -> String {
+    simple_rows(&c.simple_query(sql).await.expect(sql))[0][0]
+        .clone()
+        .expect("a value")
+}

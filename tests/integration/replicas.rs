@@ -633,3 +633,93 @@ fn a_write_position_at_a_page_header_does_not_keep_reads_on_the_primary() {
         }
     });
 }
+
+/// A replica that restarts between two health checks replays its own WAL
+/// again from its last restartpoint, and takes connections before it is
+/// back where it was. The position the proxy knew from before is then too
+/// high: a read that needs the client's last write must not go there on
+/// it. Here the replica comes back with a long apply delay, so it stays
+/// before the write, and the checks are an hour apart.
+#[test]
+fn a_replica_that_restarted_is_asked_where_it_is() {
+    let private = PrivateCluster::start(&[]);
+    let (_, replica) = private.0.shard_ports(0);
+    let proxy = TestProxy::start_on(&private.0, |cfg| {
+        set(cfg, "reads.read_from", "replica");
+        set(cfg, "reads.read_your_writes_max_wait", "2s");
+        set(cfg, "health.interval", "1h");
+    });
+    wait_all_up(&proxy);
+    let superuser = |replica_no: &str, sql: &str| {
+        private.run(
+            "psql",
+            &[
+                "--shard",
+                "s0",
+                "--replica",
+                replica_no,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        );
+    };
+    block_on(Duration::from_secs(90), async {
+        let client = proxy.app_client().await;
+        client
+            .batch_execute("CREATE TABLE rs_t (i int); INSERT INTO rs_t VALUES (1)")
+            .await
+            .expect("table");
+        client
+            .batch_execute("INSERT INTO rs_t VALUES (2)")
+            .await
+            .expect("write");
+        // Read on the replica once it has the write: the proxy now knows
+        // a position of the replica past the write.
+        let rows = simple_rows(
+            &client
+                .simple_query("SELECT count(*), inet_server_port() FROM rs_t")
+                .await
+                .expect("read"),
+        );
+        assert_eq!(rows[0][0].as_deref(), Some("2"));
+        assert_eq!(rows[0][1].as_deref(), Some(replica.to_string().as_str()));
+
+        // A crash: its data pages may not have the write yet, so it is
+        // consistent (and takes connections) before replaying it, and the
+        // apply delay keeps it there.
+        superuser("1", "ALTER SYSTEM SET recovery_min_apply_delay = '1h'");
+        private.run("stop", &["--shard", "s0", "--replica", "1", "--crash"]);
+        private.run("start", &["--shard", "s0", "--replica", "1"]);
+        // Back, and before the write.
+        let (direct, _conn) =
+            connect_url(&format!("postgres://app:app@127.0.0.1:{replica}/app")).await;
+        // (It may be before the table, even.)
+        let n = direct
+            .simple_query("SELECT count(*) FROM rs_t WHERE i = 2")
+            .await
+            .map(|m| simple_rows(&m)[0][0].clone());
+        assert!(
+            !matches!(n.as_ref().map(|v| v.as_deref()), Ok(Some("1"))),
+            "the scenario needs the replica before the write"
+        );
+
+        for round in 0..5 {
+            let rows = simple_rows(
+                &client
+                    .simple_query("SELECT count(*), inet_server_port() FROM rs_t")
+                    .await
+                    .expect("read"),
+            );
+            assert_eq!(
+                rows[0][0].as_deref(),
+                Some("2"),
+                "round {round}: the client's own write is missing (read on port {:?})",
+                rows[0][1]
+            );
+        }
+    });
+}
