@@ -98,8 +98,17 @@ pub async fn ensure_catalog(conn: &mut ServerConn, users: &[String]) -> Result<(
 
 /// Run `sql` (autocommit) and return the first value of the first row.
 async fn query_value(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, QueryError> {
+    query_value_within(conn, sql, CONTROL_TIMEOUT).await
+}
+
+/// `query_value` waiting at most `within`.
+async fn query_value_within(
+    conn: &mut ServerConn,
+    sql: &str,
+    within: Duration,
+) -> Result<Option<String>, QueryError> {
     let c = conn
-        .run_collect(sql, CONTROL_TIMEOUT, 1024 * 1024)
+        .run_collect(sql, within, 1024 * 1024)
         .await
         .map_err(QueryError::Lost)?;
     if let Some(e) = c.error {
@@ -132,14 +141,15 @@ impl std::fmt::Display for QueryError {
     }
 }
 
-/// Record `decision` for `gid` unless one exists; returns the decision in
-/// force afterwards.
+/// Record `decision` for `gid` unless one exists, waiting at most `within`
+/// for each statement; returns the decision in force afterwards.
 async fn decide(
     catalog: &mut ServerConn,
     gid: &str,
     decision: &str,
     participants: &[String],
     users: &[String],
+    within: Duration,
 ) -> Result<String, QueryError> {
     let list = participants
         .iter()
@@ -157,7 +167,7 @@ async fn decide(
         quote_literal(gid)
     );
     for attempt in 0..2 {
-        match query_value(catalog, &insert).await {
+        match query_value_within(catalog, &insert, within).await {
             Ok(_) => break,
             // The catalog does not exist yet: create it once.
             Err(QueryError::Sql { code, .. })
@@ -185,7 +195,7 @@ async fn decide(
             Err(e) => return Err(e),
         }
     }
-    query_value(catalog, &select)
+    query_value_within(catalog, &select, within)
         .await?
         .ok_or_else(|| QueryError::Sql {
             code: sqlstate::INTERNAL_ERROR.into(),
@@ -267,7 +277,10 @@ pub async fn commit(
         {
             Ok(c) if c.error.is_none() && c.status == TxStatus::Idle && !is_rollback(&c) => {
                 xids[i] = c.first_value();
-                prepared.push(i)
+                prepared.push(i);
+                if prepared.len() == 1 && participants.len() > 1 {
+                    failpoint("after_first_prepare", &gid).await;
+                }
             }
             Ok(c) => {
                 clean[i] = c.status == TxStatus::Idle;
@@ -309,10 +322,25 @@ pub async fn commit(
         return Err(too_slow());
     }
 
-    // The decision.
+    // The decision, within what is left of the prepare timeout: recovery
+    // may decide abort once in_doubt_after passes, and a decision this
+    // proxy is still waiting for must not come after that unseen (if it
+    // lands later, the insert finds recovery's and yields to it).
+    let decide_within = catalog
+        .prepare_within
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(100));
     let decided = match catalog.participant.filter(|i| prepared.contains(i)) {
         Some(i) => {
-            let d = decide(&mut conns[i], &gid, "commit", &shards, catalog.users).await;
+            let d = decide(
+                &mut conns[i],
+                &gid,
+                "commit",
+                &shards,
+                catalog.users,
+                decide_within,
+            )
+            .await;
             if matches!(d, Err(QueryError::Lost(_))) {
                 clean[i] = false;
             }
@@ -320,7 +348,15 @@ pub async fn commit(
         }
         None => match catalog.pool.checkout().await {
             Ok(mut c) => {
-                let d = decide(&mut c, &gid, "commit", &shards, catalog.users).await;
+                let d = decide(
+                    &mut c,
+                    &gid,
+                    "commit",
+                    &shards,
+                    catalog.users,
+                    decide_within,
+                )
+                .await;
                 if !matches!(d, Err(QueryError::Lost(_))) {
                     c.release();
                 }
@@ -367,11 +403,20 @@ pub async fn commit(
     // told now is told by recovery, which needs the decision kept. One
     // whose transaction "does not exist" any more was finished by someone
     // else: that is a success only if its transaction id says committed.
+    // A shard that does not answer within the prepare timeout is left to
+    // recovery: the client is told the commit (it is decided) rather than
+    // wait for it.
     let mut all_committed = true;
     let mut rolled_back: Vec<&str> = Vec::new();
-    for &i in &prepared {
+    for (n, &i) in prepared.iter().enumerate() {
+        if n == 1 {
+            failpoint("after_first_commit", &gid).await;
+        }
         let sql = format!("COMMIT PREPARED {gid_sql}");
-        match conns[i].run_collect(&sql, CONTROL_TIMEOUT, 64 * 1024).await {
+        match conns[i]
+            .run_collect(&sql, catalog.prepare_within, 64 * 1024)
+            .await
+        {
             Ok(c) if c.error.is_none() => {}
             Ok(c) if error_code(&c) == Some(sqlstate::UNDEFINED_OBJECT.to_string()) => {
                 match committed_elsewhere(&mut conns[i], xids[i].as_deref()).await {
@@ -493,15 +538,23 @@ fn is_rollback(c: &crate::backend::conn::Collected) -> bool {
 }
 
 /// Test hook: with `SHARDWIRE_FAILPOINT=<name>`, stop here (for a test to
-/// kill the proxy at this exact point).
+/// kill the proxy at this exact point); with `<name>:<seconds>`, pause
+/// that long and go on (for a test to stall a shard meanwhile).
 async fn failpoint(name: &str, gid: &str) {
-    if std::env::var("SHARDWIRE_FAILPOINT").is_ok_and(|v| v == name) {
+    let Ok(wanted) = std::env::var("SHARDWIRE_FAILPOINT") else {
+        return;
+    };
+    let (wanted, pause) = match wanted.split_once(':') {
+        Some((w, secs)) => (w.to_string(), secs.parse().ok()),
+        None => (wanted, None),
+    };
+    if wanted == name {
         tracing::warn!(
             failpoint = name,
             gid,
             "failpoint reached; waiting to be killed"
         );
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        tokio::time::sleep(Duration::from_secs(pause.unwrap_or(3600))).await;
     }
 }
 
@@ -679,7 +732,7 @@ async fn recover_database(
             Some(d) => d,
             None => {
                 let catalog = kept(conns, &catalog_target).await?;
-                decide(catalog, &gid, "abort", &[], &users)
+                decide(catalog, &gid, "abort", &[], &users, CONTROL_TIMEOUT)
                     .await
                     .map_err(|e| e.to_string())?
             }

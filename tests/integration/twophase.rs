@@ -174,8 +174,15 @@ fn kill_during_commit_then(
             assert!(Instant::now() < deadline, "failpoint not reached:\n{log}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        // Prepared on both shards, decided or not: now the proxy dies.
-        assert_eq!(prepared_like(&shards, &gid).await, [1, 1], "{gid}");
+        // Prepared on one or both shards, decided or not (one committed
+        // already, after the first COMMIT PREPARED): now the proxy dies.
+        let at_kill = prepared_like(&shards, &gid).await;
+        let expected: i64 = if failpoint.starts_with("after_first_") {
+            1
+        } else {
+            2
+        };
+        assert_eq!(at_kill.iter().sum::<i64>(), expected, "{gid}: {at_kill:?}");
         doomed.signal(libc::SIGKILL);
         doomed
             .wait_exit(Duration::from_secs(10))
@@ -186,7 +193,7 @@ fn kill_during_commit_then(
         );
         assert_eq!(
             prepared_like(&shards, &gid).await,
-            [1, 1],
+            at_kill,
             "still in doubt after the kill"
         );
 
@@ -230,6 +237,27 @@ fn recovery_finds_a_decision_after_the_shards_were_reordered() {
 #[test]
 fn a_commit_undecided_at_the_crash_is_rolled_back_by_recovery() {
     assert_eq!(kill_during_commit("after_prepare", "tp_abort"), [0, 0]);
+}
+
+/// The proxy dies with one shard prepared and the other still in its
+/// transaction: that one rolls back with the connection, and recovery
+/// rolls back the prepared one.
+#[test]
+fn a_crash_between_two_prepares_rolls_back_both() {
+    assert_eq!(
+        kill_during_commit("after_first_prepare", "tp_half_prep"),
+        [0, 0]
+    );
+}
+
+/// The proxy dies after the first COMMIT PREPARED: the decision says
+/// commit, and recovery commits the other shard.
+#[test]
+fn a_crash_between_two_commit_prepared_commits_both() {
+    assert_eq!(
+        kill_during_commit("after_first_commit", "tp_half_commit"),
+        [1, 1]
+    );
 }
 
 /// pgbench's TPC-B-like script on 2 shards, tables sharded by their keys so
@@ -504,4 +532,99 @@ fn a_shard_stalled_during_prepare_never_leaves_a_half_commit() {
         assert_eq!(counts, expected, "told commit: {told_commit}");
         drop(c);
     });
+}
+
+/// Stop (SIGSTOP) the proxy's backend on shard `shard` while the proxy
+/// pauses at `failpoint` (`name:seconds`), past in_doubt_after, then let
+/// it go on. Returns whether the client was told COMMIT, and the rows each
+/// shard has once nothing is prepared any more. A client told COMMIT must
+/// find both rows; one told of an uncertain outcome (08006) must find the
+/// shards agreeing.
+fn stall_during_commit(failpoint: &str, shard: usize, table: &str) -> (bool, [i64; 2]) {
+    let _one = prepared_xacts_lock();
+    let proxy = TestProxy::start_with_env(
+        cluster(),
+        &[("SHARDWIRE_FAILPOINT", failpoint)],
+        sharded(table, "2s"),
+    );
+    let (k0, k1) = keys(&proxy, table);
+    block_on(Duration::from_secs(90), async {
+        let shards = connect_shards(&format!(
+            "drop table if exists {table}; create table {table} (id int primary key)"
+        ))
+        .await;
+        let client = proxy.app_client().await;
+        let statements = tx(table, &[k0, k1], "COMMIT");
+        let commit = tokio::spawn(async move { run_each(&client, &statements).await });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let gid = loop {
+            let log = proxy.log();
+            if let Some(line) = log.lines().find(|l| l.contains("failpoint reached")) {
+                let at = line.find("gid=").expect("gid in the failpoint line") + 4;
+                break line[at..]
+                    .trim_start_matches('"')
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>();
+            }
+            assert!(Instant::now() < deadline, "failpoint not reached:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The proxy's connection on that shard last ran the PREPARE (or
+        // the decision), both of which name the transaction.
+        let pid: i32 = shards[shard]
+            .query_one(
+                "select pid from pg_stat_activity where query like '%' || $1 || '%' \
+                 and pid <> pg_backend_pid()",
+                &[&gid],
+            )
+            .await
+            .expect("the transaction's backend")
+            .get(0);
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        // Past in_doubt_after, with recovery passes.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        signal("-CONT");
+        let result = commit.await.expect("commit task");
+        if let Err(e) = &result {
+            assert_eq!(sqlstate(e), "08006", "{e}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while prepared_like(&shards, &gid).await != [0, 0] {
+            assert!(Instant::now() < deadline, "still prepared");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (result.is_ok(), rows(&shards, table).await)
+    })
+}
+
+/// A shard stalls at COMMIT PREPARED, after the decision: the client is
+/// told COMMIT within the prepare timeout, and recovery commits that shard
+/// while its old backend is still stopped.
+#[test]
+fn a_shard_stalled_at_commit_prepared_is_committed_by_recovery() {
+    let (told_commit, rows) = stall_during_commit("after_decision:3", 1, "tp_stall_cp");
+    assert!(told_commit, "the decision was commit");
+    assert_eq!(rows, [1, 1]);
+}
+
+/// The catalog's shard stalls while the decision is being recorded: the
+/// client is told the outcome is uncertain (or COMMIT, had the decision
+/// gone elsewhere), and the shards agree afterwards.
+#[test]
+fn a_catalog_stalled_at_the_decision_leaves_the_shards_agreeing() {
+    let (told_commit, rows) = stall_during_commit("after_prepare:3", 0, "tp_stall_dec");
+    if told_commit {
+        assert_eq!(rows, [1, 1]);
+    } else {
+        assert!(rows == [1, 1] || rows == [0, 0], "half a commit: {rows:?}");
+    }
 }
