@@ -401,6 +401,36 @@ where
     }
 }
 
+/// Bring a server whose client left in the middle of a pipeline (Binds
+/// and Executes with no Sync yet, or answers not read) back to idle, so
+/// that it can be reset rather than closed: a Sync ends the batch, the
+/// answers still due (`readies` ReadyForQuery, plus the Sync's) are read
+/// and dropped, and a transaction left open is rolled back. False when
+/// that does not happen within a second or two; the server is closed then.
+pub(super) async fn end_pipeline(conn: &mut ServerConn, readies: usize) -> bool {
+    let within = Duration::from_secs(2);
+    if conn.send_frames(b"S\0\0\0\x04", within).await.is_err() {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    let mut left = readies + 1;
+    let mut status = TxStatus::Idle;
+    while left > 0 {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match conn.recv_frame(wait).await {
+            Ok(f) if f[0] == protocol::be::READY_FOR_QUERY => {
+                status = TxStatus::of_ready(&f);
+                left -= 1;
+            }
+            // COPY FROM STDIN waits for data a Sync does not end.
+            Ok(f) if f[0] == protocol::be::COPY_IN_RESPONSE => return false,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    status == TxStatus::Idle || conn.run_internal("ROLLBACK", within).await.is_ok()
+}
+
 /// Reset a session-pooled server for its next client: DISCARD ALL drops
 /// prepared statements, temporary tables, settings and advisory locks.
 pub(super) async fn discard_session(conn: &mut ServerConn) -> bool {

@@ -512,6 +512,34 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client_wr.shutdown()).await;
         if let Some(mut conn) = self.server.take() {
             self.cancel.clear();
+            // A server to be reset anyway (session pooling, or pinned) whose
+            // client left mid-pipeline is brought back to idle first.
+            let resets = self.pool_mode == PoolMode::Session || self.pinned.is_some();
+            if resets
+                && !self.is_idle()
+                && self.server_out.is_empty()
+                && !self.copy_in
+                && !self.discard_server
+            {
+                let readies = self
+                    .pending
+                    .iter()
+                    .filter(|p| {
+                        matches!(
+                            p,
+                            Pending::Request {
+                                expect: Expect::Ready,
+                                ..
+                            }
+                        )
+                    })
+                    .count();
+                if checkout::end_pipeline(&mut conn, readies).await {
+                    self.pending.clear();
+                    self.tx_status = TxStatus::Idle;
+                    self.skip_until_sync = false;
+                }
+            }
             // Only a server with nothing in flight goes back to the pool; in
             // session pooling, only after the session's state is discarded.
             // A SET not read back yet would go to the next client unseen;

@@ -246,3 +246,72 @@ fn a_session_pooled_client_is_told_its_servers_pid() {
         assert_ne!(other, told);
     });
 }
+
+/// A session-pooled client that leaves in the middle of a pipeline (a
+/// transaction open, a Bind and Execute sent with no Sync) leaves a server
+/// that is brought back to idle and reset, not closed: the next client
+/// gets the same server, clean (no transaction, no temporary table).
+#[test]
+fn a_client_leaving_mid_pipeline_leaves_a_clean_reusable_server() {
+    use crate::bad_input::{frame, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let proxy = TestProxy::start(|c| {
+        c["databases"][0]
+            .as_table_mut()
+            .expect("databases[0]")
+            .insert("pool_mode".into(), "session".into());
+        set(c, "pool.max_size", 1);
+        add_user(
+            c,
+            "name = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app\"",
+        );
+    });
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (mut s, login) = raw_login(proxy.port).await;
+        let key = &login.iter().find(|(t, _)| *t == b'K').expect("key").1;
+        let pid_a = i32::from_be_bytes(key[0..4].try_into().expect("pid"));
+        s.write_all(&frame(
+            b'Q',
+            b"create temp table mid_tt (i int); begin; insert into mid_tt values (1)\0",
+        ))
+        .await
+        .expect("begin");
+        read_until(&mut s, b'Z').await;
+        let mut batch = frame(b'P', b"\0select pg_sleep(0.2)\0\0\0");
+        batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        s.write_all(&batch).await.expect("pipeline");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (b, _cb) = loop {
+            match try_connect(&config).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no server came back: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let row = b
+            .query_one(
+                "select pg_backend_pid(), to_regclass('mid_tt') is null, \
+                 (select count(*) from pg_prepared_statements where statement like '%pg_' || 'sleep(%')",
+                &[],
+            )
+            .await
+            .expect("b");
+        assert_eq!(
+            row.get::<_, i32>(0),
+            pid_a,
+            "the server was closed, not reset"
+        );
+        assert!(row.get::<_, bool>(1), "A's temporary table reached B");
+        assert_eq!(row.get::<_, i64>(2), 0, "A's statement reached B");
+    });
+}
