@@ -29,7 +29,10 @@ where
     pub(super) fn send_query(&mut self, frame: BytesMut) {
         // What cannot follow the client was refused before this point.
         self.server_mut().unnamed = None;
-        self.note_effects(control::effects(protocol::body(&frame)));
+        let sql = protocol::body(&frame);
+        let sql = std::str::from_utf8(sql.strip_suffix(b"\0").unwrap_or(sql)).unwrap_or("");
+        let effects = control::effects(protocol::body(&frame));
+        self.note_effects(effects, sql);
         self.send(&frame, Expect::Ready, true, None);
         self.flush_point();
     }
@@ -159,7 +162,12 @@ where
         // After the Bind, which may need its own statement re-made here:
         // a DEALLOCATE ALL drops it only when it runs.
         if effects != control::Effects::NONE {
-            self.note_effects(effects);
+            let sql = if stmt.is_empty() {
+                self.unnamed_sql.clone()
+            } else {
+                self.statements.get(stmt).map(|s| s.sql.clone())
+            };
+            self.note_effects(effects, sql.as_deref().unwrap_or(""));
         }
         Ok(())
     }

@@ -51,7 +51,8 @@ where
     /// read back once the server is idle; statements it drops are
     /// forgotten; a schema change gives later prepares new names; state
     /// that cannot follow pins the server.
-    pub(super) fn note_effects(&mut self, effects: Effects) {
+    /// `sql` is the statement, for the log.
+    pub(super) fn note_effects(&mut self, effects: Effects, sql: &str) {
         if effects.settings != SettingsEffect::None {
             self.settings_changed = true;
         }
@@ -59,7 +60,7 @@ where
             self.schema_may_change();
         }
         if let Some(what) = effects.pins {
-            self.pin(what);
+            self.pin(what, sql);
         }
         // DISCARD ALL ends what pins the server once it has run (its
         // CommandComplete: `discarded`), unless the same string makes more.
@@ -134,17 +135,23 @@ where
     /// Keep the held server for this client: `what` lives on it and must
     /// reach no one else (transaction pooling; in session pooling the
     /// server is the client's anyway). Logged once per client.
-    pub(super) fn pin(&mut self, what: &'static str) {
+    pub(super) fn pin(&mut self, what: &'static str, sql: &str) {
         if self.pool_mode != PoolMode::Transaction || self.pinned.is_some() {
             return;
         }
         self.pinned = Some(what);
         self.client.info.set_pinned_by(Some(what));
         self.proxy.metrics.pins.fetch_add(1, Ordering::Relaxed);
+        // The statement, cut short at a character boundary.
+        let mut end = sql.len().min(200);
+        while !sql.is_char_boundary(end) {
+            end -= 1;
+        }
         tracing::info!(
             client = self.client_id,
             shard = %self.shard_name(self.server_shard),
-            "{what} pins this client's server until it disconnects (transaction pooling)"
+            statement = &sql[..end],
+            "{what} pins this client's server until it disconnects or runs DISCARD ALL (transaction pooling)"
         );
     }
 

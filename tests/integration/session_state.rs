@@ -626,6 +626,14 @@ fn pin_cell(mode: &str, lanes: bool, extended: bool) {
     let pins = metric(&m, "shardwire_pins_total", &[]);
     if mode == "transaction" {
         assert!(pins >= 5.0, "{what}: {m}");
+        // Logged with the statement that caused it.
+        let log = proxy.log();
+        assert!(
+            log.lines().any(
+                |l| l.contains("pins this client's server") && l.contains("listen pin_channel")
+            ),
+            "{what}: no pin log line naming the statement:\n{log}"
+        );
     } else {
         assert_eq!(pins, 0.0, "{what}");
     }
