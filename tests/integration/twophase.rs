@@ -131,6 +131,24 @@ fn a_transaction_on_two_shards_commits_on_both() {
     });
 }
 
+/// The transaction a proxy's failpoint stopped in (from its log line).
+async fn failpoint_gid(proxy: &TestProxy) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = proxy.log();
+        if let Some(line) = log.lines().find(|l| l.contains("failpoint reached")) {
+            let at = line.find("gid=").expect("gid in the failpoint line") + 4;
+            return line[at..]
+                .trim_start_matches('"')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "failpoint not reached:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Kill the proxy at `failpoint` during a two-shard COMMIT; another proxy's
 /// recovery must then leave both shards agreeing, nothing prepared.
 fn kill_during_commit(failpoint: &str, table: &str) -> [i64; 2] {
@@ -159,21 +177,7 @@ fn kill_during_commit_then(
         let client = doomed.app_client().await;
         let statements = tx(table, &[k0, k1], "COMMIT");
         let commit = tokio::spawn(async move { run_each(&client, &statements).await });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let gid = loop {
-            let log = doomed.log();
-            if let Some(line) = log.lines().find(|l| l.contains("failpoint reached")) {
-                let at = line.find("gid=").expect("gid in the failpoint line") + 4;
-                let gid: String = line[at..]
-                    .trim_start_matches('"')
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                break gid;
-            }
-            assert!(Instant::now() < deadline, "failpoint not reached:\n{log}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let gid = failpoint_gid(&doomed).await;
         // Prepared on one or both shards, decided or not (one committed
         // already, after the first COMMIT PREPARED): now the proxy dies.
         let at_kill = prepared_like(&shards, &gid).await;
@@ -556,20 +560,7 @@ fn stall_during_commit(failpoint: &str, shard: usize, table: &str) -> (bool, [i6
         let client = proxy.app_client().await;
         let statements = tx(table, &[k0, k1], "COMMIT");
         let commit = tokio::spawn(async move { run_each(&client, &statements).await });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let gid = loop {
-            let log = proxy.log();
-            if let Some(line) = log.lines().find(|l| l.contains("failpoint reached")) {
-                let at = line.find("gid=").expect("gid in the failpoint line") + 4;
-                break line[at..]
-                    .trim_start_matches('"')
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect::<String>();
-            }
-            assert!(Instant::now() < deadline, "failpoint not reached:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let gid = failpoint_gid(&proxy).await;
         // The proxy's connection on that shard last ran the PREPARE (or
         // the decision), both of which name the transaction.
         let pid: i32 = shards[shard]
