@@ -149,6 +149,21 @@ where
         if !self.ensure_server(false).await {
             return Ok(());
         }
+        if let Some(s) = self.statements.get(stmt).cloned() {
+            if (s.is_stale() || s.needs_shape_check()) && !self.shape_holds(stmt, &s).await? {
+                self.refuse(
+                    PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "cached plan must not change result type",
+                    ),
+                    false,
+                );
+                return Ok(());
+            }
+            if self.skip_until_sync || self.server.is_none() {
+                return Ok(()); // the batch failed meanwhile (its error went out)
+            }
+        }
         match self.statement_on_server(stmt) {
             Some(server_name) => {
                 let mut scratch = std::mem::take(&mut self.scratch);
@@ -170,6 +185,50 @@ where
             self.note_effects(effects, sql.as_deref().unwrap_or(""));
         }
         Ok(())
+    }
+
+    /// Whether the client's statement `name` still has the result columns
+    /// the client was told, checked on the held server after a schema
+    /// change passed through the proxy: there it may be prepared afresh,
+    /// where PostgreSQL alone would refuse the older plan with `0A000
+    /// cached plan must not change result type`. The statement is
+    /// described there (the answers before it reach the client first) and
+    /// compared; a change makes it stale for good, as in PostgreSQL, until
+    /// the client prepares it again. One round trip per statement per
+    /// schema change.
+    async fn shape_holds(
+        &mut self,
+        name: &str,
+        stmt: &Arc<statements::Statement>,
+    ) -> Result<bool, SessionEnd> {
+        if stmt.is_stale() {
+            return Ok(false);
+        }
+        let generation = crate::backend::conn::schema_generation();
+        let Some(server_name) = self.statement_on_server(name) else {
+            return Ok(true);
+        };
+        let mut describe = BytesMut::new();
+        rebuild(fe::DESCRIBE, b"S", &server_name, b"", &mut describe);
+        self.send(&describe, Expect::Description, false, None);
+        let found = Arc::new(ParamTypes::default());
+        if let Some(Pending::Request { describes, .. }) = self.pending.back_mut() {
+            *describes = Some(found.clone());
+        }
+        self.flush_and_drain().await?;
+        match (found.shape(), stmt.types.shape()) {
+            (Some(now), Some(then)) if now != then => {
+                tracing::info!(client = self.client_id, statement = %stmt.sql, "a prepared statement's result columns changed with the schema; it fails as in PostgreSQL until prepared again");
+                stmt.mark_stale();
+                Ok(false)
+            }
+            // Unchanged, or not described (an error, which the client got).
+            (Some(_), _) => {
+                stmt.shape_verified(generation);
+                Ok(true)
+            }
+            _ => Ok(true),
+        }
     }
 
     pub(super) async fn on_describe(&mut self, frame: BytesMut) -> Result<(), SessionEnd> {

@@ -205,7 +205,9 @@ where
         let Some(stmt) = self
             .statements
             .get(name)
-            .filter(|s| s.lane.load(Ordering::Relaxed) == LANE)
+            .filter(|s| {
+                s.lane.load(Ordering::Relaxed) == LANE && !s.is_stale() && !s.needs_shape_check()
+            })
             .cloned()
         else {
             return Ok(false);

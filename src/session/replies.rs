@@ -125,13 +125,20 @@ where
             }
             _ => {}
         }
-        if tag == be::PARAMETER_DESCRIPTION {
+        if matches!(
+            tag,
+            be::PARAMETER_DESCRIPTION | be::ROW_DESCRIPTION | be::NO_DATA
+        ) {
             if let Some(Pending::Request {
                 describes: Some(types),
                 ..
             }) = self.pending.front()
             {
-                types.describe(frame);
+                if tag == be::PARAMETER_DESCRIPTION {
+                    types.describe(frame);
+                } else {
+                    types.describe_result(frame);
+                }
             }
         }
         if tag == be::DATA_ROW {

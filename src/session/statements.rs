@@ -2,7 +2,7 @@
 //! transaction pooling: each is stored as the Parse frame that creates it on
 //! any backend, under a proxy-chosen name derived from its content.
 
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +30,37 @@ pub struct Statement {
     pub lane: AtomicU8,
     /// What running it may do to the server session (session::state).
     pub effects: Effects,
+    /// The schema generation at which its result columns were last known
+    /// to be those the client was told (see `needs_shape_check`).
+    verified: AtomicU64,
+    /// Its result columns changed since the client prepared it: every run
+    /// fails as PostgreSQL's would, until the client prepares it again.
+    stale: AtomicBool,
+}
+
+impl Statement {
+    /// A schema change passed through the proxy since its result columns
+    /// were last checked, and the client was told what they were: before
+    /// it runs on a server that may prepare it afresh (with the new
+    /// columns, where PostgreSQL alone would refuse the older plan), its
+    /// columns are described there and compared (session::extended).
+    pub fn needs_shape_check(&self) -> bool {
+        self.types.shape().is_some()
+            && self.verified.load(Ordering::Relaxed) != crate::backend::conn::schema_generation()
+    }
+
+    /// Its result columns were found unchanged at `generation`.
+    pub fn shape_verified(&self, generation: u64) {
+        self.verified.store(generation, Ordering::Relaxed);
+    }
+
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
 }
 
 /// The client's statements by the client's own names (looked up at every
@@ -72,6 +103,8 @@ impl Statements {
             sql,
             types: Arc::new(ParamTypes::from_parse(parse_body_after_name)),
             lane: AtomicU8::new(0),
+            verified: AtomicU64::new(generation),
+            stale: AtomicBool::new(false),
         });
         self.by_client_name
             .insert(client_name.to_string(), stmt.clone());
@@ -111,6 +144,8 @@ pub struct ParamTypes {
     /// types do not change while it exists (a client re-preparing a name
     /// gets a new `ParamTypes`).
     described: OnceLock<Box<[u32]>>,
+    /// Its result columns when first described (`result_shape`).
+    shape: OnceLock<u64>,
 }
 
 impl ParamTypes {
@@ -127,6 +162,7 @@ impl ParamTypes {
         ParamTypes {
             declared,
             described: OnceLock::new(),
+            shape: OnceLock::new(),
         }
     }
 
@@ -143,6 +179,17 @@ impl ParamTypes {
         }
     }
 
+    /// Note the server's RowDescription or NoData for the statement
+    /// (`frame`, the whole message), the first time it is described.
+    pub fn describe_result(&self, frame: &[u8]) {
+        let _ = self.shape.set(result_shape(frame));
+    }
+
+    /// Its result columns as first described (`result_shape`).
+    pub fn shape(&self) -> Option<u64> {
+        self.shape.get().copied()
+    }
+
     /// Note the server's ParameterDescription (`frame`, the whole message).
     pub fn describe(&self, frame: &[u8]) {
         let mut r = BodyReader::new(protocol::body(frame), "ParameterDescription");
@@ -154,6 +201,39 @@ impl ParamTypes {
             .collect();
         let _ = self.described.set(types);
     }
+}
+
+/// What PostgreSQL compares when it checks that a cached plan's result
+/// did not change (the columns' names, types and type modifiers, in
+/// order), as a hash of a RowDescription; NoData is 0. The table and
+/// column a result column came from are left out, as PostgreSQL does.
+pub fn result_shape(frame: &[u8]) -> u64 {
+    if frame.first() != Some(&protocol::be::ROW_DESCRIPTION) {
+        return 0;
+    }
+    let mut r = BodyReader::new(protocol::body(frame), "RowDescription");
+    let mut hasher = Sha256::new();
+    let n = r.i16().unwrap_or(0);
+    hasher.update(n.to_le_bytes());
+    for _ in 0..n.max(0) {
+        let (Ok(name), Ok(_table), Ok(_column), Ok(ty), Ok(_len), Ok(typmod), Ok(_format)) = (
+            r.cstr_bytes(),
+            r.i32(),
+            r.i16(),
+            r.i32(),
+            r.i16(),
+            r.i32(),
+            r.i16(),
+        ) else {
+            break;
+        };
+        hasher.update(name);
+        hasher.update([0]);
+        hasher.update(ty.to_le_bytes());
+        hasher.update(typmod.to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) | 1
 }
 
 /// The SQL text of a Parse body after the statement name (empty if malformed).

@@ -383,6 +383,89 @@ fn statements_prepared_after_a_migration_see_the_new_columns() {
     });
 }
 
+/// A client's statement prepared before `ALTER TABLE ... ADD COLUMN` runs
+/// after it on a server that never had it (its old server is gone): the
+/// proxy prepares it there afresh, which would answer with the new
+/// columns, while PostgreSQL alone refuses the older plan with `0A000
+/// cached plan must not change result type`, every time, until the client
+/// prepares it again. A statement whose columns did not change runs on.
+#[test]
+fn a_statement_older_than_a_migration_fails_as_in_postgres_on_any_server() {
+    let proxy = TestProxy::start(|c| {
+        set(c, "pool.max_size", 2);
+        set(c, "pool.pipeline_lanes", 0);
+    });
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(60), async {
+        let (m, _cm) = connect(&config).await;
+        m.batch_execute(
+            "drop table if exists ps_mig2; create table ps_mig2 (a int); insert into ps_mig2 values (1)",
+        )
+        .await
+        .expect("setup");
+        let (a, _ca) = connect(&config).await;
+        let all = a.prepare("select * from ps_mig2").await.expect("prepare *");
+        let one = a.prepare("select a from ps_mig2").await.expect("prepare a");
+        assert_eq!(a.query_one(&all, &[]).await.expect("A").len(), 1);
+        m.batch_execute("alter table ps_mig2 add column b int default 7")
+            .await
+            .expect("migration");
+        // Every server A's statements were on goes away.
+        let (s0, _c0) = connect_url(&cluster().direct_url()).await;
+        // (Only the proxy's connections that ran A's statements: other
+        // tests share the cluster.)
+        s0.batch_execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where pid <> pg_backend_pid() and query like '%from ps_' || 'mig2%'",
+        )
+        .await
+        .ok();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        for round in 0..3 {
+            let e = loop {
+                match a.query(&all, &[]).await {
+                    // The termination reached the proxy (a lost connection,
+                    // the shard banned for a second): A tries again.
+                    Err(e)
+                        if std::time::Instant::now() < deadline
+                            && matches!(
+                                e.code().map(|c| c.code()),
+                                None | Some("57P01" | "08006")
+                            ) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(e) => break e,
+                    Ok(rows) => panic!(
+                        "round {round}: the older statement answered with {} columns",
+                        rows[0].len()
+                    ),
+                }
+            };
+            assert_eq!(
+                e.code().map(|c| c.code()),
+                Some("0A000"),
+                "round {round}: {e:?}"
+            );
+        }
+        let v: i32 = a
+            .query_one(&one, &[])
+            .await
+            .expect("unchanged columns")
+            .get(0);
+        assert_eq!(v, 1);
+        // Prepared again, it has the new columns.
+        let again = a
+            .prepare("select * from ps_mig2")
+            .await
+            .expect("prepare again");
+        assert_eq!(a.query_one(&again, &[]).await.expect("again").len(), 2);
+        m.batch_execute("drop table ps_mig2").await.expect("drop");
+    });
+}
+
 /// A statement whose parameter type was inferred from a column of an enum
 /// type, prepared by one client; the type and table are then dropped and
 /// created again (psycopg's enum tests do this). A new client preparing the
