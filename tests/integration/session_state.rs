@@ -789,3 +789,59 @@ fn set_session_authorization_is_refused_where_servers_are_shared() {
         assert_eq!(read(&a, "session_authorization", false).await, "app");
     });
 }
+
+/// LISTEN in transaction pooling pins the client's server, and the
+/// notifications that server receives reach the client while it is idle,
+/// as from PostgreSQL alone; another client's session never gets them.
+#[test]
+fn a_listening_client_gets_its_notifications_in_transaction_pooling() {
+    use crate::bad_input::{frame, raw_session, read_until};
+    use tokio::io::AsyncWriteExt;
+    let proxy = TestProxy::start(|c| {
+        add_user(
+            c,
+            "name = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app\"",
+        );
+    });
+    let config = proxy.pg_config("app", "app");
+    block_on(Duration::from_secs(30), async {
+        let mut a = raw_session(proxy.port).await;
+        a.write_all(&frame(b'Q', b"LISTEN sstate_ch\0"))
+            .await
+            .expect("listen");
+        read_until(&mut a, b'Z').await;
+        let (b, _cb) = connect(&config).await;
+        b.batch_execute("NOTIFY sstate_ch, 'one'; select pg_notify('sstate_ch', 'two')")
+            .await
+            .expect("notify");
+        // A, idle, gets both.
+        let got = read_until(&mut a, b'A').await;
+        let mut payloads: Vec<String> = got
+            .iter()
+            .filter(|(t, _)| *t == b'A')
+            .map(|(_, body)| String::from_utf8_lossy(&body[4..]).to_string())
+            .collect();
+        if payloads.len() < 2 {
+            payloads.extend(
+                read_until(&mut a, b'A')
+                    .await
+                    .iter()
+                    .filter(|(t, _)| *t == b'A')
+                    .map(|(_, body)| String::from_utf8_lossy(&body[4..]).to_string()),
+            );
+        }
+        assert_eq!(payloads.len(), 2, "{payloads:?}");
+        assert!(
+            payloads[0].contains("one") && payloads[1].contains("two"),
+            "{payloads:?}"
+        );
+        // A new client listens on nothing.
+        let (c, _cc) = connect(&config).await;
+        let n: i64 = c
+            .query_one("select count(*) from pg_listening_channels()", &[])
+            .await
+            .expect("channels")
+            .get(0);
+        assert_eq!(n, 0);
+    });
+}
