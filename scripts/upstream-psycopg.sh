@@ -47,6 +47,10 @@ if [[ ! -x "$VENV/bin/pytest" ]]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC/psycopg[test]"
 fi
+# The pool from the same tree: its tests use what the released pool lacks.
+if [[ -d "$SRC/psycopg_pool" ]] && ! "$VENV/bin/pip" show psycopg-pool >/dev/null 2>&1; then
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC/psycopg_pool" || true
+fi
 
 cleanup=()
 trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
