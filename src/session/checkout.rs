@@ -409,7 +409,10 @@ where
 /// that does not happen within a second or two; the server is closed then.
 pub(super) async fn end_pipeline(conn: &mut ServerConn, readies: usize) -> bool {
     let within = Duration::from_secs(2);
-    if conn.send_frames(b"S\0\0\0\x04", within).await.is_err() {
+    let mut sync = BytesMut::new();
+    let at = protocol::begin_frame(&mut sync, fe::SYNC);
+    protocol::finish_frame(&mut sync, at);
+    if conn.send_frames(&sync, within).await.is_err() {
         return false;
     }
     let deadline = tokio::time::Instant::now() + within;

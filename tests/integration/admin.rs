@@ -72,6 +72,8 @@ fn show_commands_describe_the_running_proxy() {
             assert_eq!((r[2].as_str(), r[3].as_str()), ("replica", "up"), "{r:?}");
             let lag: u64 = r[4].parse().expect("replica lag is a number");
             assert!(lag < 64 * 1024 * 1024, "{r:?}");
+            // A fresh cluster: primary and replica on timeline 1.
+            assert_eq!(r[7], "1", "timeline: {r:?}");
         }
 
         // Servers: the default shard's primary has the app pool's connection.

@@ -254,12 +254,13 @@ fn readyz_names_a_shard_whose_servers_are_down() {
     };
     eprintln!("/readyz: {status} {}", body.trim());
 
-    // SHOW SHARDS: shard, server, role, state, lag_bytes, default, last_error.
+    // SHOW SHARDS: shard, server, role, state, lag_bytes, default,
+    // last_error, timeline.
     let start = Instant::now();
     let rows = loop {
         let rows = proxy.admin("SHOW SHARDS");
         let settled = rows.iter().all(|r| {
-            r.len() == 7
+            r.len() == 8
                 && if r[0] == "s1" {
                     // Failing checks keep a dead server banned.
                     r[3] == "down" || r[3] == "banned"
@@ -286,10 +287,12 @@ fn readyz_names_a_shard_whose_servers_are_down() {
                 "{r:?}"
             );
             assert!(!r[6].is_empty(), "no last_error for a down server: {r:?}");
+            assert!(r[7].is_empty(), "a timeline for a down server: {r:?}");
             assert_eq!(up, 0.0, "shardwire_server_up of {}", r[1]);
             eprintln!("down: {} last_error: {}", r[1], r[6]);
         } else {
             assert!(r[6].is_empty(), "last_error for an up server: {r:?}");
+            assert_eq!(r[7], "1", "timeline of an up server: {r:?}");
             assert_eq!(up, 1.0, "shardwire_server_up of {}", r[1]);
         }
     }
