@@ -423,6 +423,7 @@ fn distinct_merge(
     // shards refuse as PostgreSQL would); LIMIT/OFFSET apply after the merge.
     let mut sq = q.clone();
     sq.limit_clause = None;
+    sq.fetch = None;
     Ok(Merge::Grouped {
         items: vec![None; s.projection.len()],
         keys,
@@ -650,6 +651,7 @@ fn count_distinct_merge(
     let mut sq = q.clone();
     sq.order_by = None;
     sq.limit_clause = None;
+    sq.fetch = None;
     let SetExpr::Select(ss) = sq.body.as_mut() else {
         return Err("not a single SELECT".into());
     };
@@ -777,9 +779,19 @@ const HINT_SORTED: &str = "across shards, ORDER BY may name select-list columns 
 /// The merge of a plain-rows query with ORDER BY and/or LIMIT/OFFSET.
 fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
     use sqlparser::ast::{LimitClause, OrderByKind, OrderBySort};
-    if q.fetch.is_some() {
-        return Err("FETCH FIRST is not supported; use LIMIT".into());
-    }
+    // FETCH FIRST n ROWS ONLY is LIMIT n (FIRST and NEXT, ROW and ROWS
+    // alike; no count is 1 row).
+    let fetched = match &q.fetch {
+        None => None,
+        Some(f) if f.with_ties => {
+            return Err("FETCH FIRST ... WITH TIES is not supported; use ONLY".into())
+        }
+        Some(f) if f.percent => return Err("FETCH FIRST ... PERCENT is not supported".into()),
+        Some(f) => Some(match &f.quantity {
+            None => Some(1),
+            Some(e) => count_literal(e, "FETCH FIRST")?,
+        }),
+    };
     let mut keys = Vec::new();
     if let Some(ob) = &q.order_by {
         let OrderByKind::Expressions(items) = &ob.kind else {
@@ -831,10 +843,18 @@ fn sorted_merge(q: &Query, projection: &[SelectItem]) -> Result<Merge, String> {
             return Err("LIMIT offset, count is not supported".into())
         }
     }
+    if let Some(fetched) = fetched {
+        if limit.is_some() {
+            // PostgreSQL refuses it too ("multiple LIMIT clauses").
+            return Err("LIMIT and FETCH FIRST together are not supported".into());
+        }
+        limit = fetched;
+    }
     // Each shard sends at most offset+limit rows, already sorted; OFFSET
     // applies only after the merge.
     let shard_sql = if limit.is_some() || offset > 0 {
         let mut sq = q.clone();
+        sq.fetch = None;
         sq.limit_clause = limit.map(|l| LimitClause::LimitOffset {
             limit: Some(Expr::value(sqlparser::ast::Value::Number(
                 l.saturating_add(offset).to_string(),
@@ -876,6 +896,7 @@ fn shard_partials(q: &Query, whole: bool) -> Result<String, String> {
     if whole {
         sq.order_by = None;
         sq.limit_clause = None;
+        sq.fetch = None;
     }
     let SetExpr::Select(s) = sq.body.as_mut() else {
         return Err("not a single SELECT".into());

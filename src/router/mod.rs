@@ -1252,7 +1252,7 @@ mod tests {
             "select count(distinct h.aid) from accounts a join history h on h.aid = a.aid",
             "select * from accounts limit $1",
             "select * from accounts offset 1 + 1",
-            "select * from accounts fetch first 1 rows only",
+            "select * from accounts order by aid fetch first 1 rows with ties",
             "select count(*) from accounts order by 1",
             "select count(*) from accounts limit 1",
             "select row_number() over () from accounts",
@@ -1379,6 +1379,30 @@ mod tests {
         }
     }
 
+    /// FETCH FIRST n ROWS ONLY is LIMIT n: each shard runs LIMIT
+    /// offset+n, and OFFSET and the count apply after the merge.
+    #[test]
+    fn fetch_first_merges_as_limit() {
+        use SortColumn::Position;
+        let (keys, limit, offset, sql) = sorted(
+            "select aid from accounts order by aid desc offset 2 rows fetch next 3 rows only",
+        );
+        assert_eq!(keys, vec![key(Position(0), true, true)]);
+        assert_eq!((limit, offset), (Some(3), 2));
+        assert_eq!(
+            sql.as_deref(),
+            Some("SELECT aid FROM accounts ORDER BY aid DESC LIMIT 5")
+        );
+        // No count: one row.
+        let (_, limit, offset, sql) =
+            sorted("select aid from accounts order by aid fetch first row only");
+        assert_eq!((limit, offset), (Some(1), 0));
+        assert_eq!(
+            sql.as_deref(),
+            Some("SELECT aid FROM accounts ORDER BY aid LIMIT 1")
+        );
+    }
+
     #[test]
     fn order_by_and_limit_merge_in_order() {
         use SortColumn::{Name, Position};
@@ -1469,7 +1493,11 @@ mod tests {
             ("select aid from accounts limit 2 + 1", "LIMIT"),
             ("select aid from accounts offset $1", "OFFSET $1"),
             (
-                "select aid from accounts fetch first 3 rows only",
+                "select aid from accounts order by aid fetch first 3 rows with ties",
+                "WITH TIES",
+            ),
+            (
+                "select aid from accounts limit 2 fetch first 3 rows only",
                 "FETCH FIRST",
             ),
             (

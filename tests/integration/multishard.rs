@@ -910,7 +910,7 @@ fn cross_shard_selects() {
             "select avg(f) from sc_t",
             "select v, count(*) from sc_t group by v having count(*) > (select 1)",
             "select distinct on (v) v from sc_t",
-            "select id from sc_t order by id fetch first 3 rows only",
+            "select id from sc_t order by id fetch first 3 rows with ties",
             "select count(*) from sc_t a join sc_e b on b.n = a.n",
             "select min(v) from sc_t",
             "select sum(f) from sc_t",

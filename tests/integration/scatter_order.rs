@@ -215,8 +215,8 @@ fn order_by_limit_offset_match_one_database() {
             ),
             ("select id from so_t order by id limit $1", "LIMIT"),
             (
-                "select id from so_t order by id fetch first 2 rows only",
-                "FETCH",
+                "select id from so_t order by id fetch first 2 rows with ties",
+                "WITH TIES",
             ),
             ("select id, j from so_t order by 2", "type OID"),
         ] {
