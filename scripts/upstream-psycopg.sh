@@ -52,43 +52,13 @@ if [[ -d "$SRC/psycopg_pool" ]] && ! "$VENV/bin/pip" show psycopg-pool >/dev/nul
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC/psycopg_pool" || true
 fi
 
-cleanup=()
-trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/upstream-lib.sh
+. "$ROOT/scripts/upstream-lib.sh"
 
 run_mode() {   # mode
-    local mode=$1 dir="$OUT/psycopg-cluster-$1" base proxy dsn
-    base=$(free_port)
-    proxy=$(free_port)
-    "$ROOT/scripts/cluster.sh" up --dir "$dir" --shards 1 --replicas 0 \
-        --port "$base" --proxy-port "$proxy" --proxy >"$OUT/psycopg-$mode.cluster.log" 2>&1
-    cleanup+=("'$ROOT/scripts/cluster.sh' down --dir '$dir' --purge >/dev/null 2>&1")
-    case "$mode" in
-        direct) dsn="postgres://app:app@127.0.0.1:$base/app" ;;
-        transaction) dsn="postgres://app:app@127.0.0.1:$proxy/app" ;;
-        session)
-            # A second proxy on the same servers, the database in session
-            # pooling.
-            local sport http conf="$dir/session.toml"
-            sport=$(free_port)
-            http=$(free_port)
-            sed -e 's/^\[\[databases\]\]$/[[databases]]\npool_mode = "session"/' \
-                -e "s/^listen = .*/listen = \"127.0.0.1:$sport\"/" \
-                -e "s/^http_listen = .*/http_listen = \"127.0.0.1:$http\"/" \
-                "$dir/shardwire.toml" >"$conf"
-            "$ROOT/target/release/shardwire" serve --config "$conf" >"$OUT/psycopg-session.proxy.log" 2>&1 &
-            local pid=$!
-            cleanup+=("kill $pid")
-            for _ in $(seq 100); do
-                (exec 3<>"/dev/tcp/127.0.0.1/$sport") 2>/dev/null && break
-                sleep 0.1
-            done
-            dsn="postgres://app:app@127.0.0.1:$sport/app" ;;
-        *) echo "$PROG: unknown mode $mode" >&2; exit 2 ;;
-    esac
+    local mode=$1 dsn
+    start_mode psycopg "$mode"
+    dsn="postgres://app:app@127.0.0.1:$MODE_PORT/app"
     echo "$PROG: $mode: pytest against $dsn" >&2
     # psycopg's conftest refuses to run after a run that died (its cache).
     rm -rf -- "$OUT/psycopg-$mode.cache"
@@ -97,22 +67,11 @@ run_mode() {   # mode
         -p no:randomly -o cache_dir="$OUT/psycopg-$mode.cache" -q --tb=line -rfE \
         --test-dsn "$dsn" ${PYTEST_ARGS:-tests}) \
         >"$OUT/psycopg-$mode.log" 2>&1 || true
-    grep -E '^(FAILED|ERROR) ' "$OUT/psycopg-$mode.log" | sed -E 's/^(FAILED|ERROR) ([^ ]+).*/\2/' \
-        | sort -u >"$OUT/psycopg-$mode.failed" || true
-    echo "$PROG: $mode: $(tail -1 "$OUT/psycopg-$mode.log")"
-    "$ROOT/scripts/cluster.sh" down --dir "$dir" --purge >/dev/null 2>&1 || true
+    finish_mode psycopg "$mode"
 }
 
 IFS=, read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
     run_mode "$m"
 done
-if [[ -f "$OUT/psycopg-direct.failed" ]]; then
-    for m in "${modes[@]}"; do
-        [[ "$m" == direct ]] && continue
-        echo "== $m: failing through shardwire, not directly:"
-        comm -13 "$OUT/psycopg-direct.failed" "$OUT/psycopg-$m.failed" || true
-        echo "== $m: failing directly, not through shardwire:"
-        comm -23 "$OUT/psycopg-direct.failed" "$OUT/psycopg-$m.failed" || true
-    done
-fi
+compare_modes psycopg "${modes[@]}"

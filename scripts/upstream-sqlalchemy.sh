@@ -76,13 +76,8 @@ if ! "$VENV/bin/python" -c "import pytest, psycopg, sqlalchemy" 2>/dev/null; the
         "$SRC" "psycopg>=3.0.7" "typing-extensions>=4.13" "pytest>=7,<10"
 fi
 
-cleanup=()
-# shellcheck disable=SC2154
-trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/upstream-lib.sh
+. "$ROOT/scripts/upstream-lib.sh"
 
 # What the suite expects of a PostgreSQL database (README.unittests.rst),
 # made as user app (the database's owner) on the shard itself: hstore and
@@ -104,37 +99,10 @@ EOF
 }
 
 run_mode() {   # mode
-    local mode=$1 dir="$OUT/sqlalchemy-cluster-$1" base proxy port
-    base=$(free_port)
-    proxy=$(free_port)
-    "$ROOT/scripts/cluster.sh" up --dir "$dir" --shards 1 --replicas 0 \
-        --port "$base" --proxy-port "$proxy" --proxy >"$OUT/sqlalchemy-$mode.cluster.log" 2>&1
-    cleanup+=("'$ROOT/scripts/cluster.sh' down --dir '$dir' --purge >/dev/null 2>&1")
-    prepare_db "$base"
-    case "$mode" in
-        direct) port=$base ;;
-        transaction) port=$proxy ;;
-        session)
-            # A second proxy on the same servers, the database in session
-            # pooling.
-            local sport http conf="$dir/session.toml"
-            sport=$(free_port)
-            http=$(free_port)
-            sed -e 's/^\[\[databases\]\]$/[[databases]]\npool_mode = "session"/' \
-                -e "s/^listen = .*/listen = \"127.0.0.1:$sport\"/" \
-                -e "s/^http_listen = .*/http_listen = \"127.0.0.1:$http\"/" \
-                "$dir/shardwire.toml" >"$conf"
-            "$ROOT/target/release/shardwire" serve --config "$conf" >"$OUT/sqlalchemy-session.proxy.log" 2>&1 &
-            local pid=$!
-            cleanup+=("kill $pid")
-            for _ in $(seq 100); do
-                (exec 3<>"/dev/tcp/127.0.0.1/$sport") 2>/dev/null && break
-                sleep 0.1
-            done
-            port=$sport ;;
-        *) echo "$PROG: unknown mode $mode" >&2; exit 2 ;;
-    esac
-    local dburi="postgresql+psycopg://app:app@127.0.0.1:$port/app"
+    local mode=$1 dburi
+    start_mode sqlalchemy "$mode"
+    prepare_db "$MODE_BASE"
+    dburi="postgresql+psycopg://app:app@127.0.0.1:$MODE_PORT/app"
     echo "$PROG: $mode: pytest against $dburi" >&2
     rm -rf -- "$OUT/sqlalchemy-$mode.cache"
     # The suite's pyproject.toml adds --maxfail=250; lift it, so that a proxy
@@ -145,23 +113,11 @@ run_mode() {   # mode
         --maxfail=0 --dburi "$dburi" \
         ${PYTEST_ARGS:-test/dialect/postgresql test/sql test/engine test/orm}) \
         >"$OUT/sqlalchemy-$mode.log" 2>&1 || true
-    # "FAILED <id> - <message>": test ids may hold spaces (parameters).
-    grep -E '^(FAILED|ERROR) ' "$OUT/sqlalchemy-$mode.log" | sed -E 's/^(FAILED|ERROR) //; s/ - .*$//' \
-        | sort -u >"$OUT/sqlalchemy-$mode.failed" || true
-    echo "$PROG: $mode: $(tail -1 "$OUT/sqlalchemy-$mode.log")"
-    "$ROOT/scripts/cluster.sh" down --dir "$dir" --purge >/dev/null 2>&1 || true
+    finish_mode sqlalchemy "$mode"
 }
 
 IFS=, read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
     run_mode "$m"
 done
-if [[ -f "$OUT/sqlalchemy-direct.failed" ]]; then
-    for m in "${modes[@]}"; do
-        [[ "$m" == direct ]] && continue
-        echo "== $m: failing through shardwire, not directly:"
-        comm -13 "$OUT/sqlalchemy-direct.failed" "$OUT/sqlalchemy-$m.failed" || true
-        echo "== $m: failing directly, not through shardwire:"
-        comm -23 "$OUT/sqlalchemy-direct.failed" "$OUT/sqlalchemy-$m.failed" || true
-    done
-fi
+compare_modes sqlalchemy "${modes[@]}"
