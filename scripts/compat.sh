@@ -306,6 +306,11 @@ for d in "${DRIVERS[@]}"; do
     (( rc == 124 || rc == 137 )) && why="the scenario was killed after ${SCENARIO_TIMEOUT}s (hang)"
     for s in "${STEPS[@]}"; do
         if [[ -z "${RESULT[$d.$s]:-}" ]]; then
+            if [[ "$why" != "an earlier step did not finish" ]]; then
+                # The matrix keeps 300 characters; a crash needs its trace.
+                log "$d: $why; its stderr ends:"
+                tail -n 40 "$OUT/$d.err" | sed 's/^/    /' >&2
+            fi
             RESULT[$d.$s]=fail
             DETAIL[$d.$s]="no result: $why; stderr: $(tail -n 3 "$OUT/$d.err" | tr '\n' ' ' | cut -c1-300)"
             why="an earlier step did not finish"
