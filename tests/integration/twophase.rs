@@ -131,6 +131,31 @@ fn a_transaction_on_two_shards_commits_on_both() {
     });
 }
 
+/// `table` created afresh on both shards, and a transaction inserting
+/// `k0` and `k1` committed through `proxy` in a task of its own, until the
+/// proxy reaches its failpoint: the shards, the committing task and the
+/// transaction's gid.
+async fn commit_until_failpoint(
+    proxy: &TestProxy,
+    table: &str,
+    k0: i32,
+    k1: i32,
+) -> (
+    [Client; 2],
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    String,
+) {
+    let shards = connect_shards(&format!(
+        "drop table if exists {table}; create table {table} (id int primary key)"
+    ))
+    .await;
+    let client = proxy.app_client().await;
+    let statements = tx(table, &[k0, k1], "COMMIT");
+    let commit = tokio::spawn(async move { run_each(&client, &statements).await });
+    let gid = failpoint_gid(proxy).await;
+    (shards, commit, gid)
+}
+
 /// The transaction a proxy's failpoint stopped in (from its log line).
 async fn failpoint_gid(proxy: &TestProxy) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -170,14 +195,7 @@ fn kill_during_commit_then(
     );
     let (k0, k1) = keys(&doomed, table);
     block_on(Duration::from_secs(90), async {
-        let shards = connect_shards(&format!(
-            "drop table if exists {table}; create table {table} (id int primary key)"
-        ))
-        .await;
-        let client = doomed.app_client().await;
-        let statements = tx(table, &[k0, k1], "COMMIT");
-        let commit = tokio::spawn(async move { run_each(&client, &statements).await });
-        let gid = failpoint_gid(&doomed).await;
+        let (shards, commit, gid) = commit_until_failpoint(&doomed, table, k0, k1).await;
         // Prepared on one or both shards, decided or not (one committed
         // already, after the first COMMIT PREPARED): now the proxy dies.
         let at_kill = prepared_like(&shards, &gid).await;
@@ -553,14 +571,7 @@ fn stall_during_commit(failpoint: &str, shard: usize, table: &str) -> (bool, [i6
     );
     let (k0, k1) = keys(&proxy, table);
     block_on(Duration::from_secs(90), async {
-        let shards = connect_shards(&format!(
-            "drop table if exists {table}; create table {table} (id int primary key)"
-        ))
-        .await;
-        let client = proxy.app_client().await;
-        let statements = tx(table, &[k0, k1], "COMMIT");
-        let commit = tokio::spawn(async move { run_each(&client, &statements).await });
-        let gid = failpoint_gid(&proxy).await;
+        let (shards, commit, gid) = commit_until_failpoint(&proxy, table, k0, k1).await;
         // The proxy's connection on that shard last ran the PREPARE (or
         // the decision), both of which name the transaction.
         let pid: i32 = shards[shard]
