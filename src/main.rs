@@ -173,6 +173,7 @@ fn main() -> ExitCode {
                     "ok": true,
                     "shards": r.shards.iter().map(|i| names[*i].clone()).collect::<Vec<_>>(),
                     "plan": r.plan.name(),
+                    "tier": r.plan.tier(),
                     "all_shards": r.is_broadcast(),
                     "role": "primary",
                     "writes": r.writes,
@@ -188,6 +189,10 @@ fn main() -> ExitCode {
                         _ => None,
                     },
                     "merge": r.merge(),
+                    "gather": match &r.plan {
+                        Plan::Gather(g) => Some(g),
+                        _ => None,
+                    },
                     "reason": r.reason,
                 }),
                 Err(e) => serde_json::json!({

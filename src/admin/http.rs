@@ -272,6 +272,16 @@ pub fn render_metrics(proxy: &Proxy) -> String {
             &m.statement_timeouts,
         ),
         (
+            "shardwire_gathered_rows_total",
+            "Rows copied from the shards onto a merge connection for reads PostgreSQL answers there (tier 3).",
+            &m.gathered_rows,
+        ),
+        (
+            "shardwire_gather_too_large_total",
+            "Tier-3 reads refused because they needed more than limits.max_intermediate_rows rows.",
+            &m.gather_too_large,
+        ),
+        (
             "shardwire_idle_in_transaction_timeouts_total",
             "Sessions closed by limits.idle_in_transaction_timeout.",
             &m.idle_in_transaction_timeouts,

@@ -255,6 +255,12 @@ pub struct Limits {
     /// its turn before it fails anyway.
     #[serde(default = "default_5s", with = "duration::serde_duration")]
     pub rate_limit_max_wait: Duration,
+    /// The most rows a read answered from gathered rows (tier 3) may copy
+    /// onto its merge connection, over all its sharded tables; a larger
+    /// job is refused (54000) rather than let one query fill a server's
+    /// temporary space.
+    #[serde(default = "default_max_intermediate_rows")]
+    pub max_intermediate_rows: u64,
 }
 
 impl Default for Limits {
@@ -265,8 +271,13 @@ impl Default for Limits {
             idle_in_transaction_timeout: Duration::ZERO,
             pause_timeout: default_pause_timeout(),
             rate_limit_max_wait: default_5s(),
+            max_intermediate_rows: default_max_intermediate_rows(),
         }
     }
+}
+
+fn default_max_intermediate_rows() -> u64 {
+    1_000_000
 }
 
 fn default_max_clients() -> u32 {
@@ -1325,7 +1336,8 @@ impl Config {
 
         let router = Arc::new(
             build_router(&raw.tables, &shards, default_shard, &err)?
-                .with_write_functions(&raw.reads.write_functions),
+                .with_write_functions(&raw.reads.write_functions)
+                .with_gather(raw.limits.max_intermediate_rows > 0),
         );
 
         Ok(Config {

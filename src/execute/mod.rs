@@ -10,6 +10,8 @@
 //!   grouped, merged in order, writes summed (`shape`).
 //! - `stream`: concatenation and the ORDER BY merge as streams from the
 //!   servers to the client, with bounded memory.
+//! - `gather`: tier 3, a table's rows copied from a shard into a
+//!   temporary table on the merge connection, which answers the statement.
 //! - `copysplit`: cutting COPY FROM STDIN data into rows and reading
 //!   each row's key field, so each row goes to its shard.
 //! - `binary`: reading sort keys from, and writing merged values in, the
@@ -20,6 +22,7 @@
 pub mod binary;
 pub mod copysplit;
 pub mod fanout;
+pub mod gather;
 pub mod merge;
 pub mod scatter;
 pub mod stream;

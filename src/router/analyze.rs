@@ -21,6 +21,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::fallback;
+use super::gather::{gather, Gather};
 use super::mergeable::merge_kind;
 pub use super::mergeable::{Agg, CmpOp, Having, Merge, Operand, SortColumn, SortKey};
 use super::occurrences::{footprint, query_footprint, Footprint};
@@ -122,6 +123,10 @@ pub struct StatementPlan {
     /// An unsharded table the statement reads or writes: it runs on the
     /// default shard, where that table's rows are, or not at all.
     pub unsharded: Option<String>,
+    /// For a SELECT that writes nothing: how PostgreSQL answers it on one
+    /// server from its sharded tables' gathered rows (tier 3), when the
+    /// shards cannot answer it together.
+    pub gather: Option<Arc<Gather>>,
 }
 
 /// The analysis of one SQL string (which may hold several statements).
@@ -140,9 +145,12 @@ pub type Tables = HashMap<String, Arc<TableRule>>;
 
 /// Analyze SQL text against the configured tables.
 pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
-    if let Some(stmts) = parse(sql) {
+    if let Some((stmts, text)) = parse(sql) {
         return Analysis {
-            statements: stmts.iter().map(|s| plan_statement(s, tables)).collect(),
+            statements: stmts
+                .iter()
+                .map(|s| plan_statement(s, tables, &text))
+                .collect(),
             fallback: false,
             param_casts: super::ParamCasts::collect(&stmts),
         };
@@ -156,8 +164,8 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
     let mut fallback = false;
     for piece in fallback::split_statements(sql) {
         match parse(piece) {
-            Some(stmts) => {
-                statements.extend(stmts.iter().map(|s| plan_statement(s, tables)));
+            Some((stmts, text)) => {
+                statements.extend(stmts.iter().map(|s| plan_statement(s, tables, &text)));
                 parsed.extend(stmts);
             }
             None => {
@@ -176,11 +184,15 @@ pub fn analyze(sql: &str, tables: &Tables) -> Analysis {
 }
 
 /// The statements of `sql`, if sqlparser reads it (with COPY options it
-/// does not take rewritten).
-fn parse(sql: &str) -> Option<Vec<Statement>> {
+/// does not take rewritten), and the text their places in it refer to.
+fn parse(sql: &str) -> Option<(Vec<Statement>, std::borrow::Cow<'_, str>)> {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(stmts) => Some(stmts),
-        Err(_) => Parser::parse_sql(&PostgreSqlDialect {}, &fallback::lenient_copy(sql)?).ok(),
+        Ok(stmts) => Some((stmts, sql.into())),
+        Err(_) => {
+            let lenient = fallback::lenient_copy(sql)?;
+            let stmts = Parser::parse_sql(&PostgreSqlDialect {}, &lenient).ok()?;
+            Some((stmts, lenient.into()))
+        }
     }
 }
 
@@ -193,6 +205,7 @@ pub(super) fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
         merge: None,
         merge_refusal: None,
         unsharded: None,
+        gather: None,
     }
 }
 
@@ -208,7 +221,7 @@ pub(super) const NOT_SUPPORTED: &str = sqlstate::FEATURE_NOT_SUPPORTED;
 pub const HINT_ADD_KEY: &str =
     "add a condition on the shard key, or a routing hint such as /* shardwire: shard_key=... */";
 
-fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
+fn plan_statement(stmt: &Statement, tables: &Tables, text: &str) -> StatementPlan {
     match stmt {
         Statement::Query(q) => {
             // FOR UPDATE/SHARE, SELECT INTO and data-modifying CTEs write.
@@ -253,10 +266,15 @@ fn plan_statement(stmt: &Statement, tables: &Tables) -> StatementPlan {
                     functions.push(f);
                 }
             }
+            let gather = match &target {
+                Target::Keyed(_) if !writes => gather(text, &fp.sharded_names).map(Arc::new),
+                _ => None,
+            };
             StatementPlan {
                 merge,
                 merge_refusal,
                 functions,
+                gather,
                 unsharded: fp.unsharded,
                 ..plan(Kind::Select, writes, target)
             }
@@ -430,7 +448,9 @@ fn plan_explain(inner: &Statement, analyze: bool, tables: &Tables) -> StatementP
             None => plan(Kind::Other, analyze, Target::Default),
         };
     }
-    let p = plan_statement(inner, tables);
+    // No text: an EXPLAIN is never gathered (its plan would be the merge
+    // connection's, over temporary tables).
+    let p = plan_statement(inner, tables, "");
     let target = match p.target {
         Target::Insert { table, rows } => Target::Keyed(vec![KeyCondition {
             table,
@@ -453,6 +473,7 @@ fn plan_explain(inner: &Statement, analyze: bool, tables: &Tables) -> StatementP
         merge: None,
         merge_refusal: None,
         unsharded: p.unsharded,
+        gather: None,
     }
 }
 

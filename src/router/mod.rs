@@ -10,6 +10,7 @@ pub mod analyze;
 pub mod columns;
 pub mod control;
 pub mod fallback;
+pub mod gather;
 pub mod hints;
 pub mod mergeable;
 pub mod occurrences;
@@ -339,6 +340,10 @@ pub struct Router {
     tables: analyze::Tables,
     /// `reads.write_functions`, lower case.
     write_functions: Vec<String>,
+    /// Reads the shards cannot answer together are answered from gathered
+    /// rows (tier 3) instead of refused; off when
+    /// `limits.max_intermediate_rows` is 0.
+    gather: bool,
     shard_names: Vec<String>,
     default_shard: usize,
     cache: ParseCache,
@@ -369,9 +374,17 @@ impl Router {
             shard_names,
             default_shard,
             write_functions: Vec::new(),
+            gather: false,
             cache: ParseCache::new(PARSE_CACHE_SIZE),
             columns: columns::ColumnCache::default(),
         }
+    }
+
+    /// Answer reads the shards cannot answer together from gathered rows
+    /// (tier 3) rather than refuse them.
+    pub fn with_gather(mut self, on: bool) -> Self {
+        self.gather = on;
+        self
     }
 
     /// Add functions that write (`reads.write_functions`).
@@ -384,14 +397,17 @@ impl Router {
     /// statement is a SELECT that locks nothing, modifies nothing and calls
     /// no function known to write.
     pub fn is_read(&self, analysis: &Analysis) -> bool {
-        !analysis.statements.is_empty()
-            && analysis.statements.iter().all(|s| {
-                s.kind == Kind::Select
-                    && !s.writes
-                    && !s.functions.iter().any(|f| {
-                        WRITE_FUNCTIONS.contains(&f.as_str()) || self.write_functions.contains(f)
-                    })
-            })
+        !analysis.statements.is_empty() && analysis.statements.iter().all(|s| self.reads_only(s))
+    }
+
+    /// Whether one statement only reads (see `is_read`).
+    fn reads_only(&self, s: &analyze::StatementPlan) -> bool {
+        s.kind == Kind::Select
+            && !s.writes
+            && !s
+                .functions
+                .iter()
+                .any(|f| WRITE_FUNCTIONS.contains(&f.as_str()) || self.write_functions.contains(f))
     }
 
     pub fn shard_names(&self) -> &[String] {
@@ -529,6 +545,7 @@ impl Router {
             .map(|&i| self.shard_names.get(i).map(String::as_str).unwrap_or("?"))
             .collect();
         let hint = match r.plan {
+            Plan::Gather(_) => "send it outside a transaction block in the simple query protocol: reads that PostgreSQL answers from rows gathered from several shards run only there for now",
             Plan::SplitInsert(_) => "insert the rows of each shard with a separate statement",
             Plan::SplitCopy(_) => {
                 "copy the rows of each shard separately, pinned with /* shardwire: shard=NAME */"
@@ -638,180 +655,15 @@ impl Router {
                 return Err(refusal_error(r));
             }
             Target::Keyed(conds) => {
-                // Every occurrence without a key condition makes the
-                // statement need all of its table's shards: possible for
-                // a merged SELECT or an UPDATE/DELETE of one table, each
-                // shard changing its own rows, and nothing else.
-                let everywhere = conds.len() == 1
-                    && stmt.unsharded.is_none()
-                    && (stmt.merge.is_some() || matches!(stmt.kind, Kind::Update | Kind::Delete));
-                let mut shards: Option<BTreeSet<usize>> = None;
-                for c in conds {
-                    route.table.get_or_insert_with(|| c.table.name.clone());
-                    route.strategy.get_or_insert(c.table.strategy());
-                    let set: BTreeSet<usize> = match (&c.alternatives, key_hint) {
-                        (_, Some(k)) => {
-                            let v = parse_key(c.table.key_type, k).map_err(|m| {
-                                PgError::error(
-                                    sqlstate::INVALID_TEXT_REPRESENTATION,
-                                    format!("routing hint shard_key: {m}"),
-                                )
-                            })?;
-                            route.keys.push(display_key(&v));
-                            [c.table.shard_for(&v).map_err(|m| {
-                                PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m)
-                            })?]
-                            .into()
-                        }
-                        (Some(alts), None) => {
-                            let mut set = BTreeSet::new();
-                            for a in alts {
-                                for v in c.table.key_value(a, params)? {
-                                    route.keys.push(display_key(&v));
-                                    set.insert(c.table.shard_for(&v).map_err(|m| {
-                                        PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m)
-                                    })?);
-                                }
-                            }
-                            if set.is_empty() {
-                                // `key = ANY('{}')`: no row of this
-                                // occurrence qualifies, on any shard.
-                                continue;
-                            }
-                            set
-                        }
-                        (None, None) if everywhere => {
-                            c.table.shards(self.shard_names.len()).into_iter().collect()
-                        }
-                        (None, None) => {
-                            if let Some(r) =
-                                stmt.merge_refusal.as_ref().filter(|_| conds.len() == 1)
-                            {
-                                return Err(refusal_error(r));
-                            }
-                            let why = if conds.len() > 1 {
-                                format!(
-                                    "one of its {} references to sharded tables has no condition on the shard key \"{}\"",
-                                    conds.len(),
-                                    c.table.key
-                                )
-                            } else {
-                                format!("no condition on its shard key \"{}\"", c.table.key)
-                            };
-                            return Err(PgError::error(
-                                sqlstate::FEATURE_NOT_SUPPORTED,
-                                format!(
-                                    "this statement needs every shard of table \"{}\" ({why}); cross-shard queries of this shape are not supported yet",
-                                    c.table.name,
-                                ),
-                            )
-                            .with_hint(analyze::HINT_ADD_KEY));
-                        }
-                    };
-                    // Every shard any occurrence's rows may be on: one
-                    // shard answers only when that is a single one (an
-                    // IN list over two shards needs both, whatever the
-                    // other occurrences need).
-                    shards = Some(match shards {
-                        None => set,
-                        Some(prev) => prev.union(&set).copied().collect(),
-                    });
-                }
-                let shards = match shards {
-                    Some(s) => s,
-                    // Every key condition matches no row: one shard
-                    // answers that as well as all of them.
-                    None => {
-                        let held = conds[0].table.shards(self.shard_names.len());
-                        let one = if held.contains(&self.default_shard) {
-                            self.default_shard
-                        } else {
-                            held.first().copied().unwrap_or(self.default_shard)
-                        };
-                        [one].into()
+                return match self.route_keyed(stmt, conds, params, key_hint, route) {
+                    // A read the shards cannot answer together: PostgreSQL
+                    // answers it from the gathered rows (tier 3). Any other
+                    // refusal (a bad key value) stands, as does a hint's.
+                    Err(e) if e.code == sqlstate::FEATURE_NOT_SUPPORTED && key_hint.is_none() => {
+                        self.gathered_route(stmt).ok_or(e)
                     }
+                    other => other,
                 };
-                if shards.len() > 1 && conds.len() > 1 {
-                    let names: Vec<&str> = shards
-                        .iter()
-                        .map(|&s| self.shard_names[s].as_str())
-                        .collect();
-                    return Err(PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "the {} references to sharded tables in this statement need rows of shards {} ({}); cross-shard statements of this shape are not supported yet",
-                            conds.len(),
-                            names.join(", "),
-                            route.keys.join(", ")
-                        ),
-                    )
-                    .with_hint("join sharded tables only on co-located keys, and give each the same key"));
-                }
-                let shards = self.with_unsharded(stmt, shards, route.table.as_deref())?;
-                route.shards = shards.into_iter().collect();
-                route.reason = format!(
-                    "{} key of \"{}\"{}",
-                    route.strategy.unwrap_or(""),
-                    route.table.as_deref().unwrap_or(""),
-                    match &stmt.unsharded {
-                        Some(u) => format!(", with unsharded \"{u}\" on the default shard"),
-                        None => String::new(),
-                    }
-                );
-                if let Some(merge) = stmt.merge.as_ref().filter(|_| route.shards.len() > 1) {
-                    route.plan = Plan::Scatter(merge.clone());
-                    route.reason = format!(
-                        "{} of \"{}\" on {} shards: {}",
-                        if route.keys.is_empty() {
-                            "no key"
-                        } else {
-                            "keys"
-                        },
-                        route.table.as_deref().unwrap_or(""),
-                        route.shards.len(),
-                        match &stmt.merge {
-                            Some(Merge::Concat) => "rows concatenated",
-                            Some(Merge::Sorted { .. }) => "rows merged in order",
-                            Some(Merge::Grouped { .. }) => "groups merged",
-                            Some(Merge::CountDistinct { .. }) =>
-                                "distinct values merged and counted",
-                            _ => "aggregates merged",
-                        }
-                    );
-                } else if route.shards.len() > 1
-                    && matches!(stmt.kind, Kind::Update | Kind::Delete)
-                    && conds.len() == 1
-                {
-                    route.plan = Plan::SumWrites(if stmt.kind == Kind::Update {
-                        "UPDATE"
-                    } else {
-                        "DELETE"
-                    });
-                    route.reason = format!(
-                        "{} of \"{}\" on {} shards: each changes its own rows",
-                        if route.keys.is_empty() {
-                            "no key"
-                        } else {
-                            "keys"
-                        },
-                        route.table.as_deref().unwrap_or(""),
-                        route.shards.len()
-                    );
-                } else if route.shards.len() > 1 && stmt.kind != Kind::Insert {
-                    if let Some(r) = &stmt.merge_refusal {
-                        return Err(refusal_error(r));
-                    }
-                    return Err(PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "the keys of this statement ({}) are on {} shards of table \"{}\"; cross-shard statements are not supported yet",
-                            route.keys.join(", "),
-                            route.shards.len(),
-                            route.table.as_deref().unwrap_or("")
-                        ),
-                    )
-                    .with_hint("send one statement per key"));
-                }
             }
             Target::Insert { table, rows } => {
                 self.route_insert(stmt, table, rows, params, key_hint, &mut route)?;
@@ -832,6 +684,231 @@ impl Router {
             }
         }
         Ok(route)
+    }
+
+    /// A statement on sharded tables with their key conditions: one
+    /// shard, a merged read, or writes summed over shards.
+    fn route_keyed(
+        &self,
+        stmt: &analyze::StatementPlan,
+        conds: &[analyze::KeyCondition],
+        params: &[Param<'_>],
+        key_hint: Option<&str>,
+        mut route: Route,
+    ) -> Result<Route, PgError> {
+        // Every occurrence without a key condition makes the
+        // statement need all of its table's shards: possible for
+        // a merged SELECT or an UPDATE/DELETE of one table, each
+        // shard changing its own rows, and nothing else.
+        let everywhere = conds.len() == 1
+            && stmt.unsharded.is_none()
+            && (stmt.merge.is_some() || matches!(stmt.kind, Kind::Update | Kind::Delete));
+        let mut shards: Option<BTreeSet<usize>> = None;
+        for c in conds {
+            route.table.get_or_insert_with(|| c.table.name.clone());
+            route.strategy.get_or_insert(c.table.strategy());
+            let set: BTreeSet<usize> = match (&c.alternatives, key_hint) {
+                (_, Some(k)) => {
+                    let v = parse_key(c.table.key_type, k).map_err(|m| {
+                        PgError::error(
+                            sqlstate::INVALID_TEXT_REPRESENTATION,
+                            format!("routing hint shard_key: {m}"),
+                        )
+                    })?;
+                    route.keys.push(display_key(&v));
+                    [c.table
+                        .shard_for(&v)
+                        .map_err(|m| PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m))?]
+                    .into()
+                }
+                (Some(alts), None) => {
+                    let mut set = BTreeSet::new();
+                    for a in alts {
+                        for v in c.table.key_value(a, params)? {
+                            route.keys.push(display_key(&v));
+                            set.insert(c.table.shard_for(&v).map_err(|m| {
+                                PgError::error(sqlstate::INVALID_PARAMETER_VALUE, m)
+                            })?);
+                        }
+                    }
+                    if set.is_empty() {
+                        // `key = ANY('{}')`: no row of this
+                        // occurrence qualifies, on any shard.
+                        continue;
+                    }
+                    set
+                }
+                (None, None) if everywhere => {
+                    c.table.shards(self.shard_names.len()).into_iter().collect()
+                }
+                (None, None) => {
+                    if let Some(r) = stmt.merge_refusal.as_ref().filter(|_| conds.len() == 1) {
+                        return Err(refusal_error(r));
+                    }
+                    let why = if conds.len() > 1 {
+                        format!(
+                            "one of its {} references to sharded tables has no condition on the shard key \"{}\"",
+                            conds.len(),
+                            c.table.key
+                        )
+                    } else {
+                        format!("no condition on its shard key \"{}\"", c.table.key)
+                    };
+                    return Err(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "this statement needs every shard of table \"{}\" ({why}); cross-shard queries of this shape are not supported yet",
+                            c.table.name,
+                        ),
+                    )
+                    .with_hint(analyze::HINT_ADD_KEY));
+                }
+            };
+            // Every shard any occurrence's rows may be on: one
+            // shard answers only when that is a single one (an
+            // IN list over two shards needs both, whatever the
+            // other occurrences need).
+            shards = Some(match shards {
+                None => set,
+                Some(prev) => prev.union(&set).copied().collect(),
+            });
+        }
+        let shards = match shards {
+            Some(s) => s,
+            // Every key condition matches no row: one shard
+            // answers that as well as all of them.
+            None => {
+                let held = conds[0].table.shards(self.shard_names.len());
+                let one = if held.contains(&self.default_shard) {
+                    self.default_shard
+                } else {
+                    held.first().copied().unwrap_or(self.default_shard)
+                };
+                [one].into()
+            }
+        };
+        if shards.len() > 1 && conds.len() > 1 {
+            let names: Vec<&str> = shards
+                .iter()
+                .map(|&s| self.shard_names[s].as_str())
+                .collect();
+            return Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "the {} references to sharded tables in this statement need rows of shards {} ({}); cross-shard statements of this shape are not supported yet",
+                    conds.len(),
+                    names.join(", "),
+                    route.keys.join(", ")
+                ),
+            )
+            .with_hint("join sharded tables only on co-located keys, and give each the same key"));
+        }
+        let shards = self.with_unsharded(stmt, shards, route.table.as_deref())?;
+        route.shards = shards.into_iter().collect();
+        route.reason = format!(
+            "{} key of \"{}\"{}",
+            route.strategy.unwrap_or(""),
+            route.table.as_deref().unwrap_or(""),
+            match &stmt.unsharded {
+                Some(u) => format!(", with unsharded \"{u}\" on the default shard"),
+                None => String::new(),
+            }
+        );
+        if let Some(merge) = stmt.merge.as_ref().filter(|_| route.shards.len() > 1) {
+            route.plan = Plan::Scatter(merge.clone());
+            route.reason = format!(
+                "{} of \"{}\" on {} shards: {}",
+                if route.keys.is_empty() {
+                    "no key"
+                } else {
+                    "keys"
+                },
+                route.table.as_deref().unwrap_or(""),
+                route.shards.len(),
+                match &stmt.merge {
+                    Some(Merge::Concat) => "rows concatenated",
+                    Some(Merge::Sorted { .. }) => "rows merged in order",
+                    Some(Merge::Grouped { .. }) => "groups merged",
+                    Some(Merge::CountDistinct { .. }) => "distinct values merged and counted",
+                    _ => "aggregates merged",
+                }
+            );
+        } else if route.shards.len() > 1
+            && matches!(stmt.kind, Kind::Update | Kind::Delete)
+            && conds.len() == 1
+        {
+            route.plan = Plan::SumWrites(if stmt.kind == Kind::Update {
+                "UPDATE"
+            } else {
+                "DELETE"
+            });
+            route.reason = format!(
+                "{} of \"{}\" on {} shards: each changes its own rows",
+                if route.keys.is_empty() {
+                    "no key"
+                } else {
+                    "keys"
+                },
+                route.table.as_deref().unwrap_or(""),
+                route.shards.len()
+            );
+        } else if route.shards.len() > 1 && stmt.kind != Kind::Insert {
+            if let Some(r) = &stmt.merge_refusal {
+                return Err(refusal_error(r));
+            }
+            return Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "the keys of this statement ({}) are on {} shards of table \"{}\"; cross-shard statements are not supported yet",
+                    route.keys.join(", "),
+                    route.shards.len(),
+                    route.table.as_deref().unwrap_or("")
+                ),
+            )
+            .with_hint("send one statement per key"));
+        }
+        Ok(route)
+    }
+
+    /// The tier-3 route of a one-statement read whose merge turned out to
+    /// be impossible once the shards had answered (a column type the merge
+    /// does not combine exactly), if it can be gathered.
+    pub fn gather_instead(&self, analysis: &Analysis) -> Option<Route> {
+        match analysis.statements.as_slice() {
+            [one] => self
+                .gathered_route(one)
+                .filter(|r| matches!(r.plan, Plan::Gather(_))),
+            _ => None,
+        }
+    }
+
+    /// Tier 3 (router::gather): every sharded table of a read gathered on
+    /// the default shard, which answers it; None when the statement cannot
+    /// be gathered or writes.
+    fn gathered_route(&self, stmt: &analyze::StatementPlan) -> Option<Route> {
+        let g = stmt.gather.as_ref().filter(|_| self.gather)?;
+        if !self.reads_only(stmt) {
+            return None;
+        }
+        let mut shards = BTreeSet::from([self.default_shard]);
+        for t in &g.tables {
+            shards.extend(self.tables.get(&t.rule)?.shards(self.shard_names.len()));
+        }
+        let names: Vec<String> = g.tables.iter().map(|t| format!("\"{}\"", t.rule)).collect();
+        let mut route = Route::simple(shards.into_iter().collect(), false, String::new());
+        route.table = g.tables.first().map(|t| t.rule.clone());
+        if route.shards.len() == 1 {
+            route.reason = format!("{} on the default shard only", names.join(", "));
+            return Some(route);
+        }
+        route.reason = format!(
+            "rows of {} from {} shards gathered on the default shard \"{}\", which answers",
+            names.join(", "),
+            route.shards.len(),
+            self.shard_names[self.default_shard]
+        );
+        route.plan = Plan::Gather(Box::new((**g).clone()));
+        Some(route)
     }
 
     /// An INSERT's rows: which shard each goes to.

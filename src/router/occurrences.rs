@@ -67,6 +67,9 @@ struct Occurrence {
     /// On the nullable side of an outer join of its block: rows of the
     /// other side appear whether or not it has a match.
     nullable: bool,
+    /// The name as the statement wrote it (with its place in the text),
+    /// when it was written as an object name (`TABLE t` is not).
+    written: Option<ObjectName>,
 }
 
 /// What a statement touches, for routing.
@@ -91,6 +94,9 @@ pub struct Footprint {
     /// A reference table written by a data-modifying CTE (every shard
     /// needs that write, and the statement runs on one).
     pub nested_reference_write: Option<String>,
+    /// Each occurrence of a sharded table with its name as written, in
+    /// the order of `sharded` (tier 3 puts a gathered copy in its place).
+    pub sharded_names: Vec<(Arc<TableRule>, Option<ObjectName>)>,
     /// An UPDATE (or, `true`, an upsert's DO UPDATE), anywhere in the
     /// statement, that assigns a sharded table's key (table, key): the row
     /// would stay on the shard of its old key.
@@ -189,6 +195,7 @@ impl<'t> Walker<'t> {
                     if o.top_level && !o.nullable {
                         fp.sharded_top_level += 1;
                     }
+                    fp.sharded_names.push((table.clone(), o.written));
                     fp.sharded.push(KeyCondition {
                         table,
                         alternatives: o.alternatives,
@@ -303,7 +310,12 @@ impl<'t> Walker<'t> {
                 parts.push(name.to_lowercase());
                 let relation = self.classify_parts(&parts);
                 self.scopes.push(Scope::default());
-                self.add_occurrence(relation, top, parts.last().cloned().unwrap_or_default());
+                self.add_occurrence(
+                    relation,
+                    top,
+                    parts.last().cloned().unwrap_or_default(),
+                    None,
+                );
                 self.scopes.pop();
             }
         }
@@ -349,7 +361,7 @@ impl<'t> Walker<'t> {
             self.query(src, false);
         }
         self.scopes.push(Scope::default());
-        let target = self.add_occurrence(relation, false, item);
+        let target = self.add_occurrence(relation, false, item, Some(name));
         if nested {
             self.note_nested_write(target);
         }
@@ -499,7 +511,7 @@ impl<'t> Walker<'t> {
                 }
                 let relation = self.classify(name);
                 let item = alias.unwrap_or_else(|| last_ident(name).unwrap_or_default());
-                self.add_occurrence(relation, top, item);
+                self.add_occurrence(relation, top, item, Some(name));
             }
             TableFactor::Derived {
                 lateral,
@@ -588,13 +600,20 @@ impl<'t> Walker<'t> {
         }
     }
 
-    fn add_occurrence(&mut self, relation: Relation, top: bool, item: String) -> usize {
+    fn add_occurrence(
+        &mut self,
+        relation: Relation,
+        top: bool,
+        item: String,
+        written: Option<&ObjectName>,
+    ) -> usize {
         let idx = self.occ.len();
         self.occ.push(Occurrence {
             relation,
             alternatives: None,
             top_level: top,
             nullable: false,
+            written: written.cloned(),
         });
         let block = self.block_mut();
         block.items.push((item, Some(idx)));

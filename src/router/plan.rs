@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::gather::Gather;
 use super::hints::ReadFrom;
 use super::Merge;
 
@@ -30,6 +31,10 @@ pub enum Plan {
     SplitInsert(Vec<usize>),
     /// COPY FROM STDIN into a sharded table: the rows are split by key.
     SplitCopy(CopySplit),
+    /// A read PostgreSQL answers on the default shard (`Route::shards`
+    /// holds it) from the rows of its sharded tables gathered there from
+    /// the other shards (tier 3, router::gather).
+    Gather(Box<Gather>),
 }
 
 impl Plan {
@@ -49,6 +54,19 @@ impl Plan {
             Plan::SumWrites(_) => "sum_writes",
             Plan::SplitInsert(_) => "split_insert",
             Plan::SplitCopy(_) => "split_copy",
+            Plan::Gather(_) => "gather",
+        }
+    }
+
+    /// The tier of cross-shard execution (DESIGN §6): 1 when the shards
+    /// answer the statement and the proxy combines their answers, 3 when
+    /// PostgreSQL answers it from gathered rows; 0 for one shard or the
+    /// same statement everywhere.
+    pub fn tier(&self) -> u8 {
+        match self {
+            Plan::Single | Plan::Broadcast { .. } => 0,
+            Plan::Scatter(_) | Plan::SumWrites(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) => 1,
+            Plan::Gather(_) => 3,
         }
     }
 

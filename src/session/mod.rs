@@ -39,6 +39,7 @@ mod deadlines;
 mod dispatch;
 mod extended;
 mod fence;
+mod gathered;
 mod io;
 mod lanes;
 mod multi;

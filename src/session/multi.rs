@@ -70,16 +70,37 @@ where
         }
         match &route.plan {
             Plan::Scatter(merge) => {
-                if self.pending.is_empty() && super::streamed::streams(merge) {
-                    self.stream_scatter(merge, sql, &route.shards).await?;
-                    return Ok(true);
-                }
-                let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
-                let out = match self.run_on_shards(&work, false).await {
-                    Ok(results) => shaped(Shape::Merged(merge, None), &results),
-                    Err(frame) => frame,
+                let refused = if self.pending.is_empty() && super::streamed::streams(merge) {
+                    self.stream_scatter(merge, sql, &route.shards).await?
+                } else {
+                    let work = query_work(&route.shards, merge.shard_sql().unwrap_or(sql));
+                    match self.run_on_shards(&work, false).await {
+                        Ok(results) => match shape(Shape::Merged(merge, None), &results) {
+                            Ok(out) => {
+                                self.answer(out);
+                                None
+                            }
+                            Err(e) => Some(e),
+                        },
+                        Err(frame) => {
+                            self.answer(frame);
+                            None
+                        }
+                    }
                 };
-                self.answer(out);
+                // The merge found a column it cannot combine exactly (its
+                // type is known only from the shards' answers): PostgreSQL
+                // answers the statement from the gathered rows instead.
+                if let Some(e) = refused {
+                    match self.router.gather_instead(analysis) {
+                        Some(r) if e.code == sqlstate::FEATURE_NOT_SUPPORTED => {
+                            if let Plan::Gather(g) = &r.plan {
+                                self.gather_and_answer(&r, g).await?;
+                            }
+                        }
+                        _ => self.refuse(e, true),
+                    }
+                }
             }
             Plan::SumWrites(tag) => {
                 let work = query_work(&route.shards, sql);
@@ -102,6 +123,7 @@ where
                 ),
             },
             Plan::SplitCopy(split) => self.copy_split(sql, route, split).await?,
+            Plan::Gather(g) => self.gather_and_answer(route, g).await?,
             // The router gives several shards only with a plan for them.
             Plan::Single => return Ok(false),
         }

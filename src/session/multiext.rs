@@ -376,6 +376,9 @@ where
         } else {
             p.route.shards.clone()
         };
+        if let Plan::Gather(_) = p.route.plan {
+            return self.multi_extended_fail(self.router.several_shards_error(&p.route));
+        }
         if matches!(p.route.plan, Plan::SplitInsert(_) | Plan::SplitCopy(_)) {
             return self.multi_extended_fail(PgError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -391,10 +394,15 @@ where
         let Some(results) = self.multi_requests(&work).await else {
             return;
         };
+        // Every plan named: one that combines answers another way must
+        // never fall back to the first shard's answer.
         let how = match &p.route.plan {
             Plan::Scatter(m) => Shape::Merged(m, merged_in_text.then_some(&p.result_formats[..])),
             Plan::SumWrites(tag) => Shape::SummedWrite(tag),
-            _ => Shape::First,
+            Plan::Single | Plan::Broadcast { .. } => Shape::First,
+            Plan::Gather(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) => {
+                return self.multi_extended_fail(self.router.several_shards_error(&p.route))
+            }
         };
         let answer = shape(how, &results);
         match answer {

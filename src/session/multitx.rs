@@ -209,6 +209,7 @@ where
                 self.multi_run(work, None, Some(merge)).await
             }
             Plan::SumWrites(tag) => self.multi_run(work(sql), Some(tag), None).await,
+            Plan::Gather(_) => self.multi_fail(self.router.several_shards_error(&route)),
             Plan::Broadcast { .. } | Plan::Single => self.multi_run(work(sql), None, None).await,
         }
         Ok(())

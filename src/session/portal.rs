@@ -294,6 +294,10 @@ where
             .iter()
             .map(|&s| (s, request.clone()))
             .collect();
+        if let Plan::Gather(g) = &portal.route.plan {
+            let answer = self.portal_gathered(portal, &portal.route, g).await;
+            return self.portal_answered(answer, portal, timing, RouteKind::Gather);
+        }
         let atomic = merge.is_none();
         // A statement on every shard may be DDL that changes a table's
         // columns (router::columns: cleared before and after it runs).
@@ -312,23 +316,86 @@ where
                         Shape::Merged(m, merged_in_text.then_some(&portal.result_formats[..]))
                     }
                     Plan::SumWrites(tag) => Shape::SummedWrite(tag),
-                    _ => Shape::First,
+                    Plan::Single | Plan::Broadcast { .. } => Shape::First,
+                    // Run above (Gather) or never as a portal.
+                    Plan::Gather(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) => {
+                        let mut out = BytesMut::new();
+                        self.router
+                            .several_shards_error(&portal.route)
+                            .encode(&mut out);
+                        return self.portal_answered(Err(out), portal, timing, RouteKind::Scatter);
+                    }
                 };
-                let merged = shape(how, &results);
-                merged.map_err(|e| {
-                    let mut out = BytesMut::new();
-                    e.encode(&mut out);
-                    out
-                })
+                match shape(how, &results) {
+                    Ok(frames) => Ok(frames),
+                    // A column the merge cannot combine exactly:
+                    // PostgreSQL answers from the gathered rows instead.
+                    Err(e) => match self
+                        .router
+                        .gather_instead(&self.router.analysis(&portal.sql))
+                    {
+                        Some(r) if e.code == sqlstate::FEATURE_NOT_SUPPORTED => {
+                            let Plan::Gather(g) = &r.plan else {
+                                unreachable!("gather_instead gives gathers")
+                            };
+                            let answer = self.portal_gathered(portal, &r, g).await;
+                            return self.portal_answered(answer, portal, timing, RouteKind::Gather);
+                        }
+                        _ => {
+                            let mut out = BytesMut::new();
+                            e.encode(&mut out);
+                            Err(out)
+                        }
+                    },
+                }
             }
         };
+        let kind = if portal.route.is_broadcast() {
+            RouteKind::Broadcast
+        } else {
+            RouteKind::Scatter
+        };
+        self.portal_answered(answer, portal, timing, kind)
+    }
+
+    /// Run a tier-3 portal: its rows gathered, its statement run on the
+    /// merge connection with the client's parameters and formats.
+    async fn portal_gathered(
+        &mut self,
+        portal: &ScatterPortal,
+        route: &Route,
+        g: &crate::router::gather::Gather,
+    ) -> Result<BytesMut, BytesMut> {
+        let request = portal_request(
+            &g.sql,
+            &portal.param_types,
+            &portal.params,
+            &portal.result_formats,
+            true,
+        );
+        match self.gather_and_run(route, g, Some(request)).await {
+            Ok(ran) => ran.map(|c| {
+                let mut out = BytesMut::new();
+                for f in c.map(|c| c.frames).unwrap_or_default() {
+                    out.extend_from_slice(&f);
+                }
+                out
+            }),
+            // Only the simple protocol's streaming reaches the client.
+            Err(_) => Err(BytesMut::new()),
+        }
+    }
+
+    /// Record a portal's statement and queue its answer (or error).
+    fn portal_answered(
+        &mut self,
+        answer: Result<BytesMut, BytesMut>,
+        portal: &ScatterPortal,
+        timing: Option<Timing>,
+        kind: RouteKind,
+    ) -> Option<BytesMut> {
         let failed = answer.is_err();
         if let Some(t) = timing {
-            let kind = if portal.route.is_broadcast() {
-                RouteKind::Broadcast
-            } else {
-                RouteKind::Scatter
-            };
             self.record_statement(&portal.route.shards, kind, t, failed);
         }
         match answer {
@@ -446,7 +513,7 @@ where
 /// transaction, alone in their string.
 fn runs_as_portal(route: &Route, analysis: &Analysis) -> bool {
     match route.plan {
-        Plan::Scatter(_) | Plan::SumWrites(_) => true,
+        Plan::Scatter(_) | Plan::SumWrites(_) | Plan::Gather(_) => true,
         Plan::Broadcast { atomic } => {
             atomic
                 && analysis

@@ -120,10 +120,10 @@ where
                 return Ok(());
             }
             let timing = self.timing_for(&frame, true);
-            let kind = if route.is_broadcast() {
-                RouteKind::Broadcast
-            } else {
-                RouteKind::Scatter
+            let kind = match route.plan {
+                Plan::Broadcast { .. } => RouteKind::Broadcast,
+                Plan::Gather(_) => RouteKind::Gather,
+                _ => RouteKind::Scatter,
             };
             if self.try_multi_shard(&sql, &route, &analysis).await? {
                 if let Some(t) = timing {

@@ -32,14 +32,17 @@ pub(super) fn streams(merge: &Merge) -> bool {
 /// The client's socket as a stream's sink: frames gather in the session's
 /// client buffer, which is written out whenever it is large, all by the
 /// statement's deadline.
-struct ClientSink<'a, W> {
-    wr: &'a mut W,
-    out: &'a mut BytesMut,
-    deadline: Deadline,
+pub(super) struct ClientSink<'a, W> {
+    pub(super) wr: &'a mut W,
+    pub(super) out: &'a mut BytesMut,
+    pub(super) deadline: Deadline,
+    /// Frames passed on so far.
+    pub(super) sent: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameSink for ClientSink<'_, W> {
     async fn send(&mut self, frame: &[u8]) -> Result<(), SinkClosed> {
+        self.sent += 1;
         self.out.extend_from_slice(frame);
         if self.out.len() < FLUSH_AT {
             return Ok(());
@@ -66,18 +69,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Answer a cross-shard SELECT that `streams` by streaming it.
+    /// Answer a cross-shard SELECT that `streams` by streaming it. A
+    /// merge that refuses the shards' answers before anything reached the
+    /// client (a column type it cannot order) is returned unanswered, so
+    /// the caller may answer the statement another way.
     pub(super) async fn stream_scatter(
         &mut self,
         merge: &Merge,
         sql: &str,
         shards: &[usize],
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<Option<PgError>, SessionEnd> {
         let mut conns = match self.checkout_all(shards).await {
             Ok(c) => c,
             Err(frame) => {
                 self.answer(frame);
-                return Ok(());
+                return Ok(None);
             }
         };
         let names: Vec<String> = shards
@@ -106,6 +112,7 @@ where
             }
         }
         let mut client_gone = None;
+        let mut refused = None;
         let mut sources: Vec<ServerAnswer> = conns[..sent]
             .iter_mut()
             .map(|c| ServerAnswer::new(c, deadline))
@@ -115,6 +122,7 @@ where
                 wr: &mut self.client_wr,
                 out: &mut self.client_out,
                 deadline,
+                sent: 0,
             };
             let streamed = match merge {
                 Merge::Sorted {
@@ -141,6 +149,7 @@ where
                         &self.proxy.metrics,
                     ));
                 }
+                Err(StreamError::Merge(e)) if sink.sent == 0 => refused = Some(e),
                 Err(StreamError::Merge(e)) => {
                     let mut out = BytesMut::new();
                     e.encode(&mut out);
@@ -162,7 +171,10 @@ where
         }
         drop(sources);
         release_clean(conns, &clean);
+        if refused.is_some() {
+            return Ok(refused);
+        }
         self.answer(failure.unwrap_or_default());
-        Ok(())
+        Ok(None)
     }
 }

@@ -107,15 +107,19 @@ pub enum RouteKind {
     Scatter,
     /// A statement of a transaction that spans shards.
     MultiTx,
+    /// A read answered on one server from rows gathered from the shards
+    /// (tier 3).
+    Gather,
 }
 
 impl RouteKind {
-    pub const ALL: [RouteKind; 5] = [
+    pub const ALL: [RouteKind; 6] = [
         RouteKind::Single,
         RouteKind::Default,
         RouteKind::Broadcast,
         RouteKind::Scatter,
         RouteKind::MultiTx,
+        RouteKind::Gather,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,6 +129,7 @@ impl RouteKind {
             RouteKind::Broadcast => "broadcast",
             RouteKind::Scatter => "scatter",
             RouteKind::MultiTx => "multi_tx",
+            RouteKind::Gather => "gather",
         }
     }
 
@@ -190,6 +195,10 @@ pub struct Metrics {
     pub rejected_auth: AtomicU64,
     pub rate_limited: AtomicU64,
     pub statement_timeouts: AtomicU64,
+    /// Rows copied onto merge connections for tier-3 reads.
+    pub gathered_rows: AtomicU64,
+    /// Tier-3 reads refused by limits.max_intermediate_rows.
+    pub gather_too_large: AtomicU64,
     pub idle_in_transaction_timeouts: AtomicU64,
     pub pause_timeouts: AtomicU64,
     /// Writes held during a rebalance's cutover (`session::fence`).
@@ -219,6 +228,8 @@ impl Default for Metrics {
             rejected_auth: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             statement_timeouts: AtomicU64::new(0),
+            gathered_rows: AtomicU64::new(0),
+            gather_too_large: AtomicU64::new(0),
             idle_in_transaction_timeouts: AtomicU64::new(0),
             pause_timeouts: AtomicU64::new(0),
             rebalance_held_writes: AtomicU64::new(0),
