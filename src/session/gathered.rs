@@ -198,7 +198,7 @@ where
                     .ok()
             })
             .sum();
-        let too_many = |s: &Self, rows: u64| {
+        let too_many = |s: &Self| {
             s.proxy
                 .metrics
                 .gather_too_large
@@ -207,7 +207,7 @@ where
             PgError::error(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!(
-                    "this query needs more than {max} rows of its sharded tables gathered on one server (limits.max_intermediate_rows), {rows} so far"
+                    "this query needs more than {max} rows of its sharded tables gathered on one server (limits.max_intermediate_rows)"
                 ),
             )
             .with_hint("add conditions on the shard key so that the shards can answer it, or raise limits.max_intermediate_rows")
@@ -215,7 +215,7 @@ where
             out
         };
         if rows > max {
-            return Err(too_many(self, rows));
+            return Err(too_many(self));
         }
         for (t, held) in g.tables.iter().zip(&holders) {
             let select = format!("SELECT * FROM {}", t.source);
@@ -235,12 +235,12 @@ where
                             .gathered_rows
                             .fetch_add(c.rows, Ordering::Relaxed);
                         if rows > max {
-                            return Err(too_many(self, rows));
+                            return Err(too_many(self));
                         }
                     }
                     Err(GatherError::TooMany) => {
                         clean[at] = false;
-                        return Err(too_many(self, rows));
+                        return Err(too_many(self));
                     }
                     Err(GatherError::Source(e)) => return Err(shard_error(Some(e), &name, "")),
                     Err(GatherError::Merge(e)) => {

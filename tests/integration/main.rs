@@ -16,6 +16,7 @@ mod concurrency;
 mod differential;
 mod failover;
 mod fuzz;
+mod gather;
 mod invariant;
 mod lanes;
 mod limits;

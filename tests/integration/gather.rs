@@ -1,0 +1,285 @@
+//! Tier 3 (router::gather, execute::gather, session/gathered.rs): reads the
+//! shards cannot answer together, answered by PostgreSQL on the default
+//! shard from the rows gathered there. differential.rs compares such
+//! answers with one database; this file covers the mechanism around them:
+//! the row limit, tier 3 turned off, transactions, parameters and session
+//! settings on the merge connection, metrics, `shardwire route`, nothing
+//! left behind on the merge server, concurrent gathers, and a shard that
+//! is down.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const TABLES: &str = r#"
+[[tables]]
+name = "gt_a"
+key = "id"
+strategy = "hash"
+
+[[tables]]
+name = "gt_b"
+key = "id"
+strategy = "hash"
+
+[[tables]]
+name = "gt_c"
+key = "id"
+strategy = "hash"
+"#;
+
+/// gt_a: ids 1..=30, v = id % 5; gt_b: ids 1..=5, v = id. A join on v is
+/// not on the shard keys, so only tier 3 answers it.
+const JOIN: &str = "select a.id, b.id from gt_a a join gt_b b on b.v = a.v";
+
+/// What JOIN answers: each gt_a row with v in 1..=4 meets gt_b row v.
+fn join_rows(min_id: i64) -> Vec<(i64, i64)> {
+    let mut rows: Vec<(i64, i64)> = (1..=30i64)
+        .filter(|id| id % 5 != 0 && *id > min_id)
+        .map(|id| (id, id % 5))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn pairs(rows: &[Vec<Option<String>>]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_deref().unwrap().parse().unwrap(),
+                r[1].as_deref().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn load(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "drop table if exists gt_a; drop table if exists gt_b; drop table if exists gt_c;
+         create table gt_a (id int8 primary key, v int, ts timestamptz);
+         create table gt_b (id int8 primary key, v int);
+         create table gt_c (id int8 primary key, v int)",
+    )
+    .await
+    .expect("schema");
+    let a: Vec<String> = (1..=30)
+        .map(|i| {
+            format!(
+                "({i}, {}, timestamptz '2024-01-01 00:00:00+00' + interval '{i} hours')",
+                i % 5
+            )
+        })
+        .collect();
+    c.simple_query(&format!("insert into gt_a values {}", a.join(", ")))
+        .await
+        .expect("gt_a rows");
+    c.simple_query("insert into gt_b values (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)")
+        .await
+        .expect("gt_b rows");
+    let rows: Vec<String> = (1..=15).map(|i| format!("({i}, {})", i % 3)).collect();
+    c.simple_query(&format!("insert into gt_c values {}", rows.join(", ")))
+        .await
+        .expect("gt_c rows");
+}
+
+#[test]
+fn gathered_reads_answer_with_parameters_settings_and_bounds() {
+    let proxy = TestProxy::start(|c| {
+        set_tables(c, TABLES);
+        set(c, "limits.max_intermediate_rows", 40);
+    });
+    block_on(Duration::from_secs(120), async {
+        let (c, _t) = connect_url(&proxy.url()).await;
+        load(&c).await;
+
+        // The simple protocol streams the answer.
+        let m = c.simple_query(JOIN).await.expect("gathered join");
+        assert_eq!(pairs(&simple_rows(&m)), join_rows(0));
+
+        // The extended protocol with a parameter, in binary.
+        let rows = c
+            .query(&format!("{JOIN} where a.id > $1"), &[&10i64])
+            .await
+            .expect("gathered join with a parameter");
+        let mut got: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        got.sort();
+        assert_eq!(got, join_rows(10));
+
+        // The client's settings reach the merge connection: PostgreSQL
+        // there prints timestamps in the client's time zone.
+        c.simple_query("set timezone = 'Asia/Tokyo'")
+            .await
+            .expect("set");
+        let m = c
+            .simple_query(
+                "select min(a.ts)::text, current_setting('TimeZone') from gt_a a join gt_b b on b.v = a.v",
+            )
+            .await
+            .expect("gathered read after SET");
+        assert_eq!(
+            simple_rows(&m),
+            [[
+                Some("2024-01-01 10:00:00+09".to_string()),
+                Some("Asia/Tokyo".to_string())
+            ]]
+        );
+
+        // 30 + 15 rows are more than 40: refused, naming the limit.
+        let e = c
+            .simple_query("select count(*) from gt_a a join gt_c x on x.v = a.v")
+            .await
+            .expect_err("over the limit");
+        assert_eq!(sqlstate(&e), "54000", "{e:?}");
+        assert!(
+            db_message(&e).contains("max_intermediate_rows"),
+            "{}",
+            db_message(&e)
+        );
+        // The session goes on, and so does a smaller gather.
+        let m = c
+            .simple_query("select count(*) from gt_b x join gt_b y on x.v = y.v + 1")
+            .await
+            .expect("a gather under the limit");
+        assert_eq!(simple_rows(&m), [[Some("4".to_string())]]);
+
+        // Nothing is left on the merge server: the copies lived in a
+        // transaction that was rolled back.
+        let shard0 = connect_shard(0).await;
+        let temps = query_count(
+            &shard0,
+            "select count(*) from pg_class where relname in ('gt_a', 'gt_b') and relpersistence = 't'",
+        )
+        .await;
+        assert_eq!(temps, 0);
+
+        // Several clients gathering at once each get their own answer.
+        let mut tasks = Vec::new();
+        for k in 0..4i64 {
+            let url = proxy.url();
+            tasks.push(tokio::spawn(async move {
+                let (c, _t) = connect_url(&url).await;
+                for _ in 0..5 {
+                    let rows = c
+                        .query(&format!("{JOIN} where a.id > $1"), &[&k])
+                        .await
+                        .expect("concurrent gather");
+                    let mut got: Vec<(i64, i64)> =
+                        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    got.sort();
+                    assert_eq!(got, join_rows(k));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+
+        // A read that locks rows is not gathered.
+        let e = c
+            .simple_query(&format!("{JOIN} for update"))
+            .await
+            .expect_err("locking read");
+        assert_eq!(sqlstate(&e), "0A000");
+
+        // In a transaction block it is refused, and the transaction is
+        // aborted as after any error.
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("insert into gt_b values (6, 6)")
+            .await
+            .expect("insert in the transaction");
+        let e = c
+            .simple_query(JOIN)
+            .await
+            .expect_err("gather in a transaction");
+        assert_eq!(sqlstate(&e), "0A000");
+        assert!(
+            e.as_db_error()
+                .and_then(|d| d.hint())
+                .is_some_and(|h| h.contains("outside a transaction block")),
+            "{e:?}"
+        );
+        let e = c
+            .simple_query("select 1")
+            .await
+            .expect_err("aborted transaction");
+        assert_eq!(sqlstate(&e), "25P02");
+        c.simple_query("rollback").await.expect("rollback");
+        let m = c
+            .simple_query("select count(*) from gt_b")
+            .await
+            .expect("count");
+        assert_eq!(simple_rows(&m), [[Some("5".to_string())]]);
+    });
+
+    // Metrics count the gathers and their rows.
+    let (_, text) = proxy.http_get("/metrics");
+    assert!(
+        metric(&text, "shardwire_queries_total", &[("kind", "gather")]) >= 24.0,
+        "{text}"
+    );
+    assert!(metric(&text, "shardwire_gathered_rows_total", &[]) >= 35.0);
+    assert_eq!(metric(&text, "shardwire_gather_too_large_total", &[]), 1.0);
+
+    // `shardwire route` shows the tier and the statement PostgreSQL runs.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardwire"));
+    cmd.args(["route", "--config"])
+        .arg(&proxy.config_path)
+        .arg(JOIN);
+    let out = run_cmd(&mut cmd, None, Duration::from_secs(30)).ok("shardwire route");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("route JSON");
+    assert_eq!(r["plan"], "gather", "{r}");
+    assert_eq!(r["tier"], 3, "{r}");
+    assert_eq!(
+        r["gather"]["sql"],
+        "select a.id, b.id from pg_temp.\"gt_a\" a join pg_temp.\"gt_b\" b on b.v = a.v"
+    );
+}
+
+#[test]
+fn tier_three_is_off_when_max_intermediate_rows_is_zero() {
+    let proxy = TestProxy::start(|c| {
+        set_tables(c, TABLES);
+        set(c, "limits.max_intermediate_rows", 0);
+    });
+    block_on(Duration::from_secs(60), async {
+        let (c, _t) = connect_url(&proxy.url()).await;
+        load(&c).await;
+        let e = c.simple_query(JOIN).await.expect_err("refused");
+        assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    });
+}
+
+#[test]
+fn a_shard_down_fails_a_gathered_read_clearly_and_it_works_again_after() {
+    let private = PrivateCluster::start(&["--shards", "2", "--replicas", "0"]);
+    let proxy = TestProxy::start_on(&private.0, |c| set_tables(c, TABLES));
+    block_on(Duration::from_secs(120), async {
+        let (c, _t) = connect_url(&proxy.url()).await;
+        load(&c).await;
+        private.run("stop", &["--shard", "s1"]);
+        let started = Instant::now();
+        let e = c.simple_query(JOIN).await.expect_err("s1 is down");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let text = format!("{e:?}");
+        assert!(text.contains("s1"), "the error names the shard: {text}");
+        private.run("start", &["--shard", "s1"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match c.simple_query(JOIN).await {
+                Ok(m) => {
+                    assert_eq!(pairs(&simple_rows(&m)), join_rows(0));
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("s1 is back but the gather fails: {e:?}"),
+            }
+        }
+    });
+}
