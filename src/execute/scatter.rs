@@ -40,6 +40,15 @@ pub enum Shape<'a> {
     /// shard order and the rows counted over all shards after this tag
     /// ("INSERT 0", "UPDATE", "DELETE").
     SummedWrite(&'a str),
+    /// A multi-row INSERT split over shards (row index -> shard, and the
+    /// shard of each answer): RETURNING rows in the order of the VALUES
+    /// rows, as one database returns them (an ORM's bulk insert matches
+    /// the ids it gets back to its objects by position), then
+    /// `INSERT 0 n`.
+    SplitInsert {
+        row_shards: &'a [usize],
+        shards: &'a [usize],
+    },
     /// The first shard's answer as it is (a broadcast: every shard ran the
     /// same statement).
     First,
@@ -53,6 +62,18 @@ pub fn shape(shape: Shape, results: &[Collected]) -> Result<BytesMut, PgError> {
         Shape::SummedWrite(tag) => {
             let (mut out, _, rows) = concat_rows(results);
             protocol::command_complete(&mut out, &format!("{tag} {rows}"));
+            Ok(out)
+        }
+        Shape::SplitInsert { row_shards, shards } => {
+            let mut out = in_values_order(results, row_shards, shards)
+                .unwrap_or_else(|| concat_rows(results).0);
+            let rows: u64 = results
+                .iter()
+                .flat_map(|r| &r.frames)
+                .filter(|f| f[0] == be::COMMAND_COMPLETE)
+                .map(|f| tag_count(f))
+                .sum();
+            protocol::command_complete(&mut out, &format!("INSERT 0 {rows}"));
             Ok(out)
         }
         Shape::First => Ok(results
@@ -150,6 +171,51 @@ pub fn concat_rows(results: &[Collected]) -> (BytesMut, u64, u64) {
         }
     }
     (out, rows, counted)
+}
+
+/// The shards' RETURNING rows put back in the order of the VALUES rows
+/// they came from: row i is the next row of shard `row_shards[i]`. None
+/// when a shard returned fewer rows than it was given (ON CONFLICT DO
+/// NOTHING skipped some), where the order cannot be known; the rows then
+/// come in shard order.
+fn in_values_order(
+    results: &[Collected],
+    row_shards: &[usize],
+    shards: &[usize],
+) -> Option<BytesMut> {
+    let mut out = BytesMut::new();
+    let mut described = false;
+    let mut per_shard: Vec<std::collections::VecDeque<&BytesMut>> = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        let mut rows = std::collections::VecDeque::new();
+        for f in &r.frames {
+            match f[0] {
+                be::ROW_DESCRIPTION if !described => {
+                    described = true;
+                    out.extend_from_slice(f);
+                }
+                be::DATA_ROW => rows.push_back(f),
+                be::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f),
+                _ => {}
+            }
+        }
+        per_shard.push(rows);
+    }
+    let given = |shard: usize| row_shards.iter().filter(|s| **s == shard).count();
+    let all_returned = shards
+        .iter()
+        .zip(&per_shard)
+        .all(|(s, rows)| rows.is_empty() || rows.len() == given(*s));
+    if !all_returned {
+        return None;
+    }
+    for s in row_shards {
+        let at = shards.iter().position(|x| x == s)?;
+        if let Some(row) = per_shard[at].pop_front() {
+            out.extend_from_slice(row);
+        }
+    }
+    Some(out)
 }
 
 /// Merged frames (text format) in the client's result formats (Bind's

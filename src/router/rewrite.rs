@@ -3,7 +3,12 @@
 //! COPY FROM STDIN announces (so its rows can be cut by key). Parsing
 //! stays here, in router/: execute/ and session/ only use the results.
 
-use sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, SetExpr, Statement};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_expressions, visit_expressions_mut, CopyLegacyCsvOption, CopyLegacyOption, CopyOption,
+    Expr, SetExpr, Statement, Value,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -14,6 +19,83 @@ pub fn split_insert(
     row_shards: &[usize],
     shards: &[usize],
 ) -> Result<Vec<(usize, String)>, String> {
+    Ok(split_statements(sql, row_shards, shards)?
+        .into_iter()
+        .map(|(s, st)| (s, st.to_string()))
+        .collect())
+}
+
+/// One shard's part of a split INSERT with parameters (the extended
+/// protocol): its SQL, whose parameters are numbered from `$1` again, and
+/// for each of them (in order) the index of the client's parameter it
+/// takes. PostgreSQL cannot type a parameter a statement does not use, so
+/// each shard gets only the parameters of its rows (and of the shared
+/// parts: ON CONFLICT, RETURNING).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInsert {
+    pub shard: usize,
+    pub sql: String,
+    pub params: Vec<usize>,
+}
+
+/// [`split_insert`] for a statement with `$n` parameters.
+pub fn split_insert_params(
+    sql: &str,
+    row_shards: &[usize],
+    shards: &[usize],
+) -> Result<Vec<ShardInsert>, String> {
+    let mut out = Vec::new();
+    for (shard, mut st) in split_statements(sql, row_shards, shards)? {
+        let mut used: Vec<usize> = Vec::new();
+        let mut bad = None;
+        let _ = visit_expressions(&st, |e: &Expr| {
+            if let Expr::Value(v) = e {
+                if let Value::Placeholder(p) = &v.value {
+                    match placeholder_index(p) {
+                        Some(i) => used.push(i),
+                        None => bad = Some(p.clone()),
+                    }
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        if let Some(p) = bad {
+            return Err(format!("parameter {p} cannot be renumbered"));
+        }
+        used.sort_unstable();
+        used.dedup();
+        let _ = visit_expressions_mut(&mut st, |e: &mut Expr| {
+            if let Expr::Value(v) = e {
+                if let Value::Placeholder(p) = &mut v.value {
+                    if let Some(new) =
+                        placeholder_index(p).and_then(|i| used.binary_search(&i).ok())
+                    {
+                        *p = format!("${}", new + 1);
+                    }
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        out.push(ShardInsert {
+            shard,
+            sql: st.to_string(),
+            params: used,
+        });
+    }
+    Ok(out)
+}
+
+/// `$3` -> 2.
+fn placeholder_index(p: &str) -> Option<usize> {
+    p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)
+}
+
+/// Each shard's INSERT statement with only its rows.
+fn split_statements(
+    sql: &str,
+    row_shards: &[usize],
+    shards: &[usize],
+) -> Result<Vec<(usize, Statement)>, String> {
     let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
     let [Statement::Insert(ins)] = &parsed[..] else {
         return Err("not a single INSERT statement".into());
@@ -36,7 +118,7 @@ pub fn split_insert(
                 .map(|(r, _)| r.clone())
                 .collect();
         }
-        out.push((shard, Statement::Insert(one).to_string()));
+        out.push((shard, Statement::Insert(one)));
     }
     Ok(out)
 }
@@ -150,6 +232,32 @@ mod tests {
         assert_eq!(w[1].1, "INSERT INTO t (id, v) VALUES (2, 'b') RETURNING id");
         assert!(split_insert("insert into t (id) select 1", &[0], &[0]).is_err());
         assert!(split_insert("insert into t (id) values (1)", &[0, 1], &[0, 1]).is_err());
+    }
+
+    #[test]
+    fn split_insert_renumbers_each_shards_parameters() {
+        let w = split_insert_params(
+            "insert into t (id, v) values ($1, $2), ($3, $4), ($5, $2) on conflict (id) do update set v = $6 returning id",
+            &[0, 1, 0],
+            &[0, 1],
+        )
+        .unwrap();
+        assert_eq!(
+            w[0],
+            ShardInsert {
+                shard: 0,
+                sql: "INSERT INTO t (id, v) VALUES ($1, $2), ($3, $2) ON CONFLICT(id) DO UPDATE SET v = $4 RETURNING id".into(),
+                params: vec![0, 1, 4, 5],
+            }
+        );
+        assert_eq!(
+            w[1],
+            ShardInsert {
+                shard: 1,
+                sql: "INSERT INTO t (id, v) VALUES ($1, $2) ON CONFLICT(id) DO UPDATE SET v = $3 RETURNING id".into(),
+                params: vec![2, 3, 5],
+            }
+        );
     }
 
     #[test]

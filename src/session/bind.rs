@@ -214,3 +214,100 @@ mod tests {
         assert!(Bind::decode(b"\0s\0\0").is_err());
     }
 }
+
+/// A Bind's parameter part (formats, then values, as in
+/// [`Bind::params_part`]) with only the parameters `pick` (client indexes,
+/// in their new order), each with its own format code: the part for one
+/// shard's piece of a split statement. None if a pick is out of range.
+pub fn pick_params(params_part: &[u8], pick: &[usize]) -> Option<Vec<u8>> {
+    let mut r = BodyReader::new(params_part, "Bind");
+    let nformats = r.i16().ok()?.max(0) as usize;
+    let formats = r.bytes(2 * nformats).ok()?;
+    let nparams = r.i16().ok()?.max(0) as usize;
+    let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(nparams.min(4096));
+    for _ in 0..nparams {
+        let len = r.i32().ok()?;
+        values.push(if len < 0 {
+            None
+        } else {
+            Some(r.bytes(len as usize).ok()?)
+        });
+    }
+    let format = |i: usize| -> [u8; 2] {
+        match nformats {
+            0 => [0, 0],
+            1 => [formats[0], formats[1]],
+            _ => [formats[2 * i], formats[2 * i + 1]],
+        }
+    };
+    let mut out = Vec::with_capacity(params_part.len());
+    out.extend_from_slice(&(pick.len() as i16).to_be_bytes());
+    for &i in pick {
+        if nformats > 1 && i >= nformats {
+            return None;
+        }
+        out.extend_from_slice(&format(i));
+    }
+    out.extend_from_slice(&(pick.len() as i16).to_be_bytes());
+    for &i in pick {
+        match values.get(i)? {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Parse's parameter types (count, then OIDs) for the parameters `pick`:
+/// a type the client left out is 0 (the server infers it).
+pub fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
+    let n = param_types
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+    let oid = |i: usize| -> [u8; 4] {
+        if i >= n {
+            return [0; 4];
+        }
+        param_types
+            .get(2 + 4 * i..6 + 4 * i)
+            .map_or([0; 4], |b| [b[0], b[1], b[2], b[3]])
+    };
+    let mut out = Vec::with_capacity(2 + 4 * pick.len());
+    out.extend_from_slice(&(pick.len() as i16).to_be_bytes());
+    for &i in pick {
+        out.extend_from_slice(&oid(i));
+    }
+    out
+}
+
+#[cfg(test)]
+mod pick_tests {
+    use super::*;
+
+    #[test]
+    fn picked_parameters_keep_their_values_and_formats() {
+        // Formats: text, binary, text; values "a", NULL, "ccc".
+        let mut part = vec![0, 3, 0, 0, 0, 1, 0, 0, 0, 3];
+        part.extend_from_slice(&[0, 0, 0, 1, b'a']);
+        part.extend_from_slice(&[255, 255, 255, 255]);
+        part.extend_from_slice(&[0, 0, 0, 3, b'c', b'c', b'c']);
+        let picked = pick_params(&part, &[2, 1]).unwrap();
+        let mut want = vec![0, 2, 0, 0, 0, 1, 0, 2];
+        want.extend_from_slice(&[0, 0, 0, 3, b'c', b'c', b'c']);
+        want.extend_from_slice(&[255, 255, 255, 255]);
+        assert_eq!(picked, want);
+        assert!(pick_params(&part, &[3]).is_none());
+        // One format for all: each picked parameter gets it.
+        let part = [0, 1, 0, 1, 0, 1, 0, 0, 0, 1, 7];
+        assert_eq!(
+            pick_params(&part, &[0]).unwrap(),
+            [0, 1, 0, 1, 0, 1, 0, 0, 0, 1, 7]
+        );
+        // Types: two declared, the third left to the server.
+        let types = [0, 2, 0, 0, 0, 23, 0, 0, 0, 25];
+        assert_eq!(pick_types(&types, &[1, 2]), [0, 2, 0, 0, 0, 25, 0, 0, 0, 0]);
+    }
+}

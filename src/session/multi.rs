@@ -112,7 +112,7 @@ where
             }
             Plan::Broadcast { atomic } => self.broadcast(sql, route, *atomic, analysis).await,
             Plan::SplitInsert(rows) => match split_insert(sql, rows, &route.shards) {
-                Ok(work) => self.insert_split(work).await,
+                Ok(work) => self.insert_split(work, rows, &route.shards).await,
                 Err(m) => self.refuse(
                     PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -153,15 +153,21 @@ where
         }
     }
 
-    /// Each shard's rows of a multi-row INSERT; one summed CommandComplete.
-    async fn insert_split(&mut self, work: Vec<(usize, String)>) {
+    /// Each shard's rows of a multi-row INSERT; RETURNING rows in VALUES
+    /// order and one summed CommandComplete.
+    async fn insert_split(
+        &mut self,
+        work: Vec<(usize, String)>,
+        row_shards: &[usize],
+        shards: &[usize],
+    ) {
         let work: Vec<(usize, BytesMut)> = work
             .iter()
             .flat_map(|(s, sql)| query_work(&[*s], sql))
             .collect();
         match self.run_on_shards(&work, true).await {
             Ok(results) => {
-                let out = shaped(Shape::SummedWrite("INSERT 0"), &results);
+                let out = shaped(Shape::SplitInsert { row_shards, shards }, &results);
                 self.answer(out);
             }
             Err(frame) => self.answer(frame),

@@ -379,7 +379,35 @@ where
         if let Plan::Gather(_) = p.route.plan {
             return self.multi_extended_fail(self.router.several_shards_error(&p.route));
         }
-        if matches!(p.route.plan, Plan::SplitInsert(_) | Plan::SplitCopy(_)) {
+        if let Plan::SplitInsert(rows) = &p.route.plan {
+            let work = match super::portal::split_insert_work(
+                &p.sql,
+                rows,
+                &p.route.shards,
+                &p.param_types,
+                &p.params,
+                &p.result_formats,
+            ) {
+                Ok(w) => w,
+                Err(e) => return self.multi_extended_fail(e),
+            };
+            let Some(results) = self.multi_requests(&work).await else {
+                return;
+            };
+            let how = Shape::SplitInsert {
+                row_shards: rows,
+                shards: &p.route.shards,
+            };
+            return match shape(how, &results) {
+                Ok(frames) => {
+                    let out = extended_answer(&frames, p.described);
+                    self.pending
+                        .push_back(Pending::SyntheticFrame(out.freeze()));
+                }
+                Err(e) => self.multi_extended_fail(e),
+            };
+        }
+        if matches!(p.route.plan, Plan::SplitCopy(_)) {
             return self.multi_extended_fail(PgError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(

@@ -177,7 +177,7 @@ where
             // SET and the like: on every shard the transaction holds.
             let work: Vec<(usize, String)> = held.iter().map(|&s| (s, sql.to_string())).collect();
             return {
-                self.multi_run(work, None, None).await;
+                self.multi_run(work, Shape::First).await;
                 Ok(())
             };
         }
@@ -195,7 +195,13 @@ where
             Plan::SplitCopy(split) => return self.multi_copy(sql, &route, split).await,
             Plan::SplitInsert(rows) => {
                 match crate::router::rewrite::split_insert(sql, rows, &route.shards) {
-                    Ok(work) => self.multi_run(work, Some("INSERT 0"), None).await,
+                    Ok(work) => {
+                        let how = Shape::SplitInsert {
+                            row_shards: rows,
+                            shards: &route.shards,
+                        };
+                        self.multi_run(work, how).await
+                    }
                     Err(m) => self.multi_fail(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
                         format!("cannot split this INSERT across shards: {m}"),
@@ -206,11 +212,11 @@ where
             // (LIMIT offset+limit, no OFFSET).
             Plan::Scatter(merge) => {
                 let work = work(merge.shard_sql().unwrap_or(sql));
-                self.multi_run(work, None, Some(merge)).await
+                self.multi_run(work, Shape::Merged(merge, None)).await
             }
-            Plan::SumWrites(tag) => self.multi_run(work(sql), Some(tag), None).await,
+            Plan::SumWrites(tag) => self.multi_run(work(sql), Shape::SummedWrite(tag)).await,
             Plan::Gather(_) => self.multi_fail(self.router.several_shards_error(&route)),
-            Plan::Broadcast { .. } | Plan::Single => self.multi_run(work(sql), None, None).await,
+            Plan::Broadcast { .. } | Plan::Single => self.multi_run(work(sql), Shape::First).await,
         }
         Ok(())
     }
@@ -342,14 +348,9 @@ where
         }
     }
 
-    /// Run `work` on the transaction's shards; answer with the first shard's
-    /// frames, or (`write_tag`) the rows of all with a summed count.
-    async fn multi_run(
-        &mut self,
-        work: Vec<(usize, String)>,
-        write_tag: Option<&str>,
-        merge: Option<&crate::router::Merge>,
-    ) {
+    /// Run `work` on the transaction's shards; answer as `how` says.
+    async fn multi_run(&mut self, work: Vec<(usize, String)>, how: Shape<'_>) {
+        let first = matches!(how, Shape::First);
         let requests: Vec<(usize, BytesMut)> = work
             .iter()
             .map(|(shard, sql)| {
@@ -362,16 +363,11 @@ where
             Ok(results) => results,
             Err(f) => return self.multi_failed_with(f),
         };
-        let how = match (merge, write_tag) {
-            (Some(m), _) => Shape::Merged(m, None),
-            (None, Some(tag)) => Shape::SummedWrite(tag),
-            _ => Shape::First,
-        };
         let mut out = match shape(how, &results) {
             Ok(frames) => frames,
             Err(e) => return self.multi_fail(e),
         };
-        if results.is_empty() && merge.is_none() && write_tag.is_none() {
+        if results.is_empty() && first {
             // SET with no shard held yet: nothing ran.
             crate::protocol::command_complete(&mut out, "SET");
         }

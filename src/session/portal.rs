@@ -298,6 +298,37 @@ where
             let answer = self.portal_gathered(portal, &portal.route, g).await;
             return self.portal_answered(answer, portal, timing, RouteKind::Gather);
         }
+        if let Plan::SplitInsert(rows) = &portal.route.plan {
+            let answer = match split_insert_work(
+                &portal.sql,
+                rows,
+                &portal.route.shards,
+                &portal.param_types,
+                &portal.params,
+                &portal.result_formats,
+            ) {
+                Ok(work) => match self.run_on_shards(&work, true).await {
+                    Ok(results) => {
+                        let how = Shape::SplitInsert {
+                            row_shards: rows,
+                            shards: &portal.route.shards,
+                        };
+                        shape(how, &results).map_err(|e| {
+                            let mut out = BytesMut::new();
+                            e.encode(&mut out);
+                            out
+                        })
+                    }
+                    Err(frame) => Err(frame),
+                },
+                Err(e) => {
+                    let mut out = BytesMut::new();
+                    e.encode(&mut out);
+                    Err(out)
+                }
+            };
+            return self.portal_answered(answer, portal, timing, RouteKind::Scatter);
+        }
         let atomic = merge.is_none();
         // A statement on every shard may be DDL that changes a table's
         // columns (router::columns: cleared before and after it runs).
@@ -513,7 +544,7 @@ where
 /// transaction, alone in their string.
 fn runs_as_portal(route: &Route, analysis: &Analysis) -> bool {
     match route.plan {
-        Plan::Scatter(_) | Plan::SumWrites(_) | Plan::Gather(_) => true,
+        Plan::Scatter(_) | Plan::SumWrites(_) | Plan::Gather(_) | Plan::SplitInsert(_) => true,
         Plan::Broadcast { atomic } => {
             atomic
                 && analysis
@@ -521,8 +552,45 @@ fn runs_as_portal(route: &Route, analysis: &Analysis) -> bool {
                     .iter()
                     .all(|s| !matches!(s.kind, Kind::Copy | Kind::Transaction))
         }
-        Plan::Single | Plan::SplitInsert(_) | Plan::SplitCopy(_) => false,
+        Plan::Single | Plan::SplitCopy(_) => false,
     }
+}
+
+/// Each shard's request (as `portal_request`) for its rows of a multi-row
+/// INSERT with parameters: its own INSERT, with the parameters its rows
+/// use, renumbered.
+pub(super) fn split_insert_work(
+    sql: &str,
+    row_shards: &[usize],
+    shards: &[usize],
+    param_types: &[u8],
+    params: &[u8],
+    result_formats: &[i16],
+) -> Result<Vec<(usize, BytesMut)>, PgError> {
+    let parts =
+        crate::router::rewrite::split_insert_params(sql, row_shards, shards).map_err(|m| {
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("cannot split this INSERT across shards: {m}"),
+            )
+            .with_hint("insert the rows of each shard with a separate statement")
+        })?;
+    parts
+        .iter()
+        .map(|p| {
+            let values = super::bind::pick_params(params, &p.params).ok_or_else(|| {
+                PgError::error(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "Bind has fewer parameters than the INSERT uses",
+                )
+            })?;
+            let types = super::bind::pick_types(param_types, &p.params);
+            Ok((
+                p.shard,
+                portal_request(&p.sql, &types, &values, result_formats, true),
+            ))
+        })
+        .collect()
 }
 
 pub(super) fn parse_frame(out: &mut BytesMut, sql: &str, param_types: &[u8]) {

@@ -40,6 +40,7 @@ mod session_mode;
 mod session_params;
 mod session_state;
 mod shutdown;
+mod split_insert;
 mod tls;
 mod topology;
 mod twophase;
