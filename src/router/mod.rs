@@ -545,7 +545,7 @@ impl Router {
             .map(|&i| self.shard_names.get(i).map(String::as_str).unwrap_or("?"))
             .collect();
         let hint = match r.plan {
-            Plan::Gather(_) => "send it outside a transaction block in the simple query protocol: reads that PostgreSQL answers from rows gathered from several shards run only there for now",
+            Plan::Gather(_) => "reads that PostgreSQL answers from rows gathered from several shards run outside a transaction block, or inside one in transaction pooling",
             Plan::SplitInsert(_) => "insert the rows of each shard with a separate statement",
             Plan::SplitCopy(_) => {
                 "copy the rows of each shard separately, pinned with /* shardwire: shard=NAME */"

@@ -4,11 +4,18 @@
 //! tables, filled from every shard (execute::gather), and the answer
 //! streams to the client.
 //!
-//! On the merge connection it all happens in one transaction that is
-//! rolled back at the end, so the copies vanish with it and the connection
-//! goes back to its pool as it came, whatever failed. Each shard's rows are
-//! read by their own statement; like the other cross-shard reads, the
-//! shards' snapshots are not one snapshot.
+//! Outside a transaction block it all happens, on the merge connection,
+//! in one transaction that is rolled back at the end, so the copies vanish
+//! with it and the connection goes back to its pool as it came, whatever
+//! failed. Each shard's rows are read by their own statement; like the
+//! other cross-shard reads, the shards' snapshots are not one snapshot.
+//!
+//! Inside a transaction over several shards (multitx.rs, multiext.rs) the
+//! rows are read on the transaction's own connections, so the statement
+//! sees the transaction's uncommitted writes and snapshots, and the copies
+//! live in a savepoint on the merge connection, rolled back to and
+//! released after the statement. A failure fails the transaction, as an
+//! error in a statement does in PostgreSQL.
 
 use tokio::time::Instant as Deadline;
 
@@ -57,7 +64,13 @@ where
             .encode(&mut out);
             return Ok(Err(out));
         };
-        let mut conns = match self.checkout_all(&route.shards).await {
+        let in_tx = self.multi.is_some();
+        let conns = if in_tx {
+            self.take_multi_conns(&route.shards).await
+        } else {
+            self.checkout_all(&route.shards).await
+        };
+        let mut conns = match conns {
             Ok(c) => c,
             Err(frame) => return Ok(Err(frame)),
         };
@@ -116,6 +129,39 @@ where
                 },
             };
         }
+        if in_tx {
+            // The copies go with the savepoint; after a failure the whole
+            // transaction is failed and its ROLLBACK takes them.
+            if outcome.is_ok() && clean[merge_at] {
+                let undo =
+                    "ROLLBACK TO SAVEPOINT shardwire_gather; RELEASE SAVEPOINT shardwire_gather";
+                let undone = conns[merge_at]
+                    .run_collect(undo, super::multi::CONTROL_TIMEOUT, 64 * 1024)
+                    .await;
+                match undone {
+                    Ok(c) if c.error.is_none() && c.status == TxStatus::InBlock => {}
+                    Ok(c) => outcome = Err(shard_error(c.error, &merge_name, "")),
+                    Err(e) => {
+                        clean[merge_at] = false;
+                        outcome = Err(lost_error(&e, &merge_name, ""));
+                    }
+                }
+            }
+            let m = self
+                .multi
+                .as_mut()
+                .expect("in a transaction over several shards");
+            for ((conn, shard), ok) in conns.into_iter().zip(&route.shards).zip(&clean) {
+                if *ok {
+                    m.conns[*shard] = Some(conn);
+                }
+            }
+            if outcome.is_err() {
+                m.failed = true;
+                self.tx_status = TxStatus::Failed;
+            }
+            return Ok(outcome);
+        }
         // The copies go with the transaction.
         if clean[merge_at]
             && conns[merge_at]
@@ -127,6 +173,29 @@ where
         }
         release_clean(conns, &clean);
         Ok(outcome)
+    }
+
+    /// The transaction's connections to `shards` (opened with its BEGIN
+    /// where it has none yet), taken out of it for a gather: the caller
+    /// puts back those still usable.
+    async fn take_multi_conns(&mut self, shards: &[usize]) -> Result<Vec<PooledConn>, BytesMut> {
+        for &s in shards {
+            self.multi_conn(s).await?;
+        }
+        let m = self.multi.as_mut().ok_or_else(BytesMut::new)?;
+        let mut out = Vec::with_capacity(shards.len());
+        for &s in shards {
+            match m.conns[s].take() {
+                Some(c) => out.push(c),
+                None => {
+                    for (c, &back) in out.into_iter().zip(shards) {
+                        m.conns[back] = Some(c);
+                    }
+                    return Err(BytesMut::new());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Open the merge connection's transaction and fill the copies: the
@@ -147,7 +216,13 @@ where
         let merge_shard = route.shards[merge_at];
         let merge_name = self.shard_name(merge_shard).to_string();
         let left = || deadline.saturating_duration_since(Deadline::now());
-        let mut setup = String::from("BEGIN");
+        // Outside a transaction block the copies get one of their own;
+        // inside one, a savepoint.
+        let mut setup = String::from(if self.multi.is_some() {
+            "SAVEPOINT shardwire_gather"
+        } else {
+            "BEGIN"
+        });
         let mut holders: Vec<Vec<usize>> = Vec::with_capacity(g.tables.len());
         for t in &g.tables {
             let Some(rule) = self.router.table(&t.rule).cloned() else {

@@ -376,8 +376,26 @@ where
         } else {
             p.route.shards.clone()
         };
-        if let Plan::Gather(_) = p.route.plan {
-            return self.multi_extended_fail(self.router.several_shards_error(&p.route));
+        if let Plan::Gather(g) = &p.route.plan {
+            let request =
+                portal_request(&g.sql, &p.param_types, &p.params, &p.result_formats, true);
+            return match self.gather_and_run(&p.route, g, Some(request)).await {
+                Ok(Ok(c)) => {
+                    let mut frames = BytesMut::new();
+                    for f in c.map(|c| c.frames).unwrap_or_default() {
+                        frames.extend_from_slice(&f);
+                    }
+                    let out = extended_answer(&frames, p.described);
+                    self.pending
+                        .push_back(Pending::SyntheticFrame(out.freeze()));
+                }
+                Ok(Err(frame)) => self.multi_extended_failed_with(frame),
+                // Only the simple protocol's streaming meets the client.
+                Err(_) => self.multi_extended_fail(PgError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    "a gathered read in the extended protocol ended the session",
+                )),
+            };
         }
         if let Plan::SplitInsert(rows) = &p.route.plan {
             let work = match super::portal::split_insert_work(

@@ -215,7 +215,10 @@ where
                 self.multi_run(work, Shape::Merged(merge, None)).await
             }
             Plan::SumWrites(tag) => self.multi_run(work(sql), Shape::SummedWrite(tag)).await,
-            Plan::Gather(_) => self.multi_fail(self.router.several_shards_error(&route)),
+            Plan::Gather(g) => match self.gather_and_run(&route, g, None).await? {
+                Ok(_) => self.answer(BytesMut::new()),
+                Err(frame) => self.multi_failed_with(frame),
+            },
             Plan::Broadcast { .. } | Plan::Single => self.multi_run(work(sql), Shape::First).await,
         }
         Ok(())

@@ -185,23 +185,36 @@ fn gathered_reads_answer_with_parameters_settings_and_bounds() {
             .expect_err("locking read");
         assert_eq!(sqlstate(&e), "0A000");
 
-        // In a transaction block it is refused, and the transaction is
-        // aborted as after any error.
+        // In a transaction block the rows are read on the transaction's
+        // own connections: it sees its uncommitted writes, in both
+        // protocols, and a failing gathered read fails the transaction.
         c.simple_query("begin").await.expect("begin");
-        c.simple_query("insert into gt_b values (6, 6)")
+        c.simple_query("insert into gt_b values (6, 1)")
             .await
             .expect("insert in the transaction");
-        let e = c
-            .simple_query(JOIN)
+        let with_new = |mut rows: Vec<(i64, i64)>, min_id: i64| {
+            rows.extend(
+                (1..=30i64)
+                    .filter(|id| id % 5 == 1 && *id > min_id)
+                    .map(|id| (id, 6)),
+            );
+            rows.sort();
+            rows
+        };
+        let m = c.simple_query(JOIN).await.expect("gather in a transaction");
+        assert_eq!(pairs(&simple_rows(&m)), with_new(join_rows(0), 0));
+        let rows = c
+            .query(&format!("{JOIN} where a.id > $1"), &[&20i64])
             .await
-            .expect_err("gather in a transaction");
-        assert_eq!(sqlstate(&e), "0A000");
-        assert!(
-            e.as_db_error()
-                .and_then(|d| d.hint())
-                .is_some_and(|h| h.contains("outside a transaction block")),
-            "{e:?}"
-        );
+            .expect("extended gather in a transaction");
+        let mut got: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        got.sort();
+        assert_eq!(got, with_new(join_rows(20), 20));
+        let e = c
+            .simple_query("select 1 / (a.v - a.v) from gt_a a join gt_b b on b.v = a.v")
+            .await
+            .expect_err("division by zero");
+        assert_eq!(sqlstate(&e), "22012");
         let e = c
             .simple_query("select 1")
             .await
@@ -213,6 +226,13 @@ fn gathered_reads_answer_with_parameters_settings_and_bounds() {
             .await
             .expect("count");
         assert_eq!(simple_rows(&m), [[Some("5".to_string())]]);
+        // The copies did not outlive the transaction's savepoint.
+        let temps = query_count(
+            &shard0,
+            "select count(*) from pg_class where relname in ('gt_a', 'gt_b') and relpersistence = 't'",
+        )
+        .await;
+        assert_eq!(temps, 0);
     });
 
     // Metrics count the gathers and their rows.
