@@ -267,7 +267,7 @@ fn plan_statement(stmt: &Statement, tables: &Tables, text: &str) -> StatementPla
                 }
             }
             let gather = match &target {
-                Target::Keyed(_) if !writes => gather(text, &fp.sharded_names).map(Arc::new),
+                Target::Keyed(_) if !writes => gather(text, &fp.names, &functions).map(Arc::new),
                 _ => None,
             };
             StatementPlan {

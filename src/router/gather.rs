@@ -17,29 +17,66 @@
 //! name whose written form cannot be found again at its place is not
 //! rewritten and the statement is not gathered (it stays refused).
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use sqlparser::ast::{ObjectName, ObjectNamePart};
 
 use super::analyze::normalize_ident;
-use super::TableRule;
+use super::occurrences::Relation;
 
 /// A statement answered on the merge connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gather {
-    /// Each sharded table read, once.
+    /// Each table read, once: the sharded ones, then (`local`) the
+    /// unsharded and reference ones.
     pub tables: Vec<GatheredTable>,
     /// The statement with every sharded table's name replaced by its
-    /// temporary copy's.
+    /// temporary copy's (the merge connection reads the others itself).
     pub sql: String,
+    /// The statement with every table's name replaced by its copy's: for
+    /// a merge connection outside the client's transaction, which must
+    /// read even the unsharded and reference tables as the transaction
+    /// sees them. None when one of those names could not be placed.
+    pub sql_all: Option<String>,
+    /// A function the statement calls whose answer belongs to the client's
+    /// transaction or server session (`now()`, `txid_current()`,
+    /// `current_setting()`, `currval()`): inside a transaction the merge
+    /// connection is not the transaction's, so such a read is refused
+    /// there.
+    pub transaction_bound: Option<String>,
 }
 
-/// One sharded table whose rows are gathered.
+/// Functions whose answer depends on the transaction or server session
+/// they run in.
+pub const TRANSACTION_BOUND: &[&str] = &[
+    "now",
+    "transaction_timestamp",
+    "current_timestamp",
+    "current_time",
+    "current_date",
+    "localtime",
+    "localtimestamp",
+    "txid_current",
+    "txid_current_if_assigned",
+    "txid_current_snapshot",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_current_snapshot",
+    "pg_export_snapshot",
+    "current_setting",
+    "currval",
+    "lastval",
+    "pg_backend_pid",
+    "pg_trigger_depth",
+];
+
+/// One table whose rows are gathered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GatheredTable {
-    /// Its configured name (the rule).
+    /// Its configured name (the rule); for an unsharded table, its name.
     pub rule: String,
+    /// An unsharded or reference table: copied from the default shard
+    /// only, and only for `Gather::sql_all`.
+    pub local: bool,
     /// Its name as the statement writes it, which is how the shards find
     /// it (the client's search_path applies there too).
     pub source: String,
@@ -55,58 +92,103 @@ impl GatheredTable {
     }
 }
 
-/// The gather of a read-only SELECT whose sharded table occurrences are
-/// `names` (each with its name as written), or None when one cannot be
+/// The gather of a read-only SELECT whose table occurrences are `names`
+/// (each with its name as written), or None when a sharded one cannot be
 /// placed in the text.
-pub fn gather(sql: &str, names: &[(Arc<TableRule>, Option<ObjectName>)]) -> Option<Gather> {
+pub fn gather(
+    sql: &str,
+    names: &[(Relation, Option<ObjectName>)],
+    functions: &[String],
+) -> Option<Gather> {
     let mut tables: Vec<GatheredTable> = Vec::new();
     let mut edits: Vec<(usize, usize, usize)> = Vec::new();
-    for (rule, written) in names {
-        let name = written.as_ref()?;
-        let (start, end, parts) = locate(sql, name)?;
-        let temp = parts.last()?.clone();
-        let source = sql[start..end].to_string();
-        let at = match tables.iter().position(|t| t.rule == rule.name) {
-            Some(i) => {
-                // One rule written as two different names may be two
-                // tables (`public.orders`, `archive.orders`): not gathered.
-                if normalized(&tables[i].source) != normalized(&source) {
-                    return None;
+    let mut all_placed = true;
+    // Sharded tables first: they must all be placed.
+    for local in [false, true] {
+        for (relation, written) in names {
+            let rule = match (relation, local) {
+                (Relation::Sharded(t), false) => t.name.clone(),
+                (Relation::Reference(t), true) => t.name.clone(),
+                (Relation::Unsharded(n), true) => n.clone(),
+                _ => continue,
+            };
+            let Some((start, end, parts)) = written.as_ref().and_then(|n| locate(sql, n)) else {
+                if local {
+                    all_placed = false;
+                    continue;
                 }
-                i
-            }
-            None => {
-                // Two rules with one relation name would need one
-                // temporary name twice.
-                if tables.iter().any(|t| t.temp == temp) {
-                    return None;
+                return None;
+            };
+            let temp = parts.last()?.clone();
+            let source = sql[start..end].to_string();
+            let at = match tables
+                .iter()
+                .position(|t| t.rule == rule && t.local == local)
+            {
+                Some(i) => {
+                    // One rule written as two different names may be two
+                    // tables (`public.orders`, `archive.orders`).
+                    if normalized(&tables[i].source) != normalized(&source) {
+                        if local {
+                            all_placed = false;
+                            continue;
+                        }
+                        return None;
+                    }
+                    i
                 }
-                tables.push(GatheredTable {
-                    rule: rule.name.clone(),
-                    source,
-                    temp,
-                });
-                tables.len() - 1
-            }
-        };
-        edits.push((start, end, at));
+                None => {
+                    // Two tables with one relation name would need one
+                    // temporary name twice.
+                    if tables.iter().any(|t| t.temp == temp) {
+                        if local {
+                            all_placed = false;
+                            continue;
+                        }
+                        return None;
+                    }
+                    tables.push(GatheredTable {
+                        rule,
+                        local,
+                        source,
+                        temp,
+                    });
+                    tables.len() - 1
+                }
+            };
+            edits.push((start, end, at));
+        }
     }
-    if tables.is_empty() {
+    if !tables.iter().any(|t| !t.local) {
         return None;
     }
     edits.sort_unstable();
     if edits.windows(2).any(|w| w[0].1 > w[1].0) {
         return None;
     }
-    let mut out = String::with_capacity(sql.len() + 16 * edits.len());
-    let mut from = 0;
-    for (start, end, t) in edits {
-        out.push_str(&sql[from..start]);
-        out.push_str(&tables[t].temp_ref());
-        from = end;
-    }
-    out.push_str(&sql[from..]);
-    Some(Gather { tables, sql: out })
+    let rewrite = |only_sharded: bool| {
+        let mut out = String::with_capacity(sql.len() + 16 * edits.len());
+        let mut from = 0;
+        for &(start, end, t) in &edits {
+            if only_sharded && tables[t].local {
+                continue;
+            }
+            out.push_str(&sql[from..start]);
+            out.push_str(&tables[t].temp_ref());
+            from = end;
+        }
+        out.push_str(&sql[from..]);
+        out
+    };
+    Some(Gather {
+        sql: rewrite(true),
+        sql_all: all_placed.then(|| rewrite(false)),
+        tables,
+        transaction_bound: functions
+            .iter()
+            .find(|f| TRANSACTION_BOUND.contains(&f.as_str()))
+            .cloned(),
+    })
 }
 
 /// A name's written form with the case PostgreSQL folds removed and the
@@ -222,6 +304,7 @@ mod tests {
     use crate::router::analyze::analyze;
     use crate::router::{KeyType, Placement, TableRule};
     use crate::sharding::HashRing;
+    use std::sync::Arc;
 
     fn rule(name: &str) -> Arc<TableRule> {
         Arc::new(TableRule {
@@ -258,6 +341,7 @@ mod tests {
             .map(|t| (t.rule.as_str(), t.source.as_str()))
             .collect();
         assert_eq!(t, [("customers", "customers"), ("orders", "orders")]);
+        assert_eq!(g.sql_all.as_deref(), Some(g.sql.as_str()));
         // A qualified name, spaces around its dot, is read from its schema.
         let g =
             gathered("select count(*) from public . orders o join customers c on c.id = o.id + 1")
@@ -280,6 +364,24 @@ mod tests {
             g.sql,
             "select 'é', (select count(*) from pg_temp.\"orders\" x where x.id = c.id) from pg_temp.\"customers\" c"
         );
+    }
+
+    #[test]
+    fn unsharded_names_are_rewritten_only_in_sql_all() {
+        let g = gathered("select * from orders o join plans p on p.id = o.id join customers c on c.id = o.id + 1")
+            .unwrap();
+        assert_eq!(
+            g.sql,
+            "select * from pg_temp.\"orders\" o join plans p on p.id = o.id join pg_temp.\"customers\" c on c.id = o.id + 1"
+        );
+        assert_eq!(
+            g.sql_all.as_deref(),
+            Some("select * from pg_temp.\"orders\" o join pg_temp.\"plans\" p on p.id = o.id join pg_temp.\"customers\" c on c.id = o.id + 1")
+        );
+        assert!(g.tables.iter().any(|t| t.local && t.rule == "plans"));
+        // A catalog stays itself.
+        let g = gathered("select count(*) from orders o join pg_class c on c.oid = o.id join customers x on x.id = o.id + 1").unwrap();
+        assert_eq!(g.sql_all.as_deref(), Some(g.sql.as_str()));
     }
 
     #[test]

@@ -404,3 +404,16 @@ fn every_occurrence_needs_all_the_shards_its_keys_are_on() {
         "with w as (insert into accounts (aid) values ({a}) on conflict (aid) do update set aid = 7 returning aid) select * from w"
     ));
 }
+
+#[test]
+fn tier_three_gathers_sharded_beside_unsharded() {
+    let r = router().with_gather(true);
+    let route = r
+        .route(
+            "select a.aid, s.v from accounts a join settings s on s.k = a.bid",
+            &[],
+            &SessionHints::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(route.plan.name(), "gather");
+}

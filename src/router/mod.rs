@@ -891,12 +891,18 @@ impl Router {
             return None;
         }
         let mut shards = BTreeSet::from([self.default_shard]);
-        for t in &g.tables {
+        // Unsharded and reference tables are read on the default shard.
+        for t in g.tables.iter().filter(|t| !t.local) {
             shards.extend(self.tables.get(&t.rule)?.shards(self.shard_names.len()));
         }
-        let names: Vec<String> = g.tables.iter().map(|t| format!("\"{}\"", t.rule)).collect();
+        let names: Vec<String> = g
+            .tables
+            .iter()
+            .filter(|t| !t.local)
+            .map(|t| format!("\"{}\"", t.rule))
+            .collect();
         let mut route = Route::simple(shards.into_iter().collect(), false, String::new());
-        route.table = g.tables.first().map(|t| t.rule.clone());
+        route.table = g.tables.iter().find(|t| !t.local).map(|t| t.rule.clone());
         if route.shards.len() == 1 {
             route.reason = format!("{} on the default shard only", names.join(", "));
             return Some(route);

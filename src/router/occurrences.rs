@@ -94,9 +94,9 @@ pub struct Footprint {
     /// A reference table written by a data-modifying CTE (every shard
     /// needs that write, and the statement runs on one).
     pub nested_reference_write: Option<String>,
-    /// Each occurrence of a sharded table with its name as written, in
-    /// the order of `sharded` (tier 3 puts a gathered copy in its place).
-    pub sharded_names: Vec<(Arc<TableRule>, Option<ObjectName>)>,
+    /// Every table occurrence with its name as written (tier 3 puts a
+    /// gathered copy in its place).
+    pub names: Vec<(Relation, Option<ObjectName>)>,
     /// An UPDATE (or, `true`, an upsert's DO UPDATE), anywhere in the
     /// statement, that assigns a sharded table's key (table, key): the row
     /// would stay on the shard of its old key.
@@ -190,12 +190,12 @@ impl<'t> Walker<'t> {
             ..Default::default()
         };
         for o in self.occ {
+            fp.names.push((o.relation.clone(), o.written.clone()));
             match o.relation {
                 Relation::Sharded(table) => {
                     if o.top_level && !o.nullable {
                         fp.sharded_top_level += 1;
                     }
-                    fp.sharded_names.push((table.clone(), o.written));
                     fp.sharded.push(KeyCondition {
                         table,
                         alternatives: o.alternatives,

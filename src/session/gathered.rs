@@ -1,39 +1,60 @@
-//! Tier-3 reads (router::gather) in the simple protocol outside a
-//! transaction: PostgreSQL answers the statement on the default shard's
-//! primary (the merge connection) from temporary copies of its sharded
-//! tables, filled from every shard (execute::gather), and the answer
-//! streams to the client.
+//! Tier-3 reads (router::gather): PostgreSQL answers the statement on the
+//! default shard's primary (the merge connection) from temporary copies
+//! of the tables it reads, filled from the shards (execute::gather), in
+//! both protocols: the simple protocol's answer streams to the client, the
+//! extended protocol's is collected and returned.
 //!
-//! Outside a transaction block it all happens, on the merge connection,
-//! in one transaction that is rolled back at the end, so the copies vanish
-//! with it and the connection goes back to its pool as it came, whatever
-//! failed. Each shard's rows are read by their own statement; like the
-//! other cross-shard reads, the shards' snapshots are not one snapshot.
+//! The merge connection does its work in a transaction of its own that is
+//! rolled back at the end, so the copies vanish with it and the connection
+//! goes back to its pool as it came, whatever failed.
+//!
+//! Outside a transaction block the merge connection is one of the
+//! statement's shard connections: it copies its own rows of each sharded
+//! table with CREATE TABLE AS and reads the unsharded and reference tables
+//! itself; each other shard's rows come by COPY. Each shard's rows are
+//! read by their own statement; like the other cross-shard reads, the
+//! shards' snapshots are not one snapshot.
 //!
 //! Inside a transaction over several shards (multitx.rs, multiext.rs) the
 //! rows are read on the transaction's own connections, so the statement
-//! sees the transaction's uncommitted writes and snapshots, and the copies
-//! live in a savepoint on the merge connection, rolled back to and
-//! released after the statement. A failure fails the transaction, as an
-//! error in a statement does in PostgreSQL.
+//! sees the transaction's uncommitted writes and snapshots, and every
+//! table the statement names (unsharded and reference ones too, from the
+//! default shard) is copied onto a merge connection apart from the
+//! transaction: PostgreSQL cannot PREPARE a transaction that used
+//! temporary tables, and the transaction may need two-phase commit. A
+//! statement that calls a function whose answer belongs to the
+//! transaction (`now()`, `current_setting()`) is refused there. A failure
+//! fails the transaction, as an error does in PostgreSQL.
 
 use tokio::time::Instant as Deadline;
 
-use super::multi::{failed_error, lost_error, release_clean, shard_error};
+use super::multi::{failed_error, lost_error, shard_error};
 use super::*;
 use crate::backend::conn::Collected;
 use crate::backend::pool::PooledConn;
 use crate::execute::gather::{copy_rows, GatherError};
 use crate::execute::stream::{self, ServerAnswer, StreamError};
-use crate::router::gather::{quote_ident, Gather};
+use crate::router::gather::{quote_ident, Gather, GatheredTable};
+
+/// The connections of one gather: the merge connection and the sources
+/// (by shard), each with whether it may go back to where it came from.
+struct GatherConns {
+    merge: PooledConn,
+    merge_shard: usize,
+    merge_clean: bool,
+    sources: Vec<(usize, PooledConn, bool)>,
+    /// The merge connection's own rows of sharded tables are copied with
+    /// CREATE TABLE AS (outside a transaction, where it is one of the
+    /// statement's shard connections).
+    merge_holds_rows: bool,
+}
 
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Answer a tier-3 read in the simple protocol: gather, run with the
-    /// answer streamed to the client, roll back.
+    /// Answer a tier-3 read in the simple protocol.
     pub(super) async fn gather_and_answer(
         &mut self,
         route: &Route,
@@ -47,47 +68,57 @@ where
     /// Gather `g`'s rows and run its statement on the merge connection:
     /// streamed to the client as a simple query (`portal` None), or as the
     /// extended-protocol `portal` request (Parse/Bind/Describe/Execute/
-    /// Sync), whose answer is returned. The merge connection's transaction
-    /// is rolled back either way. Err: the client's ErrorResponse.
+    /// Sync) built by `portal` from the statement to run, whose answer is
+    /// returned. Err: the client's ErrorResponse.
     pub(super) async fn gather_and_run(
         &mut self,
         route: &Route,
         g: &Gather,
-        portal: Option<BytesMut>,
+        portal: Option<&(dyn Fn(&str) -> BytesMut + Sync)>,
     ) -> Result<Result<Option<Collected>, BytesMut>, SessionEnd> {
-        let Some(merge_at) = route.shards.iter().position(|&s| s == self.default_shard) else {
-            let mut out = BytesMut::new();
-            PgError::error(
-                sqlstate::INTERNAL_ERROR,
-                "a gathered read has no merge shard",
-            )
-            .encode(&mut out);
-            return Ok(Err(out));
-        };
         let in_tx = self.multi.is_some();
-        let conns = if in_tx {
-            self.take_multi_conns(&route.shards).await
+        let sql = if in_tx {
+            if let Some(f) = &g.transaction_bound {
+                return Ok(Err(encoded(
+                    PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "this read is answered from rows gathered from several shards, apart from the transaction, and calls {f}(), whose answer belongs to the transaction"
+                        ),
+                    )
+                    .with_hint("run it outside the transaction block, or compute the value in a separate statement"),
+                )));
+            }
+            match &g.sql_all {
+                Some(s) => s.as_str(),
+                None => {
+                    return Ok(Err(encoded(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "this read needs rows gathered from several shards, and inside a transaction every table it names must be copied, which shardwire cannot do for one of them",
+                    ).with_hint("run it outside the transaction block"))))
+                }
+            }
         } else {
-            self.checkout_all(&route.shards).await
+            g.sql.as_str()
         };
-        let mut conns = match conns {
+        let mut conns = match self.gather_conns(route, in_tx).await {
             Ok(c) => c,
             Err(frame) => return Ok(Err(frame)),
         };
         let timeout = self.multi_statement_timeout();
         let deadline = Deadline::now() + timeout;
-        let mut clean = vec![true; conns.len()];
-        let merge_name = self.shard_name(self.default_shard).to_string();
+        let merge_name = self.shard_name(conns.merge_shard).to_string();
+        let tables: Vec<&GatheredTable> = g.tables.iter().filter(|t| in_tx || !t.local).collect();
         let mut outcome = self
-            .gather_rows(&mut conns, merge_at, route, g, deadline, &mut clean)
+            .gather_rows(&mut conns, &tables, deadline)
             .await
             .map(|()| None);
-        if outcome.is_ok() && clean[merge_at] {
+        if outcome.is_ok() && conns.merge_clean {
             outcome = match portal {
                 Some(request) => {
-                    let merge = &mut conns[merge_at];
+                    let merge = &mut conns.merge;
                     let left = deadline.saturating_duration_since(Deadline::now());
-                    let ran = match merge.send_frames(&request, left).await {
+                    let ran = match merge.send_frames(&request(sql), left).await {
                         Ok(()) => merge.collect_within(left, super::multi::MAX_COLLECT).await,
                         Err(e) => Err(e),
                     };
@@ -98,20 +129,17 @@ where
                             None => Ok(Some(c)),
                         },
                         Err(e) => {
-                            clean[merge_at] = false;
+                            conns.merge_clean = false;
                             Err(lost_error(&e, &merge_name, ""))
                         }
                     }
                 }
-                None => match self
-                    .run_gathered(&mut conns[merge_at], &g.sql, deadline)
-                    .await
-                {
+                None => match self.run_gathered(&mut conns.merge, sql, deadline).await {
                     Ok(()) => Ok(None),
                     Err(StreamError::Client(e)) => return Err(SessionEnd::ClientGone(e.0)),
                     Err(StreamError::Shard { error, .. }) => Err(error),
                     Err(StreamError::Lost { error, .. }) => {
-                        clean[merge_at] = false;
+                        conns.merge_clean = false;
                         let timed_out = (Deadline::now() >= deadline).then_some(timeout);
                         Err(failed_error(
                             &error,
@@ -121,123 +149,136 @@ where
                             &self.proxy.metrics,
                         ))
                     }
-                    Err(StreamError::Merge(e)) => {
-                        let mut out = BytesMut::new();
-                        e.encode(&mut out);
-                        Err(out)
-                    }
+                    Err(StreamError::Merge(e)) => Err(encoded(e)),
                 },
             };
         }
-        if in_tx {
-            // The copies go with the savepoint; after a failure the whole
-            // transaction is failed and its ROLLBACK takes them.
-            if outcome.is_ok() && clean[merge_at] {
-                let undo =
-                    "ROLLBACK TO SAVEPOINT shardwire_gather; RELEASE SAVEPOINT shardwire_gather";
-                let undone = conns[merge_at]
-                    .run_collect(undo, super::multi::CONTROL_TIMEOUT, 64 * 1024)
-                    .await;
-                match undone {
-                    Ok(c) if c.error.is_none() && c.status == TxStatus::InBlock => {}
-                    Ok(c) => outcome = Err(shard_error(c.error, &merge_name, "")),
-                    Err(e) => {
-                        clean[merge_at] = false;
-                        outcome = Err(lost_error(&e, &merge_name, ""));
-                    }
-                }
-            }
-            let m = self
-                .multi
-                .as_mut()
-                .expect("in a transaction over several shards");
-            for ((conn, shard), ok) in conns.into_iter().zip(&route.shards).zip(&clean) {
-                if *ok {
-                    m.conns[*shard] = Some(conn);
-                }
-            }
-            if outcome.is_err() {
-                m.failed = true;
-                self.tx_status = TxStatus::Failed;
-            }
-            return Ok(outcome);
-        }
-        // The copies go with the transaction.
-        if clean[merge_at]
-            && conns[merge_at]
+        // The copies go with the merge connection's transaction.
+        if conns.merge_clean
+            && conns
+                .merge
                 .run_internal("ROLLBACK", super::multi::CONTROL_TIMEOUT)
                 .await
                 .is_err()
         {
-            clean[merge_at] = false;
+            conns.merge_clean = false;
         }
-        release_clean(conns, &clean);
-        Ok(outcome)
-    }
-
-    /// The transaction's connections to `shards` (opened with its BEGIN
-    /// where it has none yet), taken out of it for a gather: the caller
-    /// puts back those still usable.
-    async fn take_multi_conns(&mut self, shards: &[usize]) -> Result<Vec<PooledConn>, BytesMut> {
-        for &s in shards {
-            self.multi_conn(s).await?;
+        if conns.merge_clean {
+            conns.merge.release();
         }
-        let m = self.multi.as_mut().ok_or_else(BytesMut::new)?;
-        let mut out = Vec::with_capacity(shards.len());
-        for &s in shards {
-            match m.conns[s].take() {
-                Some(c) => out.push(c),
-                None => {
-                    for (c, &back) in out.into_iter().zip(shards) {
-                        m.conns[back] = Some(c);
-                    }
-                    return Err(BytesMut::new());
+        if in_tx {
+            let m = self
+                .multi
+                .as_mut()
+                .expect("in a transaction over several shards");
+            for (shard, conn, clean) in conns.sources {
+                if clean {
+                    m.conns[shard] = Some(conn);
+                }
+            }
+            if outcome.is_err() {
+                // As after an error in a statement: the transaction is
+                // aborted (its COPYs may have failed on its connections).
+                m.failed = true;
+                self.tx_status = TxStatus::Failed;
+            }
+        } else {
+            for (_, conn, clean) in conns.sources {
+                if clean {
+                    conn.release();
                 }
             }
         }
-        Ok(out)
+        Ok(outcome)
     }
 
-    /// Open the merge connection's transaction and fill the copies: the
-    /// merge shard's own rows by CREATE TABLE AS, every other shard's by
-    /// COPY. The client's ErrorResponse on failure (`clean` says which
-    /// connections must not go back to their pool).
+    /// The merge connection and the sources: outside a transaction, one
+    /// connection per shard of the route, the default shard's merging;
+    /// inside one, the transaction's connections as sources (begun where
+    /// it had none yet) and a merge connection of its own.
+    async fn gather_conns(&mut self, route: &Route, in_tx: bool) -> Result<GatherConns, BytesMut> {
+        let merge_shard = self.default_shard;
+        if !in_tx {
+            let conns = self.checkout_all(&route.shards).await?;
+            let mut merge = None;
+            let mut sources = Vec::with_capacity(conns.len());
+            for (conn, &shard) in conns.into_iter().zip(&route.shards) {
+                if shard == merge_shard {
+                    merge = Some(conn);
+                } else {
+                    sources.push((shard, conn, true));
+                }
+            }
+            let Some(merge) = merge else {
+                for (_, c, _) in sources {
+                    c.release();
+                }
+                return Err(encoded(PgError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    "a gathered read has no merge shard",
+                )));
+            };
+            return Ok(GatherConns {
+                merge,
+                merge_shard,
+                merge_clean: true,
+                sources,
+                merge_holds_rows: true,
+            });
+        }
+        for &s in &route.shards {
+            self.multi_conn(s).await?;
+        }
+        let mut merge = self.checkout_all(&[merge_shard]).await?;
+        let merge = merge.pop().expect("one connection");
+        let m = self.multi.as_mut().ok_or_else(BytesMut::new)?;
+        let sources = route
+            .shards
+            .iter()
+            .filter_map(|&s| m.conns[s].take().map(|c| (s, c, true)))
+            .collect();
+        Ok(GatherConns {
+            merge,
+            merge_shard,
+            merge_clean: true,
+            sources,
+            merge_holds_rows: false,
+        })
+    }
+
+    /// Open the merge connection's transaction and fill the copies of
+    /// `tables`. The client's ErrorResponse on failure (the connections
+    /// that must not be reused are marked).
     async fn gather_rows(
         &mut self,
-        conns: &mut [PooledConn],
-        merge_at: usize,
-        route: &Route,
-        g: &Gather,
+        c: &mut GatherConns,
+        tables: &[&GatheredTable],
         deadline: Deadline,
-        clean: &mut [bool],
     ) -> Result<(), BytesMut> {
         let max = self.config.limits.max_intermediate_rows;
         let shard_count = self.router.shard_names().len();
-        let merge_shard = route.shards[merge_at];
-        let merge_name = self.shard_name(merge_shard).to_string();
+        let merge_name = self.shard_name(c.merge_shard).to_string();
         let left = || deadline.saturating_duration_since(Deadline::now());
-        // Outside a transaction block the copies get one of their own;
-        // inside one, a savepoint.
-        let mut setup = String::from(if self.multi.is_some() {
-            "SAVEPOINT shardwire_gather"
-        } else {
-            "BEGIN"
-        });
-        let mut holders: Vec<Vec<usize>> = Vec::with_capacity(g.tables.len());
-        for t in &g.tables {
-            let Some(rule) = self.router.table(&t.rule).cloned() else {
-                let mut out = BytesMut::new();
-                PgError::error(
-                    sqlstate::INTERNAL_ERROR,
-                    format!("no rule for table \"{}\"", t.rule),
-                )
-                .encode(&mut out);
-                return Err(out);
+        let mut setup = String::from("BEGIN");
+        // Each table's shards, in the order of `tables`.
+        let mut holders: Vec<Vec<usize>> = Vec::with_capacity(tables.len());
+        for t in tables {
+            let held = if t.local {
+                vec![c.merge_shard]
+            } else {
+                match self.router.table(&t.rule) {
+                    Some(rule) => rule.shards(shard_count),
+                    None => {
+                        return Err(encoded(PgError::error(
+                            sqlstate::INTERNAL_ERROR,
+                            format!("no rule for table \"{}\"", t.rule),
+                        )))
+                    }
+                }
             };
-            let held = rule.shards(shard_count);
-            // The merge shard's own rows, if it holds the table (else only
-            // its columns: rows left there by a move are not its rows).
-            let own = if held.contains(&merge_shard) {
+            // The merge connection's own rows when it holds them (else only
+            // the columns: rows left by a move are not its rows).
+            let own = if c.merge_holds_rows && held.contains(&c.merge_shard) {
                 ""
             } else {
                 " WHERE false"
@@ -249,18 +290,17 @@ where
             ));
             holders.push(held);
         }
-        let merge = &mut conns[merge_at];
-        let c = match merge.run_collect(&setup, left(), 64 * 1024).await {
-            Ok(c) => c,
+        let answer = match c.merge.run_collect(&setup, left(), 64 * 1024).await {
+            Ok(a) => a,
             Err(e) => {
-                clean[merge_at] = false;
+                c.merge_clean = false;
                 return Err(lost_error(&e, &merge_name, ""));
             }
         };
-        if let Some(e) = c.error {
+        if let Some(e) = answer.error {
             return Err(shard_error(Some(e), &merge_name, ""));
         }
-        let mut rows: u64 = c
+        let mut rows: u64 = answer
             .frames
             .iter()
             .filter(|f| f[0] == be::COMMAND_COMPLETE)
@@ -273,66 +313,77 @@ where
                     .ok()
             })
             .sum();
-        let too_many = |s: &Self| {
-            s.proxy
-                .metrics
-                .gather_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            let mut out = BytesMut::new();
-            PgError::error(
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "this query needs more than {max} rows of its sharded tables gathered on one server (limits.max_intermediate_rows)"
-                ),
-            )
-            .with_hint("add conditions on the shard key so that the shards can answer it, or raise limits.max_intermediate_rows")
-            .encode(&mut out);
-            out
-        };
         if rows > max {
-            return Err(too_many(self));
+            return Err(self.too_many_rows(max));
         }
-        for (t, held) in g.tables.iter().zip(&holders) {
+        for (t, held) in tables.iter().zip(&holders) {
             let select = format!("SELECT * FROM {}", t.source);
-            for &shard in held.iter().filter(|&&s| s != merge_shard) {
-                let Some(at) = route.shards.iter().position(|&s| s == shard) else {
+            for &shard in held {
+                if c.merge_holds_rows && shard == c.merge_shard {
+                    continue;
+                }
+                let Some(at) = c.sources.iter().position(|(s, _, _)| *s == shard) else {
                     continue;
                 };
                 let name = self.shard_name(shard).to_string();
-                let (source, merge) = pair(conns, at, merge_at);
-                let copied =
-                    copy_rows(source, merge, &select, &t.temp_ref(), max - rows, deadline).await;
+                let source = &mut c.sources[at].1;
+                let copied = copy_rows(
+                    source,
+                    &mut c.merge,
+                    &select,
+                    &t.temp_ref(),
+                    max - rows,
+                    deadline,
+                )
+                .await;
                 match copied {
-                    Ok(c) => {
-                        rows += c.rows;
+                    Ok(n) => {
+                        rows += n.rows;
                         self.proxy
                             .metrics
                             .gathered_rows
-                            .fetch_add(c.rows, Ordering::Relaxed);
+                            .fetch_add(n.rows, Ordering::Relaxed);
                         if rows > max {
-                            return Err(too_many(self));
+                            return Err(self.too_many_rows(max));
                         }
                     }
                     Err(GatherError::TooMany) => {
-                        clean[at] = false;
-                        return Err(too_many(self));
+                        c.sources[at].2 = false;
+                        return Err(self.too_many_rows(max));
                     }
                     Err(GatherError::Source(e)) => return Err(shard_error(Some(e), &name, "")),
                     Err(GatherError::Merge(e)) => {
                         return Err(shard_error(Some(e), &merge_name, ""))
                     }
                     Err(GatherError::SourceLost(e)) => {
-                        clean[at] = false;
+                        c.sources[at].2 = false;
                         return Err(lost_error(&e, &name, ""));
                     }
                     Err(GatherError::MergeLost(e)) => {
-                        clean[merge_at] = false;
+                        c.merge_clean = false;
                         return Err(lost_error(&e, &merge_name, ""));
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The 54000 for a gather over limits.max_intermediate_rows.
+    fn too_many_rows(&self, max: u64) -> BytesMut {
+        self.proxy
+            .metrics
+            .gather_too_large
+            .fetch_add(1, Ordering::Relaxed);
+        encoded(
+            PgError::error(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "this query needs more than {max} rows of its tables gathered on one server (limits.max_intermediate_rows)"
+                ),
+            )
+            .with_hint("add conditions on the shard key so that the shards can answer it, or raise limits.max_intermediate_rows"),
+        )
     }
 
     /// Run the rewritten statement on the merge connection, its answer
@@ -372,29 +423,22 @@ where
     }
 }
 
-/// The ErrorResponse for an answer larger than the proxy keeps.
-fn too_large_answer() -> BytesMut {
+fn encoded(e: PgError) -> BytesMut {
     let mut out = BytesMut::new();
-    PgError::error(
-        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-        format!(
-            "the answer of this cross-shard query is larger than {} MiB, which the proxy holds at most in the extended query protocol",
-            super::multi::MAX_COLLECT / (1024 * 1024)
-        ),
-    )
-    .with_hint("send it as a simple query, whose answer streams, or fetch fewer rows")
-    .encode(&mut out);
+    e.encode(&mut out);
     out
 }
 
-/// Two distinct connections of `conns`, mutably.
-fn pair(conns: &mut [PooledConn], a: usize, b: usize) -> (&mut PooledConn, &mut PooledConn) {
-    assert_ne!(a, b, "a shard's rows are never copied onto itself");
-    if a < b {
-        let (lo, hi) = conns.split_at_mut(b);
-        (&mut lo[a], &mut hi[0])
-    } else {
-        let (lo, hi) = conns.split_at_mut(a);
-        (&mut hi[0], &mut lo[b])
-    }
+/// The ErrorResponse for an answer larger than the proxy keeps.
+fn too_large_answer() -> BytesMut {
+    encoded(
+        PgError::error(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "the answer of this cross-shard query is larger than {} MiB, which the proxy holds at most in the extended query protocol",
+                super::multi::MAX_COLLECT / (1024 * 1024)
+            ),
+        )
+        .with_hint("send it as a simple query, whose answer streams, or fetch fewer rows"),
+    )
 }

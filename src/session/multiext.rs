@@ -20,6 +20,7 @@ use super::portal::{describe_request, descriptions, extended_answer, parse_frame
 use super::*;
 use crate::backend::conn::Collected;
 use crate::execute::scatter::{shape, Shape};
+use crate::router::gather::Gather;
 use crate::router::Merge;
 
 /// A portal bound in a transaction over several shards.
@@ -377,25 +378,7 @@ where
             p.route.shards.clone()
         };
         if let Plan::Gather(g) = &p.route.plan {
-            let request =
-                portal_request(&g.sql, &p.param_types, &p.params, &p.result_formats, true);
-            return match self.gather_and_run(&p.route, g, Some(request)).await {
-                Ok(Ok(c)) => {
-                    let mut frames = BytesMut::new();
-                    for f in c.map(|c| c.frames).unwrap_or_default() {
-                        frames.extend_from_slice(&f);
-                    }
-                    let out = extended_answer(&frames, p.described);
-                    self.pending
-                        .push_back(Pending::SyntheticFrame(out.freeze()));
-                }
-                Ok(Err(frame)) => self.multi_extended_failed_with(frame),
-                // Only the simple protocol's streaming meets the client.
-                Err(_) => self.multi_extended_fail(PgError::error(
-                    sqlstate::INTERNAL_ERROR,
-                    "a gathered read in the extended protocol ended the session",
-                )),
-            };
+            return self.multi_gathered(&p, &p.route, g).await;
         }
         if let Plan::SplitInsert(rows) = &p.route.plan {
             let work = match super::portal::split_insert_work(
@@ -471,7 +454,43 @@ where
                 self.pending
                     .push_back(Pending::SyntheticFrame(out.freeze()));
             }
+            // A column the merge cannot combine exactly: PostgreSQL
+            // answers from the gathered rows instead.
+            Err(e) if e.code == sqlstate::FEATURE_NOT_SUPPORTED && p.route.merge().is_some() => {
+                let analysis = self.router.analysis(&p.sql);
+                match self.router.gather_instead(&analysis) {
+                    Some(r) => match &r.plan {
+                        Plan::Gather(g) => self.multi_gathered(&p, &r, g).await,
+                        _ => self.multi_extended_fail(e),
+                    },
+                    None => self.multi_extended_fail(e),
+                }
+            }
             Err(e) => self.multi_extended_fail(e),
+        }
+    }
+
+    /// A portal answered from gathered rows (tier 3, gathered.rs) inside
+    /// the transaction.
+    async fn multi_gathered(&mut self, p: &MultiPortal, route: &Route, g: &Gather) {
+        let request =
+            |sql: &str| portal_request(sql, &p.param_types, &p.params, &p.result_formats, true);
+        match self.gather_and_run(route, g, Some(&request)).await {
+            Ok(Ok(c)) => {
+                let mut frames = BytesMut::new();
+                for f in c.map(|c| c.frames).unwrap_or_default() {
+                    frames.extend_from_slice(&f);
+                }
+                let out = extended_answer(&frames, p.described);
+                self.pending
+                    .push_back(Pending::SyntheticFrame(out.freeze()));
+            }
+            Ok(Err(frame)) => self.multi_extended_failed_with(frame),
+            // Only the simple protocol's streaming meets the client.
+            Err(_) => self.multi_extended_fail(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "a gathered read in the extended protocol ended the session",
+            )),
         }
     }
 

@@ -200,7 +200,7 @@ where
                             row_shards: rows,
                             shards: &route.shards,
                         };
-                        self.multi_run(work, how).await
+                        self.multi_run(work, how).await;
                     }
                     Err(m) => self.multi_fail(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -212,14 +212,32 @@ where
             // (LIMIT offset+limit, no OFFSET).
             Plan::Scatter(merge) => {
                 let work = work(merge.shard_sql().unwrap_or(sql));
-                self.multi_run(work, Shape::Merged(merge, None)).await
+                if let Some(e) = self.multi_run(work, Shape::Merged(merge, None)).await {
+                    // A column the merge cannot combine exactly: PostgreSQL
+                    // answers from the gathered rows instead.
+                    match self.router.gather_instead(&analysis) {
+                        Some(r) if e.code == sqlstate::FEATURE_NOT_SUPPORTED => {
+                            if let Plan::Gather(g) = &r.plan {
+                                match self.gather_and_run(&r, g, None).await? {
+                                    Ok(_) => self.answer(BytesMut::new()),
+                                    Err(frame) => self.multi_failed_with(frame),
+                                }
+                            }
+                        }
+                        _ => self.multi_fail(e),
+                    }
+                }
             }
-            Plan::SumWrites(tag) => self.multi_run(work(sql), Shape::SummedWrite(tag)).await,
+            Plan::SumWrites(tag) => {
+                self.multi_run(work(sql), Shape::SummedWrite(tag)).await;
+            }
             Plan::Gather(g) => match self.gather_and_run(&route, g, None).await? {
                 Ok(_) => self.answer(BytesMut::new()),
                 Err(frame) => self.multi_failed_with(frame),
             },
-            Plan::Broadcast { .. } | Plan::Single => self.multi_run(work(sql), Shape::First).await,
+            Plan::Broadcast { .. } | Plan::Single => {
+                self.multi_run(work(sql), Shape::First).await;
+            }
         }
         Ok(())
     }
@@ -351,9 +369,12 @@ where
         }
     }
 
-    /// Run `work` on the transaction's shards; answer as `how` says.
-    async fn multi_run(&mut self, work: Vec<(usize, String)>, how: Shape<'_>) {
+    /// Run `work` on the transaction's shards; answer as `how` says. A
+    /// merge that cannot combine the answers is returned unanswered (the
+    /// shards' transactions are as after any read).
+    async fn multi_run(&mut self, work: Vec<(usize, String)>, how: Shape<'_>) -> Option<PgError> {
         let first = matches!(how, Shape::First);
+        let merged = matches!(how, Shape::Merged(..));
         let requests: Vec<(usize, BytesMut)> = work
             .iter()
             .map(|(shard, sql)| {
@@ -364,17 +385,25 @@ where
             .collect();
         let results = match self.multi_exchange(&requests).await {
             Ok(results) => results,
-            Err(f) => return self.multi_failed_with(f),
+            Err(f) => {
+                self.multi_failed_with(f);
+                return None;
+            }
         };
         let mut out = match shape(how, &results) {
             Ok(frames) => frames,
-            Err(e) => return self.multi_fail(e),
+            Err(e) if merged => return Some(e),
+            Err(e) => {
+                self.multi_fail(e);
+                return None;
+            }
         };
         if results.is_empty() && first {
             // SET with no shard held yet: nothing ran.
             crate::protocol::command_complete(&mut out, "SET");
         }
         self.answer(out);
+        None
     }
 
     /// COPY FROM STDIN split by key inside the transaction.

@@ -397,14 +397,16 @@ where
         route: &Route,
         g: &crate::router::gather::Gather,
     ) -> Result<BytesMut, BytesMut> {
-        let request = portal_request(
-            &g.sql,
-            &portal.param_types,
-            &portal.params,
-            &portal.result_formats,
-            true,
-        );
-        match self.gather_and_run(route, g, Some(request)).await {
+        let request = |sql: &str| {
+            portal_request(
+                sql,
+                &portal.param_types,
+                &portal.params,
+                &portal.result_formats,
+                true,
+            )
+        };
+        match self.gather_and_run(route, g, Some(&request)).await {
             Ok(ran) => ran.map(|c| {
                 let mut out = BytesMut::new();
                 for f in c.map(|c| c.frames).unwrap_or_default() {

@@ -226,7 +226,59 @@ fn gathered_reads_answer_with_parameters_settings_and_bounds() {
             .await
             .expect("count");
         assert_eq!(simple_rows(&m), [[Some("5".to_string())]]);
-        // The copies did not outlive the transaction's savepoint.
+        // A transaction that writes on both shards, reads gathered rows
+        // and commits: two-phase commit is not hindered by the copies
+        // (they live on a merge connection apart from the transaction).
+        let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
+        let rule = config.router.table("gt_b").expect("gt_b").clone();
+        let shards: std::collections::BTreeSet<usize> = (6..=9)
+            .map(|id| {
+                rule.shard_for(&shardwire::sharding::KeyValue::Int(id))
+                    .expect("shard")
+            })
+            .collect();
+        assert_eq!(shards.len(), 2, "rows 6..9 are on both shards");
+        c.simple_query("begin").await.expect("begin");
+        let m = c
+            .simple_query("insert into gt_b values (6, 1), (7, 2), (8, 3), (9, 4)")
+            .await
+            .expect("split insert in the transaction");
+        assert!(matches!(
+            m.last(),
+            Some(tokio_postgres::SimpleQueryMessage::CommandComplete(4))
+        ));
+        let m = c
+            .simple_query("select count(*) from gt_a a join gt_b b on b.v = a.v")
+            .await
+            .expect("gather after writes on both shards");
+        assert_eq!(simple_rows(&m), [[Some("48".to_string())]]);
+        // now() belongs to the transaction: refused, and the transaction
+        // is aborted.
+        let e = c
+            .simple_query("select now() from gt_a a join gt_b b on b.v = a.v")
+            .await
+            .expect_err("now() in a gathered read in a transaction");
+        assert_eq!(sqlstate(&e), "0A000");
+        c.simple_query("rollback").await.expect("rollback");
+        c.simple_query("begin").await.expect("begin");
+        c.simple_query("insert into gt_b values (6, 1), (7, 2), (8, 3), (9, 4)")
+            .await
+            .expect("split insert in the transaction");
+        c.simple_query("select count(*) from gt_a a join gt_b b on b.v = a.v")
+            .await
+            .expect("gather after writes on both shards");
+        c.simple_query("commit")
+            .await
+            .expect("two-phase commit after a gathered read");
+        let m = c
+            .simple_query("select count(*) from gt_b")
+            .await
+            .expect("count");
+        assert_eq!(simple_rows(&m), [[Some("9".to_string())]]);
+        c.simple_query("delete from gt_b where id > 5")
+            .await
+            .expect("clean up");
+        // No copy outlived its gather.
         let temps = query_count(
             &shard0,
             "select count(*) from pg_class where relname in ('gt_a', 'gt_b') and relpersistence = 't'",
@@ -261,14 +313,24 @@ fn gathered_reads_answer_with_parameters_settings_and_bounds() {
 
 #[test]
 fn tier_three_is_off_when_max_intermediate_rows_is_zero() {
+    // Tables of its own: the tests of this binary run at once on the
+    // shared cluster.
     let proxy = TestProxy::start(|c| {
-        set_tables(c, TABLES);
+        set_tables(c, &TABLES.replace("gt_", "gz_"));
         set(c, "limits.max_intermediate_rows", 0);
     });
     block_on(Duration::from_secs(60), async {
         let (c, _t) = connect_url(&proxy.url()).await;
-        load(&c).await;
-        let e = c.simple_query(JOIN).await.expect_err("refused");
+        c.batch_execute(
+            "drop table if exists gz_a; drop table if exists gz_b;
+             create table gz_a (id int8 primary key, v int); create table gz_b (id int8 primary key, v int)",
+        )
+        .await
+        .expect("schema");
+        let e = c
+            .simple_query(&JOIN.replace("gt_", "gz_"))
+            .await
+            .expect_err("refused");
         assert_eq!(sqlstate(&e), "0A000", "{e:?}");
     });
 }

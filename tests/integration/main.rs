@@ -41,6 +41,7 @@ mod session_params;
 mod session_state;
 mod shutdown;
 mod split_insert;
+mod tenant_corpus;
 mod tls;
 mod topology;
 mod twophase;
