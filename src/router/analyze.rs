@@ -22,6 +22,7 @@ use sqlparser::parser::Parser;
 
 use super::fallback;
 use super::gather::{gather, Gather};
+use super::insert_select::{insert_select, InsertSelect};
 use super::mergeable::merge_kind;
 pub use super::mergeable::{Agg, CmpOp, Having, Merge, Operand, SortColumn, SortKey};
 use super::occurrences::{footprint, query_footprint, Footprint};
@@ -127,6 +128,9 @@ pub struct StatementPlan {
     /// server from its sharded tables' gathered rows (tier 3), when the
     /// shards cannot answer it together.
     pub gather: Option<Arc<Gather>>,
+    /// For an INSERT ... SELECT: how it runs as a read and a split insert
+    /// when the target's shards cannot run it themselves.
+    pub insert_select: Option<Arc<InsertSelect>>,
 }
 
 /// The analysis of one SQL string (which may hold several statements).
@@ -206,6 +210,7 @@ pub(super) fn plan(kind: Kind, writes: bool, target: Target) -> StatementPlan {
         merge_refusal: None,
         unsharded: None,
         gather: None,
+        insert_select: None,
     }
 }
 
@@ -267,7 +272,9 @@ fn plan_statement(stmt: &Statement, tables: &Tables, text: &str) -> StatementPla
                 }
             }
             let gather = match &target {
-                Target::Keyed(_) if !writes => gather(text, &fp.names, &functions).map(Arc::new),
+                Target::Keyed(_) if !writes => {
+                    gather(text, &fp.names, &functions, true).map(Arc::new)
+                }
                 _ => None,
             };
             StatementPlan {
@@ -282,8 +289,32 @@ fn plan_statement(stmt: &Statement, tables: &Tables, text: &str) -> StatementPla
         Statement::Insert(ins) => {
             let fp = footprint(stmt, tables);
             let target = plan_insert(ins, stmt, &fp, tables);
+            // Functions the source calls: a write there keeps the
+            // statement from running as a read plus a split insert.
+            let functions = ins
+                .source
+                .as_deref()
+                .map(called_functions)
+                .unwrap_or_default();
+            let modifies = ins.source.as_deref().is_some_and(|q| {
+                visit_statements(q, |st| match st {
+                    Statement::Insert(_)
+                    | Statement::Update { .. }
+                    | Statement::Delete(_)
+                    | Statement::Merge { .. } => ControlFlow::Break(()),
+                    _ => ControlFlow::Continue(()),
+                })
+                .is_break()
+            });
+            let insert_select = if fp.not_understood.is_none() && !modifies {
+                insert_select(text, ins, tables, &functions).map(Arc::new)
+            } else {
+                None
+            };
             StatementPlan {
                 unsharded: fp.unsharded,
+                functions,
+                insert_select,
                 ..plan(Kind::Insert, true, target)
             }
         }
@@ -474,6 +505,7 @@ fn plan_explain(inner: &Statement, analyze: bool, tables: &Tables) -> StatementP
         merge_refusal: None,
         unsharded: p.unsharded,
         gather: None,
+        insert_select: None,
     }
 }
 

@@ -99,6 +99,7 @@ pub fn gather(
     sql: &str,
     names: &[(Relation, Option<ObjectName>)],
     functions: &[String],
+    need_sharded: bool,
 ) -> Option<Gather> {
     let mut tables: Vec<GatheredTable> = Vec::new();
     let mut edits: Vec<(usize, usize, usize)> = Vec::new();
@@ -159,7 +160,7 @@ pub fn gather(
             edits.push((start, end, at));
         }
     }
-    if !tables.iter().any(|t| !t.local) {
+    if need_sharded && !tables.iter().any(|t| !t.local) {
         return None;
     }
     edits.sort_unstable();
@@ -222,7 +223,7 @@ fn locate(sql: &str, name: &ObjectName) -> Option<(usize, usize, Vec<String>)> {
 
 /// The byte offset of sqlparser's (line, column), both counted from 1 in
 /// characters, a new line at each `\n`.
-fn byte_offset(sql: &str, line: u64, column: u64) -> Option<usize> {
+pub(super) fn byte_offset(sql: &str, line: u64, column: u64) -> Option<usize> {
     if line == 0 || column == 0 {
         return None;
     }

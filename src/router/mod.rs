@@ -12,6 +12,7 @@ pub mod control;
 pub mod fallback;
 pub mod gather;
 pub mod hints;
+pub mod insert_select;
 pub mod mergeable;
 pub mod occurrences;
 pub mod params;
@@ -632,6 +633,25 @@ impl Router {
         params: &[Param<'_>],
         key_hint: Option<&str>,
     ) -> Result<Route, PgError> {
+        match self.route_by_target(stmt, params, key_hint) {
+            // What the shards cannot run together: a read PostgreSQL
+            // answers from gathered rows (tier 3), an INSERT ... SELECT
+            // run as such a read feeding a split insert. Any other
+            // refusal (a bad key value) stands, as does a hint's.
+            Err(e) if e.code == sqlstate::FEATURE_NOT_SUPPORTED && key_hint.is_none() => self
+                .gathered_route(stmt)
+                .or_else(|| self.insert_select_route(stmt))
+                .ok_or(e),
+            other => other,
+        }
+    }
+
+    fn route_by_target(
+        &self,
+        stmt: &analyze::StatementPlan,
+        params: &[Param<'_>],
+        key_hint: Option<&str>,
+    ) -> Result<Route, PgError> {
         let mut route = Route::simple(vec![self.default_shard], stmt.writes, String::new());
         match &stmt.target {
             Target::Default => route.reason = "no sharded table: default shard".into(),
@@ -655,15 +675,7 @@ impl Router {
                 return Err(refusal_error(r));
             }
             Target::Keyed(conds) => {
-                return match self.route_keyed(stmt, conds, params, key_hint, route) {
-                    // A read the shards cannot answer together: PostgreSQL
-                    // answers it from the gathered rows (tier 3). Any other
-                    // refusal (a bad key value) stands, as does a hint's.
-                    Err(e) if e.code == sqlstate::FEATURE_NOT_SUPPORTED && key_hint.is_none() => {
-                        self.gathered_route(stmt).ok_or(e)
-                    }
-                    other => other,
-                };
+                return self.route_keyed(stmt, conds, params, key_hint, route);
             }
             Target::Insert { table, rows } => {
                 self.route_insert(stmt, table, rows, params, key_hint, &mut route)?;
@@ -880,6 +892,42 @@ impl Router {
                 .filter(|r| matches!(r.plan, Plan::Gather(_))),
             _ => None,
         }
+    }
+
+    /// An INSERT ... SELECT as a gathered read feeding a split insert
+    /// (router::insert_select), when its source only reads.
+    fn insert_select_route(&self, stmt: &analyze::StatementPlan) -> Option<Route> {
+        let is = stmt.insert_select.as_ref().filter(|_| self.gather)?;
+        let writes_in_source = stmt
+            .functions
+            .iter()
+            .any(|f| WRITE_FUNCTIONS.contains(&f.as_str()) || self.write_functions.contains(f));
+        if writes_in_source {
+            return None;
+        }
+        let n = self.shard_names.len();
+        let mut shards = BTreeSet::from([self.default_shard]);
+        for t in is.source.tables.iter().filter(|t| !t.local) {
+            shards.extend(self.tables.get(&t.rule)?.shards(n));
+        }
+        match is.destination {
+            insert_select::Destination::Sharded => {
+                shards.extend(self.tables.get(&is.target)?.shards(n));
+            }
+            insert_select::Destination::Reference => shards.extend(0..n),
+            insert_select::Destination::Unsharded => {}
+        }
+        let mut route = Route::simple(
+            shards.into_iter().collect(),
+            true,
+            format!(
+                "INSERT ... SELECT into \"{}\": the SELECT answered on the default shard \"{}\" from gathered rows, its rows inserted by key",
+                is.target, self.shard_names[self.default_shard]
+            ),
+        );
+        route.table = Some(is.target.clone());
+        route.plan = Plan::InsertSelect(Box::new((**is).clone()));
+        Some(route)
     }
 
     /// Tier 3 (router::gather): every sharded table of a read gathered on

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::gather::Gather;
 use super::hints::ReadFrom;
+use super::insert_select::InsertSelect;
 use super::Merge;
 
 /// How a routed statement runs on its shards.
@@ -35,6 +36,10 @@ pub enum Plan {
     /// holds it) from the rows of its sharded tables gathered there from
     /// the other shards (tier 3, router::gather).
     Gather(Box<Gather>),
+    /// An INSERT ... SELECT: the SELECT answered as a `Gather` on the
+    /// default shard (into a table shaped like the target's columns),
+    /// its rows then inserted into the target's shards by key.
+    InsertSelect(Box<InsertSelect>),
 }
 
 impl Plan {
@@ -55,18 +60,20 @@ impl Plan {
             Plan::SplitInsert(_) => "split_insert",
             Plan::SplitCopy(_) => "split_copy",
             Plan::Gather(_) => "gather",
+            Plan::InsertSelect(_) => "insert_select",
         }
     }
 
     /// The tier of cross-shard execution (DESIGN §6): 1 when the shards
     /// answer the statement and the proxy combines their answers, 3 when
-    /// PostgreSQL answers it from gathered rows; 0 for one shard or the
-    /// same statement everywhere.
+    /// PostgreSQL answers it from gathered rows, 2 when such a read feeds
+    /// a write; 0 for one shard or the same statement everywhere.
     pub fn tier(&self) -> u8 {
         match self {
             Plan::Single | Plan::Broadcast { .. } => 0,
             Plan::Scatter(_) | Plan::SumWrites(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) => 1,
             Plan::Gather(_) => 3,
+            Plan::InsertSelect(_) => 2,
         }
     }
 

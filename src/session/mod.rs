@@ -40,6 +40,7 @@ mod dispatch;
 mod extended;
 mod fence;
 mod gathered;
+mod insert_select;
 mod io;
 mod lanes;
 mod multi;

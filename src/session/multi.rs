@@ -124,6 +124,10 @@ where
             },
             Plan::SplitCopy(split) => self.copy_split(sql, route, split).await?,
             Plan::Gather(g) => self.gather_and_answer(route, g).await?,
+            Plan::InsertSelect(is) => {
+                let out = self.run_insert_select(route, is, None, &[]).await?;
+                self.answer(out.unwrap_or_else(|e| e));
+            }
             // The router gives several shards only with a plan for them.
             Plan::Single => return Ok(false),
         }

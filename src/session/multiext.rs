@@ -380,6 +380,24 @@ where
         if let Plan::Gather(g) = &p.route.plan {
             return self.multi_gathered(&p, &p.route, g).await;
         }
+        if let Plan::InsertSelect(is) = &p.route.plan {
+            let params = Some((&p.param_types[..], &p.params[..]));
+            return match self
+                .run_insert_select(&p.route, is, params, &p.result_formats)
+                .await
+            {
+                Ok(Ok(frames)) => {
+                    let out = extended_answer(&frames, p.described);
+                    self.pending
+                        .push_back(Pending::SyntheticFrame(out.freeze()));
+                }
+                Ok(Err(frame)) => self.multi_extended_failed_with(frame),
+                Err(_) => self.multi_extended_fail(PgError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    "an INSERT ... SELECT in the extended protocol ended the session",
+                )),
+            };
+        }
         if let Plan::SplitInsert(rows) = &p.route.plan {
             let work = match super::portal::split_insert_work(
                 &p.sql,
@@ -429,7 +447,7 @@ where
             Plan::Scatter(m) => Shape::Merged(m, merged_in_text.then_some(&p.result_formats[..])),
             Plan::SumWrites(tag) => Shape::SummedWrite(tag),
             Plan::Single | Plan::Broadcast { .. } => Shape::First,
-            Plan::Gather(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) => {
+            Plan::Gather(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) | Plan::InsertSelect(_) => {
                 return self.multi_extended_fail(self.router.several_shards_error(&p.route))
             }
         };

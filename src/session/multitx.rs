@@ -231,6 +231,10 @@ where
             Plan::SumWrites(tag) => {
                 self.multi_run(work(sql), Shape::SummedWrite(tag)).await;
             }
+            Plan::InsertSelect(is) => match self.run_insert_select(&route, is, None, &[]).await? {
+                Ok(out) => self.answer(out),
+                Err(frame) => self.multi_failed_with(frame),
+            },
             Plan::Gather(g) => match self.gather_and_run(&route, g, None).await? {
                 Ok(_) => self.answer(BytesMut::new()),
                 Err(frame) => self.multi_failed_with(frame),

@@ -298,6 +298,18 @@ where
             let answer = self.portal_gathered(portal, &portal.route, g).await;
             return self.portal_answered(answer, portal, timing, RouteKind::Gather);
         }
+        if let Plan::InsertSelect(is) = &portal.route.plan {
+            let params = Some((&portal.param_types[..], &portal.params[..]));
+            let answer = match self
+                .run_insert_select(&portal.route, is, params, &portal.result_formats)
+                .await
+            {
+                Ok(a) => a,
+                // Only the simple protocol's streaming meets the client.
+                Err(_) => Err(BytesMut::new()),
+            };
+            return self.portal_answered(answer, portal, timing, RouteKind::Scatter);
+        }
         if let Plan::SplitInsert(rows) = &portal.route.plan {
             let answer = match split_insert_work(
                 &portal.sql,
@@ -349,7 +361,10 @@ where
                     Plan::SumWrites(tag) => Shape::SummedWrite(tag),
                     Plan::Single | Plan::Broadcast { .. } => Shape::First,
                     // Run above (Gather) or never as a portal.
-                    Plan::Gather(_) | Plan::SplitInsert(_) | Plan::SplitCopy(_) => {
+                    Plan::Gather(_)
+                    | Plan::SplitInsert(_)
+                    | Plan::SplitCopy(_)
+                    | Plan::InsertSelect(_) => {
                         let mut out = BytesMut::new();
                         self.router
                             .several_shards_error(&portal.route)
@@ -546,7 +561,11 @@ where
 /// transaction, alone in their string.
 fn runs_as_portal(route: &Route, analysis: &Analysis) -> bool {
     match route.plan {
-        Plan::Scatter(_) | Plan::SumWrites(_) | Plan::Gather(_) | Plan::SplitInsert(_) => true,
+        Plan::Scatter(_)
+        | Plan::SumWrites(_)
+        | Plan::Gather(_)
+        | Plan::SplitInsert(_)
+        | Plan::InsertSelect(_) => true,
         Plan::Broadcast { atomic } => {
             atomic
                 && analysis
@@ -645,26 +664,38 @@ pub(super) fn portal_request(
     execute: bool,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(64 + sql.len() + params.len());
-    parse_frame(&mut out, sql, param_types);
-    let at = protocol::begin_frame(&mut out, fe::BIND);
+    portal_frames(&mut out, sql, param_types, params, result_formats, execute);
+    sync_frame(&mut out);
+    out
+}
+
+/// `portal_request` without its Sync, for several statements under one.
+pub(super) fn portal_frames(
+    out: &mut BytesMut,
+    sql: &str,
+    param_types: &[u8],
+    params: &[u8],
+    result_formats: &[i16],
+    execute: bool,
+) {
+    parse_frame(out, sql, param_types);
+    let at = protocol::begin_frame(out, fe::BIND);
     out.extend_from_slice(b"\0\0");
     out.extend_from_slice(params);
     out.extend_from_slice(&(result_formats.len() as i16).to_be_bytes());
     for f in result_formats {
         out.extend_from_slice(&f.to_be_bytes());
     }
-    protocol::finish_frame(&mut out, at);
-    let at = protocol::begin_frame(&mut out, fe::DESCRIBE);
+    protocol::finish_frame(out, at);
+    let at = protocol::begin_frame(out, fe::DESCRIBE);
     out.extend_from_slice(b"P\0");
-    protocol::finish_frame(&mut out, at);
+    protocol::finish_frame(out, at);
     if execute {
-        let at = protocol::begin_frame(&mut out, fe::EXECUTE);
+        let at = protocol::begin_frame(out, fe::EXECUTE);
         out.extend_from_slice(b"\0");
         out.extend_from_slice(&0i32.to_be_bytes());
-        protocol::finish_frame(&mut out, at);
+        protocol::finish_frame(out, at);
     }
-    sync_frame(&mut out);
-    out
 }
 
 /// An Execute's answer cut for fetching in parts: the description (when

@@ -17,6 +17,7 @@ mod differential;
 mod failover;
 mod fuzz;
 mod gather;
+mod insert_select;
 mod invariant;
 mod lanes;
 mod limits;
