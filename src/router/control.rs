@@ -255,6 +255,74 @@ pub fn tx_control(sql: &str, a: &Analysis) -> Option<TxControl> {
     }
 }
 
+/// A savepoint statement, with its savepoint's name as PostgreSQL reads
+/// it (unquoted names folded to lower case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointOp {
+    Set(String),
+    Release(String),
+    RollbackTo(String),
+}
+
+impl SavepointOp {
+    pub fn name(&self) -> &str {
+        match self {
+            SavepointOp::Set(n) | SavepointOp::Release(n) | SavepointOp::RollbackTo(n) => n,
+        }
+    }
+}
+
+/// The name quoted for SQL.
+pub fn quoted_savepoint(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `sql` as one savepoint statement (SAVEPOINT, RELEASE [SAVEPOINT],
+/// ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT]), if it is one.
+pub fn savepoint_op(sql: &str, a: &Analysis) -> Option<SavepointOp> {
+    if a.statements.len() != 1 || a.statements[0].kind != Kind::Transaction {
+        return None;
+    }
+    match savepoint_ops(sql, a).as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// The savepoint statements of a string of transaction control and SET
+/// statements (`BEGIN; SAVEPOINT a`), in order.
+pub fn savepoint_ops(sql: &str, a: &Analysis) -> Vec<SavepointOp> {
+    if !is_neutral(a) {
+        return Vec::new();
+    }
+    let Ok(parsed) =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
+    else {
+        return Vec::new();
+    };
+    let name = |i: &sqlparser::ast::Ident| {
+        if i.quote_style.is_some() {
+            i.value.clone()
+        } else {
+            i.value.to_lowercase()
+        }
+    };
+    parsed
+        .iter()
+        .filter_map(|st| match st {
+            sqlparser::ast::Statement::Savepoint { name: n } => Some(SavepointOp::Set(name(n))),
+            sqlparser::ast::Statement::ReleaseSavepoint { name: n } => {
+                Some(SavepointOp::Release(name(n)))
+            }
+            sqlparser::ast::Statement::Rollback {
+                chain: false,
+                savepoint: Some(n),
+            } => Some(SavepointOp::RollbackTo(name(n))),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A session routing setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HintVar {

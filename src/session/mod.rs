@@ -326,6 +326,10 @@ pub struct Session<R, W> {
     /// A BEGIN the client sent that no shard has seen yet: it goes to the
     /// shard of the transaction's first statement.
     deferred_begin: Option<Bytes>,
+    /// The savepoints the client set in its transaction on one server,
+    /// oldest first: a transaction that then spans shards sets them on
+    /// each shard that joins (multitx.rs).
+    tx_savepoints: Vec<String>,
     /// A statement of the deferred transaction failed before any server
     /// saw the BEGIN (the proxy refused it): the client's transaction is
     /// aborted with no server holding it (see `failed_tx_gate`).
@@ -455,6 +459,7 @@ where
             router: setup.router,
             hints: SessionHints::default(),
             deferred_begin: None,
+            tx_savepoints: Vec::new(),
             deferred_failed: false,
             abort_in_flight: false,
             held: Vec::new(),

@@ -33,6 +33,8 @@ pub(super) struct MultiPortal {
     described: bool,
     /// COMMIT (true) or ROLLBACK (false) sent as a statement.
     ends: Option<bool>,
+    /// A savepoint statement, run on every shard the transaction holds.
+    savepoint: Option<control::SavepointOp>,
 }
 
 impl<R, W> Session<R, W>
@@ -104,17 +106,11 @@ where
                     };
                     let sql = statements::parse_sql(rest);
                     let analysis = self.router.analysis(&sql);
-                    if matches!(
-                        control::tx_control(&sql, &analysis),
-                        Some(TxControl::RollbackToSavepoint)
-                    ) {
-                        self.multi_extended_fail(PgError::error(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            "ROLLBACK TO SAVEPOINT is not supported in a transaction over several shards",
-                        ));
-                        return Ok(());
-                    }
-                    if !ends_transaction(&sql, &analysis) {
+                    let rollback_to = matches!(
+                        control::savepoint_op(&sql, &analysis),
+                        Some(control::SavepointOp::RollbackTo(_))
+                    );
+                    if !rollback_to && !ends_transaction(&sql, &analysis) {
                         self.multi_extended_fail(in_failed_transaction());
                         return Ok(());
                     }
@@ -149,12 +145,14 @@ where
                     Some(TxControl::End(tag)) => Some(tag == "COMMIT"),
                     _ => None,
                 };
-                if ends.is_none() && self.multi.as_ref().is_some_and(|m| m.failed) {
+                let savepoint = control::savepoint_op(&sql, &analysis);
+                let rollback_to = matches!(savepoint, Some(control::SavepointOp::RollbackTo(_)));
+                if ends.is_none() && !rollback_to && self.multi.as_ref().is_some_and(|m| m.failed) {
                     self.multi_extended_fail(in_failed_transaction());
                     return Ok(());
                 }
                 let settings = self.multi_shard_settings_error(sql.as_bytes());
-                let route = if ends.is_some() {
+                let route = if ends.is_some() || savepoint.is_some() {
                     Ok(Route::simple(vec![], false, "transaction control".into()))
                 } else if let Some(e) = settings {
                     Err(e)
@@ -183,6 +181,7 @@ where
                             result_formats: bind.result_formats(),
                             described: false,
                             ends,
+                            savepoint,
                         });
                         self.pending
                             .push_back(Pending::Synthetic(be::BIND_COMPLETE));
@@ -297,7 +296,12 @@ where
             // The shards' transactions failed: they would describe only
             // COMMIT or ROLLBACK, which take no parameters and return no
             // rows, and end their Sync in 'E'.
-            if !ends_transaction(&sql, &self.router.analysis(&sql)) {
+            let analysis = self.router.analysis(&sql);
+            let rollback_to = matches!(
+                control::savepoint_op(&sql, &analysis),
+                Some(control::SavepointOp::RollbackTo(_))
+            );
+            if !rollback_to && !ends_transaction(&sql, &analysis) {
                 return self.multi_extended_fail(in_failed_transaction());
             }
             let mut out = BytesMut::new();
@@ -326,6 +330,19 @@ where
     /// (`max_rows`, 0 for none) is fine for answers within it (JDBC sets
     /// one on writes); more rows cannot be held for a later Execute here.
     async fn multi_execute(&mut self, p: MultiPortal, max_rows: i32) {
+        if let Some(op) = &p.savepoint {
+            let request =
+                portal_request(&p.sql, &p.param_types, &p.params, &p.result_formats, true);
+            match self.multi_savepoint(op, request).await {
+                Ok(frames) => {
+                    let out = extended_answer(&frames, p.described);
+                    self.pending
+                        .push_back(Pending::SyntheticFrame(out.freeze()));
+                }
+                Err(frame) => self.multi_extended_failed_with(frame),
+            }
+            return;
+        }
         if let Some(commit) = p.ends {
             let failed = self.multi.as_ref().is_some_and(|m| m.failed);
             let failure = self.multi_finish(commit && !failed).await;

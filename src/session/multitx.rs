@@ -13,7 +13,8 @@
 //! Extended-protocol messages in such a transaction are multiext.rs.
 
 use super::multi::{
-    failed_error, lost_error, overflow_error, shard_error, End, CONTROL_TIMEOUT, MAX_COLLECT,
+    failed_error, lost_error, overflow_error, shaped, shard_error, End, CONTROL_TIMEOUT,
+    MAX_COLLECT,
 };
 use super::*;
 use crate::backend::conn::{Collected, ServerConn};
@@ -34,6 +35,14 @@ pub(super) struct MultiTx {
     pub(super) implicit: bool,
     /// A statement of the transaction was DDL (see `multi_finish`).
     pub(super) ran_ddl: bool,
+    /// By shard index: the shard began its part of the transaction (its
+    /// connection may have been lost since, with its part).
+    joined: Vec<bool>,
+    /// The savepoints set in the transaction over several shards, oldest
+    /// first (names as PostgreSQL reads them): set on every shard, and on
+    /// a shard that joins later right after its BEGIN, so that ROLLBACK TO
+    /// and RELEASE mean the same on all of them.
+    savepoints: Vec<String>,
 }
 
 const OUTCOME: &str = "; the transaction is aborted on every shard";
@@ -63,6 +72,23 @@ where
             && self.held.is_empty()
     }
 
+    /// Follow a savepoint statement sent to the transaction's one server.
+    pub(super) fn note_savepoint(&mut self, op: control::SavepointOp) {
+        match op {
+            control::SavepointOp::Set(n) => self.tx_savepoints.push(n),
+            control::SavepointOp::Release(n) => {
+                if let Some(at) = self.tx_savepoints.iter().rposition(|s| *s == n) {
+                    self.tx_savepoints.truncate(at);
+                }
+            }
+            control::SavepointOp::RollbackTo(n) => {
+                if let Some(at) = self.tx_savepoints.iter().rposition(|s| *s == n) {
+                    self.tx_savepoints.truncate(at + 1);
+                }
+            }
+        }
+    }
+
     /// Turn the current transaction into a multi-shard one.
     pub(super) fn enter_multi_tx(&mut self) {
         let mut conns: Vec<Option<PooledConn>> = (0..self.pools.len()).map(|_| None).collect();
@@ -73,10 +99,12 @@ where
             }
             None => "BEGIN".to_string(),
         };
+        let mut joined = vec![false; conns.len()];
         if let Some(conn) = self.server.take() {
             // Already in the transaction.
             self.cancel.clear();
             conns[self.server_shard] = Some(conn);
+            joined[self.server_shard] = true;
         }
         // A deferred transaction that failed stays failed (the session
         // routes nothing of it, see failed_tx_gate; this is for safety).
@@ -92,6 +120,8 @@ where
             failed,
             implicit: false,
             ran_ddl: false,
+            joined,
+            savepoints: std::mem::take(&mut self.tx_savepoints),
         });
     }
 
@@ -130,6 +160,15 @@ where
                 return Ok(());
             }
             _ => {}
+        }
+        if let Some(op) = control::savepoint_op(sql, &analysis) {
+            let mut request = BytesMut::new();
+            crate::protocol::query_frame(&mut request, sql);
+            match self.multi_savepoint(&op, request).await {
+                Ok(out) => self.answer(out),
+                Err(frame) => self.multi_failed_with(frame),
+            }
+            return Ok(());
         }
         if failed {
             // As PostgreSQL: everything but COMMIT/ROLLBACK (BEGIN too),
@@ -275,6 +314,66 @@ where
         self.answer(frame);
     }
 
+    /// A savepoint statement (`request`: its Query, or its extended
+    /// frames ending in Sync) on every shard the transaction holds. ROLLBACK
+    /// TO revives a failed transaction, as in PostgreSQL, unless a shard's
+    /// connection (and its part of the transaction) was lost. Ok: the
+    /// first shard's answer; Err: the ErrorResponse (the caller fails the
+    /// transaction).
+    pub(super) async fn multi_savepoint(
+        &mut self,
+        op: &control::SavepointOp,
+        request: BytesMut,
+    ) -> Result<BytesMut, BytesMut> {
+        let encode = |e: PgError| {
+            let mut out = BytesMut::new();
+            e.encode(&mut out);
+            out
+        };
+        let Some(m) = self.multi.as_ref() else {
+            return Err(BytesMut::new());
+        };
+        let rollback = matches!(op, control::SavepointOp::RollbackTo(_));
+        if m.failed && !rollback {
+            return Err(encode(super::multiext::in_failed_transaction()));
+        }
+        if rollback {
+            if let Some(lost) = (0..m.conns.len()).find(|&s| m.joined[s] && m.conns[s].is_none()) {
+                return Err(encode(
+                    PgError::error(
+                        sqlstate::IN_FAILED_SQL_TRANSACTION,
+                        format!(
+                            "cannot roll back to savepoint \"{}\": shard \"{}\" lost its part of the transaction",
+                            op.name(),
+                            self.shard_name(lost)
+                        ),
+                    )
+                    .with_hint("roll back the whole transaction"),
+                ));
+            }
+        }
+        let held = self.multi_shards();
+        let work: Vec<(usize, BytesMut)> = held.iter().map(|&s| (s, request.clone())).collect();
+        let results = self.multi_exchange(&work).await?;
+        let Some(m) = self.multi.as_mut() else {
+            return Err(BytesMut::new());
+        };
+        match op {
+            control::SavepointOp::Set(n) => m.savepoints.push(n.clone()),
+            control::SavepointOp::Release(n) | control::SavepointOp::RollbackTo(n) => {
+                if let Some(at) = m.savepoints.iter().rposition(|s| s == n) {
+                    // RELEASE drops it too; ROLLBACK TO keeps it.
+                    m.savepoints.truncate(if rollback { at + 1 } else { at });
+                }
+            }
+        }
+        if rollback {
+            m.failed = false;
+            self.tx_status = TxStatus::InBlock;
+        }
+        Ok(shaped(Shape::First, &results[..1.min(results.len())]))
+    }
+
     /// The connection of `shard` in the transaction, checked out and begun
     /// at first use.
     pub(super) async fn multi_conn(&mut self, shard: usize) -> Result<(), BytesMut> {
@@ -284,7 +383,13 @@ where
         if m.conns[shard].is_some() {
             return Ok(());
         }
-        let begin = m.begin.clone();
+        // The savepoints set before it joined: ROLLBACK TO one of them then
+        // undoes what this shard did since, as on the others.
+        let mut begin = m.begin.clone();
+        for sp in &m.savepoints {
+            begin.push_str("; SAVEPOINT ");
+            begin.push_str(&control::quoted_savepoint(sp));
+        }
         let mut conns = self.checkout_all(&[shard]).await?;
         let mut conn = conns.pop().expect("one connection");
         let name = self.shard_name(shard).to_string();
@@ -292,6 +397,7 @@ where
             Ok(c) if c.error.is_none() && c.status == TxStatus::InBlock => {
                 if let Some(m) = self.multi.as_mut() {
                     m.conns[shard] = Some(conn);
+                    m.joined[shard] = true;
                 }
                 Ok(())
             }

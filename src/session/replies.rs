@@ -173,6 +173,9 @@ where
                 }
                 if tag == be::READY_FOR_QUERY {
                     self.tx_status = TxStatus::of_ready(frame);
+                    if self.tx_status == TxStatus::Idle {
+                        self.tx_savepoints.clear();
+                    }
                 }
                 if forward && tag == be::READY_FOR_QUERY && self.deferred_begin.is_some() {
                     // The client is in a transaction no server has seen yet.

@@ -90,6 +90,11 @@ where
             }
             _ => {}
         }
+        // Savepoints a transaction over several shards must know of, set
+        // while it is on one server (cleared when its server is idle).
+        for op in control::savepoint_ops(&sql, &analysis) {
+            self.note_savepoint(op);
+        }
         if control::is_neutral(&analysis) && self.server.is_some() {
             // Transaction control and SET stay with the held server.
             self.send_query(frame);
@@ -214,6 +219,9 @@ where
                         return Ok(());
                     }
                     if control::is_neutral(&analysis) {
+                        for op in control::savepoint_ops(&sql, &analysis) {
+                            self.note_savepoint(op);
+                        }
                         None
                     } else {
                         let read = self.router.is_read(&analysis);

@@ -33,6 +33,7 @@ mod rebalance_cli;
 mod reload;
 mod replicas;
 mod routing;
+mod savepoints;
 mod scatter_aggregate;
 mod scatter_extended;
 mod scatter_order;
