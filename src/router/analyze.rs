@@ -256,8 +256,16 @@ fn plan_statement(stmt: &Statement, tables: &Tables, text: &str) -> StatementPla
             }
             // Merged across shards: one sharded table, read once, in the
             // top-level FROM, with nothing that lives on one shard only.
-            let mergeable =
-                fp.sharded.len() == 1 && fp.sharded_top_level == 1 && fp.unsharded.is_none();
+            // Merged across shards: every sharded occurrence in the
+            // top-level FROM, one of them not on the nullable side of an
+            // outer join (else rows without it would come from every
+            // shard), and either one table or a join on co-located keys
+            // (each row of it made of one shard's rows); nothing that
+            // lives on one shard only.
+            let mergeable = fp.unsharded.is_none()
+                && fp.sharded_top_level >= 1
+                && (fp.sharded.len() == 1 && fp.sharded_top_level == 1
+                    || fp.sharded.len() > 1 && fp.colocated_join);
             let (merge, merge_refusal) = match &target {
                 Target::Keyed(conds) if mergeable => match merge_kind(q, &conds[0].table, tables) {
                     Ok(m) => (Some(m), None),

@@ -712,9 +712,9 @@ impl Router {
         // statement need all of its table's shards: possible for
         // a merged SELECT or an UPDATE/DELETE of one table, each
         // shard changing its own rows, and nothing else.
-        let everywhere = conds.len() == 1
-            && stmt.unsharded.is_none()
-            && (stmt.merge.is_some() || matches!(stmt.kind, Kind::Update | Kind::Delete));
+        let everywhere = stmt.unsharded.is_none()
+            && (stmt.merge.is_some()
+                || conds.len() == 1 && matches!(stmt.kind, Kind::Update | Kind::Delete));
         let mut shards: Option<BTreeSet<usize>> = None;
         for c in conds {
             route.table.get_or_insert_with(|| c.table.name.clone());
@@ -799,7 +799,9 @@ impl Router {
                 [one].into()
             }
         };
-        if shards.len() > 1 && conds.len() > 1 {
+        // A merged co-located join runs on every shard its keys allow,
+        // each with its own rows.
+        if shards.len() > 1 && conds.len() > 1 && stmt.merge.is_none() {
             let names: Vec<&str> = shards
                 .iter()
                 .map(|&s| self.shard_names[s].as_str())
@@ -1360,6 +1362,29 @@ mod tests {
         let e = route("select aid, my_fn(abalance) from accounts").unwrap_err();
         assert_eq!(e.code, "0A000");
         assert!(!r.writes);
+        // A join on co-located keys merges as one table does: each row of
+        // the join is made of one shard's rows.
+        let r =
+            route("select count(distinct h.aid) from accounts a join history h on h.aid = a.aid")
+                .unwrap();
+        assert!(
+            matches!(r.merge(), Some(Merge::CountDistinct { .. })),
+            "{r:?}"
+        );
+        assert_eq!(r.shards, [0, 1]);
+        let r = route("select a.bid, count(*) from accounts a left join history h on h.aid = a.aid group by a.bid")
+            .unwrap();
+        assert!(matches!(r.merge(), Some(Merge::Grouped { .. })), "{r:?}");
+        // Not on the keys, or with the sharded side only nullable: no merge.
+        for sql in [
+            "select count(*) from accounts a join history h on h.bid = a.bid",
+            "select count(*) from accounts a join history h on h.aid = a.aid + 1",
+            "select count(*) from countries c left join accounts a on a.aid = c.code",
+            "select count(*) from accounts a full join history h on h.aid = a.aid",
+        ] {
+            let e = route(sql).unwrap_err();
+            assert_eq!(e.code, "0A000", "{sql}");
+        }
         for sql in [
             "select aid from accounts order by abalance",
             "select abalance, count(*) from accounts group by abalance having count(*) > (select 1)",
@@ -1380,7 +1405,6 @@ mod tests {
             "select distinct * from accounts",
             "select distinct count(*) from accounts",
             "select distinct abalance, count(*) from accounts group by abalance",
-            "select count(distinct h.aid) from accounts a join history h on h.aid = a.aid",
             "select * from accounts limit $1",
             "select * from accounts offset 1 + 1",
             "select * from accounts order by aid fetch first 1 rows with ties",

@@ -94,6 +94,12 @@ pub struct Footprint {
     /// A reference table written by a data-modifying CTE (every shard
     /// needs that write, and the statement runs on one).
     pub nested_reference_write: Option<String>,
+    /// Every occurrence of a sharded table is in the FROM of the top-level
+    /// SELECT, all of them co-located, and key equalities in their join
+    /// conditions (or WHERE) connect them all: each row of the join is
+    /// made of rows of one shard, so every shard answering it for its own
+    /// rows answers the whole (tier 1 merges apply, router::mergeable).
+    pub colocated_join: bool,
     /// Every table occurrence with its name as written (tier 3 puts a
     /// gathered copy in its place).
     pub names: Vec<(Relation, Option<ObjectName>)>,
@@ -182,7 +188,9 @@ impl<'t> Walker<'t> {
             self.not_modelled("a table reference in a position shardwire does not analyze");
         }
         self.propagate();
+        let colocated_join = self.colocated_join();
         let mut fp = Footprint {
+            colocated_join,
             functions: self.functions,
             not_understood: self.unknown,
             nested_reference_write: self.nested_reference_write,
@@ -209,6 +217,41 @@ impl<'t> Walker<'t> {
             }
         }
         fp
+    }
+
+    /// See `Footprint::colocated_join`.
+    fn colocated_join(&self) -> bool {
+        let sharded: Vec<usize> = (0..self.occ.len())
+            .filter(|&o| matches!(self.occ[o].relation, Relation::Sharded(_)))
+            .collect();
+        let Some(&first) = sharded.first() else {
+            return false;
+        };
+        let placed = |o: usize| match &self.occ[o].relation {
+            Relation::Sharded(t) => Some((t.placement_id().to_string(), t.key_type)),
+            _ => None,
+        };
+        if sharded
+            .iter()
+            .any(|&o| !self.occ[o].top_level || placed(o) != placed(first))
+        {
+            return false;
+        }
+        // Connected through key equalities (either way).
+        let mut reached = vec![first];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for &(a, b) in &self.edges {
+                for (x, y) in [(a, b), (b, a)] {
+                    if reached.contains(&x) && !reached.contains(&y) && sharded.contains(&y) {
+                        reached.push(y);
+                        grew = true;
+                    }
+                }
+            }
+        }
+        reached.len() == sharded.len()
     }
 
     /// Carry key values along key equalities between co-located

@@ -171,7 +171,38 @@ where
             }
         };
         if rows.is_empty() {
+            // PostgreSQL describes RETURNING even when no row is inserted:
+            // the description of the statement a shard would run, bound
+            // (to NULLs) but not executed.
+            let shard = targets.first().copied().unwrap_or(self.default_shard);
+            let nulls = vec![None; columns.len()];
+            let (sql, types, values) = shard_insert(is, &columns, &[&nulls]);
+            let mut request = BytesMut::new();
+            portal_frames(&mut request, &sql, &types, &values, result_formats, false);
+            sync_frame(&mut request);
+            let work = [(shard, request)];
+            let described = if self.multi.is_some() {
+                self.multi_exchange(&work).await
+            } else {
+                self.run_on_shards(&work, false).await
+            };
+            let results = match described {
+                Ok(r) => r,
+                Err(frame) => {
+                    if let Some(m) = self.multi.as_mut() {
+                        m.failed = true;
+                        self.tx_status = TxStatus::Failed;
+                    }
+                    return Ok(Err(frame));
+                }
+            };
             let mut out = BytesMut::new();
+            if let Some(d) = results
+                .first()
+                .and_then(|r| r.frames.iter().find(|f| f[0] == be::ROW_DESCRIPTION))
+            {
+                out.extend_from_slice(d);
+            }
             protocol::command_complete(&mut out, "INSERT 0 0");
             return Ok(Ok(out));
         }

@@ -173,7 +173,9 @@ where
                 }
                 if tag == be::READY_FOR_QUERY {
                     self.tx_status = TxStatus::of_ready(frame);
-                    if self.tx_status == TxStatus::Idle {
+                    // The client's transaction ended (not a probe's answer,
+                    // which may come after the client's next statement).
+                    if forward && self.tx_status == TxStatus::Idle {
                         self.tx_savepoints.clear();
                     }
                 }

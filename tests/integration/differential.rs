@@ -349,6 +349,26 @@ const CORPUS: &[Q] = &[
     o("select grp from dt_main group by grp having max(n) > -1.5 and (sum(b) is null or sum(b) <> 0) order by grp desc"),
 ];
 
+/// Joins on co-located keys (dt_main.id = dt_child.mid): each shard
+/// answers for its own rows and the proxy merges (tier 1).
+const COLOCATED: &[Q] = &[
+    un("select m.id, c.seq, c.amount from dt_main m join dt_child c on c.mid = m.id"),
+    un("select m.grp, count(*), sum(c.amount) from dt_main m join dt_child c on c.mid = m.id group by m.grp"),
+    o("select m.id, c.seq from dt_main m join dt_child c on c.mid = m.id order by m.id, c.seq limit 7"),
+    o("select m.id, c.seq from dt_main m join dt_child c on c.mid = m.id order by m.id desc, c.seq offset 3 fetch first 5 rows only"),
+    u("select m.id, c.seq from dt_main m left join dt_child c on c.mid = m.id and c.seq = 2"),
+    u("select count(*), count(c.mid) from dt_main m left join dt_child c on c.mid = m.id"),
+    u("select count(distinct c.mid) from dt_main m join dt_child c on c.mid = m.id where m.grp = 1"),
+    u("select count(distinct m.grp) from dt_main m join dt_child c on c.mid = m.id"),
+    u("select distinct m.grp from dt_main m join dt_child c on c.mid = m.id where c.amount > 5"),
+    o("select m.grp, count(*) from dt_main m join dt_child c on c.mid = m.id group by m.grp having count(*) > 5 order by m.grp"),
+    u("select m.id from dt_main m, dt_child c where c.mid = m.id and c.seq = 1"),
+    u("select m.id from dt_child c right join dt_main m on m.id = c.mid where c.mid is null"),
+    u("select r.label, count(*) from dt_main m join dt_child c on c.mid = m.id join dt_ref r on r.code = m.code group by r.label"),
+    u("select m.id, c.seq from dt_main m join dt_child c on c.mid = m.id where m.id in (2, 4, 6, 8, 10)"),
+    un("select avg(c.amount), min(m.b), max(m.d) from dt_main m join dt_child c on c.mid = m.id"),
+];
+
 /// Queries that must be refused with 0A000.
 const REFUSED: &[&str] = &[
     "select count(*) from dt_main; select count(*) from dt_child",
@@ -616,7 +636,7 @@ fn corpus_matches_one_database() {
 
         let started = Instant::now();
         let mut failures = Vec::new();
-        for q in CORPUS.iter().chain(GATHERED) {
+        for q in CORPUS.iter().chain(GATHERED).chain(COLOCATED) {
             let through = answer(&c, q).await;
             let want = answer(&one, q).await;
             if through != want || want.is_err() {
@@ -661,7 +681,7 @@ fn corpus_matches_one_database() {
         }
         eprintln!(
             "differential corpus: {} queries, {} refusals in {:.1}s",
-            CORPUS.len() + GATHERED.len(),
+            CORPUS.len() + GATHERED.len() + COLOCATED.len(),
             REFUSED.len(),
             started.elapsed().as_secs_f64()
         );
@@ -669,7 +689,7 @@ fn corpus_matches_one_database() {
             failures.is_empty(),
             "{} of {} corpus queries differ:\n\n{}",
             failures.len(),
-            CORPUS.len() + GATHERED.len() + REFUSED.len() + SAME_ERROR.len(),
+            CORPUS.len() + GATHERED.len() + COLOCATED.len() + REFUSED.len() + SAME_ERROR.len(),
             failures.join("\n\n")
         );
     });

@@ -96,6 +96,16 @@ fn insert_select_matches_one_database() {
             same(sql, through, want, &mut diffs);
         }
 
+        // Nothing selected, with RETURNING: described all the same.
+        let sql = "insert into is_dst (k, v) select id, v from is_src where false returning k, v";
+        for db in [&c, &one] {
+            let m = db.simple_query(sql).await.expect("empty insert select");
+            assert!(
+                matches!(m.first(), Some(tokio_postgres::SimpleQueryMessage::RowDescription(cols)) if cols.len() == 2),
+                "{sql}"
+            );
+        }
+
         // The extended protocol, a parameter in the SELECT.
         let sql = "insert into is_dst (k, v) select id * 11, v from is_src where id > $1 order by id returning k";
         let through: Vec<i64> = c
