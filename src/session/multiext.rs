@@ -399,21 +399,10 @@ where
         }
         if let Plan::InsertSelect(is) = &p.route.plan {
             let params = Some((&p.param_types[..], &p.params[..]));
-            return match self
+            let ran = self
                 .run_insert_select(&p.route, is, params, &p.result_formats)
-                .await
-            {
-                Ok(Ok(frames)) => {
-                    let out = extended_answer(&frames, p.described);
-                    self.pending
-                        .push_back(Pending::SyntheticFrame(out.freeze()));
-                }
-                Ok(Err(frame)) => self.multi_extended_failed_with(frame),
-                Err(_) => self.multi_extended_fail(PgError::error(
-                    sqlstate::INTERNAL_ERROR,
-                    "an INSERT ... SELECT in the extended protocol ended the session",
-                )),
-            };
+                .await;
+            return self.multi_answered(ran, p.described);
         }
         if let Plan::SplitInsert(rows) = &p.route.plan {
             let work = match super::portal::split_insert_work(
@@ -510,13 +499,31 @@ where
     async fn multi_gathered(&mut self, p: &MultiPortal, route: &Route, g: &Gather) {
         let request =
             |sql: &str| portal_request(sql, &p.param_types, &p.params, &p.result_formats, true);
-        match self.gather_and_run(route, g, Some(&request)).await {
-            Ok(Ok(c)) => {
-                let mut frames = BytesMut::new();
-                for f in c.map(|c| c.frames).unwrap_or_default() {
-                    frames.extend_from_slice(&f);
-                }
-                let out = extended_answer(&frames, p.described);
+        let ran = self
+            .gather_and_run(route, g, Some(&request))
+            .await
+            .map(|r| {
+                r.map(|c| {
+                    let mut frames = BytesMut::new();
+                    for f in c.map(|c| c.frames).unwrap_or_default() {
+                        frames.extend_from_slice(&f);
+                    }
+                    frames
+                })
+            });
+        self.multi_answered(ran, p.described);
+    }
+
+    /// Queue the answer (or error, which fails the transaction) of a
+    /// statement the proxy ran over several shards for a portal.
+    fn multi_answered(
+        &mut self,
+        ran: Result<Result<BytesMut, BytesMut>, SessionEnd>,
+        described: bool,
+    ) {
+        match ran {
+            Ok(Ok(frames)) => {
+                let out = extended_answer(&frames, described);
                 self.pending
                     .push_back(Pending::SyntheticFrame(out.freeze()));
             }
@@ -524,7 +531,7 @@ where
             // Only the simple protocol's streaming meets the client.
             Err(_) => self.multi_extended_fail(PgError::error(
                 sqlstate::INTERNAL_ERROR,
-                "a gathered read in the extended protocol ended the session",
+                "a statement over several shards in the extended protocol ended the session",
             )),
         }
     }

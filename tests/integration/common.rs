@@ -1002,3 +1002,73 @@ pub fn numeric_send(s: &str) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+// Differential tests (differential.rs, tenant_corpus.rs): values compared
+// with one database.
+
+/// A value as the server sent it in binary, whatever its type.
+pub struct Raw(pub Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// A binary numeric with its display scale and trailing zero digits
+/// dropped: 1.0 and 1.00 become the same bytes.
+pub fn numeric_canonical(v: &[u8]) -> Vec<u8> {
+    if v.len() < 8 {
+        return v.to_vec();
+    }
+    let mut digits: Vec<[u8; 2]> = v[8..]
+        .chunks(2)
+        .map(|c| [c[0], c.get(1).copied().unwrap_or(0)])
+        .collect();
+    while digits.last() == Some(&[0, 0]) {
+        digits.pop();
+    }
+    let mut out = (digits.len() as i16).to_be_bytes().to_vec();
+    if digits.is_empty() {
+        // Zero: weight and sign do not matter.
+        out.extend_from_slice(&[0, 0, 0, 0]);
+    } else {
+        out.extend_from_slice(&v[2..6]);
+    }
+    out.extend_from_slice(&[0, 0]);
+    for d in digits {
+        out.extend_from_slice(&d);
+    }
+    out
+}
+
+/// `1.50` -> `1.5`, `2.00` -> `2`, `0.000` -> `0` (only plain decimals).
+pub fn strip_zeros(v: &str) -> String {
+    let plain = v.strip_prefix('-').unwrap_or(v);
+    match plain.split_once('.') {
+        Some((i, f))
+            if !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && f.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let t = v.trim_end_matches('0').trim_end_matches('.');
+            if t == "-0" {
+                "0".to_string()
+            } else {
+                t.to_string()
+            }
+        }
+        _ => v.to_string(),
+    }
+}

@@ -1023,68 +1023,6 @@ fn fail(e: tokio_postgres::Error) -> Fail {
     }
 }
 
-/// A value as the server sent it in binary, whatever its type.
-struct Raw(Option<Vec<u8>>);
-
-impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(Some(raw.to_vec())))
-    }
-    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(None))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
-/// A binary numeric with its display scale and trailing zero digits
-/// dropped: 1.0 and 1.00 become the same bytes.
-fn numeric_canonical(v: &[u8]) -> Vec<u8> {
-    if v.len() < 8 {
-        return v.to_vec();
-    }
-    let mut digits: Vec<[u8; 2]> = v[8..]
-        .chunks(2)
-        .map(|c| [c[0], c.get(1).copied().unwrap_or(0)])
-        .collect();
-    while digits.last() == Some(&[0, 0]) {
-        digits.pop();
-    }
-    let mut out = (digits.len() as i16).to_be_bytes().to_vec();
-    if digits.is_empty() {
-        // Zero: weight and sign do not matter.
-        out.extend_from_slice(&[0, 0, 0, 0]);
-    } else {
-        out.extend_from_slice(&v[2..6]);
-    }
-    out.extend_from_slice(&[0, 0]);
-    for d in digits {
-        out.extend_from_slice(&d);
-    }
-    out
-}
-
-/// `1.50` -> `1.5`, `2.00` -> `2`, `0.000` -> `0` (only plain decimals).
-fn strip_zeros(v: &str) -> String {
-    let plain = v.strip_prefix('-').unwrap_or(v);
-    match plain.split_once('.') {
-        Some((i, f))
-            if !i.is_empty()
-                && i.bytes().all(|b| b.is_ascii_digit())
-                && f.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            let t = v.trim_end_matches('0').trim_end_matches('.');
-            if t == "-0" {
-                "0".to_string()
-            } else {
-                t.to_string()
-            }
-        }
-        _ => v.to_string(),
-    }
-}
-
 async fn run_simple(c: &Client, sql: &str) -> Outcome {
     let msgs = c.simple_query(sql).await.map_err(fail)?;
     let mut parts = Vec::new();
