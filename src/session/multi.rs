@@ -665,9 +665,7 @@ where
                     }
                     Exchange::NotSent => None,
                 };
-                if failure.is_none() {
-                    failure = trouble;
-                }
+                failure = earlier_error(failure, trouble);
             }
         }
         if atomic {
@@ -682,6 +680,27 @@ where
             Some(f) => Err(f),
             None => Ok(results),
         }
+    }
+}
+
+/// Of two shards' errors for one statement, the one PostgreSQL would have
+/// raised first on one database: the shards run their parts at once, but
+/// one database analyzes and plans the whole statement (an invalid literal
+/// in any row: 22P02) before it executes any of it (a duplicate key in
+/// another row: 23505). So an error of class 23 (integrity constraint
+/// violation, raised only while rows are written) gives way to any other;
+/// otherwise the first stands.
+pub(super) fn earlier_error(first: Option<BytesMut>, next: Option<BytesMut>) -> Option<BytesMut> {
+    let class = |f: &BytesMut| {
+        protocol::error_fields(protocol::body(f))
+            .into_iter()
+            .find(|(c, _)| *c == b'C')
+            .map(|(_, v)| v.starts_with("23"))
+    };
+    match (first, next) {
+        (Some(a), Some(b)) if class(&a) == Some(true) && class(&b) == Some(false) => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
     }
 }
 

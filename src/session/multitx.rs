@@ -469,9 +469,7 @@ where
                 }
                 Exchange::NotSent => None,
             };
-            if failure.is_none() {
-                failure = trouble;
-            }
+            failure = super::multi::earlier_error(failure, trouble);
         }
         match failure {
             Some(f) => Err(f),

@@ -101,9 +101,13 @@ struct Report {
     refusals: Refusals,
     invalid_sql: Refusals,
     invalid_example: BTreeMap<String, String>,
+    /// The first statement refused for each reason.
+    refusal_example: BTreeMap<String, String>,
     diffs: Vec<Difference>,
     /// Set when the run had to stop early (the proxy went away).
     aborted: Option<String>,
+    /// Units generated with each tag (what the run exercised).
+    tags: BTreeMap<String, u64>,
 }
 
 /// Units before a difference replayed when it does not reproduce alone.
@@ -218,6 +222,7 @@ fn fuzz(settings: Settings) -> Report {
             refusals: Refusals::new(),
             invalid_sql: Refusals::new(),
             invalid_example: BTreeMap::new(),
+            refusal_example: BTreeMap::new(),
             counting: true,
         };
         f.setup(settings.seed).await;
@@ -255,6 +260,8 @@ struct Fuzzer<'a> {
     invalid_sql: Refusals,
     /// The first statement of each of those reasons.
     invalid_example: BTreeMap<String, String>,
+    /// The first statement refused for each reason.
+    refusal_example: BTreeMap<String, String>,
     /// Refusals are counted only while fuzzing, not while shrinking.
     counting: bool,
 }
@@ -371,8 +378,10 @@ impl Fuzzer<'_> {
             refusals: Refusals::new(),
             invalid_sql: Refusals::new(),
             invalid_example: BTreeMap::new(),
+            refusal_example: BTreeMap::new(),
             diffs: Vec::new(),
             aborted: None,
+            tags: BTreeMap::new(),
         };
         let started = Instant::now();
         let mut shrink_left = s.shrink_total;
@@ -401,6 +410,9 @@ impl Fuzzer<'_> {
             };
             report.units += 1;
             report.statements += unit.statements() as u64;
+            for t in &unit.tags {
+                *report.tags.entry(t.clone()).or_default() += 1;
+            }
             let before = self.snapshot.clone();
             let mut run = self.run_unit(&unit).await;
             if unit.writes() || report.units % s.check_every == 0 || !run.problems.is_empty() {
@@ -470,6 +482,7 @@ impl Fuzzer<'_> {
         report.refusals = std::mem::take(&mut self.refusals);
         report.invalid_sql = std::mem::take(&mut self.invalid_sql);
         report.invalid_example = std::mem::take(&mut self.invalid_example);
+        report.refusal_example = std::mem::take(&mut self.refusal_example);
         report
     }
 
@@ -499,8 +512,11 @@ impl Fuzzer<'_> {
         }
     }
 
-    fn refused(&mut self, reason: String) {
+    fn refused(&mut self, reason: String, step: &Step) {
         if self.counting {
+            self.refusal_example
+                .entry(reason.clone())
+                .or_insert_with(|| step.describe());
             *self.refusals.entry(reason).or_default() += 1;
         }
     }
@@ -532,7 +548,7 @@ impl Fuzzer<'_> {
                     if o.err().map(|x| &x.code) == Some(&e.code) {
                         note = "failed on both sides with the same SQLSTATE";
                     } else {
-                        self.refused(compare::reason(&e));
+                        self.refused(compare::reason(&e), step);
                         if in_tx && matches!(o, Outcome::Ok(_)) {
                             quietly(&self.oracle, ABORT_MARKER).await;
                         }
@@ -566,7 +582,7 @@ impl Fuzzer<'_> {
                     if same {
                         note = "failed on both sides with the same SQLSTATE";
                     } else {
-                        self.refused(compare::reason(&e));
+                        self.refused(compare::reason(&e), step);
                     }
                     match tx {
                         Some(TxCmd::Commit | TxCmd::Rollback) => {
@@ -830,6 +846,9 @@ impl Report {
         let _ = writeln!(s, "\nrefusals by reason (count  SQLSTATE: message):");
         for (r, n) in refusals {
             let _ = writeln!(s, "  {n:6}  {r}");
+            if let Some(x) = self.refusal_example.get(r) {
+                let _ = writeln!(s, "          e.g. {}", shorten(x, 400));
+            }
         }
         if !self.invalid_sql.is_empty() {
             let _ = writeln!(
@@ -891,6 +910,10 @@ impl Report {
                     let _ = writeln!(s, "    PROBLEM ({}): {}", p.class.name(), p.text);
                 }
             }
+        }
+        let _ = writeln!(s, "\nunits by tag (count  tag):");
+        for (t, n) in &self.tags {
+            let _ = writeln!(s, "  {n:6}  {t}");
         }
         s
     }

@@ -99,11 +99,17 @@ fn select(q: &Select) -> Vec<Select> {
     push(&|c| c.set_op = None);
     push(&|c| c.limit = None);
     push(&|c| c.offset = None);
-    if q.limit.is_none() && q.offset.is_none() {
+    if q.fetch == Fetch::Only {
+        // The same rows: FETCH FIRST n ROWS ONLY is LIMIT n.
+        push(&|c| c.fetch = Fetch::Limit);
+    }
+    // DISTINCT ON without its ORDER BY picks rows at random.
+    if q.limit.is_none() && q.offset.is_none() && q.distinct_on.is_empty() {
         push(&|c| c.order_by.clear());
     }
     push(&|c| c.having = None);
     push(&|c| c.distinct = false);
+    push(&|c| c.distinct_on.clear());
     push(&|c| c.suffix = None);
     if q.items.len() > 1 {
         for i in 0..q.items.len() {

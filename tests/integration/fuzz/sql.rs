@@ -126,8 +126,10 @@ pub enum Expr {
         name: String,
         distinct: bool,
         args: Vec<Expr>,
-        order: Option<Box<Expr>>,
+        order: Vec<OrderItem>,
     },
+    /// `cast(e as type)`.
+    Cast(Box<Expr>, &'static str),
     Bin(Box<Expr>, &'static str, Box<Expr>),
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
@@ -181,10 +183,26 @@ pub struct Cte {
     pub body: Box<Stmt>,
 }
 
+/// How LIMIT and OFFSET are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fetch {
+    /// `LIMIT n OFFSET m`.
+    #[default]
+    Limit,
+    /// `OFFSET m ROWS FETCH FIRST n ROWS ONLY`.
+    Only,
+    /// `OFFSET m ROWS FETCH FIRST n ROWS WITH TIES`: the rows that tie
+    /// with the last one come too (so its set of rows is deterministic
+    /// even when the ORDER BY is not total).
+    WithTies,
+}
+
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Select {
     pub ctes: Vec<Cte>,
     pub distinct: bool,
+    /// `DISTINCT ON (...)`; ORDER BY starts with the same expressions.
+    pub distinct_on: Vec<Expr>,
     pub items: Vec<(Expr, Option<String>)>,
     pub from: Vec<FromItem>,
     pub where_: Option<Expr>,
@@ -193,8 +211,13 @@ pub struct Select {
     /// `UNION ALL`, `EXCEPT`, ... and the right side (no ORDER BY of its own).
     pub set_op: Option<(&'static str, Box<Select>)>,
     pub order_by: Vec<OrderItem>,
-    pub limit: Option<u32>,
-    pub offset: Option<u32>,
+    /// The generator made ORDER BY total by other means than naming every
+    /// output column (it ends with every relation's primary key).
+    pub order_total: bool,
+    /// A number or a parameter (LIMIT $n, FETCH FIRST $n ROWS).
+    pub limit: Option<Box<Expr>>,
+    pub offset: Option<Box<Expr>>,
+    pub fetch: Fetch,
     /// Written after everything (`FOR UPDATE`), or odd syntax the parser
     /// may not know.
     pub suffix: Option<String>,
@@ -202,10 +225,14 @@ pub struct Select {
 
 impl Select {
     /// Whether ORDER BY orders the whole result: every output column is
-    /// an ORDER BY position, so rows that tie are identical.
+    /// an ORDER BY position, so rows that tie are identical (or the
+    /// generator ended it with every relation's primary key).
     pub fn total_order(&self) -> bool {
-        if self.items.is_empty() {
+        if self.items.is_empty() || self.order_by.is_empty() {
             return false;
+        }
+        if self.order_total {
+            return true;
         }
         let mut covered = vec![false; self.items.len()];
         for o in &self.order_by {
@@ -303,10 +330,27 @@ impl Stmt {
         }
     }
 
-    /// Whether rows must be compared in order.
+    /// Whether rows must be compared in order: a SELECT with a total
+    /// ORDER BY, and INSERT ... VALUES ... RETURNING (one database returns
+    /// the rows in VALUES order) unless ON CONFLICT DO NOTHING leaves some
+    /// out.
     pub fn ordered(&self) -> bool {
         match self {
             Stmt::Select(s) => s.total_order(),
+            // ON CONFLICT DO UPDATE ... WHERE leaves rows out too: the
+            // proxy documents that it cannot know their order then.
+            Stmt::Insert(i) => {
+                matches!(i.source, InsertSource::Values(_))
+                    && !i.returning.is_empty()
+                    && !matches!(
+                        i.on_conflict,
+                        Some(OnConflict::Nothing(_))
+                            | Some(OnConflict::Update {
+                                where_: Some(_),
+                                ..
+                            })
+                    )
+            }
             _ => false,
         }
     }
@@ -370,30 +414,36 @@ impl Render {
             self.select_core(rhs, &mut out);
         }
         if !q.order_by.is_empty() {
-            out.push_str(" order by ");
-            let items: Vec<String> = q
-                .order_by
-                .iter()
-                .map(|o| {
-                    let mut s = self.expr(&o.expr);
-                    if o.desc {
-                        s.push_str(" desc");
-                    }
-                    match o.nulls_first {
-                        Some(true) => s.push_str(" nulls first"),
-                        Some(false) => s.push_str(" nulls last"),
-                        None => {}
-                    }
-                    s
-                })
-                .collect();
-            out.push_str(&items.join(", "));
+            let items = self.order_items(&q.order_by);
+            let _ = write!(out, " order by {items}");
         }
-        if let Some(l) = q.limit {
-            let _ = write!(out, " limit {l}");
-        }
-        if let Some(o) = q.offset {
-            let _ = write!(out, " offset {o}");
+        match q.fetch {
+            Fetch::Limit => {
+                if let Some(l) = &q.limit {
+                    let _ = write!(out, " limit {}", self.expr(l));
+                }
+                if let Some(o) = &q.offset {
+                    let _ = write!(out, " offset {}", self.expr(o));
+                }
+            }
+            Fetch::Only | Fetch::WithTies => {
+                // These take a number or a parenthesized expression.
+                if let Some(o) = &q.offset {
+                    let _ = write!(out, " offset {} rows", self.fetch_value(o));
+                }
+                if let Some(l) = &q.limit {
+                    let _ = write!(
+                        out,
+                        " fetch first {} rows {}",
+                        self.fetch_value(l),
+                        if q.fetch == Fetch::Only {
+                            "only"
+                        } else {
+                            "with ties"
+                        }
+                    );
+                }
+            }
         }
         if let Some(s) = &q.suffix {
             let _ = write!(out, " {s}");
@@ -401,10 +451,45 @@ impl Render {
         out
     }
 
+    /// ORDER BY items, comma-separated (without the keywords).
+    pub fn order_items(&mut self, items: &[OrderItem]) -> String {
+        let items: Vec<String> = items
+            .iter()
+            .map(|o| {
+                let mut s = self.expr(&o.expr);
+                if o.desc {
+                    s.push_str(" desc");
+                }
+                match o.nulls_first {
+                    Some(true) => s.push_str(" nulls first"),
+                    Some(false) => s.push_str(" nulls last"),
+                    None => {}
+                }
+                s
+            })
+            .collect();
+        items.join(", ")
+    }
+
+    /// A FETCH FIRST or OFFSET ... ROWS count: a plain number or `$n` as
+    /// is, anything else (an inline parameter's typed literal) in
+    /// parentheses, as PostgreSQL's grammar wants.
+    fn fetch_value(&mut self, e: &Expr) -> String {
+        match e {
+            Expr::Lit(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.clone(),
+            Expr::Param(_) if !self.inline => self.expr(e),
+            _ => format!("({})", self.expr(e)),
+        }
+    }
+
     fn select_core(&mut self, q: &Select, out: &mut String) {
         out.push_str("select ");
         if q.distinct {
             out.push_str("distinct ");
+        }
+        if !q.distinct_on.is_empty() {
+            let on: Vec<String> = q.distinct_on.iter().map(|e| self.expr(e)).collect();
+            let _ = write!(out, "distinct on ({}) ", on.join(", "));
         }
         let items: Vec<String> = q
             .items
@@ -564,12 +649,14 @@ impl Render {
                         a.join(", ")
                     }
                 );
-                if let Some(o) = order {
-                    let _ = write!(s, " order by {}", self.expr(o));
+                if !order.is_empty() {
+                    let o = self.order_items(order);
+                    let _ = write!(s, " order by {o}");
                 }
                 s.push(')');
                 s
             }
+            Expr::Cast(x, ty) => format!("cast({} as {ty})", self.expr(x)),
             Expr::Bin(l, op, r) => format!("({} {op} {})", self.expr(l), self.expr(r)),
             Expr::And(l, r) => format!("({} and {})", self.expr(l), self.expr(r)),
             Expr::Or(l, r) => format!("({} or {})", self.expr(l), self.expr(r)),

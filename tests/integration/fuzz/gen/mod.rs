@@ -4,7 +4,10 @@
 //!
 //! "Valid" means PostgreSQL accepts it and its answer is deterministic on
 //! one database: LIMIT only under an ORDER BY that fixes which rows are
-//! chosen, scalar subqueries are aggregates, no volatile functions, no
+//! chosen (FETCH ... WITH TIES also under a partial one: the rows that tie
+//! come too), DISTINCT ON, row_number() and lag() and ordered aggregates
+//! only over a total order (ending with every relation's primary key),
+//! scalar subqueries are aggregates, no volatile functions, no
 //! float sums, key-assigning writes touch one row and move it to a fresh
 //! key (a multi-row key shuffle can hit a unique violation or not
 //! depending on physical row order, on one database as on several).
@@ -59,6 +62,9 @@ impl Unit {
 struct Rel {
     alias: String,
     cols: Vec<RCol>,
+    /// The primary key's columns of a table (empty for a CTE): with every
+    /// relation's, an ORDER BY is total.
+    pk: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +111,7 @@ fn agg(name: &str, distinct: bool, args: Vec<Expr>) -> Expr {
         name: name.into(),
         distinct,
         args,
-        order: None,
+        order: Vec::new(),
     }
 }
 
@@ -171,6 +177,7 @@ impl<'a> Gen<'a> {
                     not_null: c.not_null,
                 })
                 .collect(),
+            pk: t.pk.iter().map(|c| c.to_string()).collect(),
         }
     }
 

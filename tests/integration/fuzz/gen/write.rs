@@ -1,5 +1,7 @@
 //! Writes: INSERT (with or without a column list, multi-row, from a
-//! SELECT), upserts (DO NOTHING, DO UPDATE, assigning the shard key),
+//! SELECT, multi-row over several shard keys with RETURNING, whose rows
+//! are compared in VALUES order), upserts (DO NOTHING, DO UPDATE,
+//! assigning the shard key),
 //! UPDATE (also of the shard key, with FROM, with a correlated subquery),
 //! DELETE (also with USING), RETURNING, and data-modifying CTEs.
 
@@ -16,7 +18,8 @@ impl<'a> Gen<'a> {
 
     pub fn write_stmt(&mut self) -> Stmt {
         match self.rng.gen_range(0..100) {
-            0..=39 => Stmt::Insert(self.insert()),
+            0..=33 => Stmt::Insert(self.insert()),
+            34..=39 => Stmt::Insert(self.insert_values_returning()),
             40..=64 => Stmt::Update(self.update()),
             65..=79 => Stmt::Delete(self.delete()),
             _ => Stmt::Insert(self.upsert()),
@@ -90,6 +93,96 @@ impl<'a> Gen<'a> {
             cols: list.map(|l| l.iter().map(|s| s.to_string()).collect()),
             source,
             on_conflict: None,
+            returning,
+        }
+    }
+
+    /// A multi-row `INSERT ... VALUES` of a sharded table whose rows have
+    /// several shard keys (so usually span shards), with RETURNING, often
+    /// in the extended protocol with parameters. One database returns the
+    /// rows in VALUES order, and so must the proxy (compared in order,
+    /// except after ON CONFLICT DO NOTHING, which may leave rows out).
+    pub(super) fn insert_values_returning(&mut self) -> Insert {
+        self.tag("insert:values-returning");
+        let sharded: Vec<&Table> = self.tables.iter().filter(|t| t.is_sharded()).collect();
+        let t: &Table = sharded.choose(&mut self.rng).expect("sharded");
+        let mut cols: Vec<&str> = t
+            .cols
+            .iter()
+            .filter(|c| c.not_null || t.pk.contains(&c.name) || self.rng.gen_bool(0.7))
+            .map(|c| c.name)
+            .collect();
+        cols.shuffle(&mut self.rng);
+        let want = self.rng.gen_range(2..=6);
+        let mut rows: Vec<Vec<Expr>> = Vec::new();
+        let mut seen = Vec::new();
+        let mut keys = Vec::new();
+        for _ in 0..want * 2 {
+            if rows.len() == want {
+                break;
+            }
+            let row = self.row(t, &cols);
+            // No primary key twice in one statement (a unique violation,
+            // or DO UPDATE touching a row twice, on one database too).
+            let text = |e: &Expr| match e {
+                Expr::Param(p) => p.text().unwrap_or_default(),
+                other => Render::new(true).expr(other).trim_matches('\'').to_string(),
+            };
+            let pk: Vec<String> =
+                t.pk.iter()
+                    .map(|p| {
+                        let i = cols.iter().position(|c| c == p).expect("pk listed");
+                        text(&row[i])
+                    })
+                    .collect();
+            if pk.iter().any(|v| v == "default") || seen.contains(&pk) {
+                continue;
+            }
+            let key = t.key.expect("sharded");
+            let k = cols.iter().position(|c| *c == key).expect("key listed");
+            let kv = text(&row[k]);
+            if !keys.contains(&kv) {
+                keys.push(kv);
+            }
+            seen.push(pk);
+            rows.push(row);
+        }
+        if keys.len() > 1 {
+            self.tag("insert:values-returning:several-keys");
+        }
+        if self.params {
+            self.tag("insert:values-returning:extended");
+        }
+        let mut returning: Vec<Expr> = t.cols.iter().map(|c| col("", c.name)).collect();
+        returning.shuffle(&mut self.rng);
+        returning.truncate(self.rng.gen_range(1..=t.cols.len()));
+        if self.p(0.2) {
+            self.tag("insert:values-returning:expression");
+            returning.push(lit("1"));
+        }
+        let target: Vec<String> = t.pk.iter().map(|c| c.to_string()).collect();
+        let non_key: Vec<&str> = cols.iter().copied().filter(|c| !t.pk.contains(c)).collect();
+        let on_conflict = match self.rng.gen_range(0..100) {
+            0..=14 if !non_key.is_empty() => {
+                self.tag("insert:values-returning:do-update");
+                let c = *non_key.choose(&mut self.rng).expect("non-key");
+                Some(OnConflict::Update {
+                    target,
+                    sets: vec![(c.to_string(), col("excluded", c))],
+                    where_: None,
+                })
+            }
+            15..=24 => {
+                self.tag("insert:values-returning:do-nothing");
+                Some(OnConflict::Nothing(target))
+            }
+            _ => None,
+        };
+        Insert {
+            table: t.name.into(),
+            cols: Some(cols.iter().map(|c| c.to_string()).collect()),
+            source: InsertSource::Values(rows),
+            on_conflict,
             returning,
         }
     }
