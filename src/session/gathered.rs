@@ -283,10 +283,13 @@ where
             } else {
                 " WHERE false"
             };
+            // Its columns, by name: each shard's rows are read by these
+            // names, so a shard whose columns are in another order (DDL
+            // run on it apart) still fills the right ones.
             setup.push_str(&format!(
-                "; CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT * FROM {}{own}",
-                quote_ident(&t.temp),
-                t.source
+                "; CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT * FROM {}{own}; SELECT * FROM pg_temp.{temp} LIMIT 0",
+                t.source,
+                temp = quote_ident(&t.temp),
             ));
             holders.push(held);
         }
@@ -316,8 +319,29 @@ where
         if rows > max {
             return Err(self.too_many_rows(max));
         }
-        for (t, held) in tables.iter().zip(&holders) {
-            let select = format!("SELECT * FROM {}", t.source);
+        // The copies' columns, in the order of `tables`.
+        let described: Vec<Vec<String>> = answer
+            .frames
+            .iter()
+            .filter(|f| f[0] == be::ROW_DESCRIPTION)
+            .map(|f| {
+                crate::execute::merge::columns(f)
+                    .map(|cols| {
+                        cols.into_iter()
+                            .map(|(name, _, _)| quote_ident(&name))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        if described.len() != tables.len() {
+            return Err(encoded(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "the merge server did not describe every gathered table",
+            )));
+        }
+        for ((t, held), cols) in tables.iter().zip(&holders).zip(&described) {
+            let select = format!("SELECT {} FROM {}", cols.join(", "), t.source);
             for &shard in held {
                 if c.merge_holds_rows && shard == c.merge_shard {
                     continue;

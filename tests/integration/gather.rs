@@ -365,3 +365,68 @@ fn a_shard_down_fails_a_gathered_read_clearly_and_it_works_again_after() {
         }
     });
 }
+
+/// A shard whose table has its columns in another order (DDL run on it
+/// apart from the proxy): its rows are read by column name, so each value
+/// fills its own column of the copy.
+#[test]
+fn a_shard_with_its_columns_in_another_order_fills_the_right_ones() {
+    let proxy = TestProxy::start(|c| {
+        set_tables(
+            c,
+            r#"
+[[tables]]
+name = "gt_cols"
+key = "id"
+strategy = "hash"
+"#,
+        )
+    });
+    let config = shardwire::config::Config::load(&proxy.config_path).expect("config");
+    let rule = config.router.table("gt_cols").expect("gt_cols").clone();
+    block_on(Duration::from_secs(60), async {
+        let shards = connect_shards("drop table if exists gt_cols").await;
+        shards[0]
+            .batch_execute("create table gt_cols (id int8 primary key, a int, b int)")
+            .await
+            .expect("s0 table");
+        shards[1]
+            .batch_execute("create table gt_cols (id int8 primary key, b int, a int)")
+            .await
+            .expect("s1 table, columns in another order");
+        for id in 1..=20i64 {
+            let s = rule
+                .shard_for(&shardwire::sharding::KeyValue::Int(id))
+                .expect("shard");
+            shards[s]
+                .execute(
+                    "insert into gt_cols (id, a, b) values ($1, $2, $3)",
+                    &[&id, &(id as i32), &(-(id as i32))],
+                )
+                .await
+                .expect("row");
+        }
+        let (c, _t) = connect_url(&proxy.url()).await;
+        // A self-join not on the key: tier 3.
+        let m = c
+            .simple_query(
+                "select x.id, x.a, x.b from gt_cols x join gt_cols y on y.a = x.a order by x.id",
+            )
+            .await
+            .expect("gathered self-join");
+        let rows = simple_rows(&m);
+        assert_eq!(rows.len(), 20);
+        for r in rows {
+            let id: i64 = r[0].as_deref().unwrap().parse().unwrap();
+            assert_eq!(r[1].as_deref(), Some(id.to_string().as_str()), "a of {id}");
+            assert_eq!(
+                r[2].as_deref(),
+                Some((-id).to_string().as_str()),
+                "b of {id}"
+            );
+        }
+        for s in &shards {
+            s.batch_execute("drop table gt_cols").await.expect("drop");
+        }
+    });
+}
