@@ -272,6 +272,16 @@ fn shard_insert(
     let width = columns.len();
     let mut sql = String::with_capacity(is.prefix.len() + is.suffix.len() + rows.len() * width * 6);
     sql.push_str(&is.prefix);
+    if is.columns.is_empty() {
+        // No column list: the rows table's columns, by name, so a shard
+        // whose table has its columns in another order fills the right
+        // ones.
+        let names: Vec<String> = columns
+            .iter()
+            .map(|(n, _, _)| crate::router::gather::quote_ident(n))
+            .collect();
+        sql.push_str(&format!("({}) ", names.join(", ")));
+    }
     sql.push_str("VALUES ");
     let mut types = Vec::with_capacity(2 + 4 * width * rows.len());
     types.extend_from_slice(&((width * rows.len()) as u16).to_be_bytes());
