@@ -180,21 +180,9 @@ where
             let mut request = BytesMut::new();
             portal_frames(&mut request, &sql, &types, &values, result_formats, false);
             sync_frame(&mut request);
-            let work = [(shard, request)];
-            let described = if self.multi.is_some() {
-                self.multi_exchange(&work).await
-            } else {
-                self.run_on_shards(&work, false).await
-            };
-            let results = match described {
+            let results = match self.run_work(&[(shard, request)], false).await {
                 Ok(r) => r,
-                Err(frame) => {
-                    if let Some(m) = self.multi.as_mut() {
-                        m.failed = true;
-                        self.tx_status = TxStatus::Failed;
-                    }
-                    return Ok(Err(frame));
-                }
+                Err(frame) => return Ok(Err(frame)),
             };
             let mut out = BytesMut::new();
             if let Some(d) = results
@@ -223,22 +211,9 @@ where
             sync_frame(&mut out);
             work.push((shard, out));
         }
-        let results = if self.multi.is_some() {
-            match self.multi_exchange(&work).await {
-                Ok(r) => r,
-                Err(frame) => {
-                    if let Some(m) = self.multi.as_mut() {
-                        m.failed = true;
-                    }
-                    self.tx_status = TxStatus::Failed;
-                    return Ok(Err(frame));
-                }
-            }
-        } else {
-            match self.run_on_shards(&work, true).await {
-                Ok(r) => r,
-                Err(frame) => return Ok(Err(frame)),
-            }
+        let results = match self.run_work(&work, true).await {
+            Ok(r) => r,
+            Err(frame) => return Ok(Err(frame)),
         };
         let out = match is.destination {
             Destination::Sharded => shaped(
@@ -258,6 +233,27 @@ where
             ),
         };
         Ok(Ok(out))
+    }
+
+    /// Run `work` on the transaction's connections inside a transaction
+    /// over several shards (an error fails the transaction), else on
+    /// pooled connections (`atomic`: all or nothing).
+    async fn run_work(
+        &mut self,
+        work: &[(usize, BytesMut)],
+        atomic: bool,
+    ) -> Result<Vec<crate::backend::conn::Collected>, BytesMut> {
+        if self.multi.is_none() {
+            return self.run_on_shards(work, atomic).await;
+        }
+        let ran = self.multi_exchange(work).await;
+        if ran.is_err() {
+            if let Some(m) = self.multi.as_mut() {
+                m.failed = true;
+            }
+            self.tx_status = TxStatus::Failed;
+        }
+        ran
     }
 }
 
