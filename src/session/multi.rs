@@ -687,15 +687,16 @@ where
 /// raised first on one database: the shards run their parts at once, but
 /// one database analyzes and plans the whole statement (an invalid literal
 /// in any row: 22P02) before it executes any of it (a duplicate key in
-/// another row: 23505). So an error of class 23 (integrity constraint
-/// violation, raised only while rows are written) gives way to any other;
-/// otherwise the first stands.
+/// another row: 23505). So an error only execution raises gives way to any
+/// other: class 23 (integrity constraint violation), 21 (cardinality
+/// violation: ON CONFLICT DO UPDATE meeting a row twice) and 40
+/// (serialization failure, deadlock); otherwise the first stands.
 pub(super) fn earlier_error(first: Option<BytesMut>, next: Option<BytesMut>) -> Option<BytesMut> {
     let class = |f: &BytesMut| {
         protocol::error_fields(protocol::body(f))
             .into_iter()
             .find(|(c, _)| *c == b'C')
-            .map(|(_, v)| v.starts_with("23"))
+            .map(|(_, v)| ["23", "21", "40"].iter().any(|c| v.starts_with(c)))
     };
     match (first, next) {
         (Some(a), Some(b)) if class(&a) == Some(true) && class(&b) == Some(false) => Some(b),
@@ -1039,4 +1040,48 @@ pub(super) fn shaped(how: Shape, results: &[Collected]) -> BytesMut {
         e.encode(&mut out);
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: &str) -> Option<BytesMut> {
+        let mut out = BytesMut::new();
+        PgError::error(
+            Box::leak(code.to_string().into_boxed_str()),
+            "a shard's error",
+        )
+        .encode(&mut out);
+        Some(out)
+    }
+
+    fn code(f: &Option<BytesMut>) -> String {
+        protocol::error_fields(protocol::body(f.as_ref().unwrap()))
+            .into_iter()
+            .find(|(c, _)| *c == b'C')
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn an_error_only_execution_raises_gives_way_to_an_earlier_one() {
+        // What one database raises while analyzing the statement comes
+        // before what a shard raised while writing.
+        for late in ["23505", "21000", "40001"] {
+            assert_eq!(code(&earlier_error(error(late), error("22P02"))), "22P02");
+            assert_eq!(code(&earlier_error(error("22P02"), error(late))), "22P02");
+        }
+        // Otherwise the first stands.
+        assert_eq!(
+            code(&earlier_error(error("23505"), error("21000"))),
+            "23505"
+        );
+        assert_eq!(
+            code(&earlier_error(error("42703"), error("22P02"))),
+            "42703"
+        );
+        assert_eq!(code(&earlier_error(None, error("23505"))), "23505");
+        assert!(earlier_error(None, None).is_none());
+    }
 }
