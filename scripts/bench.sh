@@ -4,11 +4,13 @@
 # shardwire, side by side, on a throwaway local cluster.
 #
 # It starts its own cluster (scripts/cluster.sh: 2 shards, no replicas),
-# PgBouncer (transaction pooling) and two shardwire proxies with the same
+# PgBouncer (transaction pooling) and shardwire proxies with the same
 # backend pool size:
 #
 #   shardwire      no [[tables]]: every statement goes to shard s0, like the
 #                  other two targets (single-shard workloads)
+#   nolanes        the same with `pool.pipeline_lanes = 0` (target
+#                  `nolanes`): ordinary transaction pooling only
 #   shardwire-2s   pgbench tables hash-sharded over s0 and s1 (database
 #                  `app2`, loaded through the proxy with its COPY splitting)
 #
@@ -19,7 +21,11 @@
 #
 # Workloads (--workloads, comma separated; default all):
 #   select-prepared  pgbench -S -M prepared, single shard
+#   select-extended  pgbench -S -M extended (unnamed statements), single shard
 #   select-simple    pgbench -S -M simple, single shard
+#   lat-prepared, lat-extended, lat-simple
+#                    the same with 1 client: the latency each target adds
+#                    to a round trip (column "+p50 µs": p50 minus direct's)
 #   select-2shard    pgbench -S -M prepared; shardwire routes over 2 shards,
 #                    direct and PgBouncer use one shard as a reference
 #   tpcb             pgbench TPC-B-like transactions, -M simple, single shard
@@ -29,11 +35,18 @@
 #   scatter-count    shardwire-2s only: SELECT count(*) over both shards
 #   scatter-order    shardwire-2s only: ORDER BY aid LIMIT 10 over both shards
 #
-# PgBouncer 1.18 (Debian 12) keeps no protocol-level prepared statements in
-# transaction pooling: a client's Bind may reach a server that never saw its
-# Parse. For the -M prepared workloads PgBouncer therefore serves the client
-# from a session-mode pool of the same size (one server per client: its best
-# case). Everything else uses its transaction pool.
+# PgBouncer: --pgbouncer PATH, else the 1.25.2 that
+# ../shared/anchors/build-pgbouncer.sh builds when that script is there,
+# else Debian's. Since 1.21 PgBouncer keeps protocol-level prepared
+# statements in transaction pooling (max_prepared_statements, set to 200
+# here): every workload uses its transaction pool. An older PgBouncer
+# (Debian 12 has 1.18) cannot: a client's Bind may reach a server that never
+# saw its Parse, so for the -M prepared workloads it serves the client from a
+# session-mode pool of the same size (one server per client: its best case).
+# The table names the version that ran.
+#
+# --cpu-hog N keeps N busy loops running beside every run: a proxy's
+# speed must not collapse when the machine is busy.
 #
 # A second shardwire binary (SHARDWIRE_BASELINE_BIN, target `baseline`)
 # runs beside the first in the same rounds, on the same one-shard config:
@@ -50,7 +63,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
 readonly REPO_ROOT="${SCRIPT_DIR%/*}"
 
-ALL_WORKLOADS="select-prepared,select-simple,select-2shard,tpcb,storm,scatter-count,scatter-order"
+ALL_WORKLOADS="select-prepared,select-extended,select-simple,lat-prepared,lat-extended,lat-simple,select-2shard,tpcb,storm,scatter-count,scatter-order"
 
 DURATION=10
 ROUNDS=3
@@ -60,7 +73,9 @@ POOL=20
 SCALE=10
 THREADS=2
 WORKLOADS="$ALL_WORKLOADS"
-TARGETS="direct,pgbouncer,shardwire"
+TARGETS="direct,pgbouncer,shardwire,nolanes"
+PGBOUNCER_ARG=""
+CPU_HOG=0
 BASE_PORT=25432
 OUT_DIR="$REPO_ROOT/docs"
 DIR=""
@@ -74,7 +89,8 @@ usage() {
     cat <<EOF
 Usage: $PROG [--quick] [--duration S] [--rounds N] [--clients N]
              [--storm-clients N] [--pool N] [--scale N] [--workloads LIST]
-             [--targets LIST] [--port BASE] [--out DIR] [--dir DIR] [--keep]
+             [--targets LIST] [--pgbouncer PATH] [--cpu-hog N] [--port BASE]
+             [--out DIR] [--dir DIR] [--keep]
 
 Runs pgbench against direct PostgreSQL, PgBouncer and shardwire on a local
 cluster it starts and stops itself, round by round, and prints a table.
@@ -88,7 +104,10 @@ cluster it starts and stops itself, round by round, and prints a table.
   --pool N           backend pool size of PgBouncer and shardwire (default $POOL)
   --scale N          pgbench scale factor (default $SCALE; 1 = 100k accounts)
   --workloads LIST   comma separated, from: $ALL_WORKLOADS
-  --targets LIST     comma separated, from: direct,pgbouncer,shardwire,baseline
+  --targets LIST     comma separated, from: direct,pgbouncer,shardwire,nolanes,baseline
+  --pgbouncer PATH   the PgBouncer binary (default: the 1.25.2 that
+                     ../shared/anchors/build-pgbouncer.sh builds, else Debian's)
+  --cpu-hog N        run N busy loops beside the benchmark (default 0)
   --sampling-rate R  log only this fraction of transactions (pgbench --sampling-rate)
   --port BASE        first port (default $BASE_PORT; uses BASE..BASE+10)
   --out DIR          where bench.md and bench.svg go (default docs/)
@@ -116,6 +135,8 @@ while [[ $# -gt 0 ]]; do
         --scale) SCALE="$2"; shift ;;
         --workloads) WORKLOADS="$2"; shift ;;
         --targets) TARGETS="$2"; shift ;;
+        --pgbouncer) PGBOUNCER_ARG="$2"; shift ;;
+        --cpu-hog) CPU_HOG="$2"; shift ;;
         --sampling-rate) SAMPLING="$2"; shift ;;
         --port) BASE_PORT="$2"; shift ;;
         --out) OUT_DIR="$2"; shift ;;
@@ -135,6 +156,7 @@ fi
 for v in DURATION ROUNDS CLIENTS STORM_CLIENTS POOL SCALE BASE_PORT; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "--${v,,} must be a positive integer, got '${!v}'"
 done
+[[ "$CPU_HOG" =~ ^[0-9]+$ ]] || die "--cpu-hog must be a non-negative integer, got '$CPU_HOG'"
 IFS=',' read -r -a WL <<<"$WORKLOADS"
 for w in "${WL[@]}"; do
     [[ ",$ALL_WORKLOADS," == *",$w,"* ]] || die "unknown workload '$w' (from: $ALL_WORKLOADS)"
@@ -144,15 +166,16 @@ if [[ -n "${SHARDWIRE_BASELINE_BIN:-}" && ",$TARGETS," != *",baseline,"* ]]; the
 fi
 IFS=',' read -r -a TG <<<"$TARGETS"
 for t in "${TG[@]}"; do
-    [[ ",direct,pgbouncer,shardwire,baseline," == *",$t,"* ]] || die "unknown target '$t'"
+    [[ ",direct,pgbouncer,shardwire,nolanes,baseline," == *",$t,"* ]] || die "unknown target '$t'"
 done
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
 
 # Ports: the cluster's 2 primaries on BASE, BASE+1; PgBouncer BASE+4;
 # shardwire BASE+5 (HTTP +6); shardwire-2s BASE+7 (HTTP +8); baseline
-# BASE+9 (HTTP +10).
+# BASE+9 (HTTP +10); nolanes BASE+11 (HTTP +12).
 readonly PG0_PORT=$BASE_PORT PGB_PORT=$((BASE_PORT + 4))
 readonly SW_PORT=$((BASE_PORT + 5)) SW2_PORT=$((BASE_PORT + 7)) SWB_PORT=$((BASE_PORT + 9))
+readonly SWN_PORT=$((BASE_PORT + 11))
 
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSFILE PGSERVICE PGOPTIONS PGSSLMODE
 export PGPASSWORD=app
@@ -162,8 +185,13 @@ export PGPASSWORD=app
 # ---------------------------------------------------------------------------
 
 "$SCRIPT_DIR/install-deps.sh"
+ANCHOR_PGBOUNCER="$REPO_ROOT/../shared/anchors/build-pgbouncer.sh"
+if [[ -z "$PGBOUNCER_ARG" && -f "$ANCHOR_PGBOUNCER" ]] && has_target pgbouncer; then
+    say "building PgBouncer from ${ANCHOR_PGBOUNCER#"$REPO_ROOT/"} (reused when built)"
+    PGBOUNCER_ARG="$(bash "$ANCHOR_PGBOUNCER" | tail -n 1)" || die "build-pgbouncer.sh failed"
+fi
 missing=()
-command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+[[ -n "$PGBOUNCER_ARG" ]] || command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ "$(id -u)" -ne 0 ]]; then
@@ -174,7 +202,20 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get update -qq >&2
     apt-get install -y -qq "${missing[@]}" >&2
 fi
-PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+if [[ -n "$PGBOUNCER_ARG" ]]; then
+    [[ -x "$PGBOUNCER_ARG" ]] || die "--pgbouncer $PGBOUNCER_ARG is not executable"
+    PGBOUNCER="$PGBOUNCER_ARG"
+else
+    PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+fi
+PGB_VERSION="$("$PGBOUNCER" --version 2>/dev/null | sed -n 's/^PgBouncer \([0-9.]*\).*/\1/p' | head -n 1)"
+[[ -n "$PGB_VERSION" ]] || PGB_VERSION="unknown"
+# Protocol-level prepared statements in transaction pooling: 1.21 and later.
+PGB_PREPARED=0
+if [[ "$PGB_VERSION" =~ ^([0-9]+)\.([0-9]+) ]] \
+    && (( BASH_REMATCH[1] > 1 || (BASH_REMATCH[1] == 1 && BASH_REMATCH[2] >= 21) )); then
+    PGB_PREPARED=1
+fi
 
 if [[ -n "${SHARDWIRE_BIN:-}" ]]; then
     [[ -x "$SHARDWIRE_BIN" ]] || die "SHARDWIRE_BIN=$SHARDWIRE_BIN is not executable"
@@ -286,8 +327,8 @@ pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG0_PORT" -U app app >"$DIR/init-app
 
 # shardwire configs: cluster.sh's, with the pool size and limits set, and for
 # shardwire-2s the database app2 and the pgbench tables sharded.
-sw_config() {   # port shards(1|2) tables(0|1)
-    local port="$1" shards="$2" tables="$3" s
+sw_config() {   # port shards(1|2) tables(0|1) [pipeline_lanes]
+    local port="$1" shards="$2" tables="$3" lanes="${4:-}" s
     cat <<EOF
 listen = "127.0.0.1:$port"
 http_listen = "127.0.0.1:$((port + 1))"
@@ -299,6 +340,7 @@ min_size = 0
 max_size = $POOL
 checkout_timeout = "30s"
 max_waiting = $(( STORM_CLIENTS + 100 ))
+${lanes:+pipeline_lanes = $lanes}
 
 [limits]
 max_client_connections = $(( STORM_CLIENTS + 100 ))
@@ -322,9 +364,9 @@ EOF
         done
     fi
 }
-start_shardwire() {   # name port shards tables [binary]
+start_shardwire() {   # name port shards tables [binary] [pipeline_lanes]
     local name="$1" port="$2" pid
-    sw_config "$port" "$3" "$4" >"$DIR/$name.toml"
+    sw_config "$port" "$3" "$4" "${6:-}" >"$DIR/$name.toml"
     "${5:-$SW_BIN}" serve --config "$DIR/$name.toml" </dev/null >"$DIR/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
@@ -339,6 +381,10 @@ done
 
 say "starting shardwire ($SW_BIN, pool $POOL)"
 start_shardwire shardwire "$SW_PORT" 1 0
+if has_target nolanes; then
+    say "starting shardwire with pipeline_lanes = 0 (target nolanes)"
+    start_shardwire nolanes "$SWN_PORT" 1 0 "$SW_BIN" 0
+fi
 if has_target baseline; then
     say "starting baseline ($SHARDWIRE_BASELINE_BIN, pool $POOL)"
     start_shardwire baseline "$SWB_PORT" 1 0 "$SHARDWIRE_BASELINE_BIN"
@@ -351,13 +397,13 @@ if (( need_2s )); then
 fi
 
 if has_target pgbouncer; then
-    say "starting PgBouncer (transaction pooling, default_pool_size $POOL)"
+    say "starting PgBouncer $PGB_VERSION ($PGBOUNCER; transaction pooling, default_pool_size $POOL)"
     mkdir -p "$DIR/pgbouncer"
     printf '"app" "app"\n' >"$DIR/pgbouncer/userlist.txt"
     cat >"$DIR/pgbouncer/pgbouncer.ini" <<EOF
 [databases]
 app = host=127.0.0.1 port=$PG0_PORT dbname=app
-; -M prepared needs a session: see the header of bench.sh.
+; -M prepared needs a session before 1.21: see the header of bench.sh.
 app_session = host=127.0.0.1 port=$PG0_PORT dbname=app pool_mode=session
 
 [pgbouncer]
@@ -377,6 +423,7 @@ logfile = $DIR/pgbouncer/pgbouncer.log
 pidfile = $DIR/pgbouncer/pgbouncer.pid
 log_connections = 0
 log_disconnections = 0
+$( (( PGB_PREPARED )) && echo "max_prepared_statements = 200")
 EOF
     if [[ "$(id -u)" -eq 0 ]]; then chown -R postgres: "$DIR/pgbouncer"; chmod 0700 "$DIR/pgbouncer"; fi
     "${RUN_AS[@]}" "$PGBOUNCER" "$DIR/pgbouncer/pgbouncer.ini" </dev/null >"$DIR/pgbouncer.out" 2>&1 &
@@ -403,12 +450,17 @@ targets_of() {
             return 0 ;;
     esac
     local pgb_db=app
-    case "$w" in select-prepared|select-2shard) pgb_db=app_session ;; esac
+    if (( ! PGB_PREPARED )); then
+        case "$w" in select-prepared|select-2shard|lat-prepared) pgb_db=app_session ;; esac
+    fi
     has_target direct && echo "direct $PG0_PORT app"
     has_target pgbouncer && echo "pgbouncer $PGB_PORT $pgb_db"
     if has_target shardwire; then
         if [[ "$w" == select-2shard ]]; then echo "shardwire $SW2_PORT app"
         else echo "shardwire $SW_PORT app"; fi
+    fi
+    if has_target nolanes && [[ "$w" != select-2shard ]]; then
+        echo "nolanes $SWN_PORT app"
     fi
     if has_target baseline && [[ "$w" != select-2shard ]]; then
         echo "baseline $SWB_PORT app"
@@ -418,7 +470,11 @@ targets_of() {
 args_of() {
     case "$1" in
         select-prepared|select-2shard) echo "-S -M prepared -c $CLIENTS" ;;
+        select-extended) echo "-S -M extended -c $CLIENTS" ;;
         select-simple) echo "-S -M simple -c $CLIENTS" ;;
+        lat-prepared) echo "-S -M prepared -c 1" ;;
+        lat-extended) echo "-S -M extended -c 1" ;;
+        lat-simple) echo "-S -M simple -c 1" ;;
         tpcb) echo "-M simple -c $CLIENTS" ;;
         storm) echo "-S -M simple -c $STORM_CLIENTS" ;;
         scatter-count) echo "-M simple -f $DIR/scatter-count.sql -c $CLIENTS" ;;
@@ -441,7 +497,9 @@ run_one() {   # round workload label port db
     # instead, about --duration seconds' worth, and always completes.
     local length=(-T "$DURATION")
     [[ "$w" == storm ]] && length=(-t $(( DURATION * STORM_TX_PER_SEC )))
-    pgbench -n -j "$THREADS" "${length[@]}" "${args[@]}" "${extra[@]}" \
+    local threads="$THREADS"
+    [[ "$w" == lat-* ]] && threads=1
+    pgbench -n -j "$threads" "${length[@]}" "${args[@]}" "${extra[@]}" \
         --log --log-prefix="$prefix.log" \
         -h 127.0.0.1 -p "$port" -U app "$db" >"$out" 2>&1 || true
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$label" "$prefix" "$out" >>"$RESULTS"
@@ -455,6 +513,15 @@ run_one() {   # round workload label port db
     say "round $round  $(printf '%-16s %-10s' "$w" "$label") tps ${tps:-FAILED}"
 }
 
+HOG_PIDS=()
+if (( CPU_HOG > 0 )); then
+    say "starting $CPU_HOG busy loop(s) beside the benchmark (--cpu-hog)"
+    for (( i = 0; i < CPU_HOG; i++ )); do
+        bash -c 'while :; do :; done' &
+        HOG_PIDS+=("$!")
+        PIDS+=("$!")
+    done
+fi
 say "running: ${WL[*]} x {${TARGETS}}, $ROUNDS rounds of ${DURATION}s runs"
 for (( round = 1; round <= ROUNDS; round++ )); do
     for w in "${WL[@]}"; do
@@ -478,14 +545,20 @@ done
 mkdir -p "$OUT_DIR"
 CMDLINE="scripts/bench.sh${ORIG_ARGS:+ $ORIG_ARGS}"
 python3 - "$RESULTS" "$OUT_DIR" "$CMDLINE" "$DURATION" "$ROUNDS" "$CLIENTS" "$STORM_CLIENTS" \
-    "$POOL" "$SCALE" <<'PY'
+    "$POOL" "$SCALE" "$PGB_VERSION" "$PGB_PREPARED" "$CPU_HOG" <<'PY'
 import glob, os, re, statistics, sys
 
-results, out_dir, cmdline, duration, rounds, clients, storm, pool, scale = sys.argv[1:]
+(results, out_dir, cmdline, duration, rounds, clients, storm, pool, scale,
+ pgb_version, pgb_prepared, cpu_hog) = sys.argv[1:]
+pgb_prepared = pgb_prepared == "1"
 
 WORKLOAD_TITLES = {
     "select-prepared": f"select-only -M prepared, {clients} clients, 1 shard",
+    "select-extended": f"select-only -M extended (unnamed statements), {clients} clients, 1 shard",
     "select-simple": f"select-only -M simple, {clients} clients, 1 shard",
+    "lat-prepared": "select-only -M prepared, 1 client, 1 shard",
+    "lat-extended": "select-only -M extended, 1 client, 1 shard",
+    "lat-simple": "select-only -M simple, 1 client, 1 shard",
     "select-2shard": f"select-only -M prepared, {clients} clients, shardwire over 2 shards",
     "tpcb": f"TPC-B-like -M simple, {clients} clients, 1 shard",
     "storm": f"select-only -M simple, {storm} clients on a pool of {pool}",
@@ -561,7 +634,7 @@ def ratio(a, b):
     return "-" if (a is None or b is None or b == 0) else f"{a / b:.2f}"
 
 header = ["workload", "target", "TPS (median)", "TPS min-max", "p50 ms", "p99 ms",
-          "TPS / direct", "TPS / pgbouncer", "p99 / pgbouncer", "errors"]
+          "+p50 µs", "TPS / direct", "TPS / pgbouncer", "p99 / pgbouncer", "errors"]
 with_baseline = any(k[1] == "baseline" for k in order)
 if with_baseline:
     header.insert(-1, "TPS / baseline")
@@ -572,8 +645,12 @@ for key in order:
     d = summary.get((w, "direct"), {})
     b = summary.get((w, "pgbouncer"), {})
     name = label
-    if label == "pgbouncer" and w in ("select-prepared", "select-2shard"):
-        name = "pgbouncer (session pool)"
+    if label == "pgbouncer":
+        name = f"pgbouncer {pgb_version}"
+        if not pgb_prepared and w in ("select-prepared", "select-2shard", "lat-prepared"):
+            name += " (session pool)"
+    if label == "nolanes":
+        name = "shardwire, no lanes"
     if label == "shardwire" and w in ("select-2shard", "scatter-count", "scatter-order"):
         name = "shardwire (2 shards)"
     rows.append([
@@ -581,6 +658,8 @@ for key in order:
         "-" if s["tps"] is None else f"{s['tps']:.0f}",
         "-" if s["min"] is None else f"{s['min']:.0f}-{s['max']:.0f}",
         fmt_ms(s["p50"]), fmt_ms(s["p99"]),
+        "-" if label == "direct" or s["p50"] is None or d.get("p50") is None
+        else f"{s['p50'] - d['p50']:+.0f}",
         "-" if label == "direct" else ratio(s["tps"], d.get("tps")),
         "-" if label == "pgbouncer" else ratio(s["tps"], b.get("tps")),
         "-" if label == "pgbouncer" else ratio(s["p99"], b.get("p99")),
@@ -602,10 +681,15 @@ for r in rows:
 print()
 
 md = []
+hog = f", {cpu_hog} CPU hog(s) running beside it" if cpu_hog != "0" else ""
+pgb_pool = ("its transaction pool for every workload (max_prepared_statements = 200)"
+            if pgb_prepared else "its transaction pool, a session pool for -M prepared")
 md.append(f"Command: `{cmdline}` ({rounds} rounds of {duration} s per target and workload, "
-          f"pgbench scale {scale}, backend pool {pool} for PgBouncer and shardwire). "
+          f"pgbench scale {scale}, backend pool {pool} for PgBouncer and shardwire{hog}). "
+          f"PgBouncer {pgb_version}, {pgb_pool}. "
           "TPS is the median of the rounds (min-max beside it); p50/p99 are per-transaction "
-          "latencies from pgbench's log, median of the rounds.")
+          "latencies from pgbench's log, median of the rounds; +p50 µs is the p50 minus "
+          "direct's, the latency a target adds to a round trip.")
 md.append("")
 md.append("| " + " | ".join(header) + " |")
 md.append("|" + "|".join("---" for _ in header) + "|")
@@ -620,9 +704,9 @@ open(os.path.join(out_dir, "bench.md"), "w").write("\n".join(md) + "\n")
 # SVG: one group of bars per workload, TPS relative to direct (or absolute
 # TPS for shardwire-only workloads, labelled).
 colors = {"direct": "#7f8c8d", "pgbouncer": "#2e86c1", "shardwire": "#e67e22",
-          "baseline": "#a04000"}
+          "nolanes": "#f5b041", "baseline": "#a04000"}
 workloads = list(dict.fromkeys(k[0] for k in order))
-labels = ["direct", "pgbouncer", "shardwire", "baseline"]
+labels = ["direct", "pgbouncer", "shardwire", "nolanes", "baseline"]
 bar_h, gap, group_gap = 16, 3, 18
 left, right, top = 330, 140, 50
 maxtps = max([s["tps"] or 0 for s in summary.values()] + [1])
@@ -652,7 +736,7 @@ svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height
        f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
        f'<rect width="{width}" height="{height}" fill="#fff"/>',
        f'<text x="10" y="22" font-size="15" font-weight="bold">pgbench TPS (median of {rounds} rounds, '
-       f'line: min-max), pool {pool}</text>',
+       f'line: min-max), pool {pool}, PgBouncer {pgb_version}{hog}</text>',
        f'<text x="10" y="38" font-size="11" fill="#555">{cmdline}</text>']
 svg += parts
 svg.append("</svg>")
