@@ -13,6 +13,7 @@
 
 pub mod journal;
 pub mod mover;
+mod precheck;
 
 use std::sync::Arc;
 use std::time::Duration;

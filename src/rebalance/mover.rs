@@ -9,13 +9,17 @@
 //!    subscription created; wait until every table is synchronized;
 //! 2. catching up: a fence row written on the source must reach the
 //!    target quickly (that round trip is what the cutover will wait for);
+//!    then the moved rows are compared on both sides while writes go on,
+//!    with change logs recording what is written meanwhile (`precheck`);
 //! 3. cutover: a map with a `fence` is published (proxies hold writes to
 //!    moving rows), guard triggers on the sources reject such writes from
 //!    anyone else, and a last fence row proves the target has replayed
 //!    every write before them;
-//! 4. verifying: row counts and checksums of the moved keys agree on both
-//!    sides (nothing can change them while fenced), then the new map is
-//!    published together with the journal's next step;
+//! 4. verifying: the moved rows agree on both sides (nothing can change
+//!    them while fenced): only the rows the change logs name, when this
+//!    mover compared the rest before the fence, or else row counts and
+//!    checksums of all of them; then the new map is published together
+//!    with the journal's next step;
 //! 5. cleaning up: subscription and publication dropped, moved rows
 //!    deleted from the sources in throttled batches, guards dropped.
 //!
@@ -25,10 +29,12 @@
 //! rolls everything back: the fence lifted, guards, streams and the
 //! copied rows removed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::journal::{self, literal, status, Rebalance, Step};
+use super::precheck::{self, MoveCheck};
 use crate::backend::conn::{ServerConn, ServerTarget};
 use crate::config::{Config, Role};
 use crate::proxy::Proxy;
@@ -47,7 +53,9 @@ const CAUGHT_UP: Duration = Duration::from_millis(300);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time for other proxies to receive the fenced map before the guards go
 /// up (a proxy still on the old map meets the guard: a retryable error).
-const FENCE_GRACE: Duration = Duration::from_millis(200);
+/// Writes to moving rows are held meanwhile; a NOTIFY reaches a following
+/// proxy within a few milliseconds.
+const FENCE_GRACE: Duration = Duration::from_millis(50);
 const DELETE_BATCH: u64 = 10_000;
 /// Subscription errors tolerated before the move is declared failed.
 const MAX_SUBSCRIPTION_ERRORS: i64 = 5;
@@ -191,6 +199,12 @@ pub struct Mover {
     /// Primaries (name, host, port) of the map the rebalance started from:
     /// a drained shard is still cleaned up after the map dropped it.
     departed: Vec<(String, String, u16)>,
+    /// The comparison this mover made before the fence (rebalance id and
+    /// one check per move); without it the fence verifies every row.
+    prechecked: Option<(i64, Vec<MoveCheck>)>,
+    /// Connections kept from the catch-up through the verification, so
+    /// that the fence does not wait for logins.
+    conns: HashMap<String, ServerConn>,
 }
 
 impl Mover {
@@ -202,6 +216,8 @@ impl Mover {
             id,
             stall_at: std::env::var("SHARDWIRE_TEST_REBALANCE_STALL").ok(),
             departed: Vec::new(),
+            prechecked: None,
+            conns: HashMap::new(),
         }
     }
 
@@ -211,6 +227,19 @@ impl Mover {
 
     async fn connect(&self, shard: &str) -> Result<ServerConn, String> {
         connect(self.target(shard)?).await
+    }
+
+    /// A kept connection to `shard` (see `conns`), or a new one. A
+    /// connection that met an error is not put back.
+    async fn take_conn(&mut self, shard: &str) -> Result<ServerConn, String> {
+        match self.conns.remove(shard) {
+            Some(c) => Ok(c),
+            None => self.connect(shard).await,
+        }
+    }
+
+    fn put_conn(&mut self, shard: &str, conn: ServerConn) {
+        self.conns.insert(shard.to_string(), conn);
     }
 
     /// Remember the primaries of the map the rebalance started from.
@@ -332,15 +361,37 @@ impl Mover {
         }
     }
 
-    /// The test hook: hang at `point` (a step, or a point inside one).
+    /// The test hook: hang at `point` (a step, or a point inside one), or
+    /// with `point@MS` pause there for MS milliseconds.
     async fn stall(&self, point: &str) {
-        if self.stall_at.as_deref() == Some(point) {
-            tracing::warn!(
-                rebalance = self.id,
-                step = point,
-                "SHARDWIRE_TEST_REBALANCE_STALL: the mover stops here"
-            );
-            std::future::pending::<()>().await;
+        let Some(hook) = self.stall_at.as_deref() else {
+            return;
+        };
+        let (at, pause) = match hook.split_once('@') {
+            Some((at, ms)) => (at, ms.parse::<u64>().ok()),
+            None => (hook, None),
+        };
+        if at != point {
+            return;
+        }
+        match pause {
+            Some(ms) => {
+                tracing::warn!(
+                    rebalance = self.id,
+                    step = point,
+                    ms,
+                    "SHARDWIRE_TEST_REBALANCE_STALL: the mover pauses here"
+                );
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            None => {
+                tracing::warn!(
+                    rebalance = self.id,
+                    step = point,
+                    "SHARDWIRE_TEST_REBALANCE_STALL: the mover stops here"
+                );
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -549,10 +600,72 @@ impl Mover {
                 slowest = slowest.max(took);
             }
             if slowest <= CAUGHT_UP {
-                return Ok(());
+                break;
             }
             tokio::time::sleep(POLL).await;
         }
+        self.stall("catching up:compare").await;
+        let started = Instant::now();
+        match self.precheck(r).await {
+            Ok(checks) => {
+                let left: usize = checks.iter().map(|c| c.suspects.len()).sum();
+                tracing::info!(
+                    rebalance = r.id,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    unequal_rows = left,
+                    "moved rows compared before the cutover; the fence compares only what changes from now on"
+                );
+                self.prechecked = Some((r.id, checks));
+            }
+            Err(e) => {
+                // Not an error of the rebalance: the fence verifies every row.
+                tracing::warn!(rebalance = r.id, error = %e, "no comparison before the cutover; the fence verifies every moved row");
+                self.prechecked = None;
+                self.conns.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare the moved rows on both sides before the fence (see
+    /// `precheck`): change logs up, one comparison of every row, then
+    /// rounds over what was written meanwhile.
+    async fn precheck(&mut self, r: &Rebalance) -> Result<Vec<MoveCheck>, String> {
+        let mut checks = Vec::new();
+        for s in streams(r) {
+            let mut src = self.take_conn(s.source).await?;
+            let mut tgt = self.take_conn(s.target).await?;
+            let mut mine = Vec::new();
+            for m in &s.moves {
+                let c = MoveCheck::describe(&mut src, m).await?;
+                c.install_log(&mut src, r.id).await?;
+                c.install_log(&mut tgt, r.id).await?;
+                mine.push(c);
+            }
+            // What the source wrote before the logs went up is replayed.
+            fence_round_trip(&mut src, &mut tgt, r.id, s.no, FENCE_TIMEOUT)
+                .await?
+                .ok_or("the target did not replay the fence")?;
+            for c in &mut mine {
+                c.compare_all(&mut src, &mut tgt).await?;
+            }
+            for _ in 0..precheck::ROUNDS {
+                fence_round_trip(&mut src, &mut tgt, r.id, s.no, FENCE_TIMEOUT)
+                    .await?
+                    .ok_or("the target did not replay the fence")?;
+                let mut compared = 0;
+                for c in &mut mine {
+                    compared += c.compare_changed(&mut src, &mut tgt, r.id).await?;
+                }
+                if compared <= precheck::SMALL {
+                    break;
+                }
+            }
+            self.put_conn(s.source, src);
+            self.put_conn(s.target, tgt);
+            checks.extend(mine);
+        }
+        Ok(checks)
     }
 
     // -- 3. cutover ---------------------------------------------------------
@@ -586,7 +699,7 @@ impl Mover {
         }
         self.stall("cutover:fenced").await;
         for s in streams(r) {
-            let mut src = self.connect(s.source).await?;
+            let mut src = self.take_conn(s.source).await?;
             for m in &s.moves {
                 if let Err(e) = create_guard(&mut src, r.id, m).await {
                     let e = format!(
@@ -602,11 +715,12 @@ impl Mover {
                     return Err(Stop::Failed(e));
                 }
             }
+            self.put_conn(s.source, src);
             self.set_moves(&s.moves, "state = 'cutover'").await?;
         }
         for s in streams(r) {
-            let mut src = self.connect(s.source).await?;
-            let mut tgt = self.connect(s.target).await?;
+            let mut src = self.take_conn(s.source).await?;
+            let mut tgt = self.take_conn(s.target).await?;
             if fence_round_trip(&mut src, &mut tgt, r.id, s.no, FENCE_TIMEOUT)
                 .await?
                 .is_none()
@@ -616,6 +730,8 @@ impl Mover {
                     s.target, s.source
                 )));
             }
+            self.put_conn(s.source, src);
+            self.put_conn(s.target, tgt);
         }
         Ok(())
     }
@@ -677,6 +793,102 @@ impl Mover {
     // -- 4. verifying -------------------------------------------------------
 
     async fn verify_and_publish(&mut self, r: &Rebalance) -> Result<(), Stop> {
+        let mismatches = match self.prechecked.take() {
+            Some((id, checks)) if id == r.id => match self.verify_changed(r, checks).await {
+                Ok(m) => m,
+                Err(Stop::Failed(e)) => {
+                    tracing::warn!(rebalance = r.id, error = %e, "comparing the changed rows failed; verifying every moved row");
+                    self.conns.clear();
+                    self.verify_all(r).await?
+                }
+                Err(stop) => return Err(stop),
+            },
+            _ => self.verify_all(r).await?,
+        };
+        self.conns.clear();
+        if !mismatches.is_empty() {
+            let reason = format!(
+                "verification failed, nothing was cut over: {}",
+                mismatches.join("; ")
+            );
+            tracing::error!(rebalance = r.id, "{reason}; rolling back");
+            self.roll_back(r, status::ROLLED_BACK, Some(&reason))
+                .await?;
+            // Finished as rolled back: not a failure that START resumes
+            // (the journal says so; the loop of `steps` ends on it).
+            return Ok(());
+        }
+        let (version, _) = self.newest_map().await?;
+        if Some(version) != r.fence_version {
+            return Err(Stop::Failed(format!(
+                "the shard map changed during the cutover (version {version}, fence {:?})",
+                r.fence_version
+            )));
+        }
+        self.publish(
+            version + 1,
+            &r.target_map,
+            &format!("REBALANCE {}: {}", r.id, r.command),
+            &journal::set_step_sql(r.id, Step::CleaningUp),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Inside the fence, after a comparison before it: compare the rows
+    /// the change logs name and those found unequal then. Returns the
+    /// mismatches.
+    async fn verify_changed(
+        &mut self,
+        r: &Rebalance,
+        mut checks: Vec<MoveCheck>,
+    ) -> Result<Vec<String>, Stop> {
+        let mut mismatches = Vec::new();
+        for s in streams(r) {
+            let mut src = self.take_conn(s.source).await?;
+            let mut tgt = self.take_conn(s.target).await?;
+            for m in &s.moves {
+                let Some(c) = checks.iter_mut().find(|c| c.no == m.no) else {
+                    return Err(Stop::Failed(format!(
+                        "no comparison of move {} before the fence",
+                        m.no
+                    )));
+                };
+                let compared = c.compare_changed(&mut src, &mut tgt, r.id).await?;
+                journal::set_move(
+                    &mut self.catalog,
+                    r.id,
+                    m.no,
+                    &format!("rows_copied = {}, state = 'verifying'", c.rows),
+                )
+                .await?;
+                tracing::info!(
+                    rebalance = r.id,
+                    table = %m.table,
+                    compared,
+                    "rows written since the comparison before the fence compared"
+                );
+                if !c.suspects.is_empty() {
+                    let few: Vec<&str> = c.suspects.iter().take(3).map(String::as_str).collect();
+                    mismatches.push(format!(
+                        "\"{}\" {} -> {}: {} rows differ, among them {}",
+                        m.table,
+                        m.source,
+                        m.target,
+                        c.suspects.len(),
+                        few.join(", ")
+                    ));
+                }
+            }
+            self.put_conn(s.source, src);
+            self.put_conn(s.target, tgt);
+        }
+        Ok(mismatches)
+    }
+
+    /// Inside the fence, without a comparison before it: row counts and
+    /// checksums of every moved row. Returns the mismatches.
+    async fn verify_all(&mut self, r: &Rebalance) -> Result<Vec<String>, Stop> {
         // Every move at once: writes to the moving rows are held meanwhile.
         let targets = r
             .moves
@@ -710,30 +922,7 @@ impl Mover {
                 ));
             }
         }
-        if !mismatches.is_empty() {
-            let reason = format!(
-                "verification failed, nothing was cut over: {}",
-                mismatches.join("; ")
-            );
-            self.roll_back(r, status::ROLLED_BACK, Some(&reason))
-                .await?;
-            return Err(Stop::Failed(reason));
-        }
-        let (version, _) = self.newest_map().await?;
-        if Some(version) != r.fence_version {
-            return Err(Stop::Failed(format!(
-                "the shard map changed during the cutover (version {version}, fence {:?})",
-                r.fence_version
-            )));
-        }
-        self.publish(
-            version + 1,
-            &r.target_map,
-            &format!("REBALANCE {}: {}", r.id, r.command),
-            &journal::set_step_sql(r.id, Step::CleaningUp),
-        )
-        .await?;
-        Ok(())
+        Ok(mismatches)
     }
 
     // -- 5. cleaning up -----------------------------------------------------
@@ -742,8 +931,12 @@ impl Mover {
         for s in streams(r) {
             self.drop_stream(r, &s).await?;
             let mut src = self.connect(s.source).await?;
+            let mut tgt = self.connect(s.target).await?;
             for m in &s.moves {
                 journal::set_move(&mut self.catalog, r.id, m.no, "state = 'cleaning up'").await?;
+                // Before the delete, which the log would record row by row.
+                precheck::drop_log(&mut src, r.id, m).await?;
+                precheck::drop_log(&mut tgt, r.id, m).await?;
                 let deleted = self.delete_in_batches(&mut src, r, m, true).await?;
                 drop_guard(&mut src, r.id, m).await?;
                 journal::set_move(
@@ -754,7 +947,6 @@ impl Mover {
                 )
                 .await?;
             }
-            let mut tgt = self.connect(s.target).await?;
             forget_fences(&mut src, &mut tgt, r.id).await?;
         }
         Ok(())
@@ -883,14 +1075,19 @@ impl Mover {
             ));
         }
         self.lift_fence(r).await?;
+        self.prechecked = None;
+        self.conns.clear();
         for s in streams(r) {
             let mut src = self.connect(s.source).await?;
             for m in &s.moves {
                 drop_guard(&mut src, r.id, m).await?;
+                precheck::drop_log(&mut src, r.id, m).await?;
             }
             self.drop_stream(r, &s).await?;
             let mut tgt = self.connect(s.target).await?;
             for m in &s.moves {
+                // Before the delete, which the log would record row by row.
+                precheck::drop_log(&mut tgt, r.id, m).await?;
                 let exists = first(
                     &mut tgt,
                     &format!("SELECT to_regclass({})::text", literal(&m.table)),

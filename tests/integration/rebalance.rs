@@ -813,3 +813,100 @@ fn cancel_rolls_back_and_one_rebalance_runs_at_a_time() {
         }
     });
 }
+
+/// The verification finds a moved row that differs on the target, whether
+/// it changed before the comparison the mover makes ahead of the fence
+/// (found by that comparison) or after it (found by the target's change
+/// log, inside the fence): either way the rebalance rolls back with
+/// nothing cut over. Then, left alone, the same rebalance completes.
+#[test]
+fn verification_finds_a_row_changed_on_the_target() {
+    let private = PrivateCluster::start(&["--shards", "3"]);
+    let (s2_primary, _) = private.0.shard_ports(2);
+    let name = format!("rbv{}", std::process::id());
+    let tables = "[[tables]]\nname = \"rbv_t\"\nkey = \"id\"\nstrategy = \"hash\"\n";
+    let base = catalog_config(&name, tables);
+    let configure = |cfg: &mut toml::Value| {
+        base(cfg);
+        cfg["shards"].as_array_mut().expect("shards").truncate(2);
+    };
+    let mut proxy = TestProxy::start_on(&private.0, configure);
+    block_on(Duration::from_secs(300), async {
+        let (c, _t) = connect_url(&proxy.url()).await;
+        c.simple_query("create table rbv_t (id bigint primary key, v bigint not null)")
+            .await
+            .expect("create");
+        tokio::task::block_in_place(|| preload(&proxy.url(), "rbv_t", 3000, None));
+        let out = proxy.admin_psql(&format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}'"));
+        assert!(out.stderr.contains("version 2"), "{}", out.stderr);
+        drop(c);
+        let (s2, _t2) =
+            connect_url(&format!("postgres://app:app@127.0.0.1:{s2_primary}/app")).await;
+        // s2 starts empty: every row on it was copied there by the move.
+        for (pause_at, tamper) in [
+            (
+                "catching up:compare",
+                "update rbv_t set v = v + 1000 where id = (select min(id) from rbv_t)",
+            ),
+            (
+                "cutover",
+                "delete from rbv_t where id = (select max(id) from rbv_t)",
+            ),
+        ] {
+            drop(proxy);
+            proxy = TestProxy::start_with_env(
+                &private.0,
+                &[(
+                    "SHARDWIRE_TEST_REBALANCE_STALL",
+                    format!("{pause_at}@5000").as_str(),
+                )],
+                configure,
+            );
+            let out = proxy.admin_psql("REBALANCE START");
+            assert!(out.stderr.contains("started"), "{}", out.stderr);
+            tokio::task::block_in_place(|| wait_for_stall(&proxy, pause_at));
+            assert!(
+                query_count(&s2, "select count(*) from rbv_t").await > 500,
+                "the rows were not copied before {pause_at}"
+            );
+            let changed = s2.execute(tamper, &[]).await.expect("tamper");
+            assert_eq!(changed, 1, "{tamper}");
+            let state =
+                tokio::task::block_in_place(|| wait_rebalance(&proxy, Duration::from_secs(120)));
+            assert_eq!(state, "rolled back", "changed on the target at {pause_at}");
+            assert!(
+                proxy.log().contains("rows differ"),
+                "{}",
+                proxy.log_tail(30)
+            );
+            // Nothing was cut over: every key still on its old shard, with
+            // the value it had.
+            let (c, _t) = connect_url(&proxy.url()).await;
+            assert_eq!(
+                query_count(&c, "select count(*) from rbv_t where v = 0").await,
+                3000
+            );
+            assert_eq!(query_count(&s2, "select count(*) from rbv_t").await, 0);
+            let topo = proxy.admin("SHOW TOPOLOGY");
+            assert!(
+                !topo.iter().any(|r| r[5].contains("fence")),
+                "the fence is still up: {topo:?}"
+            );
+            assert_no_leftovers(&private.0, 3).await;
+        }
+        drop(proxy);
+        proxy = TestProxy::start_on(&private.0, configure);
+        let out = proxy.admin_psql("REBALANCE START");
+        assert!(out.stderr.contains("started"), "{}", out.stderr);
+        let state =
+            tokio::task::block_in_place(|| wait_rebalance(&proxy, Duration::from_secs(120)));
+        assert_eq!(state, "done");
+        let (c, _t) = connect_url(&proxy.url()).await;
+        assert_eq!(
+            query_count(&c, "select count(*) from rbv_t where v = 0").await,
+            3000
+        );
+        assert!(query_count(&s2, "select count(*) from rbv_t").await > 500);
+        assert_no_leftovers(&private.0, 3).await;
+    });
+}
