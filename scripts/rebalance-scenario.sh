@@ -37,4 +37,4 @@ scripts/install-deps.sh >/dev/null
 # Release build: the proxy's own cost should not colour the latencies.
 SHARDWIRE_SCENARIO_ROWS="$rows" cargo test --release --locked --test integration -- \
     "${filter[@]}" --test-threads=1 --nocapture 2>&1 |
-    grep -E '^(test |preloaded|killed at|rebalance of|SPLIT RANGE|MOVE REGION|[0-9]+ rows, all)|panicked|FAILED|test result'
+    grep -E '^(test |preloaded|killed at|rebalance of|steps of the mover|SPLIT RANGE|MOVE REGION|[0-9]+ rows, all)|panicked|FAILED|test result'

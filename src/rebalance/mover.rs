@@ -970,6 +970,13 @@ impl Mover {
     /// source after the cutover (past the guard), on the target when
     /// rolling back. Throttled by `rebalance.rows_per_second` and by the
     /// lag of the shard's replicas.
+    ///
+    /// The batches walk the table's heap by block ranges (a TID range
+    /// scan), so every block is read once in all: a batch that looked for
+    /// the next moving rows from the start of the table would read the
+    /// dead rows of every batch before it again. No moving row can appear
+    /// behind the walk: the guard rejects writes to them on the source,
+    /// and a rolled-back target receives none.
     async fn delete_in_batches(
         &mut self,
         conn: &mut ServerConn,
@@ -982,16 +989,36 @@ impl Mover {
             0 => DELETE_BATCH,
             rate => rate.clamp(1, DELETE_BATCH),
         };
+        let t = quote_ident(&m.table);
+        let blocks: u64 = first(
+            conn,
+            &format!(
+                "SELECT pg_relation_size({})::bigint / current_setting('block_size')::bigint",
+                literal(&m.table)
+            ),
+        )
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
         let mut total = 0i64;
-        loop {
+        let mut at = 0u64;
+        // Blocks per batch, adjusted toward `batch` rows per batch.
+        let mut span = 64u64;
+        // One more batch past the end: rows on blocks the table grew by
+        // since its size was read.
+        while at <= blocks {
             self.wait_for_replicas(conn, r, m, settings.max_replica_lag)
                 .await?;
             let started = Instant::now();
+            let upper = if at + span > blocks {
+                String::new()
+            } else {
+                format!(" AND ctid < '({},0)'::tid", at + span)
+            };
             let sql = format!(
                 "BEGIN; SET LOCAL shardwire.rebalance_cleanup = 'on'; \
-                 WITH d AS (DELETE FROM {t} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {t} WHERE {p} LIMIT {batch})) RETURNING 1) \
+                 WITH d AS (DELETE FROM {t} WHERE ctid >= '({at},0)'::tid{upper} AND ({p}) RETURNING 1) \
                  SELECT count(*) FROM d; COMMIT",
-                t = quote_ident(&m.table),
                 p = m.predicate
             );
             let n: i64 = topology::run_within(conn, &sql, BULK_TIMEOUT)
@@ -1011,14 +1038,21 @@ impl Mover {
                 )
                 .await?;
             }
-            if n < batch as i64 {
-                return Ok(total);
+            if upper.is_empty() {
+                break;
             }
-            if settings.rows_per_second > 0 {
+            at += span;
+            span = if n > 0 {
+                (span * batch / n as u64).clamp(8, (span * 4).min(1 << 20))
+            } else {
+                (span * 4).min(1 << 20)
+            };
+            if settings.rows_per_second > 0 && n > 0 {
                 let budget = Duration::from_secs_f64(n as f64 / settings.rows_per_second as f64);
                 tokio::time::sleep(budget.saturating_sub(started.elapsed())).await;
             }
         }
+        Ok(total)
     }
 
     /// Wait while a replica of `conn`'s server replays more than `max`

@@ -267,6 +267,39 @@ fn latency_report(logs: &[ClientLog], window: (Instant, Instant)) -> String {
     )
 }
 
+/// How long the mover spent in each journal step, from the "rebalance
+/// step" lines of its log: "copying 8.0s, catching up 3.1s, ...".
+fn step_timeline(log: &str) -> String {
+    // Seconds of the day of a log line's timestamp (2026-12-08T00:24:41.68Z).
+    let at = |line: &str| -> Option<f64> {
+        let t = line.get(11..line.find('Z')?)?;
+        let mut parts = t.split(':');
+        let h: f64 = parts.next()?.parse().ok()?;
+        let m: f64 = parts.next()?.parse().ok()?;
+        let s: f64 = parts.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let steps: Vec<(f64, String)> = log
+        .lines()
+        .filter(|l| l.contains("rebalance step"))
+        .filter_map(|l| {
+            let step = l.split("step=\"").nth(1)?.split('"').next()?;
+            Some((at(l)?, step.to_string()))
+        })
+        .collect();
+    steps
+        .windows(2)
+        .map(|w| {
+            let mut took = w[1].0 - w[0].0;
+            if took < 0.0 {
+                took += 86_400.0;
+            }
+            format!("{} {took:.2}s", w[0].1)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn longest_write(logs: &[ClientLog]) -> Duration {
     logs.iter()
         .flat_map(|l| l.writes.iter().map(|(_, d)| *d))
@@ -477,6 +510,9 @@ fn hash_scenario(rows: i64, stalls: &[&str]) {
 
         let status = mover.admin("REBALANCE STATUS");
         eprintln!("REBALANCE STATUS: {status:?}");
+        if stalls.is_empty() {
+            eprintln!("steps of the mover: {}", step_timeline(&mover.log()));
+        }
         let moved: i64 = status[1..]
             .iter()
             .map(|r| r[6].parse::<i64>().unwrap_or(0))
