@@ -46,7 +46,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A batch delete or a checksum over many rows.
 const BULK_TIMEOUT: Duration = Duration::from_secs(600);
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(200);
 /// A fence round trip this short means the target has caught up.
 const CAUGHT_UP: Duration = Duration::from_millis(300);
 /// How long the cutover waits for the target to replay the fence.
@@ -1242,7 +1242,8 @@ async fn forget_fences(
 
 /// The guard on the source: a row trigger that rejects, with a retryable
 /// error, any write to the moving rows (new or old version), except the
-/// mover's own cleanup. The predicate is evaluated over the row's columns
+/// mover's own cleanup (its WHEN clause skips the function for that, so
+/// the cleanup's deletes do not call it once per row). The predicate is evaluated over the row's columns
 /// by selecting from the row itself, so it is the same text the
 /// publication filters with.
 async fn create_guard(
@@ -1269,7 +1270,8 @@ async fn create_guard(
          END $shardwire$; \
          SET lock_timeout = '3s'; \
          CREATE OR REPLACE TRIGGER {name} BEFORE INSERT OR UPDATE OR DELETE ON {t} \
-           FOR EACH ROW EXECUTE FUNCTION shardwire.{name}(); \
+           FOR EACH ROW WHEN (coalesce(current_setting('shardwire.rebalance_cleanup', true), '') <> 'on') \
+           EXECUTE FUNCTION shardwire.{name}(); \
          RESET lock_timeout",
         p = m.predicate,
         t = quote_ident(&m.table),

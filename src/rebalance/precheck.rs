@@ -15,7 +15,7 @@
 //! the last comparison and the rows found unequal then.
 //!
 //! The comparisons: first per bucket of primary keys, the row count and
-//! the sum of row hashes on both sides (one scan, no sort), and row by row
+//! the XOR of row hashes on both sides (one scan, no sort), and row by row
 //! only in the buckets that differ; then a few short rounds that take the
 //! logs and compare what they name, so that what is left for the fence is
 //! what was written during the last round.
@@ -59,6 +59,9 @@ pub(super) struct MoveCheck {
     /// `jsonb_build_object('k1', "k1", ...)::text`: a row's identity, the
     /// same text on both sides, and what the logs record.
     ident: String,
+    /// A row's bucket in the first comparison, from its primary key
+    /// (cheaper to compute than `ident`).
+    bucket: String,
     /// Rows unequal (or present on one side only) at the last comparison.
     pub suspects: BTreeSet<String>,
     /// Moving rows on the source at the first comparison.
@@ -114,8 +117,17 @@ impl MoveCheck {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let bucket = format!(
+            "(hashtextextended(ROW({})::text, 0) & {})",
+            key.iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", "),
+            BUCKETS - 1
+        );
         Ok(MoveCheck {
             no: m.no,
+            bucket,
             table: m.table.clone(),
             predicate: m.predicate.clone(),
             row: format!("ROW({})", quoted.join(", ")),
@@ -210,12 +222,13 @@ impl MoveCheck {
         src: &mut ServerConn,
         tgt: &mut ServerConn,
     ) -> Result<(), String> {
+        // bit_xor: rows are unique by primary key, so no two equal rows
+        // cancel out, and it is cheaper than a numeric sum.
         let sql = format!(
-            "SELECT (hashtext({ident}) & {mask})::text, count(*)::text, \
-               sum(hashtextextended({row}::text, 0)::numeric)::text \
+            "SELECT {bucket}::text, count(*)::text, \
+               bit_xor(hashtextextended({row}::text, 0))::text \
              FROM {t} WHERE ({p}) GROUP BY 1",
-            ident = self.ident,
-            mask = BUCKETS - 1,
+            bucket = self.bucket,
             row = self.row,
             t = quote_ident(&self.table),
             p = self.predicate
@@ -251,12 +264,12 @@ impl MoveCheck {
             .join(",");
         let sql = format!(
             "SELECT {ident}, hashtextextended({row}::text, 0)::text FROM {t} \
-             WHERE ({p}) AND (hashtext({ident}) & {mask}) = ANY ('{{{list}}}'::int[]) LIMIT {limit}",
+             WHERE ({p}) AND {bucket} = ANY ('{{{list}}}'::bigint[]) LIMIT {limit}",
             ident = self.ident,
+            bucket = self.bucket,
             row = self.row,
             t = quote_ident(&self.table),
             p = self.predicate,
-            mask = BUCKETS - 1,
             limit = MAX_ROWS + 1
         );
         let (a, b) = tokio::join!(query(src, &sql), query(tgt, &sql));

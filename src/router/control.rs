@@ -87,14 +87,21 @@ impl Effects {
 /// README says so.
 pub fn effects(sql: &[u8]) -> Effects {
     let mut e = Effects::NONE;
-    if contains_ignore_case(sql, b"set_config") {
-        e.settings = SettingsEffect::Changes;
-    }
-    // pg_advisory_lock, pg_advisory_lock_shared, pg_try_advisory_lock...;
-    // the _xact_ ones end with their transaction.
-    if contains_ignore_case(sql, b"advisory_lock") || contains_ignore_case(sql, b"advisory_unlock")
-    {
-        e.pins = Some("a session advisory lock");
+    // Both names hold an underscore, rarer in SQL than any letter: only the
+    // places of one are looked at (this runs for every simple query).
+    for at in memchr::memchr_iter(b'_', sql) {
+        let (before, after) = (&sql[..at], &sql[at + 1..]);
+        if ends_with_ignore_case(before, b"set") && starts_with_ignore_case(after, b"config") {
+            e.settings = SettingsEffect::Changes;
+        }
+        // pg_advisory_lock, pg_advisory_lock_shared, pg_try_advisory_lock...;
+        // the _xact_ ones end with their transaction.
+        if ends_with_ignore_case(before, b"advisory")
+            && (starts_with_ignore_case(after, b"lock")
+                || starts_with_ignore_case(after, b"unlock"))
+        {
+            e.pins = Some("a session advisory lock");
+        }
     }
     for piece in sql.split(|b| *b == b';') {
         let mut words = StatementWords::new(piece);
@@ -164,16 +171,31 @@ pub fn effects(sql: &[u8]) -> Effects {
 }
 
 /// Whether `piece` has the word `a` or `b` anywhere (case-insensitive).
+/// Both must start with the same letter; only its places are looked at.
 fn has_word(piece: &[u8], a: &str, b: &str) -> bool {
-    piece
-        .split(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
-        .any(|w| w.eq_ignore_ascii_case(a.as_bytes()) || w.eq_ignore_ascii_case(b.as_bytes()))
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    debug_assert!(a[0].eq_ignore_ascii_case(&b[0]));
+    let is_word_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let first = a[0].to_ascii_lowercase();
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), piece).any(|at| {
+        if at > 0 && is_word_byte(piece[at - 1]) {
+            return false;
+        }
+        let rest = &piece[at..];
+        let word = rest
+            .iter()
+            .position(|c| !is_word_byte(*c))
+            .map_or(rest, |end| &rest[..end]);
+        word.eq_ignore_ascii_case(a) || word.eq_ignore_ascii_case(b)
+    })
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+fn ends_with_ignore_case(s: &[u8], suffix: &[u8]) -> bool {
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// The first words of one statement, past leading whitespace and comments.
@@ -615,6 +637,9 @@ mod tests {
             "select 1 into temp t",
             "select pg_advisory_lock(1)",
             "select pg_try_advisory_lock_shared(1)",
+            "SELECT PG_ADVISORY_UNLOCK(1)",
+            "select 1 into TEMPORARY t",
+            "with x as (select 1) select * into Temp t from x",
             "prepare p as select 1",
             "declare c cursor with hold for select 1",
             "load 'auto_explain'",
@@ -626,6 +651,7 @@ mod tests {
             "prepare transaction 'x'",
             "declare c cursor for select 1",
             "select * from temps",
+            "select attempt, temp_c from tmp_temp",
             "create table t as select 1",
         ] {
             assert!(effects(sql.as_bytes()).pins.is_none(), "{sql}");
