@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Where the body after the (empty) name starts in an unnamed Parse
+/// frame: the tag, the length, the name's NUL.
+const UNNAMED_PARSE_REST: usize = 6;
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin,
@@ -338,13 +342,24 @@ where
             .expect("callers check ensure_server first")
     }
 
-    /// The client's unnamed statement is now this Parse (`rest`: its body
-    /// after the name); returns the identity it has on servers.
+    /// The client's unnamed statement is now this Parse frame (`rest`: its
+    /// body after the empty name); returns the identity it has on servers.
     fn define_unnamed(&mut self, rest: &[u8], frame: Bytes) -> u64 {
-        let sql = statements::parse_sql(rest);
-        self.unnamed_effects = control::effects(sql.as_bytes());
-        self.unnamed_sql = Some(sql.into());
-        self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
+        // Drivers send the same unnamed Parse again and again: its text,
+        // types and effects are those worked out last time, unless a
+        // schema change came through since (its result columns may differ).
+        let generation = crate::backend::conn::schema_generation();
+        let same = self.unnamed_sql.is_some()
+            && self.unnamed_types.is_some()
+            && self.unnamed_generation == generation
+            && matches!(&self.unnamed, Some((_, old)) if old.get(UNNAMED_PARSE_REST..) == Some(rest));
+        if !same {
+            let sql = statements::parse_sql(rest);
+            self.unnamed_effects = control::effects(sql.as_bytes());
+            self.unnamed_sql = Some(sql.into());
+            self.unnamed_types = Some(Arc::new(ParamTypes::from_parse(rest)));
+            self.unnamed_generation = generation;
+        }
         let id = NEXT_UNNAMED_ID.fetch_add(1, Ordering::Relaxed);
         self.unnamed = Some((id, frame));
         id

@@ -412,6 +412,8 @@ pub struct Session<R, W> {
     unpin_on_discard: bool,
     /// What the unnamed statement may do to the server session.
     unnamed_effects: control::Effects,
+    /// The schema generation when the unnamed statement was defined.
+    unnamed_generation: u64,
 }
 
 impl<R, W> Session<R, W>
@@ -497,6 +499,7 @@ where
             pinned: None,
             unpin_on_discard: false,
             unnamed_effects: control::Effects::NONE,
+            unnamed_generation: 0,
         };
         s.paused_now = *s.paused.borrow_and_update();
         if let Some(conn) = server {
