@@ -1002,7 +1002,9 @@ impl Mover {
         .unwrap_or(0);
         let mut total = 0i64;
         let mut at = 0u64;
-        // Blocks per batch, adjusted toward `batch` rows per batch.
+        // Blocks per batch, adjusted toward `batch` rows per batch; it at
+        // most doubles from one batch to the next, so a sparse stretch of
+        // the table does not make one huge delete of the dense one after.
         let mut span = 64u64;
         // One more batch past the end: rows on blocks the table grew by
         // since its size was read.
@@ -1043,9 +1045,9 @@ impl Mover {
             }
             at += span;
             span = if n > 0 {
-                (span * batch / n as u64).clamp(8, (span * 4).min(1 << 20))
+                (span * batch / n as u64).clamp(8, (span * 2).min(1 << 20))
             } else {
-                (span * 4).min(1 << 20)
+                (span * 2).min(1 << 20)
             };
             if settings.rows_per_second > 0 && n > 0 {
                 let budget = Duration::from_secs_f64(n as f64 / settings.rows_per_second as f64);

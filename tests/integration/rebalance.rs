@@ -512,6 +512,18 @@ fn hash_scenario(rows: i64, stalls: &[&str]) {
         eprintln!("REBALANCE STATUS: {status:?}");
         if stalls.is_empty() {
             eprintln!("steps of the mover: {}", step_timeline(&mover.log()));
+            // When the longest write started, from REBALANCE START on.
+            if let Some((at, took)) = logs
+                .iter()
+                .flat_map(|l| l.writes.iter())
+                .max_by_key(|(_, took)| *took)
+            {
+                eprintln!(
+                    "steps of the mover: the longest write ({:.0} ms) started {:.2}s after REBALANCE START",
+                    took.as_secs_f64() * 1e3,
+                    at.saturating_duration_since(started).as_secs_f64()
+                );
+            }
         }
         let moved: i64 = status[1..]
             .iter()
