@@ -1278,12 +1278,20 @@ async fn create_guard(
         p = m.predicate,
         t = quote_ident(&m.table),
     );
+    run_trigger_ddl(src, &sql).await
+}
+
+/// Run DDL that puts up a trigger under `SET lock_timeout` (in `sql`):
+/// creating a trigger waits for the table's running writers, and the
+/// writers queued behind it wait too, so a long wait is cut short and
+/// tried again, up to three times.
+pub(super) async fn run_trigger_ddl(conn: &mut ServerConn, sql: &str) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..3 {
-        match query(src, &sql).await {
+        match query(conn, sql).await {
             Ok(_) => return Ok(()),
             Err(e) => {
-                let _ = query(src, "RESET lock_timeout").await;
+                let _ = query(conn, "RESET lock_timeout").await;
                 last = e;
             }
         }

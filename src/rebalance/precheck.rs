@@ -172,17 +172,7 @@ impl MoveCheck {
             new = log("NEW"),
             old = log("OLD"),
         );
-        let mut last = String::new();
-        for _ in 0..3 {
-            match query(conn, &sql).await {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    let _ = query(conn, "RESET lock_timeout").await;
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        super::mover::run_trigger_ddl(conn, &sql).await
     }
 
     /// Empty this move's log on one side: the idents written since the

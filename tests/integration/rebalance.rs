@@ -758,6 +758,20 @@ fn move_region_moves_rows_online_under_load() {
     move_scenario(true);
 }
 
+/// Create `table` (id, v) through the 2-shard proxy, load 3,000 rows and
+/// ADD SHARD s2 (empty, on `s2_primary`).
+async fn create_preload_and_add_s2(proxy: &TestProxy, table: &str, s2_primary: u16) {
+    let (c, _t) = connect_url(&proxy.url()).await;
+    c.simple_query(&format!(
+        "create table {table} (id bigint primary key, v bigint not null)"
+    ))
+    .await
+    .expect("create");
+    tokio::task::block_in_place(|| preload(&proxy.url(), table, 3000, None));
+    let out = proxy.admin_psql(&format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}'"));
+    assert!(out.stderr.contains("version 2"), "{}", out.stderr);
+}
+
 /// While a mover runs, a second rebalance (and any map change) is
 /// refused. CANCEL before the cutover rolls back: the fence lifted, the
 /// streams and guards gone, the copied rows deleted from the target, and
@@ -775,14 +789,7 @@ fn cancel_rolls_back_and_one_rebalance_runs_at_a_time() {
     };
     let mut proxy = TestProxy::start_on(&private.0, configure);
     block_on(Duration::from_secs(300), async {
-        let (c, _t) = connect_url(&proxy.url()).await;
-        c.simple_query("create table rbc_t (id bigint primary key, v bigint not null)")
-            .await
-            .expect("create");
-        tokio::task::block_in_place(|| preload(&proxy.url(), "rbc_t", 3000, None));
-        let out = proxy.admin_psql(&format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}'"));
-        assert!(out.stderr.contains("version 2"), "{}", out.stderr);
-        drop(c);
+        create_preload_and_add_s2(&proxy, "rbc_t", s2_primary).await;
         drop(proxy);
         proxy = TestProxy::start_with_env(
             &private.0,
@@ -880,14 +887,7 @@ fn verification_finds_a_row_changed_on_the_target() {
     };
     let mut proxy = TestProxy::start_on(&private.0, configure);
     block_on(Duration::from_secs(300), async {
-        let (c, _t) = connect_url(&proxy.url()).await;
-        c.simple_query("create table rbv_t (id bigint primary key, v bigint not null)")
-            .await
-            .expect("create");
-        tokio::task::block_in_place(|| preload(&proxy.url(), "rbv_t", 3000, None));
-        let out = proxy.admin_psql(&format!("ADD SHARD s2 PRIMARY '127.0.0.1:{s2_primary}'"));
-        assert!(out.stderr.contains("version 2"), "{}", out.stderr);
-        drop(c);
+        create_preload_and_add_s2(&proxy, "rbv_t", s2_primary).await;
         let (s2, _t2) =
             connect_url(&format!("postgres://app:app@127.0.0.1:{s2_primary}/app")).await;
         // s2 starts empty: every row on it was copied there by the move.
