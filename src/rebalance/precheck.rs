@@ -163,7 +163,7 @@ impl MoveCheck {
                IF TG_OP <> 'INSERT' AND (SELECT ({p}) FROM (SELECT (OLD).*) AS r) THEN {old}; END IF; \
                RETURN NULL; \
              END $shardwire$; \
-             SET lock_timeout = '3s'; \
+             SET lock_timeout = '100ms'; \
              CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {t} \
                FOR EACH ROW EXECUTE FUNCTION shardwire.{name}(); \
              RESET lock_timeout",
