@@ -574,15 +574,28 @@ fn stall_during_commit(failpoint: &str, shard: usize, table: &str) -> (bool, [i6
         let (shards, commit, gid) = commit_until_failpoint(&proxy, table, k0, k1).await;
         // The proxy's connection on that shard last ran the PREPARE (or
         // the decision), both of which name the transaction.
-        let pid: i32 = shards[shard]
-            .query_one(
-                "select pid from pg_stat_activity where query like '%' || $1 || '%' \
-                 and pid <> pg_backend_pid()",
-                &[&gid],
-            )
-            .await
-            .expect("the transaction's backend")
-            .get(0);
+        // Polled: under load the statistics may not show that query yet
+        // (pg_stat_activity is refreshed as a backend reports it).
+        let started = Instant::now();
+        let pid: i32 = loop {
+            let rows = shards[shard]
+                .query(
+                    "select pid from pg_stat_activity where query like '%' || $1 || '%' \
+                     and pid <> pg_backend_pid()",
+                    &[&gid],
+                )
+                .await
+                .expect("pg_stat_activity");
+            if let [row] = rows.as_slice() {
+                break row.get(0);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the transaction's backend: {} backends name {gid}",
+                rows.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let signal = |sig: &str| {
             let ok = std::process::Command::new("kill")
                 .args([sig, &pid.to_string()])
