@@ -1302,10 +1302,20 @@ pub(super) async fn run_trigger_ddl(conn: &mut ServerConn, sql: &str) -> Result<
 }
 
 async fn drop_guard(src: &mut ServerConn, rebalance: i64, m: &journal::Move) -> Result<(), String> {
-    let name = guard_name(rebalance, m);
+    drop_trigger(src, &m.table, &guard_name(rebalance, m), "").await
+}
+
+/// Drop trigger `name` of `table` (if the table exists) and its function
+/// `shardwire.name()`, then run `also` (SQL, or empty) in the same query.
+pub(super) async fn drop_trigger(
+    conn: &mut ServerConn,
+    table: &str,
+    name: &str,
+    also: &str,
+) -> Result<(), String> {
     let exists = first(
-        src,
-        &format!("SELECT to_regclass({})::text", literal(&m.table)),
+        conn,
+        &format!("SELECT to_regclass({})::text", literal(table)),
     )
     .await?
     .is_some();
@@ -1313,11 +1323,15 @@ async fn drop_guard(src: &mut ServerConn, rebalance: i64, m: &journal::Move) -> 
     if exists {
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS {name} ON {}; ",
-            quote_ident(&m.table)
+            quote_ident(table)
         ));
     }
     sql.push_str(&format!("DROP FUNCTION IF EXISTS shardwire.{name}()"));
-    query(src, &sql).await.map(|_| ())
+    if !also.is_empty() {
+        sql.push_str("; ");
+        sql.push_str(also);
+    }
+    query(conn, &sql).await.map(|_| ())
 }
 
 /// Create `table` on the target from the source's definition when it is

@@ -347,29 +347,11 @@ pub(super) async fn drop_log(
     rebalance: i64,
     m: &journal::Move,
 ) -> Result<(), String> {
-    let name = log_trigger(rebalance, m.no);
-    let exists = query(
-        conn,
-        &format!("SELECT to_regclass({})::text", literal(&m.table)),
-    )
-    .await?
-    .into_iter()
-    .next()
-    .and_then(|r| r.into_iter().next().flatten())
-    .is_some();
-    let mut sql = String::new();
-    if exists {
-        sql.push_str(&format!(
-            "DROP TRIGGER IF EXISTS {name} ON {}; ",
-            quote_ident(&m.table)
-        ));
-    }
-    sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS shardwire.{name}(); \
-         DO $shardwire$ BEGIN IF to_regclass('shardwire.rebalance_changed') IS NOT NULL THEN \
+    let entries = format!(
+        "DO $shardwire$ BEGIN IF to_regclass('shardwire.rebalance_changed') IS NOT NULL THEN \
            DELETE FROM shardwire.rebalance_changed WHERE rebalance = {rebalance} AND move = {no}; \
          END IF; END $shardwire$",
         no = m.no
-    ));
-    query(conn, &sql).await.map(|_| ())
+    );
+    super::mover::drop_trigger(conn, &m.table, &log_trigger(rebalance, m.no), &entries).await
 }
